@@ -1,0 +1,678 @@
+"""Feldera's pipeline lifecycle as one pure function.
+
+:func:`decide` takes what the user wants (:class:`Desired`, from the Pipeline's spec and
+annotations), what the operator last recorded (:class:`PipelineState`, from the Pipeline's
+status), what the edges just observed (:class:`Observation`: compute, storage, program,
+runtime) and the time, and returns the status steps to commit, in order, and the actions
+the edges must take. It encodes Feldera's three machines (resources, storage, program), the
+runtime status contract, the latched error and the one-shot actions.
+
+Everything here is deterministic: no clock, no I/O, no randomness.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ..models import (
+    ActionOutcome,
+    ErrorResponse,
+    EventStatus,
+    HandledAction,
+    InitialRuntimeStatus,
+    ProgramStatus,
+    ResourcesDesiredStatus,
+    ResourcesStatus,
+    RuntimeDesiredStatus,
+    RuntimeStatus,
+    SpecRuntimeDesiredStatus,
+    StopMode,
+    StorageStatus,
+)
+from . import transitions
+
+R = ResourcesStatus
+S = StorageStatus
+P = ProgramStatus
+RS = RuntimeStatus
+RDS = RuntimeDesiredStatus
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """Timing rules of the lifecycle (Feldera's constants unless stated)."""
+    # After Provisioned, an unreachable /status is Initializing for this long, then Unavailable.
+    provisioned_grace_period: float = 20.0
+    # Used when the spec gives no deployment.provisioningTimeoutSeconds.
+    default_provisioning_timeout: float = 300.0
+    # A graceful stop that has not reached Suspended by then is finished as a forced stop
+    # (Feldera's manager gives the pipeline's /suspend 120 s).
+    graceful_stop_timeout: float = 120.0
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------
+
+
+class Desired(_Frozen):
+    """What the user asked for: the spec, its generation and the one-shot annotations."""
+    generation: int = 1
+    resources_desired_status: ResourcesDesiredStatus = ResourcesDesiredStatus.STOPPED
+    initial: InitialRuntimeStatus = InitialRuntimeStatus.RUNNING
+    runtime_desired_status: SpecRuntimeDesiredStatus | None = None
+    stop_mode: StopMode = StopMode.GRACEFUL
+    program_digest: str = ""
+    provisioning_timeout: float | None = None
+    # Values of the one-shot annotations (any new value asks again).
+    clear_storage: str | None = None
+    dismiss_error: str | None = None
+    approve: str | None = None
+
+
+class ComputeState(str, enum.Enum):
+    ABSENT = "Absent"            # nothing exists
+    PENDING = "Pending"          # created, not ready yet
+    READY = "Ready"              # running and ready
+    FAILED = "Failed"            # exited, crash-looping, deleted behind our back...
+    TERMINATING = "Terminating"  # being deleted
+
+
+class ComputeObservation(_Frozen):
+    state: ComputeState
+    message: str = ""  # the cause, as the backend reported it
+
+
+class RuntimeProbe(str, enum.Enum):
+    OK = "Ok"                    # 200 with a status (or a legacy string)
+    UNAVAILABLE = "Unavailable"  # 503
+    FATAL = "Fatal"              # any other HTTP status, or a legacy "Terminated"
+    UNREACHABLE = "Unreachable"  # timeout, connection refused, not JSON
+
+
+class RuntimeObservation(_Frozen):
+    """One answer of the pipeline's ``GET /status`` (see :func:`parse_status_response`)."""
+    probe: RuntimeProbe
+    runtime_status: RuntimeStatus | None = None
+    runtime_desired_status: RuntimeDesiredStatus | None = None
+    runtime_status_details: Any = None
+    storage_status_details: Any = None  # None: unchanged (Feldera's COALESCE)
+    error: ErrorResponse | None = None  # FATAL only
+    reason: str = ""                    # UNAVAILABLE / UNREACHABLE
+
+
+class ProgramObservation(_Frozen):
+    """What the compiler knows of one program: its status and, when failed, the error."""
+    program_digest: str
+    status: ProgramStatus
+    error: Any = None
+
+
+class StorageObservation(_Frozen):
+    exists: bool
+
+
+class Observation(_Frozen):
+    compute: ComputeObservation = ComputeObservation(state=ComputeState.ABSENT)
+    runtime: RuntimeObservation | None = None
+    program: ProgramObservation | None = None
+    storage: StorageObservation | None = None
+
+
+# --------------------------------------------------------------------------------------
+# State (what the Pipeline's status records)
+# --------------------------------------------------------------------------------------
+
+
+class PipelineState(_Frozen):
+    resources_status: ResourcesStatus = R.STOPPED
+    resources_status_since: dt.datetime | None = None
+    resources_status_details: Any = None
+    resources_desired_status: ResourcesDesiredStatus = ResourcesDesiredStatus.STOPPED
+    deployment_initial: RuntimeDesiredStatus | None = None
+    runtime_status: RuntimeStatus | None = None
+    runtime_status_since: dt.datetime | None = None
+    runtime_status_details: Any = None
+    runtime_desired_status: RuntimeDesiredStatus | None = None
+    deployment_error: ErrorResponse | None = None
+    program_status: ProgramStatus = P.PENDING
+    program_status_since: dt.datetime | None = None
+    program_digest: str | None = None
+    program_error: Any = None
+    storage_status: StorageStatus = S.CLEARED
+    storage_status_details: Any = None
+    # Bookkeeping (kept in status so that a restarted operator carries on where it was).
+    error_generation: int | None = None           # spec generation when the error latched
+    runtime_desired_adopted: SpecRuntimeDesiredStatus | None = None  # spec value in force
+    runtime_desired_pending: SpecRuntimeDesiredStatus | None = None  # still to be forwarded
+    suspend_requested_at: dt.datetime | None = None
+    program_change_held: bool = False
+    handled_clear_storage: HandledAction | None = None
+    handled_dismiss_error: HandledAction | None = None
+    handled_approve: HandledAction | None = None
+    observed_generation: int | None = None
+
+    def event_status(self) -> EventStatus:
+        """The monitor-event snapshot of this state."""
+        return EventStatus(
+            deployment_resources_status=self.resources_status,
+            deployment_resources_status_details=self.resources_status_details,
+            deployment_resources_desired_status=self.resources_desired_status,
+            deployment_runtime_status=self.runtime_status,
+            deployment_runtime_status_details=self.runtime_status_details,
+            deployment_runtime_desired_status=self.runtime_desired_status,
+            deployment_error=self.deployment_error,
+            program_status=self.program_status,
+            storage_status=self.storage_status,
+            storage_status_details=self.storage_status_details,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------
+
+
+class ActionKind(str, enum.Enum):
+    COMPILE = "Compile"                  # make sure the program is being compiled
+    PROVISION = "Provision"              # create compute (and storage), or wait for it
+    DEPROVISION = "Deprovision"          # delete compute, or wait for it to be gone
+    SUSPEND = "Suspend"                  # POST /suspend (graceful stop)
+    SET_RUNTIME_DESIRED = "SetRuntimeDesired"  # GET /start or GET /pause, or POST /activate
+    APPROVE = "Approve"                  # POST /approve
+    CLEAR_STORAGE = "ClearStorage"       # delete storage, or wait for it to be gone
+
+
+class Action(_Frozen):
+    kind: ActionKind
+    program_digest: str | None = None
+    initial: RuntimeDesiredStatus | None = None
+    target: SpecRuntimeDesiredStatus | None = None
+    activate: bool = False  # SET_RUNTIME_DESIRED from Standby
+
+
+class Step(_Frozen):
+    """One committed status change and why it happened."""
+    state: PipelineState
+    reason: str
+
+
+class Decision(_Frozen):
+    steps: tuple[Step, ...]
+    state: PipelineState
+    actions: tuple[Action, ...]
+    notes: tuple[str, ...]  # decisions worth a log line that changed no status
+
+
+# --------------------------------------------------------------------------------------
+# Parsing the pipeline's /status answer (Feldera's parse_status_result)
+# --------------------------------------------------------------------------------------
+
+_LEGACY_STRINGS = {"Paused": RS.PAUSED, "Running": RS.RUNNING, "Initializing": RS.INITIALIZING}
+_LEGACY_503 = {"Initializing": RS.INITIALIZING, "Suspended": RS.SUSPENDED}
+
+
+def parse_status_response(http_status: int | None, body: Any, failure: str = "") -> RuntimeObservation:
+    """Interpret one ``GET /status`` exchange the way Feldera's runner does.
+
+    ``http_status`` is None when no HTTP answer came (timeout, refused); ``body`` is the
+    decoded JSON body, or ``_NOT_JSON`` when it did not decode; ``failure`` says why.
+    """
+    if http_status is None:
+        return RuntimeObservation(probe=RuntimeProbe.UNREACHABLE, reason=failure or "no answer")
+    if body is NOT_JSON:
+        return RuntimeObservation(probe=RuntimeProbe.UNREACHABLE,
+                                  reason=failure or f"HTTP {http_status} with a body that is not JSON")
+    if http_status == 200:
+        if isinstance(body, str):
+            if body in _LEGACY_STRINGS:
+                return RuntimeObservation(probe=RuntimeProbe.OK, runtime_status=_LEGACY_STRINGS[body])
+            if body == "Terminated":
+                return RuntimeObservation(probe=RuntimeProbe.FATAL, error=ErrorResponse(
+                    message="Pipeline reported it terminated", error_code="PipelineTerminated",
+                    details=None))
+        if isinstance(body, dict):
+            try:
+                return RuntimeObservation(
+                    probe=RuntimeProbe.OK,
+                    runtime_status=RuntimeStatus(body["runtime_status"]),
+                    runtime_desired_status=RuntimeDesiredStatus(body["runtime_desired_status"]),
+                    runtime_status_details=body.get("runtime_status_details"),
+                    storage_status_details=body.get("storage_status_details"))
+            except (KeyError, ValueError, TypeError) as exc:
+                return RuntimeObservation(probe=RuntimeProbe.OK, runtime_status=RS.UNAVAILABLE,
+                                          reason=f"Unable to deserialize the status: {exc!r}")
+        return RuntimeObservation(probe=RuntimeProbe.OK, runtime_status=RS.UNAVAILABLE,
+                                  reason=f"Unexpected status body: {str(body)[:200]}")
+    if http_status == 503:
+        code = body.get("error_code") if isinstance(body, dict) else None
+        message = body.get("message", "") if isinstance(body, dict) else str(body)[:200]
+        return RuntimeObservation(probe=RuntimeProbe.UNAVAILABLE,
+                                  runtime_status=_LEGACY_503.get(code, RS.UNAVAILABLE),
+                                  reason=message or "Pipeline answered 503")
+    if isinstance(body, dict) and {"message", "error_code"} <= body.keys():
+        error = ErrorResponse(message=str(body["message"]), error_code=str(body["error_code"]),
+                              details=body.get("details"))
+    else:
+        error = ErrorResponse(message=f"Pipeline answered HTTP {http_status}: {str(body)[:500]}",
+                              error_code="PipelineRuntimeError", details={"http_status": http_status})
+    return RuntimeObservation(probe=RuntimeProbe.FATAL, error=error)
+
+
+class _NotJson:
+    def __repr__(self) -> str:
+        return "NOT_JSON"
+
+
+NOT_JSON: Any = _NotJson()
+
+# --------------------------------------------------------------------------------------
+# The decision
+# --------------------------------------------------------------------------------------
+
+_STATUS_FIELDS = ("resources_status", "resources_desired_status", "runtime_status",
+                  "runtime_desired_status", "deployment_error", "program_status", "storage_status")
+# A graceful stop waits for Suspended from these runtime statuses; from the others there is
+# no state worth a checkpoint yet (Initializing, Standby, AwaitingApproval) and it stops at once.
+_SUSPENDABLE = frozenset({RS.RUNNING, RS.PAUSED, RS.REPLAYING, RS.BOOTSTRAPPING,
+                          RS.CONCURRENT_BOOTSTRAPPING, RS.SYNCHRONIZING, RS.UNAVAILABLE,
+                          RS.COORDINATION})
+_RUNTIME_CLEARED: dict[str, Any] = dict(runtime_status=None, runtime_status_since=None,
+                                        runtime_status_details=None, runtime_desired_status=None,
+                                        suspend_requested_at=None)
+
+
+@dataclass
+class _Pass:
+    """One monitoring pass in the making: the state so far, its steps and actions."""
+    cur: PipelineState
+    now: dt.datetime
+    steps: list[Step] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def set(self, reason: str, **changes: Any) -> None:
+        """Apply changes; a change of any status field is a committed step (one event)."""
+        old = self.cur
+        new = old.model_copy(update=changes)
+        transitions.check_resources(old.resources_status, new.resources_status)
+        transitions.check_storage(old.storage_status, new.storage_status, old.resources_status)
+        transitions.check_program(old.program_status, new.program_status, old.resources_status)
+        stamps: dict[str, Any] = {}
+        if new.resources_status is not old.resources_status:
+            stamps["resources_status_since"] = self.now
+        if new.runtime_status is not old.runtime_status and new.runtime_status is not None:
+            stamps["runtime_status_since"] = self.now
+        if new.program_status is not old.program_status:
+            stamps["program_status_since"] = self.now
+        if stamps:
+            new = new.model_copy(update=stamps)
+        self.cur = new
+        if any(getattr(old, f) != getattr(new, f) for f in _STATUS_FIELDS):
+            self.steps.append(Step(state=new, reason=reason))
+
+    def act(self, kind: ActionKind, **params: Any) -> None:
+        self.actions.append(Action(kind=kind, **params))
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    def elapsed(self, since: dt.datetime | None) -> float:
+        return 0.0 if since is None else (self.now - since).total_seconds()
+
+
+def effective_desired(desired: Desired, state: PipelineState) -> ResourcesDesiredStatus:
+    """Stopped while an error is latched; otherwise what the spec asks."""
+    if state.deployment_error is not None:
+        return ResourcesDesiredStatus.STOPPED
+    return desired.resources_desired_status
+
+
+def decide(desired: Desired, state: PipelineState, observation: Observation, now: dt.datetime,
+           config: LifecycleConfig = LifecycleConfig()) -> Decision:
+    """One monitoring pass: the status steps to commit and the actions to take."""
+    p = _Pass(cur=state, now=now)
+    _dismiss_error(p, desired)
+    _desired_status(p, desired)
+    _program(p, desired, observation)
+    _storage(p, desired, observation)
+    {
+        R.STOPPED: _stopped,
+        R.PROVISIONING: _provisioning,
+        R.PROVISIONED: _provisioned,
+        R.STOPPING: _stopping,
+    }[p.cur.resources_status](p, desired, observation, config)
+    _approve(p, desired)
+    if p.cur.observed_generation != desired.generation:
+        p.cur = p.cur.model_copy(update={"observed_generation": desired.generation})
+    return Decision(steps=tuple(p.steps), state=p.cur, actions=tuple(p.actions), notes=tuple(p.notes))
+
+
+def _handled(value: str, outcome: ActionOutcome, message: str = "") -> HandledAction:
+    return HandledAction(value=value, outcome=outcome, message=message)
+
+
+def _is_new(request: str | None, handled: HandledAction | None) -> bool:
+    return request is not None and (handled is None or handled.value != request)
+
+
+def _dismiss_error(p: _Pass, desired: Desired) -> None:
+    cur = p.cur
+    if _is_new(desired.dismiss_error, cur.handled_dismiss_error):
+        assert desired.dismiss_error is not None
+        if cur.deployment_error is None:
+            p.set("dismiss requested; there is no error",
+                  handled_dismiss_error=_handled(desired.dismiss_error, ActionOutcome.APPLIED,
+                                                 "There was no error to dismiss"))
+        elif cur.resources_status is not R.STOPPED:
+            p.set("dismiss refused",
+                  handled_dismiss_error=_handled(
+                      desired.dismiss_error, ActionOutcome.REFUSED,
+                      "DismissErrorRestrictedToFullyStopped: the error can be dismissed once the "
+                      f"pipeline is Stopped (it is {cur.resources_status.value}); set the "
+                      "annotation to a new value then"))
+        else:
+            p.set("error dismissed by request", deployment_error=None, error_generation=None,
+                  handled_dismiss_error=_handled(desired.dismiss_error, ActionOutcome.APPLIED,
+                                                 "Error dismissed"))
+        return
+    if (cur.deployment_error is not None and cur.resources_status is R.STOPPED
+            and cur.error_generation is not None and desired.generation > cur.error_generation):
+        p.set(f"error dismissed by a new spec (generation {desired.generation})",
+              deployment_error=None, error_generation=None)
+
+
+def _desired_status(p: _Pass, desired: Desired) -> None:
+    target = effective_desired(desired, p.cur)
+    if target is not p.cur.resources_desired_status:
+        p.set(f"desired status is {target.value}", resources_desired_status=target)
+
+
+def _latch_error(p: _Pass, desired: Desired, error: ErrorResponse, reason: str) -> None:
+    """Feldera's "desired set to Stopped by system", then the error."""
+    if p.cur.resources_desired_status is not ResourcesDesiredStatus.STOPPED:
+        p.set(f"{reason}: desired status set to Stopped", resources_desired_status=ResourcesDesiredStatus.STOPPED)
+    p.set(reason, deployment_error=error, error_generation=desired.generation)
+
+
+def _program(p: _Pass, desired: Desired, observation: Observation) -> None:
+    cur = p.cur
+    if cur.program_digest != desired.program_digest:
+        if cur.resources_status is not R.STOPPED:
+            if not cur.program_change_held:
+                p.note("program changed while the pipeline is not Stopped: held until it is Stopped")
+            p.set("program change held", program_change_held=True)
+            return
+        p.set("program changed", program_status=P.PENDING, program_digest=desired.program_digest,
+              program_error=None, program_change_held=False)
+    elif cur.program_change_held:
+        p.set("program change reverted", program_change_held=False)
+    cur = p.cur
+    seen = observation.program
+    if seen is None or seen.program_digest != cur.program_digest:
+        if cur.program_status.is_compiling:
+            p.act(ActionKind.COMPILE, program_digest=cur.program_digest)
+        return
+    if cur.program_status is P.SUCCESS and seen.status is P.PENDING and cur.resources_status is R.STOPPED:
+        # Feldera's runner: Success -> Pending when the compiled artifacts are missing.
+        p.set("compiled program missing: compiling again", program_status=P.PENDING, program_error=None)
+        cur = p.cur
+    if cur.program_status.is_compiling and seen.status is not cur.program_status:
+        path = transitions.program_path(cur.program_status, seen.status)
+        if path and path[0] not in transitions.PROGRAM_TRANSITIONS[cur.program_status]:
+            # Not reachable directly (the compiler started over): via Pending.
+            path = [P.PENDING, *transitions.program_path(P.PENDING, seen.status)]
+        for status in path:
+            failed = status.is_failed
+            p.set(f"program {status.value}", program_status=status,
+                  program_error=seen.error if failed else None)
+    if p.cur.program_status.is_compiling:
+        p.act(ActionKind.COMPILE, program_digest=p.cur.program_digest)
+
+
+def _storage(p: _Pass, desired: Desired, observation: Observation) -> None:
+    cur = p.cur
+    if _is_new(desired.clear_storage, cur.handled_clear_storage):
+        assert desired.clear_storage is not None
+        if cur.storage_status is not S.IN_USE:
+            p.set("clear storage requested; nothing to clear",
+                  handled_clear_storage=_handled(desired.clear_storage, ActionOutcome.APPLIED,
+                                                 f"Storage is already {cur.storage_status.value}"))
+        elif cur.resources_status is R.STOPPED and cur.resources_desired_status is ResourcesDesiredStatus.STOPPED:
+            p.set("clear storage requested", storage_status=S.CLEARING, storage_status_details=None,
+                  handled_clear_storage=_handled(desired.clear_storage, ActionOutcome.APPLIED,
+                                                 "Clearing storage"))
+        else:
+            p.set("clear storage refused",
+                  handled_clear_storage=_handled(
+                      desired.clear_storage, ActionOutcome.REFUSED,
+                      "StorageStatusImmutableUnlessStopped: storage can be cleared only while the "
+                      f"pipeline is Stopped and desired Stopped (it is {cur.resources_status.value}, "
+                      f"desired {cur.resources_desired_status.value}); stop it, then set the "
+                      "annotation to a new value"))
+    if p.cur.storage_status is S.CLEARING:
+        if observation.storage is not None and not observation.storage.exists:
+            p.set("storage cleared", storage_status=S.CLEARED, storage_status_details=None)
+        else:
+            p.act(ActionKind.CLEAR_STORAGE)
+
+
+def _stopped(p: _Pass, desired: Desired, observation: Observation, config: LifecycleConfig) -> None:
+    cur = p.cur
+    compute = observation.compute.state
+    if cur.resources_desired_status is not ResourcesDesiredStatus.PROVISIONED:
+        if compute is not ComputeState.ABSENT:
+            p.note(f"compute found while Stopped ({compute.value}): deleting it")
+            p.act(ActionKind.DEPROVISION)
+        return
+    if cur.storage_status is S.CLEARING:
+        p.note("waiting for storage to be cleared before starting")
+        return
+    if cur.program_status.is_failed:
+        _latch_error(p, desired, ErrorResponse(
+            message=f"Pipeline cannot start: its program failed to compile ({cur.program_status.value})",
+            error_code="StartFailedDueToFailedCompilation",
+            details={"program_status": cur.program_status.value}), "start failed: program failed to compile")
+        return
+    if cur.program_status is not P.SUCCESS or cur.program_digest != desired.program_digest:
+        p.note(f"waiting for compilation ({cur.program_status.value}) before provisioning")
+        return
+    if compute is ComputeState.TERMINATING:
+        p.note("waiting for the previous compute to be gone before provisioning")
+        return
+    if cur.storage_status is S.CLEARED:
+        p.set("storage will be used by the pipeline", storage_status=S.IN_USE)
+    initial = initial_runtime_desired(desired)
+    p.set("provisioning compute and storage", resources_status=R.PROVISIONING, resources_status_details=None,
+          deployment_initial=initial, deployment_error=None, error_generation=None,
+          runtime_desired_adopted=desired.runtime_desired_status, runtime_desired_pending=None,
+          **_RUNTIME_CLEARED)
+    p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=initial)
+
+
+def initial_runtime_desired(desired: Desired) -> RuntimeDesiredStatus:
+    """The status a pipeline starts in: ``runtimeDesiredStatus`` when set, unless the spec
+    asks for Standby (which only an activation leaves), else ``initialRuntimeStatus``."""
+    if desired.runtime_desired_status is not None and desired.initial is not InitialRuntimeStatus.STANDBY:
+        return RuntimeDesiredStatus(desired.runtime_desired_status.value)
+    return RuntimeDesiredStatus(desired.initial.value)
+
+
+def _stop(p: _Pass, desired: Desired, reason: str, error: ErrorResponse | None = None,
+          details: Any = None) -> None:
+    if error is not None:
+        if p.cur.resources_desired_status is not ResourcesDesiredStatus.STOPPED:
+            p.set(f"{reason}: desired status set to Stopped",
+                  resources_desired_status=ResourcesDesiredStatus.STOPPED)
+        p.set(reason, resources_status=R.STOPPING, resources_status_details=details,
+              deployment_error=error, error_generation=desired.generation, **_RUNTIME_CLEARED)
+    else:
+        p.set(reason, resources_status=R.STOPPING, resources_status_details=details, **_RUNTIME_CLEARED)
+    p.act(ActionKind.DEPROVISION)
+
+
+def _provisioning(p: _Pass, desired: Desired, observation: Observation, config: LifecycleConfig) -> None:
+    cur = p.cur
+    compute = observation.compute
+    runtime = observation.runtime
+    if cur.resources_desired_status is ResourcesDesiredStatus.STOPPED:
+        _stop(p, desired, "desired status is Stopped")
+        return
+    if compute.state is ComputeState.FAILED:
+        _stop(p, desired, "provisioning failed", ErrorResponse(
+            message=f"Provisioning failed: {compute.message or 'compute failed'}",
+            error_code="RunnerProvisionError", details={"cause": compute.message}))
+        return
+    if runtime is not None and runtime.probe is RuntimeProbe.FATAL:
+        assert runtime.error is not None
+        _stop(p, desired, "pipeline reported a fatal error while starting", runtime.error)
+        return
+    if (compute.state is ComputeState.READY and runtime is not None
+            and runtime.probe in (RuntimeProbe.OK, RuntimeProbe.UNAVAILABLE)):
+        p.set("compute is ready and the pipeline answers", resources_status=R.PROVISIONED,
+              resources_status_details=None, runtime_status=RS.INITIALIZING,
+              runtime_status_details={"reason": "initializing set by the operator"},
+              runtime_desired_status=cur.deployment_initial)
+        _apply_runtime(p, runtime, config)
+        return
+    timeout = desired.provisioning_timeout or config.default_provisioning_timeout
+    if p.elapsed(cur.resources_status_since) > timeout:
+        cause = compute.message or f"compute is {compute.state.value}"
+        if compute.state is ComputeState.READY:
+            cause = f"the pipeline does not answer its status endpoint ({runtime.reason if runtime else 'not probed'})"
+        _stop(p, desired, "provisioning timed out", ErrorResponse(
+            message=f"Provisioning did not finish within {timeout:g}s: {cause}",
+            error_code="AutomatonProvisioningTimeout",
+            details={"timeout_secs": timeout, "cause": cause}))
+        return
+    p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=cur.deployment_initial)
+
+
+def _apply_runtime(p: _Pass, runtime: RuntimeObservation | None, config: LifecycleConfig) -> None:
+    """Take over what the pipeline says about itself (Feldera's observe step)."""
+    cur = p.cur
+    if runtime is not None and runtime.probe is RuntimeProbe.OK:
+        changes: dict[str, Any] = dict(runtime_status=runtime.runtime_status,
+                                       runtime_status_details=runtime.runtime_status_details)
+        if runtime.runtime_desired_status is not None:
+            changes["runtime_desired_status"] = runtime.runtime_desired_status
+        if runtime.reason:
+            changes["runtime_status_details"] = {"reason": runtime.reason}
+        if runtime.storage_status_details is not None:
+            changes["storage_status_details"] = runtime.storage_status_details
+        p.set(f"pipeline reports {runtime.runtime_status.value if runtime.runtime_status else 'nothing'}",
+              **changes)
+        return
+    if runtime is not None and runtime.probe is RuntimeProbe.UNAVAILABLE:
+        p.set("pipeline answers 503", runtime_status=runtime.runtime_status or RS.UNAVAILABLE,
+              runtime_status_details={"reason": runtime.reason})
+        return
+    reason = runtime.reason if runtime is not None else "not probed"
+    if p.elapsed(cur.resources_status_since) < config.provisioned_grace_period:
+        p.set("pipeline not reachable yet (grace period)", runtime_status=RS.INITIALIZING,
+              runtime_status_details={"reason": f"Pipeline status endpoint could not be reached "
+                                                f"(within the grace period): {reason}"})
+    else:
+        p.set("pipeline not reachable", runtime_status=RS.UNAVAILABLE,
+              runtime_status_details={"reason": f"Pipeline status endpoint could not be reached: {reason}"})
+
+
+def _provisioned(p: _Pass, desired: Desired, observation: Observation, config: LifecycleConfig) -> None:
+    compute = observation.compute
+    runtime = observation.runtime
+    if compute.state in (ComputeState.FAILED, ComputeState.ABSENT, ComputeState.TERMINATING):
+        cause = compute.message or f"compute is {compute.state.value}"
+        _stop(p, desired, "resource error", ErrorResponse(
+            message=f"Pipeline resources failed: {cause}", error_code="RunnerCheckError",
+            details={"cause": cause}))
+        return
+    if runtime is not None and runtime.probe is RuntimeProbe.FATAL:
+        assert runtime.error is not None
+        _stop(p, desired, "pipeline reported a fatal error", runtime.error)
+        return
+    _apply_runtime(p, runtime, config)
+    cur = p.cur
+    if cur.runtime_status is RS.SUSPENDED:
+        _stop(p, desired, "pipeline suspended")
+        return
+    if cur.resources_desired_status is ResourcesDesiredStatus.STOPPED:
+        _stop_provisioned(p, desired, config)
+        return
+    _forward_runtime_desired(p, desired)
+
+
+def _stop_provisioned(p: _Pass, desired: Desired, config: LifecycleConfig) -> None:
+    cur = p.cur
+    if desired.stop_mode is StopMode.FORCE:
+        _stop(p, desired, "desired status is Stopped (force)")
+        return
+    if cur.runtime_desired_status is not RDS.SUSPENDED and cur.runtime_status not in _SUSPENDABLE:
+        _stop(p, desired, f"desired status is Stopped; nothing to checkpoint while "
+                          f"{cur.runtime_status.value if cur.runtime_status else 'unknown'}")
+        return
+    if cur.suspend_requested_at is None:
+        p.set("graceful stop: suspending", suspend_requested_at=p.now)
+    elif p.elapsed(cur.suspend_requested_at) > config.graceful_stop_timeout:
+        _stop(p, desired, "graceful stop timed out", details={
+            "reason": f"The pipeline did not suspend within {config.graceful_stop_timeout:g}s; "
+                      "stopped without a new checkpoint"})
+        return
+    if p.cur.runtime_desired_status is not RDS.SUSPENDED:
+        p.act(ActionKind.SUSPEND)
+
+
+def _forward_runtime_desired(p: _Pass, desired: Desired) -> None:
+    """Keep the pipeline's runtime desired status at the spec's (Feldera's /pause and /resume).
+
+    Running and Paused are kept level-based. A pipeline that started in Standby is activated
+    only when ``runtimeDesiredStatus`` changes after it was provisioned.
+    """
+    cur = p.cur
+    target = desired.runtime_desired_status
+    if target != cur.runtime_desired_adopted:
+        p.set("runtime desired status changed in the spec", runtime_desired_adopted=target,
+              runtime_desired_pending=target)
+        cur = p.cur
+    observed = cur.runtime_desired_status
+    if target is None or observed is None:
+        return
+    if observed in (RDS.RUNNING, RDS.PAUSED):
+        if cur.runtime_desired_pending is not None:
+            p.set("runtime desired status forwarded", runtime_desired_pending=None)
+        if observed.value != target.value:
+            p.act(ActionKind.SET_RUNTIME_DESIRED, target=target)
+    elif observed is RDS.STANDBY and cur.runtime_desired_pending is not None:
+        p.act(ActionKind.SET_RUNTIME_DESIRED, target=target, activate=True)
+
+
+def _approve(p: _Pass, desired: Desired) -> None:
+    cur = p.cur
+    if not _is_new(desired.approve, cur.handled_approve):
+        return
+    assert desired.approve is not None
+    if cur.resources_status is R.PROVISIONED and cur.runtime_status is RS.AWAITING_APPROVAL:
+        p.set("approve requested", handled_approve=_handled(desired.approve, ActionOutcome.APPLIED,
+                                                            "Approval forwarded to the pipeline"))
+        p.act(ActionKind.APPROVE)
+    else:
+        shown = cur.runtime_status.value if cur.runtime_status else cur.resources_status.value
+        p.set("approve refused", handled_approve=_handled(
+            desired.approve, ActionOutcome.REFUSED,
+            f"The pipeline is not AwaitingApproval (it is {shown}); nothing to approve"))
+
+
+def _stopping(p: _Pass, desired: Desired, observation: Observation, config: LifecycleConfig) -> None:
+    if observation.compute.state is ComputeState.ABSENT:
+        p.set("compute is gone", resources_status=R.STOPPED, resources_status_details=None,
+              **_RUNTIME_CLEARED)
+    else:
+        p.act(ActionKind.DEPROVISION)

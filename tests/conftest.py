@@ -1,0 +1,94 @@
+"""Shared fixtures: the real control plane (etcd + kube-apiserver), kubectl, and kstatus checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline_operator import controlplane
+from pipeline_operator.crd import DEFAULT_PATH
+
+from .kstatus import KStatusTracker
+
+REPO = Path(__file__).resolve().parent.parent
+CRD_FILE = REPO / DEFAULT_PATH
+
+
+class Cluster:
+    """The API server the tests talk to, with kubectl bound to it."""
+
+    def __init__(self, binaries: controlplane.Binaries, plane: controlplane.ControlPlane) -> None:
+        self.binaries = binaries
+        self.plane = plane
+
+    @property
+    def kubeconfig(self) -> Path:
+        assert self.plane.kubeconfig is not None
+        return self.plane.kubeconfig
+
+    def kubectl(self, *args: str, user: str = "admin", input: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess:
+        return self.plane.kubectl(*args, user=user, input=input, check=check)
+
+    def apply(self, obj: dict, *, check: bool = True, user: str = "admin") -> subprocess.CompletedProcess:
+        return self.kubectl("apply", "-f", "-", input=json.dumps(obj), check=check, user=user)
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict:
+        args = ["get", kind, name, "-o", "json"]
+        if namespace:
+            args += ["-n", namespace]
+        return json.loads(self.kubectl(*args).stdout)
+
+
+@pytest.fixture(scope="session")
+def binaries() -> controlplane.Binaries:
+    return controlplane.ensure_binaries()
+
+
+@pytest.fixture(scope="session")
+def cluster(binaries: controlplane.Binaries) -> Iterator[Cluster]:
+    """A real etcd + kube-apiserver for the whole test session, stopped at the end."""
+    plane = controlplane.ControlPlane(binaries)
+    plane.start()
+    try:
+        yield Cluster(binaries, plane)
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster: Cluster) -> Cluster:
+    """The generated CRD, applied and Established."""
+    cluster.kubectl("apply", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/pipelines.dataflow.dev")
+    return cluster
+
+
+_ns_counter = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> str:
+    """A fresh namespace per test (namespaces are never removed: there is no namespace controller)."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"t{next(_ns_counter)}-{base}"[:63].strip("-")
+    cluster.kubectl("create", "namespace", name)
+    return name
+
+
+@pytest.fixture
+def kstatus(cluster: Cluster) -> Iterator[KStatusTracker]:
+    """Every Pipeline a test registers is checked by the kstatus rules when the test ends."""
+    tracker = KStatusTracker(cluster.get)
+    yield tracker
+    tracker.verify()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"control-plane cache: {controlplane.cache_root()} (KUBEBUILDER_ASSETS={os.environ.get('KUBEBUILDER_ASSETS', '')})"

@@ -1,0 +1,416 @@
+"""The lifecycle core, pass by pass: each of Feldera's transitions and what triggers it."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline_operator.core.lifecycle import (
+    NOT_JSON,
+    ActionKind,
+    ComputeState,
+    Desired,
+    LifecycleConfig,
+    Observation,
+    RuntimeProbe,
+    parse_status_response,
+)
+from pipeline_operator.models import ActionOutcome, ErrorResponse
+from pipeline_operator.models import InitialRuntimeStatus as Init
+from pipeline_operator.models import ProgramStatus as P
+from pipeline_operator.models import ResourcesDesiredStatus as D
+from pipeline_operator.models import ResourcesStatus as R
+from pipeline_operator.models import RuntimeDesiredStatus as RDS
+from pipeline_operator.models import RuntimeStatus as RS
+from pipeline_operator.models import SpecRuntimeDesiredStatus as SRD
+from pipeline_operator.models import StopMode
+from pipeline_operator.models import StorageStatus as S
+
+from .lifecycle_sim import Sim, compiled, compute, kinds, ok, running, storage, summary
+
+
+def test_stopped_with_desired_stopped_remains_and_compiles():
+    sim = Sim()
+    d = sim.step()
+    assert summary(d) == [] and kinds(d) == ["Compile"]
+    assert sim.state.observed_generation == 1
+
+
+def test_start_compiles_then_uses_storage_then_provisions_in_feldera_order():
+    sim = Sim()
+    sim.spec(resources_desired_status=D.PROVISIONED)
+    d = sim.step()
+    assert summary(d) == [("Stopped", "Provisioned", None, "Pending", "Cleared", False)]
+    assert kinds(d) == ["Compile"]  # early start: waits for compilation
+    d = sim.step(compiled("p1"))
+    assert summary(d) == [
+        ("Stopped", "Provisioned", None, "CompilingSql", "Cleared", False),
+        ("Stopped", "Provisioned", None, "SqlCompiled", "Cleared", False),
+        ("Stopped", "Provisioned", None, "CompilingRust", "Cleared", False),
+        ("Stopped", "Provisioned", None, "Success", "Cleared", False),
+        ("Stopped", "Provisioned", None, "Success", "InUse", False),
+        ("Provisioning", "Provisioned", None, "Success", "InUse", False),
+    ]
+    assert kinds(d) == ["Provision"]
+    assert d.actions[0].initial is RDS.RUNNING and d.actions[0].program_digest == "p1"
+
+
+def test_provisioning_waits_then_becomes_provisioned_with_initializing_first():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.PAUSED))
+    sim.step(compiled("p1"))
+    d = sim.step(Observation(compute=compute(ComputeState.PENDING)))
+    assert summary(d) == [] and kinds(d) == ["Provision"]
+    d = sim.step(running(RS.PAUSED))
+    assert summary(d) == [("Provisioned", "Provisioned", "Initializing", "Success", "InUse", False),
+                          ("Provisioned", "Provisioned", "Paused", "Success", "InUse", False)]
+    assert sim.state.deployment_initial is RDS.PAUSED
+
+
+def test_provisioned_on_a_503_answer_is_unavailable_not_an_error():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED))
+    sim.step(compiled("p1"))
+    d = sim.step(Observation(compute=compute(ComputeState.READY),
+                             runtime=parse_status_response(503, {"message": "busy", "error_code": "X", "details": None})))
+    assert summary(d)[-1][:3] == ("Provisioned", "Provisioned", "Unavailable")
+    assert sim.state.deployment_error is None
+
+
+def test_provisioning_timeout_stops_with_an_error_naming_the_cause():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, provisioning_timeout=30))
+    sim.step(compiled("p1"))
+    pending = Observation(compute=compute(ComputeState.PENDING, "PersistentVolumeClaim is Pending: no StorageClass"))
+    assert summary(sim.step(pending, after=30)) == []  # 30 s is not more than 30 s
+    d = sim.step(pending, after=0.5)
+    assert summary(d) == [("Provisioning", "Stopped", None, "Success", "InUse", False),
+                          ("Stopping", "Stopped", None, "Success", "InUse", True)]
+    err = sim.state.deployment_error
+    assert err.error_code == "AutomatonProvisioningTimeout"
+    assert "no StorageClass" in err.message and "30s" in err.message
+    assert kinds(d) == ["Deprovision"]
+
+
+def test_provisioning_timeout_defaults_to_the_operator_setting():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED),
+              config=LifecycleConfig(default_provisioning_timeout=5))
+    sim.step(compiled("p1"))
+    sim.step(Observation(compute=compute(ComputeState.PENDING)), after=6)
+    assert sim.state.resources_status is R.STOPPING
+
+
+def test_failed_compute_while_provisioning_stops_with_the_backend_message():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED))
+    sim.step(compiled("p1"))
+    sim.step(Observation(compute=compute(ComputeState.FAILED, "process exited with code 3")))
+    assert sim.state.resources_status is R.STOPPING
+    assert "exited with code 3" in sim.state.deployment_error.message
+
+
+def test_desired_stopped_while_provisioning_stops_without_error():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED))
+    sim.step(compiled("p1"))
+    sim.spec(resources_desired_status=D.STOPPED)
+    d = sim.step(Observation(compute=compute(ComputeState.PENDING)))
+    assert summary(d) == [("Provisioning", "Stopped", None, "Success", "InUse", False),
+                          ("Stopping", "Stopped", None, "Success", "InUse", False)]
+
+
+def test_graceful_stop_suspends_then_stops_keeping_storage_and_checkpoint_details():
+    sim = Sim()
+    sim.start()
+    sim.spec(resources_desired_status=D.STOPPED)
+    d = sim.step(running())
+    assert summary(d) == [("Provisioned", "Stopped", "Running", "Success", "InUse", False)]
+    assert kinds(d) == ["Suspend"]
+    d = sim.step(running(RS.RUNNING, RDS.SUSPENDED))
+    assert kinds(d) == []  # the pipeline took the request; no second /suspend
+    checkpoints = {"checkpoints": [{"uuid": "c1"}]}
+    d = sim.step(running(RS.SUSPENDED, RDS.SUSPENDED, storage_status_details=checkpoints))
+    assert summary(d)[-1] == ("Stopping", "Stopped", None, "Success", "InUse", False)
+    assert sim.state.storage_status_details == checkpoints
+    d = sim.step(Observation(compute=compute(ComputeState.TERMINATING)))
+    assert summary(d) == [] and kinds(d) == ["Deprovision"]
+    d = sim.step(Observation())
+    assert summary(d) == [("Stopped", "Stopped", None, "Success", "InUse", False)]
+    assert sim.state.storage_status_details == checkpoints and sim.state.deployment_error is None
+
+
+def test_force_stop_deprovisions_at_once():
+    sim = Sim()
+    sim.start()
+    sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE)
+    d = sim.step(running())
+    assert summary(d)[-1][0] == "Stopping" and kinds(d) == ["Deprovision"]
+
+
+def test_graceful_stop_that_never_suspends_is_finished_after_the_timeout():
+    sim = Sim(config=LifecycleConfig(graceful_stop_timeout=60))
+    sim.start()
+    sim.spec(resources_desired_status=D.STOPPED)
+    sim.step(running())
+    assert sim.step(running(), after=60).state.resources_status is R.PROVISIONED
+    sim.step(running(), after=1)
+    assert sim.state.resources_status is R.STOPPING
+    assert sim.state.deployment_error is None
+    assert "did not suspend" in sim.state.resources_status_details["reason"]
+
+
+def test_graceful_stop_from_standby_stops_at_once():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.STANDBY))
+    sim.step(compiled("p1"))
+    sim.step(running(RS.STANDBY))
+    sim.spec(resources_desired_status=D.STOPPED)
+    assert sim.step(running(RS.STANDBY)).state.resources_status is R.STOPPING
+
+
+def test_pipeline_suspending_by_itself_stops_without_error():
+    sim = Sim()
+    sim.start()
+    d = sim.step(running(RS.SUSPENDED, RDS.SUSPENDED))
+    assert summary(d)[-1] == ("Stopping", "Provisioned", None, "Success", "InUse", False)
+
+
+def test_fatal_runtime_error_latches_and_desired_becomes_stopped():
+    sim = Sim()
+    sim.start()
+    panic = parse_status_response(500, {"message": "worker 0 panicked", "error_code": "WorkerPanic",
+                                        "details": {"worker": 0}})
+    d = sim.step(Observation(compute=compute(ComputeState.READY), runtime=panic))
+    assert summary(d) == [("Provisioned", "Stopped", "Running", "Success", "InUse", False),
+                          ("Stopping", "Stopped", None, "Success", "InUse", True)]
+    assert sim.state.deployment_error == ErrorResponse(message="worker 0 panicked", error_code="WorkerPanic",
+                                                       details={"worker": 0})
+    sim.step(Observation())
+    assert sim.state.resources_status is R.STOPPED and sim.state.deployment_error is not None
+    for _ in range(3):  # no restart: the spec still says Provisioned, but the error holds
+        d = sim.step(Observation())
+        assert summary(d) == [] and ActionKind.PROVISION not in [a.kind for a in d.actions]
+
+
+def test_dead_process_is_a_resource_error():
+    sim = Sim()
+    sim.start()
+    sim.step(Observation(compute=compute(ComputeState.FAILED, "process exited with signal 9")))
+    assert sim.state.resources_status is R.STOPPING
+    assert sim.state.deployment_error.error_code == "RunnerCheckError"
+    assert "signal 9" in sim.state.deployment_error.message
+
+
+def test_unreachable_is_initializing_in_the_grace_period_then_unavailable_and_never_stops():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED))
+    sim.step(compiled("p1"))
+    sim.step(running())
+    unreachable = Observation(compute=compute(ComputeState.READY),
+                              runtime=parse_status_response(None, None, "connection refused"))
+    assert sim.step(unreachable, after=10).state.runtime_status is RS.INITIALIZING
+    state = sim.step(unreachable, after=11).state
+    assert state.runtime_status is RS.UNAVAILABLE
+    assert "connection refused" in state.runtime_status_details["reason"]
+    for _ in range(5):
+        assert sim.step(unreachable, after=60).state.resources_status is R.PROVISIONED
+
+
+def test_stopping_waits_until_compute_is_gone():
+    sim = Sim()
+    sim.start()
+    sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE)
+    sim.step(running())
+    for _ in range(3):
+        assert kinds(sim.step(Observation(compute=compute(ComputeState.READY)))) == ["Deprovision"]
+    assert sim.step(Observation()).state.resources_status is R.STOPPED
+
+
+def test_clear_storage_only_when_stopped_and_desired_stopped():
+    sim = Sim()
+    sim.start()
+    sim.spec(clear_storage="req-1")
+    sim.step(running())
+    handled = sim.state.handled_clear_storage
+    assert handled.outcome is ActionOutcome.REFUSED and "StorageStatusImmutableUnlessStopped" in handled.message
+    assert sim.state.storage_status is S.IN_USE
+    sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE)
+    sim.step(running())
+    sim.step(Observation())
+    assert sim.state.storage_status is S.IN_USE  # the refused value is not retried
+    sim.spec(clear_storage="req-2")
+    d = sim.step(Observation())
+    assert summary(d) == [("Stopped", "Stopped", None, "Success", "Clearing", False)]
+    assert kinds(d) == ["ClearStorage"]
+    assert kinds(sim.step(storage(True))) == ["ClearStorage"]
+    d = sim.step(storage(False))
+    assert summary(d) == [("Stopped", "Stopped", None, "Success", "Cleared", False)]
+    assert sim.state.handled_clear_storage.value == "req-2"
+    assert sim.step().steps == ()  # handled once per value
+
+
+def test_start_requested_while_clearing_waits_for_cleared():
+    sim = Sim(Desired(program_digest="p1"))
+    sim.step(compiled("p1"))
+    sim.state = sim.state.model_copy(update={"storage_status": S.IN_USE})
+    sim.spec(clear_storage="c")
+    sim.step()
+    sim.spec(resources_desired_status=D.PROVISIONED)
+    d = sim.step(storage(True))
+    assert sim.state.resources_status is R.STOPPED and "storage to be cleared" in d.notes[0]
+    d = sim.step(storage(False))
+    assert summary(d) == [("Stopped", "Provisioned", None, "Success", "Cleared", False),
+                          ("Stopped", "Provisioned", None, "Success", "InUse", False),
+                          ("Provisioning", "Provisioned", None, "Success", "InUse", False)]
+
+
+def test_sql_error_with_desired_provisioned_latches_start_failed():
+    sim = Sim()
+    sim.spec(resources_desired_status=D.PROVISIONED)
+    error = {"line": 1, "column": 8, "message": "syntax error"}
+    d = sim.step(compiled("p1", P.SQL_ERROR, error))
+    assert summary(d) == [
+        ("Stopped", "Provisioned", None, "Pending", "Cleared", False),
+        ("Stopped", "Provisioned", None, "CompilingSql", "Cleared", False),
+        ("Stopped", "Provisioned", None, "SqlError", "Cleared", False),
+        ("Stopped", "Stopped", None, "SqlError", "Cleared", False),
+        ("Stopped", "Stopped", None, "SqlError", "Cleared", True),
+    ]
+    assert sim.state.deployment_error.error_code == "StartFailedDueToFailedCompilation"
+    assert sim.state.program_error == error
+    assert sim.step().steps == ()
+
+
+def test_new_spec_generation_dismisses_the_error_and_recompiles():
+    sim = Sim()
+    sim.spec(resources_desired_status=D.PROVISIONED)
+    sim.step(compiled("p1", P.SQL_ERROR, {"message": "bad"}))
+    sim.spec(program_digest="p2")
+    d = sim.step()
+    assert sim.state.deployment_error is None and sim.state.program_status is P.PENDING
+    assert sim.state.resources_desired_status is D.PROVISIONED
+    assert kinds(d) == ["Compile"] and d.actions[0].program_digest == "p2"
+    sim.step(compiled("p2"))
+    assert sim.state.resources_status is R.PROVISIONING
+
+
+def test_dismiss_annotation_is_refused_until_stopped_then_applies():
+    sim = Sim()
+    sim.start()
+    sim.step(Observation(compute=compute(ComputeState.FAILED, "gone")))
+    assert sim.state.resources_status is R.STOPPING
+    sim.spec(dismiss_error="d1")
+    sim.step(Observation(compute=compute(ComputeState.TERMINATING)))
+    assert sim.state.handled_dismiss_error.outcome is ActionOutcome.REFUSED
+    assert sim.state.deployment_error is not None
+    sim.step(Observation())
+    assert sim.state.resources_status is R.STOPPED and sim.state.deployment_error is not None
+    sim.spec(dismiss_error="d2")
+    d = sim.step(Observation())
+    assert sim.state.deployment_error is None and sim.state.handled_dismiss_error.value == "d2"
+    assert summary(d)[0][5] is False
+    assert sim.step().state.resources_status is R.PROVISIONING  # desired Provisioned again
+
+
+def test_dismiss_without_error_is_recorded_as_a_no_op():
+    sim = Sim()
+    sim.spec(dismiss_error="x")
+    d = sim.step()
+    assert d.steps == () and sim.state.handled_dismiss_error.outcome is ActionOutcome.APPLIED
+
+
+def test_program_change_while_provisioned_is_held_until_stopped():
+    sim = Sim()
+    sim.start()
+    sim.spec(program_digest="p2")
+    d = sim.step(running())
+    assert sim.state.program_change_held and sim.state.program_digest == "p1"
+    assert "held" in d.notes[0] and kinds(d) == []
+    sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE)
+    sim.step(running())
+    sim.step(Observation())
+    assert sim.state.resources_status is R.STOPPED and sim.state.program_digest == "p1"
+    d = sim.step()
+    assert sim.state.program_digest == "p2" and sim.state.program_status is P.PENDING
+    assert not sim.state.program_change_held and kinds(d) == ["Compile"]
+
+
+def test_missing_compiled_program_is_compiled_again_while_stopped():
+    sim = Sim()
+    sim.step(compiled("p1"))
+    assert sim.state.program_status is P.SUCCESS
+    sim.step(compiled("p1", P.PENDING))
+    assert sim.state.program_status is P.PENDING
+
+
+def test_runtime_desired_status_is_forwarded_while_provisioned():
+    sim = Sim()
+    sim.start()
+    sim.spec(runtime_desired_status=SRD.PAUSED)
+    d = sim.step(running())
+    assert [(a.kind, a.target, a.activate) for a in d.actions] == [(ActionKind.SET_RUNTIME_DESIRED, SRD.PAUSED, False)]
+    d = sim.step(running(RS.PAUSED, RDS.PAUSED))
+    assert kinds(d) == [] and sim.state.runtime_status is RS.PAUSED
+    d = sim.step(running(RS.RUNNING, RDS.RUNNING))  # resumed behind our back: paused again
+    assert kinds(d) == ["SetRuntimeDesired"]
+
+
+def test_runtime_desired_status_is_the_initial_status_unless_standby():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED,
+                      runtime_desired_status=SRD.PAUSED))
+    d = sim.step(compiled("p1"))
+    assert d.actions[-1].initial is RDS.PAUSED
+
+
+def test_standby_is_activated_only_when_the_runtime_desired_status_changes():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.STANDBY,
+                      runtime_desired_status=SRD.RUNNING))
+    sim.step(compiled("p1"))
+    assert sim.state.deployment_initial is RDS.STANDBY
+    assert kinds(sim.step(running(RS.STANDBY, RDS.STANDBY))) == []
+    sim.spec(runtime_desired_status=SRD.PAUSED)
+    d = sim.step(running(RS.STANDBY, RDS.STANDBY))
+    assert [(a.kind, a.target, a.activate) for a in d.actions] == [(ActionKind.SET_RUNTIME_DESIRED, SRD.PAUSED, True)]
+    assert kinds(sim.step(running(RS.PAUSED, RDS.PAUSED))) == []
+
+
+def test_approve_is_forwarded_only_when_awaiting_approval():
+    sim = Sim()
+    sim.start()
+    sim.spec(approve="a1")
+    sim.step(running())
+    assert sim.state.handled_approve.outcome is ActionOutcome.REFUSED
+    sim.spec(approve="a2")
+    d = sim.step(running(RS.AWAITING_APPROVAL, RDS.RUNNING))
+    assert kinds(d) == ["Approve"] and sim.state.handled_approve.value == "a2"
+    assert kinds(sim.step(running(RS.AWAITING_APPROVAL, RDS.RUNNING))) == []  # once per value
+
+
+def test_leftover_compute_while_stopped_is_deleted():
+    sim = Sim()
+    assert kinds(sim.step(Observation(compute=compute(ComputeState.READY)))) == ["Compile", "Deprovision"]
+
+
+def test_details_change_is_not_a_step_but_is_in_the_state():
+    sim = Sim()
+    sim.start()
+    d = sim.step(running(runtime_status_details={"connector_stats": {"num_errors": 1}}))
+    assert d.steps == () and sim.state.runtime_status_details == {"connector_stats": {"num_errors": 1}}
+
+
+@pytest.mark.parametrize(("status", "body", "probe", "runtime"), [
+    (200, {"runtime_status": "Running", "runtime_desired_status": "Running"}, RuntimeProbe.OK, RS.RUNNING),
+    (200, {"runtime_status": "Synchronizing", "runtime_desired_status": "Running"}, RuntimeProbe.OK, RS.SYNCHRONIZING),
+    (200, "Paused", RuntimeProbe.OK, RS.PAUSED),
+    (200, "Running", RuntimeProbe.OK, RS.RUNNING),
+    (200, "Initializing", RuntimeProbe.OK, RS.INITIALIZING),
+    (200, "Terminated", RuntimeProbe.FATAL, None),
+    (200, {"runtime_status": "Sleeping"}, RuntimeProbe.OK, RS.UNAVAILABLE),
+    (200, [1, 2], RuntimeProbe.OK, RS.UNAVAILABLE),
+    (503, {"message": "m", "error_code": "Initializing", "details": None}, RuntimeProbe.UNAVAILABLE, RS.INITIALIZING),
+    (503, {"message": "m", "error_code": "Suspended", "details": None}, RuntimeProbe.UNAVAILABLE, RS.SUSPENDED),
+    (503, {"message": "m", "error_code": "Other", "details": None}, RuntimeProbe.UNAVAILABLE, RS.UNAVAILABLE),
+    (500, {"message": "panic", "error_code": "WorkerPanic", "details": {}}, RuntimeProbe.FATAL, None),
+    (404, "nope", RuntimeProbe.FATAL, None),
+    (None, None, RuntimeProbe.UNREACHABLE, None),
+    (200, NOT_JSON, RuntimeProbe.UNREACHABLE, None),
+])
+def test_status_answers_are_read_as_feldera_reads_them(status, body, probe, runtime):
+    obs = parse_status_response(status, body, "")
+    assert obs.probe is probe and obs.runtime_status is runtime
+    if probe is RuntimeProbe.FATAL:
+        assert obs.error is not None and obs.error.error_code
+    if status == 500:
+        assert obs.error == ErrorResponse(message="panic", error_code="WorkerPanic", details={})

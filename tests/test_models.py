@@ -1,0 +1,188 @@
+"""The domain model matches Feldera's API contract exactly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from pipeline_operator import models as m
+from pipeline_operator.core.emission import UuidV7
+
+OPENAPI = json.loads(resources.files("pipeline_operator").joinpath("data/feldera-openapi-subset.json").read_text())
+SCHEMAS = OPENAPI["components"]["schemas"]
+SHARED_COPY = Path(__file__).resolve().parents[2] / "shared" / "reference" / "feldera-openapi-subset.json"
+
+
+def _nullable_as_null_type(node):
+    """Feldera's document (utoipa) writes "this type or null" as ``allOf: [$ref]`` plus
+    ``nullable: true``; strict OAS 3.0 validators apply the enum inside ``allOf`` to null too.
+    Rewritten as JSON Schema's ``anyOf: [..., {type: null}]``, it says what it means."""
+    if isinstance(node, list):
+        return [_nullable_as_null_type(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _nullable_as_null_type(v) for k, v in node.items()}
+    if node.pop("nullable", False):
+        return {"anyOf": [node, {"type": "null"}]}
+    return node
+
+
+def schema_validator(name: str) -> Draft202012Validator:
+    """A validator for one component schema, resolving its $refs within the document."""
+    components = _nullable_as_null_type(OPENAPI["components"])
+    return Draft202012Validator({**components["schemas"][name], "components": components})
+
+
+@pytest.mark.skipif(not SHARED_COPY.exists(), reason="the shared reference folder is not beside the checkout")
+def test_packaged_openapi_document_is_the_reference_copy():
+    assert json.loads(SHARED_COPY.read_text()) == OPENAPI
+
+
+@pytest.mark.parametrize(("enum", "schema"), [
+    (m.ResourcesStatus, "ResourcesStatus"),
+    (m.ResourcesDesiredStatus, "ResourcesDesiredStatus"),
+    (m.RuntimeStatus, "RuntimeStatus"),
+    (m.RuntimeDesiredStatus, "RuntimeDesiredStatus"),
+    (m.ProgramStatus, "ProgramStatus"),
+    (m.StorageStatus, "StorageStatus"),
+    (m.CombinedStatus, "CombinedStatus"),
+    (m.CombinedDesiredStatus, "CombinedDesiredStatus"),
+    (m.PipelineMonitorEventFieldSelector, "PipelineMonitorEventFieldSelector"),
+])
+def test_enum_values_are_exactly_feldera_values(enum, schema):
+    assert [e.value for e in enum] == SCHEMAS[schema]["enum"]
+
+
+def test_runtime_status_has_all_twelve_values_including_the_newer_ones():
+    values = {e.value for e in m.RuntimeStatus}
+    assert len(values) == 12
+    assert {"ConcurrentBootstrapping", "Synchronizing"} <= values
+
+
+def test_error_response_matches_the_schema():
+    err = m.ErrorResponse(message="Unknown pipeline name 'x'", error_code="UnknownPipelineName",
+                          details={"pipeline_name": "x"})
+    body = err.model_dump(mode="json")
+    schema_validator("ErrorResponse").validate(body)
+    assert set(body) == set(SCHEMAS["ErrorResponse"]["required"])
+
+
+def _event(**overrides) -> m.MonitorEvent:
+    base = dict(
+        event_id=UuidV7()(dt.datetime(2026, 11, 26, 7, 31, tzinfo=dt.timezone.utc)),
+        recorded_at=dt.datetime(2026, 11, 26, 7, 31, 0, 123456, tzinfo=dt.timezone.utc),
+        deployment_resources_status=m.ResourcesStatus.PROVISIONED,
+        deployment_resources_desired_status=m.ResourcesDesiredStatus.PROVISIONED,
+        deployment_runtime_status=m.RuntimeStatus.RUNNING,
+        deployment_runtime_status_details={"connector_stats": {"num_errors": 0}},
+        deployment_runtime_desired_status=m.RuntimeDesiredStatus.RUNNING,
+        program_status=m.ProgramStatus.SUCCESS,
+        storage_status=m.StorageStatus.IN_USE,
+        storage_status_details={"checkpoints": [{"uuid": "x", "steps": 3}]},
+    )
+    base.update(overrides)
+    return m.MonitorEvent(**base)
+
+
+STATUS_KEYS = ["event_id", "recorded_at", "deployment_resources_status", "deployment_resources_desired_status",
+               "deployment_runtime_status", "deployment_runtime_desired_status", "deployment_has_error",
+               "program_status", "storage_status"]
+ALL_KEYS = ["event_id", "recorded_at", "deployment_resources_status", "deployment_resources_status_details",
+            "deployment_resources_desired_status", "deployment_runtime_status",
+            "deployment_runtime_status_details", "deployment_runtime_desired_status", "deployment_has_error",
+            "deployment_error", "program_status", "storage_status", "storage_status_details"]
+
+
+def test_status_selector_omits_details_and_error_and_keeps_feldera_order():
+    body = m.project_event(_event(), "status")
+    assert list(body) == STATUS_KEYS
+    schema_validator("PipelineMonitorEventSelectedInfo").validate(body)
+
+
+def test_all_selector_includes_absent_details_as_null():
+    body = m.project_event(_event(deployment_runtime_status_details=None, storage_status_details=None), "all")
+    assert list(body) == ALL_KEYS
+    assert body["deployment_resources_status_details"] is None
+    assert body["deployment_runtime_status_details"] is None
+    assert body["storage_status_details"] is None
+    assert body["deployment_error"] is None
+    assert body["deployment_has_error"] is False
+    schema_validator("PipelineMonitorEventSelectedInfo").validate(body)
+
+
+def test_has_error_is_derived_from_the_error():
+    err = m.ErrorResponse(message="worker panicked", error_code="WorkerPanic", details={"worker": 1})
+    stopped = _event(deployment_resources_status=m.ResourcesStatus.STOPPING, deployment_runtime_status=None,
+                     deployment_runtime_desired_status=None, deployment_error=err)
+    status = m.project_event(stopped, m.PipelineMonitorEventFieldSelector.STATUS)
+    full = m.project_event(stopped, m.PipelineMonitorEventFieldSelector.ALL)
+    assert status["deployment_has_error"] is True and "deployment_error" not in status
+    assert full["deployment_error"] == {"message": "worker panicked", "error_code": "WorkerPanic",
+                                        "details": {"worker": 1}}
+    assert status["deployment_runtime_status"] is None  # null unless Provisioned, but present
+    for body in (status, full):
+        schema_validator("PipelineMonitorEventSelectedInfo").validate(body)
+
+
+def test_projection_output_fails_the_schema_when_a_required_field_is_missing():
+    """The schema check above can fail: a projection without storage_status is rejected."""
+    body = m.project_event(_event(), "status")
+    del body["storage_status"]
+    with pytest.raises(Exception, match="storage_status"):
+        schema_validator("PipelineMonitorEventSelectedInfo").validate(body)
+
+
+def test_unknown_selector_is_rejected():
+    with pytest.raises(ValueError):
+        m.project_event(_event(), "everything")
+
+
+@pytest.mark.parametrize(("micro", "text"), [
+    (0, "2026-11-26T07:31:00Z"),
+    (120000, "2026-11-26T07:31:00.120Z"),
+    (123456, "2026-11-26T07:31:00.123456Z"),
+    (100, "2026-11-26T07:31:00.000100Z"),
+])
+def test_recorded_at_is_rfc3339_utc_like_chrono(micro, text):
+    t = dt.datetime(2026, 11, 26, 8, 31, 0, micro, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert m.format_timestamp(t) == text
+    assert dt.datetime.fromisoformat(text.replace("Z", "+00:00")) == t
+
+
+def test_naive_timestamps_are_refused():
+    with pytest.raises(ValueError):
+        m.format_timestamp(dt.datetime(2026, 1, 1))
+
+
+def test_event_ids_are_uuidv7_and_time_ordered():
+    gen = UuidV7()
+    t0 = dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc)
+    ids = [gen(t0) for _ in range(5000)] + [gen(t0 + dt.timedelta(milliseconds=1))] \
+        + [gen(t0 - dt.timedelta(seconds=5))]  # the clock stepping back keeps order
+    assert all(isinstance(i, uuid.UUID) and i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert ids == sorted(ids, key=lambda u: u.int)
+    assert len(set(ids)) == len(ids)
+    assert (ids[0].int >> 80) == int(t0.timestamp() * 1000)
+
+
+def test_crd_spec_defaults_and_camel_case_round_trip():
+    spec = m.PipelineSpec.model_validate({"desiredStatus": "Provisioned", "program": {"sql": "SELECT 1"},
+                                          "storage": {"size": "10Gi", "storageClassName": "fast"}})
+    assert spec.initial_runtime_status is m.InitialRuntimeStatus.RUNNING
+    assert spec.stop_mode is m.StopMode.GRACEFUL
+    assert spec.to_resource()["storage"] == {"size": "10Gi", "storageClassName": "fast"}
+    with pytest.raises(ValueError, match="desiredStatus"):
+        m.PipelineSpec.model_validate({"desiredStatus": "Running"})
+
+
+def test_camelize_is_the_one_mapping_to_resource_field_names():
+    assert m.camelize({"deployment_resources_status": 1, "nested": [{"storage_status_details": 2}]}) == \
+        {"deploymentResourcesStatus": 1, "nested": [{"storageStatusDetails": 2}]}
+    assert set(m.HistoryEntry.model_json_schema(by_alias=True)["properties"]) == \
+        {m.camelize({k: 0}).popitem()[0] for k in STATUS_KEYS}
