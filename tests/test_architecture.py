@@ -1,0 +1,25 @@
+"""Layering stated as import-linter contracts (.importlinter in pyproject.toml)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_pure_core_imports_no_edges():
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or "lint-imports"
+    res = subprocess.run([exe, "--no-cache"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "1 kept, 0 broken" in res.stdout
+
+
+def test_no_module_named_operator_shadows_the_standard_library():
+    src = REPO / "operator"
+    assert not (src / "operator.py").exists() and not (src / "operator" / "__init__.py").exists()
+    assert not (src / "__init__.py").exists()
+    import operator
+    assert hasattr(operator, "itemgetter")  # still the standard library's

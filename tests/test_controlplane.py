@@ -1,0 +1,103 @@
+"""The control-plane harness: binaries from the cache or KUBEBUILDER_ASSETS, clean start and stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline_operator import controlplane
+
+from .conftest import Cluster
+
+
+def test_cached_binaries_are_reused_without_building(binaries, monkeypatch):
+    def no_build(*args, **kwargs):
+        raise AssertionError("a cached binary was built again")
+    monkeypatch.setattr(controlplane, "build_etcd", no_build)
+    monkeypatch.setattr(controlplane, "build_kube_apiserver", no_build)
+    monkeypatch.setattr(controlplane, "fetch_kubectl_and_helm", no_build)
+    monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
+    assert controlplane.ensure_binaries() == binaries
+
+
+def test_kubebuilder_assets_folder_is_used_first(binaries, tmp_path, monkeypatch):
+    for name, path in binaries.as_dict().items():
+        (tmp_path / Path(path).name).symlink_to(path)
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(tmp_path))
+    found = controlplane.ensure_binaries()
+    assert found.kube_apiserver == tmp_path / "kube-apiserver" and found.etcd == tmp_path / "etcd"
+
+
+def test_binaries_report_the_pinned_versions(binaries):
+    out = subprocess.run([str(binaries.kube_apiserver), "--version"], capture_output=True, text=True).stdout
+    assert out.strip() == f"Kubernetes v{controlplane.K8S_VERSION}"
+    out = subprocess.run([str(binaries.etcd), "--version"], capture_output=True, text=True).stdout
+    assert f"etcd Version: {controlplane.ETCD_VERSION}" in out
+    assert "v3." in subprocess.run([str(binaries.helm), "version", "--short"], capture_output=True, text=True).stdout
+
+
+def test_control_plane_starts_and_stops_without_leftover_processes(binaries):
+    plane = controlplane.ControlPlane(binaries)
+    plane.start()
+    pids = [p.pid for p in plane._procs]
+    workdir = plane.workdir
+    try:
+        version = json.loads(plane.kubectl("version", "-o", "json").stdout)
+        assert version["serverVersion"]["gitVersion"] == f"v{controlplane.K8S_VERSION}"
+    finally:
+        plane.stop()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    assert not workdir.exists()
+
+
+def test_token_users_authenticate_and_rbac_applies(cluster: Cluster):
+    assert cluster.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout == "admin"
+    alice = cluster.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}", user="alice")
+    assert alice.stdout == "alice"
+    res = cluster.kubectl("get", "namespaces", user="bob", check=False)
+    assert res.returncode != 0 and "forbidden" in res.stderr.lower()
+    bad = cluster.plane.kubeconfig_for("alice").read_text().replace(cluster.plane.users["alice"].token, "wrong")
+    wrong = cluster.plane.workdir / "kubeconfig-wrong"
+    wrong.write_text(bad)
+    res = controlplane.run_kubectl(cluster.binaries.kubectl, wrong, "get", "pods", check=False)
+    assert res.returncode != 0 and "Unauthorized" in res.stderr
+
+
+def test_service_account_tokens_can_be_issued(cluster: Cluster, namespace: str):
+    """TokenRequest works on this control plane, so the operator can run with its own RBAC."""
+    cluster.kubectl("create", "serviceaccount", "op", "-n", namespace)
+    token = cluster.kubectl("create", "token", "op", "-n", namespace).stdout.strip()
+    assert token.count(".") == 2
+    kubeconfig = controlplane.write_kubeconfig(cluster.plane.workdir / f"kc-{namespace}", cluster.plane.server,
+                                               token, cluster.plane.ca_file, user="op")
+    who = controlplane.run_kubectl(cluster.binaries.kubectl, kubeconfig, "auth", "whoami", "-o",
+                                   "jsonpath={.status.userInfo.username}")
+    assert who.stdout == f"system:serviceaccount:{namespace}:op"
+
+
+def test_fetch_command_prints_where_the_binaries_are(binaries):
+    env = {k: v for k, v in os.environ.items() if k != "KUBEBUILDER_ASSETS"}
+    res = subprocess.run([sys.executable, "-m", "pipeline_operator.cli", "control-plane", "fetch"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = dict(line.split("\t") for line in res.stdout.splitlines())
+    assert rows["kube_apiserver"] == str(binaries.kube_apiserver)
+
+
+@pytest.mark.parametrize("name", ["etcd", "kube-apiserver"])
+def test_a_failing_binary_is_reported_with_its_log(tmp_path, binaries, name):
+    fake = tmp_path / name
+    fake.write_text("#!/bin/sh\necho 'cannot start: broken on purpose' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    broken = controlplane.Binaries(**{**{k: Path(v) for k, v in binaries.as_dict().items()},
+                                      name.replace("-", "_"): fake})
+    plane = controlplane.ControlPlane(broken)
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        plane.start(timeout=20)
+    plane.stop()
