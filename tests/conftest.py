@@ -92,3 +92,45 @@ def kstatus(cluster: Cluster) -> Iterator[KStatusTracker]:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"control-plane cache: {controlplane.cache_root()} (KUBEBUILDER_ASSETS={os.environ.get('KUBEBUILDER_ASSETS', '')})"
+
+
+def _kill_pipeline_processes_under(folder: Path) -> None:
+    """Pipeline processes outlive the operator by design; tests clean up theirs."""
+    import signal as _signal
+    marker = str(folder).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline and b"pipeline-process" in cmdline:
+            try:
+                os.kill(int(entry.name), _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def operators(crd_installed: Cluster, tmp_path: Path):
+    """Start real operator processes: ``operators(namespace, *args)``; all are stopped afterwards."""
+    from .operator_harness import OperatorProcess
+    started: list[OperatorProcess] = []
+
+    def start(namespace: str, *args: str, state_dir: Path | None = None, kubeconfig: Path | None = None):
+        op = OperatorProcess(crd_installed, namespace, state_dir or tmp_path / "state", list(args), kubeconfig)
+        started.append(op.start())
+        return op
+
+    yield start
+    for op in started:
+        if op.proc is not None and op.proc.poll() is None:
+            op.stop()
+    _kill_pipeline_processes_under(tmp_path)
+
+
+@pytest.fixture
+def pipelines(crd_installed: Cluster, namespace: str):
+    from .operator_harness import Pipelines
+    return Pipelines(crd_installed, namespace)

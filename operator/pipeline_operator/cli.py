@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import enum
+import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
+import pydantic
 
 from . import crd as crd_module
+from .settings import OperatorSettings, settings_table
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,6 +67,87 @@ def control_plane_up() -> None:
     """Start a local control plane and keep it running until Ctrl-C."""
     from . import controlplane
     sys.exit(controlplane.main(["up"]))
+
+
+def _settings_options(fn: Any) -> Any:
+    """One click option per setting (flag ``--name``; the environment variable is read by the settings)."""
+    for name, field in reversed(list(OperatorSettings.model_fields.items())):
+        flag = "--" + name.replace("_", "-")
+        help_text = (field.description or "").replace("`", "")
+        if name == "namespaces":
+            fn = click.option("--namespace", "-n", "namespaces", multiple=True, help=help_text)(fn)
+        elif field.annotation is bool:
+            fn = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)(fn)
+        else:
+            fn = click.option(flag, name, default=None, help=help_text, metavar="VALUE")(fn)
+    return fn
+
+
+def load_settings(**given: Any) -> OperatorSettings:
+    """Flags override environment variables, which override defaults."""
+    values = {k: v for k, v in given.items() if v is not None and v != ()}
+    try:
+        return OperatorSettings(**values)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+                             for e in exc.errors())
+        raise click.UsageError(f"invalid settings: {problems}") from None
+
+
+def setup_logging(settings: OperatorSettings) -> None:
+    level = logging.DEBUG if settings.verbose else logging.INFO
+    if settings.log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logging.basicConfig(level=level, handlers=[handler], force=True)
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
+    for noisy in ("kopf.objects", "kopf._core", "kopf._cogs", "aiohttp.access", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not settings.verbose else logging.DEBUG)
+
+
+@main.command()
+@_settings_options
+def run(**given: Any) -> None:
+    """Run the operator: reconcile Pipelines until SIGINT or SIGTERM."""
+    settings = load_settings(**given)
+    setup_logging(settings)
+    from . import controller
+    try:
+        asyncio.run(controller.run(settings))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command("settings")
+@click.option("--markdown", is_flag=True, help="Print the settings as a Markdown table.")
+def show_settings(markdown: bool) -> None:
+    """Print every setting, its flag, environment variable and default."""
+    if markdown:
+        click.echo(settings_table())
+        return
+    for name, value in OperatorSettings().model_dump(mode="json").items():
+        click.echo(f"{name} = {value}")
+
+
+@main.command("pipeline-process")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the bound port here (with --port 0).")
+@click.option("--storage", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The pipeline's storage directory (checkpoints).")
+@click.option("--program", type=click.Path(dir_okay=False, path_type=Path), help="The compiled program (JSON).")
+@click.option("--initial", type=click.Choice(["running", "paused", "standby"]), default="running",
+              show_default=True, help="Runtime status to start in (Feldera's /start?initial=).")
+@click.option("--marker", default="", help="An identifier the operator uses to recognise the process.")
+def pipeline_process(host: str, port: int, port_file: Path | None, storage: Path, program: Path | None,
+                     initial: str, marker: str) -> None:
+    """Run the reference pipeline process (the pipeline side of Feldera's runtime contract)."""
+    from .pipeline_process import serve
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    asyncio.run(serve(host, port, storage, program, initial.capitalize(), port_file))
 
 
 if __name__ == "__main__":

@@ -469,10 +469,12 @@ def _storage(p: _Pass, desired: Desired, observation: Observation) -> None:
 def _stopped(p: _Pass, desired: Desired, observation: Observation, config: LifecycleConfig) -> None:
     cur = p.cur
     compute = observation.compute.state
+    if compute is not ComputeState.ABSENT:
+        # Left over (a process that died while Stopped, or an interrupted stop): it goes first.
+        p.note(f"compute found while Stopped ({compute.value}): deleting it")
+        p.act(ActionKind.DEPROVISION)
+        return
     if cur.resources_desired_status is not ResourcesDesiredStatus.PROVISIONED:
-        if compute is not ComputeState.ABSENT:
-            p.note(f"compute found while Stopped ({compute.value}): deleting it")
-            p.act(ActionKind.DEPROVISION)
         return
     if cur.storage_status is S.CLEARING:
         p.note("waiting for storage to be cleared before starting")
@@ -485,9 +487,6 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
         return
     if cur.program_status is not P.SUCCESS or cur.program_digest != desired.program_digest:
         p.note(f"waiting for compilation ({cur.program_status.value}) before provisioning")
-        return
-    if compute is ComputeState.TERMINATING:
-        p.note("waiting for the previous compute to be gone before provisioning")
         return
     if cur.storage_status is S.CLEARED:
         p.set("storage will be used by the pipeline", storage_status=S.IN_USE)

@@ -144,7 +144,8 @@ def to_status(desired: Desired, state: PipelineState, previous_conditions: Seque
         storage_status_details=state.storage_status_details,
         handled_actions=HandledActions(clear_storage=state.handled_clear_storage,
                                        dismiss_error=state.handled_dismiss_error,
-                                       approve=state.handled_approve),
+                                       approve=state.handled_approve)
+        if (state.handled_clear_storage or state.handled_dismiss_error or state.handled_approve) else None,
         operator_state=OperatorState(error_generation=state.error_generation,
                                      runtime_desired_adopted=state.runtime_desired_adopted,
                                      runtime_desired_pending=state.runtime_desired_pending,

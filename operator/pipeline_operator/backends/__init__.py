@@ -1,0 +1,46 @@
+"""Where a pipeline's compute and storage live.
+
+A backend creates, observes and deletes a pipeline's compute (the pipeline process) and
+storage. Every method is idempotent: the reconciler calls it on every pass until the
+observation shows the effect, so a retry or an operator restart never creates a second set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+from ..core.lifecycle import ComputeObservation
+from ..models import PipelineSpec, RuntimeDesiredStatus
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineKey:
+    """A pipeline's identity: a deleted and re-created Pipeline is a different key."""
+    namespace: str
+    name: str
+    uid: str
+
+    @property
+    def slug(self) -> str:
+        return f"{self.namespace}__{self.name}__{self.uid}"
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Backend(Protocol):
+    async def observe_compute(self, key: PipelineKey) -> ComputeObservation: ...
+
+    async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
+                        initial: RuntimeDesiredStatus) -> None: ...
+
+    async def deprovision(self, key: PipelineKey) -> None: ...
+
+    async def storage_exists(self, key: PipelineKey) -> bool: ...
+
+    async def clear_storage(self, key: PipelineKey) -> None: ...
+
+    def endpoint(self, key: PipelineKey) -> str | None: ...
+
+    async def close(self) -> None: ...

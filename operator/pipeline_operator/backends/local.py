@@ -1,0 +1,218 @@
+"""The local backend: compute is a child process of the operator, storage a directory.
+
+This is what Feldera's open-source edition does. Each pipeline has a folder under
+``<state-dir>/pipelines/<namespace>__<name>__<uid>/`` holding:
+
+- ``storage/``: the pipeline's storage (checkpoints); cleared by deleting it;
+- ``compute.json``: the process record (pid, start time, whether it is being stopped), so a
+  restarted operator finds its processes again instead of starting a second one;
+- ``program.json``: the compiled program the process runs; ``port``: where it listens;
+  ``process.log``: its output.
+
+The command is the operator's (``--pipeline-command``, default the reference pipeline
+process), never one taken from a Pipeline. The process gets a minimal environment plus the
+Pipeline's ``deployment.env`` entries whose names start with ``PIPELINE_``; the rest are
+ignored, so that whoever can create a Pipeline cannot make the operator's machine load code
+(``LD_PRELOAD``, ``PYTHONPATH``, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..core.lifecycle import ComputeObservation, ComputeState
+from ..models import PipelineSpec, RuntimeDesiredStatus
+from . import PipelineKey
+
+log = logging.getLogger(__name__)
+
+ALLOWED_ENV_PREFIX = "PIPELINE_"
+PASSED_THROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (guards against pid reuse)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] == "Z":  # a zombie has exited
+        return None
+    return int(fields[19])
+
+
+class LocalBackend:
+    def __init__(self, state_dir: Path, pipeline_command: str = "") -> None:
+        self.root = state_dir / "pipelines"
+        self.command = shlex.split(pipeline_command) if pipeline_command else [
+            sys.executable, "-m", "pipeline_operator.cli", "pipeline-process"]
+        self._children: dict[str, subprocess.Popen] = {}  # processes this operator started
+
+    # -- paths and records ---------------------------------------------------------------
+
+    def folder(self, key: PipelineKey) -> Path:
+        return self.root / key.slug
+
+    def storage_dir(self, key: PipelineKey) -> Path:
+        return self.folder(key) / "storage"
+
+    def _record_path(self, key: PipelineKey) -> Path:
+        return self.folder(key) / "compute.json"
+
+    def _read_record(self, key: PipelineKey) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._record_path(key).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write_record(self, key: PipelineKey, record: dict[str, Any]) -> None:
+        path = self._record_path(key)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+
+    def _forget_process(self, key: PipelineKey) -> None:
+        for name in ("compute.json", "port"):
+            (self.folder(key) / name).unlink(missing_ok=True)
+        child = self._children.pop(key.uid, None)
+        if child is not None:
+            child.poll()
+
+    def _alive(self, key: PipelineKey, record: dict[str, Any]) -> bool:
+        child = self._children.get(key.uid)
+        if child is not None and child.pid == record["pid"]:
+            return child.poll() is None
+        return _proc_start_time(record["pid"]) == record.get("start_time")
+
+    def _exit_message(self, key: PipelineKey, record: dict[str, Any]) -> str:
+        child = self._children.get(key.uid)
+        if child is not None and child.pid == record["pid"] and child.returncode is not None:
+            code = child.returncode
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        else:
+            how = "is gone"
+        tail = ""
+        log_file = self.folder(key) / "process.log"
+        if log_file.exists():
+            lines = log_file.read_text(errors="replace").strip().splitlines()
+            tail = f"; last output: {lines[-1][:300]}" if lines else ""
+        return f"pipeline process (pid {record['pid']}) {how}{tail}"
+
+    def port(self, key: PipelineKey) -> int | None:
+        try:
+            return int((self.folder(key) / "port").read_text())
+        except (OSError, ValueError):
+            return None
+
+    # -- the Backend protocol -------------------------------------------------------------
+
+    async def observe_compute(self, key: PipelineKey) -> ComputeObservation:
+        return await asyncio.to_thread(self._observe, key)
+
+    def _observe(self, key: PipelineKey) -> ComputeObservation:
+        record = self._read_record(key)
+        if record is None:
+            return ComputeObservation(state=ComputeState.ABSENT)
+        if self._alive(key, record):
+            if record.get("terminating_since"):
+                return ComputeObservation(state=ComputeState.TERMINATING, message="stopping the process")
+            if self.port(key) is None:
+                return ComputeObservation(state=ComputeState.PENDING, message="process starting")
+            return ComputeObservation(state=ComputeState.READY)
+        if record.get("terminating_since"):
+            self._forget_process(key)
+            return ComputeObservation(state=ComputeState.ABSENT)
+        return ComputeObservation(state=ComputeState.FAILED, message=self._exit_message(key, record))
+
+    async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
+                        initial: RuntimeDesiredStatus) -> None:
+        await asyncio.to_thread(self._provision, key, spec, artifact, initial)
+
+    def _provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
+                   initial: RuntimeDesiredStatus) -> None:
+        if self._read_record(key) is not None:
+            return  # running (or failed, which the observation reports): never a second process
+        folder = self.folder(key)
+        self.storage_dir(key).mkdir(parents=True, exist_ok=True)
+        program = folder / "program.json"
+        program.write_text(json.dumps(artifact))
+        (folder / "port").unlink(missing_ok=True)
+        env = {k: os.environ[k] for k in PASSED_THROUGH_ENV if k in os.environ}
+        ignored = []
+        for var in spec.deployment.env:
+            if var.name.startswith(ALLOWED_ENV_PREFIX):
+                env[var.name] = var.value
+            else:
+                ignored.append(var.name)
+        if ignored:
+            log.warning("%s: local backend ignores deployment.env %s (only %s* names are passed)",
+                        key, ", ".join(ignored), ALLOWED_ENV_PREFIX)
+        cmd = [*self.command, "--host", "127.0.0.1", "--port", "0", "--port-file", str(folder / "port"),
+               "--storage", str(self.storage_dir(key)), "--program", str(program),
+               "--initial", initial.value.lower(), "--marker", key.uid]
+        with open(folder / "process.log", "ab") as out:
+            child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env, cwd=folder, start_new_session=True)
+        self._children[key.uid] = child
+        self._write_record(key, {"pid": child.pid, "start_time": _proc_start_time(child.pid),
+                                 "started_at": time.time(), "terminating_since": None})
+        log.info("%s: started pipeline process pid %s (initial %s)", key, child.pid, initial.value)
+
+    async def deprovision(self, key: PipelineKey) -> None:
+        await asyncio.to_thread(self._deprovision, key)
+
+    def _deprovision(self, key: PipelineKey) -> None:
+        record = self._read_record(key)
+        if record is None:
+            return
+        if not self._alive(key, record):
+            self._forget_process(key)
+            return
+        now = time.time()
+        if not record.get("terminating_since"):
+            record["terminating_since"] = now
+            self._write_record(key, record)
+            self._signal(record["pid"], signal.SIGTERM)
+            log.info("%s: stopping pipeline process pid %s", key, record["pid"])
+        elif now - record["terminating_since"] > KILL_AFTER:
+            self._signal(record["pid"], signal.SIGKILL)
+            log.warning("%s: pipeline process pid %s ignored SIGTERM for %.0fs: killed", key, record["pid"],
+                        KILL_AFTER)
+
+    @staticmethod
+    def _signal(pid: int, sig: signal.Signals) -> None:
+        try:
+            os.killpg(pid, sig)  # the process leads its own session and group
+        except ProcessLookupError:
+            pass
+
+    async def storage_exists(self, key: PipelineKey) -> bool:
+        return self.storage_dir(key).exists()
+
+    async def clear_storage(self, key: PipelineKey) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.storage_dir(key), True)
+
+    async def forget(self, key: PipelineKey) -> None:
+        """Remove everything of a deleted pipeline (its compute must be gone)."""
+        await asyncio.to_thread(shutil.rmtree, self.folder(key), True)
+
+    def endpoint(self, key: PipelineKey) -> str | None:
+        port = self.port(key)
+        return None if port is None else f"http://127.0.0.1:{port}"
+
+    async def close(self) -> None:
+        """Pipelines keep running when the operator stops; a restarted operator adopts them."""
+        for child in self._children.values():
+            child.poll()

@@ -1,0 +1,231 @@
+"""The reference pipeline process: the pipeline side of Feldera's runtime HTTP contract.
+
+It is the default workload of both backends. It does not process data; it behaves, over
+HTTP and on disk, as a Feldera pipeline does through its lifecycle:
+
+- ``GET /status`` answers Feldera's ExtendedRuntimeStatus (``runtime_status``,
+  ``runtime_desired_status``, ``runtime_status_details``, ``storage_status_details``);
+- it starts in Initializing, goes through Replaying when its storage holds a checkpoint, then
+  to its initial status (Running, Paused or Standby; AwaitingApproval first when told to);
+- ``GET /pause``, ``GET /start``, ``POST /activate``, ``POST /approve`` and ``POST /suspend``
+  change its desired status as Feldera's pipeline does (``may_transition_to``);
+- on suspend it writes a checkpoint into its storage directory, then reports Suspended;
+- it can be told to fail, for tests and demos: ``POST /debug/fail?mode=panic`` makes
+  ``/status`` answer 500 with an ErrorResponse (as a panicked Feldera pipeline does),
+  ``mode=exit`` makes the process exit with code 70.
+
+Environment knobs (set them in ``spec.deployment.env``): ``PIPELINE_INIT_SECONDS``
+(default 1), ``PIPELINE_REPLAY_SECONDS`` (1), ``PIPELINE_SUSPEND_SECONDS`` (0.5),
+``PIPELINE_REQUIRE_APPROVAL`` (``1`` to wait in AwaitingApproval), ``PIPELINE_BIND_DELAY_SECONDS``
+(0: how long the process takes before it listens, like a slow container start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("pipeline_operator.pipeline_process")
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _error(status: int, message: str, code: str, details: Any = None) -> web.Response:
+    return web.json_response({"message": message, "error_code": code, "details": details}, status=status)
+
+
+class ReferencePipeline:
+    def __init__(self, storage: Path, program: dict[str, Any], initial: str,
+                 init_seconds: float = 1.0, replay_seconds: float = 1.0, suspend_seconds: float = 0.5,
+                 require_approval: bool = False) -> None:
+        self.storage = storage
+        self.program = program
+        self.initial = initial
+        self.init_seconds = init_seconds
+        self.replay_seconds = replay_seconds
+        self.suspend_seconds = suspend_seconds
+        self.require_approval = require_approval
+        self.status = "Initializing"
+        self.desired = initial
+        self.panic: dict[str, Any] | None = None
+        self.started_at = dt.datetime.now(dt.timezone.utc)
+        self._task: asyncio.Task | None = None
+
+    # -- storage -----------------------------------------------------------------------
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        folder = self.storage / CHECKPOINT_DIR
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.glob("*.json")):
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return sorted(found, key=lambda c: c.get("created_at", ""))
+
+    def write_checkpoint(self) -> dict[str, Any]:
+        folder = self.storage / CHECKPOINT_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        checkpoint = {"uuid": str(uuid.uuid4()), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                      "program_digest": self.program.get("digest"), "steps": len(self.checkpoints()) + 1}
+        tmp = folder / f".{checkpoint['uuid']}.tmp"
+        tmp.write_text(json.dumps(checkpoint))
+        tmp.replace(folder / f"{checkpoint['uuid']}.json")
+        return checkpoint
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._boot())
+
+    async def _boot(self) -> None:
+        await asyncio.sleep(self.init_seconds)
+        if self.checkpoints():
+            self.status = "Replaying"
+            await asyncio.sleep(self.replay_seconds)
+        if self.require_approval:
+            self.status = "AwaitingApproval"
+            return
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.desired == "Suspended":
+            return
+        self.status = {"Running": "Running", "Paused": "Paused", "Standby": "Standby"}[self.desired]
+
+    async def _suspend(self) -> None:
+        await asyncio.sleep(self.suspend_seconds)
+        self.write_checkpoint()
+        self.status = "Suspended"
+
+    def status_body(self) -> dict[str, Any]:
+        return {
+            "runtime_status": self.status,
+            "runtime_status_details": {"reason": None, "program": self.program.get("name", "pipeline"),
+                                       "connector_stats": {"num_errors": 0}},
+            "runtime_desired_status": self.desired,
+            "storage_status_details": {"checkpoints": self.checkpoints()},
+        }
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/status", self.handle_status)
+        app.router.add_get("/pause", self.handle_pause)
+        app.router.add_get("/start", self.handle_start)
+        app.router.add_post("/suspend", self.handle_suspend)
+        app.router.add_post("/activate", self.handle_activate)
+        app.router.add_post("/approve", self.handle_approve)
+        app.router.add_post("/debug/fail", self.handle_fail)
+        return app
+
+    async def handle_status(self, request: web.Request) -> web.Response:
+        if self.panic is not None:
+            return web.json_response(self.panic, status=500)
+        return web.json_response(self.status_body())
+
+    def _may_transition_to(self, target: str) -> bool:
+        """Feldera's rule: same -> same, Standby -> Paused|Running, Paused|Running -> each other or Suspended."""
+        current = self.desired
+        return current == target or (current in ("Paused", "Running") and target in ("Paused", "Running", "Suspended"))
+
+    def _change(self, target: str) -> web.Response:
+        if self.panic is not None:
+            return _error(500, self.panic["message"], self.panic["error_code"])
+        if self.desired == "Standby":
+            return _error(400, "The pipeline is in Standby: activate it first", "PipelineInStandby")
+        if not self._may_transition_to(target):
+            return _error(400, f"Cannot go from desired {self.desired} to {target}", "IllegalPipelineAction",
+                          {"from": self.desired, "to": target})
+        self.desired = target
+        if self.status in ("Running", "Paused"):
+            self._settle()
+        return web.json_response(None, status=202)
+
+    async def handle_pause(self, request: web.Request) -> web.Response:
+        return self._change("Paused")
+
+    async def handle_start(self, request: web.Request) -> web.Response:
+        return self._change("Running")
+
+    async def handle_suspend(self, request: web.Request) -> web.Response:
+        response = self._change("Suspended")
+        if response.status == 202 and self.status not in ("Suspended",):
+            asyncio.create_task(self._suspend())
+        return response
+
+    async def handle_activate(self, request: web.Request) -> web.Response:
+        target = {"running": "Running", "paused": "Paused"}.get(request.query.get("initial", "running"))
+        if target is None:
+            return _error(400, "initial must be running or paused", "InvalidParameter")
+        if self.desired != "Standby":
+            return _error(400, f"The pipeline is not in Standby (desired {self.desired})", "NotInStandby")
+        self.desired = target
+        if self.status == "Standby":
+            self._settle()
+        return web.json_response(None, status=202)
+
+    async def handle_approve(self, request: web.Request) -> web.Response:
+        if self.status != "AwaitingApproval":
+            return _error(400, f"The pipeline is not awaiting approval ({self.status})", "NotAwaitingApproval")
+        self.require_approval = False
+        self._settle()
+        return web.json_response(None, status=202)
+
+    async def handle_fail(self, request: web.Request) -> web.Response:
+        mode = request.query.get("mode", "panic")
+        if mode == "exit":
+            asyncio.get_running_loop().call_later(0.05, os._exit, 70)
+            return web.json_response(None, status=202)
+        if mode != "panic":
+            return _error(400, "mode must be panic or exit", "InvalidParameter")
+        self.panic = {"message": "A worker thread panicked: reference pipeline told to fail",
+                      "error_code": "WorkerPanic", "details": {"worker": 0}}
+        return web.json_response(None, status=202)
+
+
+async def serve(host: str, port: int, storage: Path, program_file: Path | None, initial: str,
+                port_file: Path | None = None) -> None:
+    storage.mkdir(parents=True, exist_ok=True)
+    program = json.loads(program_file.read_text()) if program_file else {}
+    env = os.environ
+    pipeline = ReferencePipeline(
+        storage, program, initial,
+        init_seconds=float(env.get("PIPELINE_INIT_SECONDS", "1")),
+        replay_seconds=float(env.get("PIPELINE_REPLAY_SECONDS", "1")),
+        suspend_seconds=float(env.get("PIPELINE_SUSPEND_SECONDS", "0.5")),
+        require_approval=env.get("PIPELINE_REQUIRE_APPROVAL", "") == "1")
+    await asyncio.sleep(float(env.get("PIPELINE_BIND_DELAY_SECONDS", "0")))
+    runner = web.AppRunner(pipeline.app(), access_log=None)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    site = web.SockSite(runner, sock)
+    await site.start()
+    bound = sock.getsockname()[1]
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(bound))
+        tmp.replace(port_file)
+    log.info("reference pipeline listening on %s:%s (initial %s, storage %s)", host, bound, initial, storage)
+    pipeline.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()

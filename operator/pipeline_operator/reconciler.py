@@ -1,0 +1,323 @@
+"""One pipeline's monitoring loop: observe, decide (the pure core), record, act.
+
+Every pass reads the Pipeline (spec, generation, one-shot annotations), observes compute,
+storage, program and runtime through the edges, asks :func:`core.lifecycle.decide` what
+changed and what to do, runs the emission rules, writes the status (only when something
+changed, guarded by resourceVersion) and then acts. Recording before acting means that a
+pass whose status write loses a race does nothing, and the next pass decides again from the
+fresh object: reconciliation is level-based and every action is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .backends import Backend, PipelineKey
+from .compiler import Compiler
+from .core import resource
+from .core.emission import EmissionRules, Emitted, UuidV7, emit
+from .core.lifecycle import (
+    Action,
+    ActionKind,
+    ComputeState,
+    Decision,
+    Desired,
+    LifecycleConfig,
+    Observation,
+    PipelineState,
+    StorageObservation,
+    decide,
+)
+from .kube import Conflict, Kube, resource_version_newer
+from .models import (
+    Condition,
+    HistoryEntry,
+    MonitorEvent,
+    PipelineSpec,
+    PipelineStatus,
+    ResourcesStatus,
+    program_digest,
+    project_event,
+)
+from .runtime_client import RuntimeClient
+from .settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_CLEAR_STORAGE = "dataflow.dev/clear-storage"
+ANNOTATION_DISMISS_ERROR = "dataflow.dev/dismiss-error"
+ANNOTATION_APPROVE = "dataflow.dev/approve"
+ONE_SHOT_ANNOTATIONS = (ANNOTATION_CLEAR_STORAGE, ANNOTATION_DISMISS_ERROR, ANNOTATION_APPROVE)
+DETAILS_KEYS = ("deploymentResourcesStatusDetails", "deploymentRuntimeStatusDetails", "storageStatusDetails")
+_QUICK_REPOLL = 0.3  # after forwarding an action to the pipeline, look again soon (Feldera's notify)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class EventSink:
+    """Where recorded monitor events go besides ``status.history`` (store, Kubernetes Events)."""
+
+    async def record(self, key: PipelineKey, events: Sequence[Emitted], reasons: Sequence[str]) -> None:
+        return None
+
+    async def latest(self, key: PipelineKey) -> MonitorEvent | None:
+        return None
+
+    async def forget(self, key: PipelineKey) -> None:
+        return None
+
+
+@dataclasses.dataclass
+class Context:
+    """What every pipeline's loop shares."""
+    settings: OperatorSettings
+    kube: Kube
+    backend: Backend
+    compiler: Compiler
+    runtime: RuntimeClient
+    sink: EventSink = dataclasses.field(default_factory=EventSink)
+    ids: UuidV7 = dataclasses.field(default_factory=UuidV7)
+    clock: Callable[[], dt.datetime] = utcnow
+
+    @property
+    def lifecycle(self) -> LifecycleConfig:
+        return LifecycleConfig(default_provisioning_timeout=self.settings.provisioning_timeout,
+                               graceful_stop_timeout=self.settings.graceful_stop_timeout)
+
+    @property
+    def rules(self) -> EmissionRules:
+        return EmissionRules(details_min_interval=self.settings.details_min_interval,
+                             heartbeat_interval=self.settings.heartbeat_interval)
+
+
+def key_of(body: dict[str, Any]) -> PipelineKey:
+    meta = body["metadata"]
+    return PipelineKey(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
+
+
+def desired_of(body: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
+    spec = PipelineSpec.model_validate(body.get("spec") or {})
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    timeout = spec.deployment.provisioning_timeout_seconds
+    desired = Desired(
+        generation=int(body["metadata"].get("generation") or 1),
+        resources_desired_status=spec.desired_status,
+        initial=spec.initial_runtime_status,
+        runtime_desired_status=spec.runtime_desired_status,
+        stop_mode=spec.stop_mode,
+        program_digest=program_digest(spec.program.sql),
+        provisioning_timeout=float(timeout) if timeout else None,
+        clear_storage=annotations.get(ANNOTATION_CLEAR_STORAGE),
+        dismiss_error=annotations.get(ANNOTATION_DISMISS_ERROR),
+        approve=annotations.get(ANNOTATION_APPROVE),
+    )
+    return desired, spec
+
+
+def history_entry(event: MonitorEvent) -> HistoryEntry:
+    return HistoryEntry.model_validate(project_event(event, "status"))
+
+
+def _without_details(status: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if k not in DETAILS_KEYS}
+
+
+class PipelineMonitor:
+    """The monitoring loop of one Pipeline (one per Pipeline, kept in Kopf's per-object memo)."""
+
+    def __init__(self, ctx: Context, key: PipelineKey) -> None:
+        self.ctx = ctx
+        self.key = key
+        self.wake = asyncio.Event()
+        self.state: PipelineState | None = None
+        self.conditions: list[Condition] = []
+        self.history: list[HistoryEntry] = []
+        self.last_event: MonitorEvent | None = None
+        self.written: dict[str, Any] | None = None
+        self.obj: dict[str, Any] | None = None  # the newest version of the Pipeline we know
+        self._last_notes: tuple[str, ...] = ()
+        self.passes = 0
+
+    # -- the newest object -----------------------------------------------------------------
+
+    def see(self, body: dict[str, Any]) -> None:
+        """Take a version of the Pipeline (from the watch or a read) if it is newer than ours."""
+        rv = (body.get("metadata") or {}).get("resourceVersion")
+        known = (self.obj or {}).get("metadata", {}).get("resourceVersion")
+        if self.obj is None or resource_version_newer(rv, known):
+            self.obj = {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}),
+                        "status": dict(body.get("status") or {})}
+
+    def _load(self, obj: dict[str, Any]) -> None:
+        """First pass: carry on from what the status recorded (an operator restart loses nothing)."""
+        status = PipelineStatus.model_validate(obj.get("status") or {})
+        self.state = resource.from_status(status)
+        self.conditions = list(status.conditions)
+        self.history = list(status.history)
+        self.written = obj.get("status") or {}
+        if self.history:
+            newest = self.history[0]
+            state = self.state
+            self.last_event = MonitorEvent(
+                event_id=newest.event_id, recorded_at=newest.recorded_at,
+                deployment_resources_status=newest.deployment_resources_status,
+                deployment_resources_desired_status=newest.deployment_resources_desired_status,
+                deployment_runtime_status=newest.deployment_runtime_status,
+                deployment_runtime_desired_status=newest.deployment_runtime_desired_status,
+                deployment_error=state.deployment_error if newest.deployment_has_error else None,
+                program_status=newest.program_status, storage_status=newest.storage_status)
+
+    # -- one pass ----------------------------------------------------------------------------
+
+    async def run_pass(self) -> float:
+        """Observe, decide, record, act. Returns the seconds until the next pass."""
+        assert self.obj is not None
+        obj = self.obj
+        if self.state is None:
+            self._load(obj)
+            stored = await self.ctx.sink.latest(self.key)
+            if stored is not None and (self.last_event is None or stored.recorded_at >= self.last_event.recorded_at):
+                self.last_event = stored
+        assert self.state is not None
+        desired, spec = desired_of(obj)
+        observation = await self.observe(desired, self.state)
+        now = self.ctx.clock()
+        decision = decide(desired, self.state, observation, now, self.ctx.lifecycle)
+        emitted = emit(self.last_event, [s.state.event_status() for s in decision.steps],
+                       decision.state.event_status(), now, self.ctx.ids, self.ctx.rules)
+        try:
+            await self.record(desired, decision, emitted, now)
+        except Conflict as exc:
+            log.info("%s: %s; reading it again", self.key, exc)
+            fresh = await self.ctx.kube.get_pipeline(self.key.namespace, self.key.name)
+            if fresh is not None:
+                self.obj = None
+                self.see(fresh)
+            return 0.0
+        self._explain(decision, emitted)
+        quick = await self.act(decision.actions, desired, spec)
+        self.passes += 1
+        transitional = decision.state.resources_status in (ResourcesStatus.PROVISIONING, ResourcesStatus.STOPPING) \
+            or decision.state.program_status.is_compiling
+        delay = self.ctx.settings.monitor_period(transitional)
+        return min(delay, _QUICK_REPOLL) if quick else delay
+
+    async def observe(self, desired: Desired, state: PipelineState) -> Observation:
+        ctx = self.ctx
+        compute = await ctx.backend.observe_compute(self.key)
+        runtime = None
+        if state.resources_status in (ResourcesStatus.PROVISIONING, ResourcesStatus.PROVISIONED) \
+                and compute.state in (ComputeState.READY, ComputeState.PENDING):
+            endpoint = ctx.backend.endpoint(self.key)
+            if endpoint is not None:
+                runtime = await ctx.runtime.status(endpoint)
+        program = ctx.compiler.observe(desired.program_digest)
+        storage = None
+        if state.storage_status.value == "Clearing" or desired.clear_storage is not None:
+            storage = StorageObservation(exists=await ctx.backend.storage_exists(self.key))
+        return Observation(compute=compute, runtime=runtime, program=program, storage=storage)
+
+    async def record(self, desired: Desired, decision: Decision, emitted: Sequence[Emitted],
+                     now: dt.datetime) -> None:
+        """Write status (with the new history entries) if anything a reader sees changed."""
+        history = self.history
+        if emitted:
+            fresh = [history_entry(e.event) for e in reversed(emitted)]
+            history = (fresh + history)[: self.ctx.settings.history_limit]
+        status = resource.to_status(desired, decision.state, self.conditions, history, now)
+        body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if not emitted and self.written is not None and _without_details(body) == _without_details(self.written):
+            self.state = decision.state
+            return
+        assert self.obj is not None
+        rv = self.obj["metadata"]["resourceVersion"]
+        updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name, rv, body)
+        self.see(updated)
+        self.written = body
+        self.state = decision.state
+        self.conditions = list(status.conditions)
+        self.history = history
+        if emitted:
+            self.last_event = emitted[-1].event
+            reasons = [s.reason for s in decision.steps]
+            await self.ctx.sink.record(self.key, emitted, reasons)
+
+    async def act(self, actions: Sequence[Action], desired: Desired, spec: PipelineSpec) -> bool:
+        """Carry out the decision; returns whether the pipeline was asked to change (look again soon)."""
+        ctx = self.ctx
+        quick = False
+        endpoint = ctx.backend.endpoint(self.key)
+        for action in actions:
+            kind = action.kind
+            if kind is ActionKind.COMPILE:
+                assert action.program_digest is not None
+                ctx.compiler.ensure(action.program_digest, spec.program.sql, self.wake.set)
+            elif kind is ActionKind.PROVISION:
+                assert action.program_digest is not None and action.initial is not None
+                artifact = ctx.compiler.artifact(action.program_digest)
+                if artifact is None:
+                    log.warning("%s: compiled program %s is missing; cannot provision", self.key,
+                                action.program_digest[:8])
+                    continue
+                await ctx.backend.provision(self.key, spec, artifact, action.initial)
+            elif kind is ActionKind.DEPROVISION:
+                await ctx.backend.deprovision(self.key)
+            elif kind is ActionKind.CLEAR_STORAGE:
+                await ctx.backend.clear_storage(self.key)
+                quick = True
+            elif endpoint is None:
+                log.info("%s: no endpoint yet for %s", self.key, kind.value)
+            elif kind is ActionKind.SUSPEND:
+                quick |= await ctx.runtime.suspend(endpoint)
+            elif kind is ActionKind.SET_RUNTIME_DESIRED:
+                assert action.target is not None
+                quick |= await ctx.runtime.set_runtime_desired(endpoint, action.target, action.activate)
+            elif kind is ActionKind.APPROVE:
+                quick |= await ctx.runtime.approve(endpoint)
+        return quick
+
+    def _explain(self, decision: Decision, emitted: Sequence[Emitted]) -> None:
+        for step in decision.steps:
+            s = step.state
+            runtime = f"/{s.runtime_status.value}" if s.runtime_status else ""
+            error = f", error {s.deployment_error.error_code}" if s.deployment_error else ""
+            log.info("%s: %s -> resources %s%s, desired %s, program %s, storage %s%s", self.key, step.reason,
+                     s.resources_status.value, runtime, s.resources_desired_status.value, s.program_status.value,
+                     s.storage_status.value, error)
+        if decision.notes != self._last_notes:
+            for note in decision.notes:
+                log.info("%s: %s", self.key, note)
+            self._last_notes = decision.notes
+        for e in emitted:
+            if e.kind.value in ("heartbeat", "details"):
+                log.debug("%s: %s event recorded", self.key, e.kind.value)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, stopped: Callable[[], bool]) -> None:
+        """Passes until the daemon is stopped (Kopf cancels the task); a spec or annotation
+        change wakes it at once."""
+        backoff = 1.0
+        while not stopped():
+            self.wake.clear()  # a wake-up that comes during the pass shortens the wait after it
+            try:
+                delay = await self.run_pass()
+                backoff = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: monitoring pass failed; retrying in %.0fs", self.key, backoff)
+                delay, backoff = backoff, min(backoff * 2, 60.0)
+            if delay <= 0 or self.wake.is_set():
+                continue
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass

@@ -1,0 +1,89 @@
+"""Every setting of the operator, in one place.
+
+Each setting has a command-line flag (``--monitor-interval``) and an environment variable
+(``PIPELINE_OPERATOR_MONITOR_INTERVAL``); the flag wins. The table in the README is
+generated from this class (``pipeline-operator settings --markdown``).
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .models import MAX_HISTORY_ITEMS
+
+ENV_PREFIX = "PIPELINE_OPERATOR_"
+
+
+class Backend(str, enum.Enum):
+    LOCAL = "local"
+    KUBERNETES = "kubernetes"
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    backend: Backend = Field(Backend.LOCAL, description="Where pipelines run: `local` (child processes "
+                             "and directories of the operator) or `kubernetes` (StatefulSet, Service, "
+                             "ConfigMap and PersistentVolumeClaim).")
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Namespaces to watch (repeatable "
+                                  "flag `--namespace`); empty with `--all-namespaces`.")
+    all_namespaces: bool = Field(False, description="Watch Pipelines in every namespace.")
+    monitor_interval: float = Field(2.5, gt=0, le=3600, description="Seconds between monitoring passes "
+                                    "while Stopped or Provisioned (Feldera: 2.5).")
+    transition_monitor_interval: float = Field(1.0, gt=0, le=3600, description="Seconds between "
+                                               "monitoring passes while Provisioning or Stopping (Feldera: 1).")
+    details_min_interval: float = Field(10.0, ge=0, description="A details-only change is recorded as "
+                                        "an event at most this often (seconds).")
+    heartbeat_interval: float = Field(600.0, gt=0, description="With nothing changed for longer than "
+                                      "this (seconds), a heartbeat event is recorded.")
+    events_retention: int = Field(720, ge=1, le=100_000, description="Monitor events kept per pipeline "
+                                  "in the event store (approximately, as Feldera).")
+    history_limit: int = Field(20, ge=0, le=MAX_HISTORY_ITEMS, description="Newest events kept in each "
+                               "Pipeline's `status.history`.")
+    provisioning_timeout: float = Field(300.0, gt=0, description="Seconds Provisioning may take when the "
+                                        "spec sets no `deployment.provisioningTimeoutSeconds`.")
+    graceful_stop_timeout: float = Field(120.0, gt=0, description="Seconds a graceful stop waits for the "
+                                         "pipeline to suspend before stopping it without a new checkpoint.")
+    status_timeout: float = Field(5.0, gt=0, description="Timeout of a pipeline's `GET /status` (seconds).")
+    event_store: Path = Field(Path("pipeline-events.sqlite"), description="Path of the durable "
+                              "monitor-event store (SQLite).")
+    state_dir: Path = Field(Path("pipeline-operator-state"), description="Local backend: where pipeline "
+                            "storage directories, compiled programs and process records live.")
+    pipeline_command: str = Field("", description="Local backend: the command that runs a pipeline "
+                                  "process (default: this installation's reference pipeline process). "
+                                  "Set on the operator only, never taken from a Pipeline.")
+    operator_name: str = Field("pipeline-operator", description="Reporting component of Kubernetes "
+                               "Events and field manager of the operator's writes.")
+    log_format: str = Field("plain", pattern="^(plain|json)$", description="Log lines as plain text "
+                            "or JSON.")
+    verbose: bool = Field(False, description="Debug logging.")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v for v in value.replace(",", " ").split() if v]
+        return value
+
+    def monitor_period(self, transitional: bool) -> float:
+        return self.transition_monitor_interval if transitional else self.monitor_interval
+
+
+def settings_table() -> str:
+    """The configuration table in Markdown, from the fields above (README)."""
+    rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    for name, field in OperatorSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "namespaces":
+            flag = "--namespace (repeatable)"
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, enum.Enum):
+            default = default.value
+        shown = f"`{default}`" if default not in ("", [], None) else ""
+        rows.append(f"| `{flag}` | `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)

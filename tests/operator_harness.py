@@ -1,0 +1,145 @@
+"""Running the real operator (``pipeline-operator run``) against the test API server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .conftest import Cluster
+
+FAST = ["--monitor-interval", "0.5", "--transition-monitor-interval", "0.25"]
+
+
+class OperatorProcess:
+    """One ``pipeline-operator run`` process, its log file and its state directory."""
+
+    def __init__(self, cluster: Cluster, namespace: str, state_dir: Path, args: list[str],
+                 kubeconfig: Path | None = None) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.state_dir = state_dir
+        self.args = args
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
+        self.log_path = state_dir / f"operator-{int(time.time() * 1000)}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "OperatorProcess":
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.state_dir / f"operator-{int(time.time() * 1000)}.log"
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        cmd = [sys.executable, "-m", "pipeline_operator.cli", "run", "--namespace", self.namespace,
+               "--state-dir", str(self.state_dir), "--event-store", str(self.state_dir / "events.sqlite"),
+               *FAST, *self.args]
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"operator did not stop within {timeout}s after {sig}:\n{self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def assert_alive(self) -> None:
+        assert self.proc is not None and self.proc.poll() is None, f"operator exited:\n{self.log()[-4000:]}"
+
+    def pipeline_processes(self, uid: str) -> list[int]:
+        """Live reference-pipeline processes of one pipeline (found by their --marker)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if b"pipeline-process" in cmdline and uid.encode() in cmdline and state != "Z":
+                found.append(int(entry.name))
+        return found
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2,
+             operator: OperatorProcess | None = None) -> Any:
+    """Poll ``probe`` until it returns something truthy; fail with the last value and the log."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        if operator is not None:
+            operator.assert_alive()
+        time.sleep(interval)
+    tail = operator.log()[-4000:] if operator is not None else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n{tail}")
+
+
+class Pipelines:
+    """Pipelines of one namespace through kubectl."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+
+    def create(self, name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None) -> dict:
+        obj = {"apiVersion": "dataflow.dev/v1alpha1", "kind": "Pipeline",
+               "metadata": {"name": name, "namespace": self.namespace, "annotations": annotations or {}},
+               "spec": spec}
+        self.cluster.kubectl("create", "-f", "-", input=json.dumps(obj))
+        return self.get(name)
+
+    def get(self, name: str) -> dict:
+        return self.cluster.get("pipeline", name, self.namespace)
+
+    def status(self, name: str) -> dict:
+        return self.get(name).get("status") or {}
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.cluster.kubectl("patch", "pipeline", name, "-n", self.namespace, "--type=merge",
+                             "-p", json.dumps({"spec": spec}))
+
+    def annotate(self, name: str, key: str, value: str) -> None:
+        self.cluster.kubectl("annotate", "--overwrite", "pipeline", name, "-n", self.namespace, f"{key}={value}")
+
+    def delete(self, name: str, wait: bool = True) -> None:
+        self.cluster.kubectl("delete", "pipeline", name, "-n", self.namespace, f"--wait={str(wait).lower()}",
+                             "--timeout=60s")
+
+    def wait_status(self, name: str, operator: OperatorProcess | None = None, timeout: float = 30.0,
+                    **expected: Any) -> dict:
+        """Wait until every ``expected`` status field (camelCase) has the given value."""
+        def probe() -> dict | None:
+            status = self.status(name)
+            return status if all(status.get(k) == v for k, v in expected.items()) else None
+        return wait_for(f"{name} to have {expected}", probe, timeout, operator=operator)
+
+
+def sequence(history: list[dict], *fields: str) -> list[tuple]:
+    """The history oldest first, as tuples of the given fields, consecutive duplicates removed."""
+    out: list[tuple] = []
+    for entry in reversed(history):
+        row = tuple(entry.get(f) for f in fields)
+        if not out or out[-1] != row:
+            out.append(row)
+    return out

@@ -1,0 +1,227 @@
+"""The operator end to end on the real API server, with real pipeline processes (local backend)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from .operator_harness import sequence, wait_for
+
+pytestmark = pytest.mark.apiserver
+
+SQL = "CREATE TABLE orders (id BIGINT NOT NULL, amount DECIMAL(10, 2));\n" \
+      "CREATE MATERIALIZED VIEW total AS SELECT SUM(amount) AS total FROM orders;"
+FAST_PIPELINE = [{"name": "PIPELINE_INIT_SECONDS", "value": "0.5"},
+                 {"name": "PIPELINE_REPLAY_SECONDS", "value": "1.5"},
+                 {"name": "PIPELINE_SUSPEND_SECONDS", "value": "0.3"}]
+
+
+def spec(**extra) -> dict:
+    return {"desiredStatus": "Provisioned", "program": {"sql": SQL}, "deployment": {"env": FAST_PIPELINE}, **extra}
+
+
+def status_of(op, uid: str) -> dict:
+    """Ask the pipeline process itself, through the port the backend recorded."""
+    folder = next((op.state_dir / "pipelines").glob(f"*__{uid}"))
+    port = int((folder / "port").read_text())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+        return json.load(r)
+
+
+def test_full_lifecycle_with_real_processes(operators, pipelines, namespace, kstatus):
+    op = operators(namespace)
+    created = pipelines.create("orders", spec())
+    uid = created["metadata"]["uid"]
+    kstatus.track(namespace, "orders")
+
+    st = pipelines.wait_status("orders", op, deploymentStatus="Running", programStatus="Success")
+    assert st["storageStatus"] == "InUse" and st["observedGeneration"] == 1
+    assert len(op.pipeline_processes(uid)) == 1
+    assert status_of(op, uid)["runtime_status"] == "Running"
+    conditions = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conditions == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
+
+    pipelines.patch_spec("orders", {"runtimeDesiredStatus": "Paused"})
+    pipelines.wait_status("orders", op, deploymentStatus="Paused", timeout=10)
+    assert status_of(op, uid)["runtime_desired_status"] == "Paused"
+    pipelines.patch_spec("orders", {"runtimeDesiredStatus": "Running"})
+    pipelines.wait_status("orders", op, deploymentStatus="Running", timeout=10)
+
+    # Graceful stop: suspend (checkpoint), then Stopping, then Stopped; storage kept.
+    pipelines.patch_spec("orders", {"desiredStatus": "Stopped"})
+    st = pipelines.wait_status("orders", op, deploymentStatus="Stopped", deploymentResourcesDesiredStatus="Stopped")
+    assert st["storageStatus"] == "InUse" and "deploymentError" not in st
+    checkpoints = st["storageStatusDetails"]["checkpoints"]
+    assert len(checkpoints) == 1
+    folder = next((op.state_dir / "pipelines").glob(f"*__{uid}"))
+    assert (folder / "storage" / "checkpoints" / f"{checkpoints[0]['uuid']}.json").exists()
+    wait_for("the process to be gone", lambda: not op.pipeline_processes(uid), 10, operator=op)
+    runtime = sequence(st["history"], "deploymentResourcesStatus", "deploymentRuntimeStatus",
+                       "deploymentRuntimeDesiredStatus")
+    assert runtime[-3:] == [("Provisioned", "Suspended", "Suspended"), ("Stopping", None, None), ("Stopped", None, None)]
+
+    # Restart: the pipeline replays from its checkpoint.
+    pipelines.patch_spec("orders", {"desiredStatus": "Provisioned"})
+    st = pipelines.wait_status("orders", op, deploymentStatus="Running")
+    assert ("Provisioned", "Replaying") in sequence(st["history"], "deploymentResourcesStatus",
+                                                    "deploymentRuntimeStatus")
+
+    # Force stop, then clear storage: Cleared and the directory is gone.
+    pipelines.patch_spec("orders", {"desiredStatus": "Stopped", "stopMode": "Force"})
+    pipelines.wait_status("orders", op, deploymentStatus="Stopped")
+    pipelines.annotate("orders", "dataflow.dev/clear-storage", "now")
+    st = pipelines.wait_status("orders", op, storageStatus="Cleared")
+    assert st["handledActions"]["clearStorage"] == {"value": "now", "outcome": "Applied", "message": "Clearing storage"}
+    assert not (folder / "storage").exists()
+    storage = sequence(st["history"], "storageStatus")
+    assert storage[-3:] == [("InUse",), ("Clearing",), ("Cleared",)]
+    kstatus.track(namespace, "orders", expect="Current")
+
+
+def test_clear_storage_is_refused_while_running(operators, pipelines, namespace, kstatus):
+    op = operators(namespace)
+    pipelines.create("busy", spec())
+    pipelines.wait_status("busy", op, deploymentStatus="Running")
+    pipelines.annotate("busy", "dataflow.dev/clear-storage", "please")
+    st = wait_for("the refusal", lambda: (pipelines.status("busy").get("handledActions") or {}).get("clearStorage"),
+                  operator=op)
+    assert st["outcome"] == "Refused" and "StorageStatusImmutableUnlessStopped" in st["message"]
+    assert pipelines.status("busy")["storageStatus"] == "InUse"
+    kstatus.track(namespace, "busy", expect="Current")
+
+
+def test_sql_error_never_provisions_until_the_program_is_fixed(operators, pipelines, namespace, kstatus):
+    op = operators(namespace)
+    pipelines.create("broken", spec(program={"sql": "CREATE TABLE t (x INT);\nCREATE VIEW v AS SELEC FROM t;"}))
+    kstatus.track(namespace, "broken")
+    st = pipelines.wait_status("broken", op, programStatus="SqlError", deploymentResourcesDesiredStatus="Stopped")
+    message = st["programError"]["sql_compilation"]["messages"][0]
+    assert message["start_line_number"] == 2 and message["start_column"] >= 1
+    assert st["deploymentError"]["errorCode"] == "StartFailedDueToFailedCompilation"
+    assert st["deploymentResourcesStatus"] == "Stopped"
+    stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "StartFailedDueToFailedCompilation"
+    time.sleep(1.5)
+    assert pipelines.status("broken")["deploymentResourcesStatus"] == "Stopped"
+    assert "Provisioning" not in {h["deploymentResourcesStatus"] for h in pipelines.status("broken")["history"]}
+    from .kstatus import compute
+    assert compute(pipelines.get("broken"))[0] == "Failed"
+
+    pipelines.patch_spec("broken", {"program": {"sql": SQL}})  # a new generation dismisses the error
+    st = pipelines.wait_status("broken", op, deploymentStatus="Running")
+    assert "deploymentError" not in st and st["observedGeneration"] == 2
+
+
+@pytest.mark.parametrize(("mode", "code"), [("exit", "RunnerCheckError"), ("panic", "WorkerPanic")])
+def test_a_failing_pipeline_stops_with_an_error_and_stays_stopped_until_dismissed(
+        operators, pipelines, namespace, kstatus, mode, code):
+    op = operators(namespace)
+    uid = pipelines.create("fragile", spec())["metadata"]["uid"]
+    kstatus.track(namespace, "fragile")
+    pipelines.wait_status("fragile", op, deploymentStatus="Running")
+    folder = next((op.state_dir / "pipelines").glob(f"*__{uid}"))
+    port = int((folder / "port").read_text())
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/debug/fail?mode={mode}", method="POST"))
+    st = pipelines.wait_status("fragile", op, deploymentStatus="Stopped")
+    assert st["deploymentError"]["errorCode"] == code
+    assert st["deploymentResourcesDesiredStatus"] == "Stopped"
+    assert ("Stopping", True) in sequence(st["history"], "deploymentResourcesStatus", "deploymentHasError")
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Stalled"] == "True"
+    time.sleep(2)  # no restart while the error holds
+    assert pipelines.status("fragile")["deploymentStatus"] == "Stopped"
+    assert not op.pipeline_processes(uid)
+
+    pipelines.annotate("fragile", "dataflow.dev/dismiss-error", "1")
+    st = pipelines.wait_status("fragile", op, deploymentStatus="Running")
+    assert "deploymentError" not in st and st["handledActions"]["dismissError"]["outcome"] == "Applied"
+    assert len(op.pipeline_processes(uid)) == 1
+
+
+def test_provisioning_timeout_stops_with_an_error_naming_the_cause(operators, pipelines, namespace, kstatus):
+    op = operators(namespace)
+    env = [{"name": "PIPELINE_BIND_DELAY_SECONDS", "value": "60"}]
+    pipelines.create("slow", spec(deployment={"env": env, "provisioningTimeoutSeconds": 2}))
+    kstatus.track(namespace, "slow")
+    st = pipelines.wait_status("slow", op, deploymentStatus="Stopped", deploymentResourcesDesiredStatus="Stopped")
+    error = st["deploymentError"]
+    assert error["errorCode"] == "AutomatonProvisioningTimeout"
+    assert "2s" in error["message"] and "process starting" in error["message"]
+
+
+def test_program_change_while_running_is_held_until_stopped(operators, pipelines, namespace, kstatus):
+    op = operators(namespace)
+    pipelines.create("evolving", spec())
+    kstatus.track(namespace, "evolving")
+    first = pipelines.wait_status("evolving", op, deploymentStatus="Running")["programDigest"]
+    new_sql = SQL + "\nCREATE VIEW big AS SELECT id FROM orders WHERE amount > 100;"
+    pipelines.patch_spec("evolving", {"program": {"sql": new_sql}})
+    st = wait_for("the held condition", lambda: (s := pipelines.status("evolving")).get("programChangeHeld") and s,
+                  operator=op)
+    reconciling = next(c for c in st["conditions"] if c["type"] == "Reconciling")
+    assert reconciling["status"] == "True" and reconciling["reason"] == "ProgramChangeHeld"
+    assert st["programDigest"] == first and st["deploymentStatus"] == "Running"
+    from .kstatus import compute
+    assert compute(pipelines.get("evolving"))[0] == "InProgress"
+    pipelines.patch_spec("evolving", {"desiredStatus": "Stopped"})
+    st = wait_for("the new program to be compiled once Stopped",
+                  lambda: (s := pipelines.status("evolving")).get("programDigest") != first
+                  and s.get("programStatus") == "Success" and s, operator=op)
+    assert st["deploymentStatus"] == "Stopped" and "programChangeHeld" not in st
+    assert ("Stopped", "Pending") in sequence(st["history"], "deploymentResourcesStatus", "programStatus")
+    kstatus.track(namespace, "evolving", expect="Current")
+
+
+def test_operator_killed_mid_provisioning_converges_with_exactly_one_process(
+        operators, pipelines, namespace, kstatus, tmp_path):
+    state = tmp_path / "shared-state"
+    op = operators(namespace, state_dir=state)
+    env = [*FAST_PIPELINE, {"name": "PIPELINE_BIND_DELAY_SECONDS", "value": "3"}]
+    uid = pipelines.create("phoenix", spec(deployment={"env": env}))["metadata"]["uid"]
+    kstatus.track(namespace, "phoenix", expect="Current")
+    pipelines.wait_status("phoenix", op, deploymentResourcesStatus="Provisioning")
+    wait_for("the process to start", lambda: op.pipeline_processes(uid), 10, operator=op)
+    op.kill()  # SIGKILL: no clean-up at all
+    again = operators(namespace, state_dir=state)
+    pipelines.wait_status("phoenix", again, deploymentStatus="Running")
+    time.sleep(1.5)
+    assert len(again.pipeline_processes(uid)) == 1
+    assert pipelines.status("phoenix")["deploymentStatus"] == "Running"
+
+
+def test_clean_shutdown_leaves_pipelines_running_and_a_restart_adopts_them(
+        operators, pipelines, namespace, kstatus, tmp_path):
+    state = tmp_path / "shared-state"
+    op = operators(namespace, state_dir=state)
+    uid = pipelines.create("steady", spec())["metadata"]["uid"]
+    kstatus.track(namespace, "steady", expect="Current")
+    pipelines.wait_status("steady", op, deploymentStatus="Running")
+    pids = op.pipeline_processes(uid)
+    assert op.stop(signal.SIGTERM) == 0
+    assert "pipeline-operator stopped" in op.log()
+    assert op.pipeline_processes(uid) == pids
+    again = operators(namespace, state_dir=state)
+    time.sleep(2)
+    again.assert_alive()
+    assert again.pipeline_processes(uid) == pids
+    assert pipelines.status("steady")["deploymentStatus"] == "Running"
+
+
+def test_labels_and_foreign_annotations_cause_no_status_writes(operators, pipelines, namespace, kstatus):
+    op = operators(namespace)
+    pipelines.create("quiet", spec(desiredStatus="Stopped"))
+    kstatus.track(namespace, "quiet", expect="Current")
+    pipelines.wait_status("quiet", op, programStatus="Success", observedGeneration=1)
+    time.sleep(1)
+    before = pipelines.get("quiet")["metadata"]["resourceVersion"]
+    pipelines.cluster.kubectl("label", "pipeline", "quiet", "-n", namespace, "team=data")
+    pipelines.annotate("quiet", "argocd.argoproj.io/tracking-id", "app:dataflow.dev/Pipeline:x/quiet")
+    after_user = pipelines.get("quiet")["metadata"]["resourceVersion"]
+    time.sleep(3)
+    obj = pipelines.get("quiet")
+    assert obj["metadata"]["resourceVersion"] == after_user != before
+    assert not [k for k in obj["metadata"]["annotations"] if k.startswith("kopf.zalando.org")]
+    assert obj["metadata"]["finalizers"] == ["dataflow.dev/finalizer"]
