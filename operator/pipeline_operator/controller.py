@@ -23,6 +23,9 @@ from .backends.local import LocalBackend
 from .compiler import Compiler
 from .core.lifecycle import ComputeState
 from .kube import Kube
+from .kube_events import EventPoster
+from .recording import Recorder
+from .store import EventStore
 from .models import API_GROUP, API_VERSION, PLURAL
 from .reconciler import ONE_SHOT_ANNOTATIONS, Context, PipelineMonitor, key_of
 from .runtime_client import RuntimeClient
@@ -117,9 +120,15 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     if not settings.all_namespaces and not settings.namespaces:
         raise ValueError("say which namespaces to watch: --namespace NAME (repeatable) or --all-namespaces")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(settings=settings, kube=Kube(field_manager=settings.operator_name),
-                  backend=make_backend(settings), compiler=Compiler(settings.state_dir / "programs"),
-                  runtime=RuntimeClient(status_timeout=settings.status_timeout))
+    kube = Kube(field_manager=settings.operator_name)
+    store = await asyncio.to_thread(EventStore, settings.event_store, settings.events_retention,
+                                    settings.events_prune_interval)
+    poster = EventPoster(kube, settings.operator_name)
+    poster.start()
+    ctx = Context(settings=settings, kube=kube, backend=make_backend(settings),
+                  compiler=Compiler(settings.state_dir / "programs"),
+                  runtime=RuntimeClient(status_timeout=settings.status_timeout),
+                  sink=Recorder(store, poster))
     registry = build_registry(ctx)
     where = "all namespaces" if settings.all_namespaces else ", ".join(settings.namespaces)
     log.info("pipeline-operator watching pipelines.%s in %s with the %s backend", API_GROUP, where,
@@ -131,6 +140,8 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     finally:
         await ctx.runtime.close()
         await ctx.backend.close()
+        await poster.close()
+        await asyncio.to_thread(store.close)
         await ctx.kube.close()
         log.info("pipeline-operator stopped")
 

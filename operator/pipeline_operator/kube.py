@@ -49,7 +49,8 @@ class Kube:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
         self.writes = 0  # API write requests made (for benchmarks and metrics)
 
-    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one blocking client call in the operator's Kubernetes thread pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
@@ -59,7 +60,7 @@ class Kube:
 
     async def get_pipeline(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self._run(self.custom.get_namespaced_custom_object, API_GROUP, API_VERSION,
+            return await self.call(self.custom.get_namespaced_custom_object, API_GROUP, API_VERSION,
                                    namespace, PLURAL, name)
         except ApiException as exc:
             if exc.status == 404:
@@ -73,7 +74,7 @@ class Kube:
                  {"op": "add", "path": "/status", "value": status}]
         self.writes += 1
         try:
-            return await self._run(self.custom.patch_namespaced_custom_object_status, API_GROUP, API_VERSION,
+            return await self.call(self.custom.patch_namespaced_custom_object_status, API_GROUP, API_VERSION,
                                    namespace, PLURAL, name, patch, field_manager=self.field_manager,
                                    _content_type="application/json-patch+json")
         except ApiException as exc:

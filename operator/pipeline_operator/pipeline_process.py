@@ -17,7 +17,10 @@ HTTP and on disk, as a Feldera pipeline does through its lifecycle:
 Environment knobs (set them in ``spec.deployment.env``): ``PIPELINE_INIT_SECONDS``
 (default 1), ``PIPELINE_REPLAY_SECONDS`` (1), ``PIPELINE_SUSPEND_SECONDS`` (0.5),
 ``PIPELINE_REQUIRE_APPROVAL`` (``1`` to wait in AwaitingApproval), ``PIPELINE_BIND_DELAY_SECONDS``
-(0: how long the process takes before it listens, like a slow container start).
+(0: how long the process takes before it listens, like a slow container start),
+``PIPELINE_DETAILS_TICK_SECONDS`` (0: off; else a counter in the runtime details advances that
+often, so details change without any status change), ``PIPELINE_DETAILS_BYTES`` (0: padding
+added to the runtime details, to test the size cap).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def _error(status: int, message: str, code: str, details: Any = None) -> web.Res
 class ReferencePipeline:
     def __init__(self, storage: Path, program: dict[str, Any], initial: str,
                  init_seconds: float = 1.0, replay_seconds: float = 1.0, suspend_seconds: float = 0.5,
-                 require_approval: bool = False) -> None:
+                 require_approval: bool = False, details_tick: float = 0.0, details_bytes: int = 0) -> None:
         self.storage = storage
         self.program = program
         self.initial = initial
@@ -55,6 +58,8 @@ class ReferencePipeline:
         self.replay_seconds = replay_seconds
         self.suspend_seconds = suspend_seconds
         self.require_approval = require_approval
+        self.details_tick = details_tick
+        self.details_bytes = details_bytes
         self.status = "Initializing"
         self.desired = initial
         self.panic: dict[str, Any] | None = None
@@ -111,10 +116,15 @@ class ReferencePipeline:
         self.status = "Suspended"
 
     def status_body(self) -> dict[str, Any]:
+        details: dict[str, Any] = {"reason": None, "connector_stats": {"num_errors": 0}}
+        if self.details_tick > 0:
+            elapsed = (dt.datetime.now(dt.timezone.utc) - self.started_at).total_seconds()
+            details["tick"] = int(elapsed / self.details_tick)
+        if self.details_bytes > 0:
+            details["padding"] = "x" * self.details_bytes
         return {
             "runtime_status": self.status,
-            "runtime_status_details": {"reason": None, "program": self.program.get("name", "pipeline"),
-                                       "connector_stats": {"num_errors": 0}},
+            "runtime_status_details": details,
             "runtime_desired_status": self.desired,
             "storage_status_details": {"checkpoints": self.checkpoints()},
         }
@@ -207,7 +217,9 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
         init_seconds=float(env.get("PIPELINE_INIT_SECONDS", "1")),
         replay_seconds=float(env.get("PIPELINE_REPLAY_SECONDS", "1")),
         suspend_seconds=float(env.get("PIPELINE_SUSPEND_SECONDS", "0.5")),
-        require_approval=env.get("PIPELINE_REQUIRE_APPROVAL", "") == "1")
+        require_approval=env.get("PIPELINE_REQUIRE_APPROVAL", "") == "1",
+        details_tick=float(env.get("PIPELINE_DETAILS_TICK_SECONDS", "0")),
+        details_bytes=int(env.get("PIPELINE_DETAILS_BYTES", "0")))
     await asyncio.sleep(float(env.get("PIPELINE_BIND_DELAY_SECONDS", "0")))
     runner = web.AppRunner(pipeline.app(), access_log=None)
     await runner.setup()

@@ -70,6 +70,10 @@ class EventSink:
     async def latest(self, key: PipelineKey) -> MonitorEvent | None:
         return None
 
+    async def seed(self, key: PipelineKey, events: Sequence[MonitorEvent]) -> None:
+        """Events that may be missing from the store (from ``status.history``)."""
+        return None
+
     async def forget(self, key: PipelineKey) -> None:
         return None
 
@@ -125,6 +129,18 @@ def history_entry(event: MonitorEvent) -> HistoryEntry:
     return HistoryEntry.model_validate(project_event(event, "status"))
 
 
+def history_event(entry: HistoryEntry, error: Any) -> MonitorEvent:
+    """A monitor event from a ``status.history`` entry (which has no details)."""
+    return MonitorEvent(
+        event_id=entry.event_id, recorded_at=entry.recorded_at,
+        deployment_resources_status=entry.deployment_resources_status,
+        deployment_resources_desired_status=entry.deployment_resources_desired_status,
+        deployment_runtime_status=entry.deployment_runtime_status,
+        deployment_runtime_desired_status=entry.deployment_runtime_desired_status,
+        deployment_error=error if entry.deployment_has_error else None,
+        program_status=entry.program_status, storage_status=entry.storage_status)
+
+
 def _without_details(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k not in DETAILS_KEYS}
 
@@ -163,16 +179,7 @@ class PipelineMonitor:
         self.history = list(status.history)
         self.written = obj.get("status") or {}
         if self.history:
-            newest = self.history[0]
-            state = self.state
-            self.last_event = MonitorEvent(
-                event_id=newest.event_id, recorded_at=newest.recorded_at,
-                deployment_resources_status=newest.deployment_resources_status,
-                deployment_resources_desired_status=newest.deployment_resources_desired_status,
-                deployment_runtime_status=newest.deployment_runtime_status,
-                deployment_runtime_desired_status=newest.deployment_runtime_desired_status,
-                deployment_error=state.deployment_error if newest.deployment_has_error else None,
-                program_status=newest.program_status, storage_status=newest.storage_status)
+            self.last_event = history_event(self.history[0], self.state.deployment_error)
 
     # -- one pass ----------------------------------------------------------------------------
 
@@ -182,6 +189,9 @@ class PipelineMonitor:
         obj = self.obj
         if self.state is None:
             self._load(obj)
+            # A fresh or lost store is seeded from the history; events written to the status just
+            # before a crash, and not yet to the store, are added; nothing is stored twice.
+            await self.ctx.sink.seed(self.key, [history_event(h, None) for h in self.history])
             stored = await self.ctx.sink.latest(self.key)
             if stored is not None and (self.last_event is None or stored.recorded_at >= self.last_event.recorded_at):
                 self.last_event = stored

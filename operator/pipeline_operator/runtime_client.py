@@ -38,10 +38,14 @@ class RuntimeClient:
         timeout = aiohttp.ClientTimeout(total=self.status_timeout)
         try:
             async with self.session.get(f"{endpoint}/status", timeout=timeout) as response:
-                raw = await response.content.read(MAX_STATUS_BODY + 1)
-                if len(raw) > MAX_STATUS_BODY:
-                    return parse_status_response(response.status, NOT_JSON,
-                                                 f"the status answer is larger than {MAX_STATUS_BODY} bytes")
+                chunks, size = [], 0
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > MAX_STATUS_BODY:
+                        return parse_status_response(response.status, NOT_JSON,
+                                                     f"the status answer is larger than {MAX_STATUS_BODY} bytes")
+                    chunks.append(chunk)
+                raw = b"".join(chunks)
                 try:
                     body = json.loads(raw) if raw else None
                 except ValueError:

@@ -43,6 +43,8 @@ class OperatorSettings(BaseSettings):
                                       "this (seconds), a heartbeat event is recorded.")
     events_retention: int = Field(720, ge=1, le=100_000, description="Monitor events kept per pipeline "
                                   "in the event store (approximately, as Feldera).")
+    events_prune_interval: float = Field(30.0, gt=0, le=3600, description="Seconds between prunings of "
+                                         "the event store down to the retention.")
     history_limit: int = Field(20, ge=0, le=MAX_HISTORY_ITEMS, description="Newest events kept in each "
                                "Pipeline's `status.history`.")
     provisioning_timeout: float = Field(300.0, gt=0, description="Seconds Provisioning may take when the "

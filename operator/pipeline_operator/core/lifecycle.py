@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,8 +247,8 @@ def parse_status_response(http_status: int | None, body: Any, failure: str = "")
                     probe=RuntimeProbe.OK,
                     runtime_status=RuntimeStatus(body["runtime_status"]),
                     runtime_desired_status=RuntimeDesiredStatus(body["runtime_desired_status"]),
-                    runtime_status_details=body.get("runtime_status_details"),
-                    storage_status_details=body.get("storage_status_details"))
+                    runtime_status_details=cap_details(body.get("runtime_status_details")),
+                    storage_status_details=cap_details(body.get("storage_status_details")))
             except (KeyError, ValueError, TypeError) as exc:
                 return RuntimeObservation(probe=RuntimeProbe.OK, runtime_status=RS.UNAVAILABLE,
                                           reason=f"Unable to deserialize the status: {exc!r}")
@@ -260,12 +261,30 @@ def parse_status_response(http_status: int | None, body: Any, failure: str = "")
                                   runtime_status=_LEGACY_503.get(code, RS.UNAVAILABLE),
                                   reason=message or "Pipeline answered 503")
     if isinstance(body, dict) and {"message", "error_code"} <= body.keys():
-        error = ErrorResponse(message=str(body["message"]), error_code=str(body["error_code"]),
-                              details=body.get("details"))
+        error = ErrorResponse(message=str(body["message"])[:4096], error_code=str(body["error_code"])[:128],
+                              details=cap_details(body.get("details")))
     else:
         error = ErrorResponse(message=f"Pipeline answered HTTP {http_status}: {str(body)[:500]}",
                               error_code="PipelineRuntimeError", details={"http_status": http_status})
     return RuntimeObservation(probe=RuntimeProbe.FATAL, error=error)
+
+
+DETAILS_LIMIT = 16 * 1024  # bytes of JSON; larger details are replaced by a marker
+
+
+def cap_details(value: Any, limit: int = DETAILS_LIMIT) -> Any:
+    """Details as the pipeline reported them, unless their JSON is larger than ``limit`` bytes:
+    then a marker saying so, so that no pipeline can bloat the event store or the resource."""
+    if value is None:
+        return None
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), default=str))
+    except (TypeError, ValueError):
+        return {"truncated": True, "reason": "details are not JSON-serialisable"}
+    if size <= limit:
+        return value
+    return {"truncated": True, "size_bytes": size, "limit_bytes": limit,
+            "reason": f"details larger than {limit} bytes are not recorded"}
 
 
 class _NotJson:

@@ -1,0 +1,192 @@
+"""Kubernetes Events for monitor events, so ``kubectl describe pipeline`` tells the story.
+
+- Every status change is one core/v1 Event on the Pipeline, with a specific reason
+  (:func:`core.reasons.describe`), type Warning when the pipeline carries an error, and a
+  one-line message that says what changed and why.
+- Heartbeats and details-only events are aggregated as client-go does: one Event per pipeline
+  and reason (a deterministic name) whose ``count`` and ``lastTimestamp`` advance, so a week of
+  heartbeats is one line in ``kubectl describe``, not a thousand objects.
+- Posting is asynchronous (a queue and one worker) and rate-limited per pipeline (a token
+  bucket: a burst of 25, then one per 10 s; what is over the limit is not posted, as client-go's
+  spam filter does; it stays in the store and the history). A failed post is retried a bounded
+  number of times and never blocks reconciliation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from .backends import PipelineKey
+from .core.emission import EmissionKind, Emitted
+from .core.reasons import describe
+from .kube import Kube
+from .models import API_GROUP, API_VERSION, KIND
+
+log = logging.getLogger(__name__)
+
+AGGREGATED = {EmissionKind.HEARTBEAT: "heartbeat", EmissionKind.DETAILS: "details"}
+BURST = 25
+REFILL_SECONDS = 10.0
+RETRIES = (0.5, 1.0, 2.0)
+QUEUE_LIMIT = 10_000
+
+
+@dataclass
+class _Post:
+    key: PipelineKey
+    reason: str
+    type: str
+    message: str
+    aggregate: str | None  # the suffix of the aggregated Event's name, or None for a new Event
+    at: dt.datetime
+
+
+class _Bucket:
+    def __init__(self) -> None:
+        self.tokens = float(BURST)
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(BURST, self.tokens + (now - self.at) / REFILL_SECONDS)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def _ts(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EventPoster:
+    def __init__(self, kube: Kube, component: str) -> None:
+        self.kube = kube
+        self.component = component
+        self.instance = socket.gethostname()
+        self._queue: asyncio.Queue[_Post] = asyncio.Queue(QUEUE_LIMIT)
+        self._buckets: dict[str, _Bucket] = {}
+        self._counts: dict[str, int] = {}  # aggregated Event name -> count we last wrote
+        self._task: asyncio.Task | None = None
+        self.posted = 0
+        self.dropped = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._work(), name="kubernetes-events")
+
+    async def close(self, timeout: float = 5.0) -> None:
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("%d Kubernetes Events not posted at shutdown", self._queue.qsize())
+        self._task.cancel()
+
+    def submit(self, key: PipelineKey, emitted: Sequence[Emitted], reasons: Sequence[str]) -> None:
+        """Queue the Events for one pass's monitor events; never waits."""
+        whys = list(reasons) if len(reasons) == len(emitted) else [""] * len(emitted)
+        for item, why in zip(emitted, whys):
+            reason, event_type, message = describe(item.kind, item.previous, item.event, why)
+            aggregate = AGGREGATED.get(item.kind)
+            if aggregate is None and not self._bucket(key).take():
+                self.dropped += 1
+                log.debug("%s: Event %s over the rate limit: not posted", key, reason)
+                continue
+            try:
+                self._queue.put_nowait(_Post(key, reason, event_type, message, aggregate, item.event.recorded_at))
+            except asyncio.QueueFull:
+                self.dropped += 1
+                log.warning("%s: the Kubernetes Event queue is full: %s not posted", key, reason)
+
+    def forget(self, key: PipelineKey) -> None:
+        self._buckets.pop(key.uid, None)
+        for suffix in AGGREGATED.values():
+            self._counts.pop(self._aggregate_name(key, suffix), None)
+
+    def _bucket(self, key: PipelineKey) -> _Bucket:
+        return self._buckets.setdefault(key.uid, _Bucket())
+
+    @staticmethod
+    def _aggregate_name(key: PipelineKey, suffix: str) -> str:
+        return f"{key.name}.{key.uid[:8]}.{suffix}"[:253]
+
+    async def _work(self) -> None:
+        while True:
+            post = await self._queue.get()
+            try:
+                for attempt, delay in enumerate((*RETRIES, None)):
+                    try:
+                        await self._post(post)
+                        self.posted += 1
+                        break
+                    except (ApiException, OSError) as exc:
+                        if delay is None or getattr(exc, "status", 0) in (400, 403, 422):
+                            self.dropped += 1
+                            log.warning("%s: could not post Event %s: %s", post.key, post.reason,
+                                        getattr(exc, "reason", exc))
+                            break
+                        await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one Event stop the worker
+                log.exception("%s: posting Event %s failed", post.key, post.reason)
+            finally:
+                self._queue.task_done()
+
+    def _body(self, post: _Post, name: str | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"namespace": post.key.namespace}
+        if name is None:
+            meta["generateName"] = f"{post.key.name}."
+        else:
+            meta["name"] = name
+        return {
+            "metadata": meta,
+            "involvedObject": {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": post.key.name,
+                               "namespace": post.key.namespace, "uid": post.key.uid},
+            "reason": post.reason, "message": post.message, "type": post.type,
+            "firstTimestamp": _ts(post.at), "lastTimestamp": _ts(post.at), "count": 1,
+            "source": {"component": self.component},
+            "reportingComponent": self.component, "reportingInstance": self.instance,
+        }
+
+    async def _post(self, post: _Post) -> None:
+        core = self.kube.core
+        if post.aggregate is None:
+            await self.kube.call(core.create_namespaced_event, post.key.namespace, self._body(post, None))
+            return
+        name = self._aggregate_name(post.key, post.aggregate)
+        count = self._counts.get(name)
+        if count is None:
+            try:
+                existing = await self.kube.call(core.read_namespaced_event, name, post.key.namespace)
+                count = existing.count or 1
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        if count is None:
+            await self.kube.call(core.create_namespaced_event, post.key.namespace, self._body(post, name))
+            self._counts[name] = 1
+            return
+        patch = {"count": count + 1, "lastTimestamp": _ts(post.at), "message": post.message,
+                 "type": post.type, "reason": post.reason}
+        try:
+            await self.kube.call(core.patch_namespaced_event, name, post.key.namespace, patch)
+        except ApiException as exc:
+            if exc.status != 404:  # expired (the API server's event TTL): start a new one
+                raise
+            await self.kube.call(core.create_namespaced_event, post.key.namespace, self._body(post, name))
+            self._counts[name] = 1
+            return
+        self._counts[name] = count + 1
