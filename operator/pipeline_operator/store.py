@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 PRUNE_INTERVAL = 30.0
+MAX_BATCH = 5000  # events per transaction: keeps the write-ahead log small
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS monitor_event (
     pipeline_uid TEXT NOT NULL,
@@ -41,9 +42,9 @@ CREATE TABLE IF NOT EXISTS monitor_event (
     name         TEXT NOT NULL,
     event_id     TEXT NOT NULL,
     recorded_at  TEXT NOT NULL,   -- RFC 3339 UTC, fixed width: sorts as text
-    event        TEXT NOT NULL,   -- the whole event (selector "all"), JSON
-    PRIMARY KEY (pipeline_uid, event_id)
-) WITHOUT ROWID;
+    event        TEXT NOT NULL    -- the whole event (selector "all"), JSON
+);
+CREATE UNIQUE INDEX IF NOT EXISTS monitor_event_id ON monitor_event (pipeline_uid, event_id);
 CREATE INDEX IF NOT EXISTS monitor_event_newest
     ON monitor_event (pipeline_uid, recorded_at DESC, event_id DESC);
 """
@@ -91,6 +92,7 @@ class EventStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA journal_size_limit=67108864")  # the WAL shrinks back to 64 MB after checkpoints
         return conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -144,7 +146,8 @@ class EventStore:
                     stopping = True
                 elif isinstance(item, _Batch):
                     held.append(item)
-            while True:  # take everything queued: one transaction for all of it
+            count = sum(len(b.events) for b in held)
+            while count < MAX_BATCH:  # what is queued, in one transaction
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
@@ -153,6 +156,7 @@ class EventStore:
                     stopping = True
                 else:
                     held.append(more)
+                    count += len(more.events)
             if held:
                 try:
                     self._commit(conn, held)
