@@ -23,3 +23,12 @@ def test_no_module_named_operator_shadows_the_standard_library():
     assert not (src / "__init__.py").exists()
     import operator
     assert hasattr(operator, "itemgetter")  # still the standard library's
+
+
+def test_readme_configuration_table_is_generated_from_the_settings():
+    from pipeline_operator.settings import settings_table
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- settings-table -->\n") + len("<!-- settings-table -->\n")
+    end = readme.index("<!-- /settings-table -->")
+    assert readme[start:end].strip() == settings_table(), \
+        "README's configuration table is stale: paste `pipeline-operator settings --markdown` into it"

@@ -225,3 +225,42 @@ def test_labels_and_foreign_annotations_cause_no_status_writes(operators, pipeli
     assert obj["metadata"]["resourceVersion"] == after_user != before
     assert not [k for k in obj["metadata"]["annotations"] if k.startswith("kopf.zalando.org")]
     assert obj["metadata"]["finalizers"] == ["dataflow.dev/finalizer"]
+
+
+def test_approve_annotation_is_forwarded_when_awaiting_approval(operators, pipelines, namespace, kstatus):
+    op = operators(namespace)
+    env = [*FAST_PIPELINE, {"name": "PIPELINE_REQUIRE_APPROVAL", "value": "1"}]
+    pipelines.create("gated", spec(deployment={"env": env}))
+    kstatus.track(namespace, "gated", expect="Current")
+    pipelines.wait_status("gated", op, deploymentStatus="AwaitingApproval")
+    pipelines.annotate("gated", "dataflow.dev/approve", "go")
+    st = pipelines.wait_status("gated", op, deploymentStatus="Running")
+    assert st["handledActions"]["approve"]["outcome"] == "Applied"
+    pipelines.annotate("gated", "dataflow.dev/approve", "again")
+    refused = wait_for("the refusal", lambda: (pipelines.status("gated")["handledActions"]["approve"]["value"] == "again")
+                       and pipelines.status("gated")["handledActions"]["approve"], operator=op)
+    assert refused["outcome"] == "Refused" and "not AwaitingApproval" in refused["message"]
+
+
+def test_standby_is_activated_by_a_runtime_desired_status_change(operators, pipelines, namespace, kstatus):
+    op = operators(namespace)
+    pipelines.create("standby", spec(initialRuntimeStatus="Standby"))
+    kstatus.track(namespace, "standby", expect="Current")
+    st = pipelines.wait_status("standby", op, deploymentStatus="Standby")
+    assert st["deploymentInitial"] == "Standby"
+    pipelines.patch_spec("standby", {"runtimeDesiredStatus": "Paused"})
+    pipelines.wait_status("standby", op, deploymentStatus="Paused", deploymentRuntimeDesiredStatus="Paused")
+
+
+def test_local_backend_passes_only_pipeline_env_to_the_process(operators, pipelines, namespace, kstatus):
+    op = operators(namespace)
+    env = [*FAST_PIPELINE, {"name": "LD_PRELOAD", "value": "/tmp/evil.so"},
+           {"name": "PYTHONPATH", "value": "/tmp/evil"}, {"name": "PIPELINE_COLOR", "value": "blue"}]
+    uid = pipelines.create("sandboxed", spec(deployment={"env": env}))["metadata"]["uid"]
+    kstatus.track(namespace, "sandboxed", expect="Current")
+    pipelines.wait_status("sandboxed", op, deploymentStatus="Running")
+    (pid,) = op.pipeline_processes(uid)
+    environ = dict(item.split(b"=", 1) for item in open(f"/proc/{pid}/environ", "rb").read().split(b"\0") if item)
+    assert environ[b"PIPELINE_COLOR"] == b"blue"
+    assert b"LD_PRELOAD" not in environ and b"PYTHONPATH" not in environ and b"KUBECONFIG" not in environ
+    assert "ignores deployment.env LD_PRELOAD, PYTHONPATH" in op.log()
