@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 
 from .backends import PipelineKey
+from .backends.kubernetes import KubernetesBackend
 from .backends.local import LocalBackend
 from .compiler import Compiler
 from .core.lifecycle import ComputeState
@@ -108,10 +109,13 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
     return registry
 
 
-def make_backend(settings: OperatorSettings) -> Any:
+def make_backend(settings: OperatorSettings, kube: Kube) -> Any:
     if settings.backend is Backend.LOCAL:
         return LocalBackend(settings.state_dir, settings.pipeline_command)
-    raise NotImplementedError("the kubernetes backend is not available yet: use --backend local")
+    if settings.dev_endpoint_overrides is not None:
+        log.warning("--dev-endpoint-overrides is set: pipelines are reached at the addresses in %s, not "
+                    "through their Services (tests and local development only)", settings.dev_endpoint_overrides)
+    return KubernetesBackend(kube, settings.pipeline_image, settings.dev_endpoint_overrides)
 
 
 async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = None,
@@ -125,7 +129,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                                     settings.events_prune_interval)
     poster = EventPoster(kube, settings.operator_name)
     poster.start()
-    ctx = Context(settings=settings, kube=kube, backend=make_backend(settings),
+    ctx = Context(settings=settings, kube=kube, backend=make_backend(settings, kube),
                   compiler=Compiler(settings.state_dir / "programs"),
                   runtime=RuntimeClient(status_timeout=settings.status_timeout),
                   sink=Recorder(store, poster))

@@ -45,6 +45,7 @@ class Kube:
         self.api_client = kubernetes.client.ApiClient(configuration or load_config())
         self.custom = kubernetes.client.CustomObjectsApi(self.api_client)
         self.core = kubernetes.client.CoreV1Api(self.api_client)
+        self.apps = kubernetes.client.AppsV1Api(self.api_client)
         self.field_manager = field_manager
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
         self.writes = 0  # API write requests made (for benchmarks and metrics)

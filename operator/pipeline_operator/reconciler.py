@@ -33,7 +33,7 @@ from .core.lifecycle import (
     StorageObservation,
     decide,
 )
-from .kube import Conflict, Kube, resource_version_newer
+from .kube import Conflict, Forbidden, Kube, resource_version_newer
 from .models import (
     Condition,
     HistoryEntry,
@@ -160,6 +160,7 @@ class PipelineMonitor:
         self.obj: dict[str, Any] | None = None  # the newest version of the Pipeline we know
         self._last_notes: tuple[str, ...] = ()
         self.passes = 0
+        self.blocked: str | None = None  # a permission the operator lacks, as a Stalled condition says
 
     # -- the newest object -----------------------------------------------------------------
 
@@ -197,7 +198,10 @@ class PipelineMonitor:
                 self.last_event = stored
         assert self.state is not None
         desired, spec = desired_of(obj)
-        observation = await self.observe(desired, self.state)
+        try:
+            observation = await self.observe(desired, self.state)
+        except Forbidden as exc:
+            return await self._blocked(desired, str(exc))
         now = self.ctx.clock()
         decision = decide(desired, self.state, observation, now, self.ctx.lifecycle)
         emitted = emit(self.last_event, [s.state.event_status() for s in decision.steps],
@@ -212,12 +216,39 @@ class PipelineMonitor:
                 self.see(fresh)
             return 0.0
         self._explain(decision, emitted)
-        quick = await self.act(decision.actions, desired, spec)
+        try:
+            quick = await self.act(decision.actions, desired, spec)
+        except Forbidden as exc:
+            return await self._blocked(desired, str(exc))
+        if self.blocked is not None:
+            log.info("%s: permissions are sufficient again", self.key)
+            self.blocked = None
         self.passes += 1
         transitional = decision.state.resources_status in (ResourcesStatus.PROVISIONING, ResourcesStatus.STOPPING) \
             or decision.state.program_status.is_compiling
         delay = self.ctx.settings.monitor_period(transitional)
         return min(delay, _QUICK_REPOLL) if quick else delay
+
+    async def _blocked(self, desired: Desired, problem: str) -> float:
+        """The operator lacks a permission: say so in a Stalled condition and in the log, and retry."""
+        if problem != self.blocked:
+            log.error("%s: %s; grant it in the operator's Role or ClusterRole (deploy/rbac)", self.key, problem)
+        self.blocked = problem
+        assert self.state is not None
+        status = resource.to_status(desired, self.state, self.conditions, self.history, self.ctx.clock(),
+                                    blocked=problem)
+        body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if self.written is None or _without_details(body) != _without_details(self.written):
+            assert self.obj is not None
+            try:
+                updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name,
+                                                           self.obj["metadata"]["resourceVersion"], body)
+                self.see(updated)
+                self.written = body
+                self.conditions = list(status.conditions)
+            except Conflict:
+                return 0.0
+        return 10.0
 
     async def observe(self, desired: Desired, state: PipelineState) -> Observation:
         ctx = self.ctx
@@ -241,7 +272,7 @@ class PipelineMonitor:
         if emitted:
             fresh = [history_entry(e.event) for e in reversed(emitted)]
             history = (fresh + history)[: self.ctx.settings.history_limit]
-        status = resource.to_status(desired, decision.state, self.conditions, history, now)
+        status = resource.to_status(desired, decision.state, self.conditions, history, now, self.blocked)
         body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
         if not emitted and self.written is not None and _without_details(body) == _without_details(self.written):
             self.state = decision.state

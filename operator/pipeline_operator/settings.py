@@ -8,6 +8,7 @@ generated from this class (``pipeline-operator settings --markdown``).
 from __future__ import annotations
 
 import enum
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -27,9 +28,11 @@ class Backend(str, enum.Enum):
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
-    backend: Backend = Field(Backend.LOCAL, description="Where pipelines run: `local` (child processes "
-                             "and directories of the operator) or `kubernetes` (StatefulSet, Service, "
-                             "ConfigMap and PersistentVolumeClaim).")
+    backend: Backend = Field(default_factory=lambda: Backend.KUBERNETES if os.environ.get(
+                             "KUBERNETES_SERVICE_HOST") else Backend.LOCAL,
+                             description="Where pipelines run: `local` (child processes and directories of "
+                             "the operator) or `kubernetes` (StatefulSet, Service, ConfigMap and "
+                             "PersistentVolumeClaim). Default: `kubernetes` inside a cluster, else `local`.")
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Namespaces to watch (repeatable "
                                   "flag `--namespace`); empty with `--all-namespaces`.")
     all_namespaces: bool = Field(False, description="Watch Pipelines in every namespace.")
@@ -59,6 +62,12 @@ class OperatorSettings(BaseSettings):
     pipeline_command: str = Field("", description="Local backend: the command that runs a pipeline "
                                   "process (default: this installation's reference pipeline process). "
                                   "Set on the operator only, never taken from a Pipeline.")
+    pipeline_image: str = Field("ghcr.io/pipeline-operator/pipeline-operator:0.1.0", description="Kubernetes "
+                                "backend: the pipeline container image when the spec gives none.")
+    dev_endpoint_overrides: Path | None = Field(None, description="Tests and local development only: a "
+                                                "JSON file mapping `namespace/name` to the address of a "
+                                                "pipeline, instead of its Service. Off by default: it lets "
+                                                "the file's author choose where the operator sends requests.")
     operator_name: str = Field("pipeline-operator", description="Reporting component of Kubernetes "
                                "Events and field manager of the operator's writes.")
     log_format: str = Field("plain", pattern="^(plain|json)$", description="Log lines as plain text "

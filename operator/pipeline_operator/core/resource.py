@@ -76,10 +76,14 @@ def progress(desired: Desired, state: PipelineState) -> tuple[str, str] | None:
 
 
 def conditions(desired: Desired, state: PipelineState, previous: Sequence[Condition],
-               now: dt.datetime) -> list[Condition]:
-    """Ready, Reconciling and Stalled for this state; lastTransitionTime moves only on a flip."""
+               now: dt.datetime, blocked: str | None = None) -> list[Condition]:
+    """Ready, Reconciling and Stalled for this state; lastTransitionTime moves only on a flip.
+
+    ``blocked`` says why the operator cannot act at all (a permission it lacks)."""
     stalled: tuple[str, str] | None = None
-    if state.deployment_error is not None:
+    if blocked is not None:
+        stalled = ("PermissionDenied", blocked)
+    elif state.deployment_error is not None:
         stalled = (condition_reason(state.deployment_error.error_code), state.deployment_error.message)
     elif state.program_status.is_failed:
         stalled = (state.program_status.value, "The program failed to compile; fix spec.program.sql")
@@ -117,11 +121,11 @@ def _error_status(error: ErrorResponse | None) -> ErrorStatus | None:
 
 
 def to_status(desired: Desired, state: PipelineState, previous_conditions: Sequence[Condition],
-              history: Sequence[HistoryEntry], now: dt.datetime) -> PipelineStatus:
+              history: Sequence[HistoryEntry], now: dt.datetime, blocked: str | None = None) -> PipelineStatus:
     """The whole ``status`` the operator writes for this state."""
     return PipelineStatus(
         observed_generation=state.observed_generation,
-        conditions=conditions(desired, state, previous_conditions, now),
+        conditions=conditions(desired, state, previous_conditions, now, blocked),
         deployment_status=combined_status(state.resources_status, state.runtime_status),
         deployment_desired_status=combined_desired_status(
             state.resources_desired_status, state.runtime_desired_status, state.deployment_initial),

@@ -1,0 +1,174 @@
+"""Standing in for what the test API server lacks: the StatefulSet controller and kubelet, the
+PersistentVolume controller and the PVC-protection controller, for one namespace.
+
+It does what those write through the real API, nothing more: for each StatefulSet of a pipeline
+it runs the container's command as a local process (the reference pipeline process, reading the
+ConfigMap's program and a local directory standing for the volume) and sets ``readyReplicas``
+once the process listens; it binds PersistentVolumeClaims (except those of a StorageClass named
+``unavailable``, which stay Pending, as with no provisioner); it removes the pvc-protection
+finalizer of a deleted claim no process uses. The operator reaches the processes through its
+``--dev-endpoint-overrides`` file, which this writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+
+class FakeKubelet(threading.Thread):
+    def __init__(self, kubeconfig: Path, namespace: str, workdir: Path) -> None:
+        super().__init__(daemon=True, name=f"fake-kubelet-{namespace}")
+        configuration = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(str(kubeconfig), client_configuration=configuration)
+        client = kubernetes.client.ApiClient(configuration)
+        self.apps = kubernetes.client.AppsV1Api(client)
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.namespace = namespace
+        self.workdir = workdir
+        self.overrides = workdir / "endpoints.json"
+        self.overrides.parent.mkdir(parents=True, exist_ok=True)
+        self.overrides.write_text("{}")
+        self.processes: dict[str, subprocess.Popen] = {}  # StatefulSet name -> process
+        self.ready: set[str] = set()
+        self.endpoints: dict[str, str] = {}
+        self.stop_flag = threading.Event()
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            try:
+                self.sync()
+            except Exception as exc:  # noqa: BLE001 - reported by the tests that use it
+                self.errors.append(repr(exc))
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.join(10)
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def kill_pod(self, sts_name: str) -> None:
+        """The pod's process dies (like a node failure); the StatefulSet reports 0 ready."""
+        proc = self.processes.get(sts_name)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    # -- one round ----------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        ns = self.namespace
+        statefulsets = {s.metadata.name: s for s in self.apps.list_namespaced_stateful_set(ns).items}
+        for name, sts in statefulsets.items():
+            proc = self.processes.get(name)
+            if proc is None:
+                if self._claim_bound(sts):  # the scheduler places no pod whose volume is not bound
+                    self.processes[name] = self._start(sts)
+                continue
+            port_file = self.workdir / "pods" / name / "port"
+            alive = proc.poll() is None
+            if alive and port_file.exists() and name not in self.ready:
+                pipeline = sts.metadata.owner_references[0].name
+                self.endpoints[f"{ns}/{pipeline}"] = f"http://127.0.0.1:{port_file.read_text().strip()}"
+                self._write_endpoints()
+                self._set_ready(sts, 1)
+                self.ready.add(name)
+            elif not alive and name in self.ready:
+                self._set_ready(sts, 0)
+                self.ready.discard(name)
+        for name in list(self.processes):
+            if name not in statefulsets:  # deleted: the pod goes
+                self.kill_pod(name)
+                del self.processes[name]
+                self.ready.discard(name)
+        for pvc in self.core.list_namespaced_persistent_volume_claim(ns).items:
+            self._sync_claim(pvc)
+
+    def _claim_bound(self, sts: Any) -> bool:
+        volumes = {v.name: v for v in sts.spec.template.spec.volumes}
+        claim = volumes["storage"].persistent_volume_claim.claim_name
+        try:
+            pvc = self.core.read_namespaced_persistent_volume_claim(claim, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return pvc.status is not None and pvc.status.phase == "Bound"
+
+    def _write_endpoints(self) -> None:
+        tmp = self.overrides.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.endpoints))
+        tmp.replace(self.overrides)
+
+    def _set_ready(self, sts: Any, ready: int) -> None:
+        status = {"replicas": 1, "readyReplicas": ready, "availableReplicas": ready, "currentReplicas": 1,
+                  "updatedReplicas": 1, "observedGeneration": sts.metadata.generation}
+        self.apps.patch_namespaced_stateful_set_status(sts.metadata.name, self.namespace, {"status": status})
+
+    def _start(self, sts: Any) -> subprocess.Popen:
+        name = sts.metadata.name
+        pod = self.workdir / "pods" / name
+        pod.mkdir(parents=True, exist_ok=True)
+        (pod / "port").unlink(missing_ok=True)
+        template = sts.spec.template.spec
+        container = template.containers[0]
+        volumes = {v.name: v for v in template.volumes}
+        cm = self.core.read_namespaced_config_map(volumes["config"].config_map.name, self.namespace)
+        (pod / "program.json").write_text(cm.data["program.json"])
+        claim = volumes["storage"].persistent_volume_claim.claim_name
+        storage = self.workdir / "volumes" / claim
+        storage.mkdir(parents=True, exist_ok=True)
+        args = list(container.command)
+        assert args[:2] == ["pipeline-operator", "pipeline-process"], args
+        rewritten = [sys.executable, "-m", "pipeline_operator.cli", "pipeline-process"]
+        it = iter(args[2:])
+        for flag in it:
+            value = next(it)
+            if flag == "--host":
+                value = "127.0.0.1"
+            elif flag == "--port":
+                value = "0"
+            elif flag == "--storage":
+                value = str(storage)
+            elif flag == "--program":
+                value = str(pod / "program.json")
+            rewritten += [flag, value]
+        rewritten += ["--port-file", str(pod / "port")]
+        env = {"PATH": os.environ.get("PATH", ""), **{e.name: e.value or "" for e in container.env or []}}
+        with open(pod / "log", "ab") as out:
+            return subprocess.Popen(rewritten, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+
+    def _sync_claim(self, pvc: Any) -> None:
+        name = pvc.metadata.name
+        if pvc.metadata.deletion_timestamp:
+            in_use = any(p.poll() is None for s, p in self.processes.items() if name.startswith(s))
+            if not in_use and "kubernetes.io/pvc-protection" in (pvc.metadata.finalizers or []):
+                finalizers = [f for f in pvc.metadata.finalizers if f != "kubernetes.io/pvc-protection"]
+                try:
+                    self.core.patch_namespaced_persistent_volume_claim(
+                        name, self.namespace, {"metadata": {"finalizers": finalizers or None}})
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                shutil.rmtree(self.workdir / "volumes" / name, ignore_errors=True)
+            return
+        if (pvc.status is None or pvc.status.phase != "Bound") and pvc.spec.storage_class_name != "unavailable":
+            self.core.patch_namespaced_persistent_volume_claim_status(
+                name, self.namespace, {"status": {"phase": "Bound", "accessModes": pvc.spec.access_modes,
+                                                  "capacity": pvc.spec.resources.requests}})
