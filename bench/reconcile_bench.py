@@ -91,6 +91,13 @@ def main() -> None:
             stop = threading.Event()
 
             def watch() -> None:
+                try:
+                    follow()
+                except Exception:  # the control plane stops at the end
+                    if not stop.is_set():
+                        raise
+
+            def follow() -> None:
                 w = kubernetes.watch.Watch()
                 for ev in w.stream(api.list_namespaced_custom_object, "dataflow.dev", "v1alpha1", "bench",
                                    "pipelines", timeout_seconds=3600):

@@ -87,7 +87,7 @@ def test_emission_rules_with_shortened_intervals(operators, pipelines, namespace
                 running_details.append(gap)
         else:
             assert gap > 3.0, f"an event with nothing changed after only {gap:.2f}s"
-            assert gap < 3.0 + 1.5, f"heartbeat late: {gap:.2f}s"
+            assert gap < 3.0 + 3.0, f"heartbeat late: {gap:.2f}s"
     assert len(running_details) >= 2  # details did change while Running, and were recorded
     heartbeats_stopped = [a for b, a in zip(events, events[1:])
                           if key(a) == key(b) and details(a) == details(b)
