@@ -29,6 +29,12 @@ class OperatorProcess:
         self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.log_path = state_dir / f"operator-{int(time.time() * 1000)}.log"
         self.proc: subprocess.Popen | None = None
+        from pipeline_operator.controlplane import free_port
+        self.api_port = free_port()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
 
     def start(self) -> "OperatorProcess":
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -36,7 +42,7 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         cmd = [sys.executable, "-m", "pipeline_operator.cli", "run", "--namespace", self.namespace,
                "--state-dir", str(self.state_dir), "--event-store", str(self.state_dir / "events.sqlite"),
-               *FAST, *self.args]
+               "--api-listen", f"127.0.0.1:{self.api_port}", *FAST, *self.args]
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self

@@ -18,6 +18,7 @@ from typing import Any
 
 import kopf
 
+from .api import ApiServer, Metrics
 from .backends import PipelineKey
 from .backends.kubernetes import KubernetesBackend
 from .backends.local import LocalBackend
@@ -87,7 +88,13 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         pipeline = PipelineMonitor(ctx, key_of(body))
         memo["monitor"] = pipeline
         pipeline.see(dict(body))
-        await pipeline.run(lambda: bool(stopped))
+        where = (pipeline.key.namespace, pipeline.key.name)
+        ctx.monitors[where] = pipeline
+        try:
+            await pipeline.run(lambda: bool(stopped))
+        finally:
+            if ctx.monitors.get(where) is pipeline:
+                del ctx.monitors[where]
 
     @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, registry=registry, backoff=1)
     async def delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
@@ -132,7 +139,19 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     ctx = Context(settings=settings, kube=kube, backend=make_backend(settings, kube),
                   compiler=Compiler(settings.state_dir / "programs"),
                   runtime=RuntimeClient(status_timeout=settings.status_timeout),
-                  sink=Recorder(store, poster))
+                  sink=Recorder(store, poster), metrics=Metrics())
+    api = None
+    if settings.api_listen != "off":
+        host, _, port = settings.api_listen.rpartition(":")
+        api = ApiServer(ctx, auth=settings.api_auth, default_namespace=settings.api_default_namespace)
+        await api.start(host.strip("[]"), int(port))
+    ready_flag = ready_flag or asyncio.Event()
+
+    async def mark_ready() -> None:
+        await ready_flag.wait()
+        if api is not None:
+            api.ready = True
+    readiness = asyncio.create_task(mark_ready())
     registry = build_registry(ctx)
     where = "all namespaces" if settings.all_namespaces else ", ".join(settings.namespaces)
     log.info("pipeline-operator watching pipelines.%s in %s with the %s backend", API_GROUP, where,
@@ -142,6 +161,9 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                             namespaces=settings.namespaces, ready_flag=ready_flag, stop_flag=stop_flag,
                             memo=kopf.Memo())
     finally:
+        readiness.cancel()
+        if api is not None:
+            await api.stop()
         await ctx.runtime.close()
         await ctx.backend.close()
         await poster.close()

@@ -46,6 +46,8 @@ class Kube:
         self.custom = kubernetes.client.CustomObjectsApi(self.api_client)
         self.core = kubernetes.client.CoreV1Api(self.api_client)
         self.apps = kubernetes.client.AppsV1Api(self.api_client)
+        self.auth = kubernetes.client.AuthenticationV1Api(self.api_client)
+        self.authz = kubernetes.client.AuthorizationV1Api(self.api_client)
         self.field_manager = field_manager
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
         self.writes = 0  # API write requests made (for benchmarks and metrics)

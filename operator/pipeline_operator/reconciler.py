@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -89,6 +90,8 @@ class Context:
     sink: EventSink = dataclasses.field(default_factory=EventSink)
     ids: UuidV7 = dataclasses.field(default_factory=UuidV7)
     clock: Callable[[], dt.datetime] = utcnow
+    monitors: dict[tuple[str, str], "PipelineMonitor"] = dataclasses.field(default_factory=dict)
+    metrics: Any = None
 
     @property
     def lifecycle(self) -> LifecycleConfig:
@@ -287,6 +290,9 @@ class PipelineMonitor:
         self.history = history
         if emitted:
             self.last_event = emitted[-1].event
+            if self.ctx.metrics is not None:
+                for e in emitted:
+                    self.ctx.metrics.events.labels(e.kind.value).inc()
             reasons = [s.reason for s in decision.steps]
             await self.ctx.sink.record(self.key, emitted, reasons)
 
@@ -348,8 +354,11 @@ class PipelineMonitor:
         backoff = 1.0
         while not stopped():
             self.wake.clear()  # a wake-up that comes during the pass shortens the wait after it
+            started = time.perf_counter()
             try:
                 delay = await self.run_pass()
+                if self.ctx.metrics is not None:
+                    self.ctx.metrics.reconcile_seconds.observe(time.perf_counter() - started)
                 backoff = 1.0
             except asyncio.CancelledError:
                 raise

@@ -68,6 +68,15 @@ class OperatorSettings(BaseSettings):
                                                 "JSON file mapping `namespace/name` to the address of a "
                                                 "pipeline, instead of its Service. Off by default: it lets "
                                                 "the file's author choose where the operator sends requests.")
+    api_listen: str = Field(default_factory=lambda: "0.0.0.0:8080" if os.environ.get("KUBERNETES_SERVICE_HOST")
+                            else "127.0.0.1:8080", pattern=r"^(off|[^\s:]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5})$",
+                            description="Address of the HTTP API (`host:port`), or `off`. Default: "
+                            "`0.0.0.0:8080` inside a cluster, else `127.0.0.1:8080`.")
+    api_auth: str = Field("kubernetes", pattern="^(kubernetes|none)$", description="`kubernetes`: bearer "
+                          "tokens checked with TokenReview and SubjectAccessReview; `none`: no authentication "
+                          "(local development only).")
+    api_default_namespace: str = Field("default", description="The namespace of API requests without a "
+                                       "`Feldera-Tenant` header.")
     operator_name: str = Field("pipeline-operator", description="Reporting component of Kubernetes "
                                "Events and field manager of the operator's writes.")
     log_format: str = Field("plain", pattern="^(plain|json)$", description="Log lines as plain text "
