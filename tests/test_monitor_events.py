@@ -62,7 +62,7 @@ def test_emission_rules_with_shortened_intervals(operators, pipelines, namespace
     time.sleep(4.5)  # details change every 0.3 s: throttled to one event per second
     pipelines.patch_spec("rules", {"desiredStatus": "Stopped", "stopMode": "Force"})
     pipelines.wait_status("rules", op, deploymentStatus="Stopped")
-    time.sleep(7.5)  # nothing changes while Stopped: heartbeats every 3 s
+    time.sleep(9.5)  # nothing changes while Stopped: heartbeats every 3 s
     events = list(reversed(stored(op, uid)))  # oldest first
     assert events, op.log()[-2000:]
 
@@ -107,11 +107,11 @@ def test_heartbeats_in_provisioned_and_history_is_bounded(operators, pipelines, 
     uid = pipelines.create("beat", spec(deployment={"env": FAST_PIPELINE}))["metadata"]["uid"]
     kstatus.track(namespace, "beat", expect="Current")
     pipelines.wait_status("beat", op, deploymentStatus="Running")
-    time.sleep(7.5)
+    time.sleep(9.5)
     events = stored(op, uid)
     assert events[0]["deployment_runtime_status"] == "Running"
     beats = [e for e in events if e["deployment_runtime_status"] == "Running"]
-    assert len(beats) >= 3  # the Running event and at least two heartbeats in 7.5 s
+    assert len(beats) >= 3  # the Running event and at least two heartbeats in 9.5 s
     history = pipelines.status("beat")["history"]
     assert len(history) == 5 and history[0]["eventId"] == events[0]["event_id"]
 
@@ -160,16 +160,14 @@ def test_retention_keeps_about_the_newest(operators, pipelines, namespace, kstat
                    "--heartbeat-interval", "0.01", "--monitor-interval", "0.05", "--events-prune-interval", "1")
     uid = pipelines.create("chatty", {"desiredStatus": "Stopped", "program": {"sql": SQL}})["metadata"]["uid"]
     kstatus.track(namespace, "chatty", expect="Current")
-    wait_for("events", lambda: stored(op, uid), 20, operator=op)
-    time.sleep(3)
-    during = len(stored(op, uid))
-    assert 50 <= during <= 50 + 60, during  # about 50 between prunings, never all of them
     seen: set[str] = set()
 
     def seen_200() -> bool:  # a lower bound of what was written: the union of what the store showed
         seen.update(e["event_id"] for e in stored(op, uid))
         return len(seen) >= 200
     wait_for("200 events", seen_200, 90, interval=0.25, operator=op)
+    during = len(stored(op, uid))
+    assert 50 <= during <= 50 + 60, during  # about 50 between prunings, never all of them
     assert op.stop() == 0  # closing the store commits what is queued and prunes
     appended = int(re.search(r"event store closed: (\d+) events appended", op.log()).group(1))
     assert appended >= 200, appended
