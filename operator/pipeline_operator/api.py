@@ -28,6 +28,7 @@ from cachetools import TTLCache
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from . import openapi
 from .models import (
     API_GROUP,
     API_VERSION,
@@ -126,6 +127,7 @@ class ApiServer:
         r.add_get("/readyz", self.readyz)
         r.add_get("/metrics", self.metrics_page)
         r.add_get("/v0/config", self.config)
+        r.add_get("/v0/openapi.json", self.openapi)
         r.add_get("/v0/pipelines", self.list_pipelines)
         r.add_get("/v0/pipelines/{name}", self.get_pipeline)
         r.add_get("/v0/pipelines/{name}/events", self.list_events)
@@ -135,7 +137,10 @@ class ApiServer:
         return app
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
+        # Bounded: 64 KiB bodies, 8 KiB request lines and headers, 64 requests at once, idle
+        # connections closed after 15 s.
+        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True, keepalive_timeout=15,
+                                     max_line_size=8190, max_field_size=8190)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=128)
         await site.start()
@@ -263,6 +268,9 @@ class ApiServer:
             self.metrics.store_events.set(await asyncio.to_thread(store.count))
         return web.Response(body=generate_latest(self.metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi.document())
 
     async def config(self, request: web.Request) -> web.Response:
         return web.json_response({

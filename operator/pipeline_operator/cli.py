@@ -105,6 +105,8 @@ def setup_logging(settings: OperatorSettings) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
     for noisy in ("kopf.objects", "kopf._core", "kopf._cogs", "aiohttp.access", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not settings.verbose else logging.DEBUG)
+    # Malformed HTTP requests are answered 400 by aiohttp, which would log each with a traceback.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL if not settings.verbose else logging.DEBUG)
 
 
 @main.command()

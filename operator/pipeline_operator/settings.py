@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .models import MAX_HISTORY_ITEMS
@@ -89,6 +89,13 @@ class OperatorSettings(BaseSettings):
         if isinstance(value, str):
             return [v for v in value.replace(",", " ").split() if v]
         return value
+
+    @model_validator(mode="after")
+    def _unauthenticated_api_is_local(self) -> "OperatorSettings":
+        """``--api-auth none`` binds to 127.0.0.1 unless an address was given explicitly."""
+        if self.api_auth == "none" and "api_listen" not in self.model_fields_set and self.api_listen != "off":
+            self.api_listen = "127.0.0.1:" + self.api_listen.rpartition(":")[2]
+        return self
 
     def monitor_period(self, transitional: bool) -> float:
         return self.transition_monitor_interval if transitional else self.monitor_interval
