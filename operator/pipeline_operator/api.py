@@ -34,10 +34,8 @@ from .models import (
     API_VERSION,
     PLURAL,
     ErrorResponse,
-    MonitorEvent,
     PipelineMonitorEventFieldSelector,
     PipelineStatus,
-    project_event,
 )
 
 log = logging.getLogger(__name__)
@@ -318,38 +316,33 @@ class ApiServer:
             raise ApiError(400, "InvalidSelector", f"Invalid selector '{selector[:50]}': expected 'all' or 'status'")
         return web.json_response(self._info(monitor, selector))
 
-    async def _events(self, monitor: Any) -> list[MonitorEvent]:
-        store = self.ctx.sink.store
-        return await asyncio.to_thread(store.list, monitor.key.uid)
-
     async def list_events(self, request: web.Request) -> web.Response:
         monitor = await self._pipeline(request, "get")
         selector = _selector(request)
-        events = await self._events(monitor)
-        return web.json_response([project_event(e, selector) for e in events], headers={"Cache-Control": "no-cache"})
+        body = await asyncio.to_thread(self.ctx.sink.store.list_json, monitor.key.uid, selector.value)
+        return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-cache"})
 
     async def get_event(self, request: web.Request) -> web.Response:
         monitor = await self._pipeline(request, "get")
         selector = _selector(request)
         raw = request.match_info["event_id"]
         store = self.ctx.sink.store
-        if raw == "latest":
-            event = await asyncio.to_thread(store.latest, monitor.key.uid)
-            if event is None:
-                raise ApiError(404, "NoPipelineMonitorEventsAvailable",
-                               f"Pipeline '{monitor.key.name}' has no monitor events yet")
-        else:
+        event_id = None
+        if raw != "latest":
             try:
                 event_id = uuid.UUID(raw)
             except ValueError:
                 raise ApiError(400, "InvalidUuidParam", f"Invalid UUID '{raw[:60]}'",
                                {"value": raw[:60]}) from None
-            event = await asyncio.to_thread(store.get, monitor.key.uid, event_id)
-            if event is None:
-                raise ApiError(404, "UnknownPipelineMonitorEvent",
-                               f"Pipeline monitor event '{event_id}' does not exist: it might have been deleted as "
-                               "only a limited number of events are retained", {"event_id": str(event_id)})
-        return web.json_response(project_event(event, selector), headers={"Cache-Control": "no-cache"})
+        body = await asyncio.to_thread(store.get_json, monitor.key.uid, event_id, selector.value)
+        if body is None and event_id is None:
+            raise ApiError(404, "NoPipelineMonitorEventsAvailable",
+                           f"Pipeline '{monitor.key.name}' has no monitor events yet")
+        if body is None:
+            raise ApiError(404, "UnknownPipelineMonitorEvent",
+                           f"Pipeline monitor event '{event_id}' does not exist: it might have been deleted as "
+                           "only a limited number of events are retained", {"event_id": str(event_id)})
+        return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-cache"})
 
     # -- actions ----------------------------------------------------------------------------------
 

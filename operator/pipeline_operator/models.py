@@ -252,7 +252,7 @@ def format_timestamp(t: dt.datetime) -> str:
 
 class EventStatus(BaseModel):
     """The status and details fields of a monitor event: a snapshot of one pipeline."""
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="ignore")  # a projection's deployment_has_error is derived
 
     deployment_resources_status: ResourcesStatus
     deployment_resources_status_details: Any = None

@@ -16,6 +16,7 @@ the writer writes).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import queue
 import sqlite3
@@ -28,7 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from .backends import PipelineKey
-from .models import MonitorEvent
+from .models import MonitorEvent, project_event
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,8 @@ CREATE TABLE IF NOT EXISTS monitor_event (
     name         TEXT NOT NULL,
     event_id     TEXT NOT NULL,
     recorded_at  TEXT NOT NULL,   -- RFC 3339 UTC, fixed width: sorts as text
-    event        TEXT NOT NULL    -- the whole event (selector "all"), JSON
+    event        TEXT NOT NULL,   -- Feldera's JSON of the event with selector "all"
+    event_status TEXT NOT NULL    -- and with selector "status": served as stored, no parsing
 );
 CREATE UNIQUE INDEX IF NOT EXISTS monitor_event_id ON monitor_event (pipeline_uid, event_id);
 CREATE INDEX IF NOT EXISTS monitor_event_newest
@@ -185,10 +191,10 @@ class EventStore:
             for batch in batches:
                 verb = "INSERT OR IGNORE" if batch.ignore_existing else "INSERT OR REPLACE"
                 conn.executemany(
-                    f"{verb} INTO monitor_event (pipeline_uid, namespace, name, event_id, recorded_at, event) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    f"{verb} INTO monitor_event (pipeline_uid, namespace, name, event_id, recorded_at, event, "
+                    "event_status) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(batch.key.uid, batch.key.namespace, batch.key.name, str(e.event_id), _fixed(e),
-                      e.model_dump_json()) for e in batch.events])
+                      _json(project_event(e, "all")), _json(project_event(e, "status"))) for e in batch.events])
                 self._dirty.add(batch.key.uid)
             conn.execute("COMMIT")
         except BaseException:
@@ -253,11 +259,27 @@ class EventStore:
             args = (uid, limit)
         return [MonitorEvent.model_validate_json(row[0]) for row in self._reader().execute(sql, args)]
 
-    def list_raw(self, uid: str) -> list[str]:
-        """Newest first, as stored JSON (for the HTTP API: no model round trip)."""
-        return [row[0] for row in self._reader().execute(
-            "SELECT event FROM monitor_event WHERE pipeline_uid = ? ORDER BY recorded_at DESC, event_id DESC",
-            (uid,))]
+    def list_json(self, uid: str, selector: str = "status") -> str:
+        """A pipeline's events, newest first, as Feldera's JSON array for ``selector``, built from the
+        stored JSON without parsing it (what the HTTP API serves)."""
+        column = "event" if selector == "all" else "event_status"
+        rows = self._reader().execute(
+            f"SELECT {column} FROM monitor_event WHERE pipeline_uid = ? ORDER BY recorded_at DESC, event_id DESC",
+            (uid,))
+        return "[" + ",".join(row[0] for row in rows) + "]"
+
+    def get_json(self, uid: str, event_id: uuid.UUID | None, selector: str = "status") -> str | None:
+        """One event (or the newest, with ``event_id`` None) as Feldera's JSON for ``selector``."""
+        column = "event" if selector == "all" else "event_status"
+        if event_id is None:
+            row = self._reader().execute(
+                f"SELECT {column} FROM monitor_event WHERE pipeline_uid = ? "
+                "ORDER BY recorded_at DESC, event_id DESC LIMIT 1", (uid,)).fetchone()
+        else:
+            row = self._reader().execute(
+                f"SELECT {column} FROM monitor_event WHERE pipeline_uid = ? AND event_id = ?",
+                (uid, str(event_id))).fetchone()
+        return None if row is None else row[0]
 
     def get(self, uid: str, event_id: uuid.UUID) -> MonitorEvent | None:
         row = self._reader().execute("SELECT event FROM monitor_event WHERE pipeline_uid = ? AND event_id = ?",
