@@ -2,9 +2,11 @@
 PersistentVolume controller and the PVC-protection controller, for one namespace.
 
 It does what those write through the real API, nothing more: for each StatefulSet of a pipeline
-it runs the container's command as a local process (the reference pipeline process, reading the
-ConfigMap's program and a local directory standing for the volume) and sets ``readyReplicas``
-once the process listens; it binds PersistentVolumeClaims (except those of a StorageClass named
+it creates the pod ``<name>-0`` (as the StatefulSet controller does), runs the container's command
+as a local process (the reference pipeline process, reading the ConfigMap's program and a local
+directory standing for the volume), reports the pod's status and ``readyReplicas`` once the
+process listens, and restarts a process that exits, counting restarts and reporting
+CrashLoopBackOff, as the kubelet does; it binds PersistentVolumeClaims (except those of a StorageClass named
 ``unavailable``, which stay Pending, as with no provisioner); it removes the pvc-protection
 finalizer of a deleted claim no process uses. The operator reaches the processes through its
 ``--dev-endpoint-overrides`` file, which this writes.
@@ -27,6 +29,9 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 
+_ENDPOINTS_LOCK = threading.Lock()
+
+
 class FakeKubelet(threading.Thread):
     def __init__(self, kubeconfig: Path, namespace: str, workdir: Path) -> None:
         super().__init__(daemon=True, name=f"fake-kubelet-{namespace}")
@@ -41,6 +46,7 @@ class FakeKubelet(threading.Thread):
         self.overrides.parent.mkdir(parents=True, exist_ok=True)
         self.overrides.write_text("{}")
         self.processes: dict[str, subprocess.Popen] = {}  # StatefulSet name -> process
+        self.restarts: dict[str, int] = {}
         self.ready: set[str] = set()
         self.endpoints: dict[str, str] = {}
         self.stop_flag = threading.Event()
@@ -78,6 +84,7 @@ class FakeKubelet(threading.Thread):
             proc = self.processes.get(name)
             if proc is None:
                 if self._claim_bound(sts):  # the scheduler places no pod whose volume is not bound
+                    self._create_pod(sts)
                     self.processes[name] = self._start(sts)
                 continue
             port_file = self.workdir / "pods" / name / "port"
@@ -87,17 +94,64 @@ class FakeKubelet(threading.Thread):
                 self.endpoints[f"{ns}/{pipeline}"] = f"http://127.0.0.1:{port_file.read_text().strip()}"
                 self._write_endpoints()
                 self._set_ready(sts, 1)
+                self._pod_status(name, ready=True)
                 self.ready.add(name)
-            elif not alive and name in self.ready:
-                self._set_ready(sts, 0)
-                self.ready.discard(name)
+            elif not alive:
+                if name in self.ready:
+                    self._set_ready(sts, 0)
+                    self.ready.discard(name)
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                self._pod_status(name, ready=False, exit_code=proc.returncode)
+                self.processes[name] = self._start(sts)  # the kubelet restarts the container
         for name in list(self.processes):
             if name not in statefulsets:  # deleted: the pod goes
                 self.kill_pod(name)
                 del self.processes[name]
                 self.ready.discard(name)
+                self.restarts.pop(name, None)
+                try:
+                    self.core.delete_namespaced_pod(f"{name}-0", ns, grace_period_seconds=0)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
         for pvc in self.core.list_namespaced_persistent_volume_claim(ns).items:
             self._sync_claim(pvc)
+
+    def _create_pod(self, sts: Any) -> None:
+        template = self.apps.api_client.sanitize_for_serialization(sts.spec.template)
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": f"{sts.metadata.name}-0", "namespace": self.namespace,
+                            "labels": template["metadata"]["labels"],
+                            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                                 "name": sts.metadata.name, "uid": sts.metadata.uid,
+                                                 "controller": True, "blockOwnerDeletion": True}]},
+               "spec": template["spec"]}
+        try:
+            self.core.create_namespaced_pod(self.namespace, pod)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def _pod_status(self, sts_name: str, ready: bool, exit_code: int | None = None) -> None:
+        restarts = self.restarts.get(sts_name, 0)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if ready:
+            state = {"running": {"startedAt": now}}
+        elif restarts > 1:
+            state = {"waiting": {"reason": "CrashLoopBackOff",
+                                 "message": f"back-off restarting failed container pipeline (exit code {exit_code})"}}
+        else:
+            state = {"waiting": {"reason": "ContainerCreating"}}
+        status = {"phase": "Running" if ready else "Pending",
+                  "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                  "lastTransitionTime": now}],
+                  "containerStatuses": [{"name": "pipeline", "ready": ready, "restartCount": restarts,
+                                         "image": "pipeline", "imageID": "", "state": state}]}
+        try:
+            self.core.patch_namespaced_pod_status(f"{sts_name}-0", self.namespace, {"status": status})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def _claim_bound(self, sts: Any) -> bool:
         volumes = {v.name: v for v in sts.spec.template.spec.volumes}
@@ -111,8 +165,17 @@ class FakeKubelet(threading.Thread):
         return pvc.status is not None and pvc.status.phase == "Bound"
 
     def _write_endpoints(self) -> None:
-        tmp = self.overrides.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.endpoints))
+        with _ENDPOINTS_LOCK:  # kubelets of several namespaces may share one file
+            self._merge_endpoints()
+
+    def _merge_endpoints(self) -> None:
+        try:
+            merged = json.loads(self.overrides.read_text())
+        except (OSError, ValueError):
+            merged = {}
+        merged.update(self.endpoints)
+        tmp = self.overrides.with_suffix(f".{self.namespace}.tmp")
+        tmp.write_text(json.dumps(merged))
         tmp.replace(self.overrides)
 
     def _set_ready(self, sts: Any, ready: int) -> None:

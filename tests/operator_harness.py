@@ -20,13 +20,13 @@ FAST = ["--monitor-interval", "0.5", "--transition-monitor-interval", "0.25"]
 class OperatorProcess:
     """One ``pipeline-operator run`` process, its log file and its state directory."""
 
-    def __init__(self, cluster: Cluster, namespace: str, state_dir: Path, args: list[str],
+    def __init__(self, cluster: Cluster | None, namespace: str | None, state_dir: Path, args: list[str],
                  kubeconfig: Path | None = None) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.state_dir = state_dir
         self.args = args
-        self.kubeconfig = kubeconfig or cluster.kubeconfig
+        self.kubeconfig = kubeconfig or cluster.kubeconfig  # type: ignore[union-attr]
         self.log_path = state_dir / f"operator-{int(time.time() * 1000)}.log"
         self.proc: subprocess.Popen | None = None
         from pipeline_operator.controlplane import free_port
@@ -40,7 +40,8 @@ class OperatorProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.state_dir / f"operator-{int(time.time() * 1000)}.log"
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        cmd = [sys.executable, "-m", "pipeline_operator.cli", "run", "--namespace", self.namespace,
+        scope = ["--namespace", self.namespace] if self.namespace else ["--all-namespaces"]
+        cmd = [sys.executable, "-m", "pipeline_operator.cli", "run", *scope,
                "--state-dir", str(self.state_dir), "--event-store", str(self.state_dir / "events.sqlite"),
                "--api-listen", f"127.0.0.1:{self.api_port}", *FAST, *self.args]
         with open(self.log_path, "w") as log:

@@ -188,3 +188,67 @@ def test_a_missing_permission_is_a_stalled_condition_not_a_crash(k8s_operator, p
     assert "may not create statefulsets" in op.log() and "Traceback" not in op.log()
     from .kstatus import compute
     assert compute(pipelines.get("denied"))[0] == "Failed"
+
+
+def test_a_single_pod_restart_does_not_stop_the_pipeline(k8s_operator, pipelines, namespace, kubelet, kstatus):
+    op = k8s_operator()
+    uid = pipelines.create("hardy", spec())["metadata"]["uid"]
+    kstatus.track(namespace, "hardy", expect="Current")
+    pipelines.wait_status("hardy", op, deploymentStatus="Running", timeout=40)
+    kubelet.kill_pod(f"hardy-{uid[:8]}")  # the container dies once; the kubelet restarts it
+    wait_for("the restart", lambda: kubelet.restarts.get(f"hardy-{uid[:8]}", 0) >= 1, 10)
+    st = pipelines.wait_status("hardy", op, deploymentStatus="Running", timeout=40)
+    assert st["deploymentResourcesStatus"] == "Provisioned" and "deploymentError" not in st
+    assert kubelet.restarts[f"hardy-{uid[:8]}"] == 1
+
+
+def test_a_crash_looping_pod_stops_the_pipeline_with_the_kubelets_reason(
+        k8s_operator, pipelines, namespace, kubelet, kstatus):
+    op = k8s_operator()
+    env = [*FAST_PIPELINE, {"name": "PIPELINE_EXIT_AFTER_SECONDS", "value": "0.5"}]
+    pipelines.create("doomed", spec(deployment={"env": env, "provisioningTimeoutSeconds": 120}))
+    kstatus.track(namespace, "doomed", expect="Failed")
+    st = pipelines.wait_status("doomed", op, deploymentStatus="Stopped", deploymentResourcesDesiredStatus="Stopped",
+                               timeout=60)
+    error = st["deploymentError"]
+    assert "failing repeatedly" in error["message"] and "CrashLoopBackOff" in error["message"]
+
+
+def test_all_namespaces_with_the_cluster_role(binaries, tmp_path):
+    """A control plane of its own (no other test's Pipelines), the operator bound to the ClusterRole."""
+    from .conftest import CRD_FILE, Cluster, _kill_pipeline_processes_under
+    from .operator_harness import OperatorProcess, Pipelines
+    plane = controlplane.ControlPlane(binaries).start()
+    kubelets: list[FakeKubelet] = []
+    op = None
+    try:
+        cluster = Cluster(binaries, plane)
+        cluster.kubectl("apply", "-f", str(CRD_FILE))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/pipelines.dataflow.dev")
+        cluster.kubectl("create", "namespace", "pipeline-operator-system")
+        cluster.kubectl("create", "serviceaccount", "pipeline-operator", "-n", "pipeline-operator-system")
+        cluster.kubectl("apply", "-f", str(RBAC / "clusterrole.yaml"))
+        cluster.kubectl("create", "clusterrolebinding", "pipeline-operator", "--clusterrole=pipeline-operator",
+                        "--serviceaccount=pipeline-operator-system:pipeline-operator")
+        token = cluster.kubectl("create", "token", "pipeline-operator", "-n", "pipeline-operator-system").stdout.strip()
+        kubeconfig = controlplane.write_kubeconfig(tmp_path / "kubeconfig-op", plane.server, token, plane.ca_file)
+        overrides = tmp_path / "endpoints.json"
+        for ns in ("team-a", "team-b"):
+            cluster.kubectl("create", "namespace", ns)
+            kubelet = FakeKubelet(plane.kubeconfig, ns, tmp_path / f"kubelet-{ns}")
+            kubelet.overrides = overrides  # one file for both namespaces
+            kubelet.start()
+            kubelets.append(kubelet)
+        op = OperatorProcess(None, None, tmp_path / "state", ["--backend", "kubernetes", "--dev-endpoint-overrides",
+                                                                str(overrides)], kubeconfig).start()
+        for ns in ("team-a", "team-b"):
+            Pipelines(cluster, ns).create("orders", spec())
+        for ns in ("team-a", "team-b"):
+            Pipelines(cluster, ns).wait_status("orders", op, deploymentStatus="Running", timeout=60)
+    finally:
+        if op is not None:
+            op.stop()
+        for kubelet in kubelets:
+            kubelet.stop()
+        _kill_pipeline_processes_under(tmp_path)
+        plane.stop()

@@ -20,7 +20,8 @@ Environment knobs (set them in ``spec.deployment.env``): ``PIPELINE_INIT_SECONDS
 (0: how long the process takes before it listens, like a slow container start),
 ``PIPELINE_DETAILS_TICK_SECONDS`` (0: off; else a counter in the runtime details advances that
 often, so details change without any status change), ``PIPELINE_DETAILS_BYTES`` (0: padding
-added to the runtime details, to test the size cap).
+added to the runtime details, to test the size cap), ``PIPELINE_EXIT_AFTER_SECONDS`` (off: the
+process exits with code 70 that long after it starts, to show a crash-looping pod).
 """
 
 from __future__ import annotations
@@ -234,6 +235,8 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
         tmp.write_text(str(bound))
         tmp.replace(port_file)
     log.info("reference pipeline listening on %s:%s (initial %s, storage %s)", host, bound, initial, storage)
+    if env.get("PIPELINE_EXIT_AFTER_SECONDS"):
+        asyncio.get_running_loop().call_later(float(env["PIPELINE_EXIT_AFTER_SECONDS"]), os._exit, 70)
     pipeline.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

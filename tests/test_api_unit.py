@@ -1,0 +1,58 @@
+"""Narrow tests of the API's handlers with a real event store and an in-memory view of one
+pipeline (no API server): what the integration tests cannot reach."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from pipeline_operator.api import ApiServer, Metrics
+from pipeline_operator.backends import PipelineKey
+from pipeline_operator.recording import Recorder
+from pipeline_operator.store import EventStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = EventStore(tmp_path / "events.sqlite")
+    yield s
+    s.close()
+
+
+def test_latest_without_events_is_404_no_events_available(store):
+    key = PipelineKey("ns", "fresh", "uid-fresh")
+    monitor = types.SimpleNamespace(key=key, obj={"metadata": {"name": "fresh", "uid": key.uid}, "status": {}},
+                                    wake=asyncio.Event(), state=None)
+    ctx = types.SimpleNamespace(monitors={("ns", "fresh"): monitor}, sink=Recorder(store, None), metrics=Metrics())
+    server = ApiServer(ctx, auth="none", default_namespace="ns")
+
+    async def scenario():
+        async with TestClient(TestServer(server.app())) as client:
+            latest = await client.get("/v0/pipelines/fresh/events/latest")
+            listed = await client.get("/v0/pipelines/fresh/events")
+            return latest.status, await latest.json(), listed.status, await listed.json()
+    status, body, list_status, events = asyncio.run(scenario())
+    assert status == 404 and body["error_code"] == "NoPipelineMonitorEventsAvailable"
+    assert list_status == 200 and events == []
+
+
+def test_unexpected_failures_are_500_error_responses_without_a_trace(store):
+    class Broken:
+        def list_json(self, *args):
+            raise RuntimeError("disk on fire")
+    key = PipelineKey("ns", "p", "uid-p")
+    monitor = types.SimpleNamespace(key=key, obj={"metadata": {"name": "p"}}, wake=asyncio.Event(), state=None)
+    ctx = types.SimpleNamespace(monitors={("ns", "p"): monitor}, sink=types.SimpleNamespace(store=Broken()),
+                                metrics=Metrics())
+    server = ApiServer(ctx, auth="none", default_namespace="ns")
+
+    async def scenario():
+        async with TestClient(TestServer(server.app())) as client:
+            response = await client.get("/v0/pipelines/p/events")
+            return response.status, await response.text()
+    status, text = asyncio.run(scenario())
+    assert status == 500 and "InternalServerError" in text
+    assert "disk on fire" not in text and "Traceback" not in text
