@@ -1,9 +1,9 @@
-# The two commands: `make test` (everything the CI runs) and `make crd` (regenerate crds/).
+# The two commands: `make demo` (the main job) and `make test` (everything the CI runs).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test crd lint-imports clean
+.PHONY: test demo crd lint-imports clean
 
 # Install the project and its test extra into a local virtualenv, build or reuse the
 # control-plane binaries (cached under ~/.cache/pipeline-operator, with progress), run pytest.
@@ -13,6 +13,11 @@ test: $(VENV)/.installed
 	@# pytest exits 5 when it collected no tests: this project always has tests, so that is a failure.
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the run" >&2; exit 1; fi; exit $$rc
+
+# The main job in one command: an embedded control plane (unless KUBECONFIG is set), the CRD,
+# the operator and a sample Pipeline going to Running, with its monitor events; Ctrl-C to stop.
+demo: $(VENV)/.installed
+	$(BIN)/pipeline-operator demo $(DEMO_ARGS)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -122,6 +122,19 @@ def run(**given: Any) -> None:
         raise click.UsageError(str(exc)) from None
 
 
+@main.command()
+@click.option("--namespace", "-n", default="default", show_default=True, help="Where the sample Pipeline goes.")
+@click.option("--exit-when-running", is_flag=True, help="Exit once the sample is Running (non-interactive).")
+@click.option("--timeout", default=180.0, show_default=True, help="Seconds the sample may take to reach Running.")
+@click.option("--example", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Another Pipeline manifest to apply instead of examples/orders.yaml.")
+def demo(namespace: str, exit_when_running: bool, timeout: float, example: Path | None) -> None:
+    """The main job in one command: a control plane (embedded unless KUBECONFIG is set), the CRD,
+    the operator, a sample Pipeline going to Running, and its monitor events."""
+    from . import demo as demo_module
+    sys.exit(demo_module.run(namespace, exit_when_running, timeout, example))
+
+
 @main.command("settings")
 @click.option("--markdown", is_flag=True, help="Print the settings as a Markdown table.")
 def show_settings(markdown: bool) -> None:

@@ -351,6 +351,7 @@ class ControlPlane:
         self.binaries = binaries
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pipeline-operator-cp-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         self.users = {
             "admin": User("admin", secrets.token_hex(16), ("system:masters",)),
