@@ -94,4 +94,8 @@ class KStatusTracker:
                                 f"the lifecycle fields say {truth}")
             if expect is not None and verdict != expect:
                 problems.append(f"{namespace}/{name}: kstatus says {verdict} ({reason}), expected {expect}")
+            from .argocd_health import EXPECTED, health
+            argo, message = health(obj)
+            if argo not in EXPECTED[verdict]:
+                problems.append(f"{namespace}/{name}: Argo CD health {argo} ({message}) disagrees with kstatus {verdict}")
         assert not problems, "\n".join(problems)
