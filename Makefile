@@ -10,6 +10,7 @@ BIN    := $(VENV)/bin
 test: $(VENV)/.installed
 	$(BIN)/pipeline-operator control-plane fetch
 	$(BIN)/pipeline-operator crd --check --output crds/pipelines.dataflow.dev.yaml
+	$(BIN)/pipeline-operator crd --check --output deploy/base/crd/pipelines.dataflow.dev.yaml
 	@# pytest exits 5 when it collected no tests: this project always has tests, so that is a failure.
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the run" >&2; exit 1; fi; exit $$rc
@@ -26,6 +27,7 @@ $(VENV)/.installed: pyproject.toml
 
 crd: $(VENV)/.installed
 	$(BIN)/pipeline-operator crd --output crds/pipelines.dataflow.dev.yaml
+	$(BIN)/pipeline-operator crd --output deploy/base/crd/pipelines.dataflow.dev.yaml
 
 lint-imports: $(VENV)/.installed
 	$(BIN)/lint-imports

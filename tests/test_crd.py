@@ -19,6 +19,11 @@ def test_checked_in_crd_matches_the_models():
         "`pipeline-operator crd --output crds/pipelines.dataflow.dev.yaml`")
 
 
+def test_deploy_copy_of_the_crd_matches_the_models():
+    copy = CRD_FILE.parent.parent / "deploy" / "base" / "crd" / "pipelines.dataflow.dev.yaml"
+    assert copy.read_text() == crd.to_yaml(), "deploy/base/crd is stale: run `make crd`"
+
+
 def test_crd_check_command_fails_on_drift(tmp_path):
     stale = tmp_path / "crd.yaml"
     stale.write_text(CRD_FILE.read_text().replace("maxLength: 131072", "maxLength: 10"))

@@ -58,11 +58,12 @@ def test_entrypoint_starts_the_operator_from_an_installed_wheel(crd_installed: C
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist),
                     str(REPO)], check=True, timeout=300)
     wheel = next(dist.glob("pipeline_operator-*.whl"))
-    prefix = tmp_path / "installed"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--prefix", str(prefix), str(wheel)],
-                   check=True, timeout=300)
-    site = next(prefix.glob("lib/python3*/site-packages"))
-    entrypoint = prefix / "bin" / "pipeline-operator"
+    # --target installs beside the environment without touching it (--prefix would first uninstall
+    # the environment's own copy of the project).
+    site = tmp_path / "installed"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", "--target",
+                    str(site), str(wheel)], check=True, timeout=300)
+    entrypoint = site / "bin" / "pipeline-operator"
     env = {**os.environ, "PYTHONPATH": str(site), "KUBECONFIG": str(crd_installed.kubeconfig)}
     where = subprocess.run([sys.executable, "-c", "import pipeline_operator, sys; print(pipeline_operator.__file__)"],
                            env=env, capture_output=True, text=True, check=True).stdout

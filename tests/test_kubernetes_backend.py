@@ -1,5 +1,5 @@
 """The Kubernetes backend on the real API server, the operator running with its own RBAC
-(a service-account token bound to deploy/rbac), pods stood in for by tests/fake_kubelet.py."""
+(a service-account token bound to deploy/base/rbac), pods stood in for by tests/fake_kubelet.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .operator_harness import sequence, wait_for
 from .test_operator_lifecycle import FAST_PIPELINE, SQL
 
 pytestmark = pytest.mark.apiserver
-RBAC = Path(__file__).resolve().parent.parent / "deploy" / "rbac"
+RBAC = Path(__file__).resolve().parent.parent / "deploy" / "base" / "rbac"
 
 
 def operator_kubeconfig(cluster, namespace: str, role_text: str) -> Path:
@@ -194,10 +194,16 @@ def test_a_single_pod_restart_does_not_stop_the_pipeline(k8s_operator, pipelines
     op = k8s_operator()
     uid = pipelines.create("hardy", spec())["metadata"]["uid"]
     kstatus.track(namespace, "hardy", expect="Current")
-    pipelines.wait_status("hardy", op, deploymentStatus="Running", timeout=40)
+    before = pipelines.wait_status("hardy", op, deploymentStatus="Running", timeout=40)["history"][0]["eventId"]
     kubelet.kill_pod(f"hardy-{uid[:8]}")  # the container dies once; the kubelet restarts it
     wait_for("the restart", lambda: kubelet.restarts.get(f"hardy-{uid[:8]}", 0) >= 1, 10)
-    st = pipelines.wait_status("hardy", op, deploymentStatus="Running", timeout=40)
+
+    def back_to_running() -> dict | None:
+        st = pipelines.status("hardy")
+        since = [h for h in st["history"] if h["eventId"] > before]  # UUIDv7: later ids sort later
+        noticed = any(h["deploymentRuntimeStatus"] != "Running" for h in since)
+        return st if noticed and st["deploymentStatus"] == "Running" else None
+    st = wait_for("the pipeline to notice the restart and run again", back_to_running, 40, operator=op)
     assert st["deploymentResourcesStatus"] == "Provisioned" and "deploymentError" not in st
     assert kubelet.restarts[f"hardy-{uid[:8]}"] == 1
 

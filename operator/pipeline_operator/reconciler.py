@@ -235,7 +235,7 @@ class PipelineMonitor:
     async def _blocked(self, desired: Desired, problem: str) -> float:
         """The operator lacks a permission: say so in a Stalled condition and in the log, and retry."""
         if problem != self.blocked:
-            log.error("%s: %s; grant it in the operator's Role or ClusterRole (deploy/rbac)", self.key, problem)
+            log.error("%s: %s; grant it in the operator's Role or ClusterRole (deploy/base/rbac)", self.key, problem)
         self.blocked = problem
         assert self.state is not None
         status = resource.to_status(desired, self.state, self.conditions, self.history, self.ctx.clock(),
