@@ -28,6 +28,7 @@ $(VENV)/.installed: pyproject.toml
 crd: $(VENV)/.installed
 	$(BIN)/pipeline-operator crd --output crds/pipelines.dataflow.dev.yaml
 	$(BIN)/pipeline-operator crd --output deploy/base/crd/pipelines.dataflow.dev.yaml
+	$(BIN)/pipeline-operator crd --output charts/pipeline-operator/files/pipelines.dataflow.dev.yaml
 
 lint-imports: $(VENV)/.installed
 	$(BIN)/lint-imports
