@@ -97,19 +97,13 @@ def pytest_report_header(config: pytest.Config) -> str:
 def _kill_pipeline_processes_under(folder: Path) -> None:
     """Pipeline processes outlive the operator by design; tests clean up theirs."""
     import signal as _signal
-    marker = str(folder).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+
+    from pipeline_operator.backends.local import processes_under
+    for pid in processes_under(folder):
         try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker in cmdline and b"pipeline-process" in cmdline:
-            try:
-                os.kill(int(entry.name), _signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            os.kill(pid, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from . import controlplane, crd
+from .backends.local import processes_under
 
 COLUMNS = ("time", "resources", "runtime", "program", "storage", "error")
 
@@ -161,12 +162,6 @@ def run(namespace: str = "default", exit_when_running: bool = False, timeout: fl
 
 def _stop_pipeline_processes(state: Path) -> None:
     """The demo's pipeline processes go with it (an operator leaves pipelines running by design)."""
-    marker = str(state).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGTERM)
-        except (OSError, ProcessLookupError):
-            continue
+    for pid in processes_under(state):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)

@@ -53,6 +53,22 @@ def _proc_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def processes_under(folder: Path) -> list[int]:
+    """Live pipeline processes whose command line names a path under ``folder`` (their storage)."""
+    marker = str(folder).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline and b"pipeline-process" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 class LocalBackend:
     def __init__(self, state_dir: Path, pipeline_command: str = "") -> None:
         self.root = state_dir / "pipelines"
