@@ -19,6 +19,17 @@ from .test_operator_lifecycle import FAST_PIPELINE, SQL
 pytestmark = pytest.mark.apiserver
 
 
+def schema_validator_for_info():
+    """The API's own schema for pipeline information (in the document it serves)."""
+    from jsonschema import Draft202012Validator
+
+    from pipeline_operator.openapi import document
+
+    from .test_models import _nullable_as_null_type
+    components = _nullable_as_null_type(document()["components"])
+    return Draft202012Validator({**components["schemas"]["PipelineInfo"], "components": components})
+
+
 def grant(cluster, namespace: str, user: str, verbs: str) -> None:
     role = f"pipelines-{user}"
     cluster.kubectl("create", "role", role, "-n", namespace, f"--verb={verbs}", "--resource=pipelines.dataflow.dev")
@@ -82,6 +93,14 @@ def test_feldera_sdk_reads_the_events_the_store_holds(running, cluster, namespac
     one = client.get_pipeline_event("orders", events[-1]["event_id"], selector="all")
     assert one == full[-1]
     assert Pipeline.get("orders", client).events() == events
+
+    status, listed = call(f"{running.api_url}/v0/pipelines?selector=status", token, namespace)
+    assert status == 200 and [p["name"] for p in listed] == ["orders"]
+    assert listed[0]["deployment_status"] == "Running" and listed[0]["deployment_has_error"] is False
+    status, one = call(f"{running.api_url}/v0/pipelines/orders?selector=all", token, namespace)
+    assert status == 200 and one["program_code"] == SQL and one["storage_status"] == "InUse"
+    for body in (listed[0], one):
+        schema_validator_for_info().validate(body)
 
 
 def test_feldera_sdk_drives_the_lifecycle(running, cluster, namespace, pipelines):
