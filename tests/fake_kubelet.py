@@ -56,6 +56,9 @@ class FakeKubelet(threading.Thread):
         while not self.stop_flag.is_set():
             try:
                 self.sync()
+            except ApiException as exc:
+                if exc.status not in (404, 409):  # an object went away or changed meanwhile: next round
+                    self.errors.append(repr(exc))
             except Exception as exc:  # noqa: BLE001 - reported by the tests that use it
                 self.errors.append(repr(exc))
             time.sleep(0.2)
@@ -181,7 +184,11 @@ class FakeKubelet(threading.Thread):
     def _set_ready(self, sts: Any, ready: int) -> None:
         status = {"replicas": 1, "readyReplicas": ready, "availableReplicas": ready, "currentReplicas": 1,
                   "updatedReplicas": 1, "observedGeneration": sts.metadata.generation}
-        self.apps.patch_namespaced_stateful_set_status(sts.metadata.name, self.namespace, {"status": status})
+        try:
+            self.apps.patch_namespaced_stateful_set_status(sts.metadata.name, self.namespace, {"status": status})
+        except ApiException as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing to report
+                raise
 
     def _start(self, sts: Any) -> subprocess.Popen:
         name = sts.metadata.name

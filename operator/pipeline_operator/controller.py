@@ -162,6 +162,8 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                             memo=kopf.Memo())
     finally:
         readiness.cancel()
+        if ctx.in_flight:  # status writes under way finish, with their events, before the store closes
+            await asyncio.wait(list(ctx.in_flight), timeout=30)
         if api is not None:
             await api.stop()
         await ctx.runtime.close()

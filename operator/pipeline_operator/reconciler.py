@@ -91,6 +91,7 @@ class Context:
     ids: UuidV7 = dataclasses.field(default_factory=UuidV7)
     clock: Callable[[], dt.datetime] = utcnow
     monitors: dict[tuple[str, str], "PipelineMonitor"] = dataclasses.field(default_factory=dict)
+    in_flight: set[asyncio.Future] = dataclasses.field(default_factory=set)  # status writes that must finish
     metrics: Any = None
 
     @property
@@ -282,6 +283,15 @@ class PipelineMonitor:
             return
         assert self.obj is not None
         rv = self.obj["metadata"]["resourceVersion"]
+        # The status write and the store append go together even if the loop is cancelled in
+        # between (operator shutdown): otherwise the history could hold an event the store lacks.
+        task = asyncio.ensure_future(self._write_and_record(rv, body, status, history, decision, emitted))
+        self.ctx.in_flight.add(task)
+        task.add_done_callback(self.ctx.in_flight.discard)
+        await asyncio.shield(task)
+
+    async def _write_and_record(self, rv: str, body: dict[str, Any], status: PipelineStatus,
+                                history: list[HistoryEntry], decision: Decision, emitted: Sequence[Emitted]) -> None:
         updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name, rv, body)
         self.see(updated)
         self.written = body
@@ -308,7 +318,7 @@ class PipelineMonitor:
                 ctx.compiler.ensure(action.program_digest, spec.program.sql, self.wake.set)
             elif kind is ActionKind.PROVISION:
                 assert action.program_digest is not None and action.initial is not None
-                artifact = ctx.compiler.artifact(action.program_digest)
+                artifact = await asyncio.to_thread(ctx.compiler.artifact, action.program_digest)
                 if artifact is None:
                     log.warning("%s: compiled program %s is missing; cannot provision", self.key,
                                 action.program_digest[:8])

@@ -75,6 +75,7 @@ class LocalBackend:
         self.command = shlex.split(pipeline_command) if pipeline_command else [
             sys.executable, "-m", "pipeline_operator.cli", "pipeline-process"]
         self._children: dict[str, subprocess.Popen] = {}  # processes this operator started
+        self._ports: dict[str, int] = {}  # pipeline uid -> port, as last observed (read in a thread)
 
     # -- paths and records ---------------------------------------------------------------
 
@@ -100,6 +101,7 @@ class LocalBackend:
         tmp.replace(path)
 
     def _forget_process(self, key: PipelineKey) -> None:
+        self._ports.pop(key.uid, None)
         for name in ("compute.json", "port"):
             (self.folder(key) / name).unlink(missing_ok=True)
         child = self._children.pop(key.uid, None)
@@ -144,8 +146,11 @@ class LocalBackend:
         if self._alive(key, record):
             if record.get("terminating_since"):
                 return ComputeObservation(state=ComputeState.TERMINATING, message="stopping the process")
-            if self.port(key) is None:
+            port = self.port(key)
+            if port is None:
+                self._ports.pop(key.uid, None)
                 return ComputeObservation(state=ComputeState.PENDING, message="process starting")
+            self._ports[key.uid] = port
             return ComputeObservation(state=ComputeState.READY)
         if record.get("terminating_since"):
             self._forget_process(key)
@@ -215,7 +220,7 @@ class LocalBackend:
             pass
 
     async def storage_exists(self, key: PipelineKey) -> bool:
-        return self.storage_dir(key).exists()
+        return await asyncio.to_thread(self.storage_dir(key).exists)
 
     async def clear_storage(self, key: PipelineKey) -> None:
         await asyncio.to_thread(shutil.rmtree, self.storage_dir(key), True)
@@ -225,7 +230,8 @@ class LocalBackend:
         await asyncio.to_thread(shutil.rmtree, self.folder(key), True)
 
     def endpoint(self, key: PipelineKey) -> str | None:
-        port = self.port(key)
+        """Where the process listens, as the last observation found (no file read on the loop)."""
+        port = self._ports.get(key.uid)
         return None if port is None else f"http://127.0.0.1:{port}"
 
     async def close(self) -> None:
