@@ -226,7 +226,7 @@ def parse_status_response(http_status: int | None, body: Any, failure: str = "")
     """Interpret one ``GET /status`` exchange the way Feldera's runner does.
 
     ``http_status`` is None when no HTTP answer came (timeout, refused); ``body`` is the
-    decoded JSON body, or ``_NOT_JSON`` when it did not decode; ``failure`` says why.
+    decoded JSON body, or ``NOT_JSON`` when it did not decode; ``failure`` says why.
     """
     if http_status is None:
         return RuntimeObservation(probe=RuntimeProbe.UNREACHABLE, reason=failure or "no answer")
