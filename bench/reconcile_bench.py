@@ -116,11 +116,14 @@ def main() -> None:
                 api.create_namespaced_custom_object("dataflow.dev", "v1alpha1", "bench", "pipelines", {
                     "apiVersion": "dataflow.dev/v1alpha1", "kind": "Pipeline", "metadata": {"name": f"p{i}"},
                     "spec": {"desiredStatus": "Stopped", "program": {"sql": SQL}}})
-            deadline = time.monotonic() + 120
-            while sum(1 for s in statuses.values() if s.get("programStatus") == "Success") < n:
-                if time.monotonic() > deadline:
-                    raise SystemExit("pipelines did not compile in time")
-                time.sleep(0.5)
+            def wait_all(field: str, value: str, timeout: float, what: str) -> None:
+                deadline = time.monotonic() + timeout
+                while sum(1 for s in statuses.values() if s.get(field) == value) < n:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"pipelines did not {what} in time")
+                    time.sleep(0.5)
+
+            wait_all("programStatus", "Success", 120, "compile")
             time.sleep(3)
 
             print(f"patching desiredStatus of {n} pipelines, one at a time ...", flush=True)
@@ -140,11 +143,7 @@ def main() -> None:
                   f"{n} pipelines: p50 {percentile(latencies, 50) * 1000:.0f} ms, "
                   f"p99 {percentile(latencies, 99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
 
-            deadline = time.monotonic() + 180
-            while sum(1 for s in statuses.values() if s.get("deploymentStatus") == "Running") < n:
-                if time.monotonic() > deadline:
-                    raise SystemExit("pipelines did not reach Running in time")
-                time.sleep(0.5)
+            wait_all("deploymentStatus", "Running", 180, "reach Running")
             time.sleep(5)
             before = write_counters(plane)
             print(f"all {n} Running; counting API writes over {args.idle_seconds:.0f} s idle ...", flush=True)

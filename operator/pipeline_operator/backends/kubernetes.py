@@ -139,50 +139,51 @@ class KubernetesBackend:
 
     # -- API calls ---------------------------------------------------------------------------
 
+    # kind -> (client attribute, method suffix, resource name in RBAC)
+    _KINDS = {"statefulset": ("apps", "stateful_set", "statefulsets"),
+              "service": ("core", "service", "services"),
+              "configmap": ("core", "config_map", "configmaps"),
+              "pvc": ("core", "persistent_volume_claim", "persistentvolumeclaims"),
+              "pod": ("core", "pod", "pods")}
+
+    def _method(self, verb: str, kind: str) -> tuple[Any, str]:
+        client, suffix, resource = self._KINDS[kind]
+        return getattr(getattr(self.kube, client), f"{verb}_namespaced_{suffix}"), resource
+
     async def _read(self, kind: str, namespace: str, name: str) -> Any:
-        api = {"statefulset": (self.kube.apps.read_namespaced_stateful_set, "get statefulsets"),
-               "service": (self.kube.core.read_namespaced_service, "get services"),
-               "configmap": (self.kube.core.read_namespaced_config_map, "get configmaps"),
-               "pvc": (self.kube.core.read_namespaced_persistent_volume_claim, "get persistentvolumeclaims"),
-               "pod": (self.kube.core.read_namespaced_pod, "get pods")}[kind]
+        read, resource = self._method("read", kind)
         try:
-            return await self.kube.call(api[0], name, namespace)
+            return await self.kube.call(read, name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             if exc.status == 403:
-                raise Forbidden(f"the operator may not {api[1]} in {namespace}") from exc
+                raise Forbidden(f"the operator may not get {resource} in {namespace}") from exc
             raise
 
     async def _create(self, kind: str, body: dict[str, Any]) -> None:
-        create = {"statefulset": (self.kube.apps.create_namespaced_stateful_set, "statefulsets"),
-                  "service": (self.kube.core.create_namespaced_service, "services"),
-                  "configmap": (self.kube.core.create_namespaced_config_map, "configmaps"),
-                  "pvc": (self.kube.core.create_namespaced_persistent_volume_claim, "persistentvolumeclaims")}[kind]
+        create, resource = self._method("create", kind)
         namespace = body["metadata"]["namespace"]
         self.kube.writes += 1
         try:
-            await self.kube.call(create[0], namespace, body, field_manager=self.kube.field_manager)
+            await self.kube.call(create, namespace, body, field_manager=self.kube.field_manager)
         except ApiException as exc:
             if exc.status == 409:
                 return  # exists: the caller checks that it is ours
             if exc.status == 403:
-                raise Forbidden(f"the operator may not create {create[1]} in {namespace}") from exc
+                raise Forbidden(f"the operator may not create {resource} in {namespace}") from exc
             raise
 
     async def _delete(self, kind: str, namespace: str, name: str) -> None:
-        delete = {"statefulset": (self.kube.apps.delete_namespaced_stateful_set, "statefulsets"),
-                  "service": (self.kube.core.delete_namespaced_service, "services"),
-                  "configmap": (self.kube.core.delete_namespaced_config_map, "configmaps"),
-                  "pvc": (self.kube.core.delete_namespaced_persistent_volume_claim, "persistentvolumeclaims")}[kind]
+        delete, resource = self._method("delete", kind)
         self.kube.writes += 1
         try:
-            await self.kube.call(delete[0], name, namespace, propagation_policy="Background")
+            await self.kube.call(delete, name, namespace, propagation_policy="Background")
         except ApiException as exc:
             if exc.status == 404:
                 return
             if exc.status == 403:
-                raise Forbidden(f"the operator may not delete {delete[1]} in {namespace}") from exc
+                raise Forbidden(f"the operator may not delete {resource} in {namespace}") from exc
             raise
 
     @staticmethod
