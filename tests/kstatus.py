@@ -58,6 +58,9 @@ def expected_from_lifecycle(obj: dict[str, Any]) -> str:
     spec = obj.get("spec") or {}
     resources = status.get("deploymentResourcesStatus")
     desired = status.get("deploymentResourcesDesiredStatus")
+    if resources == "Stopped" and desired == "Stopped" and spec.get("desiredStatus") == "Provisioned" and \
+            (status.get("operatorState") or {}).get("systemStopGeneration") is not None:
+        return FAILED  # held Stopped by the system until a start: a person must act
     if resources != desired or desired != spec.get("desiredStatus", "Stopped"):
         return IN_PROGRESS
     if status.get("programStatus") != "Success" or status.get("storageStatus") == "Clearing":

@@ -60,7 +60,7 @@ class Sim:
 
     def spec(self, **changes: Any) -> None:
         """A spec change (a new generation), or annotation changes when only those are given."""
-        annotations = {"clear_storage", "dismiss_error", "approve"}
+        annotations = {"start", "clear_storage", "dismiss_error", "approve"}
         bump = 0 if set(changes) <= annotations else 1
         self.desired = self.desired.model_copy(update={**changes, "generation": self.desired.generation + bump})
 

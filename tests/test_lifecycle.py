@@ -154,7 +154,7 @@ def test_graceful_stop_that_never_suspends_is_finished_after_the_timeout():
 
 
 def test_graceful_stop_from_standby_stops_at_once():
-    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.STANDBY))
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.STANDBY, standby_allowed=True))
     sim.step(compiled("p1"))
     sim.step(running(RS.STANDBY))
     sim.spec(resources_desired_status=D.STOPPED)
@@ -165,7 +165,17 @@ def test_pipeline_suspending_by_itself_stops_without_error():
     sim = Sim()
     sim.start()
     d = sim.step(running(RS.SUSPENDED, RDS.SUSPENDED))
-    assert summary(d)[-1] == ("Stopping", "Provisioned", None, "Success", "InUse", False)
+    # Feldera sets the desired status to Stopped on every move to Stopping, error or not.
+    assert summary(d)[-2:] == [("Provisioned", "Stopped", "Suspended", "Success", "InUse", False),
+                               ("Stopping", "Stopped", None, "Success", "InUse", False)]
+    sim.step(Observation())
+    assert sim.state.resources_status is R.STOPPED
+    # No loop back to Provisioning although the spec still says Provisioned ...
+    assert sim.step().state.resources_status is R.STOPPED and sim.state.resources_desired_status is D.STOPPED
+    # ... until a start request.
+    sim.spec(start="s1")
+    assert sim.step().state.resources_status is R.PROVISIONING
+    assert sim.state.handled_start.outcome is ActionOutcome.APPLIED
 
 
 def test_fatal_runtime_error_latches_and_desired_becomes_stopped():
@@ -301,7 +311,8 @@ def test_dismiss_annotation_is_refused_until_stopped_then_applies():
     d = sim.step(Observation())
     assert sim.state.deployment_error is None and sim.state.handled_dismiss_error.value == "d2"
     assert summary(d)[0][5] is False
-    assert sim.step().state.resources_status is R.PROVISIONING  # desired Provisioned again
+    # Dismissing starts nothing: the system set the desired status to Stopped (as Feldera does).
+    assert sim.step().state.resources_status is R.STOPPED and sim.state.resources_desired_status is D.STOPPED
 
 
 def test_dismiss_without_error_is_recorded_as_a_no_op():
@@ -355,7 +366,7 @@ def test_runtime_desired_status_is_the_initial_status_unless_standby():
 
 
 def test_standby_is_activated_only_when_the_runtime_desired_status_changes():
-    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.STANDBY,
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.STANDBY, standby_allowed=True,
                       runtime_desired_status=SRD.RUNNING))
     sim.step(compiled("p1"))
     assert sim.state.deployment_initial is RDS.STANDBY
@@ -397,8 +408,9 @@ def test_details_change_is_not_a_step_but_is_in_the_state():
     (200, "Running", RuntimeProbe.OK, RS.RUNNING),
     (200, "Initializing", RuntimeProbe.OK, RS.INITIALIZING),
     (200, "Terminated", RuntimeProbe.FATAL, None),
-    (200, {"runtime_status": "Sleeping"}, RuntimeProbe.OK, RS.UNAVAILABLE),
-    (200, [1, 2], RuntimeProbe.OK, RS.UNAVAILABLE),
+    (200, {"runtime_status": "Sleeping"}, RuntimeProbe.UNAVAILABLE, RS.UNAVAILABLE),
+    (200, [1, 2], RuntimeProbe.UNAVAILABLE, RS.UNAVAILABLE),
+    (200, "Sleeping", RuntimeProbe.UNAVAILABLE, RS.UNAVAILABLE),
     (503, {"message": "m", "error_code": "Initializing", "details": None}, RuntimeProbe.UNAVAILABLE, RS.INITIALIZING),
     (503, {"message": "m", "error_code": "Suspended", "details": None}, RuntimeProbe.UNAVAILABLE, RS.SUSPENDED),
     (503, {"message": "m", "error_code": "Other", "details": None}, RuntimeProbe.UNAVAILABLE, RS.UNAVAILABLE),
@@ -414,3 +426,186 @@ def test_status_answers_are_read_as_feldera_reads_them(status, body, probe, runt
         assert obs.error is not None and obs.error.error_code
     if status == 500:
         assert obs.error == ErrorResponse(message="panic", error_code="WorkerPanic", details={})
+
+
+# --------------------------------------------------------------------------------------------
+# Feldera's "desired Stopped by the system", start requests and the guards the API shares
+# --------------------------------------------------------------------------------------------
+
+from pipeline_operator.core.lifecycle import (  # noqa: E402
+    PipelineState,
+    clear_refusal,
+    delete_refusal,
+    dismiss_refusal,
+    interaction_refusal,
+    start_refusal,
+)
+from pipeline_operator.models import BootstrapPolicy  # noqa: E402
+
+
+def _crashed() -> Sim:
+    sim = Sim()
+    sim.start()
+    sim.step(Observation(compute=compute(ComputeState.FAILED, "exited with code 70")))
+    sim.step(Observation())
+    assert sim.state.resources_status is R.STOPPED and sim.state.deployment_error is not None
+    return sim
+
+
+def test_a_start_request_is_refused_while_stopping_after_a_fatal_error():
+    sim = Sim()
+    sim.start()
+    sim.step(Observation(compute=compute(ComputeState.FAILED, "gone")))
+    assert sim.state.resources_status is R.STOPPING
+    sim.spec(start="s1", dismiss_error="d1")
+    sim.step(Observation(compute=compute(ComputeState.TERMINATING)))
+    assert sim.state.handled_start.outcome is ActionOutcome.REFUSED
+    assert sim.state.handled_start.error_code == "IllegalPipelineAction"
+    sim.step(Observation())
+    # The refused start is not silently carried out later.
+    assert sim.step().state.resources_status is R.STOPPED
+
+
+def test_dismiss_then_start_request_restarts_a_crashed_pipeline():
+    sim = _crashed()
+    sim.spec(dismiss_error="d1")
+    sim.step()
+    assert sim.state.deployment_error is None and sim.state.resources_status is R.STOPPED
+    sim.spec(start="s1")
+    d = sim.step()
+    assert sim.state.resources_status is R.PROVISIONING and kinds(d) == ["Provision"]
+
+
+def test_a_start_request_with_the_error_undismissed_is_refused():
+    sim = _crashed()
+    sim.spec(start="s1")
+    sim.step()
+    assert sim.state.handled_start.error_code == "CannotStartWithUndismissedError"
+    assert sim.state.resources_status is R.STOPPED
+
+
+def test_a_new_spec_generation_releases_the_hold_and_dismisses_the_error():
+    sim = _crashed()
+    sim.spec(initial=Init.PAUSED)
+    d = sim.step()
+    assert sim.state.deployment_error is None
+    assert sim.state.resources_status is R.PROVISIONING and d.actions[-1].initial is RDS.PAUSED
+
+
+def test_start_parameters_are_kept_while_running_and_cleared_on_the_way_to_stopped():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED,
+                      bootstrap_policy=BootstrapPolicy.ALLOW))
+    d = sim.step(compiled("p1"))
+    assert d.actions[-1].bootstrap_policy is BootstrapPolicy.ALLOW
+    sim.step(running())
+    assert (sim.state.deployment_initial, sim.state.bootstrap_policy) == (RDS.RUNNING, BootstrapPolicy.ALLOW)
+    state = sim.state
+    refusal = start_refusal(state, D.PROVISIONED, initial=RDS.PAUSED, bootstrap_policy=BootstrapPolicy.ALLOW,
+                            error_after_dismissal=False, standby_allowed=False)
+    assert refusal is not None and refusal.error_code == "InitialImmutableUnlessStopped"
+    refusal = start_refusal(state, D.PROVISIONED, initial=RDS.RUNNING, bootstrap_policy=BootstrapPolicy.REJECT,
+                            error_after_dismissal=False, standby_allowed=False)
+    assert refusal is not None and refusal.error_code == "BootstrapPolicyImmutableUnlessStopped"
+    assert start_refusal(state, D.PROVISIONED, initial=RDS.RUNNING, bootstrap_policy=BootstrapPolicy.ALLOW,
+                         error_after_dismissal=False, standby_allowed=False) is None
+    sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE)
+    sim.step(running())
+    assert sim.state.resources_status is R.STOPPING
+    assert (sim.state.deployment_initial, sim.state.bootstrap_policy) == (None, None)
+
+
+def test_start_checks_come_in_feldera_order():
+    args = dict(initial=RDS.RUNNING, bootstrap_policy=BootstrapPolicy.AWAIT_APPROVAL, standby_allowed=False)
+    # With every problem at once, the first check wins; fixing it reveals the next.
+    # Each check alone, in order:
+    base = PipelineState(program_status=P.SUCCESS, storage_status=S.IN_USE)
+    assert start_refusal(base.model_copy(update={"resources_status": R.STOPPING}), D.STOPPED,
+                         error_after_dismissal=True, **args).error_code == "IllegalPipelineAction"
+    assert start_refusal(base.model_copy(update={"storage_status": S.CLEARING}), D.STOPPED,
+                         error_after_dismissal=True, **args).error_code == "CannotStartWithUndismissedError"
+    assert start_refusal(base.model_copy(update={"storage_status": S.CLEARING, "program_status": P.SQL_ERROR}),
+                         D.STOPPED, error_after_dismissal=False, **args).error_code == "CannotStartWhileClearingStorage"
+    assert start_refusal(base.model_copy(update={"program_status": P.SQL_ERROR}), D.STOPPED,
+                         error_after_dismissal=False, **args).error_code == "CannotStartWithCompilationError"
+    assert start_refusal(base, D.STOPPED, error_after_dismissal=False,
+                         **{**args, "initial": RDS.STANDBY}).error_code == "InitialStandbyNotAllowed"
+    assert start_refusal(base, D.STOPPED, error_after_dismissal=False, **{**args, "initial": RDS.STANDBY,
+                                                                          "standby_allowed": True}) is None
+
+
+def test_standby_without_a_synced_file_backend_fails_the_start():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.STANDBY))
+    sim.step(compiled("p1"))
+    assert sim.state.resources_status is R.STOPPED
+    assert sim.state.deployment_error.error_code == "InitialStandbyNotAllowed"
+    assert sim.state.resources_desired_status is D.STOPPED
+
+
+def test_storage_of_a_stopped_pipeline_with_a_latched_error_can_be_cleared():
+    sim = _crashed()
+    assert clear_refusal(sim.state) is None
+    sim.spec(clear_storage="c1")
+    sim.step()
+    assert sim.state.storage_status is S.CLEARING
+    running_state = Sim()
+    running_state.start()
+    assert clear_refusal(running_state.state).error_code == "StorageStatusImmutableUnlessStopped"
+
+
+def test_dismiss_delete_and_interaction_guards():
+    sim = _crashed()
+    assert dismiss_refusal(sim.state) is None
+    assert delete_refusal(sim.state).error_code == "DeleteRestrictedToClearedStorage"
+    assert interaction_refusal(sim.state, "p").error_code == "PipelineInteractionNotDeployed"
+    live = Sim()
+    live.start()
+    assert interaction_refusal(live.state, "p") is None
+    assert delete_refusal(live.state).error_code == "DeleteRestrictedToFullyStopped"
+    live.step(Observation(compute=compute(ComputeState.READY), runtime=parse_status_response(503, {
+        "message": "busy", "error_code": "Busy", "details": None})))
+    assert live.state.runtime_status is RS.UNAVAILABLE
+    refusal = interaction_refusal(live.state, "p")
+    assert (refusal.http_status, refusal.error_code) == (503, "PipelineUnavailable")
+
+
+def test_unavailable_sets_the_runtime_desired_status_as_feldera_does():
+    sim = Sim(config=LifecycleConfig(provisioned_grace_period=20))
+    sim.start()
+    unreachable = Observation(compute=compute(ComputeState.READY),
+                              runtime=parse_status_response(None, None, "connection refused"))
+    sim.step(unreachable, after=30)
+    assert (sim.state.runtime_status, sim.state.runtime_desired_status) == (RS.UNAVAILABLE, RDS.UNAVAILABLE)
+    for answer in [(503, {"message": "m", "error_code": "Other", "details": None}), (200, "Sleeping"),
+                   (200, {"runtime_status": "Running"})]:
+        obs = parse_status_response(*answer)
+        assert (obs.runtime_status, obs.runtime_desired_status) == (RS.UNAVAILABLE, RDS.UNAVAILABLE), answer
+    # Within the grace period an unreachable pipeline is Initializing, desired its initial status.
+    fresh = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.PAUSED))
+    fresh.step(compiled("p1"))
+    fresh.step(Observation(compute=compute(ComputeState.READY), runtime=ok(RS.INITIALIZING, RDS.PAUSED)))
+    fresh.step(unreachable, after=2)
+    assert (fresh.state.runtime_status, fresh.state.runtime_desired_status) == (RS.INITIALIZING, RDS.PAUSED)
+
+
+def test_legacy_answers_map_to_feldera_runtime_desired_statuses():
+    assert parse_status_response(200, "Initializing").runtime_desired_status is RDS.PAUSED
+    assert parse_status_response(503, {"message": "m", "error_code": "Suspended", "details": None}
+                                 ).runtime_desired_status is RDS.SUSPENDED
+    fatal = parse_status_response(200, "Terminated")
+    assert fatal.error.error_code == "PipelineInteractionInvalidResponse"
+    garbage = parse_status_response(500, "x" * 100_000)
+    assert garbage.error.error_code == "PipelineInteractionInvalidResponse" and len(garbage.error.message) < 5000
+
+
+def test_a_new_generation_that_changes_only_description_or_tags_starts_nothing():
+    sim = Sim(Desired(program_digest="p1", spec_digest="spec-a"))
+    sim.start()
+    sim.step(Observation(compute=compute(ComputeState.FAILED, "gone")))
+    sim.step(Observation())
+    assert sim.state.resources_status is R.STOPPED and sim.state.deployment_error is not None
+    sim.spec(spec_digest="spec-a")  # a new generation: only the description changed
+    sim.step()
+    assert sim.state.deployment_error is not None and sim.step().state.resources_status is R.STOPPED
+    sim.spec(spec_digest="spec-b")  # the program or configuration changed: start again
+    sim.step()
+    assert sim.state.deployment_error is None and sim.state.resources_status is R.PROVISIONING

@@ -31,6 +31,7 @@ from pipeline_operator.core.lifecycle import (
 from pipeline_operator.models import (
     InitialRuntimeStatus,
     ProgramStatus,
+    BootstrapPolicy,
     ResourcesDesiredStatus,
     ResourcesStatus,
     SpecRuntimeDesiredStatus,
@@ -53,8 +54,11 @@ spec_changes = st.fixed_dictionaries({}, optional={
     "stop_mode": st.sampled_from(StopMode),
     "sql": st.sampled_from(PROGRAMS),
     "provisioning_timeout": st.none() | st.sampled_from([5.0, 60.0]),
+    "bootstrap_policy": st.sampled_from(BootstrapPolicy),
+    "standby_allowed": st.booleans(),
 }).filter(bool)
 annotations = st.fixed_dictionaries({}, optional={
+    "start": st.text("abc", min_size=1, max_size=3),
     "clear_storage": st.text("abc", min_size=1, max_size=3),
     "dismiss_error": st.text("abc", min_size=1, max_size=3),
     "approve": st.text("abc", min_size=1, max_size=3),
@@ -160,6 +164,18 @@ def test_random_histories_keep_every_invariant(ops):
             new_dismiss = desired.dismiss_error is not None and (
                 before.handled_dismiss_error is None or before.handled_dismiss_error.value != desired.dismiss_error)
             assert new_dismiss or desired.generation > (before.error_generation or 0)
+        # Desired Stopped by the system (every move to Stopping, a failed start) holds until a start
+        # request or a newer spec generation.
+        for step in decision.steps:
+            if step.state.resources_status is ResourcesStatus.STOPPING and \
+                    desired.resources_desired_status is ResourcesDesiredStatus.PROVISIONED:
+                assert step.state.resources_desired_status is ResourcesDesiredStatus.STOPPED
+        if before.system_stop_generation is not None and state.system_stop_generation is None:
+            new_start = desired.start is not None and (
+                before.handled_start is None or before.handled_start.value != desired.start)
+            assert new_start or desired.generation > before.system_stop_generation
+        if before.system_stop_generation is not None and state.system_stop_generation is not None:
+            assert ResourcesStatus.PROVISIONING not in [s.state.resources_status for s in decision.steps]
         if before.deployment_error is not None:
             assert ResourcesStatus.PROVISIONING not in [s.state.resources_status for s in decision.steps] or \
                 state.deployment_error is None

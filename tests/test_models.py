@@ -28,14 +28,17 @@ def _nullable_as_null_type(node):
     if not isinstance(node, dict):
         return node
     node = {k: _nullable_as_null_type(v) for k, v in node.items()}
-    if node.pop("nullable", False):
+    if node.get("nullable") is True:  # the keyword (a property that is *named* nullable is a schema)
+        del node["nullable"]
         return {"anyOf": [node, {"type": "null"}]}
+    node.pop("nullable", None) if node.get("nullable") is False else None
     return node
 
 
-def schema_validator(name: str) -> Draft202012Validator:
-    """A validator for one component schema, resolving its $refs within the document."""
-    components = _nullable_as_null_type(OPENAPI["components"])
+def schema_validator(name: str, document: dict | None = None) -> Draft202012Validator:
+    """A validator for one component schema, resolving its $refs within the document (Feldera's
+    subset by default)."""
+    components = _nullable_as_null_type((document or OPENAPI)["components"])
     return Draft202012Validator({**components["schemas"][name], "components": components})
 
 
@@ -186,3 +189,26 @@ def test_camelize_is_the_one_mapping_to_resource_field_names():
         {"deploymentResourcesStatus": 1, "nested": [{"storageStatusDetails": 2}]}
     assert set(m.HistoryEntry.model_json_schema(by_alias=True)["properties"]) == \
         {m.camelize({k: 0}).popitem()[0] for k in STATUS_KEYS}
+
+
+def test_events_recovered_from_status_history_keep_deployment_has_error():
+    """A store seeded from ``status.history`` (which keeps no error text) keeps ``deployment_has_error``:
+    the newest entries with an error carry the error latched now, older episodes a marker."""
+    import datetime as dt
+    import uuid
+
+    from pipeline_operator.models import ErrorResponse, HistoryEntry, project_event
+    from pipeline_operator.reconciler import ERROR_NOT_RETAINED, history_events
+
+    def entry(minute: int, has_error: bool) -> HistoryEntry:
+        return HistoryEntry(event_id=uuid.uuid4(), recorded_at=dt.datetime(2026, 11, 28, 8, minute, tzinfo=dt.timezone.utc),
+                            deployment_resources_status="Stopped", deployment_resources_desired_status="Stopped",
+                            deployment_has_error=has_error, program_status="Success", storage_status="InUse")
+
+    latched = ErrorResponse(message="worker panicked", error_code="WorkerPanic", details={"worker": 0})
+    history = [entry(5, True), entry(4, True), entry(3, False), entry(2, True)]  # newest first
+    events = history_events(history, latched)
+    assert [project_event(e, "status")["deployment_has_error"] for e in events] == [True, True, False, True]
+    assert [e.deployment_error for e in events] == [latched, latched, None, ERROR_NOT_RETAINED]
+    assert all(project_event(e, "all")["deployment_has_error"] == h.deployment_has_error
+               for e, h in zip(history_events(history, None), history))

@@ -136,8 +136,15 @@ def test_a_failing_pipeline_stops_with_an_error_and_stays_stopped_until_dismisse
     assert not op.pipeline_processes(uid)
 
     pipelines.annotate("fragile", "dataflow.dev/dismiss-error", "1")
-    st = pipelines.wait_status("fragile", op, deploymentStatus="Running")
+    st = wait_for("the dismissal", lambda: (s := pipelines.status("fragile")).get("handledActions", {}).get(
+        "dismissError", {}).get("value") == "1" and s, 30, operator=op)
+    # Dismissing starts nothing (Feldera): the system set the desired status to Stopped.
     assert "deploymentError" not in st and st["handledActions"]["dismissError"]["outcome"] == "Applied"
+    assert st["deploymentStatus"] == "Stopped" and st["deploymentResourcesDesiredStatus"] == "Stopped"
+    assert {c["type"]: c["reason"] for c in st["conditions"]}["Stalled"] == "StoppedBySystem"
+    pipelines.annotate("fragile", "dataflow.dev/start", "1")
+    st = pipelines.wait_status("fragile", op, deploymentStatus="Running")
+    assert st["handledActions"]["start"]["outcome"] == "Applied"
     assert len(op.pipeline_processes(uid)) == 1
 
 
@@ -244,7 +251,9 @@ def test_approve_annotation_is_forwarded_when_awaiting_approval(operators, pipel
 
 def test_standby_is_activated_by_a_runtime_desired_status_change(operators, pipelines, namespace, kstatus):
     op = operators(namespace)
-    pipelines.create("standby", spec(initialRuntimeStatus="Standby"))
+    # Feldera allows Standby only with a file storage backend that has sync configured.
+    synced = {"storage": {"backend": {"name": "file", "config": {"sync": {"bucket": "s3://pipelines/standby"}}}}}
+    pipelines.create("standby", spec(initialRuntimeStatus="Standby", runtimeConfig=synced))
     kstatus.track(namespace, "standby", expect="Current")
     st = pipelines.wait_status("standby", op, deploymentStatus="Standby")
     assert st["deploymentInitial"] == "Standby"

@@ -156,13 +156,15 @@ def show_settings(markdown: bool) -> None:
 @click.option("--program", type=click.Path(dir_okay=False, path_type=Path), help="The compiled program (JSON).")
 @click.option("--initial", type=click.Choice(["running", "paused", "standby"]), default="running",
               show_default=True, help="Runtime status to start in (Feldera's /start?initial=).")
+@click.option("--bootstrap-policy", type=click.Choice(["await_approval", "allow", "reject"]), default="allow",
+              show_default=True, help="What to do when the program changed since the checkpoint (Feldera's).")
 @click.option("--marker", default="", help="An identifier the operator uses to recognise the process.")
 def pipeline_process(host: str, port: int, port_file: Path | None, storage: Path, program: Path | None,
-                     initial: str, marker: str) -> None:
+                     initial: str, bootstrap_policy: str, marker: str) -> None:
     """Run the reference pipeline process (the pipeline side of Feldera's runtime contract)."""
     from .pipeline_process import serve
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    asyncio.run(serve(host, port, storage, program, initial.capitalize(), port_file))
+    asyncio.run(serve(host, port, storage, program, initial.capitalize(), port_file, bootstrap_policy))
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         settings.background.cancellation_polling = 5
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
-    def seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         monitor: PipelineMonitor | None = memo.get("monitor")
         if monitor is None:
             return

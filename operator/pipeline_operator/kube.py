@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import re
 from typing import Any
 
 import kubernetes
@@ -86,6 +87,89 @@ class Kube:
             if exc.status == 404:
                 raise Conflict(f"{namespace}/{name} is gone") from exc
             raise _translate(exc, "patch", "pipelines/status") from exc
+
+
+    async def merge_patch_pipeline(self, namespace: str, name: str, body: dict[str, Any],
+                                   field_manager: str) -> dict[str, Any] | None:
+        """A JSON merge patch of a Pipeline (None if it does not exist)."""
+        try:
+            return await self.call(self.custom.patch_namespaced_custom_object, API_GROUP, API_VERSION, namespace,
+                                   PLURAL, name, body, field_manager=field_manager,
+                                   _content_type="application/merge-patch+json")
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _translate(exc, "patch", "pipelines") from exc
+
+    async def apply_pipeline(self, namespace: str, name: str, body: dict[str, Any],
+                             field_manager: str) -> dict[str, Any]:
+        """Server-side apply of a Pipeline as ``field_manager`` (never forced: a field another
+        manager owns with another value raises :class:`FieldConflict`)."""
+        try:
+            applied = await self.call(self.custom.patch_namespaced_custom_object, API_GROUP, API_VERSION, namespace,
+                                      PLURAL, name, body, field_manager=field_manager,
+                                      _content_type="application/apply-patch+yaml")
+        except ApiException as exc:
+            if exc.status == 409:
+                raise FieldConflict(_conflicts(exc)) from exc
+            if exc.status in (400, 404, 422):
+                raise Rejected(exc.status, _message(exc)) from exc
+            raise _translate(exc, "apply", "pipelines") from exc
+        if applied is None:  # the client decodes no body for 201 Created
+            applied = await self.get_pipeline(namespace, name)
+        if applied is None:
+            raise Conflict(f"{namespace}/{name} was deleted right after it was applied")
+        return applied
+
+    async def delete_pipeline(self, namespace: str, name: str) -> bool:
+        """Delete a Pipeline; False if it did not exist."""
+        try:
+            await self.call(self.custom.delete_namespaced_custom_object, API_GROUP, API_VERSION, namespace,
+                            PLURAL, name)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise _translate(exc, "delete", "pipelines") from exc
+
+
+class Rejected(Exception):
+    """The API server refused a write as invalid (400, 422) or its namespace as unknown (404)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)[:2000]
+    except ValueError:
+        return str(exc.reason)
+
+
+class FieldConflict(Exception):
+    """Server-side apply found fields that other field managers own: (field, manager) pairs."""
+
+    def __init__(self, conflicts: list[tuple[str, str]]) -> None:
+        super().__init__(", ".join(f"{f} (owned by {m})" for f, m in conflicts))
+        self.conflicts = conflicts
+
+
+_MANAGER_RE = re.compile(r'conflict with "([^"]+)"')
+
+
+def _conflicts(exc: ApiException) -> list[tuple[str, str]]:
+    """The (field, manager) pairs of a 409 from server-side apply."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        return [("?", "another field manager")]
+    found = []
+    for cause in (body.get("details") or {}).get("causes") or []:
+        match = _MANAGER_RE.search(cause.get("message") or "")
+        found.append((cause.get("field") or "?", match.group(1) if match else "another field manager"))
+    return found or [("?", "another field manager")]
 
 
 def _is_failed_test(exc: ApiException) -> bool:

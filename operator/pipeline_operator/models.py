@@ -36,6 +36,9 @@ MAX_HISTORY_ITEMS = 100
 MAX_ENV_VARS = 64
 MAX_CONDITION_MESSAGE = 32768
 MAX_ERROR_MESSAGE = 8192
+MAX_UDF_LENGTH = 32 * 1024
+MAX_DESCRIPTION = 4096
+MAX_TAGS = 32
 
 # --------------------------------------------------------------------------------------
 # Feldera's enums (values exactly as in Feldera's OpenAPI document)
@@ -157,6 +160,26 @@ class StopMode(str, enum.Enum):
     """Feldera's ``/stop?force=false|true``."""
     GRACEFUL = "Graceful"
     FORCE = "Force"
+
+
+class BootstrapPolicy(str, enum.Enum):
+    """Feldera's ``/start?bootstrap_policy=``: what a pipeline does when its program changed since its
+    checkpoint and views must be bootstrapped. The spec spells the values in CamelCase; Feldera's
+    API and the pipeline process in snake_case (:attr:`feldera`)."""
+    AWAIT_APPROVAL = "AwaitApproval"
+    ALLOW = "Allow"
+    REJECT = "Reject"
+
+    @property
+    def feldera(self) -> str:
+        return {"AwaitApproval": "await_approval", "Allow": "allow", "Reject": "reject"}[self.value]
+
+    @classmethod
+    def from_feldera(cls, value: str) -> "BootstrapPolicy":
+        for policy in cls:
+            if policy.feldera == value:
+                return policy
+        raise ValueError(f"unknown bootstrap policy '{value}': expected await_approval, allow or reject")
 
 
 def combined_status(resources: ResourcesStatus, runtime: RuntimeStatus | None) -> CombinedStatus:
@@ -354,6 +377,8 @@ Quantity = Annotated[int | str, Field(json_schema_extra={
                                   "message": "must not be negative"}],
 })]
 FreeForm = Annotated[Any, Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+FreeFormObject = Annotated[dict[str, Any] | None, Field(json_schema_extra={
+    "type": "object", "x-kubernetes-preserve-unknown-fields": True})]
 
 
 class CamelModel(BaseModel):
@@ -369,6 +394,10 @@ class ProgramSpec(CamelModel):
     sql: str = Field("", max_length=MAX_SQL_LENGTH,
                      description="The pipeline's SQL program. Changes while the pipeline is not "
                                  "Stopped are held until it is Stopped, then compiled.")
+    udf_rust: str | None = Field(None, max_length=MAX_UDF_LENGTH,
+                          description="Feldera's udf_rust: kept and served as given (this operator "
+                                      "compiles no Rust).")
+    udf_toml: str | None = Field(None, max_length=MAX_UDF_LENGTH, description="Feldera's udf_toml: kept and served.")
 
 
 class ResourceList(CamelModel):
@@ -426,6 +455,20 @@ class PipelineSpec(CamelModel):
         StopMode.GRACEFUL,
         description="Graceful suspends the pipeline (checkpoint) before stopping; Force "
                     "deprovisions at once (Feldera's /stop?force=false|true).")
+    bootstrap_policy: BootstrapPolicy = Field(
+        BootstrapPolicy.AWAIT_APPROVAL,
+        description="When the program changed since the pipeline's checkpoint: AwaitApproval waits in "
+                    "AwaitingApproval for an approval, Allow bootstraps at once, Reject fails the start "
+                    "(Feldera's /start?bootstrap_policy=). Used at the next start.")
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION, description="Feldera's pipeline description.")
+    tags: list[str] | None = Field(None, max_length=MAX_TAGS,
+                            description="Feldera's pipeline tags (free-form labels).",
+                            json_schema_extra={"items": {"type": "string", "maxLength": 256}})
+    runtime_config: FreeFormObject = Field(
+        None, description="Feldera's runtime_config, kept as given. The operator uses "
+                          "provisioning_timeout_secs (unless deployment.provisioningTimeoutSeconds is set) and "
+                          "storage.backend (Standby needs a file backend with sync configured).")
+    program_config: FreeFormObject = Field(None, description="Feldera's program_config, kept as given.")
     program: ProgramSpec = Field(default_factory=ProgramSpec)
     deployment: DeploymentSpec = Field(default_factory=DeploymentSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
@@ -477,9 +520,11 @@ class HandledAction(CamelModel):
     value: str = Field(max_length=1024)
     outcome: ActionOutcome
     message: str = Field("", max_length=1024)
+    error_code: str | None = Field(None, max_length=256, description="Feldera's error code of a refusal.")
 
 
 class HandledActions(CamelModel):
+    start: HandledAction | None = None
     clear_storage: HandledAction | None = None
     dismiss_error: HandledAction | None = None
     approve: HandledAction | None = None
@@ -489,6 +534,11 @@ class OperatorState(CamelModel):
     """Bookkeeping that lets a restarted operator carry on where it was. Not an interface."""
     error_generation: int | None = Field(None, ge=0, description="Spec generation when the error latched; "
                                          "a newer generation dismisses it.")
+    system_stop_generation: int | None = Field(None, ge=0, description="Spec generation when the system set "
+                                               "the desired status to Stopped; a start or a newer generation "
+                                               "releases it.")
+    stop_spec_digest: str | None = Field(None, max_length=64, description="The spec (without description and "
+                                         "tags) when the error or the stop was set.")
     runtime_desired_adopted: SpecRuntimeDesiredStatus | None = None
     runtime_desired_pending: SpecRuntimeDesiredStatus | None = None
     suspend_requested_at: dt.datetime | None = None
@@ -508,18 +558,24 @@ class PipelineStatus(CamelModel):
     deployment_resources_status_since: dt.datetime | None = None
     deployment_resources_status_details: FreeForm = None
     deployment_resources_desired_status: ResourcesDesiredStatus | None = Field(
-        None, description="The effective desired status: Stopped while an error is latched.")
+        None, description="The effective desired status: Stopped while an error is latched or the "
+                          "system holds the pipeline stopped.")
+    deployment_resources_desired_status_since: dt.datetime | None = None
     deployment_initial: RuntimeDesiredStatus | None = None
+    bootstrap_policy: BootstrapPolicy | None = None
     deployment_runtime_status: RuntimeStatus | None = None
     deployment_runtime_status_since: dt.datetime | None = None
     deployment_runtime_status_details: FreeForm = None
     deployment_runtime_desired_status: RuntimeDesiredStatus | None = None
+    deployment_runtime_desired_status_since: dt.datetime | None = None
     deployment_error: ErrorStatus | None = None
     program_status: ProgramStatus | None = None
     program_status_since: dt.datetime | None = None
     program_error: FreeForm = None
     program_digest: str | None = Field(None, max_length=64, description="Digest of the program the "
                                        "program status refers to.")
+    program_version: int | None = Field(None, ge=0, description="Feldera's program_version: one more "
+                                        "for every new program.")
     program_change_held: bool | None = Field(None, description="The spec's program changed while the "
                                              "pipeline was not Stopped; it is compiled once Stopped.")
     storage_status: StorageStatus | None = None

@@ -6,18 +6,25 @@ HTTP and on disk, as a Feldera pipeline does through its lifecycle:
 - ``GET /status`` answers Feldera's ExtendedRuntimeStatus (``runtime_status``,
   ``runtime_desired_status``, ``runtime_status_details``, ``storage_status_details``);
 - it starts in Initializing, goes through Replaying when its storage holds a checkpoint, then
-  to its initial status (Running, Paused or Standby; AwaitingApproval first when told to);
+  to its initial status (Running, Paused or Standby);
+- when its program differs from the one its newest checkpoint was written by, its views must be
+  bootstrapped, and it follows ``--bootstrap-policy`` as Feldera's pipeline does: ``allow``
+  bootstraps (Bootstrapping), ``await_approval`` waits in AwaitingApproval (with the
+  ``approval_diff``) for ``POST /approve``, ``reject`` fails with ``BootstrapRejected``;
 - ``GET /pause``, ``GET /start``, ``POST /activate``, ``POST /approve`` and ``POST /suspend``
-  change its desired status as Feldera's pipeline does (``may_transition_to``);
+  change its desired status as Feldera's pipeline does (``state_transition``,
+  ``may_transition_to``), with Feldera's answers and errors;
 - on suspend it writes a checkpoint into its storage directory, then reports Suspended;
 - it can be told to fail, for tests and demos: ``POST /debug/fail?mode=panic`` makes
   ``/status`` answer 500 with an ErrorResponse (as a panicked Feldera pipeline does),
-  ``mode=exit`` makes the process exit with code 70.
+  ``mode=exit`` makes the process exit with code 70, ``mode=unavailable`` makes ``/status`` answer
+  503 (``mode=available`` ends that).
 
 Environment knobs (set them in ``spec.deployment.env``): ``PIPELINE_INIT_SECONDS``
 (default 1), ``PIPELINE_REPLAY_SECONDS`` (1), ``PIPELINE_SUSPEND_SECONDS`` (0.5),
 ``PIPELINE_REQUIRE_APPROVAL`` (``1`` to wait in AwaitingApproval), ``PIPELINE_BIND_DELAY_SECONDS``
 (0: how long the process takes before it listens, like a slow container start),
+``PIPELINE_STOP_DELAY_SECONDS`` (0: how long it takes to stop after SIGTERM),
 ``PIPELINE_DETAILS_TICK_SECONDS`` (0: off; else a counter in the runtime details advances that
 often, so details change without any status change), ``PIPELINE_DETAILS_BYTES`` (0: padding
 added to the runtime details, to test the size cap), ``PIPELINE_EXIT_AFTER_SECONDS`` (off: the
@@ -51,7 +58,8 @@ def _error(status: int, message: str, code: str, details: Any = None) -> web.Res
 class ReferencePipeline:
     def __init__(self, storage: Path, program: dict[str, Any], initial: str,
                  init_seconds: float = 1.0, replay_seconds: float = 1.0, suspend_seconds: float = 0.5,
-                 require_approval: bool = False, details_tick: float = 0.0, details_bytes: int = 0) -> None:
+                 require_approval: bool = False, details_tick: float = 0.0, details_bytes: int = 0,
+                 bootstrap_policy: str = "allow") -> None:
         self.storage = storage
         self.program = program
         self.initial = initial
@@ -61,7 +69,9 @@ class ReferencePipeline:
         self.require_approval = require_approval
         self.details_tick = details_tick
         self.details_bytes = details_bytes
+        self.bootstrap_policy = bootstrap_policy
         self.status = "Initializing"
+        self.details_extra: dict[str, Any] = {}
         self.desired = initial
         self.panic: dict[str, Any] | None = None
         self.started_at = dt.datetime.now(dt.timezone.utc)
@@ -96,14 +106,36 @@ class ReferencePipeline:
     def start(self) -> None:
         self._task = asyncio.create_task(self._boot())
 
+    def program_diff(self) -> dict[str, Any] | None:
+        """What changed since the newest checkpoint (None: nothing to bootstrap)."""
+        checkpoints = self.checkpoints()
+        digest = self.program.get("digest")
+        if self.require_approval:
+            return {"program_diff": {"reason": "PIPELINE_REQUIRE_APPROVAL is set"}}
+        if checkpoints and checkpoints[-1].get("program_digest") not in (None, digest):
+            return {"program_diff": {"previous_program": checkpoints[-1].get("program_digest"),
+                                     "program": digest, "views_to_bootstrap": self.program.get("views", [])}}
+        return None
+
     async def _boot(self) -> None:
         await asyncio.sleep(self.init_seconds)
         if self.checkpoints():
             self.status = "Replaying"
             await asyncio.sleep(self.replay_seconds)
-        if self.require_approval:
-            self.status = "AwaitingApproval"
-            return
+        diff = self.program_diff()
+        if diff is not None:
+            if self.bootstrap_policy == "reject":
+                self.panic = {"message": "Bootstrapping of the modified pipeline was rejected by the user.",
+                              "error_code": "BootstrapRejected", "details": None, "http_status": 409}
+                return
+            if self.bootstrap_policy == "await_approval":
+                self.status = "AwaitingApproval"
+                self.details_extra = {"approval_diff": diff}
+                while self.bootstrap_policy == "await_approval":
+                    await asyncio.sleep(0.01)
+                self.details_extra = {}
+            self.status = "Bootstrapping"
+            await asyncio.sleep(self.replay_seconds)
         self._settle()
 
     def _settle(self) -> None:
@@ -117,7 +149,7 @@ class ReferencePipeline:
         self.status = "Suspended"
 
     def status_body(self) -> dict[str, Any]:
-        details: dict[str, Any] = {"reason": None, "connector_stats": {"num_errors": 0}}
+        details: dict[str, Any] = {"reason": None, "connector_stats": {"num_errors": 0}, **self.details_extra}
         if self.details_tick > 0:
             elapsed = (dt.datetime.now(dt.timezone.utc) - self.started_at).total_seconds()
             details["tick"] = int(elapsed / self.details_tick)
@@ -145,71 +177,83 @@ class ReferencePipeline:
 
     async def handle_status(self, request: web.Request) -> web.Response:
         if self.panic is not None:
-            return web.json_response(self.panic, status=500)
+            body = {k: v for k, v in self.panic.items() if k != "http_status"}
+            return web.json_response(body, status=self.panic.get("http_status", 500))
         return web.json_response(self.status_body())
 
     def _may_transition_to(self, target: str) -> bool:
-        """Feldera's rule: same -> same, Standby -> Paused|Running, Paused|Running -> each other or Suspended."""
+        """Feldera's ``may_transition_to``: same -> same, Standby -> Paused|Running,
+        Paused|Running -> each other or Suspended."""
         current = self.desired
-        return current == target or (current in ("Paused", "Running") and target in ("Paused", "Running", "Suspended"))
+        return current == target or (current == "Standby" and target in ("Paused", "Running")) or (
+            current in ("Paused", "Running") and target in ("Paused", "Running", "Suspended"))
 
-    def _change(self, target: str) -> web.Response:
+    def _transition(self, action: str, target: str, may_activate: bool = False) -> web.Response:
+        """Feldera's ``state_transition``: 202 with what changed, or 400 ``InvalidTransition``."""
         if self.panic is not None:
-            return _error(500, self.panic["message"], self.panic["error_code"])
-        if self.desired == "Standby":
-            return _error(400, "The pipeline is in Standby: activate it first", "PipelineInStandby")
-        if not self._may_transition_to(target):
-            return _error(400, f"Cannot go from desired {self.desired} to {target}", "IllegalPipelineAction",
-                          {"from": self.desired, "to": target})
-        self.desired = target
-        if self.status in ("Running", "Paused"):
-            self._settle()
-        return web.json_response(None, status=202)
+            return _error(self.panic.get("http_status", 500), self.panic["message"], self.panic["error_code"])
+        old = self.desired
+        if (may_activate or old != "Standby") and self._may_transition_to(target):
+            self.desired = target
+            if self.status in ("Running", "Paused", "Standby"):
+                self._settle()
+            return web.json_response(f"Pipeline transitioning from {old} to {target}", status=202)
+        return _error(400, f"Cannot execute {action} transition starting from {old}", "InvalidTransition")
 
     async def handle_pause(self, request: web.Request) -> web.Response:
-        return self._change("Paused")
+        return self._transition("pause", "Paused")
 
     async def handle_start(self, request: web.Request) -> web.Response:
-        return self._change("Running")
+        return self._transition("start", "Running")
 
     async def handle_suspend(self, request: web.Request) -> web.Response:
-        response = self._change("Suspended")
+        response = self._transition("suspend", "Suspended")
         if response.status == 202 and self.status not in ("Suspended",):
             asyncio.create_task(self._suspend())
         return response
 
     async def handle_activate(self, request: web.Request) -> web.Response:
-        target = {"running": "Running", "paused": "Paused"}.get(request.query.get("initial", "running"))
+        raw = request.query.get("initial", "running")
+        target = {"running": "Running", "paused": "Paused"}.get(raw)
         if target is None:
-            return _error(400, "initial must be running or paused", "InvalidParameter")
-        if self.desired != "Standby":
-            return _error(400, f"The pipeline is not in Standby (desired {self.desired})", "NotInStandby")
-        self.desired = target
-        if self.status == "Standby":
-            self._settle()
-        return web.json_response(None, status=202)
+            return _error(400, f"Invalid activation status {raw} (only running and paused are valid)",
+                          "InvalidActivateStatus")
+        return self._transition("activate", target, may_activate=True)
 
     async def handle_approve(self, request: web.Request) -> web.Response:
-        if self.status != "AwaitingApproval":
-            return _error(400, f"The pipeline is not awaiting approval ({self.status})", "NotAwaitingApproval")
+        """Feldera's ``/approve``: the bootstrap is allowed from now on (whatever the current phase),
+        and the answer comes once the pipeline has left AwaitingApproval."""
+        flags = {name: request.query.get(name, "false").lower() == "true"
+                 for name in ("silent_bootstrap", "concurrent_bootstrap")}
+        if all(flags.values()):
+            return _error(400, "silent_bootstrap and concurrent_bootstrap cannot both be set", "InvalidParam")
         self.require_approval = False
-        self._settle()
-        return web.json_response(None, status=202)
+        self.bootstrap_policy = "allow"
+        while self.status == "AwaitingApproval":
+            await asyncio.sleep(0.01)
+        return web.json_response("Bootstrap approved", status=200)
 
     async def handle_fail(self, request: web.Request) -> web.Response:
         mode = request.query.get("mode", "panic")
         if mode == "exit":
             asyncio.get_running_loop().call_later(0.05, os._exit, 70)
             return web.json_response(None, status=202)
+        if mode == "unavailable":  # /status answers 503, as a pipeline that cannot say how it is
+            self.panic = {"message": "The pipeline is busy (reference pipeline told to be unavailable)",
+                          "error_code": "PipelineBusy", "details": None, "http_status": 503}
+            return web.json_response(None, status=202)
+        if mode == "available":
+            self.panic = None
+            return web.json_response(None, status=202)
         if mode != "panic":
-            return _error(400, "mode must be panic or exit", "InvalidParameter")
+            return _error(400, "mode must be panic, exit, unavailable or available", "InvalidParameter")
         self.panic = {"message": "A worker thread panicked: reference pipeline told to fail",
                       "error_code": "WorkerPanic", "details": {"worker": 0}}
         return web.json_response(None, status=202)
 
 
 async def serve(host: str, port: int, storage: Path, program_file: Path | None, initial: str,
-                port_file: Path | None = None) -> None:
+                port_file: Path | None = None, bootstrap_policy: str = "allow") -> None:
     storage.mkdir(parents=True, exist_ok=True)
     program = json.loads(program_file.read_text()) if program_file else {}
     env = os.environ
@@ -220,7 +264,8 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
         suspend_seconds=float(env.get("PIPELINE_SUSPEND_SECONDS", "0.5")),
         require_approval=env.get("PIPELINE_REQUIRE_APPROVAL", "") == "1",
         details_tick=float(env.get("PIPELINE_DETAILS_TICK_SECONDS", "0")),
-        details_bytes=int(env.get("PIPELINE_DETAILS_BYTES", "0")))
+        details_bytes=int(env.get("PIPELINE_DETAILS_BYTES", "0")),
+        bootstrap_policy=bootstrap_policy)
     await asyncio.sleep(float(env.get("PIPELINE_BIND_DELAY_SECONDS", "0")))
     runner = web.AppRunner(pipeline.app(), access_log=None)
     await runner.setup()
@@ -243,4 +288,6 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # PIPELINE_STOP_DELAY_SECONDS: how long it takes to stop (a slow shutdown, to observe Stopping).
+    await asyncio.sleep(float(env.get("PIPELINE_STOP_DELAY_SECONDS", "0")))
     await runner.cleanup()

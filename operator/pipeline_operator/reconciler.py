@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +38,9 @@ from .core.lifecycle import (
 )
 from .kube import Conflict, Forbidden, Kube, resource_version_newer
 from .models import (
+    BootstrapPolicy,
     Condition,
+    ErrorResponse,
     HistoryEntry,
     MonitorEvent,
     PipelineSpec,
@@ -50,10 +54,11 @@ from .settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
+ANNOTATION_START = "dataflow.dev/start"
 ANNOTATION_CLEAR_STORAGE = "dataflow.dev/clear-storage"
 ANNOTATION_DISMISS_ERROR = "dataflow.dev/dismiss-error"
 ANNOTATION_APPROVE = "dataflow.dev/approve"
-ONE_SHOT_ANNOTATIONS = (ANNOTATION_CLEAR_STORAGE, ANNOTATION_DISMISS_ERROR, ANNOTATION_APPROVE)
+ONE_SHOT_ANNOTATIONS = (ANNOTATION_START, ANNOTATION_CLEAR_STORAGE, ANNOTATION_DISMISS_ERROR, ANNOTATION_APPROVE)
 DETAILS_KEYS = ("deploymentResourcesStatusDetails", "deploymentRuntimeStatusDetails", "storageStatusDetails")
 _QUICK_REPOLL = 0.3  # after forwarding an action to the pipeline, look again soon (Feldera's notify)
 
@@ -110,10 +115,33 @@ def key_of(body: dict[str, Any]) -> PipelineKey:
     return PipelineKey(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
 
 
+def _runtime_config(spec: PipelineSpec, *path: str) -> Any:
+    value: Any = spec.runtime_config
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def spec_digest(spec: PipelineSpec) -> str:
+    """The spec without its client metadata (description, tags)."""
+    lifecycle = spec.model_dump(mode="json", exclude={"description", "tags"}, exclude_none=True)
+    program = lifecycle.get("program") or {}
+    for empty in [k for k in ("udfRust", "udf_rust", "udfToml", "udf_toml") if program.get(k) == ""]:
+        del program[empty]  # Feldera's empty values are the same as none
+    for empty in [k for k in ("runtime_config", "program_config") if lifecycle.get(k) == {}]:
+        del lifecycle[empty]
+    return hashlib.sha256(json.dumps(lifecycle, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def desired_of(body: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
     spec = PipelineSpec.model_validate(body.get("spec") or {})
     annotations = (body.get("metadata") or {}).get("annotations") or {}
     timeout = spec.deployment.provisioning_timeout_seconds
+    if timeout is None and isinstance(_runtime_config(spec, "provisioning_timeout_secs"), int) \
+            and _runtime_config(spec, "provisioning_timeout_secs") > 0:
+        timeout = _runtime_config(spec, "provisioning_timeout_secs")
     desired = Desired(
         generation=int(body["metadata"].get("generation") or 1),
         resources_desired_status=spec.desired_status,
@@ -122,6 +150,11 @@ def desired_of(body: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
         stop_mode=spec.stop_mode,
         program_digest=program_digest(spec.program.sql),
         provisioning_timeout=float(timeout) if timeout else None,
+        bootstrap_policy=spec.bootstrap_policy,
+        standby_allowed=_runtime_config(spec, "storage", "backend", "name") == "file"
+        and _runtime_config(spec, "storage", "backend", "config", "sync") is not None,
+        spec_digest=spec_digest(spec),
+        start=annotations.get(ANNOTATION_START),
         clear_storage=annotations.get(ANNOTATION_CLEAR_STORAGE),
         dismiss_error=annotations.get(ANNOTATION_DISMISS_ERROR),
         approve=annotations.get(ANNOTATION_APPROVE),
@@ -133,16 +166,34 @@ def history_entry(event: MonitorEvent) -> HistoryEntry:
     return HistoryEntry.model_validate(project_event(event, "status"))
 
 
-def history_event(entry: HistoryEntry, error: Any) -> MonitorEvent:
-    """A monitor event from a ``status.history`` entry (which has no details)."""
+ERROR_NOT_RETAINED = ErrorResponse(
+    message="This event was recovered from status.history, which keeps no error text; the error itself "
+            "was not retained", error_code="ErrorNotRetained", details=None)
+
+
+def history_event(entry: HistoryEntry, error: ErrorResponse | None) -> MonitorEvent:
+    """A monitor event from a ``status.history`` entry (which has no details and no error text):
+    ``error`` is the error to show when the entry had one (the latched error when it is the same
+    episode, else a marker), so ``deployment_has_error`` survives."""
     return MonitorEvent(
         event_id=entry.event_id, recorded_at=entry.recorded_at,
         deployment_resources_status=entry.deployment_resources_status,
         deployment_resources_desired_status=entry.deployment_resources_desired_status,
         deployment_runtime_status=entry.deployment_runtime_status,
         deployment_runtime_desired_status=entry.deployment_runtime_desired_status,
-        deployment_error=error if entry.deployment_has_error else None,
+        deployment_error=(error or ERROR_NOT_RETAINED) if entry.deployment_has_error else None,
         program_status=entry.program_status, storage_status=entry.storage_status)
+
+
+def history_events(history: Sequence[HistoryEntry], latched: ErrorResponse | None) -> list[MonitorEvent]:
+    """Monitor events from ``status.history`` (newest first): the newest entries that have an error
+    belong to the error latched now and carry it; older episodes carry the marker."""
+    events, current = [], latched
+    for entry in history:
+        if not entry.deployment_has_error:
+            current = None
+        events.append(history_event(entry, current))
+    return events
 
 
 def _without_details(status: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +214,7 @@ class PipelineMonitor:
         self.written: dict[str, Any] | None = None
         self.obj: dict[str, Any] | None = None  # the newest version of the Pipeline we know
         self._last_notes: tuple[str, ...] = ()
+        self._pass_done = asyncio.Event()  # set, and replaced, after every pass
         self.passes = 0
         self.blocked: str | None = None  # a permission the operator lacks, as a Stalled condition says
 
@@ -196,7 +248,7 @@ class PipelineMonitor:
             self._load(obj)
             # A fresh or lost store is seeded from the history; events written to the status just
             # before a crash, and not yet to the store, are added; nothing is stored twice.
-            await self.ctx.sink.seed(self.key, [history_event(h, None) for h in self.history])
+            await self.ctx.sink.seed(self.key, history_events(self.history, self.state.deployment_error))
             stored = await self.ctx.sink.latest(self.key)
             if stored is not None and (self.last_event is None or stored.recorded_at >= self.last_event.recorded_at):
                 self.last_event = stored
@@ -318,12 +370,13 @@ class PipelineMonitor:
                 ctx.compiler.ensure(action.program_digest, spec.program.sql, self.wake.set)
             elif kind is ActionKind.PROVISION:
                 assert action.program_digest is not None and action.initial is not None
+                policy = action.bootstrap_policy or BootstrapPolicy.AWAIT_APPROVAL
                 artifact = await asyncio.to_thread(ctx.compiler.artifact, action.program_digest)
                 if artifact is None:
                     log.warning("%s: compiled program %s is missing; cannot provision", self.key,
                                 action.program_digest[:8])
                     continue
-                await ctx.backend.provision(self.key, spec, artifact, action.initial)
+                await ctx.backend.provision(self.key, spec, artifact, action.initial, policy)
             elif kind is ActionKind.DEPROVISION:
                 await ctx.backend.deprovision(self.key)
             elif kind is ActionKind.CLEAR_STORAGE:
@@ -356,6 +409,29 @@ class PipelineMonitor:
             if e.kind.value in ("heartbeat", "details"):
                 log.debug("%s: %s event recorded", self.key, e.kind.value)
 
+    # -- waiting for the loop ------------------------------------------------------------------
+
+    async def wait_until(self, predicate: Callable[[dict[str, Any], PipelineState], bool],
+                         timeout: float) -> bool:
+        """Wait until a pass has recorded a state for which ``predicate(object, state)`` holds
+        (what the HTTP API does after writing a change, so that its answer reflects it)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        self.wake.set()
+        while True:
+            if self.state is not None and self.obj is not None and predicate(self.obj, self.state):
+                return True
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._pass_done.wait(), timeout=left)
+            except asyncio.TimeoutError:
+                return False
+
+    def _passed(self) -> None:
+        done, self._pass_done = self._pass_done, asyncio.Event()
+        done.set()
+
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self, stopped: Callable[[], bool]) -> None:
@@ -375,6 +451,7 @@ class PipelineMonitor:
             except Exception:
                 log.exception("%s: monitoring pass failed; retrying in %.0fs", self.key, backoff)
                 delay, backoff = backoff, min(backoff * 2, 60.0)
+            self._passed()
             if delay <= 0 or self.wake.is_set():
                 continue
             try:

@@ -68,6 +68,20 @@ class RuntimeClient:
             log.warning("%s %s%s failed: %s", method, endpoint, path, exc)
         return False
 
+    async def forward(self, endpoint: str, method: str, path: str, query: str = "",
+                      timeout: float = 60.0) -> tuple[int, bytes, str] | None:
+        """Forward one request to the pipeline as Feldera's manager does: its status, body (at most
+        1 MiB) and content type, or None when it did not answer."""
+        url = f"{endpoint}{path}" + (f"?{query}" if query else "")
+        try:
+            async with self.session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout),
+                                            allow_redirects=False) as response:
+                body = await response.content.read(MAX_STATUS_BODY)
+                return response.status, body, response.content_type
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("%s %s failed: %s", method, url, exc)
+            return None
+
     async def set_runtime_desired(self, endpoint: str, target: SpecRuntimeDesiredStatus, activate: bool) -> bool:
         if activate:
             return await self._call("POST", endpoint, f"/activate?initial={target.value.lower()}")

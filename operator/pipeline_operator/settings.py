@@ -56,9 +56,11 @@ class OperatorSettings(BaseSettings):
                                          "pipeline to suspend before stopping it without a new checkpoint.")
     status_timeout: float = Field(5.0, gt=0, description="Timeout of a pipeline's `GET /status` (seconds).")
     event_store: Path = Field(Path("pipeline-events.sqlite"), description="Path of the durable "
-                              "monitor-event store (SQLite).")
+                              "monitor-event store (SQLite); a relative path is resolved against the working "
+                              "directory at start.")
     state_dir: Path = Field(Path("pipeline-operator-state"), description="Local backend: where pipeline "
-                            "storage directories, compiled programs and process records live.")
+                            "storage directories, compiled programs and process records live; a relative path "
+                            "is resolved against the working directory at start.")
     pipeline_command: str = Field("", description="Local backend: the command that runs a pipeline "
                                   "process (default: this installation's reference pipeline process). "
                                   "Set on the operator only, never taken from a Pipeline.")
@@ -89,6 +91,12 @@ class OperatorSettings(BaseSettings):
         if isinstance(value, str):
             return [v for v in value.replace(",", " ").split() if v]
         return value
+
+    @field_validator("event_store", "state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        """Made absolute once, at start: pipeline processes run in their own folders and get these paths."""
+        return Path(os.path.abspath(value))
 
     @model_validator(mode="after")
     def _unauthenticated_api_is_local(self) -> "OperatorSettings":

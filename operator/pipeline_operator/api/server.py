@@ -1,15 +1,16 @@
-"""The operator's HTTP API: Feldera-compatible monitor events and lifecycle actions.
+"""The aiohttp application: authentication, authorization, health, metrics and monitor events.
 
 Feldera's own SDK works against it unchanged: ``FelderaClient(url, api_key=token,
 tenant=namespace)``. Reads come from the event store and the operator's in-memory view of
-Pipelines (no API-server call per request beyond cached authentication checks); actions are
-patches of the Pipeline resource, written with the field manager ``pipeline-operator-api``.
+Pipelines (no API-server call per request beyond cached authentication checks); writes are
+changes of the Pipeline resource (:mod:`.pipelines`, :mod:`.actions`).
 
 Authentication (``--api-auth kubernetes``, the default): the bearer token is checked with a
 TokenReview and every request with a SubjectAccessReview on ``pipelines.dataflow.dev`` in the
-target namespace (``get``/``list`` to read, ``patch`` to act), both cached for a few seconds.
-Authorization is checked before anything else, so a user learns nothing about a namespace they
-may not read, not even whether a pipeline exists there.
+target namespace (``get``/``list`` to read, ``patch`` to act, ``create``/``update``/``delete``
+for pipeline CRUD), both cached for a few seconds. Authorization is checked before anything
+else, so a user learns nothing about a namespace they may not read, not even whether a pipeline
+exists there.
 """
 
 from __future__ import annotations
@@ -21,65 +22,35 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from cachetools import TTLCache
 from kubernetes.client.exceptions import ApiException
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import openapi
-from .models import (
-    API_GROUP,
-    API_VERSION,
-    PLURAL,
-    ErrorResponse,
-    PipelineMonitorEventFieldSelector,
-    PipelineStatus,
-)
+from .. import openapi
+from ..models import API_GROUP, PLURAL, PipelineMonitorEventFieldSelector
+from .errors import ApiError, unknown_pipeline
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from ..reconciler import Context, PipelineMonitor
 
 log = logging.getLogger(__name__)
 
-FIELD_MANAGER = "pipeline-operator-api"
 TENANT_HEADER = "Feldera-Tenant"
 NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 AUTH_CACHE_SECONDS = 10.0
-ANNOTATIONS = {"clear": "dataflow.dev/clear-storage", "dismiss_error": "dataflow.dev/dismiss-error",
-               "approve": "dataflow.dev/approve"}
-
-
-class ApiError(Exception):
-    """An error answered as Feldera's ErrorResponse."""
-
-    def __init__(self, status: int, error_code: str, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.status, self.error_code, self.message, self.details = status, error_code, message, details
-
-    def response(self) -> web.Response:
-        body = ErrorResponse(message=self.message, error_code=self.error_code, details=self.details)
-        headers = {"Retry-After": "5"} if self.status == 503 else None
-        return web.json_response(body.model_dump(mode="json"), status=self.status, headers=headers)
-
-
-class Metrics:
-    """Prometheus metrics of the operator (served at ``/metrics``)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("pipeline_operator_api_requests", "HTTP API requests", ["route", "code"],
-                                registry=self.registry)
-        self.request_seconds = Histogram("pipeline_operator_api_request_seconds", "HTTP API request duration",
-                                         ["route"], registry=self.registry)
-        self.reconcile_seconds = Histogram("pipeline_operator_monitoring_pass_seconds",
-                                           "Duration of one monitoring pass (observe, decide, record, act)",
-                                           registry=self.registry)
-        self.events = Counter("pipeline_operator_monitor_events", "Monitor events recorded", ["kind"],
-                              registry=self.registry)
-        self.pipelines = Gauge("pipeline_operator_pipelines", "Pipelines by resources status",
-                               ["resources_status"], registry=self.registry)
-        self.store_events = Gauge("pipeline_operator_event_store_events", "Events in the event store",
-                                  registry=self.registry)
+# Feldera's endpoints this API does not serve (docs/api.md says why): 501, not a 404 that the SDK
+# would take for an unknown pipeline.
+NOT_SERVED = re.compile(
+    r"^/v0/(pipelines/[^/]+/(logs|stats|metrics|time_series|time_series_stream|completion_status|checkpoint"
+    r"|checkpoint/sync|checkpoint/sync_status|checkpoint_status|checkpoints|checkpoints/remote|ingress/.+"
+    r"|egress/.+|query|tables/.+|views/.+|start_transaction|commit_transaction|clock/advance|rebalance"
+    r"|start_compaction|samply_profile|heap_profile|circuit_profile|circuit_json_profile|dataflow_graph"
+    r"|support_bundle|diff|update_runtime|testing)|cluster/events.*|cluster_healthz|api_keys.*|tenants.*"
+    r"|oidc_trust.*|validate_program|metrics)$")
 
 
 def _selector(request: web.Request) -> PipelineMonitorEventFieldSelector:
@@ -91,52 +62,44 @@ def _selector(request: web.Request) -> PipelineMonitorEventFieldSelector:
                        {"selector": raw[:50]}) from None
 
 
-def _bool(request: web.Request, name: str, default: bool) -> bool:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if raw.lower() in ("true", "1"):
-        return True
-    if raw.lower() in ("false", "0"):
-        return False
-    raise ApiError(400, "InvalidQueryParameter", f"{name} must be true or false, not '{raw[:20]}'")
-
-
 class ApiServer:
-    def __init__(self, ctx: Any, auth: str = "kubernetes", default_namespace: str = "default",
+    def __init__(self, ctx: "Context", auth: str = "kubernetes", default_namespace: str = "default",
                  max_concurrency: int = 64) -> None:
+        from .actions import Actions
+        from .pipelines import Pipelines
         self.ctx = ctx
         self.auth = auth
         self.default_namespace = default_namespace
-        self.metrics: Metrics = ctx.metrics
+        self.metrics: Metrics = ctx.metrics if ctx.metrics is not None else Metrics()
         self._tokens: TTLCache = TTLCache(maxsize=10_000, ttl=AUTH_CACHE_SECONDS)
         self._access: TTLCache = TTLCache(maxsize=50_000, ttl=AUTH_CACHE_SECONDS)
         self._limit = asyncio.Semaphore(max_concurrency)
         self.ready = False
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.pipelines = Pipelines(self)
+        self.actions = Actions(self)
 
     # -- the application ------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024, middlewares=[self._middleware])
+        app = web.Application(client_max_size=512 * 1024, middlewares=[self._middleware])
         r = app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
         r.add_get("/metrics", self.metrics_page)
         r.add_get("/v0/config", self.config)
         r.add_get("/v0/openapi.json", self.openapi)
-        r.add_get("/v0/pipelines", self.list_pipelines)
-        r.add_get("/v0/pipelines/{name}", self.get_pipeline)
+        self.pipelines.routes(r)
         r.add_get("/v0/pipelines/{name}/events", self.list_events)
         r.add_get("/v0/pipelines/{name}/events/{event_id}", self.get_event)
-        for action in ("start", "stop", "pause", "resume", "activate", "approve", "clear", "dismiss_error"):
-            r.add_post(f"/v0/pipelines/{{name}}/{action}", self._action(action))
+        self.actions.routes(r)
+        r.add_route("*", "/v0/{tail:.*}", self.not_served)
         return app
 
     async def start(self, host: str, port: int) -> None:
-        # Bounded: 64 KiB bodies, 8 KiB request lines and headers, 64 requests at once, idle
-        # connections closed after 15 s.
+        # Bounded: 512 KiB bodies (a program and its configuration), 8 KiB request lines and
+        # headers, 64 requests at once, idle connections closed after 15 s.
         self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True, keepalive_timeout=15,
                                      max_line_size=8190, max_field_size=8190)
         await self._runner.setup()
@@ -231,19 +194,25 @@ class ApiServer:
 
     # -- lookups ----------------------------------------------------------------------------------
 
-    def _monitor(self, namespace: str, name: str) -> Any:
+    def monitor(self, namespace: str, name: str) -> "PipelineMonitor":
         monitor = self.ctx.monitors.get((namespace, name))
         if monitor is None or monitor.obj is None:
-            raise ApiError(404, "UnknownPipelineName", f"Unknown pipeline name '{name[:253]}'",
-                           {"pipeline_name": name[:253]})
+            raise unknown_pipeline(name)
         return monitor
 
-    async def _pipeline(self, request: web.Request, verb: str) -> Any:
+    async def pipeline(self, request: web.Request, verb: str) -> "PipelineMonitor":
         namespace = self.namespace(request)
         await self.authorize(request, verb, namespace)
-        return self._monitor(namespace, request.match_info["name"])
+        return self.monitor(namespace, request.match_info["name"])
 
     # -- handlers -----------------------------------------------------------------------------------
+
+    async def not_served(self, request: web.Request) -> web.Response:
+        if NOT_SERVED.match(request.path):
+            raise ApiError(501, "NotServed", f"pipeline-operator does not serve {request.method} {request.path[:200]} "
+                                             "(see docs/api.md for the endpoints it serves and why)",
+                           {"path": request.path[:200]})
+        raise web.HTTPNotFound()
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -277,53 +246,14 @@ class ApiServer:
             "build_info": {"build_cpu": "", "build_os": "", "rust_version": ""},
         })
 
-    def _info(self, monitor: Any, selector: str) -> dict[str, Any]:
-        obj = monitor.obj
-        status = PipelineStatus.model_validate(obj.get("status") or {})
-        data = status.model_dump(mode="json", exclude_none=False, exclude={"history", "conditions",
-                                                                              "operator_state", "handled_actions"})
-        error = status.deployment_error
-        info: dict[str, Any] = {
-            "id": obj["metadata"].get("uid"), "name": obj["metadata"]["name"], "description": "",
-            "created_at": obj["metadata"].get("creationTimestamp"), "version": obj["metadata"].get("generation"),
-            **{k: v for k, v in data.items() if not k.endswith("_details") and k not in ("deployment_error",
-                                                                                       "program_error")},
-            "deployment_has_error": error is not None,
-            "deployment_error": None if error is None else {"message": error.message, "error_code": error.error_code,
-                                                            "details": error.details},
-        }
-        if selector == "all":
-            info["program_code"] = ((obj.get("spec") or {}).get("program") or {}).get("sql", "")
-            info["program_error"] = data.get("program_error")
-            for key in ("deployment_resources_status_details", "deployment_runtime_status_details",
-                        "storage_status_details"):
-                info[key] = data.get(key)
-        return info
-
-    async def list_pipelines(self, request: web.Request) -> web.Response:
-        namespace = self.namespace(request)
-        await self.authorize(request, "list", namespace)
-        selector = request.query.get("selector", "status")
-        if selector not in ("all", "status"):
-            raise ApiError(400, "InvalidSelector", f"Invalid selector '{selector[:50]}': expected 'all' or 'status'")
-        found = [m for (ns, _), m in sorted(self.ctx.monitors.items()) if ns == namespace and m.obj is not None]
-        return web.json_response([self._info(m, selector) for m in found])
-
-    async def get_pipeline(self, request: web.Request) -> web.Response:
-        monitor = await self._pipeline(request, "get")
-        selector = request.query.get("selector", "all")
-        if selector not in ("all", "status"):
-            raise ApiError(400, "InvalidSelector", f"Invalid selector '{selector[:50]}': expected 'all' or 'status'")
-        return web.json_response(self._info(monitor, selector))
-
     async def list_events(self, request: web.Request) -> web.Response:
-        monitor = await self._pipeline(request, "get")
+        monitor = await self.pipeline(request, "get")
         selector = _selector(request)
         body = await asyncio.to_thread(self.ctx.sink.store.list_json, monitor.key.uid, selector.value)
         return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-cache"})
 
     async def get_event(self, request: web.Request) -> web.Response:
-        monitor = await self._pipeline(request, "get")
+        monitor = await self.pipeline(request, "get")
         selector = _selector(request)
         raw = request.match_info["event_id"]
         store = self.ctx.sink.store
@@ -343,116 +273,3 @@ class ApiServer:
                            f"Pipeline monitor event '{event_id}' does not exist: it might have been deleted as "
                            "only a limited number of events are retained", {"event_id": str(event_id)})
         return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-cache"})
-
-    # -- actions ----------------------------------------------------------------------------------
-
-    def _action(self, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handler(request: web.Request) -> web.Response:
-            monitor = await self._pipeline(request, "patch")
-            return await getattr(self, f"_do_{action}")(request, monitor)
-        return handler
-
-    async def _patch(self, monitor: Any, spec: dict[str, Any] | None = None,
-                     annotation: str | None = None) -> None:
-        body: dict[str, Any] = {}
-        if spec:
-            body["spec"] = spec
-        if annotation:
-            body["metadata"] = {"annotations": {annotation: uuid.uuid4().hex}}
-        kube = self.ctx.kube
-        try:
-            await kube.call(kube.custom.patch_namespaced_custom_object, API_GROUP, API_VERSION,
-                            monitor.key.namespace, PLURAL, monitor.key.name, body, field_manager=FIELD_MANAGER,
-                            _content_type="application/merge-patch+json")
-        except ApiException as exc:
-            if exc.status == 404:
-                raise ApiError(404, "UnknownPipelineName", f"Unknown pipeline name '{monitor.key.name}'",
-                               {"pipeline_name": monitor.key.name}) from exc
-            raise
-        monitor.wake.set()
-
-    @staticmethod
-    def _status(monitor: Any) -> dict[str, Any]:
-        return monitor.obj.get("status") or {}
-
-    def _interaction(self, monitor: Any) -> None:
-        status = self._status(monitor)
-        if status.get("deploymentResourcesStatus") != "Provisioned":
-            raise ApiError(503, "PipelineInteractionNotDeployed",
-                           f"Unable to interact with pipeline '{monitor.key.name}' because its deployment is "
-                           f"not Provisioned (it is {status.get('deploymentResourcesStatus', 'Stopped')})")
-
-    async def _do_start(self, request: web.Request, monitor: Any) -> web.Response:
-        initial = request.query.get("initial", "running")
-        if initial not in ("running", "paused", "standby"):
-            raise ApiError(405, "UnsupportedPipelineAction", f"Unsupported pipeline action: initial '{initial[:20]}'")
-        dismiss = _bool(request, "dismiss_error", True)
-        status = self._status(monitor)
-        spec = monitor.obj.get("spec") or {}
-        if status.get("storageStatus") == "Clearing":
-            raise ApiError(400, "CannotStartWhileClearingStorage", "Cannot start the pipeline while its storage is "
-                                                                   "being cleared")
-        if status.get("programStatus") in ("SqlError", "RustError", "SystemError") and \
-                status.get("programDigest") is not None:
-            raise ApiError(400, "CannotStartWithCompilationError", "Cannot start a pipeline whose program failed "
-                                                                   "to compile; fix spec.program.sql")
-        if status.get("deploymentError") and not dismiss:
-            raise ApiError(400, "CannotStartWithUndismissedError", "Cannot start while the deployment error is not "
-                                                                   "dismissed (dismiss_error=false)")
-        if spec.get("desiredStatus") == "Stopped" and status.get("deploymentResourcesStatus") not in (None, "Stopped"):
-            raise ApiError(400, "IllegalPipelineAction",
-                           f"Deployment resources status (current: '{status.get('deploymentResourcesStatus')}', "
-                           "desired: 'Stopped') cannot have desired changed to 'Provisioned'. Cannot restart the "
-                           "pipeline while it is stopping. Wait for it to stop before starting it again.")
-        annotation = ANNOTATIONS["dismiss_error"] if dismiss and status.get("deploymentError") else None
-        await self._patch(monitor, {"desiredStatus": "Provisioned", "initialRuntimeStatus": initial.capitalize()},
-                          annotation)
-        return web.Response(status=202)
-
-    async def _do_stop(self, request: web.Request, monitor: Any) -> web.Response:
-        force = _bool(request, "force", False)
-        await self._patch(monitor, {"desiredStatus": "Stopped", "stopMode": "Force" if force else "Graceful"})
-        return web.Response(status=202)
-
-    async def _do_pause(self, request: web.Request, monitor: Any) -> web.Response:
-        self._interaction(monitor)
-        await self._patch(monitor, {"runtimeDesiredStatus": "Paused"})
-        return web.Response(status=202)
-
-    async def _do_resume(self, request: web.Request, monitor: Any) -> web.Response:
-        self._interaction(monitor)
-        await self._patch(monitor, {"runtimeDesiredStatus": "Running"})
-        return web.Response(status=202)
-
-    async def _do_activate(self, request: web.Request, monitor: Any) -> web.Response:
-        initial = request.query.get("initial", "running")
-        if initial not in ("running", "paused"):
-            raise ApiError(400, "InvalidQueryParameter", "initial must be running or paused")
-        self._interaction(monitor)
-        await self._patch(monitor, {"runtimeDesiredStatus": initial.capitalize()})
-        return web.json_response(None, status=202)
-
-    async def _do_approve(self, request: web.Request, monitor: Any) -> web.Response:
-        self._interaction(monitor)
-        await self._patch(monitor, annotation=ANNOTATIONS["approve"])
-        return web.json_response(None, status=200)
-
-    async def _do_clear(self, request: web.Request, monitor: Any) -> web.Response:
-        status = self._status(monitor)
-        if status.get("storageStatus", "Cleared") == "Cleared":
-            return web.Response(status=202)  # Feldera: a no-op when already cleared
-        if status.get("deploymentResourcesStatus") != "Stopped" or \
-                (monitor.obj.get("spec") or {}).get("desiredStatus") != "Stopped":
-            raise ApiError(400, "StorageStatusImmutableUnlessStopped",
-                           "Storage can only be cleared while the pipeline is Stopped and desired Stopped")
-        await self._patch(monitor, annotation=ANNOTATIONS["clear"])
-        return web.Response(status=202)
-
-    async def _do_dismiss_error(self, request: web.Request, monitor: Any) -> web.Response:
-        status = self._status(monitor)
-        if status.get("deploymentError") and status.get("deploymentResourcesStatus") != "Stopped":
-            raise ApiError(400, "DismissErrorRestrictedToFullyStopped",
-                           "The deployment error can only be dismissed once the pipeline is Stopped")
-        if status.get("deploymentError"):
-            await self._patch(monitor, annotation=ANNOTATIONS["dismiss_error"])
-        return web.Response(status=200)

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any, Protocol
 
 from ..core.lifecycle import ComputeObservation
-from ..models import PipelineSpec, RuntimeDesiredStatus
+from ..models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Backend(Protocol):
     async def observe_compute(self, key: PipelineKey) -> ComputeObservation: ...
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                        initial: RuntimeDesiredStatus) -> None: ...
+                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None: ...
 
     async def deprovision(self, key: PipelineKey) -> None: ...
 

@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ..core.lifecycle import ComputeObservation, ComputeState
 from ..kube import Forbidden, Kube
-from ..models import API_GROUP, API_VERSION, KIND, PipelineSpec, RuntimeDesiredStatus
+from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 from . import PipelineKey
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def _quantities(values: Any) -> dict[str, str]:
 
 
 def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any], initial: RuntimeDesiredStatus,
-                  default_image: str) -> dict[str, dict[str, Any]]:
+                  default_image: str,
+                  bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL) -> dict[str, dict[str, Any]]:
     """The ConfigMap, Service, StatefulSet and PersistentVolumeClaim of one pipeline."""
     name = child_name(key)
     selector = {"app.kubernetes.io/instance": name, UID_LABEL: key.uid}
@@ -89,7 +90,8 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
         "image": spec.deployment.image or default_image,
         "command": ["pipeline-operator", "pipeline-process", "--host", "0.0.0.0", "--port", str(PORT),
                     "--storage", "/storage", "--program", "/config/program.json",
-                    "--initial", initial.value.lower(), "--marker", key.uid],
+                    "--initial", initial.value.lower(), "--bootstrap-policy", bootstrap_policy.feldera,
+                    "--marker", key.uid],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "env": [{"name": e.name, "value": e.value} for e in spec.deployment.env],
         "resources": resources,
@@ -247,8 +249,8 @@ class KubernetesBackend:
         return ComputeObservation(state=ComputeState.PENDING, message=f"StatefulSet {name}: 0/1 replicas ready")
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                        initial: RuntimeDesiredStatus) -> None:
-        objects = build_objects(key, spec, artifact, initial, self.default_image)
+                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None:
+        objects = build_objects(key, spec, artifact, initial, self.default_image, bootstrap_policy)
         ns = key.namespace
         # Storage first (it outlives compute), then the program, the Service and the StatefulSet.
         for kind in ("pvc", "configmap", "service", "statefulset"):

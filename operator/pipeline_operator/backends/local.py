@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.lifecycle import ComputeObservation, ComputeState
-from ..models import PipelineSpec, RuntimeDesiredStatus
+from ..models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 from . import PipelineKey
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ def processes_under(folder: Path) -> list[int]:
 
 class LocalBackend:
     def __init__(self, state_dir: Path, pipeline_command: str = "") -> None:
-        self.root = state_dir / "pipelines"
+        # Absolute: the process runs in its folder (cwd) and is handed paths under this root.
+        self.root = Path(os.path.abspath(state_dir)) / "pipelines"
         self.command = shlex.split(pipeline_command) if pipeline_command else [
             sys.executable, "-m", "pipeline_operator.cli", "pipeline-process"]
         self._children: dict[str, subprocess.Popen] = {}  # processes this operator started
@@ -158,11 +159,11 @@ class LocalBackend:
         return ComputeObservation(state=ComputeState.FAILED, message=self._exit_message(key, record))
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                        initial: RuntimeDesiredStatus) -> None:
-        await asyncio.to_thread(self._provision, key, spec, artifact, initial)
+                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None:
+        await asyncio.to_thread(self._provision, key, spec, artifact, initial, bootstrap_policy)
 
     def _provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                   initial: RuntimeDesiredStatus) -> None:
+                   initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None:
         if self._read_record(key) is not None:
             return  # running (or failed, which the observation reports): never a second process
         folder = self.folder(key)
@@ -182,7 +183,8 @@ class LocalBackend:
                         key, ", ".join(ignored), ALLOWED_ENV_PREFIX)
         cmd = [*self.command, "--host", "127.0.0.1", "--port", "0", "--port-file", str(folder / "port"),
                "--storage", str(self.storage_dir(key)), "--program", str(program),
-               "--initial", initial.value.lower(), "--marker", key.uid]
+               "--initial", initial.value.lower(), "--bootstrap-policy", bootstrap_policy.feldera,
+               "--marker", key.uid]
         with open(folder / "process.log", "ab") as out:
             child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, cwd=folder, start_new_session=True)

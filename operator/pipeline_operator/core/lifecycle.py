@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..models import (
     ActionOutcome,
+    BootstrapPolicy,
     ErrorResponse,
     EventStatus,
     HandledAction,
@@ -74,7 +75,14 @@ class Desired(_Frozen):
     stop_mode: StopMode = StopMode.GRACEFUL
     program_digest: str = ""
     provisioning_timeout: float | None = None
+    bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL
+    # Feldera allows an initial Standby only with a file storage backend that has sync configured.
+    standby_allowed: bool = False
+    # Identifies the spec without its client metadata (description, tags): a new generation that
+    # changes only those starts nothing and dismisses nothing (Feldera's metadata PATCH).
+    spec_digest: str = ""
     # Values of the one-shot annotations (any new value asks again).
+    start: str | None = None
     clear_storage: str | None = None
     dismiss_error: str | None = None
     approve: str | None = None
@@ -108,7 +116,7 @@ class RuntimeObservation(_Frozen):
     runtime_status_details: Any = None
     storage_status_details: Any = None  # None: unchanged (Feldera's COALESCE)
     error: ErrorResponse | None = None  # FATAL only
-    reason: str = ""                    # UNAVAILABLE / UNREACHABLE
+    reason: str = ""                    # UNAVAILABLE / UNREACHABLE, and OK answers that did not parse
 
 
 class ProgramObservation(_Frozen):
@@ -139,24 +147,33 @@ class PipelineState(_Frozen):
     resources_status_since: dt.datetime | None = None
     resources_status_details: Any = None
     resources_desired_status: ResourcesDesiredStatus = ResourcesDesiredStatus.STOPPED
-    deployment_initial: RuntimeDesiredStatus | None = None
+    resources_desired_status_since: dt.datetime | None = None
+    deployment_initial: RuntimeDesiredStatus | None = None   # set by a start, cleared on the way to Stopping
+    bootstrap_policy: BootstrapPolicy | None = None           # likewise
     runtime_status: RuntimeStatus | None = None
     runtime_status_since: dt.datetime | None = None
     runtime_status_details: Any = None
     runtime_desired_status: RuntimeDesiredStatus | None = None
+    runtime_desired_status_since: dt.datetime | None = None
     deployment_error: ErrorResponse | None = None
     program_status: ProgramStatus = P.PENDING
     program_status_since: dt.datetime | None = None
     program_digest: str | None = None
+    program_version: int = 0  # Feldera's program_version: one more for every new program
     program_error: Any = None
     storage_status: StorageStatus = S.CLEARED
     storage_status_details: Any = None
     # Bookkeeping (kept in status so that a restarted operator carries on where it was).
     error_generation: int | None = None           # spec generation when the error latched
+    # "Desired set to Stopped by the system" (every move to Stopping, and a start that failed while
+    # Stopped): the spec generation then. Released by a start request or a newer generation.
+    system_stop_generation: int | None = None
+    stop_spec_digest: str | None = None  # the spec (Desired.spec_digest) when the error or the hold was set
     runtime_desired_adopted: SpecRuntimeDesiredStatus | None = None  # spec value in force
     runtime_desired_pending: SpecRuntimeDesiredStatus | None = None  # still to be forwarded
     suspend_requested_at: dt.datetime | None = None
     program_change_held: bool = False
+    handled_start: HandledAction | None = None
     handled_clear_storage: HandledAction | None = None
     handled_dismiss_error: HandledAction | None = None
     handled_approve: HandledAction | None = None
@@ -197,6 +214,7 @@ class Action(_Frozen):
     kind: ActionKind
     program_digest: str | None = None
     initial: RuntimeDesiredStatus | None = None
+    bootstrap_policy: BootstrapPolicy | None = None
     target: SpecRuntimeDesiredStatus | None = None
     activate: bool = False  # SET_RUNTIME_DESIRED from Standby
 
@@ -218,29 +236,51 @@ class Decision(_Frozen):
 # Parsing the pipeline's /status answer (Feldera's parse_status_result)
 # --------------------------------------------------------------------------------------
 
-_LEGACY_STRINGS = {"Paused": RS.PAUSED, "Running": RS.RUNNING, "Initializing": RS.INITIALIZING}
-_LEGACY_503 = {"Initializing": RS.INITIALIZING, "Suspended": RS.SUSPENDED}
+# Feldera's parse_status_result: legacy answers map to (runtime status, runtime desired status).
+_LEGACY_STRINGS = {"Paused": (RS.PAUSED, RDS.PAUSED), "Running": (RS.RUNNING, RDS.RUNNING),
+                   "Initializing": (RS.INITIALIZING, RDS.PAUSED)}
+_LEGACY_503 = {"Initializing": (RS.INITIALIZING, RDS.PAUSED), "Suspended": (RS.SUSPENDED, RDS.SUSPENDED)}
+MAX_REASON = 4096  # characters of a reason or message taken from a pipeline's answer
+
+
+def _short(value: Any, limit: int = MAX_REASON) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
+def _unavailable(reason: str) -> RuntimeObservation:
+    """Feldera's answer for a pipeline that answered but whose status is unknown: runtime status and
+    runtime desired status both Unavailable, the reason in the details."""
+    return RuntimeObservation(probe=RuntimeProbe.UNAVAILABLE, runtime_status=RS.UNAVAILABLE,
+                              runtime_desired_status=RDS.UNAVAILABLE, reason=_short(reason))
+
+
+def _invalid_response(error: str) -> ErrorResponse:
+    return ErrorResponse(message=_short(f"Pipeline interaction received an invalid response: {error}"),
+                         error_code="PipelineInteractionInvalidResponse", details={"error": _short(error, 1024)})
 
 
 def parse_status_response(http_status: int | None, body: Any, failure: str = "") -> RuntimeObservation:
-    """Interpret one ``GET /status`` exchange the way Feldera's runner does.
+    """Interpret one ``GET /status`` exchange exactly as Feldera's runner (``parse_status_result``).
 
     ``http_status`` is None when no HTTP answer came (timeout, refused); ``body`` is the
     decoded JSON body, or ``NOT_JSON`` when it did not decode; ``failure`` says why.
     """
     if http_status is None:
-        return RuntimeObservation(probe=RuntimeProbe.UNREACHABLE, reason=failure or "no answer")
+        return RuntimeObservation(probe=RuntimeProbe.UNREACHABLE, reason=_short(failure or "no answer"))
     if body is NOT_JSON:
         return RuntimeObservation(probe=RuntimeProbe.UNREACHABLE,
-                                  reason=failure or f"HTTP {http_status} with a body that is not JSON")
+                                  reason=_short(failure or f"HTTP {http_status} with a body that is not JSON"))
     if http_status == 200:
         if isinstance(body, str):
             if body in _LEGACY_STRINGS:
-                return RuntimeObservation(probe=RuntimeProbe.OK, runtime_status=_LEGACY_STRINGS[body])
+                status, desired = _LEGACY_STRINGS[body]
+                return RuntimeObservation(probe=RuntimeProbe.OK, runtime_status=status,
+                                          runtime_desired_status=desired, runtime_status_details={})
             if body == "Terminated":
-                return RuntimeObservation(probe=RuntimeProbe.FATAL, error=ErrorResponse(
-                    message="Pipeline reported it terminated", error_code="PipelineTerminated",
-                    details=None))
+                return RuntimeObservation(probe=RuntimeProbe.FATAL,
+                                          error=_invalid_response("Pipeline responded that it is Terminated"))
+            return _unavailable(f"Pipeline status response (200 OK) is an unexpected JSON string: '{body}'")
         if isinstance(body, dict):
             try:
                 return RuntimeObservation(
@@ -250,22 +290,24 @@ def parse_status_response(http_status: int | None, body: Any, failure: str = "")
                     runtime_status_details=cap_details(body.get("runtime_status_details")),
                     storage_status_details=cap_details(body.get("storage_status_details")))
             except (KeyError, ValueError, TypeError) as exc:
-                return RuntimeObservation(probe=RuntimeProbe.OK, runtime_status=RS.UNAVAILABLE,
-                                          reason=f"Unable to deserialize the status: {exc!r}")
-        return RuntimeObservation(probe=RuntimeProbe.OK, runtime_status=RS.UNAVAILABLE,
-                                  reason=f"Unexpected status body: {str(body)[:200]}")
+                return _unavailable(f"Pipeline status response (200 OK) cannot be deserialized due to: {exc!r}")
+        return _unavailable(f"Pipeline status response (200 OK) is not a string or an object: {_short(body, 200)}")
     if http_status == 503:
-        code = body.get("error_code") if isinstance(body, dict) else None
-        message = body.get("message", "") if isinstance(body, dict) else str(body)[:200]
-        return RuntimeObservation(probe=RuntimeProbe.UNAVAILABLE,
-                                  runtime_status=_LEGACY_503.get(code, RS.UNAVAILABLE),
-                                  reason=message or "Pipeline answered 503")
-    if isinstance(body, dict) and {"message", "error_code"} <= body.keys():
-        error = ErrorResponse(message=str(body["message"])[:4096], error_code=str(body["error_code"])[:128],
+        if isinstance(body, dict) and isinstance(body.get("message"), str) and isinstance(body.get("error_code"), str):
+            legacy = _LEGACY_503.get(body["error_code"])
+            if legacy is not None:
+                return RuntimeObservation(probe=RuntimeProbe.UNAVAILABLE, runtime_status=legacy[0],
+                                          runtime_desired_status=legacy[1], reason=_short(body["message"]))
+            return _unavailable(f"Pipeline status response (503 Service Unavailable) is an error: "
+                                f"{body['error_code']}: {body['message']}")
+        return _unavailable(f"Pipeline status response (503 Service Unavailable) cannot be deserialized. "
+                            f"Response was: {_short(body, 200)}")
+    if isinstance(body, dict) and isinstance(body.get("message"), str) and isinstance(body.get("error_code"), str):
+        error = ErrorResponse(message=_short(body["message"]), error_code=_short(body["error_code"], 128),
                               details=cap_details(body.get("details")))
     else:
-        error = ErrorResponse(message=f"Pipeline answered HTTP {http_status}: {str(body)[:500]}",
-                              error_code="PipelineRuntimeError", details={"http_status": http_status})
+        error = _invalid_response(f"Error response (HTTP {http_status}) cannot be deserialized. "
+                                  f"Response was: {_short(body, 500)}")
     return RuntimeObservation(probe=RuntimeProbe.FATAL, error=error)
 
 
@@ -331,6 +373,11 @@ class _Pass:
             stamps["resources_status_since"] = self.now
         if new.runtime_status is not old.runtime_status and new.runtime_status is not None:
             stamps["runtime_status_since"] = self.now
+        if new.resources_desired_status is not old.resources_desired_status \
+                or old.resources_desired_status_since is None:
+            stamps["resources_desired_status_since"] = self.now
+        if new.runtime_desired_status is not old.runtime_desired_status:
+            stamps["runtime_desired_status_since"] = self.now if new.runtime_desired_status is not None else None
         if new.program_status is not old.program_status:
             stamps["program_status_since"] = self.now
         if stamps:
@@ -350,8 +397,9 @@ class _Pass:
 
 
 def effective_desired(desired: Desired, state: PipelineState) -> ResourcesDesiredStatus:
-    """Stopped while an error is latched; otherwise what the spec asks."""
-    if state.deployment_error is not None:
+    """Stopped while the system holds the pipeline stopped (after any move to Stopping, or a start
+    that failed) or an error is latched; otherwise what the spec asks."""
+    if state.system_stop_generation is not None or state.deployment_error is not None:
         return ResourcesDesiredStatus.STOPPED
     return desired.resources_desired_status
 
@@ -361,6 +409,7 @@ def decide(desired: Desired, state: PipelineState, observation: Observation, now
     """One monitoring pass: the status steps to commit and the actions to take."""
     p = _Pass(cur=state, now=now)
     _dismiss_error(p, desired)
+    _start_request(p, desired)
     _desired_status(p, desired)
     _program(p, desired, observation)
     _storage(p, desired, observation)
@@ -376,7 +425,138 @@ def decide(desired: Desired, state: PipelineState, observation: Observation, now
     return Decision(steps=tuple(p.steps), state=p.cur, actions=tuple(p.actions), notes=tuple(p.notes))
 
 
-def _handled(value: str, outcome: ActionOutcome, message: str = "") -> HandledAction:
+# --------------------------------------------------------------------------------------
+# May this happen now? (asked by the decision above and by the HTTP API, before it writes)
+# --------------------------------------------------------------------------------------
+
+
+class Refusal(_Frozen):
+    """Why an action cannot happen now: Feldera's error, with its HTTP status."""
+    http_status: int
+    error_code: str
+    message: str
+    details: Any = None
+
+    def error(self) -> ErrorResponse:
+        return ErrorResponse(message=self.message, error_code=self.error_code, details=self.details)
+
+
+_STOPPING_HINT = ("Cannot restart the pipeline while it is stopping. Wait until it is stopped before starting "
+                  "the pipeline again.")
+
+
+def start_refusal(state: PipelineState, current_desired: ResourcesDesiredStatus, *,
+                  initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy, error_after_dismissal: bool,
+                  standby_allowed: bool) -> Refusal | None:
+    """Feldera's checks of ``/start`` (``validate_resources_desired_status_transition``, then the start
+    parameters), in Feldera's order: Illegal, Undismissed, Clearing, Compilation, Initial,
+    BootstrapPolicy, Standby. ``current_desired`` is the effective desired status before the start;
+    ``error_after_dismissal`` whether an error remains once the dismissals asked for are done."""
+    if current_desired is ResourcesDesiredStatus.STOPPED and state.resources_status is not R.STOPPED:
+        return Refusal(
+            http_status=400, error_code="IllegalPipelineAction",
+            message=f"Deployment resources status (current: '{state.resources_status.value}', desired: "
+                    f"'{current_desired.value}') cannot have desired changed to 'Provisioned'. {_STOPPING_HINT}",
+            details={"status": state.resources_status.value, "current_desired_status": current_desired.value,
+                     "new_desired_status": "Provisioned", "hint": _STOPPING_HINT})
+    if error_after_dismissal:
+        return Refusal(http_status=400, error_code="CannotStartWithUndismissedError", message=(
+            "Cannot process `/start?dismiss_error=false` if the `deployment_error` is set. You can dismiss the "
+            "error by calling `/start?dismiss_error=true`, or alternatively first call `/dismiss_error`, after "
+            "which `/start?dismiss_error=false` is again possible."))
+    if state.storage_status is S.CLEARING:
+        return Refusal(http_status=400, error_code="CannotStartWhileClearingStorage", message=(
+            "Cannot process `/start` if the `storage_status` is `Clearing`. Wait for the storage to become "
+            "cleared before trying again."))
+    if state.program_status.is_failed:
+        return Refusal(http_status=400, error_code="CannotStartWithCompilationError", message=(
+            "Cannot process `/start` if the `program_status` is `SqlError`, `RustError` or `SystemError`. "
+            "Make changes to fix the error, which will trigger recompilation."))
+    if state.deployment_initial is not None and state.deployment_initial is not initial:
+        return Refusal(http_status=400, error_code="InitialImmutableUnlessStopped", message=(
+            "Initial desired runtime status cannot be changed unless the pipeline is desired to become Stopped."))
+    if state.bootstrap_policy is not None and state.bootstrap_policy is not bootstrap_policy:
+        return Refusal(http_status=400, error_code="BootstrapPolicyImmutableUnlessStopped", message=(
+            "Bootstrap policy cannot be changed unless the pipeline is desired to become Stopped."))
+    if initial is RDS.STANDBY and not standby_allowed:
+        return _STANDBY_NOT_ALLOWED
+    return None
+
+
+_STANDBY_NOT_ALLOWED = Refusal(http_status=400, error_code="InitialStandbyNotAllowed", message=(
+    "Initial desired runtime status can only be set to Standby if: (1) `runtime_config.storage.backend.name` "
+    "is set to `file`, and (2) `runtime_config.storage.backend.config.sync` is configured."))
+
+
+def dismiss_refusal(state: PipelineState) -> Refusal | None:
+    """Feldera's ``dismiss_deployment_error``: an error is dismissed only when fully Stopped."""
+    if state.deployment_error is not None and (
+            state.resources_status is not R.STOPPED
+            or state.resources_desired_status is not ResourcesDesiredStatus.STOPPED):
+        return Refusal(http_status=400, error_code="DismissErrorRestrictedToFullyStopped", message=(
+            "The pipeline must have both status `Stopped` and desired status `Stopped` to dismiss the "
+            "`deployment_error` if it is set."))
+    return None
+
+
+def clear_refusal(state: PipelineState) -> Refusal | None:
+    """Feldera's ``transit_storage_status_to_clearing_if_not_cleared`` (Cleared is a no-op)."""
+    if state.storage_status is S.CLEARED:
+        return None
+    if state.resources_status is not R.STOPPED or state.resources_desired_status is not ResourcesDesiredStatus.STOPPED:
+        current, new = state.storage_status.value, S.CLEARING.value
+        return Refusal(
+            http_status=400, error_code="StorageStatusImmutableUnlessStopped",
+            message=f"Cannot transition storage status from '{current}' to '{new}' with resources status "
+                    f"'{state.resources_status.value}' and desired status '{state.resources_desired_status.value}'. "
+                    "Storage status cannot be changed unless the pipeline is fully stopped.",
+            details={"resources_status": state.resources_status.value,
+                     "resources_desired_status": state.resources_desired_status.value,
+                     "current_status": current, "new_status": new})
+    return None
+
+
+def interaction_refusal(state: PipelineState, name: str) -> Refusal | None:
+    """Whether a request may be forwarded to the pipeline (Feldera's ``deployment_location_based_on_status``)."""
+    if state.resources_status is not R.PROVISIONED:
+        return Refusal(
+            http_status=503, error_code="PipelineInteractionNotDeployed",
+            message=f"Unable to interact with pipeline because the deployment status "
+                    f"({state.resources_status.value.lower()}) indicates it is not (yet) fully provisioned "
+                    f"(pipeline: '{name}')",
+            details={"pipeline_name": name, "status": state.resources_status.value,
+                     "desired_status": state.resources_desired_status.value})
+    if state.runtime_status is RS.UNAVAILABLE:
+        return Refusal(http_status=503, error_code="PipelineUnavailable", details={"pipeline_name": name},
+                       message=f"Unable to interact with pipeline because its status is currently "
+                               f"'unavailable' (pipeline: '{name}')")
+    return None
+
+
+def delete_refusal(state: PipelineState) -> Refusal | None:
+    """Feldera's ``delete_pipeline``: only fully Stopped, with storage Cleared."""
+    if state.resources_status is not R.STOPPED or state.resources_desired_status is not ResourcesDesiredStatus.STOPPED:
+        return Refusal(http_status=400, error_code="DeleteRestrictedToFullyStopped", message=(
+            "Cannot delete a pipeline which is not fully stopped. Stop the pipeline first fully by invoking the "
+            "'/stop' endpoint."))
+    if state.storage_status is not S.CLEARED:
+        return Refusal(http_status=400, error_code="DeleteRestrictedToClearedStorage", message=(
+            "Cannot delete pipeline unless its storage is cleared. Clear storage first using `/clear`."))
+    return None
+
+
+def update_refusal(state: PipelineState) -> Refusal | None:
+    """Feldera's ``update_pipeline`` for changes of the program or configuration: only while Stopped."""
+    if state.resources_status is not R.STOPPED or state.resources_desired_status is not ResourcesDesiredStatus.STOPPED:
+        return Refusal(http_status=400, error_code="UpdateRestrictedToStopped", message=(
+            "Pipeline can only be updated while stopped. Stop it first by invoking '/stop'."))
+    return None
+
+
+def _handled(value: str, outcome: ActionOutcome, message: str = "", refusal: Refusal | None = None) -> HandledAction:
+    if refusal is not None:
+        return HandledAction(value=value, outcome=ActionOutcome.REFUSED, message=refusal.message[:1024],
+                             error_code=refusal.error_code)
     return HandledAction(value=value, outcome=outcome, message=message)
 
 
@@ -384,43 +564,92 @@ def _is_new(request: str | None, handled: HandledAction | None) -> bool:
     return request is not None and (handled is None or handled.value != request)
 
 
+def dismissal_pending(desired: Desired, state: PipelineState) -> bool:
+    """A dismiss request the operator has not handled yet, that it will apply (fully Stopped)."""
+    return _is_new(desired.dismiss_error, state.handled_dismiss_error) and dismiss_refusal(state) is None
+
+
 def _dismiss_error(p: _Pass, desired: Desired) -> None:
     cur = p.cur
     if _is_new(desired.dismiss_error, cur.handled_dismiss_error):
         assert desired.dismiss_error is not None
+        refusal = dismiss_refusal(cur)
         if cur.deployment_error is None:
             p.set("dismiss requested; there is no error",
                   handled_dismiss_error=_handled(desired.dismiss_error, ActionOutcome.APPLIED,
                                                  "There was no error to dismiss"))
-        elif cur.resources_status is not R.STOPPED:
-            p.set("dismiss refused",
-                  handled_dismiss_error=_handled(
-                      desired.dismiss_error, ActionOutcome.REFUSED,
-                      "DismissErrorRestrictedToFullyStopped: the error can be dismissed once the "
-                      f"pipeline is Stopped (it is {cur.resources_status.value}); set the "
-                      "annotation to a new value then"))
+        elif refusal is not None:
+            p.set("dismiss refused", handled_dismiss_error=_handled(desired.dismiss_error, ActionOutcome.REFUSED,
+                                                                   refusal=refusal))
         else:
             p.set("error dismissed by request", deployment_error=None, error_generation=None,
                   handled_dismiss_error=_handled(desired.dismiss_error, ActionOutcome.APPLIED,
                                                  "Error dismissed"))
         return
     if (cur.deployment_error is not None and cur.resources_status is R.STOPPED
-            and cur.error_generation is not None and desired.generation > cur.error_generation):
+            and _spec_changed_since(desired, cur, cur.error_generation)):
         p.set(f"error dismissed by a new spec (generation {desired.generation})",
               deployment_error=None, error_generation=None)
 
 
+def _start_request(p: _Pass, desired: Desired) -> None:
+    """A start request (Feldera's ``/start``): releases the system's hold on Stopped, if allowed now."""
+    cur = p.cur
+    if not _is_new(desired.start, cur.handled_start):
+        return
+    assert desired.start is not None
+    initial = initial_runtime_desired(desired)
+    refusal = start_refusal(cur, cur.resources_desired_status, initial=initial,
+                            bootstrap_policy=desired.bootstrap_policy,
+                            error_after_dismissal=cur.deployment_error is not None,
+                            standby_allowed=desired.standby_allowed)
+    if refusal is not None:
+        p.set(f"start refused ({refusal.error_code})",
+              handled_start=_handled(desired.start, ActionOutcome.REFUSED, refusal=refusal))
+        return
+    p.set("start requested", system_stop_generation=None,
+          handled_start=_handled(desired.start, ActionOutcome.APPLIED, f"Starting as {initial.value}"))
+
+
 def _desired_status(p: _Pass, desired: Desired) -> None:
+    cur = p.cur
+    if _spec_changed_since(desired, cur, cur.system_stop_generation):
+        p.set(f"a new spec (generation {desired.generation}) releases the stop set by the system",
+              system_stop_generation=None)
     target = effective_desired(desired, p.cur)
     if target is not p.cur.resources_desired_status:
         p.set(f"desired status is {target.value}", resources_desired_status=target)
+    if p.cur.resources_status is R.STOPPED:
+        # Feldera sets the start parameters with the desired status; while Stopped they follow the spec.
+        provisioned = target is ResourcesDesiredStatus.PROVISIONED
+        initial = initial_runtime_desired(desired) if provisioned else None
+        policy = desired.bootstrap_policy if provisioned else None
+        if (initial, policy) != (p.cur.deployment_initial, p.cur.bootstrap_policy):
+            p.set("start parameters", deployment_initial=initial, bootstrap_policy=policy)
+
+
+def _spec_changed_since(desired: Desired, state: PipelineState, generation: int | None) -> bool:
+    """A newer spec generation that changed more than the client metadata."""
+    return generation is not None and desired.generation > generation and (
+        not desired.spec_digest or desired.spec_digest != state.stop_spec_digest)
+
+
+def _hold_stopped(p: _Pass, desired: Desired, reason: str) -> None:
+    """Feldera's "desired status set to Stopped by the system"."""
+    hold = desired.resources_desired_status is ResourcesDesiredStatus.PROVISIONED
+    if p.cur.resources_desired_status is not ResourcesDesiredStatus.STOPPED or (
+            hold and p.cur.system_stop_generation is None):
+        p.set(f"{reason}: desired status set to Stopped by the system",
+              resources_desired_status=ResourcesDesiredStatus.STOPPED,
+              system_stop_generation=desired.generation if hold else p.cur.system_stop_generation,
+              stop_spec_digest=desired.spec_digest)
 
 
 def _latch_error(p: _Pass, desired: Desired, error: ErrorResponse, reason: str) -> None:
-    """Feldera's "desired set to Stopped by system", then the error."""
-    if p.cur.resources_desired_status is not ResourcesDesiredStatus.STOPPED:
-        p.set(f"{reason}: desired status set to Stopped", resources_desired_status=ResourcesDesiredStatus.STOPPED)
-    p.set(reason, deployment_error=error, error_generation=desired.generation)
+    """A start that fails while Stopped: desired Stopped by the system, then the error."""
+    _hold_stopped(p, desired, reason)
+    p.set(reason, deployment_error=error, error_generation=desired.generation, deployment_initial=None,
+          bootstrap_policy=None, stop_spec_digest=desired.spec_digest)
 
 
 def _program(p: _Pass, desired: Desired, observation: Observation) -> None:
@@ -432,7 +661,7 @@ def _program(p: _Pass, desired: Desired, observation: Observation) -> None:
             p.set("program change held", program_change_held=True)
             return
         p.set("program changed", program_status=P.PENDING, program_digest=desired.program_digest,
-              program_error=None, program_change_held=False)
+              program_version=cur.program_version + 1, program_error=None, program_change_held=False)
     elif cur.program_change_held:
         p.set("program change reverted", program_change_held=False)
     cur = p.cur
@@ -507,14 +736,19 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
     if cur.program_status is not P.SUCCESS or cur.program_digest != desired.program_digest:
         p.note(f"waiting for compilation ({cur.program_status.value}) before provisioning")
         return
+    initial = cur.deployment_initial or initial_runtime_desired(desired)
+    policy = cur.bootstrap_policy or desired.bootstrap_policy
+    if initial is RDS.STANDBY and not desired.standby_allowed:
+        _latch_error(p, desired, _STANDBY_NOT_ALLOWED.error(),
+                     "start failed: Standby needs a file storage backend with sync")
+        return
     if cur.storage_status is S.CLEARED:
         p.set("storage will be used by the pipeline", storage_status=S.IN_USE)
-    initial = initial_runtime_desired(desired)
     p.set("provisioning compute and storage", resources_status=R.PROVISIONING, resources_status_details=None,
-          deployment_initial=initial, deployment_error=None, error_generation=None,
+          deployment_initial=initial, bootstrap_policy=policy, deployment_error=None, error_generation=None,
           runtime_desired_adopted=desired.runtime_desired_status, runtime_desired_pending=None,
           **_RUNTIME_CLEARED)
-    p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=initial)
+    p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=initial, bootstrap_policy=policy)
 
 
 def initial_runtime_desired(desired: Desired) -> RuntimeDesiredStatus:
@@ -527,14 +761,13 @@ def initial_runtime_desired(desired: Desired) -> RuntimeDesiredStatus:
 
 def _stop(p: _Pass, desired: Desired, reason: str, error: ErrorResponse | None = None,
           details: Any = None) -> None:
-    if error is not None:
-        if p.cur.resources_desired_status is not ResourcesDesiredStatus.STOPPED:
-            p.set(f"{reason}: desired status set to Stopped",
-                  resources_desired_status=ResourcesDesiredStatus.STOPPED)
-        p.set(reason, resources_status=R.STOPPING, resources_status_details=details,
-              deployment_error=error, error_generation=desired.generation, **_RUNTIME_CLEARED)
-    else:
-        p.set(reason, resources_status=R.STOPPING, resources_status_details=details, **_RUNTIME_CLEARED)
+    """Feldera's transition to Stopping: desired Stopped by the system first (for any cause), then
+    Stopping with the error, if any; the start parameters are cleared."""
+    _hold_stopped(p, desired, reason)
+    errors: dict[str, Any] = dict(deployment_error=error, error_generation=desired.generation,
+                                  stop_spec_digest=desired.spec_digest) if error else {}
+    p.set(reason, resources_status=R.STOPPING, resources_status_details=details, deployment_initial=None,
+          bootstrap_policy=None, **errors, **_RUNTIME_CLEARED)
     p.act(ActionKind.DEPROVISION)
 
 
@@ -572,35 +805,34 @@ def _provisioning(p: _Pass, desired: Desired, observation: Observation, config: 
             error_code="AutomatonProvisioningTimeout",
             details={"timeout_secs": timeout, "cause": cause}))
         return
-    p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=cur.deployment_initial)
+    p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=cur.deployment_initial,
+          bootstrap_policy=cur.bootstrap_policy)
 
 
 def _apply_runtime(p: _Pass, runtime: RuntimeObservation | None, config: LifecycleConfig) -> None:
-    """Take over what the pipeline says about itself (Feldera's observe step)."""
+    """Take over what the pipeline says about itself (Feldera's observe step, after
+    ``parse_status_result``)."""
     cur = p.cur
-    if runtime is not None and runtime.probe is RuntimeProbe.OK:
+    if runtime is not None and runtime.probe in (RuntimeProbe.OK, RuntimeProbe.UNAVAILABLE):
         changes: dict[str, Any] = dict(runtime_status=runtime.runtime_status,
+                                       runtime_desired_status=runtime.runtime_desired_status,
                                        runtime_status_details=runtime.runtime_status_details)
-        if runtime.runtime_desired_status is not None:
-            changes["runtime_desired_status"] = runtime.runtime_desired_status
         if runtime.reason:
             changes["runtime_status_details"] = {"reason": runtime.reason}
         if runtime.storage_status_details is not None:
             changes["storage_status_details"] = runtime.storage_status_details
-        p.set(f"pipeline reports {runtime.runtime_status.value if runtime.runtime_status else 'nothing'}",
+        shown = runtime.runtime_status.value if runtime.runtime_status else "nothing"
+        p.set(f"pipeline reports {shown}" if runtime.probe is RuntimeProbe.OK else f"pipeline status is {shown}",
               **changes)
         return
-    if runtime is not None and runtime.probe is RuntimeProbe.UNAVAILABLE:
-        p.set("pipeline answers 503", runtime_status=runtime.runtime_status or RS.UNAVAILABLE,
-              runtime_status_details={"reason": runtime.reason})
-        return
     reason = runtime.reason if runtime is not None else "not probed"
-    if p.elapsed(cur.resources_status_since) < config.provisioned_grace_period:
+    if p.elapsed(cur.resources_status_since) <= config.provisioned_grace_period:
         p.set("pipeline not reachable yet (grace period)", runtime_status=RS.INITIALIZING,
-              runtime_status_details={"reason": f"Pipeline status endpoint could not be reached "
-                                                f"(within the grace period): {reason}"})
+              runtime_desired_status=cur.deployment_initial,
+              runtime_status_details={"reason": f"Still in the grace period for initializing. Pipeline status "
+                                                f"endpoint cannot yet be reached due to: {reason}"})
     else:
-        p.set("pipeline not reachable", runtime_status=RS.UNAVAILABLE,
+        p.set("pipeline not reachable", runtime_status=RS.UNAVAILABLE, runtime_desired_status=RDS.UNAVAILABLE,
               runtime_status_details={"reason": f"Pipeline status endpoint could not be reached: {reason}"})
 
 

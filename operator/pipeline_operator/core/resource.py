@@ -87,6 +87,10 @@ def conditions(desired: Desired, state: PipelineState, previous: Sequence[Condit
         stalled = (condition_reason(state.deployment_error.error_code), state.deployment_error.message)
     elif state.program_status.is_failed:
         stalled = (state.program_status.value, "The program failed to compile; fix spec.program.sql")
+    elif (state.system_stop_generation is not None and state.resources_status is ResourcesStatus.STOPPED
+          and desired.resources_desired_status is ResourcesDesiredStatus.PROVISIONED):
+        stalled = ("StoppedBySystem", "The pipeline stopped by itself and stays Stopped until it is started "
+                   "again: set the dataflow.dev/start annotation to a new value, change the spec, or POST /start")
     moving = None if stalled else progress(desired, state)
     if stalled:
         ready = (ConditionStatus.FALSE, stalled[0], stalled[1])
@@ -133,24 +137,31 @@ def to_status(desired: Desired, state: PipelineState, previous_conditions: Seque
         deployment_resources_status_since=state.resources_status_since,
         deployment_resources_status_details=state.resources_status_details,
         deployment_resources_desired_status=state.resources_desired_status,
+        deployment_resources_desired_status_since=state.resources_desired_status_since,
         deployment_initial=state.deployment_initial,
+        bootstrap_policy=state.bootstrap_policy,
         deployment_runtime_status=state.runtime_status,
         deployment_runtime_status_since=state.runtime_status_since,
         deployment_runtime_status_details=state.runtime_status_details,
         deployment_runtime_desired_status=state.runtime_desired_status,
+        deployment_runtime_desired_status_since=state.runtime_desired_status_since,
         deployment_error=_error_status(state.deployment_error),
         program_status=state.program_status,
         program_status_since=state.program_status_since,
         program_error=state.program_error,
         program_digest=state.program_digest,
+        program_version=state.program_version or None,
         program_change_held=state.program_change_held or None,
         storage_status=state.storage_status,
         storage_status_details=state.storage_status_details,
-        handled_actions=HandledActions(clear_storage=state.handled_clear_storage,
+        handled_actions=HandledActions(start=state.handled_start, clear_storage=state.handled_clear_storage,
                                        dismiss_error=state.handled_dismiss_error,
                                        approve=state.handled_approve)
-        if (state.handled_clear_storage or state.handled_dismiss_error or state.handled_approve) else None,
+        if (state.handled_start or state.handled_clear_storage or state.handled_dismiss_error
+            or state.handled_approve) else None,
         operator_state=OperatorState(error_generation=state.error_generation,
+                                     system_stop_generation=state.system_stop_generation,
+                                     stop_spec_digest=state.stop_spec_digest,
                                      runtime_desired_adopted=state.runtime_desired_adopted,
                                      runtime_desired_pending=state.runtime_desired_pending,
                                      suspend_requested_at=state.suspend_requested_at),
@@ -168,24 +179,31 @@ def from_status(status: PipelineStatus) -> PipelineState:
         resources_status_since=status.deployment_resources_status_since,
         resources_status_details=status.deployment_resources_status_details,
         resources_desired_status=status.deployment_resources_desired_status or ResourcesDesiredStatus.STOPPED,
+        resources_desired_status_since=status.deployment_resources_desired_status_since,
         deployment_initial=status.deployment_initial,
+        bootstrap_policy=status.bootstrap_policy,
         runtime_status=status.deployment_runtime_status,
         runtime_status_since=status.deployment_runtime_status_since,
         runtime_status_details=status.deployment_runtime_status_details,
         runtime_desired_status=status.deployment_runtime_desired_status,
+        runtime_desired_status_since=status.deployment_runtime_desired_status_since,
         deployment_error=None if err is None else ErrorResponse(message=err.message, error_code=err.error_code,
                                                                details=err.details),
         program_status=status.program_status or ProgramStatus.PENDING,
         program_status_since=status.program_status_since,
         program_digest=status.program_digest,
+        program_version=status.program_version or 0,
         program_error=status.program_error,
         program_change_held=bool(status.program_change_held),
         storage_status=status.storage_status or StorageStatus.CLEARED,
         storage_status_details=status.storage_status_details,
         error_generation=ops.error_generation,
+        system_stop_generation=ops.system_stop_generation,
+        stop_spec_digest=ops.stop_spec_digest,
         runtime_desired_adopted=ops.runtime_desired_adopted,
         runtime_desired_pending=ops.runtime_desired_pending,
         suspend_requested_at=ops.suspend_requested_at,
+        handled_start=handled.start,
         handled_clear_storage=handled.clear_storage,
         handled_dismiss_error=handled.dismiss_error,
         handled_approve=handled.approve,

@@ -1,0 +1,15 @@
+"""The operator's HTTP API: Feldera-compatible pipelines, monitor events and lifecycle actions.
+
+- :mod:`.server`: the aiohttp application, authentication and authorization, health, metrics,
+  and the monitor events;
+- :mod:`.pipelines`: Feldera's pipeline shape and pipeline CRUD (server-side apply of the
+  Pipeline resource);
+- :mod:`.actions`: the lifecycle actions (``/start``, ``/stop``, ``/pause``, ...), checked by the
+  pure core's guards and forwarded to the pipeline where Feldera forwards them.
+"""
+
+from .errors import ApiError
+from .metrics import Metrics
+from .server import ApiServer
+
+__all__ = ["ApiError", "ApiServer", "Metrics"]

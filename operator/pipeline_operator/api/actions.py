@@ -1,0 +1,215 @@
+"""Feldera's lifecycle actions: ``/start``, ``/stop``, ``/pause``, ``/resume``, ``/activate``,
+``/approve``, ``/clear`` and ``/dismiss_error``.
+
+Every "may this happen now" question is answered by the pure core's guards
+(:func:`core.lifecycle.start_refusal` and its siblings), the same the monitoring loop asks, in
+Feldera's order and with Feldera's error codes. A change is written to the Pipeline resource
+(spec fields and one-shot annotations, as the API's own field manager) and the answer waits for
+the monitoring loop to have acted on it, so that what the SDK reads next already reflects it.
+``/pause``, ``/resume``, ``/activate`` and ``/approve`` are forwarded to the pipeline, as
+Feldera's manager forwards them, and answer what the pipeline answers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..core.lifecycle import (
+    PipelineState,
+    clear_refusal,
+    dismiss_refusal,
+    dismissal_pending,
+    effective_desired,
+    interaction_refusal,
+    start_refusal,
+)
+from ..models import ActionOutcome, BootstrapPolicy, HandledAction, RuntimeDesiredStatus
+from ..reconciler import (
+    ANNOTATION_APPROVE,
+    ANNOTATION_CLEAR_STORAGE,
+    ANNOTATION_DISMISS_ERROR,
+    ANNOTATION_START,
+    PipelineMonitor,
+    desired_of,
+)
+from . import writes
+from .errors import ApiError, bool_param
+
+if TYPE_CHECKING:
+    from .server import ApiServer
+
+_INITIAL = {"running": RuntimeDesiredStatus.RUNNING, "paused": RuntimeDesiredStatus.PAUSED,
+            "standby": RuntimeDesiredStatus.STANDBY}
+del ANNOTATION_APPROVE  # approval is forwarded to the pipeline; the annotation is for kubectl users
+
+
+def _refused(handled: HandledAction | None, value: str) -> ApiError | None:
+    if handled is not None and handled.value == value and handled.outcome is ActionOutcome.REFUSED:
+        return ApiError(400, handled.error_code or "ActionRefused", handled.message)
+    return None
+
+
+def _bootstrap_flags(request: web.Request) -> str:
+    """``silent_bootstrap`` and ``concurrent_bootstrap`` as Feldera validates and forwards them."""
+    silent = bool_param(request.query, "silent_bootstrap", False)
+    concurrent = bool_param(request.query, "concurrent_bootstrap", False)
+    if silent and concurrent:
+        raise ApiError(400, "InvalidBootstrapConfig", "Invalid bootstrap configuration: silent_bootstrap and "
+                                                      "concurrent_bootstrap cannot both be set",
+                       {"reason": "silent_bootstrap and concurrent_bootstrap are mutually exclusive"})
+    flags = [name + "=true" for name, on in (("silent_bootstrap", silent), ("concurrent_bootstrap", concurrent))
+             if on]
+    return "&".join(flags)
+
+
+class Actions:
+    def __init__(self, server: "ApiServer") -> None:
+        self.server = server
+        self.ctx = server.ctx
+
+    def routes(self, r: web.UrlDispatcher) -> None:
+        for action in ("start", "stop", "pause", "resume", "activate", "approve", "clear", "dismiss_error"):
+            r.add_post(f"/v0/pipelines/{{name}}/{action}", self._handler(action))
+
+    def _handler(self, action: str) -> Any:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            monitor = await self.server.pipeline(request, "patch")
+            state = await self._state(monitor)
+            result: web.StreamResponse = await getattr(self, action)(request, monitor, state)
+            return result
+        return handler
+
+    async def _state(self, monitor: PipelineMonitor) -> PipelineState:
+        """The state the monitoring loop last recorded (waiting for its first pass if needed)."""
+        if monitor.state is None:
+            await writes.settle(monitor, lambda obj, state: True, timeout=10.0)
+        if monitor.state is None:
+            raise ApiError(503, "PipelineNotReady", f"The operator has not looked at pipeline "
+                                                    f"'{monitor.key.name}' yet; try again")
+        return monitor.state
+
+    # -- resources ------------------------------------------------------------------------------
+
+    async def start(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+        raw = request.query.get("initial", "running")
+        initial = _INITIAL.get(raw)
+        if initial is None:
+            raise ApiError(405, "UnsupportedPipelineAction",
+                           f"Unsupported pipeline action '/start?initial={raw[:20]}': unknown initial runtime "
+                           f"desired status: {raw[:20]}",
+                           {"action": f"/start?initial={raw[:20]}", "reason": "unknown initial runtime desired status"})
+        try:
+            policy = BootstrapPolicy.from_feldera(request.query.get("bootstrap_policy", "await_approval"))
+        except ValueError as exc:
+            raise ApiError(400, "InvalidQueryParameter", str(exc), {"parameter": "bootstrap_policy"}) from None
+        _bootstrap_flags(request)
+        dismiss = bool_param(request.query, "dismiss_error", True)
+        assert monitor.obj is not None
+        desired, _ = desired_of(monitor.obj)
+        error_after = state.deployment_error is not None and not dismiss and not dismissal_pending(desired, state)
+        refusal = start_refusal(state, effective_desired(desired, state), initial=initial, bootstrap_policy=policy,
+                                error_after_dismissal=error_after, standby_allowed=desired.standby_allowed)
+        if refusal is not None:
+            raise ApiError.refused(refusal)
+        start = writes.nonce()
+        annotations = {ANNOTATION_START: start}
+        if dismiss and state.deployment_error is not None:
+            annotations[ANNOTATION_DISMISS_ERROR] = writes.nonce()
+        # The latest start decides how the pipeline starts: an earlier /pause or /resume (kept in
+        # spec.runtimeDesiredStatus) does not outlive it.
+        await writes.patch(self.ctx, monitor, {"desiredStatus": "Provisioned",
+                                               "initialRuntimeStatus": initial.value,
+                                               "runtimeDesiredStatus": None,
+                                               "bootstrapPolicy": policy.value}, annotations)
+        await writes.settle(monitor, lambda obj, st: st.handled_start is not None and st.handled_start.value == start)
+        refused = _refused(monitor.state.handled_start if monitor.state else None, start)
+        if refused is not None:
+            raise refused
+        return web.json_response("Pipeline is starting", status=202)
+
+    async def stop(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+        force = bool_param(request.query, "force", False)
+        updated = await writes.patch(self.ctx, monitor, {"desiredStatus": "Stopped",
+                                                         "stopMode": "Force" if force else "Graceful"})
+        await writes.settle(monitor, writes.observed(writes.generation(updated)))
+        return web.json_response("Pipeline is forcefully stopping" if force else "Pipeline is stopping", status=202)
+
+    async def clear(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+        refusal = clear_refusal(state)
+        if refusal is not None:
+            raise ApiError.refused(refusal)
+        if state.storage_status.value != "Cleared":
+            value = writes.nonce()
+            await writes.patch(self.ctx, monitor, annotations={ANNOTATION_CLEAR_STORAGE: value})
+            await writes.settle(monitor, lambda obj, st: st.handled_clear_storage is not None
+                                and st.handled_clear_storage.value == value)
+            refused = _refused(monitor.state.handled_clear_storage if monitor.state else None, value)
+            if refused is not None:
+                raise refused
+        return web.json_response("Pipeline storage is being cleared", status=202)
+
+    async def dismiss_error(self, request: web.Request, monitor: PipelineMonitor,
+                            state: PipelineState) -> web.Response:
+        refusal = dismiss_refusal(state)
+        if refusal is not None:
+            raise ApiError.refused(refusal)
+        if state.deployment_error is not None:
+            value = writes.nonce()
+            await writes.patch(self.ctx, monitor, annotations={ANNOTATION_DISMISS_ERROR: value})
+            await writes.settle(monitor, lambda obj, st: st.handled_dismiss_error is not None
+                                and st.handled_dismiss_error.value == value)
+            refused = _refused(monitor.state.handled_dismiss_error if monitor.state else None, value)
+            if refused is not None:
+                raise refused
+        return web.json_response("Pipeline deployment error has been dismissed", status=200)
+
+    # -- forwarded to the pipeline ----------------------------------------------------------------
+
+    async def _forward(self, monitor: PipelineMonitor, state: PipelineState, method: str, path: str,
+                       query: str = "") -> tuple[int, bytes, str]:
+        refusal = interaction_refusal(state, monitor.key.name)
+        if refusal is not None:
+            raise ApiError.refused(refusal)
+        endpoint = self.ctx.backend.endpoint(monitor.key)
+        if endpoint is None:
+            raise ApiError(503, "PipelineMissingDeploymentLocation",
+                           "Unable to interact with pipeline because its deployment location is missing despite "
+                           f"it being fully provisioned (pipeline: '{monitor.key.name}')")
+        answer = await self.ctx.runtime.forward(endpoint, method, path, query)
+        if answer is None:
+            raise ApiError(503, "PipelineInteractionUnreachable",
+                           f"Error sending HTTP request to pipeline: it did not answer. Failed request: {method} "
+                           f"{path} (pipeline: '{monitor.key.name}')")
+        monitor.wake.set()  # Feldera's notify: look at the pipeline again at once
+        return answer
+
+    @staticmethod
+    def _answer(status: int, body: bytes, content_type: str) -> web.Response:
+        return web.Response(status=status, body=body, content_type=content_type or "application/json")
+
+    async def _runtime_desired(self, monitor: PipelineMonitor, state: PipelineState, method: str, path: str,
+                               target: str, query: str = "") -> web.Response:
+        status, body, content_type = await self._forward(monitor, state, method, path, query)
+        if status < 300:
+            # Kept in the spec so that the monitoring loop holds the pipeline there (level-based).
+            await writes.patch(self.ctx, monitor, {"runtimeDesiredStatus": target})
+        return self._answer(status, body, content_type)
+
+    async def pause(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+        return await self._runtime_desired(monitor, state, "GET", "/pause", "Paused")
+
+    async def resume(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+        return await self._runtime_desired(monitor, state, "GET", "/start", "Running")
+
+    async def activate(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+        raw = request.query.get("initial", "running")
+        if raw not in ("running", "paused"):
+            raise ApiError(400, "InvalidActivateStatus",
+                           f"Invalid activation status {raw[:20]} (only running and paused are valid)")
+        return await self._runtime_desired(monitor, state, "POST", "/activate", raw.capitalize(), f"initial={raw}")
+
+    async def approve(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+        flags = _bootstrap_flags(request)
+        return self._answer(*await self._forward(monitor, state, "POST", "/approve", flags))

@@ -1,0 +1,377 @@
+"""Feldera's pipeline shape and pipeline CRUD.
+
+``GET /v0/pipelines[/{name}]`` answer Feldera's ``PipelineSelectedInfo`` for the selectors
+``all`` (the default, as Feldera's) and ``status``. ``POST /v0/pipelines``, ``PUT``, ``PATCH`` and
+``DELETE /v0/pipelines/{name}`` create, replace, modify and delete the Pipeline resource,
+authorised as the caller (``create``/``update``/``patch``/``delete`` on pipelines in the
+namespace) and written with server-side apply as the field manager ``pipeline-operator-api``:
+``kubectl`` and GitOps tools see which fields the API owns, and a change of a field that another
+manager (Argo CD, Flux, kubectl) owns is refused with 409, naming that manager.
+
+Feldera's fields map to the spec: ``program_code`` to ``program.sql``, ``udf_rust`` and
+``udf_toml`` to ``program.udfRust``/``udfToml``, ``runtime_config``, ``program_config``,
+``description`` and ``tags`` to the fields of the same names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..core import resource
+from ..core.lifecycle import PipelineState, delete_refusal, update_refusal
+from ..kube import FieldConflict, Forbidden, Rejected
+from ..models import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    PipelineSpec,
+    PipelineStatus,
+    combined_desired_status,
+    combined_status,
+    format_timestamp,
+)
+from . import writes
+from .errors import ApiError, unknown_pipeline
+
+if TYPE_CHECKING:
+    from .server import ApiServer
+
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME = 63
+# Feldera's request fields -> the spec (camelCase path) and the empty value Feldera fills in.
+FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "program_code": (("program", "sql"), ""),
+    "udf_rust": (("program", "udfRust"), ""),
+    "udf_toml": (("program", "udfToml"), ""),
+    "runtime_config": (("runtimeConfig",), {}),
+    "program_config": (("programConfig",), {}),
+    "description": (("description",), ""),
+    "tags": (("tags",), []),
+}
+METADATA_FIELDS = {"description", "tags"}  # may change at any time (Feldera's client metadata)
+_EMPTY_PROGRAM_ERROR = {"sql_compilation": None, "rust_compilation": None, "system_error": None}
+_SELECTORS = ("all", "status", "status_with_connectors")
+
+
+def _get(spec: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = spec
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def feldera_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """The Feldera fields a spec holds (with Feldera's empty values where it holds none)."""
+    out = {}
+    for field, (path, empty) in FIELDS.items():
+        value = _get(spec, path)
+        out[field] = empty if value is None else value
+    return out
+
+
+def _spec_of(fields: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    for field, value in fields.items():
+        path = FIELDS[field][0]
+        target = spec
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
+    return spec
+
+
+def _since(*stamps: dt.datetime | None, default: str) -> str:
+    known = [s for s in stamps if s is not None]
+    return format_timestamp(max(known)) if known else default
+
+
+def _check_name(name: str) -> None:
+    if len(name) > MAX_NAME or not NAME_RE.match(name):
+        raise ApiError(400, "NameDoesNotMatchPattern",
+                       f"Name '{name[:80]}' is not a valid pipeline name here: a pipeline is a Kubernetes resource, "
+                       f"so its name is at most {MAX_NAME} lower-case letters, digits and '-', starting and ending "
+                       "with a letter or digit", {"name": name[:80], "pattern": NAME_RE.pattern})
+
+
+def _body_fields(raw: Any, *, partial: bool) -> dict[str, Any]:
+    """Feldera's PostPutPipeline (or PatchPipeline with ``partial``), checked field by field."""
+    if not isinstance(raw, dict):
+        raise ApiError(400, "InvalidRequestBody", "The request body must be a JSON object")
+    fields: dict[str, Any] = {}
+    for field, (_, empty) in FIELDS.items():
+        if field not in raw or (raw[field] is None and partial):
+            continue
+        value = raw[field]
+        if value is None:
+            value = empty
+        kind = type(empty)
+        if not isinstance(value, kind) or (kind is list and not all(isinstance(t, str) for t in value)):
+            expected = {str: "a string", dict: "an object", list: "a list of strings"}[kind]
+            raise ApiError(400, "InvalidRequestBody", f"Field '{field}' must be {expected}", {"field": field})
+        fields[field] = value
+    if not partial:
+        if not isinstance(raw.get("program_code"), str):
+            raise ApiError(400, "InvalidRequestBody", "Field 'program_code' is required (a string)",
+                           {"field": "program_code"})
+        for field, (_, empty) in FIELDS.items():
+            fields.setdefault(field, empty)
+    try:
+        PipelineSpec.model_validate(_spec_of(fields))
+    except Exception as exc:  # noqa: BLE001 - a validation error names the field
+        raise ApiError(400, "InvalidRequestBody", f"Invalid pipeline: {str(exc)[:1000]}") from None
+    return fields
+
+
+class Pipelines:
+    def __init__(self, server: "ApiServer") -> None:
+        self.server = server
+        self.ctx = server.ctx
+
+    def routes(self, r: web.UrlDispatcher) -> None:
+        r.add_get("/v0/pipelines", self.list)
+        r.add_post("/v0/pipelines", self.post)
+        r.add_get("/v0/pipelines/{name}", self.get)
+        r.add_put("/v0/pipelines/{name}", self.put)
+        r.add_patch("/v0/pipelines/{name}", self.patch)
+        r.add_delete("/v0/pipelines/{name}", self.delete)
+
+    # -- Feldera's pipeline shape ---------------------------------------------------------------
+
+    async def info(self, obj: dict[str, Any], state: PipelineState | None, selector: str) -> dict[str, Any]:
+        meta = obj.get("metadata") or {}
+        spec = obj.get("spec") or {}
+        status = PipelineStatus.model_validate(obj.get("status") or {})
+        state = state or resource.from_status(status)
+        created = meta.get("creationTimestamp") or format_timestamp(dt.datetime.now(dt.timezone.utc))
+        fields = feldera_fields(spec)
+        error = state.deployment_error
+        try:
+            refresh = int(meta.get("resourceVersion") or 0)
+        except ValueError:
+            refresh = int(meta.get("generation") or 1)
+        info: dict[str, Any] = {
+            "id": meta.get("uid"), "name": meta.get("name"),
+            "description": fields["description"], "tags": fields["tags"],
+            "created_at": created, "version": int(meta.get("generation") or 1),
+            "platform_version": package_version("pipeline-operator"),
+        }
+        if selector == "all":
+            info |= {k: fields[k] for k in ("runtime_config", "program_code", "udf_rust", "udf_toml")}
+        info |= {
+            "program_config": fields["program_config"],
+            "program_version": state.program_version or 1,
+            "program_status": state.program_status.value,
+            "program_status_since": _since(state.program_status_since, default=created),
+        }
+        if selector == "all":
+            info["program_error"] = state.program_error or _EMPTY_PROGRAM_ERROR
+            info["program_info"] = await self._program_info(state)
+        info |= {
+            "deployment_error": None if error is None else error.model_dump(mode="json"),
+            "refresh_version": refresh,
+            "storage_status": state.storage_status.value,
+            "storage_status_details": state.storage_status_details,
+            "deployment_id": None,
+            "deployment_initial": state.deployment_initial.value if state.deployment_initial else None,
+            "deployment_status": combined_status(state.resources_status, state.runtime_status).value,
+            "deployment_status_since": _since(state.resources_status_since, state.runtime_status_since,
+                                              default=created),
+            "deployment_desired_status": combined_desired_status(
+                state.resources_desired_status, state.runtime_desired_status, state.deployment_initial).value,
+            "deployment_desired_status_since": _since(state.resources_desired_status_since,
+                                                      state.runtime_desired_status_since, default=created),
+            "deployment_resources_status": state.resources_status.value,
+        }
+        if selector == "all":
+            info["deployment_resources_status_details"] = state.resources_status_details
+        info |= {
+            "deployment_resources_status_since": _since(state.resources_status_since, default=created),
+            "deployment_resources_desired_status": state.resources_desired_status.value,
+            "deployment_resources_desired_status_since": _since(state.resources_desired_status_since,
+                                                                default=created),
+            "deployment_runtime_status": state.runtime_status.value if state.runtime_status else None,
+            "deployment_runtime_status_details": state.runtime_status_details,
+            "deployment_runtime_status_since": format_timestamp(state.runtime_status_since)
+            if state.runtime_status_since and state.runtime_status else None,
+            "deployment_runtime_desired_status": state.runtime_desired_status.value
+            if state.runtime_desired_status else None,
+            "deployment_runtime_desired_status_since": format_timestamp(state.runtime_desired_status_since)
+            if state.runtime_desired_status_since and state.runtime_desired_status else None,
+            "bootstrap_policy": state.bootstrap_policy.feldera if state.bootstrap_policy else None,
+        }
+        if selector == "status_with_connectors":
+            info["connectors"] = None
+        return info
+
+    async def _program_info(self, state: PipelineState) -> Any:
+        if state.program_status.value != "Success" or not state.program_digest:
+            return None
+        artifact = await asyncio.to_thread(self.ctx.compiler.artifact, state.program_digest)
+        return (artifact or {}).get("program_info")
+
+    @staticmethod
+    def _selector(request: web.Request) -> str:
+        selector = request.query.get("selector", "all")
+        if selector not in _SELECTORS:
+            raise ApiError(400, "InvalidSelector", f"Invalid selector '{selector[:50]}': expected one of "
+                                                   f"{', '.join(_SELECTORS)}", {"selector": selector[:50]})
+        return selector
+
+    async def _answer(self, obj: dict[str, Any], state: PipelineState | None, status: int = 200,
+                      selector: str = "all") -> web.Response:
+        return web.json_response(await self.info(obj, state, selector), status=status,
+                                 headers={"Cache-Control": "no-cache"})
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    async def list(self, request: web.Request) -> web.Response:
+        namespace = self.server.namespace(request)
+        await self.server.authorize(request, "list", namespace)
+        selector = self._selector(request)
+        found = [m for (ns, _), m in sorted(self.ctx.monitors.items()) if ns == namespace and m.obj is not None]
+        return web.json_response([await self.info(m.obj, m.state, selector) for m in found if m.obj is not None],
+                                 headers={"Cache-Control": "no-cache"})
+
+    async def get(self, request: web.Request) -> web.Response:
+        monitor = await self.server.pipeline(request, "get")
+        assert monitor.obj is not None
+        return await self._answer(monitor.obj, monitor.state, selector=self._selector(request))
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    async def _body(self, request: web.Request, partial: bool) -> tuple[dict[str, Any], Any]:
+        try:
+            raw = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "InvalidRequestBody", "The request body is not valid JSON") from None
+        return _body_fields(raw, partial=partial), raw
+
+    async def _current(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.ctx.kube.get_pipeline(namespace, name)
+        except Forbidden as exc:
+            raise ApiError(503, "OperatorForbidden", str(exc)) from exc
+
+    def _state(self, namespace: str, name: str, obj: dict[str, Any]) -> PipelineState:
+        monitor = self.ctx.monitors.get((namespace, name))
+        if monitor is not None and monitor.state is not None:
+            return monitor.state
+        return resource.from_status(PipelineStatus.model_validate(obj.get("status") or {}))
+
+    async def _apply(self, namespace: str, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
+                "metadata": {"name": name, "namespace": namespace}, "spec": _spec_of(fields)}
+        try:
+            return await self.ctx.kube.apply_pipeline(namespace, name, body, writes.FIELD_MANAGER)
+        except FieldConflict as exc:
+            owners = sorted({m for _, m in exc.conflicts})
+            raise ApiError(
+                409, "FieldManagerConflict",
+                f"Cannot change pipeline '{name}': {', '.join(f for f, _ in exc.conflicts)} "
+                f"{'is' if len(exc.conflicts) == 1 else 'are'} managed by {', '.join(repr(o) for o in owners)} "
+                "(a GitOps tool or kubectl). Change the pipeline where it is declared, or remove the field there "
+                "first.", {"pipeline_name": name, "conflicts": [{"field": f, "manager": m}
+                                                                 for f, m in exc.conflicts]}) from exc
+        except Rejected as exc:
+            if exc.status == 404:
+                raise ApiError(404, "UnknownTenant", f"Namespace '{namespace}' does not exist: {exc}",
+                               {"tenant": namespace}) from exc
+            raise ApiError(400, "InvalidRequestBody", f"The pipeline is not valid: {exc}") from exc
+        except Forbidden as exc:
+            raise ApiError(503, "OperatorForbidden", str(exc)) from exc
+
+    async def _settled(self, namespace: str, name: str, obj: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                                         PipelineState | None]:
+        """Wait until the monitoring loop has seen this generation (a new pipeline's loop starts
+        first), so that the SDK's next read shows the new program's status, not the old one's."""
+        gen = writes.generation(obj)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + writes.SETTLE_SECONDS
+        monitor = self.ctx.monitors.get((namespace, name))
+        while monitor is None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            monitor = self.ctx.monitors.get((namespace, name))
+        if monitor is None:
+            return obj, None
+        monitor.see(obj)
+        await writes.settle(monitor, writes.observed(gen), max(0.1, deadline - loop.time()))
+        return monitor.obj or obj, monitor.state
+
+    async def _write(self, request: web.Request, *, create: bool, replace: bool) -> web.Response:
+        namespace = self.server.namespace(request)
+        name = request.match_info.get("name")
+        fields, raw = await self._body(request, partial=not replace)
+        if name is None:  # POST /v0/pipelines names the pipeline in the body
+            name = raw.get("name") if isinstance(raw.get("name"), str) else None
+            if name is None:
+                raise ApiError(400, "InvalidRequestBody", "Field 'name' is required (a string)", {"field": "name"})
+        elif isinstance(raw.get("name"), str) and raw["name"] != name:
+            raise ApiError(400, "CannotRenamePipeline",
+                           f"Cannot rename pipeline '{name}' to '{raw['name'][:80]}': a Pipeline is a Kubernetes "
+                           "resource, whose name cannot change; create a new one and delete this one",
+                           {"pipeline_name": name})
+        _check_name(name)
+        existing = await self._current(namespace, name)
+        if create and not replace:
+            await self.server.authorize(request, "create", namespace)
+            if existing is not None:
+                raise ApiError(409, "DuplicateName", "An entity with this name already exists",
+                               {"pipeline_name": name})
+        elif replace:  # a user learns whether the pipeline exists only if they may create or update it
+            await self.server.authorize(request, "update" if existing is not None else "create", namespace)
+        else:
+            await self.server.authorize(request, "patch", namespace)
+            if existing is None:
+                raise unknown_pipeline(name)
+        if existing is not None:
+            current = feldera_fields(existing.get("spec") or {})
+            merged = {**current, **fields}
+            changed = {f for f in FIELDS if merged[f] != current[f]}
+            if changed - METADATA_FIELDS:
+                refusal = update_refusal(self._state(namespace, name, existing))
+                if refusal is not None:
+                    raise ApiError.refused(refusal)
+            fields = merged
+        obj = await self._apply(namespace, name, fields)
+        obj, state = await self._settled(namespace, name, obj)
+        return await self._answer(obj, state, status=201 if existing is None else 200)
+
+    async def post(self, request: web.Request) -> web.Response:
+        return await self._write(request, create=True, replace=False)
+
+    async def put(self, request: web.Request) -> web.Response:
+        return await self._write(request, create=True, replace=True)
+
+    async def patch(self, request: web.Request) -> web.Response:
+        return await self._write(request, create=False, replace=False)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        namespace = self.server.namespace(request)
+        name = request.match_info["name"]
+        await self.server.authorize(request, "delete", namespace)
+        if len(name) > MAX_NAME or not NAME_RE.match(name):
+            raise unknown_pipeline(name)
+        existing = await self._current(namespace, name)
+        if existing is None:
+            raise unknown_pipeline(name)
+        refusal = delete_refusal(self._state(namespace, name, existing))
+        if refusal is not None:
+            raise ApiError.refused(refusal)
+        try:
+            await self.ctx.kube.delete_pipeline(namespace, name)
+        except Forbidden as exc:
+            raise ApiError(503, "OperatorForbidden", str(exc)) from exc
+        # Feldera deletes synchronously: wait until the operator's finalizer has released it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60.0
+        while loop.time() < deadline and await self._current(namespace, name) is not None:
+            await asyncio.sleep(0.2)
+        return web.Response(status=200)
+
+

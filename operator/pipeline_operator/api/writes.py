@@ -1,0 +1,60 @@
+"""How the HTTP API changes a Pipeline: as its own field manager, then waits for the operator's
+monitoring loop to have acted on the change, so that the answer (and the next read) reflects it,
+as Feldera's synchronous database writes do."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..core.lifecycle import PipelineState
+from ..kube import Forbidden
+from ..reconciler import PipelineMonitor
+from .errors import ApiError, unknown_pipeline
+
+if TYPE_CHECKING:
+    from ..reconciler import Context
+
+FIELD_MANAGER = "pipeline-operator-api"
+# How long an answer waits for the monitoring loop to act on a change (it is woken at once; this
+# bounds a loaded or restarting operator). After it, the change stands and the answer says so.
+SETTLE_SECONDS = 20.0
+
+
+def nonce() -> str:
+    """A new value for a one-shot annotation."""
+    return uuid.uuid4().hex
+
+
+async def patch(ctx: "Context", monitor: PipelineMonitor, spec: dict[str, Any] | None = None,
+                annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """A merge patch of the Pipeline's spec and annotations; the loop gets the new object at once."""
+    body: dict[str, Any] = {}
+    if spec:
+        body["spec"] = spec
+    if annotations:
+        body["metadata"] = {"annotations": annotations}
+    try:
+        updated = await ctx.kube.merge_patch_pipeline(monitor.key.namespace, monitor.key.name, body, FIELD_MANAGER)
+    except Forbidden as exc:
+        raise ApiError(503, "OperatorForbidden", f"The operator may not change the pipeline: {exc}") from exc
+    if updated is None:
+        raise unknown_pipeline(monitor.key.name)
+    monitor.see(updated)
+    monitor.wake.set()
+    return updated
+
+
+def generation(obj: dict[str, Any]) -> int:
+    return int((obj.get("metadata") or {}).get("generation") or 1)
+
+
+async def settle(monitor: PipelineMonitor, predicate: Callable[[dict[str, Any], PipelineState], bool],
+                 timeout: float = SETTLE_SECONDS) -> bool:
+    return await monitor.wait_until(predicate, timeout)
+
+
+def observed(gen: int) -> Callable[[dict[str, Any], PipelineState], bool]:
+    """The loop has decided from generation ``gen`` (or newer)."""
+    return lambda obj, state: (state.observed_generation or 0) >= gen

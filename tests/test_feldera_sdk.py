@@ -1,0 +1,291 @@
+"""Users' scripts: the unmodified Feldera SDK, in the sequences its users write, against the real
+API server and real pipeline processes. Every refusal is checked for Feldera's HTTP status and
+``error_code``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from feldera import FelderaClient, PipelineBuilder
+from feldera.enums import BootstrapPolicy, PipelineFieldSelector, PipelineStatus
+from feldera.rest.errors import FelderaAPIError
+from feldera.rest.retry import RetryConfig
+from feldera.runtime_config import RuntimeConfig
+
+from .operator_harness import wait_for
+from .test_api import call, grant, schema_validator_for_info
+from .test_operator_lifecycle import SQL
+
+pytestmark = pytest.mark.apiserver
+
+SQL_V2 = SQL + "\nCREATE VIEW big AS SELECT id FROM orders WHERE amount > 100;"
+
+
+@pytest.fixture
+def sdk(operators, cluster, namespace):
+    """An operator, and Feldera's SDK as alice, who may do everything with pipelines in the namespace."""
+    op = operators(namespace)
+    grant(cluster, namespace, "alice", "get,list,watch,create,update,patch,delete")
+    wait_for("the API", lambda: _ready(op.api_url), 30, operator=op)
+    token = cluster.plane.users["alice"].token
+    client = FelderaClient(op.api_url, api_key=token, tenant=namespace, timeout=60,
+                           retry_config=RetryConfig(max_retries=0))
+    client.operator = op  # type: ignore[attr-defined]
+    return client
+
+
+def refusal(fn, *args, **kwargs) -> tuple[int, str]:
+    with pytest.raises(FelderaAPIError) as err:
+        fn(*args, **kwargs)
+    return err.value.status_code, err.value.error_code
+
+
+def status(client: FelderaClient, name: str):
+    return client.get_pipeline(name, PipelineFieldSelector.STATUS)
+
+
+def compiled(client: FelderaClient, name: str) -> bool:
+    """The operator has seen the pipeline (created with kubectl) and compiled its program."""
+    try:
+        return status(client, name).program_status == "Success"
+    except FelderaAPIError as err:
+        if err.status_code == 404:  # not seen by the operator yet
+            return False
+        raise
+
+
+def crash(client: FelderaClient, name: str) -> None:
+    """Kill the pipeline's process (SIGKILL) and wait for the operator to stop it with an error."""
+    op = client.operator  # type: ignore[attr-defined]
+    uid = status(client, name).id
+    pids = op.pipeline_processes(uid)
+    assert pids, "the pipeline process should be running"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    wait_for("the crash to stop the pipeline with an error",
+             lambda: (p := status(client, name)).deployment_status == "Stopped" and p.deployment_error,
+             60, operator=op)
+
+
+def test_create_start_pause_stop_start_runs_again(sdk, kstatus, namespace):
+    pipeline = PipelineBuilder(sdk, "orders", sql=SQL).create_or_replace()
+    kstatus.track(namespace, "orders")
+    assert [t.name for t in pipeline.tables()] == ["orders"]
+    assert "total" in [v.name for v in pipeline.views()]
+    pipeline.start(timeout_s=60)
+    assert pipeline.status() is PipelineStatus.RUNNING
+    pipeline.pause(timeout_s=30)
+    assert pipeline.status() is PipelineStatus.PAUSED
+    pipeline.stop(force=True, timeout_s=60)
+    # The earlier pause does not outlive the stop: the latest start decides (Feldera's /start).
+    pipeline.start(timeout_s=60)
+    assert pipeline.status() is PipelineStatus.RUNNING
+    pipeline.stop(force=True, timeout_s=60)
+    pipeline.start_paused(timeout_s=60)
+    assert pipeline.status() is PipelineStatus.PAUSED
+    pipeline.resume(timeout_s=30)
+    assert pipeline.status() is PipelineStatus.RUNNING
+    pipeline.stop(force=True, timeout_s=60)
+    sdk.start_pipeline_as_paused("orders", timeout_s=60)  # after a resume, too
+    assert pipeline.status() is PipelineStatus.PAUSED
+    info = sdk.get_pipeline("orders", PipelineFieldSelector.ALL)
+    assert info.program_code == SQL and info.program_info["schema"]["inputs"][0]["name"] == "orders"
+
+
+def test_a_crashed_pipeline_starts_again_with_start_pipeline(sdk, kstatus, namespace):
+    PipelineBuilder(sdk, "crashy", sql=SQL).create_or_replace()
+    kstatus.track(namespace, "crashy")
+    sdk.start_pipeline("crashy", timeout_s=60)
+    crash(sdk, "crashy")
+    p = status(sdk, "crashy")
+    assert p.deployment_desired_status == "Stopped" and p.deployment_error["error_code"] == "RunnerCheckError"
+    # start with the error undismissed is refused, as Feldera refuses it ...
+    assert refusal(sdk.start_pipeline, "crashy", dismiss_error=False, wait=False) == \
+        (400, "CannotStartWithUndismissedError")
+    # ... and the SDK's own sequence (dismiss_error, then start?dismiss_error=false) works.
+    assert sdk.start_pipeline("crashy", timeout_s=60) is PipelineStatus.RUNNING
+
+
+def test_dismissing_the_error_of_a_crashed_pipeline_starts_nothing(sdk, kstatus, namespace, pipelines):
+    PipelineBuilder(sdk, "stays", sql=SQL).create_or_replace()
+    kstatus.track(namespace, "stays")
+    sdk.start_pipeline("stays", timeout_s=60)
+    crash(sdk, "stays")
+    sdk.dismiss_error_pipeline("stays")
+    p = status(sdk, "stays")  # /dismiss_error answers once the error is gone
+    assert p.deployment_error is None and p.deployment_status == "Stopped"
+    # The operator is alive and looking: a later change is acted on, and the pipeline is still Stopped.
+    sdk.patch_pipeline("stays", description="still stopped")
+    assert status(sdk, "stays").description == "still stopped"
+    p = status(sdk, "stays")
+    assert (p.deployment_status, p.deployment_desired_status) == ("Stopped", "Stopped")
+    stalled = {c["type"]: c for c in pipelines.status("stays")["conditions"]}["Stalled"]
+    assert (stalled["status"], stalled["reason"]) == ("True", "StoppedBySystem")
+
+
+def test_refusals_answer_feldera_status_and_error_code(sdk, kstatus, namespace, pipelines, cluster):
+    PipelineBuilder(sdk, "guarded", sql=SQL).create_or_replace()
+    kstatus.track(namespace, "guarded")
+    assert refusal(sdk.pause_pipeline, "guarded") == (503, "PipelineInteractionNotDeployed")
+    sdk.start_pipeline("guarded", timeout_s=60)
+    assert refusal(sdk.start_pipeline_as_paused, "guarded", wait=False) == (400, "InitialImmutableUnlessStopped")
+    assert refusal(sdk.start_pipeline, "guarded", bootstrap_policy=BootstrapPolicy.REJECT, wait=False) == \
+        (400, "BootstrapPolicyImmutableUnlessStopped")
+    assert refusal(sdk.clear_storage, "guarded") == (400, "StorageStatusImmutableUnlessStopped")
+    assert refusal(sdk.delete_pipeline, "guarded") == (400, "DeleteRestrictedToFullyStopped")
+    assert refusal(sdk.patch_pipeline, "guarded", sql=SQL_V2) == (400, "UpdateRestrictedToStopped")
+    assert refusal(sdk.approve_pipeline, "guarded", silent_bootstrap=True, concurrent_bootstrap=True) == \
+        (400, "InvalidBootstrapConfig")
+    # A pipeline whose /status answers 503 is Unavailable: actions forwarded to it answer 503 too.
+    endpoint = f"http://127.0.0.1:{_port(sdk, 'guarded')}"
+    call(f"{endpoint}/debug/fail?mode=unavailable", method="POST")
+    wait_for("Unavailable", lambda: status(sdk, "guarded").deployment_status == "Unavailable", 30)
+    assert status(sdk, "guarded").deployment_runtime_desired_status == "Unavailable"
+    for action in (sdk.pause_pipeline, sdk.resume_pipeline, sdk.approve_pipeline, sdk.activate_pipeline):
+        assert refusal(action, "guarded") == (503, "PipelineUnavailable"), action
+    call(f"{endpoint}/debug/fail?mode=available", method="POST")
+    wait_for("Running again", lambda: status(sdk, "guarded").deployment_status == "Running", 30)
+    sdk.stop_pipeline("guarded", force=True, timeout_s=60)
+    assert refusal(sdk.delete_pipeline, "guarded") == (400, "DeleteRestrictedToClearedStorage")
+    assert refusal(sdk.start_pipeline_as_standby, "guarded", wait=False) == (400, "InitialStandbyNotAllowed")
+    # A program that does not compile.
+    sdk.patch_pipeline("guarded", sql="CREATE TABLE broken (x INT")
+    wait_for("SqlError", lambda: status(sdk, "guarded").program_status == "SqlError", 30)
+    assert refusal(sdk.start_pipeline, "guarded", wait=False) == (400, "CannotStartWithCompilationError")
+    # The raw API, for what the SDK does not send.
+    token, url = cluster.plane.users["alice"].token, f"{sdk.config.url}/v0/pipelines/guarded"
+    assert _code(call(f"{url}/start?initial=sideways", token, namespace, "POST")) == (405, "UnsupportedPipelineAction")
+    assert _code(call(f"{url}/start?bootstrap_policy=maybe", token, namespace, "POST"))[0] == 400
+
+
+def test_start_while_stopping_after_a_fatal_error_is_illegal(sdk, kstatus, namespace, pipelines, cluster):
+    # A pipeline that takes a few seconds to stop, created as users of kubectl do (env in the spec).
+    pipelines.create("slow", {"program": {"sql": SQL}, "deployment": {"env": [
+        {"name": "PIPELINE_STOP_DELAY_SECONDS", "value": "4"}]}})
+    kstatus.track(namespace, "slow")
+    wait_for("compiled", lambda: compiled(sdk, "slow"), 30)
+    sdk.start_pipeline("slow", timeout_s=60)
+    call(f"http://127.0.0.1:{_port(sdk, 'slow')}/debug/fail?mode=panic", method="POST")
+    wait_for("Stopping", lambda: status(sdk, "slow").deployment_status == "Stopping", 30)
+    # Feldera checks IllegalPipelineAction first (the SDK's default start dismisses first, which is refused).
+    assert refusal(sdk.start_pipeline, "slow", wait=False, dismiss_error=False) == (400, "IllegalPipelineAction")
+    assert refusal(sdk.start_pipeline, "slow", wait=False) == (400, "DismissErrorRestrictedToFullyStopped")
+    assert refusal(sdk.dismiss_error_pipeline, "slow") == (400, "DismissErrorRestrictedToFullyStopped")
+    wait_for("Stopped", lambda: status(sdk, "slow").deployment_status == "Stopped", 30)
+    p = status(sdk, "slow")
+    assert p.deployment_error["error_code"] == "WorkerPanic" and p.deployment_desired_status == "Stopped"
+    # The refused start was not carried out later.
+    sdk.patch_pipeline("slow", description="looked again")
+    assert status(sdk, "slow").deployment_status == "Stopped"
+    # Clearing storage of a Stopped pipeline with a latched error is allowed, as in Feldera.
+    sdk.clear_storage("slow", timeout_s=30)
+    assert status(sdk, "slow").storage_status == "Cleared"
+
+
+def test_standby_then_activate(sdk, kstatus, namespace):
+    synced = RuntimeConfig.from_dict({"storage": {"backend": {"name": "file", "config": {
+        "sync": {"bucket": "s3://pipelines/standby", "provider": "Minio"}}}}})
+    PipelineBuilder(sdk, "standby", sql=SQL, runtime_config=synced).create_or_replace()
+    kstatus.track(namespace, "standby")
+    sdk.start_pipeline_as_standby("standby", wait=False)
+    wait_for("Standby", lambda: status(sdk, "standby").deployment_status == "Standby", 60)
+    assert sdk.activate_pipeline("standby", timeout_s=60) is PipelineStatus.RUNNING
+    # Activating a running pipeline is a no-op that answers at once, as Feldera's.
+    assert sdk.activate_pipeline("standby", timeout_s=10) is PipelineStatus.RUNNING
+
+
+def test_bootstrap_policy_on_start_and_approval(sdk, kstatus, namespace):
+    pipeline = PipelineBuilder(sdk, "evolve", sql=SQL).create_or_replace()
+    kstatus.track(namespace, "evolve")
+    pipeline.start(timeout_s=60)
+    pipeline.stop(force=False, timeout_s=60)  # a checkpoint of the first program
+    sdk.patch_pipeline("evolve", sql=SQL_V2)
+    sdk._wait_for_compilation("evolve", timeout_s=60)
+    # await_approval (Feldera's default): the pipeline waits for an approval.
+    assert sdk.start_pipeline("evolve", timeout_s=60) is PipelineStatus.AWAITINGAPPROVAL
+    assert status(sdk, "evolve").deployment_runtime_status_details["approval_diff"]
+    sdk.approve_pipeline("evolve")
+    pipeline.wait_for_status(PipelineStatus.RUNNING, timeout=60)
+    pipeline.stop(force=False, timeout_s=60)  # a checkpoint of the second program
+    sdk.patch_pipeline("evolve", sql=SQL)
+    sdk._wait_for_compilation("evolve", timeout_s=60)
+    # reject: the start fails with the pipeline's BootstrapRejected, and the system stops it.
+    with pytest.raises(RuntimeError):
+        pipeline.start(bootstrap_policy=BootstrapPolicy.REJECT, timeout_s=60)
+    assert status(sdk, "evolve").deployment_error["error_code"] == "BootstrapRejected"
+    # allow: it bootstraps without waiting.
+    assert sdk.start_pipeline("evolve", bootstrap_policy=BootstrapPolicy.ALLOW, timeout_s=60) is \
+        PipelineStatus.RUNNING
+
+
+def test_pipeline_crud_through_the_api(sdk, kstatus, namespace, cluster, pipelines):
+    created = sdk.create_pipeline(_inner("crud", SQL), wait=True)
+    assert created.program_status == "Success"  # (not tracked by kstatus: the test deletes it)
+    full = call(f"{sdk.config.url}/v0/pipelines/crud", cluster.plane.users["alice"].token, namespace)[1]
+    schema_validator_for_info().validate(full)
+    for selector in ("status", "all"):
+        listed = call(f"{sdk.config.url}/v0/pipelines?selector={selector}", cluster.plane.users["alice"].token,
+                      namespace)[1]
+        for item in listed:
+            schema_validator_for_info().validate(item)
+    assert ("program_code" in listed[0]) and ("program_code" not in call(
+        f"{sdk.config.url}/v0/pipelines?selector=status", cluster.plane.users["alice"].token, namespace)[1][0])
+    assert refusal(sdk.create_pipeline, _inner("crud", SQL)) == (409, "DuplicateName")
+    assert refusal(sdk.create_pipeline, _inner("Bad_Name", SQL)) == (400, "NameDoesNotMatchPattern")
+    sdk.patch_pipeline("crud", sql=SQL_V2, description="two views")
+    after = sdk._wait_for_compilation("crud", timeout_s=60)
+    assert after.program_code == SQL_V2 and after.description == "two views" and after.program_version == 2
+    assert sorted(v.name for v in after.views) == sorted(["error_view", "total", "big"])
+    managed = json.loads(cluster.kubectl("get", "pipeline", "crud", "-n", namespace, "-o", "json",
+                                         "--show-managed-fields").stdout)["metadata"]["managedFields"]
+    api = [m for m in managed if m["manager"] == "pipeline-operator-api" and m["operation"] == "Apply"]
+    assert api and "f:sql" in json.dumps(api[0]["fieldsV1"])
+    sdk.delete_pipeline("crud")
+    assert refusal(sdk.get_pipeline, "crud", PipelineFieldSelector.STATUS) == (404, "UnknownPipelineName")
+    assert json.loads(cluster.kubectl("get", "pipelines", "-n", namespace, "-o", "json").stdout)["items"] == []
+
+
+def test_put_does_not_overwrite_a_field_another_manager_owns(sdk, kstatus, namespace, pipelines, cluster):
+    # Declared with kubectl apply (as GitOps tools do): kubectl owns spec.program.sql.
+    manifest = {"apiVersion": "dataflow.dev/v1alpha1", "kind": "Pipeline",
+                "metadata": {"name": "gitops", "namespace": namespace}, "spec": {"program": {"sql": SQL}}}
+    cluster.kubectl("apply", "--server-side", "--field-manager=argocd-controller", "-f", "-",
+                    input=json.dumps(manifest))
+    kstatus.track(namespace, "gitops")
+    wait_for("compiled", lambda: compiled(sdk, "gitops"), 30)
+    with pytest.raises(FelderaAPIError) as err:
+        PipelineBuilder(sdk, "gitops", sql=SQL_V2).create_or_replace()
+    assert (err.value.status_code, err.value.error_code) == (409, "FieldManagerConflict")
+    assert "argocd-controller" in err.value.message
+    assert pipelines.get("gitops")["spec"]["program"]["sql"] == SQL
+    # The same program (no change of that field) is accepted.
+    PipelineBuilder(sdk, "gitops", sql=SQL).create_or_replace()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return call(f"{url}/readyz")[0] == 200
+    except OSError:
+        return False
+
+
+def _inner(name: str, sql: str):
+    from feldera.rest.pipeline import Pipeline as InnerPipeline
+    return InnerPipeline(name, sql=sql, udf_rust="", udf_toml="", program_config={}, runtime_config={})
+
+
+def _code(answer: tuple[int, dict]) -> tuple[int, str]:
+    return answer[0], answer[1].get("error_code")
+
+
+def _port(client: FelderaClient, name: str) -> int:
+    """The pipeline process's port (the local backend writes it next to the process record)."""
+    op = client.operator  # type: ignore[attr-defined]
+    uid = status(client, name).id
+    ports = list((op.state_dir / "pipelines").glob(f"*{uid}/port"))
+    assert ports, f"no port file for {name}"
+    return int(ports[0].read_text())
+
