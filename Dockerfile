@@ -3,7 +3,10 @@
 #
 #   docker build -t ghcr.io/pipeline-operator/pipeline-operator:0.1.0 .
 
-# --- build: a wheel of the project and of every dependency -----------------------------------
+# --- build: a wheel of the project and of every runtime dependency ---------------------------
+# No extras: the `dev` extra (cryptography and PyYAML, for the local control plane and the demo in
+# pipeline_operator_dev) is not the operator's. cryptography stays out of the image; PyYAML comes in
+# only as a dependency of kopf and kubernetes.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -20,6 +20,8 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/pipeline-operator demo $(DEMO_ARGS)
 
+# The test extra includes the dev extra (pipeline_operator_dev: the control plane and the demo);
+# the operator alone, as in the image, is `pip install .` and has neither.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[test]'

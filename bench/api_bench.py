@@ -29,11 +29,11 @@ from pathlib import Path
 
 import kubernetes
 
-from pipeline_operator import controlplane
-from pipeline_operator.backends import PipelineKey
+from pipeline_operator.identity import PipelineKey
 from pipeline_operator.core.emission import UuidV7, make_event
 from pipeline_operator.models import EventStatus, ProgramStatus, ResourcesDesiredStatus, ResourcesStatus, StorageStatus
 from pipeline_operator.store import EventStore
+from pipeline_operator_dev import controlplane
 
 REPO = Path(__file__).resolve().parent.parent
 SQL = "CREATE TABLE t (x INT);"
@@ -81,7 +81,7 @@ def main() -> None:
     binaries = controlplane.ensure_binaries()
     with controlplane.ControlPlane(binaries) as plane, tempfile.TemporaryDirectory() as td:
         plane.kubectl("apply", "-f", str(REPO / "crds" / "pipelines.dataflow.dev.yaml"))
-        plane.kubectl("wait", "--for=condition=Established", "crd/pipelines.dataflow.dev")
+        controlplane.wait_established(plane.kubectl)
         ns = "bench"
         plane.kubectl("create", "namespace", ns)
         plane.kubectl("create", "role", "reader", "-n", ns, "--verb=get,list", "--resource=pipelines.dataflow.dev")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import kubernetes
 
-from pipeline_operator import controlplane
+from pipeline_operator_dev import controlplane
 
 REPO = Path(__file__).resolve().parent.parent
 SQL = "CREATE TABLE t (x INT); CREATE VIEW v AS SELECT x FROM t;"
@@ -75,7 +75,7 @@ def main() -> None:
     with controlplane.ControlPlane(binaries) as plane, tempfile.TemporaryDirectory() as td:
         kubectl = lambda *a, **kw: plane.kubectl(*a, **kw)  # noqa: E731
         kubectl("apply", "-f", str(REPO / "crds" / "pipelines.dataflow.dev.yaml"))
-        kubectl("wait", "--for=condition=Established", "crd/pipelines.dataflow.dev")
+        controlplane.wait_established(kubectl)
         kubectl("create", "namespace", "bench")
         env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
         log = open(Path(td) / "operator.log", "w")

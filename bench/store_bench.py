@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline_operator.backends import PipelineKey
+from pipeline_operator.identity import PipelineKey
 from pipeline_operator.core.emission import UuidV7, make_event
 from pipeline_operator.models import (EventStatus, ProgramStatus, ResourcesDesiredStatus, ResourcesStatus,
                                       RuntimeDesiredStatus, RuntimeStatus, StorageStatus)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_operator import controlplane
 from pipeline_operator.crd import DEFAULT_PATH
+from pipeline_operator_dev import controlplane
 
 from .kstatus import KStatusTracker
 
@@ -65,8 +65,7 @@ def cluster(binaries: controlplane.Binaries) -> Iterator[Cluster]:
 def crd_installed(cluster: Cluster) -> Cluster:
     """The generated CRD, applied and Established."""
     cluster.kubectl("apply", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/pipelines.dataflow.dev")
+    controlplane.wait_established(cluster.kubectl)
     return cluster
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_operator import controlplane
+from pipeline_operator_dev import controlplane
 
 from .conftest import Cluster
 
 
+@pytest.mark.apiserver
 def test_cached_binaries_are_reused_without_building(binaries, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("a cached binary was built again")
@@ -25,6 +26,7 @@ def test_cached_binaries_are_reused_without_building(binaries, monkeypatch):
     assert controlplane.ensure_binaries() == binaries
 
 
+@pytest.mark.apiserver
 def test_kubebuilder_assets_folder_is_used_first(binaries, tmp_path, monkeypatch):
     for name, path in binaries.as_dict().items():
         (tmp_path / Path(path).name).symlink_to(path)
@@ -33,6 +35,7 @@ def test_kubebuilder_assets_folder_is_used_first(binaries, tmp_path, monkeypatch
     assert found.kube_apiserver == tmp_path / "kube-apiserver" and found.etcd == tmp_path / "etcd"
 
 
+@pytest.mark.apiserver
 def test_binaries_report_the_pinned_versions(binaries):
     out = subprocess.run([str(binaries.kube_apiserver), "--version"], capture_output=True, text=True).stdout
     assert out.strip() == f"Kubernetes v{controlplane.K8S_VERSION}"
@@ -41,6 +44,7 @@ def test_binaries_report_the_pinned_versions(binaries):
     assert "v3." in subprocess.run([str(binaries.helm), "version", "--short"], capture_output=True, text=True).stdout
 
 
+@pytest.mark.apiserver
 def test_control_plane_starts_and_stops_without_leftover_processes(binaries):
     plane = controlplane.ControlPlane(binaries)
     plane.start()
@@ -56,6 +60,7 @@ def test_control_plane_starts_and_stops_without_leftover_processes(binaries):
     assert not workdir.exists()
 
 
+@pytest.mark.apiserver
 def test_token_users_authenticate_and_rbac_applies(cluster: Cluster):
     assert cluster.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout == "admin"
     alice = cluster.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}", user="alice")
@@ -69,6 +74,7 @@ def test_token_users_authenticate_and_rbac_applies(cluster: Cluster):
     assert res.returncode != 0 and "Unauthorized" in res.stderr
 
 
+@pytest.mark.apiserver
 def test_service_account_tokens_can_be_issued(cluster: Cluster, namespace: str):
     """TokenRequest works on this control plane, so the operator can run with its own RBAC."""
     cluster.kubectl("create", "serviceaccount", "op", "-n", namespace)
@@ -81,6 +87,7 @@ def test_service_account_tokens_can_be_issued(cluster: Cluster, namespace: str):
     assert who.stdout == f"system:serviceaccount:{namespace}:op"
 
 
+@pytest.mark.apiserver
 def test_fetch_command_prints_where_the_binaries_are(binaries):
     env = {k: v for k, v in os.environ.items() if k != "KUBEBUILDER_ASSETS"}
     res = subprocess.run([sys.executable, "-m", "pipeline_operator.cli", "control-plane", "fetch"],
@@ -90,6 +97,7 @@ def test_fetch_command_prints_where_the_binaries_are(binaries):
     assert rows["kube_apiserver"] == str(binaries.kube_apiserver)
 
 
+@pytest.mark.apiserver
 @pytest.mark.parametrize("name", ["etcd", "kube-apiserver"])
 def test_a_failing_binary_is_reported_with_its_log(tmp_path, binaries, name):
     fake = tmp_path / name
@@ -101,3 +109,30 @@ def test_a_failing_binary_is_reported_with_its_log(tmp_path, binaries, name):
     with pytest.raises(RuntimeError, match="broken on purpose"):
         plane.start(timeout=20)
     plane.stop()
+
+
+def cli_without(modules: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
+    """``pipeline-operator ARGS`` in a process where ``modules`` cannot be imported, as if not installed."""
+    code = (f"import sys\nfor name in {modules!r}:\n    sys.modules[name] = None\n"
+            f"from pipeline_operator.cli import main\nmain({list(args)!r}, prog_name='pipeline-operator')\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("command", [["control-plane", "fetch"], ["control-plane", "up"], ["demo"]])
+def test_without_the_dev_extra_the_development_commands_say_what_to_install(command):
+    res = cli_without(("cryptography",), *command)
+    assert res.returncode == 1 and res.stdout == "", res.stdout + res.stderr
+    assert res.stderr == (
+        f"Error: `pipeline-operator {' '.join(command)}` needs the module 'cryptography', which is not installed "
+        "(development commands need the dev extra, the operator does not); install it with: "
+        "pip install 'pipeline-operator[dev]'\n")
+
+
+def test_the_operator_needs_nothing_of_the_dev_extra():
+    """The operator's modules import without the development tooling and its dependencies (PyYAML
+    still comes with kopf and kubernetes, so only cryptography and the dev package are hidden)."""
+    code = ("import sys\nfor name in ('cryptography', 'pipeline_operator_dev'):\n    sys.modules[name] = None\n"
+            "import pipeline_operator.cli, pipeline_operator.controller, pipeline_operator.reconciler\n"
+            "from pipeline_operator.cli import main\nmain(['run', '--help'], prog_name='pipeline-operator')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--backend" in res.stdout, res.stderr

@@ -34,6 +34,18 @@ def test_crd_check_command_fails_on_drift(tmp_path):
     assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
 
 
+def test_crd_module_and_cli_import_without_pyyaml_and_the_command_says_what_to_install():
+    """PyYAML is the dev extra's, imported only when the CRD is written out."""
+    code = ("import sys\nsys.modules['yaml'] = None\n"
+            "import pipeline_operator.crd, pipeline_operator.cli\n"
+            "pipeline_operator.cli.main(['crd'], prog_name='pipeline-operator')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and res.stdout == "", res.stdout + res.stderr
+    assert res.stderr == (
+        "Error: `pipeline-operator crd` needs the module 'yaml', which is not installed (development commands "
+        "need the dev extra, the operator does not); install it with: pip install 'pipeline-operator[dev]'\n")
+
+
 def _schema_nodes(node, path="$"):
     """Every schema node: the root, property schemas, items, additionalProperties, anyOf options."""
     yield path, node

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_operator import controlplane
+from pipeline_operator_dev import controlplane
 
 from .conftest import CRD_FILE, Cluster
 
@@ -98,7 +98,7 @@ def test_install_upgrade_uninstall_and_server_side_dry_run(fresh):
     fresh.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
     helm(fresh, "install", "pipeline-operator", str(CHART), "-n", NAMESPACE)
     assert fresh.get("deployment", "pipeline-operator", NAMESPACE)["spec"]["replicas"] == 1
-    fresh.kubectl("wait", "--for=condition=Established", "crd/pipelines.dataflow.dev")
+    controlplane.wait_established(fresh.kubectl)
     helm(fresh, "upgrade", "pipeline-operator", str(CHART), "-n", NAMESPACE, "--set", "eventStore.persistent=false")
     volumes = fresh.get("deployment", "pipeline-operator", NAMESPACE)["spec"]["template"]["spec"]["volumes"]
     assert volumes[0] == {"name": "data", "emptyDir": {}}

@@ -1,20 +1,25 @@
 """The container image: built from the repository's files only, running as non-root, and its
-entrypoint starts the operator from an installed wheel (there is no Docker engine here)."""
+entrypoint starts the operator from an installed wheel (there is no Docker engine here). What the
+image installs (the wheel without extras) carries none of the development tooling's dependencies."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from pipeline_operator import controlplane
+from pipeline_operator_dev import controlplane
 
 from .conftest import Cluster
 
@@ -44,6 +49,9 @@ def test_dockerfile_is_slim_non_root_and_built_from_the_repository():
     for tool in ("gcc", "build-essential", "apt-get install", "git "):
         assert tool not in final_text
     assert "--no-index" in final_text  # installs only the wheels built from the repository
+    pip_runs = [args for stage in (build, final) for instruction, args in stage
+                if instruction == "RUN" and "pip " in args]
+    assert pip_runs and not any("[" in args for args in pip_runs)  # no extras: the dev tooling stays out
     copies = [args for instruction, args in build if instruction == "COPY"]
     assert copies == ["pyproject.toml README.md ./", "operator/ operator/"]
     entrypoint = json.loads(next(args for instruction, args in final if instruction == "ENTRYPOINT"))
@@ -52,12 +60,117 @@ def test_dockerfile_is_slim_non_root_and_built_from_the_repository():
     assert ignored[1] == "*" and "!operator/" in ignored
 
 
+def wheelhouse() -> Path:
+    """Wheels of the runtime dependencies and of the build backend, downloaded once from PyPI (the
+    only network use) and kept in the control-plane cache, keyed by the pins: later runs are offline."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wanted = sorted(pyproject["project"]["dependencies"]) + sorted(pyproject["build-system"]["requires"])
+    key = hashlib.sha256("\n".join([sys.implementation.cache_tag, *wanted]).encode()).hexdigest()[:16]
+    folder = controlplane.cache_root() / "wheelhouse" / key
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix="download-") as td:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", td, *wanted],
+                       check=True, timeout=300)
+        try:
+            os.rename(td, folder)
+        except OSError:  # a parallel run got there first
+            if not folder.is_dir():
+                raise
+        else:
+            os.mkdir(td)  # for TemporaryDirectory's cleanup
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built_wheel(tmp_path_factory) -> Path:
+    """The project's wheel, built offline from what the Dockerfile copies (pyproject.toml, README.md,
+    operator/), not from the checkout, whose build/ folder may hold modules that no longer exist."""
+    context = tmp_path_factory.mktemp("context")
+    shutil.copy2(REPO / "pyproject.toml", context)
+    shutil.copy2(REPO / "README.md", context)
+    shutil.copytree(REPO / "operator", context / "operator",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index", "--find-links",
+                    str(wheelhouse()), "-w", str(dist), str(context)], check=True, timeout=300)
+    return next(dist.glob("pipeline_operator-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def runtime_env(built_wheel: Path, tmp_path_factory) -> Path:
+    """A fresh virtualenv where the wheel is installed as the image installs it: no extras, only
+    from a folder of wheels (``--no-index``). Its ``bin`` folder is returned. (This environment's pip
+    installs into it: quicker than a pip of its own; no bytecode compiled, for the same reason.)"""
+    venv = tmp_path_factory.mktemp("runtime") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                    "--no-compile", "--disable-pip-version-check", "--no-index", "--find-links", str(wheelhouse()),
+                    str(built_wheel)], check=True, timeout=300)
+    return venv / "bin"
+
+
+def in_runtime_env(bin_dir: Path, *cmd: str) -> subprocess.CompletedProcess:
+    """A command in the runtime environment, with nothing of the checkout's (no PYTHONPATH, no venv)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run([str(bin_dir / cmd[0]), *cmd[1:]], capture_output=True, text=True, env=env,
+                          cwd=bin_dir.parent, timeout=120)
+
+
+# What the runtime environment holds, from its own interpreter: installed distributions, each with
+# what it requires, and whether the development tooling's modules can be imported.
+_INVENTORY = """
+import importlib.metadata as m, importlib.util as u, json, re
+name = lambda d: re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower()
+print(json.dumps({
+    "requires": {name(d): d.requires or [] for d in m.distributions()},
+    "importable": {mod: u.find_spec(mod) is not None for mod in ("cryptography", "yaml", "pipeline_operator_dev")},
+}))
+"""
+
+
+def test_runtime_install_runs_the_operator_without_the_development_tooling(runtime_env: Path):
+    """The wheel installed without extras (as in the image): the operator's commands work, the
+    development tooling's dependencies are absent, and its commands say in one line what to install."""
+    version = in_runtime_env(runtime_env, "pipeline-operator", "--version")
+    assert version.returncode == 0 and "0.1.0" in version.stdout, version.stderr
+    run_help = in_runtime_env(runtime_env, "pipeline-operator", "run", "--help")
+    assert run_help.returncode == 0 and "--backend" in run_help.stdout, run_help.stderr
+    imported = in_runtime_env(runtime_env, "python", "-c", "import pipeline_operator.controller, sys; "
+                              "print(sys.modules['pipeline_operator'].__file__, 'cryptography' in sys.modules)")
+    assert imported.returncode == 0, imported.stderr
+    where, crypto_loaded = imported.stdout.split()
+    assert where.startswith(str(runtime_env.parent)) and crypto_loaded == "False"  # the wheel's code, not the checkout's
+
+    inventory = json.loads(in_runtime_env(runtime_env, "python", "-c", _INVENTORY).stdout)
+    installed = inventory["requires"]
+    assert "pipeline-operator" in installed and "python-json-logger" in installed
+    assert "cryptography" not in installed and not inventory["importable"]["cryptography"]
+    # PyYAML is no dependency of ours outside the dev extra; kopf and kubernetes require it themselves,
+    # so the runtime environment (and the image) has it through them only.
+    ours = [r for r in installed["pipeline-operator"] if r.lower().startswith("pyyaml")]
+    assert ours and all('extra == "dev"' in r for r in ours)
+    through = {dist for dist, reqs in installed.items() if dist != "pipeline-operator"
+               and any(r.lower().startswith("pyyaml") and "extra ==" not in r for r in reqs)}
+    assert through <= {"kopf", "kubernetes"}, through
+    assert inventory["importable"]["pipeline_operator_dev"]  # the package ships; its dependencies do not
+
+    for command, options in ((["control-plane", "fetch"], []), (["control-plane", "up"], []),
+                             (["demo"], ["--exit-when-running"])):
+        res = in_runtime_env(runtime_env, "pipeline-operator", *command, *options)
+        assert res.returncode == 1 and res.stdout == "", res.stdout + res.stderr
+        assert res.stderr == (
+            f"Error: `pipeline-operator {' '.join(command)}` needs the module 'cryptography', which is not "
+            "installed (development commands need the dev extra, the operator does not); install it with: "
+            "pip install 'pipeline-operator[dev]'\n"), res.stderr
+
+
 @pytest.mark.apiserver
-def test_entrypoint_starts_the_operator_from_an_installed_wheel(crd_installed: Cluster, namespace, tmp_path):
-    dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist),
-                    str(REPO)], check=True, timeout=300)
-    wheel = next(dist.glob("pipeline_operator-*.whl"))
+def test_entrypoint_starts_the_operator_from_an_installed_wheel(crd_installed: Cluster, namespace, tmp_path,
+                                                                built_wheel):
+    wheel = built_wheel
     # --target installs beside the environment without touching it (--prefix would first uninstall
     # the environment's own copy of the project).
     site = tmp_path / "installed"

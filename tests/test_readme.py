@@ -25,6 +25,7 @@ import yaml
 
 from pipeline_operator.core.transitions import RESOURCES_TRANSITIONS
 from pipeline_operator.settings import ENV_PREFIX, OperatorSettings
+from pipeline_operator_dev.controlplane import wait_established
 
 from .conftest import Cluster, _kill_pipeline_processes_under
 from .operator_harness import OperatorProcess, Pipelines, wait_for
@@ -211,7 +212,7 @@ class ReadmeOperator(OperatorProcess):
     def _launch(self, elsewhere: bool) -> None:
         argv = list(self.argv)
         if elsewhere:
-            from pipeline_operator.controlplane import free_port
+            from pipeline_operator_dev.controlplane import free_port
             self.api_port = free_port()
             argv += ["--api-listen", f"127.0.0.1:{self.api_port}"]
         env = {k: v for k, v in os.environ.items()
@@ -324,7 +325,7 @@ def test_helm_install_command_installs_the_operator(fresh):  # noqa: F811
     assert res.returncode == 0, res.stdout + res.stderr
     assert "STATUS: deployed" in res.stdout
     assert fresh.get("namespace", namespace)["status"]["phase"] == "Active"
-    fresh.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/pipelines.dataflow.dev")
+    wait_established(fresh.kubectl)
     assert fresh.get("deployment", "pipeline-operator", namespace)["spec"]["replicas"] == 1
     for kind, name, ns in (("serviceaccount", "pipeline-operator", namespace),
                            ("service", "pipeline-operator", namespace),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import enum
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,27 @@ import pydantic
 
 from . import crd as crd_module
 from .settings import OperatorSettings, settings_table
+
+# The development commands (control-plane, demo, crd) need what the `dev` extra installs: the
+# pipeline_operator_dev package's dependencies and PyYAML. The operator itself needs none of it.
+DEV_EXTRA_MODULES = ("pipeline_operator_dev", "cryptography", "yaml")
+DEV_EXTRA_INSTALL = "pip install 'pipeline-operator[dev]'"
+
+
+@contextlib.contextmanager
+def needs_dev_extra() -> Iterator[None]:
+    """A module of the ``dev`` extra missing (a runtime-only install, as in the image) is one line:
+    what is missing, why, and what to install."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in DEV_EXTRA_MODULES:
+            raise
+        command = click.get_current_context().command_path
+        raise click.ClickException(
+            f"`{command}` needs the module '{missing}', which is not installed (development commands need "
+            f"the dev extra, the operator does not); install it with: {DEV_EXTRA_INSTALL}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,7 +51,8 @@ def main() -> None:
               help="Exit 1 if --output differs from what the models generate (for CI).")
 def crd(output: Path | None, check: bool) -> None:
     """Print the Pipeline CustomResourceDefinition generated from the models."""
-    text = crd_module.to_yaml()
+    with needs_dev_extra():
+        text = crd_module.to_yaml()
     if output is None:
         if check:
             raise click.UsageError("--check needs --output")
@@ -50,13 +73,14 @@ def crd(output: Path | None, check: bool) -> None:
 
 @main.group("control-plane")
 def control_plane() -> None:
-    """A local etcd + kube-apiserver (plus kubectl and helm) for tests and demos."""
+    """A local etcd + kube-apiserver (plus kubectl and helm) for tests and demos (needs the dev extra)."""
 
 
 @control_plane.command("fetch")
 def control_plane_fetch() -> None:
     """Find or build the binaries (cached by version) and print where they are."""
-    from . import controlplane
+    with needs_dev_extra():
+        from pipeline_operator_dev import controlplane
     binaries = controlplane.ensure_binaries()
     for name, path in binaries.as_dict().items():
         click.echo(f"{name}\t{path}")
@@ -65,7 +89,8 @@ def control_plane_fetch() -> None:
 @control_plane.command("up")
 def control_plane_up() -> None:
     """Start a local control plane and keep it running until Ctrl-C."""
-    from . import controlplane
+    with needs_dev_extra():
+        from pipeline_operator_dev import controlplane
     sys.exit(controlplane.main(["up"]))
 
 
@@ -130,8 +155,9 @@ def run(**given: Any) -> None:
               help="Another Pipeline manifest to apply instead of examples/orders.yaml.")
 def demo(namespace: str, exit_when_running: bool, timeout: float, example: Path | None) -> None:
     """The main job in one command: a control plane (embedded unless KUBECONFIG is set), the CRD,
-    the operator, a sample Pipeline going to Running, and its monitor events."""
-    from . import demo as demo_module
+    the operator, a sample Pipeline going to Running, and its monitor events (needs the dev extra)."""
+    with needs_dev_extra():
+        from pipeline_operator_dev import demo as demo_module
     sys.exit(demo_module.run(namespace, exit_when_running, timeout, example))
 
 

@@ -15,8 +15,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .models import (
     API_GROUP,
     API_VERSION,
@@ -155,4 +153,7 @@ HEADER = ("# Generated from the pydantic models in operator/pipeline_operator/mo
 
 
 def to_yaml(crd: dict[str, Any] | None = None) -> str:
+    """The CRD as the checked-in YAML. PyYAML is imported here, not at module level: it is a
+    dependency of the ``dev`` extra, not of the operator (``pipeline-operator run`` never needs it)."""
+    import yaml
     return HEADER + yaml.safe_dump(crd or render(), sort_keys=False, width=120)

