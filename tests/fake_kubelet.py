@@ -61,7 +61,7 @@ class FakeKubelet(threading.Thread):
                     self.errors.append(repr(exc))
             except Exception as exc:  # noqa: BLE001 - reported by the tests that use it
                 self.errors.append(repr(exc))
-            time.sleep(0.2)
+            self.stop_flag.wait(0.2)  # the next round, or at once when stopped
 
     def stop(self) -> None:
         self.stop_flag.set()

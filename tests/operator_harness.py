@@ -29,7 +29,7 @@ class OperatorProcess:
         self.kubeconfig = kubeconfig or cluster.kubeconfig  # type: ignore[union-attr]
         self.log_path = state_dir / f"operator-{int(time.time() * 1000)}.log"
         self.proc: subprocess.Popen | None = None
-        from pipeline_operator.controlplane import free_port
+        from pipeline_operator_dev.controlplane import free_port
         self.api_port = free_port()
 
     @property
@@ -140,6 +140,50 @@ class Pipelines:
             status = self.status(name)
             return status if all(status.get(k) == v for k, v in expected.items()) else None
         return wait_for(f"{name} to have {expected}", probe, timeout, operator=operator)
+
+    def a_later_pass(self, name: str, operator: OperatorProcess, timeout: float = 30.0) -> dict:
+        """Prove that ``operator`` is alive and has decided about ``name`` after this moment.
+
+        Sets ``spec.description`` to a new value: a new generation that changes only client
+        metadata, to which the lifecycle does not react (no restart, no dismissal of an error, no
+        release of a stop the system set, no recompilation). Waits until the status, and each of
+        its conditions, says that generation was observed: a monitoring pass ran after this call,
+        with everything that happened before it in view. A "nothing happened" check made after
+        this cannot pass merely because the operator was slow or dead. Returns that status.
+        """
+        marker = f"looked at {time.time_ns()}"
+        patched = self.cluster.kubectl("patch", "pipeline", name, "-n", self.namespace, "--type=merge", "-o", "json",
+                                       "-p", json.dumps({"spec": {"description": marker}}))
+        generation = json.loads(patched.stdout)["metadata"]["generation"]
+
+        def probe() -> dict | None:
+            status = self.status(name)
+            observed = [status.get("observedGeneration") or 0,
+                        *((c.get("observedGeneration") or 0) for c in status.get("conditions") or [])]
+            return status if min(observed) >= generation else None
+        return wait_for(f"a monitoring pass of {name} that observes generation {generation}", probe, timeout,
+                        operator=operator)
+
+    def changes_since(self, name: str, resource_version: str, until: Callable[[dict], bool],
+                      timeout: float = 30.0) -> list[dict]:
+        """Every stored version of the Pipeline after ``resource_version``, oldest first, up to and
+        including the first for which ``until`` holds (a watch from that resource version)."""
+        import kubernetes
+        configuration = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(str(self.cluster.kubeconfig), client_configuration=configuration)
+        with kubernetes.client.ApiClient(configuration) as client:
+            api = kubernetes.client.CustomObjectsApi(client)
+            seen: list[dict] = []
+            watch = kubernetes.watch.Watch()
+            for event in watch.stream(api.list_namespaced_custom_object, "dataflow.dev", "v1alpha1", self.namespace,
+                                      "pipelines", field_selector=f"metadata.name={name}",
+                                      resource_version=resource_version, timeout_seconds=int(timeout)):
+                seen.append(event["object"])
+                if until(event["object"]):
+                    watch.stop()
+                    return seen
+        raise AssertionError(f"no version of {name} after {resource_version} satisfied the condition within "
+                             f"{timeout}s; saw {len(seen)}: {[o['metadata']['resourceVersion'] for o in seen]}")
 
 
 def sequence(history: list[dict], *fields: str) -> list[tuple]:

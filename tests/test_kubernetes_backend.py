@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_operator import controlplane
+from pipeline_operator_dev import controlplane
 
 from .fake_kubelet import FakeKubelet
 from .operator_harness import sequence, wait_for
@@ -230,7 +230,7 @@ def test_all_namespaces_with_the_cluster_role(binaries, tmp_path):
     try:
         cluster = Cluster(binaries, plane)
         cluster.kubectl("apply", "-f", str(CRD_FILE))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/pipelines.dataflow.dev")
+        controlplane.wait_established(cluster.kubectl)
         cluster.kubectl("create", "namespace", "pipeline-operator-system")
         cluster.kubectl("create", "serviceaccount", "pipeline-operator", "-n", "pipeline-operator-system")
         cluster.kubectl("apply", "-f", str(RBAC / "clusterrole.yaml"))

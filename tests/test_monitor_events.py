@@ -7,8 +7,7 @@ import datetime as dt
 import json
 import re
 import sqlite3
-import time
-from pathlib import Path
+from itertools import pairwise
 
 import pytest
 
@@ -16,7 +15,9 @@ from .operator_harness import sequence, wait_for
 from .test_operator_lifecycle import FAST_PIPELINE, SQL, spec
 
 pytestmark = pytest.mark.apiserver
-SHORT = ["--details-min-interval", "1", "--heartbeat-interval", "3", "--events-prune-interval", "1"]
+DETAILS_MIN_INTERVAL, HEARTBEAT_INTERVAL = 1.0, 2.0
+SHORT = ["--details-min-interval", str(DETAILS_MIN_INTERVAL), "--heartbeat-interval", str(HEARTBEAT_INTERVAL),
+         "--events-prune-interval", "1"]
 
 
 def stored(op, uid: str) -> list[dict]:
@@ -33,6 +34,10 @@ def stored(op, uid: str) -> list[dict]:
         return []
     finally:
         conn.close()
+
+
+def oldest_first(events: list[dict]) -> list[dict]:
+    return list(reversed(events))
 
 
 def t(event: dict) -> dt.datetime:
@@ -53,18 +58,30 @@ def details(event: dict) -> str:
                       sort_keys=True)
 
 
+def following(events: list[dict], resources_status: str, kind: str) -> list[tuple[dict, dict]]:
+    """Pairs (previous, event) of consecutive events (oldest first) in which ``event``, recorded in
+    ``resources_status``, changed no status field and, for ``kind`` "details", some details, for
+    "heartbeat", nothing at all."""
+    return [(b, a) for b, a in pairwise(events)
+            if a["deployment_resources_status"] == resources_status and key(a) == key(b)
+            and (details(a) != details(b)) == (kind == "details")]
+
+
 def test_emission_rules_with_shortened_intervals(operators, pipelines, namespace, kstatus):
     op = operators(namespace, *SHORT, "--history-limit", "100")
     env = [*FAST_PIPELINE, {"name": "PIPELINE_DETAILS_TICK_SECONDS", "value": "0.3"}]
     uid = pipelines.create("rules", spec(deployment={"env": env}))["metadata"]["uid"]
     kstatus.track(namespace, "rules", expect="Current")
     pipelines.wait_status("rules", op, deploymentStatus="Running")
-    time.sleep(4.5)  # details change every 0.3 s: throttled to one event per second
+    # Details change every 0.3 s while Running: recorded, but throttled (checked below).
+    wait_for("two details-only events while Running",
+             lambda: len(following(oldest_first(stored(op, uid)), "Provisioned", "details")) >= 2, 30, operator=op)
     pipelines.patch_spec("rules", {"desiredStatus": "Stopped", "stopMode": "Force"})
     pipelines.wait_status("rules", op, deploymentStatus="Stopped")
-    time.sleep(9.5)  # nothing changes while Stopped: heartbeats every 3 s
-    events = list(reversed(stored(op, uid)))  # oldest first
-    assert events, op.log()[-2000:]
+    # Nothing changes while Stopped: heartbeats.
+    events = wait_for("two heartbeats while Stopped",
+                      lambda: (e := oldest_first(stored(op, uid))) and len(following(e, "Stopped", "heartbeat")) >= 2
+                      and e, 30, operator=op)
 
     # (a) every status change is one event, in order: the lifecycle as Feldera records it.
     statuses = sequence([{"r": e["deployment_resources_status"], "rt": e["deployment_runtime_status"]}
@@ -76,28 +93,23 @@ def test_emission_rules_with_shortened_intervals(operators, pipelines, namespace
     assert programs == ["Pending", "CompilingSql", "SqlCompiled", "CompilingRust", "Success"]
 
     # (b) and (c): consecutive events with the same status are throttled details or heartbeats.
-    running_details = []
-    for before, after in zip(events, events[1:]):
+    # Only lower bounds: they are what the rules guarantee however slow the machine.
+    for before, after in pairwise(events):
         gap = (t(after) - t(before)).total_seconds()
         if key(before) != key(after):
             continue  # a status change: recorded at once
         if details(before) != details(after):
-            assert gap >= 1.0, f"details-only event after {gap:.2f}s"
-            if after["deployment_resources_status"] == "Provisioned":
-                running_details.append(gap)
+            assert gap >= DETAILS_MIN_INTERVAL, f"details-only event after {gap:.2f}s"
         else:
-            assert gap > 3.0, f"an event with nothing changed after only {gap:.2f}s"
-            assert gap < 3.0 + 3.0, f"heartbeat late: {gap:.2f}s"
-    assert len(running_details) >= 2  # details did change while Running, and were recorded
-    heartbeats_stopped = [a for b, a in zip(events, events[1:])
-                          if key(a) == key(b) and details(a) == details(b)
-                          and a["deployment_resources_status"] == "Stopped"]
-    assert len(heartbeats_stopped) >= 2
+            assert gap > HEARTBEAT_INTERVAL, f"an event with nothing changed after only {gap:.2f}s"
 
     # The history is the store's newest events, projected by the status selector, newest first.
-    history = pipelines.status("rules")["history"]
-    newest = stored(op, uid)[: len(history)]
-    assert [h["eventId"] for h in history] == [e["event_id"] for e in newest]
+    # (Heartbeats go on; the status is written before the store, so compare until both agree.)
+    def agreeing() -> tuple[list[dict], list[dict]] | None:
+        history = pipelines.status("rules")["history"]
+        newest = stored(op, uid)[: len(history)]
+        return (history, newest) if [h["eventId"] for h in history] == [e["event_id"] for e in newest] else None
+    history, newest = wait_for("the history to be the store's newest events", agreeing, 10, operator=op)
     assert all(h["deploymentResourcesStatus"] == e["deployment_resources_status"] for h, e in zip(history, newest))
     assert "deploymentRuntimeStatusDetails" not in history[0]
 
@@ -107,13 +119,20 @@ def test_heartbeats_in_provisioned_and_history_is_bounded(operators, pipelines, 
     uid = pipelines.create("beat", spec(deployment={"env": FAST_PIPELINE}))["metadata"]["uid"]
     kstatus.track(namespace, "beat", expect="Current")
     pipelines.wait_status("beat", op, deploymentStatus="Running")
-    time.sleep(9.5)
-    events = stored(op, uid)
-    assert events[0]["deployment_runtime_status"] == "Running"
-    beats = [e for e in events if e["deployment_runtime_status"] == "Running"]
-    assert len(beats) >= 3  # the Running event and at least two heartbeats in 9.5 s
-    history = pipelines.status("beat")["history"]
-    assert len(history) == 5 and history[0]["eventId"] == events[0]["event_id"]
+    beats = wait_for("the Running event and two heartbeats",
+                     lambda: (e := oldest_first(stored(op, uid))) and len(following(e, "Provisioned", "heartbeat")) >= 2
+                     and e, 30, operator=op)
+    running = beats.index(next(e for e in beats if e["deployment_runtime_status"] == "Running"))
+    for before, after in pairwise(beats[running:]):  # nothing changes while it runs
+        assert key(after) == key(before) and details(after) == details(before), (before, after)
+        assert (t(after) - t(before)).total_seconds() > HEARTBEAT_INTERVAL
+    assert len(beats) > 5
+
+    def bounded() -> list[dict] | None:  # the status is written before the store: until both agree
+        history = pipelines.status("beat")["history"]
+        return history if history[0]["eventId"] == stored(op, uid)[0]["event_id"] else None
+    history = wait_for("the history to show the newest stored event", bounded, 10, operator=op)
+    assert len(history) == 5
 
 
 def test_kubectl_describe_shows_reasons_and_one_aggregated_heartbeat(operators, pipelines, namespace, cluster, kstatus):
@@ -123,13 +142,12 @@ def test_kubectl_describe_shows_reasons_and_one_aggregated_heartbeat(operators, 
     pipelines.wait_status("told", op, deploymentStatus="Running")
     pipelines.patch_spec("told", {"runtimeDesiredStatus": "Paused"})
     pipelines.wait_status("told", op, deploymentStatus="Paused")
-    time.sleep(8)  # a few heartbeats
 
     def heartbeat_count() -> int:
         listed = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
         beats = [e for e in listed if e["reason"] == "Heartbeat"]
         return beats[0]["count"] if len(beats) == 1 else 0
-    assert wait_for("an aggregated heartbeat Event", lambda: heartbeat_count() >= 2, 10, operator=op)
+    assert wait_for("an aggregated heartbeat Event", lambda: heartbeat_count() >= 2, 30, operator=op)
     described = cluster.kubectl("describe", "pipeline", "told", "-n", namespace).stdout
     for reason in ("MonitoringStarted", "ProgramCompiled", "Provisioning", "Provisioned", "RuntimeRunning",
                    "RuntimePaused", "Heartbeat"):
@@ -167,7 +185,7 @@ def test_retention_keeps_about_the_newest(operators, pipelines, namespace, kstat
         return len(seen) >= 200
     wait_for("200 events", seen_200, 90, interval=0.25, operator=op)
     during = len(stored(op, uid))
-    assert 50 <= during <= 50 + 60, during  # about 50 between prunings, never all of them
+    assert 50 <= during < 200, during  # pruned while running: never all that were written
     assert op.stop() == 0  # closing the store commits what is queued and prunes
     appended = int(re.search(r"event store closed: (\d+) events appended", op.log()).group(1))
     assert appended >= 200, appended
@@ -188,20 +206,26 @@ def test_restart_loses_and_duplicates_nothing_and_a_lost_store_is_seeded(
     before = stored(op, uid)
     assert before
     again = operators(namespace, *SHORT, state_dir=state)
-    time.sleep(4)  # a heartbeat or so
-    after = stored(again, uid)
+    ids_before = {e["event_id"] for e in before}
+    # The restarted operator has seeded the store and monitored the pipeline since: an event of its own.
+    after = wait_for("an event recorded by the restarted operator (a heartbeat)",
+                     lambda: (s := stored(again, uid)) and s[0]["event_id"] not in ids_before and s, 30,
+                     operator=again)
     ids_after = [e["event_id"] for e in after]
     assert len(ids_after) == len(set(ids_after))
-    assert {e["event_id"] for e in before} <= set(ids_after)
+    assert ids_before <= set(ids_after)
+    assert key(after[0]) == key(before[0]) and t(after[0]) > t(before[0])  # the restart changed no status
     assert again.stop() == 0
 
     (state / "events.sqlite").unlink()
     for extra in ("events.sqlite-wal", "events.sqlite-shm"):
         (state / extra).unlink(missing_ok=True)
+    history = pipelines.status("durable")["history"]  # no operator runs: this is what the next one finds
     third = operators(namespace, *SHORT, state_dir=state)
-    history = pipelines.status("durable")["history"]
-    seeded = wait_for("the store to be seeded", lambda: stored(third, uid), 10, operator=third)
-    assert {h["eventId"] for h in history} <= {e["event_id"] for e in seeded}
+    wanted = {h["eventId"] for h in history}
+    assert wanted
+    wait_for("the store to be seeded from the history",
+             lambda: wanted <= {e["event_id"] for e in stored(third, uid)}, 10, operator=third)
 
 
 def test_deletion_removes_events_and_finalizer_and_a_new_pipeline_starts_empty(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 import urllib.request
 
 import pytest
@@ -105,15 +104,18 @@ def test_sql_error_never_provisions_until_the_program_is_fixed(operators, pipeli
     assert st["deploymentResourcesStatus"] == "Stopped"
     stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "StartFailedDueToFailedCompilation"
-    time.sleep(1.5)
-    assert pipelines.status("broken")["deploymentResourcesStatus"] == "Stopped"
-    assert "Provisioning" not in {h["deploymentResourcesStatus"] for h in pipelines.status("broken")["history"]}
+    # The operator looks again (a description-only generation, which dismisses nothing) and still
+    # neither provisions nor forgets the error.
+    st = pipelines.a_later_pass("broken", op)
+    assert st["deploymentResourcesStatus"] == "Stopped" and st["observedGeneration"] == 2
+    assert st["deploymentError"]["errorCode"] == "StartFailedDueToFailedCompilation"
+    assert "Provisioning" not in {h["deploymentResourcesStatus"] for h in st["history"]}
     from .kstatus import compute
     assert compute(pipelines.get("broken"))[0] == "Failed"
 
     pipelines.patch_spec("broken", {"program": {"sql": SQL}})  # a new generation dismisses the error
     st = pipelines.wait_status("broken", op, deploymentStatus="Running")
-    assert "deploymentError" not in st and st["observedGeneration"] == 2
+    assert "deploymentError" not in st and st["observedGeneration"] == 3
 
 
 @pytest.mark.parametrize(("mode", "code"), [("exit", "RunnerCheckError"), ("panic", "WorkerPanic")])
@@ -131,8 +133,10 @@ def test_a_failing_pipeline_stops_with_an_error_and_stays_stopped_until_dismisse
     assert st["deploymentResourcesDesiredStatus"] == "Stopped"
     assert ("Stopping", True) in sequence(st["history"], "deploymentResourcesStatus", "deploymentHasError")
     assert {c["type"]: c["status"] for c in st["conditions"]}["Stalled"] == "True"
-    time.sleep(2)  # no restart while the error holds
-    assert pipelines.status("fragile")["deploymentStatus"] == "Stopped"
+    # No restart while the error holds: the operator looks again (a description-only generation,
+    # which dismisses nothing) and leaves it Stopped, with the error and no process.
+    st = pipelines.a_later_pass("fragile", op)
+    assert st["deploymentStatus"] == "Stopped" and st["deploymentError"]["errorCode"] == code
     assert not op.pipeline_processes(uid)
 
     pipelines.annotate("fragile", "dataflow.dev/dismiss-error", "1")
@@ -194,9 +198,9 @@ def test_operator_killed_mid_provisioning_converges_with_exactly_one_process(
     op.kill()  # SIGKILL: no clean-up at all
     again = operators(namespace, state_dir=state)
     pipelines.wait_status("phoenix", again, deploymentStatus="Running")
-    time.sleep(1.5)
+    st = pipelines.a_later_pass("phoenix", again)  # it looked again since, and started no second process
     assert len(again.pipeline_processes(uid)) == 1
-    assert pipelines.status("phoenix")["deploymentStatus"] == "Running"
+    assert st["deploymentStatus"] == "Running"
 
 
 def test_clean_shutdown_leaves_pipelines_running_and_a_restart_adopts_them(
@@ -211,27 +215,46 @@ def test_clean_shutdown_leaves_pipelines_running_and_a_restart_adopts_them(
     assert "pipeline-operator stopped" in op.log()
     assert op.pipeline_processes(uid) == pids
     again = operators(namespace, state_dir=state)
-    time.sleep(2)
+    st = pipelines.a_later_pass("steady", again)  # the new operator has decided about it: adopted, not replaced
     again.assert_alive()
     assert again.pipeline_processes(uid) == pids
-    assert pipelines.status("steady")["deploymentStatus"] == "Running"
+    assert st["deploymentStatus"] == "Running" and "deploymentError" not in st
+
+
+def annotations(obj: dict) -> set[str]:
+    return set(obj["metadata"].get("annotations") or {})
 
 
 def test_labels_and_foreign_annotations_cause_no_status_writes(operators, pipelines, namespace, kstatus):
     op = operators(namespace)
     pipelines.create("quiet", spec(desiredStatus="Stopped"))
     kstatus.track(namespace, "quiet", expect="Current")
-    pipelines.wait_status("quiet", op, programStatus="Success", observedGeneration=1)
-    time.sleep(1)
-    before = pipelines.get("quiet")["metadata"]["resourceVersion"]
+
+    def settled() -> dict | None:  # compiled, and the conditions say there is nothing left to do
+        obj = pipelines.get("quiet")
+        st = obj.get("status") or {}
+        conditions = {c["type"]: c["status"] for c in st.get("conditions", [])}
+        done = st.get("programStatus") == "Success" and st.get("observedGeneration") == 1 \
+            and conditions == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
+        return obj if done else None
+    before = wait_for("quiet to be settled", settled, operator=op)
     pipelines.cluster.kubectl("label", "pipeline", "quiet", "-n", namespace, "team=data")
     pipelines.annotate("quiet", "argocd.argoproj.io/tracking-id", "app:dataflow.dev/Pipeline:x/quiet")
-    after_user = pipelines.get("quiet")["metadata"]["resourceVersion"]
-    time.sleep(3)
-    obj = pipelines.get("quiet")
-    assert obj["metadata"]["resourceVersion"] == after_user != before
-    assert not [k for k in obj["metadata"]["annotations"] if k.startswith("kopf.zalando.org")]
-    assert obj["metadata"]["finalizers"] == ["dataflow.dev/finalizer"]
+    # The operator handles the object's events in order: once it has observed a later generation, it
+    # has seen the label and the annotation. Every version stored before that generation is the
+    # user's two: no status write, no annotation of the operator's (nor of Kopf's) in between.
+    pipelines.a_later_pass("quiet", op)
+    versions = pipelines.changes_since("quiet", before["metadata"]["resourceVersion"],
+                                       until=lambda o: (o.get("status") or {}).get("observedGeneration") == 2)
+    user_only = [o for o in versions if o["metadata"]["generation"] == 1]
+    assert [((o["metadata"].get("labels") or {}).get("team"), "argocd.argoproj.io/tracking-id" in annotations(o))
+            for o in user_only] == [("data", False), ("data", True)], [o["metadata"] for o in user_only]
+    assert all(o["status"] == before["status"] for o in user_only)
+    assert all(o["metadata"]["finalizers"] == ["dataflow.dev/finalizer"] for o in versions)
+    # Kopf's bookkeeping annotations (under the operator's prefix) were set at creation, none since.
+    assert not [k for k in annotations(before) if k.startswith("kopf.zalando.org")]
+    allowed = annotations(before) | {"argocd.argoproj.io/tracking-id"}
+    assert all(annotations(o) <= allowed for o in versions), [sorted(annotations(o) - allowed) for o in versions]
 
 
 def test_approve_annotation_is_forwarded_when_awaiting_approval(operators, pipelines, namespace, kstatus):
