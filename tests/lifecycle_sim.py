@@ -77,13 +77,13 @@ class Sim:
         self.spec(resources_desired_status=ResourcesDesiredStatus.PROVISIONED)
         self.step(compiled(self.desired.program_digest))
         self.step(running())
-        assert self.state.runtime_status is RuntimeStatus.RUNNING, self.state
+        assert self.state.deployment_runtime_status is RuntimeStatus.RUNNING, self.state
 
 
 def summary(decision: Decision) -> list[tuple]:
     """Each step as (resources, desired, runtime, program, storage, has_error)."""
-    return [(s.state.resources_status.value, s.state.resources_desired_status.value,
-             s.state.runtime_status.value if s.state.runtime_status else None,
+    return [(s.state.deployment_resources_status.value, s.state.deployment_resources_desired_status.value,
+             s.state.deployment_runtime_status.value if s.state.deployment_runtime_status else None,
              s.state.program_status.value, s.state.storage_status.value,
              s.state.deployment_error is not None) for s in decision.steps]
 

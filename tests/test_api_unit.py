@@ -9,9 +9,8 @@ import types
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline_operator.api import ApiServer, Metrics
-from pipeline_operator.backends import PipelineKey
-from pipeline_operator.recording import Recorder
+from pipeline_operator.api import ApiDeps, ApiServer, Metrics
+from pipeline_operator.identity import PipelineKey
 from pipeline_operator.store import EventStore
 
 
@@ -22,12 +21,32 @@ def store(tmp_path):
     s.close()
 
 
+class Registry:
+    """The monitored pipelines, as the API sees them."""
+
+    def __init__(self, monitors: dict) -> None:
+        self.monitors = monitors
+
+    def get(self, namespace, name):
+        return self.monitors.get((namespace, name))
+
+    def in_namespace(self, namespace):
+        return [m for (ns, _), m in self.monitors.items() if ns == namespace]
+
+    def all(self):
+        return list(self.monitors.values())
+
+
+def deps(monitors: dict, events) -> ApiDeps:
+    return ApiDeps(pipelines=Registry(monitors), events=events, kube=None, endpoint=lambda key: None,  # type: ignore[arg-type]
+                   runtime=None, artifact=lambda digest: None, metrics=Metrics())  # type: ignore[arg-type]
+
+
 def test_latest_without_events_is_404_no_events_available(store):
     key = PipelineKey("ns", "fresh", "uid-fresh")
     monitor = types.SimpleNamespace(key=key, obj={"metadata": {"name": "fresh", "uid": key.uid}, "status": {}},
                                     wake=asyncio.Event(), state=None)
-    ctx = types.SimpleNamespace(monitors={("ns", "fresh"): monitor}, sink=Recorder(store, None), metrics=Metrics())
-    server = ApiServer(ctx, auth="none", default_namespace="ns")
+    server = ApiServer(deps({("ns", "fresh"): monitor}, store), auth="none", default_namespace="ns")
 
     async def scenario():
         async with TestClient(TestServer(server.app())) as client:
@@ -45,9 +64,7 @@ def test_unexpected_failures_are_500_error_responses_without_a_trace(store):
             raise RuntimeError("disk on fire")
     key = PipelineKey("ns", "p", "uid-p")
     monitor = types.SimpleNamespace(key=key, obj={"metadata": {"name": "p"}}, wake=asyncio.Event(), state=None)
-    ctx = types.SimpleNamespace(monitors={("ns", "p"): monitor}, sink=types.SimpleNamespace(store=Broken()),
-                                metrics=Metrics())
-    server = ApiServer(ctx, auth="none", default_namespace="ns")
+    server = ApiServer(deps({("ns", "p"): monitor}, Broken()), auth="none", default_namespace="ns")
 
     async def scenario():
         async with TestClient(TestServer(server.app())) as client:

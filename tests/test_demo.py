@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_operator.demo import events_table
+from pipeline_operator_dev.demo import events_table
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -31,7 +31,7 @@ def pipeline(desired_status: str, **state) -> dict:
                       program_digest=program_digest(SQL))
     base = dict(program_status=ProgramStatus.SUCCESS, program_digest=program_digest(SQL),
                 storage_status=StorageStatus.IN_USE, observed_generation=3,
-                resources_desired_status=ResourcesDesiredStatus(desired_status))
+                deployment_resources_desired_status=ResourcesDesiredStatus(desired_status))
     status = resource.to_status(desired, PipelineState(**{**base, **state}), [], [], NOW)
     return {"metadata": {"name": "p", "generation": 3},
             "spec": {"desiredStatus": desired_status, "program": {"sql": SQL}},
@@ -39,14 +39,14 @@ def pipeline(desired_status: str, **state) -> dict:
 
 
 CASES = {
-    "running": (pipeline("Provisioned", resources_status=ResourcesStatus.PROVISIONED,
-                         runtime_status=RuntimeStatus.RUNNING, runtime_desired_status=RuntimeDesiredStatus.RUNNING),
+    "running": (pipeline("Provisioned", deployment_resources_status=ResourcesStatus.PROVISIONED,
+                         deployment_runtime_status=RuntimeStatus.RUNNING, deployment_runtime_desired_status=RuntimeDesiredStatus.RUNNING),
                 "Current", "Healthy"),
-    "provisioning": (pipeline("Provisioned", resources_status=ResourcesStatus.PROVISIONING), "InProgress",
+    "provisioning": (pipeline("Provisioned", deployment_resources_status=ResourcesStatus.PROVISIONING), "InProgress",
                      "Progressing"),
     "stopped": (pipeline("Stopped"), "Current", "Suspended"),
-    "stopping": (pipeline("Stopped", resources_status=ResourcesStatus.STOPPING), "InProgress", "Progressing"),
-    "failed": (pipeline("Provisioned", resources_desired_status=ResourcesDesiredStatus.STOPPED,
+    "stopping": (pipeline("Stopped", deployment_resources_status=ResourcesStatus.STOPPING), "InProgress", "Progressing"),
+    "failed": (pipeline("Provisioned", deployment_resources_desired_status=ResourcesDesiredStatus.STOPPED,
                         deployment_error=ErrorResponse(message="worker panicked", error_code="WorkerPanic",
                                                        details=None)), "Failed", "Degraded"),
     "sql error": (pipeline("Stopped", program_status=ProgramStatus.SQL_ERROR), "Failed", "Degraded"),

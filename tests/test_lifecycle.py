@@ -93,14 +93,14 @@ def test_provisioning_timeout_defaults_to_the_operator_setting():
               config=LifecycleConfig(default_provisioning_timeout=5))
     sim.step(compiled("p1"))
     sim.step(Observation(compute=compute(ComputeState.PENDING)), after=6)
-    assert sim.state.resources_status is R.STOPPING
+    assert sim.state.deployment_resources_status is R.STOPPING
 
 
 def test_failed_compute_while_provisioning_stops_with_the_backend_message():
     sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED))
     sim.step(compiled("p1"))
     sim.step(Observation(compute=compute(ComputeState.FAILED, "process exited with code 3")))
-    assert sim.state.resources_status is R.STOPPING
+    assert sim.state.deployment_resources_status is R.STOPPING
     assert "exited with code 3" in sim.state.deployment_error.message
 
 
@@ -146,11 +146,11 @@ def test_graceful_stop_that_never_suspends_is_finished_after_the_timeout():
     sim.start()
     sim.spec(resources_desired_status=D.STOPPED)
     sim.step(running())
-    assert sim.step(running(), after=60).state.resources_status is R.PROVISIONED
+    assert sim.step(running(), after=60).state.deployment_resources_status is R.PROVISIONED
     sim.step(running(), after=1)
-    assert sim.state.resources_status is R.STOPPING
+    assert sim.state.deployment_resources_status is R.STOPPING
     assert sim.state.deployment_error is None
-    assert "did not suspend" in sim.state.resources_status_details["reason"]
+    assert "did not suspend" in sim.state.deployment_resources_status_details["reason"]
 
 
 def test_graceful_stop_from_standby_stops_at_once():
@@ -158,7 +158,7 @@ def test_graceful_stop_from_standby_stops_at_once():
     sim.step(compiled("p1"))
     sim.step(running(RS.STANDBY))
     sim.spec(resources_desired_status=D.STOPPED)
-    assert sim.step(running(RS.STANDBY)).state.resources_status is R.STOPPING
+    assert sim.step(running(RS.STANDBY)).state.deployment_resources_status is R.STOPPING
 
 
 def test_pipeline_suspending_by_itself_stops_without_error():
@@ -169,12 +169,12 @@ def test_pipeline_suspending_by_itself_stops_without_error():
     assert summary(d)[-2:] == [("Provisioned", "Stopped", "Suspended", "Success", "InUse", False),
                                ("Stopping", "Stopped", None, "Success", "InUse", False)]
     sim.step(Observation())
-    assert sim.state.resources_status is R.STOPPED
+    assert sim.state.deployment_resources_status is R.STOPPED
     # No loop back to Provisioning although the spec still says Provisioned ...
-    assert sim.step().state.resources_status is R.STOPPED and sim.state.resources_desired_status is D.STOPPED
+    assert sim.step().state.deployment_resources_status is R.STOPPED and sim.state.deployment_resources_desired_status is D.STOPPED
     # ... until a start request.
     sim.spec(start="s1")
-    assert sim.step().state.resources_status is R.PROVISIONING
+    assert sim.step().state.deployment_resources_status is R.PROVISIONING
     assert sim.state.handled_start.outcome is ActionOutcome.APPLIED
 
 
@@ -189,7 +189,7 @@ def test_fatal_runtime_error_latches_and_desired_becomes_stopped():
     assert sim.state.deployment_error == ErrorResponse(message="worker 0 panicked", error_code="WorkerPanic",
                                                        details={"worker": 0})
     sim.step(Observation())
-    assert sim.state.resources_status is R.STOPPED and sim.state.deployment_error is not None
+    assert sim.state.deployment_resources_status is R.STOPPED and sim.state.deployment_error is not None
     for _ in range(3):  # no restart: the spec still says Provisioned, but the error holds
         d = sim.step(Observation())
         assert summary(d) == [] and ActionKind.PROVISION not in [a.kind for a in d.actions]
@@ -199,7 +199,7 @@ def test_dead_process_is_a_resource_error():
     sim = Sim()
     sim.start()
     sim.step(Observation(compute=compute(ComputeState.FAILED, "process exited with signal 9")))
-    assert sim.state.resources_status is R.STOPPING
+    assert sim.state.deployment_resources_status is R.STOPPING
     assert sim.state.deployment_error.error_code == "RunnerCheckError"
     assert "signal 9" in sim.state.deployment_error.message
 
@@ -210,12 +210,12 @@ def test_unreachable_is_initializing_in_the_grace_period_then_unavailable_and_ne
     sim.step(running())
     unreachable = Observation(compute=compute(ComputeState.READY),
                               runtime=parse_status_response(None, None, "connection refused"))
-    assert sim.step(unreachable, after=10).state.runtime_status is RS.INITIALIZING
+    assert sim.step(unreachable, after=10).state.deployment_runtime_status is RS.INITIALIZING
     state = sim.step(unreachable, after=11).state
-    assert state.runtime_status is RS.UNAVAILABLE
-    assert "connection refused" in state.runtime_status_details["reason"]
+    assert state.deployment_runtime_status is RS.UNAVAILABLE
+    assert "connection refused" in state.deployment_runtime_status_details["reason"]
     for _ in range(5):
-        assert sim.step(unreachable, after=60).state.resources_status is R.PROVISIONED
+        assert sim.step(unreachable, after=60).state.deployment_resources_status is R.PROVISIONED
 
 
 def test_stopping_waits_until_compute_is_gone():
@@ -225,7 +225,7 @@ def test_stopping_waits_until_compute_is_gone():
     sim.step(running())
     for _ in range(3):
         assert kinds(sim.step(Observation(compute=compute(ComputeState.READY)))) == ["Deprovision"]
-    assert sim.step(Observation()).state.resources_status is R.STOPPED
+    assert sim.step(Observation()).state.deployment_resources_status is R.STOPPED
 
 
 def test_clear_storage_only_when_stopped_and_desired_stopped():
@@ -259,7 +259,7 @@ def test_start_requested_while_clearing_waits_for_cleared():
     sim.step()
     sim.spec(resources_desired_status=D.PROVISIONED)
     d = sim.step(storage(True))
-    assert sim.state.resources_status is R.STOPPED and "storage to be cleared" in d.notes[0]
+    assert sim.state.deployment_resources_status is R.STOPPED and "storage to be cleared" in d.notes[0]
     d = sim.step(storage(False))
     assert summary(d) == [("Stopped", "Provisioned", None, "Success", "Cleared", False),
                           ("Stopped", "Provisioned", None, "Success", "InUse", False),
@@ -290,29 +290,29 @@ def test_new_spec_generation_dismisses_the_error_and_recompiles():
     sim.spec(program_digest="p2")
     d = sim.step()
     assert sim.state.deployment_error is None and sim.state.program_status is P.PENDING
-    assert sim.state.resources_desired_status is D.PROVISIONED
+    assert sim.state.deployment_resources_desired_status is D.PROVISIONED
     assert kinds(d) == ["Compile"] and d.actions[0].program_digest == "p2"
     sim.step(compiled("p2"))
-    assert sim.state.resources_status is R.PROVISIONING
+    assert sim.state.deployment_resources_status is R.PROVISIONING
 
 
 def test_dismiss_annotation_is_refused_until_stopped_then_applies():
     sim = Sim()
     sim.start()
     sim.step(Observation(compute=compute(ComputeState.FAILED, "gone")))
-    assert sim.state.resources_status is R.STOPPING
+    assert sim.state.deployment_resources_status is R.STOPPING
     sim.spec(dismiss_error="d1")
     sim.step(Observation(compute=compute(ComputeState.TERMINATING)))
     assert sim.state.handled_dismiss_error.outcome is ActionOutcome.REFUSED
     assert sim.state.deployment_error is not None
     sim.step(Observation())
-    assert sim.state.resources_status is R.STOPPED and sim.state.deployment_error is not None
+    assert sim.state.deployment_resources_status is R.STOPPED and sim.state.deployment_error is not None
     sim.spec(dismiss_error="d2")
     d = sim.step(Observation())
     assert sim.state.deployment_error is None and sim.state.handled_dismiss_error.value == "d2"
     assert summary(d)[0][5] is False
     # Dismissing starts nothing: the system set the desired status to Stopped (as Feldera does).
-    assert sim.step().state.resources_status is R.STOPPED and sim.state.resources_desired_status is D.STOPPED
+    assert sim.step().state.deployment_resources_status is R.STOPPED and sim.state.deployment_resources_desired_status is D.STOPPED
 
 
 def test_dismiss_without_error_is_recorded_as_a_no_op():
@@ -332,7 +332,7 @@ def test_program_change_while_provisioned_is_held_until_stopped():
     sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE)
     sim.step(running())
     sim.step(Observation())
-    assert sim.state.resources_status is R.STOPPED and sim.state.program_digest == "p1"
+    assert sim.state.deployment_resources_status is R.STOPPED and sim.state.program_digest == "p1"
     d = sim.step()
     assert sim.state.program_digest == "p2" and sim.state.program_status is P.PENDING
     assert not sim.state.program_change_held and kinds(d) == ["Compile"]
@@ -353,7 +353,7 @@ def test_runtime_desired_status_is_forwarded_while_provisioned():
     d = sim.step(running())
     assert [(a.kind, a.target, a.activate) for a in d.actions] == [(ActionKind.SET_RUNTIME_DESIRED, SRD.PAUSED, False)]
     d = sim.step(running(RS.PAUSED, RDS.PAUSED))
-    assert kinds(d) == [] and sim.state.runtime_status is RS.PAUSED
+    assert kinds(d) == [] and sim.state.deployment_runtime_status is RS.PAUSED
     d = sim.step(running(RS.RUNNING, RDS.RUNNING))  # resumed behind our back: paused again
     assert kinds(d) == ["SetRuntimeDesired"]
 
@@ -398,7 +398,7 @@ def test_details_change_is_not_a_step_but_is_in_the_state():
     sim = Sim()
     sim.start()
     d = sim.step(running(runtime_status_details={"connector_stats": {"num_errors": 1}}))
-    assert d.steps == () and sim.state.runtime_status_details == {"connector_stats": {"num_errors": 1}}
+    assert d.steps == () and sim.state.deployment_runtime_status_details == {"connector_stats": {"num_errors": 1}}
 
 
 @pytest.mark.parametrize(("status", "body", "probe", "runtime"), [
@@ -448,7 +448,7 @@ def _crashed() -> Sim:
     sim.start()
     sim.step(Observation(compute=compute(ComputeState.FAILED, "exited with code 70")))
     sim.step(Observation())
-    assert sim.state.resources_status is R.STOPPED and sim.state.deployment_error is not None
+    assert sim.state.deployment_resources_status is R.STOPPED and sim.state.deployment_error is not None
     return sim
 
 
@@ -456,24 +456,24 @@ def test_a_start_request_is_refused_while_stopping_after_a_fatal_error():
     sim = Sim()
     sim.start()
     sim.step(Observation(compute=compute(ComputeState.FAILED, "gone")))
-    assert sim.state.resources_status is R.STOPPING
+    assert sim.state.deployment_resources_status is R.STOPPING
     sim.spec(start="s1", dismiss_error="d1")
     sim.step(Observation(compute=compute(ComputeState.TERMINATING)))
     assert sim.state.handled_start.outcome is ActionOutcome.REFUSED
     assert sim.state.handled_start.error_code == "IllegalPipelineAction"
     sim.step(Observation())
     # The refused start is not silently carried out later.
-    assert sim.step().state.resources_status is R.STOPPED
+    assert sim.step().state.deployment_resources_status is R.STOPPED
 
 
 def test_dismiss_then_start_request_restarts_a_crashed_pipeline():
     sim = _crashed()
     sim.spec(dismiss_error="d1")
     sim.step()
-    assert sim.state.deployment_error is None and sim.state.resources_status is R.STOPPED
+    assert sim.state.deployment_error is None and sim.state.deployment_resources_status is R.STOPPED
     sim.spec(start="s1")
     d = sim.step()
-    assert sim.state.resources_status is R.PROVISIONING and kinds(d) == ["Provision"]
+    assert sim.state.deployment_resources_status is R.PROVISIONING and kinds(d) == ["Provision"]
 
 
 def test_a_start_request_with_the_error_undismissed_is_refused():
@@ -481,7 +481,7 @@ def test_a_start_request_with_the_error_undismissed_is_refused():
     sim.spec(start="s1")
     sim.step()
     assert sim.state.handled_start.error_code == "CannotStartWithUndismissedError"
-    assert sim.state.resources_status is R.STOPPED
+    assert sim.state.deployment_resources_status is R.STOPPED
 
 
 def test_a_new_spec_generation_releases_the_hold_and_dismisses_the_error():
@@ -489,7 +489,7 @@ def test_a_new_spec_generation_releases_the_hold_and_dismisses_the_error():
     sim.spec(initial=Init.PAUSED)
     d = sim.step()
     assert sim.state.deployment_error is None
-    assert sim.state.resources_status is R.PROVISIONING and d.actions[-1].initial is RDS.PAUSED
+    assert sim.state.deployment_resources_status is R.PROVISIONING and d.actions[-1].initial is RDS.PAUSED
 
 
 def test_start_parameters_are_kept_while_running_and_cleared_on_the_way_to_stopped():
@@ -510,7 +510,7 @@ def test_start_parameters_are_kept_while_running_and_cleared_on_the_way_to_stopp
                          error_after_dismissal=False, standby_allowed=False) is None
     sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE)
     sim.step(running())
-    assert sim.state.resources_status is R.STOPPING
+    assert sim.state.deployment_resources_status is R.STOPPING
     assert (sim.state.deployment_initial, sim.state.bootstrap_policy) == (None, None)
 
 
@@ -519,7 +519,7 @@ def test_start_checks_come_in_feldera_order():
     # With every problem at once, the first check wins; fixing it reveals the next.
     # Each check alone, in order:
     base = PipelineState(program_status=P.SUCCESS, storage_status=S.IN_USE)
-    assert start_refusal(base.model_copy(update={"resources_status": R.STOPPING}), D.STOPPED,
+    assert start_refusal(base.model_copy(update={"deployment_resources_status": R.STOPPING}), D.STOPPED,
                          error_after_dismissal=True, **args).error_code == "IllegalPipelineAction"
     assert start_refusal(base.model_copy(update={"storage_status": S.CLEARING}), D.STOPPED,
                          error_after_dismissal=True, **args).error_code == "CannotStartWithUndismissedError"
@@ -536,9 +536,9 @@ def test_start_checks_come_in_feldera_order():
 def test_standby_without_a_synced_file_backend_fails_the_start():
     sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.STANDBY))
     sim.step(compiled("p1"))
-    assert sim.state.resources_status is R.STOPPED
+    assert sim.state.deployment_resources_status is R.STOPPED
     assert sim.state.deployment_error.error_code == "InitialStandbyNotAllowed"
-    assert sim.state.resources_desired_status is D.STOPPED
+    assert sim.state.deployment_resources_desired_status is D.STOPPED
 
 
 def test_storage_of_a_stopped_pipeline_with_a_latched_error_can_be_cleared():
@@ -563,7 +563,7 @@ def test_dismiss_delete_and_interaction_guards():
     assert delete_refusal(live.state).error_code == "DeleteRestrictedToFullyStopped"
     live.step(Observation(compute=compute(ComputeState.READY), runtime=parse_status_response(503, {
         "message": "busy", "error_code": "Busy", "details": None})))
-    assert live.state.runtime_status is RS.UNAVAILABLE
+    assert live.state.deployment_runtime_status is RS.UNAVAILABLE
     refusal = interaction_refusal(live.state, "p")
     assert (refusal.http_status, refusal.error_code) == (503, "PipelineUnavailable")
 
@@ -574,7 +574,7 @@ def test_unavailable_sets_the_runtime_desired_status_as_feldera_does():
     unreachable = Observation(compute=compute(ComputeState.READY),
                               runtime=parse_status_response(None, None, "connection refused"))
     sim.step(unreachable, after=30)
-    assert (sim.state.runtime_status, sim.state.runtime_desired_status) == (RS.UNAVAILABLE, RDS.UNAVAILABLE)
+    assert (sim.state.deployment_runtime_status, sim.state.deployment_runtime_desired_status) == (RS.UNAVAILABLE, RDS.UNAVAILABLE)
     for answer in [(503, {"message": "m", "error_code": "Other", "details": None}), (200, "Sleeping"),
                    (200, {"runtime_status": "Running"})]:
         obs = parse_status_response(*answer)
@@ -584,7 +584,7 @@ def test_unavailable_sets_the_runtime_desired_status_as_feldera_does():
     fresh.step(compiled("p1"))
     fresh.step(Observation(compute=compute(ComputeState.READY), runtime=ok(RS.INITIALIZING, RDS.PAUSED)))
     fresh.step(unreachable, after=2)
-    assert (fresh.state.runtime_status, fresh.state.runtime_desired_status) == (RS.INITIALIZING, RDS.PAUSED)
+    assert (fresh.state.deployment_runtime_status, fresh.state.deployment_runtime_desired_status) == (RS.INITIALIZING, RDS.PAUSED)
 
 
 def test_legacy_answers_map_to_feldera_runtime_desired_statuses():
@@ -602,10 +602,10 @@ def test_a_new_generation_that_changes_only_description_or_tags_starts_nothing()
     sim.start()
     sim.step(Observation(compute=compute(ComputeState.FAILED, "gone")))
     sim.step(Observation())
-    assert sim.state.resources_status is R.STOPPED and sim.state.deployment_error is not None
+    assert sim.state.deployment_resources_status is R.STOPPED and sim.state.deployment_error is not None
     sim.spec(spec_digest="spec-a")  # a new generation: only the description changed
     sim.step()
-    assert sim.state.deployment_error is not None and sim.step().state.resources_status is R.STOPPED
+    assert sim.state.deployment_error is not None and sim.step().state.deployment_resources_status is R.STOPPED
     sim.spec(spec_digest="spec-b")  # the program or configuration changed: start again
     sim.step()
-    assert sim.state.deployment_error is None and sim.state.resources_status is R.PROVISIONING
+    assert sim.state.deployment_error is None and sim.state.deployment_resources_status is R.PROVISIONING

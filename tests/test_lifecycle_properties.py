@@ -106,21 +106,21 @@ def resource_of(desired: Desired, sql: str, status) -> dict:
 
 
 def check_step(before: PipelineState, after: PipelineState) -> None:
-    assert (before.resources_status.value, after.resources_status.value) in FELDERA_RESOURCES
+    assert (before.deployment_resources_status.value, after.deployment_resources_status.value) in FELDERA_RESOURCES
     assert (before.storage_status.value, after.storage_status.value) in FELDERA_STORAGE
     assert (before.program_status.value, after.program_status.value) in FELDERA_PROGRAM
     if before.storage_status is not after.storage_status or before.program_status is not after.program_status:
-        assert before.resources_status is ResourcesStatus.STOPPED
+        assert before.deployment_resources_status is ResourcesStatus.STOPPED
 
 
 def check_state(state: PipelineState) -> None:
-    if state.resources_status in (ResourcesStatus.PROVISIONING, ResourcesStatus.PROVISIONED):
+    if state.deployment_resources_status in (ResourcesStatus.PROVISIONING, ResourcesStatus.PROVISIONED):
         assert state.storage_status is StorageStatus.IN_USE
         assert state.program_status is ProgramStatus.SUCCESS
-    if state.resources_status is not ResourcesStatus.PROVISIONED:
-        assert state.runtime_status is None and state.runtime_desired_status is None
+    if state.deployment_resources_status is not ResourcesStatus.PROVISIONED:
+        assert state.deployment_runtime_status is None and state.deployment_runtime_desired_status is None
     if state.deployment_error is not None:
-        assert state.resources_desired_status is ResourcesDesiredStatus.STOPPED
+        assert state.deployment_resources_desired_status is ResourcesDesiredStatus.STOPPED
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -160,24 +160,24 @@ def test_random_histories_keep_every_invariant(ops):
 
         # An error, once set, stays until dismissed.
         if before.deployment_error is not None and state.deployment_error is None:
-            assert before.resources_status is ResourcesStatus.STOPPED
+            assert before.deployment_resources_status is ResourcesStatus.STOPPED
             new_dismiss = desired.dismiss_error is not None and (
                 before.handled_dismiss_error is None or before.handled_dismiss_error.value != desired.dismiss_error)
             assert new_dismiss or desired.generation > (before.error_generation or 0)
         # Desired Stopped by the system (every move to Stopping, a failed start) holds until a start
         # request or a newer spec generation.
         for step in decision.steps:
-            if step.state.resources_status is ResourcesStatus.STOPPING and \
+            if step.state.deployment_resources_status is ResourcesStatus.STOPPING and \
                     desired.resources_desired_status is ResourcesDesiredStatus.PROVISIONED:
-                assert step.state.resources_desired_status is ResourcesDesiredStatus.STOPPED
+                assert step.state.deployment_resources_desired_status is ResourcesDesiredStatus.STOPPED
         if before.system_stop_generation is not None and state.system_stop_generation is None:
             new_start = desired.start is not None and (
                 before.handled_start is None or before.handled_start.value != desired.start)
             assert new_start or desired.generation > before.system_stop_generation
         if before.system_stop_generation is not None and state.system_stop_generation is not None:
-            assert ResourcesStatus.PROVISIONING not in [s.state.resources_status for s in decision.steps]
+            assert ResourcesStatus.PROVISIONING not in [s.state.deployment_resources_status for s in decision.steps]
         if before.deployment_error is not None:
-            assert ResourcesStatus.PROVISIONING not in [s.state.resources_status for s in decision.steps] or \
+            assert ResourcesStatus.PROVISIONING not in [s.state.deployment_resources_status for s in decision.steps] or \
                 state.deployment_error is None
 
         # Every committed step is one event, in order; nothing else is, within the intervals.

@@ -212,3 +212,31 @@ def test_events_recovered_from_status_history_keep_deployment_has_error():
     assert [e.deployment_error for e in events] == [latched, latched, None, ERROR_NOT_RETAINED]
     assert all(project_event(e, "all")["deployment_has_error"] == h.deployment_has_error
                for e, h in zip(history_events(history, None), history))
+
+
+def test_every_feldera_field_is_declared_once_and_reaches_every_projection():
+    """PipelineDeployment declares Feldera's fields; the core's state, the resource's status (and
+    its CRD schema), the monitor event and its history entry are derived from it."""
+    from pydantic.alias_generators import to_camel
+
+    from pipeline_operator.core.lifecycle import PipelineState
+    from pipeline_operator.crd import render
+    from pipeline_operator.models import (
+        EVENT_FIELDS,
+        STATUS_FIELDS,
+        EventStatus,
+        HistoryEntry,
+        PipelineDeployment,
+        PipelineStatus,
+    )
+    declared = set(PipelineDeployment.model_fields)
+    assert declared <= set(PipelineState.model_fields)
+    assert declared <= set(PipelineStatus.model_fields)
+    assert set(EVENT_FIELDS) == set(EventStatus.model_fields) and set(EVENT_FIELDS) <= declared
+    assert {f for f in STATUS_FIELDS if f != "deployment_error"} | {"deployment_has_error"} <= set(
+        HistoryEntry.model_fields)
+    schema = render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert {to_camel(f) for f in declared} <= set(schema)
+    for name, info in PipelineDeployment.model_fields.items():  # types carry over, made optional
+        status_info = PipelineStatus.model_fields[name]
+        assert status_info.default is None and status_info.description == info.description, name

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from pipeline_operator.backends import PipelineKey
+from pipeline_operator.identity import PipelineKey
 from pipeline_operator.core.emission import UuidV7, make_event
 from pipeline_operator.models import EventStatus, ProgramStatus, ResourcesDesiredStatus, ResourcesStatus, StorageStatus
 from pipeline_operator.store import SCHEMA_VERSION, EventStore
@@ -129,3 +129,13 @@ def test_append_after_close_is_an_error(tmp_path):
     s.close()
     with pytest.raises(Exception, match="closed"):
         s.append(KEY, events(1))
+
+
+def test_backoff_doubles_up_to_its_maximum_and_gives_up_after_its_attempts():
+    from pipeline_operator.retry import Backoff
+    b = Backoff(initial=0.5, maximum=2.0)
+    assert [b.failure() for _ in range(5)] == [0.5, 1.0, 2.0, 2.0, 2.0]
+    b.success()
+    assert b.failure() == 0.5
+    limited = Backoff(initial=0.5, maximum=2.0, attempts=4)
+    assert [limited.failure() for _ in range(4)] == [0.5, 1.0, 2.0, None]

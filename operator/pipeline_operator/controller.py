@@ -18,20 +18,20 @@ from typing import Any
 
 import kopf
 
-from .api import ApiServer, Metrics
-from .backends import PipelineKey
+from .api import ApiDeps, ApiServer, Metrics
+from .backends import Backend as BackendProtocol
 from .backends.kubernetes import KubernetesBackend
 from .backends.local import LocalBackend
 from .compiler import Compiler
 from .core.lifecycle import ComputeState
 from .kube import Kube
 from .kube_events import EventPoster
-from .recording import Recorder
-from .store import EventStore
 from .models import API_GROUP, API_VERSION, PLURAL
 from .reconciler import ONE_SHOT_ANNOTATIONS, Context, PipelineMonitor, key_of
+from .recording import Recorder
 from .runtime_client import RuntimeClient
 from .settings import Backend, OperatorSettings
+from .store import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -77,26 +77,29 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         monitor: PipelineMonitor | None = memo.get("monitor")
         if monitor is None:
             return
-        before = _trigger(monitor.obj or {})
-        monitor.see(dict(body))
-        if _trigger(dict(body)) != before:
+        monitor.see(body)
+        trigger = _trigger(dict(body))
+        if trigger != monitor.trigger:
+            monitor.trigger = trigger
             monitor.wake.set()
 
     @kopf.daemon(API_GROUP, API_VERSION, PLURAL, registry=registry, cancellation_timeout=10,
                  when=lambda body, **_: not body.get("metadata", {}).get("deletionTimestamp"))
     async def monitor(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         pipeline = PipelineMonitor(ctx, key_of(body))
+        pipeline.see(body)
+        pipeline.trigger = _trigger(dict(body))
         memo["monitor"] = pipeline
-        pipeline.see(dict(body))
-        where = (pipeline.key.namespace, pipeline.key.name)
-        ctx.monitors[where] = pipeline
+        ctx.monitors.add(pipeline)
         try:
             await pipeline.run(lambda: bool(stopped))
         finally:
-            if ctx.monitors.get(where) is pipeline:
-                del ctx.monitors[where]
+            ctx.monitors.remove(pipeline)
 
-    @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, registry=registry, backoff=1)
+    # Deleting waits for compute to stop and storage to be cleared: a retry (TemporaryError) every
+    # second; any other failure is retried too (never given up: giving up would release the
+    # finalizer and leave compute and storage behind).
+    @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, registry=registry, backoff=1, errors=kopf.ErrorsMode.TEMPORARY)
     async def delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
         key = key_of(body)
         compute = await ctx.backend.observe_compute(key)
@@ -106,9 +109,7 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         if await ctx.backend.storage_exists(key):
             await ctx.backend.clear_storage(key)
             raise kopf.TemporaryError("deleting: waiting for storage to be cleared", delay=1)
-        forget = getattr(ctx.backend, "forget", None)
-        if forget is not None:
-            await forget(key)
+        await ctx.backend.forget(key)
         await ctx.sink.forget(key)
         logger.info("pipeline deleted: compute stopped, storage cleared, events removed")
 
@@ -116,7 +117,7 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
     return registry
 
 
-def make_backend(settings: OperatorSettings, kube: Kube) -> Any:
+def make_backend(settings: OperatorSettings, kube: Kube) -> BackendProtocol:
     if settings.backend is Backend.LOCAL:
         return LocalBackend(settings.state_dir, settings.pipeline_command)
     if settings.dev_endpoint_overrides is not None:
@@ -136,14 +137,18 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                                     settings.events_prune_interval)
     poster = EventPoster(kube, settings.operator_name)
     poster.start()
+    metrics = Metrics()
+    metrics.count_kubernetes_events(lambda: (poster.posted, poster.dropped))
     ctx = Context(settings=settings, kube=kube, backend=make_backend(settings, kube),
                   compiler=Compiler(settings.state_dir / "programs"),
                   runtime=RuntimeClient(status_timeout=settings.status_timeout),
-                  sink=Recorder(store, poster), metrics=Metrics())
+                  sink=Recorder(store, poster), metrics=metrics)
     api = None
     if settings.api_listen != "off":
         host, _, port = settings.api_listen.rpartition(":")
-        api = ApiServer(ctx, auth=settings.api_auth, default_namespace=settings.api_default_namespace)
+        api = ApiServer(ApiDeps(pipelines=ctx.monitors, events=store, kube=kube, endpoint=ctx.backend.endpoint,
+                                runtime=ctx.runtime, artifact=ctx.compiler.artifact, metrics=metrics),
+                        auth=settings.api_auth, default_namespace=settings.api_default_namespace)
         await api.start(host.strip("[]"), int(port))
     ready_flag = ready_flag or asyncio.Event()
 
@@ -174,4 +179,4 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
         log.info("pipeline-operator stopped")
 
 
-__all__ = ["run", "build_registry", "PipelineKey"]
+__all__ = ["run", "build_registry"]

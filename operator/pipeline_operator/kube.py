@@ -26,6 +26,10 @@ class Conflict(Exception):
     """The object changed since it was read; read it again and decide again."""
 
 
+class Gone(Exception):
+    """The object no longer exists (its deletion reaches the watch shortly)."""
+
+
 class Forbidden(Exception):
     """RBAC refused a call; the message names the verb and resource."""
 
@@ -51,7 +55,6 @@ class Kube:
         self.authz = kubernetes.client.AuthorizationV1Api(self.api_client)
         self.field_manager = field_manager
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
-        self.writes = 0  # API write requests made (for benchmarks and metrics)
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one blocking client call in the operator's Kubernetes thread pool."""
@@ -76,7 +79,6 @@ class Kube:
         """Replace ``status`` if the object is still at ``resource_version``; returns the new object."""
         patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
                  {"op": "add", "path": "/status", "value": status}]
-        self.writes += 1
         try:
             return await self.call(self.custom.patch_namespaced_custom_object_status, API_GROUP, API_VERSION,
                                    namespace, PLURAL, name, patch, field_manager=self.field_manager,
@@ -85,7 +87,7 @@ class Kube:
             if exc.status == 409 or (exc.status == 422 and _is_failed_test(exc)):
                 raise Conflict(f"{namespace}/{name} changed since resourceVersion {resource_version}") from exc
             if exc.status == 404:
-                raise Conflict(f"{namespace}/{name} is gone") from exc
+                raise Gone(f"{namespace}/{name} is gone") from exc
             raise _translate(exc, "patch", "pipelines/status") from exc
 
 
@@ -185,16 +187,3 @@ def _translate(exc: ApiException, verb: str, resource: str) -> Exception:
     if exc.status == 403:
         return Forbidden(f"the operator may not {verb} {resource}: {exc.reason}")
     return exc
-
-
-def resource_version_newer(a: str | None, b: str | None) -> bool:
-    """Whether resourceVersion ``a`` is newer than ``b`` (etcd revisions are integers; an
-    unparsable one is never taken as newer)."""
-    if a is None:
-        return False
-    if b is None:
-        return True
-    try:
-        return int(a) > int(b)
-    except ValueError:
-        return False

@@ -25,9 +25,10 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from .backends import PipelineKey
 from .core.emission import EmissionKind, Emitted
 from .core.reasons import describe
+from .identity import PipelineKey
+from .retry import Backoff
 from .kube import Kube
 from .models import API_GROUP, API_VERSION, KIND
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 AGGREGATED = {EmissionKind.HEARTBEAT: "heartbeat", EmissionKind.DETAILS: "details"}
 BURST = 25
 REFILL_SECONDS = 10.0
-RETRIES = (0.5, 1.0, 2.0)
+ATTEMPTS = 4  # one try and three retries, 0.5, 1 and 2 s apart
 QUEUE_LIMIT = 10_000
 
 
@@ -126,12 +127,14 @@ class EventPoster:
         while True:
             post = await self._queue.get()
             try:
-                for attempt, delay in enumerate((*RETRIES, None)):
+                backoff = Backoff(initial=0.5, maximum=2.0, attempts=ATTEMPTS)
+                while True:
                     try:
                         await self._post(post)
                         self.posted += 1
                         break
                     except (ApiException, OSError) as exc:
+                        delay = backoff.failure()
                         if delay is None or getattr(exc, "status", 0) in (400, 403, 422):
                             self.dropped += 1
                             log.warning("%s: could not post Event %s: %s", post.key, post.reason,

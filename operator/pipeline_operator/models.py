@@ -17,9 +17,9 @@ import datetime as dt
 import enum
 import hashlib
 import uuid
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "dataflow.dev"
@@ -219,38 +219,9 @@ class ErrorResponse(BaseModel):
 # Monitor events
 # --------------------------------------------------------------------------------------
 
-STATUS_FIELDS: tuple[str, ...] = (
-    "deployment_resources_status",
-    "deployment_resources_desired_status",
-    "deployment_runtime_status",
-    "deployment_runtime_desired_status",
-    "deployment_has_error",
-    "program_status",
-    "storage_status",
-)
-DETAILS_FIELDS: tuple[str, ...] = (
-    "deployment_resources_status_details",
-    "deployment_runtime_status_details",
-    "storage_status_details",
-)
-# Fields the ``status`` selector leaves out (and ``all`` includes, as null when absent).
-ALL_ONLY_FIELDS: frozenset[str] = frozenset((*DETAILS_FIELDS, "deployment_error"))
-# Feldera's field order on the wire.
-EVENT_FIELD_ORDER: tuple[str, ...] = (
-    "event_id",
-    "recorded_at",
-    "deployment_resources_status",
-    "deployment_resources_status_details",
-    "deployment_resources_desired_status",
-    "deployment_runtime_status",
-    "deployment_runtime_status_details",
-    "deployment_runtime_desired_status",
-    "deployment_has_error",
-    "deployment_error",
-    "program_status",
-    "storage_status",
-    "storage_status_details",
-)
+# The monitor event's fields are declared once, by :class:`EventStatus` below (Feldera's names and
+# order); these tuples, the ``status`` projection, ``status.history`` entries (:class:`HistoryEntry`)
+# and the lifecycle core's state are all derived from it.
 
 
 def format_timestamp(t: dt.datetime) -> str:
@@ -273,80 +244,128 @@ def format_timestamp(t: dt.datetime) -> str:
     return f"{base}{frac}Z"
 
 
-class EventStatus(BaseModel):
-    """The status and details fields of a monitor event: a snapshot of one pipeline."""
-    model_config = ConfigDict(frozen=True, extra="ignore")  # a projection's deployment_has_error is derived
+class PipelineDeployment(BaseModel):
+    """Feldera's status fields of a pipeline, with their types and initial values: the one
+    declaration. The lifecycle core's state extends it; a monitor event (:class:`EventStatus`),
+    its ``status`` projection, ``status.history`` entries and the resource's status
+    (:class:`PipelineStatus`, camelCase) are derived from it, so a new field is one edit."""
+    model_config = ConfigDict(frozen=True)
 
-    deployment_resources_status: ResourcesStatus
+    deployment_resources_status: ResourcesStatus = ResourcesStatus.STOPPED
+    deployment_resources_status_since: dt.datetime | None = None
     deployment_resources_status_details: Any = None
-    deployment_resources_desired_status: ResourcesDesiredStatus
+    deployment_resources_desired_status: ResourcesDesiredStatus = Field(
+        ResourcesDesiredStatus.STOPPED, description="The effective desired status: Stopped while an error is "
+                                                    "latched or the system holds the pipeline stopped.")
+    deployment_resources_desired_status_since: dt.datetime | None = None
+    deployment_initial: RuntimeDesiredStatus | None = Field(
+        None, description="Set by a start (Feldera's /start?initial=), cleared on the way to Stopped.")
+    bootstrap_policy: BootstrapPolicy | None = Field(None, description="Set by a start, cleared on the way "
+                                                                       "to Stopped.")
     deployment_runtime_status: RuntimeStatus | None = None
+    deployment_runtime_status_since: dt.datetime | None = None
     deployment_runtime_status_details: Any = None
     deployment_runtime_desired_status: RuntimeDesiredStatus | None = None
+    deployment_runtime_desired_status_since: dt.datetime | None = None
     deployment_error: ErrorResponse | None = None
-    program_status: ProgramStatus
-    storage_status: StorageStatus
+    program_status: ProgramStatus = ProgramStatus.PENDING
+    program_status_since: dt.datetime | None = None
+    program_digest: str | None = Field(None, max_length=64, description="Digest of the program the program "
+                                                                      "status refers to.")
+    program_version: int = Field(0, ge=0, description="Feldera's program_version: one more for every new "
+                                                     "program.")
+    program_error: Any = None
+    storage_status: StorageStatus = StorageStatus.CLEARED
     storage_status_details: Any = None
+
+
+# A monitor event's fields, in Feldera's order (``pipeline_monitor_event``): a field named
+# ``*_details`` is a details field (the ``all`` selector only); ``deployment_error`` is shown by
+# ``all`` only, and as ``deployment_has_error`` by both; every other field is a status field.
+EVENT_FIELDS: tuple[str, ...] = (
+    "deployment_resources_status", "deployment_resources_status_details", "deployment_resources_desired_status",
+    "deployment_runtime_status", "deployment_runtime_status_details", "deployment_runtime_desired_status",
+    "deployment_error", "program_status", "storage_status", "storage_status_details")
+DETAILS_FIELDS: tuple[str, ...] = tuple(f for f in EVENT_FIELDS if f.endswith("_details"))
+STATUS_FIELDS: tuple[str, ...] = tuple(f for f in EVENT_FIELDS if f not in DETAILS_FIELDS)
+# Fields the ``status`` selector leaves out (and ``all`` includes, as null when absent).
+ALL_ONLY_FIELDS: frozenset[str] = frozenset((*DETAILS_FIELDS, "deployment_error"))
+# Feldera's field order on the wire: the ids, then the fields, ``deployment_has_error`` before the error.
+EVENT_FIELD_ORDER: tuple[str, ...] = ("event_id", "recorded_at", *[
+    name for f in EVENT_FIELDS for name in (("deployment_has_error", f) if f == "deployment_error" else (f,))])
+# Required in an event (Feldera's OpenAPI): the status fields that are never null.
+_EVENT_REQUIRED = {"deployment_resources_status", "deployment_resources_desired_status", "program_status",
+                   "storage_status"}
+
+
+class _EventBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")  # a projection's deployment_has_error is derived
 
     @property
     def deployment_has_error(self) -> bool:
-        return self.deployment_error is not None
+        return getattr(self, "deployment_error", None) is not None
 
     def status_key(self) -> tuple[Any, ...]:
         """What "a status field changed" compares (the error itself counts, not only its presence)."""
-        return (self.deployment_resources_status, self.deployment_resources_desired_status,
-                self.deployment_runtime_status, self.deployment_runtime_desired_status,
-                self.deployment_error, self.program_status, self.storage_status)
+        return tuple(getattr(self, f) for f in STATUS_FIELDS)
 
     def details_key(self) -> tuple[Any, ...]:
-        return (self.deployment_resources_status_details, self.deployment_runtime_status_details,
-                self.storage_status_details)
+        return tuple(getattr(self, f) for f in DETAILS_FIELDS)
 
 
-class MonitorEvent(EventStatus):
+def _event_field(name: str) -> tuple[Any, Any]:
+    info = PipelineDeployment.model_fields[name]
+    return info.annotation, (... if name in _EVENT_REQUIRED else None)
+
+
+_EventFields: Any = create_model("_EventFields", __base__=_EventBase,  # type: ignore[call-overload]
+                            **{name: _event_field(name) for name in EVENT_FIELDS})
+
+
+if TYPE_CHECKING:  # the fields are derived at run time; the type checker sees Any
+    EventStatus = Any
+else:
+    class EventStatus(_EventFields):  # type: ignore[misc]
+        """The status and details fields of a monitor event: a snapshot of one pipeline (derived from
+        :class:`PipelineDeployment`, in Feldera's event order)."""
+
+
+class MonitorEvent(EventStatus):  # type: ignore[misc]
     """One pipeline monitor event, as Feldera's ``pipeline_monitor_event`` row."""
 
     event_id: uuid.UUID
     recorded_at: dt.datetime
 
 
+def json_value(value: Any) -> Any:
+    """A field's value as Feldera writes it in JSON (enums by value, errors as objects)."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dt.datetime):
+        return format_timestamp(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
 def project_event(event: MonitorEvent,
                   selector: PipelineMonitorEventFieldSelector | str = "status") -> dict[str, Any]:
     """The JSON object Feldera returns for an event under ``selector`` (``all`` or ``status``).
 
-    ``status`` omits the three details fields and ``deployment_error``; ``all`` includes them,
-    as ``null`` when absent. ``deployment_has_error`` is derived from ``deployment_error``.
-    Keys are in Feldera's order.
+    ``status`` omits the details fields and ``deployment_error``; ``all`` includes them, as
+    ``null`` when absent. ``deployment_has_error`` is derived from ``deployment_error``. Keys are
+    in Feldera's order.
     """
     selector = PipelineMonitorEventFieldSelector(selector)
-    values: dict[str, Any] = {
-        "event_id": str(event.event_id),
-        "recorded_at": format_timestamp(event.recorded_at),
-        "deployment_resources_status": event.deployment_resources_status.value,
-        "deployment_resources_status_details": event.deployment_resources_status_details,
-        "deployment_resources_desired_status": event.deployment_resources_desired_status.value,
-        "deployment_runtime_status": _value(event.deployment_runtime_status),
-        "deployment_runtime_status_details": event.deployment_runtime_status_details,
-        "deployment_runtime_desired_status": _value(event.deployment_runtime_desired_status),
-        "deployment_has_error": event.deployment_has_error,
-        "deployment_error": (event.deployment_error.model_dump(mode="json")
-                             if event.deployment_error is not None else None),
-        "program_status": event.program_status.value,
-        "storage_status": event.storage_status.value,
-        "storage_status_details": event.storage_status_details,
-    }
-    if selector is PipelineMonitorEventFieldSelector.ALL:
-        return {k: values[k] for k in EVENT_FIELD_ORDER}
-    return {k: values[k] for k in EVENT_FIELD_ORDER if k not in ALL_ONLY_FIELDS}
+    keep_all = selector is PipelineMonitorEventFieldSelector.ALL
+    return {k: json_value(getattr(event, k)) for k in EVENT_FIELD_ORDER if keep_all or k not in ALL_ONLY_FIELDS}
 
 
 def program_digest(sql: str) -> str:
     """Identifies a program: the status records which program it compiled."""
     return hashlib.sha256(sql.encode()).hexdigest()[:32]
-
-
-def _value(e: enum.Enum | None) -> Any:
-    return None if e is None else e.value
 
 
 def camelize(obj: Any) -> Any:
@@ -365,7 +384,6 @@ def camelize(obj: Any) -> Any:
 # A Kubernetes resource quantity that is not negative (``10Gi``, ``500m``, ``1.5``).
 QUANTITY_PATTERN = (r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
                     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
@@ -497,17 +515,28 @@ class ErrorStatus(CamelModel):
     details: FreeForm = None
 
 
-class HistoryEntry(CamelModel):
-    """One monitor event as the ``status`` selector shows it, camelCase."""
-    event_id: uuid.UUID
-    recorded_at: dt.datetime
-    deployment_resources_status: ResourcesStatus
-    deployment_resources_desired_status: ResourcesDesiredStatus
-    deployment_runtime_status: RuntimeStatus | None = None
-    deployment_runtime_desired_status: RuntimeDesiredStatus | None = None
-    deployment_has_error: bool
-    program_status: ProgramStatus
-    storage_status: StorageStatus
+def _history_fields() -> dict[str, Any]:
+    """``status.history`` entries: the event as the ``status`` selector shows it, derived from
+    :class:`EventStatus` (a new event field is a new history field)."""
+    fields: dict[str, Any] = {"event_id": (uuid.UUID, ...), "recorded_at": (dt.datetime, ...)}
+    for name in EVENT_FIELD_ORDER[2:]:
+        if name == "deployment_has_error":
+            fields[name] = (bool, ...)
+        elif name not in ALL_ONLY_FIELDS:
+            info = EventStatus.model_fields[name]
+            fields[name] = (info.annotation, ... if info.is_required() else info.default)
+    return fields
+
+
+_HistoryFields: Any = create_model("_HistoryFields", __base__=CamelModel,
+                              **_history_fields())
+
+
+if TYPE_CHECKING:  # the fields are derived at run time; the type checker sees Any
+    HistoryEntry = Any
+else:
+    class HistoryEntry(_HistoryFields):  # type: ignore[misc]
+        """One monitor event as the ``status`` selector shows it, camelCase."""
 
 
 class ActionOutcome(str, enum.Enum):
@@ -544,7 +573,22 @@ class OperatorState(CamelModel):
     suspend_requested_at: dt.datetime | None = None
 
 
-class PipelineStatus(CamelModel):
+def _status_field(name: str) -> tuple[Any, Any]:
+    """A :class:`PipelineDeployment` field as the resource's status keeps it: optional (absent
+    until the operator writes it), free-form JSON for details, camelCase keys for the error."""
+    info = PipelineDeployment.model_fields[name]
+    if name == "deployment_error":
+        annotation: Any = ErrorStatus | None
+    elif info.annotation is Any:
+        annotation = FreeForm
+    else:
+        annotation = Optional[info.annotation]  # noqa: UP045 (a runtime type, not an annotation)
+    if info.metadata:  # constraints (max_length, ge) carry over
+        annotation = Annotated[(annotation, *info.metadata)]
+    return annotation, Field(None, description=info.description)
+
+
+class _PipelineStatusBase(CamelModel):
     """What the operator observed and decided. Written only by the operator, to ``/status``."""
     model_config = ConfigDict(extra="ignore")
 
@@ -554,58 +598,22 @@ class PipelineStatus(CamelModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     deployment_status: CombinedStatus | None = Field(None, description="Feldera's combined status.")
     deployment_desired_status: CombinedDesiredStatus | None = None
-    deployment_resources_status: ResourcesStatus | None = None
-    deployment_resources_status_since: dt.datetime | None = None
-    deployment_resources_status_details: FreeForm = None
-    deployment_resources_desired_status: ResourcesDesiredStatus | None = Field(
-        None, description="The effective desired status: Stopped while an error is latched or the "
-                          "system holds the pipeline stopped.")
-    deployment_resources_desired_status_since: dt.datetime | None = None
-    deployment_initial: RuntimeDesiredStatus | None = None
-    bootstrap_policy: BootstrapPolicy | None = None
-    deployment_runtime_status: RuntimeStatus | None = None
-    deployment_runtime_status_since: dt.datetime | None = None
-    deployment_runtime_status_details: FreeForm = None
-    deployment_runtime_desired_status: RuntimeDesiredStatus | None = None
-    deployment_runtime_desired_status_since: dt.datetime | None = None
-    deployment_error: ErrorStatus | None = None
-    program_status: ProgramStatus | None = None
-    program_status_since: dt.datetime | None = None
-    program_error: FreeForm = None
-    program_digest: str | None = Field(None, max_length=64, description="Digest of the program the "
-                                       "program status refers to.")
-    program_version: int | None = Field(None, ge=0, description="Feldera's program_version: one more "
-                                        "for every new program.")
-    program_change_held: bool | None = Field(None, description="The spec's program changed while the "
-                                             "pipeline was not Stopped; it is compiled once Stopped.")
-    storage_status: StorageStatus | None = None
-    storage_status_details: FreeForm = None
-    handled_actions: HandledActions | None = None
-    operator_state: OperatorState | None = None
-    history: list[HistoryEntry] = Field(default_factory=list, max_length=MAX_HISTORY_ITEMS,
-                                        description="The newest monitor events, newest first.")
 
 
-class Metadata(BaseModel):
-    """The part of ``metadata`` the operator reads."""
-    model_config = ConfigDict(extra="ignore")
+_PipelineStatusFields: Any = create_model(  # type: ignore[call-overload]
+    "_PipelineStatusFields", __base__=_PipelineStatusBase,
+    **{name: _status_field(name) for name in PipelineDeployment.model_fields},
+    program_change_held=(bool | None, Field(None, description="The spec's program changed while the pipeline "
+                                                              "was not Stopped; it is compiled once Stopped.")),
+    handled_actions=(HandledActions | None, None),
+    operator_state=(OperatorState | None, None),
+    history=(list[HistoryEntry], Field(default_factory=list, max_length=MAX_HISTORY_ITEMS,
+                                       description="The newest monitor events, newest first.")),
+)
 
-    name: str
-    namespace: str | None = None
-    uid: str | None = None
-    generation: int = 1
-    resource_version: str | None = Field(None, alias="resourceVersion")
-    annotations: dict[str, str] = Field(default_factory=dict)
-    labels: dict[str, str] = Field(default_factory=dict)
 
-
-class Pipeline(BaseModel):
-    """A whole Pipeline object as read from the API server."""
-    model_config = ConfigDict(extra="ignore")
-
-    api_version: Literal["dataflow.dev/v1alpha1"] = Field(f"{API_GROUP}/{API_VERSION}",
-                                                           alias="apiVersion")
-    kind: Literal["Pipeline"] = "Pipeline"
-    metadata: Metadata
-    spec: PipelineSpec = Field(default_factory=PipelineSpec)
-    status: PipelineStatus = Field(default_factory=PipelineStatus)
+if TYPE_CHECKING:  # the fields are derived at run time; the type checker sees Any
+    PipelineStatus = Any
+else:
+    class PipelineStatus(_PipelineStatusFields):  # type: ignore[misc]
+        """What the operator observed and decided. Written only by the operator, to ``/status``."""

@@ -11,16 +11,19 @@ fresh object: reconciliation is level-based and every action is idempotent.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .backends import Backend, PipelineKey
+from pydantic.alias_generators import to_camel
+
+from .backends import Backend
 from .compiler import Compiler
 from .core import resource
 from .core.emission import EmissionRules, Emitted, UuidV7, emit
@@ -36,8 +39,10 @@ from .core.lifecycle import (
     StorageObservation,
     decide,
 )
-from .kube import Conflict, Forbidden, Kube, resource_version_newer
+from .identity import PipelineKey
+from .kube import Conflict, Forbidden, Gone, Kube
 from .models import (
+    DETAILS_FIELDS,
     BootstrapPolicy,
     Condition,
     ErrorResponse,
@@ -50,7 +55,11 @@ from .models import (
     project_event,
 )
 from .runtime_client import RuntimeClient
+from .retry import Backoff
 from .settings import OperatorSettings
+
+if TYPE_CHECKING:
+    from .api.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +68,7 @@ ANNOTATION_CLEAR_STORAGE = "dataflow.dev/clear-storage"
 ANNOTATION_DISMISS_ERROR = "dataflow.dev/dismiss-error"
 ANNOTATION_APPROVE = "dataflow.dev/approve"
 ONE_SHOT_ANNOTATIONS = (ANNOTATION_START, ANNOTATION_CLEAR_STORAGE, ANNOTATION_DISMISS_ERROR, ANNOTATION_APPROVE)
-DETAILS_KEYS = ("deploymentResourcesStatusDetails", "deploymentRuntimeStatusDetails", "storageStatusDetails")
+DETAILS_KEYS = tuple(to_camel(f) for f in DETAILS_FIELDS)  # written with their event only
 _QUICK_REPOLL = 0.3  # after forwarding an action to the pipeline, look again soon (Feldera's notify)
 
 
@@ -95,9 +104,9 @@ class Context:
     sink: EventSink = dataclasses.field(default_factory=EventSink)
     ids: UuidV7 = dataclasses.field(default_factory=UuidV7)
     clock: Callable[[], dt.datetime] = utcnow
-    monitors: dict[tuple[str, str], "PipelineMonitor"] = dataclasses.field(default_factory=dict)
+    monitors: "PipelineRegistry" = dataclasses.field(default_factory=lambda: PipelineRegistry())
     in_flight: set[asyncio.Future] = dataclasses.field(default_factory=set)  # status writes that must finish
-    metrics: Any = None
+    metrics: "Metrics | None" = None
 
     @property
     def lifecycle(self) -> LifecycleConfig:
@@ -108,6 +117,30 @@ class Context:
     def rules(self) -> EmissionRules:
         return EmissionRules(details_min_interval=self.settings.details_min_interval,
                              heartbeat_interval=self.settings.heartbeat_interval)
+
+
+class PipelineRegistry:
+    """The pipelines this operator monitors, by namespace and name (what the HTTP API serves)."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[tuple[str, str], PipelineMonitor] = {}
+
+    def add(self, monitor: "PipelineMonitor") -> None:
+        self._by_name[(monitor.key.namespace, monitor.key.name)] = monitor
+
+    def remove(self, monitor: "PipelineMonitor") -> None:
+        where = (monitor.key.namespace, monitor.key.name)
+        if self._by_name.get(where) is monitor:
+            del self._by_name[where]
+
+    def get(self, namespace: str, name: str) -> "PipelineMonitor | None":
+        return self._by_name.get((namespace, name))
+
+    def in_namespace(self, namespace: str) -> list["PipelineMonitor"]:
+        return [m for (ns, _), m in sorted(self._by_name.items()) if ns == namespace]
+
+    def all(self) -> list["PipelineMonitor"]:
+        return list(self._by_name.values())
 
 
 def key_of(body: dict[str, Any]) -> PipelineKey:
@@ -175,14 +208,8 @@ def history_event(entry: HistoryEntry, error: ErrorResponse | None) -> MonitorEv
     """A monitor event from a ``status.history`` entry (which has no details and no error text):
     ``error`` is the error to show when the entry had one (the latched error when it is the same
     episode, else a marker), so ``deployment_has_error`` survives."""
-    return MonitorEvent(
-        event_id=entry.event_id, recorded_at=entry.recorded_at,
-        deployment_resources_status=entry.deployment_resources_status,
-        deployment_resources_desired_status=entry.deployment_resources_desired_status,
-        deployment_runtime_status=entry.deployment_runtime_status,
-        deployment_runtime_desired_status=entry.deployment_runtime_desired_status,
-        deployment_error=(error or ERROR_NOT_RETAINED) if entry.deployment_has_error else None,
-        program_status=entry.program_status, storage_status=entry.storage_status)
+    shown = entry.model_dump(exclude={"deployment_has_error"})
+    return MonitorEvent(**shown, deployment_error=(error or ERROR_NOT_RETAINED) if entry.deployment_has_error else None)
 
 
 def history_events(history: Sequence[HistoryEntry], latched: ErrorResponse | None) -> list[MonitorEvent]:
@@ -194,6 +221,18 @@ def history_events(history: Sequence[HistoryEntry], latched: ErrorResponse | Non
             current = None
         events.append(history_event(entry, current))
     return events
+
+
+AWAIT_WATCH = 10.0
+
+
+def _copy(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {"metadata": dict(body.get("metadata") or {}), "spec": dict(body.get("spec") or {}),
+            "status": dict(body.get("status") or {})}
+
+
+def _rv(obj: Mapping[str, Any] | None) -> str | None:
+    return ((obj or {}).get("metadata") or {}).get("resourceVersion")
 
 
 def _without_details(status: dict[str, Any]) -> dict[str, Any]:
@@ -212,47 +251,76 @@ class PipelineMonitor:
         self.history: list[HistoryEntry] = []
         self.last_event: MonitorEvent | None = None
         self.written: dict[str, Any] | None = None
-        self.obj: dict[str, Any] | None = None  # the newest version of the Pipeline we know
+        self._watched: dict[str, Any] | None = None  # the newest version the watch delivered
+        self._recent: collections.deque[str | None] = collections.deque(maxlen=32)  # its latest versions
+        self._own: dict[str, Any] | None = None  # a newer version we got first-hand ...
+        self._own_until = 0.0                    # ... until the watch delivers it (or this deadline)
+        self._seeded = False
+        self.trigger: tuple[Any, ...] = ()  # what wakes the loop at once (generation, one-shot annotations)
         self._last_notes: tuple[str, ...] = ()
         self._pass_done = asyncio.Event()  # set, and replaced, after every pass
-        self.passes = 0
         self.blocked: str | None = None  # a permission the operator lacks, as a Stalled condition says
 
     # -- the newest object -----------------------------------------------------------------
+    #
+    # Versions are compared for equality only (``resourceVersion`` is opaque). The watch delivers
+    # them in order; an object we get first-hand (our own write's answer, a read, the API's patch)
+    # is newer than anything the watch delivers before that same version, so until then (or for
+    # at most AWAIT_WATCH seconds, should the watch restart and skip it) watch events are older.
 
-    def see(self, body: dict[str, Any]) -> None:
-        """Take a version of the Pipeline (from the watch or a read) if it is newer than ours."""
-        rv = (body.get("metadata") or {}).get("resourceVersion")
-        known = (self.obj or {}).get("metadata", {}).get("resourceVersion")
-        if self.obj is None or resource_version_newer(rv, known):
-            self.obj = {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}),
-                        "status": dict(body.get("status") or {})}
+    @property
+    def obj(self) -> dict[str, Any] | None:
+        """The newest version of the Pipeline we know."""
+        if self._own is not None and time.monotonic() < self._own_until:
+            return self._own
+        self._own = None
+        return self._watched
+
+    def see(self, body: Mapping[str, Any]) -> None:
+        """A version of the Pipeline the watch delivered."""
+        rv = _rv(body)
+        self._watched = _copy(body)
+        self._recent.append(rv)
+        if self._own is not None and _rv(self._own) == rv:
+            self._own = None  # the watch caught up
+
+    def adopt(self, obj: Mapping[str, Any]) -> None:
+        """A version we got first-hand (our write's answer, a read, the API's patch): newer than
+        what the watch delivered so far, unless the watch delivered it already."""
+        if _rv(obj) in self._recent:
+            return
+        self._own, self._own_until = _copy(obj), time.monotonic() + AWAIT_WATCH
 
     def _load(self, obj: dict[str, Any]) -> None:
-        """First pass: carry on from what the status recorded (an operator restart loses nothing)."""
+        """Carry on from what the status records: at the first pass (an operator restart loses
+        nothing), and after a write conflict (the fresh object decides, not our memory)."""
         status = PipelineStatus.model_validate(obj.get("status") or {})
         self.state = resource.from_status(status)
         self.conditions = list(status.conditions)
         self.history = list(status.history)
         self.written = obj.get("status") or {}
         if self.history:
-            self.last_event = history_event(self.history[0], self.state.deployment_error)
+            recorded = history_event(self.history[0], self.state.deployment_error)
+            if self.last_event is None or recorded.recorded_at >= self.last_event.recorded_at:
+                self.last_event = recorded
 
     # -- one pass ----------------------------------------------------------------------------
 
     async def run_pass(self) -> float:
         """Observe, decide, record, act. Returns the seconds until the next pass."""
-        assert self.obj is not None
         obj = self.obj
+        assert obj is not None
         if self.state is None:
             self._load(obj)
+        assert self.state is not None
+        if not self._seeded:
             # A fresh or lost store is seeded from the history; events written to the status just
             # before a crash, and not yet to the store, are added; nothing is stored twice.
             await self.ctx.sink.seed(self.key, history_events(self.history, self.state.deployment_error))
             stored = await self.ctx.sink.latest(self.key)
             if stored is not None and (self.last_event is None or stored.recorded_at >= self.last_event.recorded_at):
                 self.last_event = stored
-        assert self.state is not None
+            self._seeded = True
         desired, spec = desired_of(obj)
         try:
             observation = await self.observe(desired, self.state)
@@ -264,12 +332,15 @@ class PipelineMonitor:
                        decision.state.event_status(), now, self.ctx.ids, self.ctx.rules)
         try:
             await self.record(desired, decision, emitted, now)
+        except Gone as exc:
+            log.info("%s: %s; waiting for its deletion", self.key, exc)
+            return self.ctx.settings.monitor_interval
         except Conflict as exc:
-            log.info("%s: %s; reading it again", self.key, exc)
+            log.info("%s: %s; deciding again from the fresh object", self.key, exc)
             fresh = await self.ctx.kube.get_pipeline(self.key.namespace, self.key.name)
             if fresh is not None:
-                self.obj = None
-                self.see(fresh)
+                self.adopt(fresh)
+                self._load(fresh)
             return 0.0
         self._explain(decision, emitted)
         try:
@@ -279,9 +350,8 @@ class PipelineMonitor:
         if self.blocked is not None:
             log.info("%s: permissions are sufficient again", self.key)
             self.blocked = None
-        self.passes += 1
-        transitional = decision.state.resources_status in (ResourcesStatus.PROVISIONING, ResourcesStatus.STOPPING) \
-            or decision.state.program_status.is_compiling
+        transitional = decision.state.deployment_resources_status in (
+            ResourcesStatus.PROVISIONING, ResourcesStatus.STOPPING) or decision.state.program_status.is_compiling
         delay = self.ctx.settings.monitor_period(transitional)
         return min(delay, _QUICK_REPOLL) if quick else delay
 
@@ -299,18 +369,20 @@ class PipelineMonitor:
             try:
                 updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name,
                                                            self.obj["metadata"]["resourceVersion"], body)
-                self.see(updated)
+                self.adopt(updated)
                 self.written = body
                 self.conditions = list(status.conditions)
             except Conflict:
                 return 0.0
+            except Gone:
+                return self.ctx.settings.monitor_interval
         return 10.0
 
     async def observe(self, desired: Desired, state: PipelineState) -> Observation:
         ctx = self.ctx
         compute = await ctx.backend.observe_compute(self.key)
         runtime = None
-        if state.resources_status in (ResourcesStatus.PROVISIONING, ResourcesStatus.PROVISIONED) \
+        if state.deployment_resources_status in (ResourcesStatus.PROVISIONING, ResourcesStatus.PROVISIONED) \
                 and compute.state in (ComputeState.READY, ComputeState.PENDING):
             endpoint = ctx.backend.endpoint(self.key)
             if endpoint is not None:
@@ -345,7 +417,7 @@ class PipelineMonitor:
     async def _write_and_record(self, rv: str, body: dict[str, Any], status: PipelineStatus,
                                 history: list[HistoryEntry], decision: Decision, emitted: Sequence[Emitted]) -> None:
         updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name, rv, body)
-        self.see(updated)
+        self.adopt(updated)
         self.written = body
         self.state = decision.state
         self.conditions = list(status.conditions)
@@ -396,10 +468,10 @@ class PipelineMonitor:
     def _explain(self, decision: Decision, emitted: Sequence[Emitted]) -> None:
         for step in decision.steps:
             s = step.state
-            runtime = f"/{s.runtime_status.value}" if s.runtime_status else ""
+            runtime = f"/{s.deployment_runtime_status.value}" if s.deployment_runtime_status else ""
             error = f", error {s.deployment_error.error_code}" if s.deployment_error else ""
             log.info("%s: %s -> resources %s%s, desired %s, program %s, storage %s%s", self.key, step.reason,
-                     s.resources_status.value, runtime, s.resources_desired_status.value, s.program_status.value,
+                     s.deployment_resources_status.value, runtime, s.deployment_resources_desired_status.value, s.program_status.value,
                      s.storage_status.value, error)
         if decision.notes != self._last_notes:
             for note in decision.notes:
@@ -410,6 +482,10 @@ class PipelineMonitor:
                 log.debug("%s: %s event recorded", self.key, e.kind.value)
 
     # -- waiting for the loop ------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Look at the pipeline again at once (a change was made or forwarded)."""
+        self.wake.set()
 
     async def wait_until(self, predicate: Callable[[dict[str, Any], PipelineState], bool],
                          timeout: float) -> bool:
@@ -437,7 +513,7 @@ class PipelineMonitor:
     async def run(self, stopped: Callable[[], bool]) -> None:
         """Passes until the daemon is stopped (Kopf cancels the task); a spec or annotation
         change wakes it at once."""
-        backoff = 1.0
+        backoff = Backoff(initial=1.0, maximum=60.0)
         while not stopped():
             self.wake.clear()  # a wake-up that comes during the pass shortens the wait after it
             started = time.perf_counter()
@@ -445,12 +521,12 @@ class PipelineMonitor:
                 delay = await self.run_pass()
                 if self.ctx.metrics is not None:
                     self.ctx.metrics.reconcile_seconds.observe(time.perf_counter() - started)
-                backoff = 1.0
+                backoff.success()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("%s: monitoring pass failed; retrying in %.0fs", self.key, backoff)
-                delay, backoff = backoff, min(backoff * 2, 60.0)
+                delay = backoff.failure() or 60.0
+                log.exception("%s: monitoring pass failed; retrying in %.0fs", self.key, delay)
             self._passed()
             if delay <= 0 or self.wake.is_set():
                 continue

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from .backends import PipelineKey
 from .core.emission import Emitted
+from .identity import PipelineKey
 from .kube_events import EventPoster
 from .models import MonitorEvent
 from .reconciler import EventSink

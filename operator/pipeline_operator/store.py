@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backends import PipelineKey
+from .identity import PipelineKey
+from .retry import Backoff
 from .models import MonitorEvent, project_event
 
 
@@ -138,7 +139,7 @@ class EventStore:
     def _write_loop(self) -> None:
         conn = self._connect()
         last_prune = time.monotonic()
-        backoff = 0.1
+        backoff = Backoff(initial=0.1, maximum=5.0)
         held: list[_Batch] = []
         stopping = False
         while True:
@@ -168,12 +169,12 @@ class EventStore:
                     self._commit(conn, held)
                 except sqlite3.Error as exc:
                     self.write_failures += 1
+                    delay = backoff.failure() or 5.0
                     log.warning("event store: writing %d events failed (%s); retrying in %.1fs",
-                                sum(len(b.events) for b in held), exc, backoff)
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                                sum(len(b.events) for b in held), exc, delay)
+                    time.sleep(delay)
                     continue
-                backoff = 0.1
+                backoff.success()
                 with self._idle:
                     self._pending -= len(held)
                     self._idle.notify_all()
@@ -301,8 +302,6 @@ class EventStore:
         with self._connect() as conn:
             return conn.execute("DELETE FROM monitor_event WHERE pipeline_uid = ?", (uid,)).rowcount
 
-    def is_empty(self) -> bool:
-        return self._reader().execute("SELECT 1 FROM monitor_event LIMIT 1").fetchone() is None
 
 
 _NOTHING = object()

@@ -10,6 +10,6 @@
 
 from .errors import ApiError
 from .metrics import Metrics
-from .server import ApiServer
+from .server import ApiDeps, ApiServer
 
-__all__ = ["ApiError", "ApiServer", "Metrics"]
+__all__ = ["ApiDeps", "ApiError", "ApiServer", "Metrics"]

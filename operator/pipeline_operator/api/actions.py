@@ -67,7 +67,7 @@ def _bootstrap_flags(request: web.Request) -> str:
 class Actions:
     def __init__(self, server: "ApiServer") -> None:
         self.server = server
-        self.ctx = server.ctx
+        self.deps = server.deps
 
     def routes(self, r: web.UrlDispatcher) -> None:
         for action in ("start", "stop", "pause", "resume", "activate", "approve", "clear", "dismiss_error"):
@@ -119,7 +119,7 @@ class Actions:
             annotations[ANNOTATION_DISMISS_ERROR] = writes.nonce()
         # The latest start decides how the pipeline starts: an earlier /pause or /resume (kept in
         # spec.runtimeDesiredStatus) does not outlive it.
-        await writes.patch(self.ctx, monitor, {"desiredStatus": "Provisioned",
+        await writes.patch(self.deps.kube, monitor, {"desiredStatus": "Provisioned",
                                                "initialRuntimeStatus": initial.value,
                                                "runtimeDesiredStatus": None,
                                                "bootstrapPolicy": policy.value}, annotations)
@@ -131,7 +131,7 @@ class Actions:
 
     async def stop(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
         force = bool_param(request.query, "force", False)
-        updated = await writes.patch(self.ctx, monitor, {"desiredStatus": "Stopped",
+        updated = await writes.patch(self.deps.kube, monitor, {"desiredStatus": "Stopped",
                                                          "stopMode": "Force" if force else "Graceful"})
         await writes.settle(monitor, writes.observed(writes.generation(updated)))
         return web.json_response("Pipeline is forcefully stopping" if force else "Pipeline is stopping", status=202)
@@ -142,7 +142,7 @@ class Actions:
             raise ApiError.refused(refusal)
         if state.storage_status.value != "Cleared":
             value = writes.nonce()
-            await writes.patch(self.ctx, monitor, annotations={ANNOTATION_CLEAR_STORAGE: value})
+            await writes.patch(self.deps.kube, monitor, annotations={ANNOTATION_CLEAR_STORAGE: value})
             await writes.settle(monitor, lambda obj, st: st.handled_clear_storage is not None
                                 and st.handled_clear_storage.value == value)
             refused = _refused(monitor.state.handled_clear_storage if monitor.state else None, value)
@@ -157,7 +157,7 @@ class Actions:
             raise ApiError.refused(refusal)
         if state.deployment_error is not None:
             value = writes.nonce()
-            await writes.patch(self.ctx, monitor, annotations={ANNOTATION_DISMISS_ERROR: value})
+            await writes.patch(self.deps.kube, monitor, annotations={ANNOTATION_DISMISS_ERROR: value})
             await writes.settle(monitor, lambda obj, st: st.handled_dismiss_error is not None
                                 and st.handled_dismiss_error.value == value)
             refused = _refused(monitor.state.handled_dismiss_error if monitor.state else None, value)
@@ -172,17 +172,17 @@ class Actions:
         refusal = interaction_refusal(state, monitor.key.name)
         if refusal is not None:
             raise ApiError.refused(refusal)
-        endpoint = self.ctx.backend.endpoint(monitor.key)
+        endpoint = self.deps.endpoint(monitor.key)
         if endpoint is None:
             raise ApiError(503, "PipelineMissingDeploymentLocation",
                            "Unable to interact with pipeline because its deployment location is missing despite "
                            f"it being fully provisioned (pipeline: '{monitor.key.name}')")
-        answer = await self.ctx.runtime.forward(endpoint, method, path, query)
+        answer = await self.deps.runtime.forward(endpoint, method, path, query)
         if answer is None:
             raise ApiError(503, "PipelineInteractionUnreachable",
                            f"Error sending HTTP request to pipeline: it did not answer. Failed request: {method} "
                            f"{path} (pipeline: '{monitor.key.name}')")
-        monitor.wake.set()  # Feldera's notify: look at the pipeline again at once
+        monitor.poke()  # Feldera's notify: look at the pipeline again at once
         return answer
 
     @staticmethod
@@ -194,7 +194,7 @@ class Actions:
         status, body, content_type = await self._forward(monitor, state, method, path, query)
         if status < 300:
             # Kept in the spec so that the monitoring loop holds the pipeline there (level-based).
-            await writes.patch(self.ctx, monitor, {"runtimeDesiredStatus": target})
+            await writes.patch(self.deps.kube, monitor, {"runtimeDesiredStatus": target})
         return self._answer(status, body, content_type)
 
     async def pause(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:

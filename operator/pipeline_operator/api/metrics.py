@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -21,3 +25,19 @@ class Metrics:
                                ["resources_status"], registry=self.registry)
         self.store_events = Gauge("pipeline_operator_event_store_events", "Events in the event store",
                                   registry=self.registry)
+
+    def count_kubernetes_events(self, counts: Callable[[], tuple[int, int]]) -> None:
+        """Kubernetes Events posted and dropped (``counts`` returns them), read at each scrape."""
+        self.registry.register(_KubernetesEvents(counts))
+
+
+class _KubernetesEvents(Collector):
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        posted, dropped = self.counts()
+        yield CounterMetricFamily("pipeline_operator_kubernetes_events_posted", "Kubernetes Events posted",
+                                  value=posted)
+        yield CounterMetricFamily("pipeline_operator_kubernetes_events_dropped", "Kubernetes Events dropped "
+                                  "(the API server refused them, or too many were waiting)", value=dropped)

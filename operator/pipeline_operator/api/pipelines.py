@@ -30,11 +30,13 @@ from ..models import (
     API_GROUP,
     API_VERSION,
     KIND,
+    PipelineDeployment,
     PipelineSpec,
     PipelineStatus,
     combined_desired_status,
     combined_status,
     format_timestamp,
+    json_value,
 )
 from . import writes
 from .errors import ApiError, unknown_pipeline
@@ -56,6 +58,11 @@ FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
 }
 METADATA_FIELDS = {"description", "tags"}  # may change at any time (Feldera's client metadata)
 _EMPTY_PROGRAM_ERROR = {"sql_compilation": None, "rust_compilation": None, "system_error": None}
+_ALL_ONLY_SPEC = {"runtime_config", "program_code", "udf_rust", "udf_toml"}  # Feldera's "all" selector only
+_ALL_ONLY_STATE = {"deployment_resources_status_details", "program_error"}
+_NOT_FELDERA = {"program_digest"}  # ours, not a field of Feldera's pipeline
+_REQUIRED_SINCE = ("deployment_resources_status_since", "deployment_resources_desired_status_since",
+                   "program_status_since")
 _SELECTORS = ("all", "status", "status_with_connectors")
 
 
@@ -131,7 +138,7 @@ def _body_fields(raw: Any, *, partial: bool) -> dict[str, Any]:
 class Pipelines:
     def __init__(self, server: "ApiServer") -> None:
         self.server = server
-        self.ctx = server.ctx
+        self.deps = server.deps
 
     def routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/v0/pipelines", self.list)
@@ -144,66 +151,48 @@ class Pipelines:
     # -- Feldera's pipeline shape ---------------------------------------------------------------
 
     async def info(self, obj: dict[str, Any], state: PipelineState | None, selector: str) -> dict[str, Any]:
+        """Feldera's ``PipelineSelectedInfo``: the spec's Feldera fields, the state's Feldera fields
+        (as :class:`models.PipelineDeployment` declares them) and the combined statuses."""
         meta = obj.get("metadata") or {}
-        spec = obj.get("spec") or {}
         status = PipelineStatus.model_validate(obj.get("status") or {})
         state = state or resource.from_status(status)
         created = meta.get("creationTimestamp") or format_timestamp(dt.datetime.now(dt.timezone.utc))
-        fields = feldera_fields(spec)
-        error = state.deployment_error
+        fields = feldera_fields(obj.get("spec") or {})
         try:
             refresh = int(meta.get("resourceVersion") or 0)
         except ValueError:
             refresh = int(meta.get("generation") or 1)
         info: dict[str, Any] = {
-            "id": meta.get("uid"), "name": meta.get("name"),
-            "description": fields["description"], "tags": fields["tags"],
-            "created_at": created, "version": int(meta.get("generation") or 1),
-            "platform_version": package_version("pipeline-operator"),
+            "id": meta.get("uid"), "name": meta.get("name"), "created_at": created,
+            "version": int(meta.get("generation") or 1), "platform_version": package_version("pipeline-operator"),
+            "refresh_version": refresh, "deployment_id": None,
+            **{k: v for k, v in fields.items() if selector == "all" or k not in _ALL_ONLY_SPEC},
         }
-        if selector == "all":
-            info |= {k: fields[k] for k in ("runtime_config", "program_code", "udf_rust", "udf_toml")}
-        info |= {
-            "program_config": fields["program_config"],
-            "program_version": state.program_version or 1,
-            "program_status": state.program_status.value,
-            "program_status_since": _since(state.program_status_since, default=created),
-        }
+        for name in PipelineDeployment.model_fields:
+            if name in _NOT_FELDERA or (selector != "all" and name in _ALL_ONLY_STATE):
+                continue
+            info[name] = json_value(getattr(state, name))
+        # Feldera's values where ours differ in form.
+        if state.bootstrap_policy is not None:
+            info["bootstrap_policy"] = state.bootstrap_policy.feldera
+        info["program_version"] = state.program_version or 1
+        for since in _REQUIRED_SINCE:
+            info[since] = info[since] or created
+        if state.deployment_runtime_status is None:
+            info["deployment_runtime_status_since"] = info["deployment_runtime_desired_status_since"] = None
         if selector == "all":
             info["program_error"] = state.program_error or _EMPTY_PROGRAM_ERROR
             info["program_info"] = await self._program_info(state)
         info |= {
-            "deployment_error": None if error is None else error.model_dump(mode="json"),
-            "refresh_version": refresh,
-            "storage_status": state.storage_status.value,
-            "storage_status_details": state.storage_status_details,
-            "deployment_id": None,
-            "deployment_initial": state.deployment_initial.value if state.deployment_initial else None,
-            "deployment_status": combined_status(state.resources_status, state.runtime_status).value,
-            "deployment_status_since": _since(state.resources_status_since, state.runtime_status_since,
-                                              default=created),
+            "deployment_status": combined_status(state.deployment_resources_status,
+                                                 state.deployment_runtime_status).value,
+            "deployment_status_since": _since(state.deployment_resources_status_since,
+                                              state.deployment_runtime_status_since, default=created),
             "deployment_desired_status": combined_desired_status(
-                state.resources_desired_status, state.runtime_desired_status, state.deployment_initial).value,
-            "deployment_desired_status_since": _since(state.resources_desired_status_since,
-                                                      state.runtime_desired_status_since, default=created),
-            "deployment_resources_status": state.resources_status.value,
-        }
-        if selector == "all":
-            info["deployment_resources_status_details"] = state.resources_status_details
-        info |= {
-            "deployment_resources_status_since": _since(state.resources_status_since, default=created),
-            "deployment_resources_desired_status": state.resources_desired_status.value,
-            "deployment_resources_desired_status_since": _since(state.resources_desired_status_since,
-                                                                default=created),
-            "deployment_runtime_status": state.runtime_status.value if state.runtime_status else None,
-            "deployment_runtime_status_details": state.runtime_status_details,
-            "deployment_runtime_status_since": format_timestamp(state.runtime_status_since)
-            if state.runtime_status_since and state.runtime_status else None,
-            "deployment_runtime_desired_status": state.runtime_desired_status.value
-            if state.runtime_desired_status else None,
-            "deployment_runtime_desired_status_since": format_timestamp(state.runtime_desired_status_since)
-            if state.runtime_desired_status_since and state.runtime_desired_status else None,
-            "bootstrap_policy": state.bootstrap_policy.feldera if state.bootstrap_policy else None,
+                state.deployment_resources_desired_status, state.deployment_runtime_desired_status,
+                state.deployment_initial).value,
+            "deployment_desired_status_since": _since(state.deployment_resources_desired_status_since,
+                                                      state.deployment_runtime_desired_status_since, default=created),
         }
         if selector == "status_with_connectors":
             info["connectors"] = None
@@ -212,7 +201,7 @@ class Pipelines:
     async def _program_info(self, state: PipelineState) -> Any:
         if state.program_status.value != "Success" or not state.program_digest:
             return None
-        artifact = await asyncio.to_thread(self.ctx.compiler.artifact, state.program_digest)
+        artifact = await asyncio.to_thread(self.deps.artifact, state.program_digest)
         return (artifact or {}).get("program_info")
 
     @staticmethod
@@ -234,8 +223,8 @@ class Pipelines:
         namespace = self.server.namespace(request)
         await self.server.authorize(request, "list", namespace)
         selector = self._selector(request)
-        found = [m for (ns, _), m in sorted(self.ctx.monitors.items()) if ns == namespace and m.obj is not None]
-        return web.json_response([await self.info(m.obj, m.state, selector) for m in found if m.obj is not None],
+        found = [(m.obj, m.state) for m in self.deps.pipelines.in_namespace(namespace)]
+        return web.json_response([await self.info(obj, state, selector) for obj, state in found if obj is not None],
                                  headers={"Cache-Control": "no-cache"})
 
     async def get(self, request: web.Request) -> web.Response:
@@ -254,12 +243,12 @@ class Pipelines:
 
     async def _current(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self.ctx.kube.get_pipeline(namespace, name)
+            return await self.deps.kube.get_pipeline(namespace, name)
         except Forbidden as exc:
             raise ApiError(503, "OperatorForbidden", str(exc)) from exc
 
     def _state(self, namespace: str, name: str, obj: dict[str, Any]) -> PipelineState:
-        monitor = self.ctx.monitors.get((namespace, name))
+        monitor = self.deps.pipelines.get(namespace, name)
         if monitor is not None and monitor.state is not None:
             return monitor.state
         return resource.from_status(PipelineStatus.model_validate(obj.get("status") or {}))
@@ -268,7 +257,7 @@ class Pipelines:
         body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
                 "metadata": {"name": name, "namespace": namespace}, "spec": _spec_of(fields)}
         try:
-            return await self.ctx.kube.apply_pipeline(namespace, name, body, writes.FIELD_MANAGER)
+            return await self.deps.kube.apply_pipeline(namespace, name, body, writes.FIELD_MANAGER)
         except FieldConflict as exc:
             owners = sorted({m for _, m in exc.conflicts})
             raise ApiError(
@@ -293,13 +282,13 @@ class Pipelines:
         gen = writes.generation(obj)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + writes.SETTLE_SECONDS
-        monitor = self.ctx.monitors.get((namespace, name))
+        monitor = self.deps.pipelines.get(namespace, name)
         while monitor is None and loop.time() < deadline:
             await asyncio.sleep(0.05)
-            monitor = self.ctx.monitors.get((namespace, name))
+            monitor = self.deps.pipelines.get(namespace, name)
         if monitor is None:
             return obj, None
-        monitor.see(obj)
+        monitor.adopt(obj)
         await writes.settle(monitor, writes.observed(gen), max(0.1, deadline - loop.time()))
         return monitor.obj or obj, monitor.state
 
@@ -364,7 +353,7 @@ class Pipelines:
         if refusal is not None:
             raise ApiError.refused(refusal)
         try:
-            await self.ctx.kube.delete_pipeline(namespace, name)
+            await self.deps.kube.delete_pipeline(namespace, name)
         except Forbidden as exc:
             raise ApiError(503, "OperatorForbidden", str(exc)) from exc
         # Feldera deletes synchronously: wait until the operator's finalizer has released it.

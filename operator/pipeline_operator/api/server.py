@@ -21,8 +21,9 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from cachetools import TTLCache
@@ -30,12 +31,15 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import openapi
+from ..identity import PipelineKey
+from ..kube import Kube
 from ..models import API_GROUP, PLURAL, PipelineMonitorEventFieldSelector
+from ..runtime_client import RuntimeClient
 from .errors import ApiError, unknown_pipeline
 from .metrics import Metrics
 
 if TYPE_CHECKING:
-    from ..reconciler import Context, PipelineMonitor
+    from ..reconciler import PipelineMonitor
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,36 @@ NOT_SERVED = re.compile(
     r"|oidc_trust.*|validate_program|metrics)$")
 
 
+class PipelineRegistry(Protocol):
+    """The pipelines the operator monitors (:class:`reconciler.PipelineRegistry`)."""
+    def get(self, namespace: str, name: str) -> "PipelineMonitor | None": ...
+
+    def in_namespace(self, namespace: str) -> "list[PipelineMonitor]": ...
+
+    def all(self) -> "list[PipelineMonitor]": ...
+
+
+class EventReader(Protocol):
+    """The event store, read as Feldera's JSON (:class:`store.EventStore`); blocking."""
+    def list_json(self, uid: str, selector: str = "status") -> str: ...
+
+    def get_json(self, uid: str, event_id: uuid.UUID | None, selector: str = "status") -> str | None: ...
+
+    def count(self, uid: str | None = None) -> int: ...
+
+
+@dataclass
+class ApiDeps:
+    """Everything the HTTP API uses of the rest of the operator."""
+    pipelines: PipelineRegistry
+    events: EventReader
+    kube: Kube
+    endpoint: Callable[[PipelineKey], str | None]          # where a pipeline answers (the backend's)
+    runtime: RuntimeClient                                 # to forward requests to a pipeline
+    artifact: Callable[[str], dict[str, Any] | None]       # a compiled program by digest (blocking)
+    metrics: Metrics = field(default_factory=Metrics)
+
+
 def _selector(request: web.Request) -> PipelineMonitorEventFieldSelector:
     raw = request.query.get("selector", "status")
     try:
@@ -63,14 +97,14 @@ def _selector(request: web.Request) -> PipelineMonitorEventFieldSelector:
 
 
 class ApiServer:
-    def __init__(self, ctx: "Context", auth: str = "kubernetes", default_namespace: str = "default",
+    def __init__(self, deps: ApiDeps, auth: str = "kubernetes", default_namespace: str = "default",
                  max_concurrency: int = 64) -> None:
         from .actions import Actions
         from .pipelines import Pipelines
-        self.ctx = ctx
+        self.deps = deps
         self.auth = auth
         self.default_namespace = default_namespace
-        self.metrics: Metrics = ctx.metrics if ctx.metrics is not None else Metrics()
+        self.metrics = deps.metrics
         self._tokens: TTLCache = TTLCache(maxsize=10_000, ttl=AUTH_CACHE_SECONDS)
         self._access: TTLCache = TTLCache(maxsize=50_000, ttl=AUTH_CACHE_SECONDS)
         self._limit = asyncio.Semaphore(max_concurrency)
@@ -169,7 +203,7 @@ class ApiServer:
     async def _review_token(self, token: str) -> dict[str, Any]:
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
         try:
-            review = await self.ctx.kube.call(self.ctx.kube.auth.create_token_review, body)
+            review = await self.deps.kube.call(self.deps.kube.auth.create_token_review, body)
         except ApiException as exc:
             log.error("TokenReview failed (%s %s): grant the operator system:auth-delegator", exc.status, exc.reason)
             raise ApiError(503, "AuthenticationUnavailable", "Cannot check the token now; try again") from exc
@@ -185,7 +219,7 @@ class ApiServer:
                          "resourceAttributes": {"group": API_GROUP, "resource": PLURAL, "verb": verb,
                                                 "namespace": namespace}}}
         try:
-            review = await self.ctx.kube.call(self.ctx.kube.authz.create_subject_access_review, body)
+            review = await self.deps.kube.call(self.deps.kube.authz.create_subject_access_review, body)
         except ApiException as exc:
             log.error("SubjectAccessReview failed (%s %s): grant the operator system:auth-delegator",
                       exc.status, exc.reason)
@@ -195,7 +229,7 @@ class ApiServer:
     # -- lookups ----------------------------------------------------------------------------------
 
     def monitor(self, namespace: str, name: str) -> "PipelineMonitor":
-        monitor = self.ctx.monitors.get((namespace, name))
+        monitor = self.deps.pipelines.get(namespace, name)
         if monitor is None or monitor.obj is None:
             raise unknown_pipeline(name)
         return monitor
@@ -224,15 +258,13 @@ class ApiServer:
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         counts: dict[str, int] = {}
-        for monitor in list(self.ctx.monitors.values()):
+        for monitor in self.deps.pipelines.all():
             if monitor.state is not None:
-                status = monitor.state.resources_status.value
+                status = monitor.state.deployment_resources_status.value
                 counts[status] = counts.get(status, 0) + 1
         for status in ("Stopped", "Provisioning", "Provisioned", "Stopping"):
             self.metrics.pipelines.labels(status).set(counts.get(status, 0))
-        store = getattr(self.ctx.sink, "store", None)
-        if store is not None:
-            self.metrics.store_events.set(await asyncio.to_thread(store.count))
+        self.metrics.store_events.set(await asyncio.to_thread(self.deps.events.count))
         return web.Response(body=generate_latest(self.metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -249,14 +281,13 @@ class ApiServer:
     async def list_events(self, request: web.Request) -> web.Response:
         monitor = await self.pipeline(request, "get")
         selector = _selector(request)
-        body = await asyncio.to_thread(self.ctx.sink.store.list_json, monitor.key.uid, selector.value)
+        body = await asyncio.to_thread(self.deps.events.list_json, monitor.key.uid, selector.value)
         return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-cache"})
 
     async def get_event(self, request: web.Request) -> web.Response:
         monitor = await self.pipeline(request, "get")
         selector = _selector(request)
         raw = request.match_info["event_id"]
-        store = self.ctx.sink.store
         event_id = None
         if raw != "latest":
             try:
@@ -264,7 +295,7 @@ class ApiServer:
             except ValueError:
                 raise ApiError(400, "InvalidUuidParam", f"Invalid UUID '{raw[:60]}'",
                                {"value": raw[:60]}) from None
-        body = await asyncio.to_thread(store.get_json, monitor.key.uid, event_id, selector.value)
+        body = await asyncio.to_thread(self.deps.events.get_json, monitor.key.uid, event_id, selector.value)
         if body is None and event_id is None:
             raise ApiError(404, "NoPipelineMonitorEventsAvailable",
                            f"Pipeline '{monitor.key.name}' has no monitor events yet")

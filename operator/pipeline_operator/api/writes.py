@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.lifecycle import PipelineState
-from ..kube import Forbidden
+from ..kube import Forbidden, Kube
 from ..reconciler import PipelineMonitor
 from .errors import ApiError, unknown_pipeline
-
-if TYPE_CHECKING:
-    from ..reconciler import Context
 
 FIELD_MANAGER = "pipeline-operator-api"
 # How long an answer waits for the monitoring loop to act on a change (it is woken at once; this
@@ -27,7 +24,7 @@ def nonce() -> str:
     return uuid.uuid4().hex
 
 
-async def patch(ctx: "Context", monitor: PipelineMonitor, spec: dict[str, Any] | None = None,
+async def patch(kube: Kube, monitor: PipelineMonitor, spec: dict[str, Any] | None = None,
                 annotations: dict[str, str] | None = None) -> dict[str, Any]:
     """A merge patch of the Pipeline's spec and annotations; the loop gets the new object at once."""
     body: dict[str, Any] = {}
@@ -36,13 +33,13 @@ async def patch(ctx: "Context", monitor: PipelineMonitor, spec: dict[str, Any] |
     if annotations:
         body["metadata"] = {"annotations": annotations}
     try:
-        updated = await ctx.kube.merge_patch_pipeline(monitor.key.namespace, monitor.key.name, body, FIELD_MANAGER)
+        updated = await kube.merge_patch_pipeline(monitor.key.namespace, monitor.key.name, body, FIELD_MANAGER)
     except Forbidden as exc:
         raise ApiError(503, "OperatorForbidden", f"The operator may not change the pipeline: {exc}") from exc
     if updated is None:
         raise unknown_pipeline(monitor.key.name)
-    monitor.see(updated)
-    monitor.wake.set()
+    monitor.adopt(updated)
+    monitor.poke()
     return updated
 
 

@@ -7,26 +7,11 @@ observation shows the effect, so a retry or an operator restart never creates a 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Protocol
 
 from ..core.lifecycle import ComputeObservation
+from ..identity import PipelineKey
 from ..models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineKey:
-    """A pipeline's identity: a deleted and re-created Pipeline is a different key."""
-    namespace: str
-    name: str
-    uid: str
-
-    @property
-    def slug(self) -> str:
-        return f"{self.namespace}__{self.name}__{self.uid}"
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 class Backend(Protocol):
@@ -43,4 +28,10 @@ class Backend(Protocol):
 
     def endpoint(self, key: PipelineKey) -> str | None: ...
 
+    async def forget(self, key: PipelineKey) -> None:
+        """Remove what is left of a deleted pipeline (its compute and storage are gone)."""
+
     async def close(self) -> None: ...
+
+
+__all__ = ["Backend", "PipelineKey"]

@@ -24,9 +24,9 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from ..core.lifecycle import ComputeObservation, ComputeState
+from ..identity import PipelineKey
 from ..kube import Forbidden, Kube
 from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
-from . import PipelineKey
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,6 @@ class KubernetesBackend:
     async def _create(self, kind: str, body: dict[str, Any]) -> None:
         create, resource = self._method("create", kind)
         namespace = body["metadata"]["namespace"]
-        self.kube.writes += 1
         try:
             await self.kube.call(create, namespace, body, field_manager=self.kube.field_manager)
         except ApiException as exc:
@@ -178,7 +177,6 @@ class KubernetesBackend:
 
     async def _delete(self, kind: str, namespace: str, name: str) -> None:
         delete, resource = self._method("delete", kind)
-        self.kube.writes += 1
         try:
             await self.kube.call(delete, name, namespace, propagation_policy="Background")
         except ApiException as exc:
@@ -294,6 +292,10 @@ class KubernetesBackend:
             if found:
                 return str(found)
         return f"http://{child_name(key)}.{key.namespace}.svc:{PORT}"
+
+    async def forget(self, key: PipelineKey) -> None:
+        """Nothing to remove: the pipeline's objects are deleted with its compute and storage."""
+        self._problems.pop(key.uid, None)
 
     async def close(self) -> None:
         return None

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.lifecycle import ComputeObservation, ComputeState
+from ..identity import PipelineKey
 from ..models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
-from . import PipelineKey
 
 log = logging.getLogger(__name__)
 

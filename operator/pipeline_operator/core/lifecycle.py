@@ -21,12 +21,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ..models import (
+    EVENT_FIELDS,
+    STATUS_FIELDS,
     ActionOutcome,
     BootstrapPolicy,
     ErrorResponse,
     EventStatus,
     HandledAction,
     InitialRuntimeStatus,
+    PipelineDeployment,
     ProgramStatus,
     ResourcesDesiredStatus,
     ResourcesStatus,
@@ -142,27 +145,9 @@ class Observation(_Frozen):
 # --------------------------------------------------------------------------------------
 
 
-class PipelineState(_Frozen):
-    resources_status: ResourcesStatus = R.STOPPED
-    resources_status_since: dt.datetime | None = None
-    resources_status_details: Any = None
-    resources_desired_status: ResourcesDesiredStatus = ResourcesDesiredStatus.STOPPED
-    resources_desired_status_since: dt.datetime | None = None
-    deployment_initial: RuntimeDesiredStatus | None = None   # set by a start, cleared on the way to Stopping
-    bootstrap_policy: BootstrapPolicy | None = None           # likewise
-    runtime_status: RuntimeStatus | None = None
-    runtime_status_since: dt.datetime | None = None
-    runtime_status_details: Any = None
-    runtime_desired_status: RuntimeDesiredStatus | None = None
-    runtime_desired_status_since: dt.datetime | None = None
-    deployment_error: ErrorResponse | None = None
-    program_status: ProgramStatus = P.PENDING
-    program_status_since: dt.datetime | None = None
-    program_digest: str | None = None
-    program_version: int = 0  # Feldera's program_version: one more for every new program
-    program_error: Any = None
-    storage_status: StorageStatus = S.CLEARED
-    storage_status_details: Any = None
+class PipelineState(PipelineDeployment, _Frozen):
+    """Feldera's fields of the pipeline (declared once, by :class:`models.PipelineDeployment`) and
+    the operator's bookkeeping."""
     # Bookkeeping (kept in status so that a restarted operator carries on where it was).
     error_generation: int | None = None           # spec generation when the error latched
     # "Desired set to Stopped by the system" (every move to Stopping, and a start that failed while
@@ -180,19 +165,8 @@ class PipelineState(_Frozen):
     observed_generation: int | None = None
 
     def event_status(self) -> EventStatus:
-        """The monitor-event snapshot of this state."""
-        return EventStatus(
-            deployment_resources_status=self.resources_status,
-            deployment_resources_status_details=self.resources_status_details,
-            deployment_resources_desired_status=self.resources_desired_status,
-            deployment_runtime_status=self.runtime_status,
-            deployment_runtime_status_details=self.runtime_status_details,
-            deployment_runtime_desired_status=self.runtime_desired_status,
-            deployment_error=self.deployment_error,
-            program_status=self.program_status,
-            storage_status=self.storage_status,
-            storage_status_details=self.storage_status_details,
-        )
+        """The monitor-event snapshot of this state (the event's fields are the state's, by name)."""
+        return EventStatus(**{f: getattr(self, f) for f in EVENT_FIELDS})
 
 
 # --------------------------------------------------------------------------------------
@@ -340,15 +314,13 @@ NOT_JSON: Any = _NotJson()
 # The decision
 # --------------------------------------------------------------------------------------
 
-_STATUS_FIELDS = ("resources_status", "resources_desired_status", "runtime_status",
-                  "runtime_desired_status", "deployment_error", "program_status", "storage_status")
 # A graceful stop waits for Suspended from these runtime statuses; from the others there is
 # no state worth a checkpoint yet (Initializing, Standby, AwaitingApproval) and it stops at once.
 _SUSPENDABLE = frozenset({RS.RUNNING, RS.PAUSED, RS.REPLAYING, RS.BOOTSTRAPPING,
                           RS.CONCURRENT_BOOTSTRAPPING, RS.SYNCHRONIZING, RS.UNAVAILABLE,
                           RS.COORDINATION})
-_RUNTIME_CLEARED: dict[str, Any] = dict(runtime_status=None, runtime_status_since=None,
-                                        runtime_status_details=None, runtime_desired_status=None,
+_RUNTIME_CLEARED: dict[str, Any] = dict(deployment_runtime_status=None, deployment_runtime_status_since=None,
+                                        deployment_runtime_status_details=None, deployment_runtime_desired_status=None,
                                         suspend_requested_at=None)
 
 
@@ -364,26 +336,29 @@ class _Pass:
     def set(self, reason: str, **changes: Any) -> None:
         """Apply changes; a change of any status field is a committed step (one event)."""
         old = self.cur
+        unknown = set(changes) - set(PipelineState.model_fields)
+        if unknown:
+            raise TypeError(f"not fields of the pipeline state: {sorted(unknown)}")
         new = old.model_copy(update=changes)
-        transitions.check_resources(old.resources_status, new.resources_status)
-        transitions.check_storage(old.storage_status, new.storage_status, old.resources_status)
-        transitions.check_program(old.program_status, new.program_status, old.resources_status)
+        transitions.check_resources(old.deployment_resources_status, new.deployment_resources_status)
+        transitions.check_storage(old.storage_status, new.storage_status, old.deployment_resources_status)
+        transitions.check_program(old.program_status, new.program_status, old.deployment_resources_status)
         stamps: dict[str, Any] = {}
-        if new.resources_status is not old.resources_status:
-            stamps["resources_status_since"] = self.now
-        if new.runtime_status is not old.runtime_status and new.runtime_status is not None:
-            stamps["runtime_status_since"] = self.now
-        if new.resources_desired_status is not old.resources_desired_status \
-                or old.resources_desired_status_since is None:
-            stamps["resources_desired_status_since"] = self.now
-        if new.runtime_desired_status is not old.runtime_desired_status:
-            stamps["runtime_desired_status_since"] = self.now if new.runtime_desired_status is not None else None
+        if new.deployment_resources_status is not old.deployment_resources_status:
+            stamps["deployment_resources_status_since"] = self.now
+        if new.deployment_runtime_status is not old.deployment_runtime_status and new.deployment_runtime_status is not None:
+            stamps["deployment_runtime_status_since"] = self.now
+        if new.deployment_resources_desired_status is not old.deployment_resources_desired_status \
+                or old.deployment_resources_desired_status_since is None:
+            stamps["deployment_resources_desired_status_since"] = self.now
+        if new.deployment_runtime_desired_status is not old.deployment_runtime_desired_status:
+            stamps["deployment_runtime_desired_status_since"] = self.now if new.deployment_runtime_desired_status is not None else None
         if new.program_status is not old.program_status:
             stamps["program_status_since"] = self.now
         if stamps:
             new = new.model_copy(update=stamps)
         self.cur = new
-        if any(getattr(old, f) != getattr(new, f) for f in _STATUS_FIELDS):
+        if any(getattr(old, f) != getattr(new, f) for f in STATUS_FIELDS):
             self.steps.append(Step(state=new, reason=reason))
 
     def act(self, kind: ActionKind, **params: Any) -> None:
@@ -418,7 +393,7 @@ def decide(desired: Desired, state: PipelineState, observation: Observation, now
         R.PROVISIONING: _provisioning,
         R.PROVISIONED: _provisioned,
         R.STOPPING: _stopping,
-    }[p.cur.resources_status](p, desired, observation, config)
+    }[p.cur.deployment_resources_status](p, desired, observation, config)
     _approve(p, desired)
     if p.cur.observed_generation != desired.generation:
         p.cur = p.cur.model_copy(update={"observed_generation": desired.generation})
@@ -452,12 +427,12 @@ def start_refusal(state: PipelineState, current_desired: ResourcesDesiredStatus,
     parameters), in Feldera's order: Illegal, Undismissed, Clearing, Compilation, Initial,
     BootstrapPolicy, Standby. ``current_desired`` is the effective desired status before the start;
     ``error_after_dismissal`` whether an error remains once the dismissals asked for are done."""
-    if current_desired is ResourcesDesiredStatus.STOPPED and state.resources_status is not R.STOPPED:
+    if current_desired is ResourcesDesiredStatus.STOPPED and state.deployment_resources_status is not R.STOPPED:
         return Refusal(
             http_status=400, error_code="IllegalPipelineAction",
-            message=f"Deployment resources status (current: '{state.resources_status.value}', desired: "
+            message=f"Deployment resources status (current: '{state.deployment_resources_status.value}', desired: "
                     f"'{current_desired.value}') cannot have desired changed to 'Provisioned'. {_STOPPING_HINT}",
-            details={"status": state.resources_status.value, "current_desired_status": current_desired.value,
+            details={"status": state.deployment_resources_status.value, "current_desired_status": current_desired.value,
                      "new_desired_status": "Provisioned", "hint": _STOPPING_HINT})
     if error_after_dismissal:
         return Refusal(http_status=400, error_code="CannotStartWithUndismissedError", message=(
@@ -491,8 +466,8 @@ _STANDBY_NOT_ALLOWED = Refusal(http_status=400, error_code="InitialStandbyNotAll
 def dismiss_refusal(state: PipelineState) -> Refusal | None:
     """Feldera's ``dismiss_deployment_error``: an error is dismissed only when fully Stopped."""
     if state.deployment_error is not None and (
-            state.resources_status is not R.STOPPED
-            or state.resources_desired_status is not ResourcesDesiredStatus.STOPPED):
+            state.deployment_resources_status is not R.STOPPED
+            or state.deployment_resources_desired_status is not ResourcesDesiredStatus.STOPPED):
         return Refusal(http_status=400, error_code="DismissErrorRestrictedToFullyStopped", message=(
             "The pipeline must have both status `Stopped` and desired status `Stopped` to dismiss the "
             "`deployment_error` if it is set."))
@@ -503,30 +478,30 @@ def clear_refusal(state: PipelineState) -> Refusal | None:
     """Feldera's ``transit_storage_status_to_clearing_if_not_cleared`` (Cleared is a no-op)."""
     if state.storage_status is S.CLEARED:
         return None
-    if state.resources_status is not R.STOPPED or state.resources_desired_status is not ResourcesDesiredStatus.STOPPED:
+    if state.deployment_resources_status is not R.STOPPED or state.deployment_resources_desired_status is not ResourcesDesiredStatus.STOPPED:
         current, new = state.storage_status.value, S.CLEARING.value
         return Refusal(
             http_status=400, error_code="StorageStatusImmutableUnlessStopped",
             message=f"Cannot transition storage status from '{current}' to '{new}' with resources status "
-                    f"'{state.resources_status.value}' and desired status '{state.resources_desired_status.value}'. "
+                    f"'{state.deployment_resources_status.value}' and desired status '{state.deployment_resources_desired_status.value}'. "
                     "Storage status cannot be changed unless the pipeline is fully stopped.",
-            details={"resources_status": state.resources_status.value,
-                     "resources_desired_status": state.resources_desired_status.value,
+            details={"resources_status": state.deployment_resources_status.value,
+                     "resources_desired_status": state.deployment_resources_desired_status.value,
                      "current_status": current, "new_status": new})
     return None
 
 
 def interaction_refusal(state: PipelineState, name: str) -> Refusal | None:
     """Whether a request may be forwarded to the pipeline (Feldera's ``deployment_location_based_on_status``)."""
-    if state.resources_status is not R.PROVISIONED:
+    if state.deployment_resources_status is not R.PROVISIONED:
         return Refusal(
             http_status=503, error_code="PipelineInteractionNotDeployed",
             message=f"Unable to interact with pipeline because the deployment status "
-                    f"({state.resources_status.value.lower()}) indicates it is not (yet) fully provisioned "
+                    f"({state.deployment_resources_status.value.lower()}) indicates it is not (yet) fully provisioned "
                     f"(pipeline: '{name}')",
-            details={"pipeline_name": name, "status": state.resources_status.value,
-                     "desired_status": state.resources_desired_status.value})
-    if state.runtime_status is RS.UNAVAILABLE:
+            details={"pipeline_name": name, "status": state.deployment_resources_status.value,
+                     "desired_status": state.deployment_resources_desired_status.value})
+    if state.deployment_runtime_status is RS.UNAVAILABLE:
         return Refusal(http_status=503, error_code="PipelineUnavailable", details={"pipeline_name": name},
                        message=f"Unable to interact with pipeline because its status is currently "
                                f"'unavailable' (pipeline: '{name}')")
@@ -535,7 +510,7 @@ def interaction_refusal(state: PipelineState, name: str) -> Refusal | None:
 
 def delete_refusal(state: PipelineState) -> Refusal | None:
     """Feldera's ``delete_pipeline``: only fully Stopped, with storage Cleared."""
-    if state.resources_status is not R.STOPPED or state.resources_desired_status is not ResourcesDesiredStatus.STOPPED:
+    if state.deployment_resources_status is not R.STOPPED or state.deployment_resources_desired_status is not ResourcesDesiredStatus.STOPPED:
         return Refusal(http_status=400, error_code="DeleteRestrictedToFullyStopped", message=(
             "Cannot delete a pipeline which is not fully stopped. Stop the pipeline first fully by invoking the "
             "'/stop' endpoint."))
@@ -547,7 +522,7 @@ def delete_refusal(state: PipelineState) -> Refusal | None:
 
 def update_refusal(state: PipelineState) -> Refusal | None:
     """Feldera's ``update_pipeline`` for changes of the program or configuration: only while Stopped."""
-    if state.resources_status is not R.STOPPED or state.resources_desired_status is not ResourcesDesiredStatus.STOPPED:
+    if state.deployment_resources_status is not R.STOPPED or state.deployment_resources_desired_status is not ResourcesDesiredStatus.STOPPED:
         return Refusal(http_status=400, error_code="UpdateRestrictedToStopped", message=(
             "Pipeline can only be updated while stopped. Stop it first by invoking '/stop'."))
     return None
@@ -586,7 +561,7 @@ def _dismiss_error(p: _Pass, desired: Desired) -> None:
                   handled_dismiss_error=_handled(desired.dismiss_error, ActionOutcome.APPLIED,
                                                  "Error dismissed"))
         return
-    if (cur.deployment_error is not None and cur.resources_status is R.STOPPED
+    if (cur.deployment_error is not None and cur.deployment_resources_status is R.STOPPED
             and _spec_changed_since(desired, cur, cur.error_generation)):
         p.set(f"error dismissed by a new spec (generation {desired.generation})",
               deployment_error=None, error_generation=None)
@@ -599,7 +574,7 @@ def _start_request(p: _Pass, desired: Desired) -> None:
         return
     assert desired.start is not None
     initial = initial_runtime_desired(desired)
-    refusal = start_refusal(cur, cur.resources_desired_status, initial=initial,
+    refusal = start_refusal(cur, cur.deployment_resources_desired_status, initial=initial,
                             bootstrap_policy=desired.bootstrap_policy,
                             error_after_dismissal=cur.deployment_error is not None,
                             standby_allowed=desired.standby_allowed)
@@ -617,9 +592,9 @@ def _desired_status(p: _Pass, desired: Desired) -> None:
         p.set(f"a new spec (generation {desired.generation}) releases the stop set by the system",
               system_stop_generation=None)
     target = effective_desired(desired, p.cur)
-    if target is not p.cur.resources_desired_status:
-        p.set(f"desired status is {target.value}", resources_desired_status=target)
-    if p.cur.resources_status is R.STOPPED:
+    if target is not p.cur.deployment_resources_desired_status:
+        p.set(f"desired status is {target.value}", deployment_resources_desired_status=target)
+    if p.cur.deployment_resources_status is R.STOPPED:
         # Feldera sets the start parameters with the desired status; while Stopped they follow the spec.
         provisioned = target is ResourcesDesiredStatus.PROVISIONED
         initial = initial_runtime_desired(desired) if provisioned else None
@@ -637,10 +612,10 @@ def _spec_changed_since(desired: Desired, state: PipelineState, generation: int 
 def _hold_stopped(p: _Pass, desired: Desired, reason: str) -> None:
     """Feldera's "desired status set to Stopped by the system"."""
     hold = desired.resources_desired_status is ResourcesDesiredStatus.PROVISIONED
-    if p.cur.resources_desired_status is not ResourcesDesiredStatus.STOPPED or (
+    if p.cur.deployment_resources_desired_status is not ResourcesDesiredStatus.STOPPED or (
             hold and p.cur.system_stop_generation is None):
         p.set(f"{reason}: desired status set to Stopped by the system",
-              resources_desired_status=ResourcesDesiredStatus.STOPPED,
+              deployment_resources_desired_status=ResourcesDesiredStatus.STOPPED,
               system_stop_generation=desired.generation if hold else p.cur.system_stop_generation,
               stop_spec_digest=desired.spec_digest)
 
@@ -655,7 +630,7 @@ def _latch_error(p: _Pass, desired: Desired, error: ErrorResponse, reason: str) 
 def _program(p: _Pass, desired: Desired, observation: Observation) -> None:
     cur = p.cur
     if cur.program_digest != desired.program_digest:
-        if cur.resources_status is not R.STOPPED:
+        if cur.deployment_resources_status is not R.STOPPED:
             if not cur.program_change_held:
                 p.note("program changed while the pipeline is not Stopped: held until it is Stopped")
             p.set("program change held", program_change_held=True)
@@ -670,7 +645,7 @@ def _program(p: _Pass, desired: Desired, observation: Observation) -> None:
         if cur.program_status.is_compiling:
             p.act(ActionKind.COMPILE, program_digest=cur.program_digest)
         return
-    if cur.program_status is P.SUCCESS and seen.status is P.PENDING and cur.resources_status is R.STOPPED:
+    if cur.program_status is P.SUCCESS and seen.status is P.PENDING and cur.deployment_resources_status is R.STOPPED:
         # Feldera's runner: Success -> Pending when the compiled artifacts are missing.
         p.set("compiled program missing: compiling again", program_status=P.PENDING, program_error=None)
         cur = p.cur
@@ -695,7 +670,7 @@ def _storage(p: _Pass, desired: Desired, observation: Observation) -> None:
             p.set("clear storage requested; nothing to clear",
                   handled_clear_storage=_handled(desired.clear_storage, ActionOutcome.APPLIED,
                                                  f"Storage is already {cur.storage_status.value}"))
-        elif cur.resources_status is R.STOPPED and cur.resources_desired_status is ResourcesDesiredStatus.STOPPED:
+        elif cur.deployment_resources_status is R.STOPPED and cur.deployment_resources_desired_status is ResourcesDesiredStatus.STOPPED:
             p.set("clear storage requested", storage_status=S.CLEARING, storage_status_details=None,
                   handled_clear_storage=_handled(desired.clear_storage, ActionOutcome.APPLIED,
                                                  "Clearing storage"))
@@ -704,8 +679,8 @@ def _storage(p: _Pass, desired: Desired, observation: Observation) -> None:
                   handled_clear_storage=_handled(
                       desired.clear_storage, ActionOutcome.REFUSED,
                       "StorageStatusImmutableUnlessStopped: storage can be cleared only while the "
-                      f"pipeline is Stopped and desired Stopped (it is {cur.resources_status.value}, "
-                      f"desired {cur.resources_desired_status.value}); stop it, then set the "
+                      f"pipeline is Stopped and desired Stopped (it is {cur.deployment_resources_status.value}, "
+                      f"desired {cur.deployment_resources_desired_status.value}); stop it, then set the "
                       "annotation to a new value"))
     if p.cur.storage_status is S.CLEARING:
         if observation.storage is not None and not observation.storage.exists:
@@ -722,7 +697,7 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
         p.note(f"compute found while Stopped ({compute.value}): deleting it")
         p.act(ActionKind.DEPROVISION)
         return
-    if cur.resources_desired_status is not ResourcesDesiredStatus.PROVISIONED:
+    if cur.deployment_resources_desired_status is not ResourcesDesiredStatus.PROVISIONED:
         return
     if cur.storage_status is S.CLEARING:
         p.note("waiting for storage to be cleared before starting")
@@ -744,7 +719,7 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
         return
     if cur.storage_status is S.CLEARED:
         p.set("storage will be used by the pipeline", storage_status=S.IN_USE)
-    p.set("provisioning compute and storage", resources_status=R.PROVISIONING, resources_status_details=None,
+    p.set("provisioning compute and storage", deployment_resources_status=R.PROVISIONING, deployment_resources_status_details=None,
           deployment_initial=initial, bootstrap_policy=policy, deployment_error=None, error_generation=None,
           runtime_desired_adopted=desired.runtime_desired_status, runtime_desired_pending=None,
           **_RUNTIME_CLEARED)
@@ -766,7 +741,7 @@ def _stop(p: _Pass, desired: Desired, reason: str, error: ErrorResponse | None =
     _hold_stopped(p, desired, reason)
     errors: dict[str, Any] = dict(deployment_error=error, error_generation=desired.generation,
                                   stop_spec_digest=desired.spec_digest) if error else {}
-    p.set(reason, resources_status=R.STOPPING, resources_status_details=details, deployment_initial=None,
+    p.set(reason, deployment_resources_status=R.STOPPING, deployment_resources_status_details=details, deployment_initial=None,
           bootstrap_policy=None, **errors, **_RUNTIME_CLEARED)
     p.act(ActionKind.DEPROVISION)
 
@@ -775,7 +750,7 @@ def _provisioning(p: _Pass, desired: Desired, observation: Observation, config: 
     cur = p.cur
     compute = observation.compute
     runtime = observation.runtime
-    if cur.resources_desired_status is ResourcesDesiredStatus.STOPPED:
+    if cur.deployment_resources_desired_status is ResourcesDesiredStatus.STOPPED:
         _stop(p, desired, "desired status is Stopped")
         return
     if compute.state is ComputeState.FAILED:
@@ -789,14 +764,14 @@ def _provisioning(p: _Pass, desired: Desired, observation: Observation, config: 
         return
     if (compute.state is ComputeState.READY and runtime is not None
             and runtime.probe in (RuntimeProbe.OK, RuntimeProbe.UNAVAILABLE)):
-        p.set("compute is ready and the pipeline answers", resources_status=R.PROVISIONED,
-              resources_status_details=None, runtime_status=RS.INITIALIZING,
-              runtime_status_details={"reason": "initializing set by the operator"},
-              runtime_desired_status=cur.deployment_initial)
+        p.set("compute is ready and the pipeline answers", deployment_resources_status=R.PROVISIONED,
+              deployment_resources_status_details=None, deployment_runtime_status=RS.INITIALIZING,
+              deployment_runtime_status_details={"reason": "initializing set by the operator"},
+              deployment_runtime_desired_status=cur.deployment_initial)
         _apply_runtime(p, runtime, config)
         return
     timeout = desired.provisioning_timeout or config.default_provisioning_timeout
-    if p.elapsed(cur.resources_status_since) > timeout:
+    if p.elapsed(cur.deployment_resources_status_since) > timeout:
         cause = compute.message or f"compute is {compute.state.value}"
         if compute.state is ComputeState.READY:
             cause = f"the pipeline does not answer its status endpoint ({runtime.reason if runtime else 'not probed'})"
@@ -814,11 +789,11 @@ def _apply_runtime(p: _Pass, runtime: RuntimeObservation | None, config: Lifecyc
     ``parse_status_result``)."""
     cur = p.cur
     if runtime is not None and runtime.probe in (RuntimeProbe.OK, RuntimeProbe.UNAVAILABLE):
-        changes: dict[str, Any] = dict(runtime_status=runtime.runtime_status,
-                                       runtime_desired_status=runtime.runtime_desired_status,
-                                       runtime_status_details=runtime.runtime_status_details)
+        changes: dict[str, Any] = dict(deployment_runtime_status=runtime.runtime_status,
+                                       deployment_runtime_desired_status=runtime.runtime_desired_status,
+                                       deployment_runtime_status_details=runtime.runtime_status_details)
         if runtime.reason:
-            changes["runtime_status_details"] = {"reason": runtime.reason}
+            changes["deployment_runtime_status_details"] = {"reason": runtime.reason}
         if runtime.storage_status_details is not None:
             changes["storage_status_details"] = runtime.storage_status_details
         shown = runtime.runtime_status.value if runtime.runtime_status else "nothing"
@@ -826,14 +801,14 @@ def _apply_runtime(p: _Pass, runtime: RuntimeObservation | None, config: Lifecyc
               **changes)
         return
     reason = runtime.reason if runtime is not None else "not probed"
-    if p.elapsed(cur.resources_status_since) <= config.provisioned_grace_period:
-        p.set("pipeline not reachable yet (grace period)", runtime_status=RS.INITIALIZING,
-              runtime_desired_status=cur.deployment_initial,
-              runtime_status_details={"reason": f"Still in the grace period for initializing. Pipeline status "
+    if p.elapsed(cur.deployment_resources_status_since) <= config.provisioned_grace_period:
+        p.set("pipeline not reachable yet (grace period)", deployment_runtime_status=RS.INITIALIZING,
+              deployment_runtime_desired_status=cur.deployment_initial,
+              deployment_runtime_status_details={"reason": f"Still in the grace period for initializing. Pipeline status "
                                                 f"endpoint cannot yet be reached due to: {reason}"})
     else:
-        p.set("pipeline not reachable", runtime_status=RS.UNAVAILABLE, runtime_desired_status=RDS.UNAVAILABLE,
-              runtime_status_details={"reason": f"Pipeline status endpoint could not be reached: {reason}"})
+        p.set("pipeline not reachable", deployment_runtime_status=RS.UNAVAILABLE, deployment_runtime_desired_status=RDS.UNAVAILABLE,
+              deployment_runtime_status_details={"reason": f"Pipeline status endpoint could not be reached: {reason}"})
 
 
 def _provisioned(p: _Pass, desired: Desired, observation: Observation, config: LifecycleConfig) -> None:
@@ -851,10 +826,10 @@ def _provisioned(p: _Pass, desired: Desired, observation: Observation, config: L
         return
     _apply_runtime(p, runtime, config)
     cur = p.cur
-    if cur.runtime_status is RS.SUSPENDED:
+    if cur.deployment_runtime_status is RS.SUSPENDED:
         _stop(p, desired, "pipeline suspended")
         return
-    if cur.resources_desired_status is ResourcesDesiredStatus.STOPPED:
+    if cur.deployment_resources_desired_status is ResourcesDesiredStatus.STOPPED:
         _stop_provisioned(p, desired, config)
         return
     _forward_runtime_desired(p, desired)
@@ -865,9 +840,9 @@ def _stop_provisioned(p: _Pass, desired: Desired, config: LifecycleConfig) -> No
     if desired.stop_mode is StopMode.FORCE:
         _stop(p, desired, "desired status is Stopped (force)")
         return
-    if cur.runtime_desired_status is not RDS.SUSPENDED and cur.runtime_status not in _SUSPENDABLE:
+    if cur.deployment_runtime_desired_status is not RDS.SUSPENDED and cur.deployment_runtime_status not in _SUSPENDABLE:
         _stop(p, desired, f"desired status is Stopped; nothing to checkpoint while "
-                          f"{cur.runtime_status.value if cur.runtime_status else 'unknown'}")
+                          f"{cur.deployment_runtime_status.value if cur.deployment_runtime_status else 'unknown'}")
         return
     if cur.suspend_requested_at is None:
         p.set("graceful stop: suspending", suspend_requested_at=p.now)
@@ -876,7 +851,7 @@ def _stop_provisioned(p: _Pass, desired: Desired, config: LifecycleConfig) -> No
             "reason": f"The pipeline did not suspend within {config.graceful_stop_timeout:g}s; "
                       "stopped without a new checkpoint"})
         return
-    if p.cur.runtime_desired_status is not RDS.SUSPENDED:
+    if p.cur.deployment_runtime_desired_status is not RDS.SUSPENDED:
         p.act(ActionKind.SUSPEND)
 
 
@@ -892,7 +867,7 @@ def _forward_runtime_desired(p: _Pass, desired: Desired) -> None:
         p.set("runtime desired status changed in the spec", runtime_desired_adopted=target,
               runtime_desired_pending=target)
         cur = p.cur
-    observed = cur.runtime_desired_status
+    observed = cur.deployment_runtime_desired_status
     if target is None or observed is None:
         return
     if observed in (RDS.RUNNING, RDS.PAUSED):
@@ -909,12 +884,12 @@ def _approve(p: _Pass, desired: Desired) -> None:
     if not _is_new(desired.approve, cur.handled_approve):
         return
     assert desired.approve is not None
-    if cur.resources_status is R.PROVISIONED and cur.runtime_status is RS.AWAITING_APPROVAL:
+    if cur.deployment_resources_status is R.PROVISIONED and cur.deployment_runtime_status is RS.AWAITING_APPROVAL:
         p.set("approve requested", handled_approve=_handled(desired.approve, ActionOutcome.APPLIED,
                                                             "Approval forwarded to the pipeline"))
         p.act(ActionKind.APPROVE)
     else:
-        shown = cur.runtime_status.value if cur.runtime_status else cur.resources_status.value
+        shown = cur.deployment_runtime_status.value if cur.deployment_runtime_status else cur.deployment_resources_status.value
         p.set("approve refused", handled_approve=_handled(
             desired.approve, ActionOutcome.REFUSED,
             f"The pipeline is not AwaitingApproval (it is {shown}); nothing to approve"))
@@ -922,7 +897,7 @@ def _approve(p: _Pass, desired: Desired) -> None:
 
 def _stopping(p: _Pass, desired: Desired, observation: Observation, config: LifecycleConfig) -> None:
     if observation.compute.state is ComputeState.ABSENT:
-        p.set("compute is gone", resources_status=R.STOPPED, resources_status_details=None,
+        p.set("compute is gone", deployment_resources_status=R.STOPPED, deployment_resources_status_details=None,
               **_RUNTIME_CLEARED)
     else:
         p.act(ActionKind.DEPROVISION)

@@ -12,16 +12,16 @@ import re
 from collections.abc import Sequence
 
 from ..models import (
+    MAX_ERROR_MESSAGE,
     Condition,
     ConditionStatus,
     ErrorResponse,
     ErrorStatus,
     HandledActions,
     HistoryEntry,
-    MAX_ERROR_MESSAGE,
     OperatorState,
+    PipelineDeployment,
     PipelineStatus,
-    ProgramStatus,
     ResourcesDesiredStatus,
     ResourcesStatus,
     RuntimeDesiredStatus,
@@ -57,18 +57,18 @@ def progress(desired: Desired, state: PipelineState) -> tuple[str, str] | None:
         return "ClearingStorage", "Storage is being cleared"
     if state.program_status.is_compiling:
         return "Compiling", f"The program is being compiled ({state.program_status.value})"
-    if state.resources_status.value != target.value or state.resources_desired_status is not target:
-        if state.resources_status in (ResourcesStatus.PROVISIONING, ResourcesStatus.STOPPING):
-            reason = state.resources_status.value
+    if state.deployment_resources_status.value != target.value or state.deployment_resources_desired_status is not target:
+        if state.deployment_resources_status in (ResourcesStatus.PROVISIONING, ResourcesStatus.STOPPING):
+            reason = state.deployment_resources_status.value
         else:
             reason = "Starting" if target is ResourcesDesiredStatus.PROVISIONED else "Stopping"
-        return reason, f"Resources are {state.resources_status.value}; desired {target.value}"
-    if state.resources_status is ResourcesStatus.PROVISIONED:
-        if state.runtime_status not in SETTLED_RUNTIME:
-            shown = state.runtime_status.value if state.runtime_status else "unknown"
+        return reason, f"Resources are {state.deployment_resources_status.value}; desired {target.value}"
+    if state.deployment_resources_status is ResourcesStatus.PROVISIONED:
+        if state.deployment_runtime_status not in SETTLED_RUNTIME:
+            shown = state.deployment_runtime_status.value if state.deployment_runtime_status else "unknown"
             return "RuntimeNotReady", f"The pipeline is {shown}"
         wanted = desired.runtime_desired_status
-        observed = state.runtime_desired_status
+        observed = state.deployment_runtime_desired_status
         if wanted is not None and observed in (RuntimeDesiredStatus.RUNNING, RuntimeDesiredStatus.PAUSED) \
                 and observed.value != wanted.value:
             return "RuntimeDesiredStatusPending", f"Asking the pipeline to be {wanted.value}"
@@ -87,7 +87,7 @@ def conditions(desired: Desired, state: PipelineState, previous: Sequence[Condit
         stalled = (condition_reason(state.deployment_error.error_code), state.deployment_error.message)
     elif state.program_status.is_failed:
         stalled = (state.program_status.value, "The program failed to compile; fix spec.program.sql")
-    elif (state.system_stop_generation is not None and state.resources_status is ResourcesStatus.STOPPED
+    elif (state.system_stop_generation is not None and state.deployment_resources_status is ResourcesStatus.STOPPED
           and desired.resources_desired_status is ResourcesDesiredStatus.PROVISIONED):
         stalled = ("StoppedBySystem", "The pipeline stopped by itself and stays Stopped until it is started "
                    "again: set the dataflow.dev/start annotation to a new value, change the spec, or POST /start")
@@ -97,7 +97,7 @@ def conditions(desired: Desired, state: PipelineState, previous: Sequence[Condit
     elif moving:
         ready = (ConditionStatus.FALSE, moving[0], moving[1])
     else:
-        shown = combined_status(state.resources_status, state.runtime_status).value
+        shown = combined_status(state.deployment_resources_status, state.deployment_runtime_status).value
         ready = (ConditionStatus.TRUE, shown, f"The pipeline is {shown}, as desired")
     wanted = {
         READY: ready,
@@ -124,47 +124,34 @@ def _error_status(error: ErrorResponse | None) -> ErrorStatus | None:
                        details=error.details)
 
 
+# The state's fields that the status keeps under the same name (Feldera's names), derived: a new
+# field of both is mapped without an edit here. Bookkeeping goes to ``operatorState`` (same names)
+# and the one-shot actions to ``handledActions`` (``handled_<action>`` in the state).
+_OPERATOR_STATE = tuple(OperatorState.model_fields)
+_HANDLED = tuple(HandledActions.model_fields)
+_SAME = tuple(f for f in PipelineDeployment.model_fields if f not in ("deployment_error", "program_version"))
+assert set(PipelineDeployment.model_fields) <= set(PipelineStatus.model_fields)
+assert set(_OPERATOR_STATE) <= set(PipelineState.model_fields)
+assert {f"handled_{a}" for a in _HANDLED} <= set(PipelineState.model_fields)
+
+
 def to_status(desired: Desired, state: PipelineState, previous_conditions: Sequence[Condition],
               history: Sequence[HistoryEntry], now: dt.datetime, blocked: str | None = None) -> PipelineStatus:
     """The whole ``status`` the operator writes for this state."""
+    handled = {a: getattr(state, f"handled_{a}") for a in _HANDLED}
     return PipelineStatus(
+        **{f: getattr(state, f) for f in _SAME},
         observed_generation=state.observed_generation,
         conditions=conditions(desired, state, previous_conditions, now, blocked),
-        deployment_status=combined_status(state.resources_status, state.runtime_status),
+        deployment_status=combined_status(state.deployment_resources_status, state.deployment_runtime_status),
         deployment_desired_status=combined_desired_status(
-            state.resources_desired_status, state.runtime_desired_status, state.deployment_initial),
-        deployment_resources_status=state.resources_status,
-        deployment_resources_status_since=state.resources_status_since,
-        deployment_resources_status_details=state.resources_status_details,
-        deployment_resources_desired_status=state.resources_desired_status,
-        deployment_resources_desired_status_since=state.resources_desired_status_since,
-        deployment_initial=state.deployment_initial,
-        bootstrap_policy=state.bootstrap_policy,
-        deployment_runtime_status=state.runtime_status,
-        deployment_runtime_status_since=state.runtime_status_since,
-        deployment_runtime_status_details=state.runtime_status_details,
-        deployment_runtime_desired_status=state.runtime_desired_status,
-        deployment_runtime_desired_status_since=state.runtime_desired_status_since,
+            state.deployment_resources_desired_status, state.deployment_runtime_desired_status,
+            state.deployment_initial),
         deployment_error=_error_status(state.deployment_error),
-        program_status=state.program_status,
-        program_status_since=state.program_status_since,
-        program_error=state.program_error,
-        program_digest=state.program_digest,
-        program_version=state.program_version or None,
         program_change_held=state.program_change_held or None,
-        storage_status=state.storage_status,
-        storage_status_details=state.storage_status_details,
-        handled_actions=HandledActions(start=state.handled_start, clear_storage=state.handled_clear_storage,
-                                       dismiss_error=state.handled_dismiss_error,
-                                       approve=state.handled_approve)
-        if (state.handled_start or state.handled_clear_storage or state.handled_dismiss_error
-            or state.handled_approve) else None,
-        operator_state=OperatorState(error_generation=state.error_generation,
-                                     system_stop_generation=state.system_stop_generation,
-                                     stop_spec_digest=state.stop_spec_digest,
-                                     runtime_desired_adopted=state.runtime_desired_adopted,
-                                     runtime_desired_pending=state.runtime_desired_pending,
-                                     suspend_requested_at=state.suspend_requested_at),
+        program_version=state.program_version or None,
+        handled_actions=HandledActions(**handled) if any(handled.values()) else None,
+        operator_state=OperatorState(**{f: getattr(state, f) for f in _OPERATOR_STATE}),
         history=list(history),
     )
 
@@ -174,38 +161,14 @@ def from_status(status: PipelineStatus) -> PipelineState:
     err = status.deployment_error
     ops = status.operator_state or OperatorState()
     handled = status.handled_actions or HandledActions()
+    same = {f: getattr(status, f) for f in _SAME if getattr(status, f) is not None}  # None: the state's default
     return PipelineState(
-        resources_status=status.deployment_resources_status or ResourcesStatus.STOPPED,
-        resources_status_since=status.deployment_resources_status_since,
-        resources_status_details=status.deployment_resources_status_details,
-        resources_desired_status=status.deployment_resources_desired_status or ResourcesDesiredStatus.STOPPED,
-        resources_desired_status_since=status.deployment_resources_desired_status_since,
-        deployment_initial=status.deployment_initial,
-        bootstrap_policy=status.bootstrap_policy,
-        runtime_status=status.deployment_runtime_status,
-        runtime_status_since=status.deployment_runtime_status_since,
-        runtime_status_details=status.deployment_runtime_status_details,
-        runtime_desired_status=status.deployment_runtime_desired_status,
-        runtime_desired_status_since=status.deployment_runtime_desired_status_since,
+        **same,
         deployment_error=None if err is None else ErrorResponse(message=err.message, error_code=err.error_code,
                                                                details=err.details),
-        program_status=status.program_status or ProgramStatus.PENDING,
-        program_status_since=status.program_status_since,
-        program_digest=status.program_digest,
-        program_version=status.program_version or 0,
-        program_error=status.program_error,
         program_change_held=bool(status.program_change_held),
-        storage_status=status.storage_status or StorageStatus.CLEARED,
-        storage_status_details=status.storage_status_details,
-        error_generation=ops.error_generation,
-        system_stop_generation=ops.system_stop_generation,
-        stop_spec_digest=ops.stop_spec_digest,
-        runtime_desired_adopted=ops.runtime_desired_adopted,
-        runtime_desired_pending=ops.runtime_desired_pending,
-        suspend_requested_at=ops.suspend_requested_at,
-        handled_start=handled.start,
-        handled_clear_storage=handled.clear_storage,
-        handled_dismiss_error=handled.dismiss_error,
-        handled_approve=handled.approve,
+        program_version=status.program_version or 0,
         observed_generation=status.observed_generation,
+        **{f: getattr(ops, f) for f in _OPERATOR_STATE},
+        **{f"handled_{a}": getattr(handled, a) for a in _HANDLED},
     )
