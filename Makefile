@@ -6,8 +6,15 @@ BIN    := $(VENV)/bin
 .PHONY: test demo crd lint-imports clean
 
 # Install the project and its test extra into a local virtualenv, build or reuse the
-# control-plane binaries (cached under ~/.cache/pipeline-operator, with progress), run pytest.
+# control-plane binaries (cached under ~/.cache/pipeline-operator, with progress), run the static
+# checks (ruff, mypy, import-linter: any finding fails the run), then pytest.
 test: $(VENV)/.installed
+	@echo "==> ruff: lint operator, tests and bench"
+	$(BIN)/ruff check operator tests bench
+	@echo "==> mypy: type check pipeline_operator (strict on core/ and models.py; config in pyproject.toml)"
+	$(BIN)/mypy
+	@echo "==> import-linter: layering contracts (pyproject.toml)"
+	$(BIN)/lint-imports
 	$(BIN)/pipeline-operator control-plane fetch
 	$(BIN)/pipeline-operator crd --check --output crds/pipelines.dataflow.dev.yaml
 	$(BIN)/pipeline-operator crd --check --output deploy/base/crd/pipelines.dataflow.dev.yaml
@@ -36,4 +43,4 @@ lint-imports: $(VENV)/.installed
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import kubernetes
 
-from pipeline_operator.identity import PipelineKey
 from pipeline_operator.core.emission import UuidV7, make_event
+from pipeline_operator.identity import PipelineKey
 from pipeline_operator.models import EventStatus, ProgramStatus, ResourcesDesiredStatus, ResourcesStatus, StorageStatus
 from pipeline_operator.store import EventStore
 from pipeline_operator_dev import controlplane
@@ -45,7 +45,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def load(url: str, token: str, namespace: str, names: list[str], seconds: float, connections: int,
-         out: "multiprocessing.Queue") -> None:
+         out: multiprocessing.Queue) -> None:
     """The load generator, in its own process."""
     import aiohttp
 
@@ -102,7 +102,7 @@ def main() -> None:
         status = EventStatus(deployment_resources_status=ResourcesStatus.STOPPED,
                              deployment_resources_desired_status=ResourcesDesiredStatus.STOPPED,
                              program_status=ProgramStatus.SUCCESS, storage_status=StorageStatus.CLEARED)
-        t0 = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)
+        t0 = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
         for key in keys:
             store.append(key, [make_event(status, ids(t0 + dt.timedelta(seconds=10 * i)),
                                           t0 + dt.timedelta(seconds=10 * i)) for i in range(args.events)])
@@ -137,7 +137,7 @@ def main() -> None:
 
             def reconcile_latency(rounds: int) -> list[float]:
                 values = []
-                for i in range(rounds):
+                for _ in range(rounds):
                     name = random.choice(names)
                     obj = api.get_namespaced_custom_object("dataflow.dev", "v1alpha1", ns, "pipelines", name)
                     mode = "Force" if obj["spec"].get("stopMode") != "Force" else "Graceful"

@@ -16,7 +16,6 @@ It prints:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal

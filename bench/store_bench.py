@@ -17,10 +17,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline_operator.identity import PipelineKey
 from pipeline_operator.core.emission import UuidV7, make_event
-from pipeline_operator.models import (EventStatus, ProgramStatus, ResourcesDesiredStatus, ResourcesStatus,
-                                      RuntimeDesiredStatus, RuntimeStatus, StorageStatus)
+from pipeline_operator.identity import PipelineKey
+from pipeline_operator.models import (
+    EventStatus,
+    ProgramStatus,
+    ResourcesDesiredStatus,
+    ResourcesStatus,
+    RuntimeDesiredStatus,
+    RuntimeStatus,
+    StorageStatus,
+)
 from pipeline_operator.store import EventStore
 
 STATUS = EventStatus(deployment_resources_status=ResourcesStatus.PROVISIONED,
@@ -45,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     keys = [PipelineKey("bench", f"p{i}", f"uid-{i:05d}") for i in range(args.pipelines)]
     ids = UuidV7()
-    t0 = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    t0 = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     with tempfile.TemporaryDirectory() as td:
         store = EventStore(Path(td) / "events.sqlite", retention=args.events)
         # Monitoring passes append one event per pipeline at a time, round-robin, as 1,000 loops would.

@@ -90,7 +90,8 @@ def kstatus(cluster: Cluster) -> Iterator[KStatusTracker]:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"control-plane cache: {controlplane.cache_root()} (KUBEBUILDER_ASSETS={os.environ.get('KUBEBUILDER_ASSETS', '')})"
+    assets = os.environ.get("KUBEBUILDER_ASSETS", "")
+    return f"control-plane cache: {controlplane.cache_root()} (KUBEBUILDER_ASSETS={assets})"
 
 
 def _kill_pipeline_processes_under(folder: Path) -> None:

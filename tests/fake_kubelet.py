@@ -28,7 +28,6 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-
 _ENDPOINTS_LOCK = threading.Lock()
 
 

@@ -21,7 +21,7 @@ from pipeline_operator.core.lifecycle import (
 )
 from pipeline_operator.models import ProgramStatus, RuntimeDesiredStatus, RuntimeStatus
 
-T0 = dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.UTC)
 
 
 def compute(state: ComputeState, message: str = "") -> ComputeObservation:
@@ -51,11 +51,11 @@ def storage(exists: bool) -> Observation:
 
 class Sim:
     def __init__(self, desired: Desired | None = None, state: PipelineState | None = None,
-                 config: LifecycleConfig = LifecycleConfig()) -> None:
+                 config: LifecycleConfig | None = None) -> None:
         self.desired = desired or Desired(program_digest="p1")
         self.state = state or PipelineState()
         self.now = T0
-        self.config = config
+        self.config = config if config is not None else LifecycleConfig()
         self.decisions: list[Decision] = []
 
     def spec(self, **changes: Any) -> None:

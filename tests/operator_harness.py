@@ -36,7 +36,7 @@ class OperatorProcess:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def start(self) -> "OperatorProcess":
+    def start(self) -> OperatorProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.state_dir / f"operator-{int(time.time() * 1000)}.log"
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
@@ -60,7 +60,8 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"operator did not stop within {timeout}s after {sig}:\n{self.log()[-3000:]}")
+            raise AssertionError(
+                f"operator did not stop within {timeout}s after {sig}:\n{self.log()[-3000:]}") from None
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -172,7 +172,8 @@ def test_health_readiness_and_metrics(running, cluster, namespace):
     with urllib.request.urlopen(f"{running.api_url}/metrics", timeout=10) as r:
         text = r.read().decode()
     for metric in ("pipeline_operator_api_requests_total", "pipeline_operator_monitoring_pass_seconds_bucket",
-                   "pipeline_operator_monitor_events_total", 'pipeline_operator_pipelines{resources_status="Provisioned"} 1.0',
+                   "pipeline_operator_monitor_events_total",
+                   'pipeline_operator_pipelines{resources_status="Provisioned"} 1.0',
                    "pipeline_operator_event_store_events"):
         assert metric in text, metric
     config = call(f"{running.api_url}/v0/config")[1]

@@ -28,7 +28,7 @@ def test_cached_binaries_are_reused_without_building(binaries, monkeypatch):
 
 @pytest.mark.apiserver
 def test_kubebuilder_assets_folder_is_used_first(binaries, tmp_path, monkeypatch):
-    for name, path in binaries.as_dict().items():
+    for path in binaries.as_dict().values():
         (tmp_path / Path(path).name).symlink_to(path)
     monkeypatch.setenv("KUBEBUILDER_ASSETS", str(tmp_path))
     found = controlplane.ensure_binaries()

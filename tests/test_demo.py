@@ -35,7 +35,7 @@ def test_demo_reaches_running_and_prints_the_events_table(binaries, tmp_path):
 
 
 def test_events_table_reads_like_fda_events():
-    now = dt.datetime(2026, 11, 26, 8, 0, 30, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 11, 26, 8, 0, 30, tzinfo=dt.UTC)
     table = events_table([{
         "recorded_at": "2026-11-26T08:00:00Z", "deployment_resources_status": "Stopped",
         "deployment_resources_desired_status": "Stopped", "deployment_runtime_status": None,

@@ -15,8 +15,14 @@ from pipeline_operator.core.emission import (
     make_event,
     retain,
 )
-from pipeline_operator.core.lifecycle import Observation
-from pipeline_operator.models import EventStatus, ProgramStatus, ResourcesDesiredStatus, ResourcesStatus, StorageStatus
+from pipeline_operator.models import (
+    EventStatus,
+    MonitorEvent,
+    ProgramStatus,
+    ResourcesDesiredStatus,
+    ResourcesStatus,
+    StorageStatus,
+)
 
 from .lifecycle_sim import T0, Sim, compiled, running
 
@@ -30,7 +36,7 @@ def at(seconds: float) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)
 
 
-def last_event(status: EventStatus = STOPPED, seconds: float = 0) -> "make_event":
+def last_event(status: EventStatus = STOPPED, seconds: float = 0) -> MonitorEvent:
     return make_event(status, ids(at(seconds)), at(seconds))
 
 

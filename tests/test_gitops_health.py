@@ -23,7 +23,7 @@ from .argocd_health import health
 from .kstatus import compute, expected_from_lifecycle
 
 SQL = "CREATE TABLE t (x INT);"
-NOW = dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
 
 
 def pipeline(desired_status: str, **state) -> dict:
@@ -40,12 +40,14 @@ def pipeline(desired_status: str, **state) -> dict:
 
 CASES = {
     "running": (pipeline("Provisioned", deployment_resources_status=ResourcesStatus.PROVISIONED,
-                         deployment_runtime_status=RuntimeStatus.RUNNING, deployment_runtime_desired_status=RuntimeDesiredStatus.RUNNING),
+                         deployment_runtime_status=RuntimeStatus.RUNNING,
+                         deployment_runtime_desired_status=RuntimeDesiredStatus.RUNNING),
                 "Current", "Healthy"),
     "provisioning": (pipeline("Provisioned", deployment_resources_status=ResourcesStatus.PROVISIONING), "InProgress",
                      "Progressing"),
     "stopped": (pipeline("Stopped"), "Current", "Suspended"),
-    "stopping": (pipeline("Stopped", deployment_resources_status=ResourcesStatus.STOPPING), "InProgress", "Progressing"),
+    "stopping": (pipeline("Stopped", deployment_resources_status=ResourcesStatus.STOPPING), "InProgress",
+                 "Progressing"),
     "failed": (pipeline("Provisioned", deployment_resources_desired_status=ResourcesDesiredStatus.STOPPED,
                         deployment_error=ErrorResponse(message="worker panicked", error_code="WorkerPanic",
                                                        details=None)), "Failed", "Degraded"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -69,8 +68,10 @@ def test_chart_and_kustomize_create_equivalent_objects(fresh):
     assert set(chart) == set(kustomized)
     for key in (("ClusterRole", "pipeline-operator"),):
         assert chart[key]["rules"] == kustomized[key]["rules"]
-    for key in (("ClusterRoleBinding", "pipeline-operator"), ("ClusterRoleBinding", "pipeline-operator-auth-delegator")):
-        assert chart[key]["roleRef"] == kustomized[key]["roleRef"] and chart[key]["subjects"] == kustomized[key]["subjects"]
+    for key in (("ClusterRoleBinding", "pipeline-operator"),
+                ("ClusterRoleBinding", "pipeline-operator-auth-delegator")):
+        assert chart[key]["roleRef"] == kustomized[key]["roleRef"]
+        assert chart[key]["subjects"] == kustomized[key]["subjects"]
     pod_chart = chart[("Deployment", "pipeline-operator")]["spec"]["template"]["spec"]
     pod_kustomize = kustomized[("Deployment", "pipeline-operator")]["spec"]["template"]["spec"]
     container_chart = dict(pod_chart["containers"][0])

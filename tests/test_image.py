@@ -142,7 +142,8 @@ def test_runtime_install_runs_the_operator_without_the_development_tooling(runti
                               "print(sys.modules['pipeline_operator'].__file__, 'cryptography' in sys.modules)")
     assert imported.returncode == 0, imported.stderr
     where, crypto_loaded = imported.stdout.split()
-    assert where.startswith(str(runtime_env.parent)) and crypto_loaded == "False"  # the wheel's code, not the checkout's
+    # the wheel's code, not the checkout's
+    assert where.startswith(str(runtime_env.parent)) and crypto_loaded == "False"
 
     inventory = json.loads(in_runtime_env(runtime_env, "python", "-c", _INVENTORY).stdout)
     installed = inventory["requires"]

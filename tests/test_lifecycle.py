@@ -14,7 +14,7 @@ from pipeline_operator.core.lifecycle import (
     RuntimeProbe,
     parse_status_response,
 )
-from pipeline_operator.models import ActionOutcome, ErrorResponse
+from pipeline_operator.models import ActionOutcome, ErrorResponse, StopMode
 from pipeline_operator.models import InitialRuntimeStatus as Init
 from pipeline_operator.models import ProgramStatus as P
 from pipeline_operator.models import ResourcesDesiredStatus as D
@@ -22,7 +22,6 @@ from pipeline_operator.models import ResourcesStatus as R
 from pipeline_operator.models import RuntimeDesiredStatus as RDS
 from pipeline_operator.models import RuntimeStatus as RS
 from pipeline_operator.models import SpecRuntimeDesiredStatus as SRD
-from pipeline_operator.models import StopMode
 from pipeline_operator.models import StorageStatus as S
 
 from .lifecycle_sim import Sim, compiled, compute, kinds, ok, running, storage, summary
@@ -69,7 +68,8 @@ def test_provisioned_on_a_503_answer_is_unavailable_not_an_error():
     sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED))
     sim.step(compiled("p1"))
     d = sim.step(Observation(compute=compute(ComputeState.READY),
-                             runtime=parse_status_response(503, {"message": "busy", "error_code": "X", "details": None})))
+                             runtime=parse_status_response(503, {"message": "busy", "error_code": "X",
+                                                                 "details": None})))
     assert summary(d)[-1][:3] == ("Provisioned", "Provisioned", "Unavailable")
     assert sim.state.deployment_error is None
 
@@ -154,7 +154,8 @@ def test_graceful_stop_that_never_suspends_is_finished_after_the_timeout():
 
 
 def test_graceful_stop_from_standby_stops_at_once():
-    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.STANDBY, standby_allowed=True))
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.STANDBY,
+                      standby_allowed=True))
     sim.step(compiled("p1"))
     sim.step(running(RS.STANDBY))
     sim.spec(resources_desired_status=D.STOPPED)
@@ -171,7 +172,8 @@ def test_pipeline_suspending_by_itself_stops_without_error():
     sim.step(Observation())
     assert sim.state.deployment_resources_status is R.STOPPED
     # No loop back to Provisioning although the spec still says Provisioned ...
-    assert sim.step().state.deployment_resources_status is R.STOPPED and sim.state.deployment_resources_desired_status is D.STOPPED
+    assert sim.step().state.deployment_resources_status is R.STOPPED
+    assert sim.state.deployment_resources_desired_status is D.STOPPED
     # ... until a start request.
     sim.spec(start="s1")
     assert sim.step().state.deployment_resources_status is R.PROVISIONING
@@ -312,7 +314,8 @@ def test_dismiss_annotation_is_refused_until_stopped_then_applies():
     assert sim.state.deployment_error is None and sim.state.handled_dismiss_error.value == "d2"
     assert summary(d)[0][5] is False
     # Dismissing starts nothing: the system set the desired status to Stopped (as Feldera does).
-    assert sim.step().state.deployment_resources_status is R.STOPPED and sim.state.deployment_resources_desired_status is D.STOPPED
+    assert sim.step().state.deployment_resources_status is R.STOPPED
+    assert sim.state.deployment_resources_desired_status is D.STOPPED
 
 
 def test_dismiss_without_error_is_recorded_as_a_no_op():
@@ -366,8 +369,8 @@ def test_runtime_desired_status_is_the_initial_status_unless_standby():
 
 
 def test_standby_is_activated_only_when_the_runtime_desired_status_changes():
-    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.STANDBY, standby_allowed=True,
-                      runtime_desired_status=SRD.RUNNING))
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.STANDBY,
+                      standby_allowed=True, runtime_desired_status=SRD.RUNNING))
     sim.step(compiled("p1"))
     assert sim.state.deployment_initial is RDS.STANDBY
     assert kinds(sim.step(running(RS.STANDBY, RDS.STANDBY))) == []
@@ -574,7 +577,8 @@ def test_unavailable_sets_the_runtime_desired_status_as_feldera_does():
     unreachable = Observation(compute=compute(ComputeState.READY),
                               runtime=parse_status_response(None, None, "connection refused"))
     sim.step(unreachable, after=30)
-    assert (sim.state.deployment_runtime_status, sim.state.deployment_runtime_desired_status) == (RS.UNAVAILABLE, RDS.UNAVAILABLE)
+    assert (sim.state.deployment_runtime_status, sim.state.deployment_runtime_desired_status) \
+        == (RS.UNAVAILABLE, RDS.UNAVAILABLE)
     for answer in [(503, {"message": "m", "error_code": "Other", "details": None}), (200, "Sleeping"),
                    (200, {"runtime_status": "Running"})]:
         obs = parse_status_response(*answer)
@@ -584,7 +588,8 @@ def test_unavailable_sets_the_runtime_desired_status_as_feldera_does():
     fresh.step(compiled("p1"))
     fresh.step(Observation(compute=compute(ComputeState.READY), runtime=ok(RS.INITIALIZING, RDS.PAUSED)))
     fresh.step(unreachable, after=2)
-    assert (fresh.state.deployment_runtime_status, fresh.state.deployment_runtime_desired_status) == (RS.INITIALIZING, RDS.PAUSED)
+    assert (fresh.state.deployment_runtime_status, fresh.state.deployment_runtime_desired_status) \
+        == (RS.INITIALIZING, RDS.PAUSED)
 
 
 def test_legacy_answers_map_to_feldera_runtime_desired_statuses():

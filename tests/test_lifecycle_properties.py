@@ -29,9 +29,9 @@ from pipeline_operator.core.lifecycle import (
     parse_status_response,
 )
 from pipeline_operator.models import (
+    BootstrapPolicy,
     InitialRuntimeStatus,
     ProgramStatus,
-    BootstrapPolicy,
     ResourcesDesiredStatus,
     ResourcesStatus,
     SpecRuntimeDesiredStatus,
@@ -129,7 +129,7 @@ def test_random_histories_keep_every_invariant(ops):
     sql = PROGRAMS[0]
     desired = Desired(program_digest=program_digest(sql))
     state = PipelineState()
-    now = dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
     ids = UuidV7()
     last_event = None
     events = []
@@ -177,8 +177,8 @@ def test_random_histories_keep_every_invariant(ops):
         if before.system_stop_generation is not None and state.system_stop_generation is not None:
             assert ResourcesStatus.PROVISIONING not in [s.state.deployment_resources_status for s in decision.steps]
         if before.deployment_error is not None:
-            assert ResourcesStatus.PROVISIONING not in [s.state.deployment_resources_status for s in decision.steps] or \
-                state.deployment_error is None
+            assert ResourcesStatus.PROVISIONING not in [s.state.deployment_resources_status
+                                                        for s in decision.steps] or state.deployment_error is None
 
         # Every committed step is one event, in order; nothing else is, within the intervals.
         emitted = emit(last_event, [s.state.event_status() for s in decision.steps], state.event_status(), now,

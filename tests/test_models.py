@@ -78,8 +78,8 @@ def test_error_response_matches_the_schema():
 
 def _event(**overrides) -> m.MonitorEvent:
     base = dict(
-        event_id=UuidV7()(dt.datetime(2026, 11, 26, 7, 31, tzinfo=dt.timezone.utc)),
-        recorded_at=dt.datetime(2026, 11, 26, 7, 31, 0, 123456, tzinfo=dt.timezone.utc),
+        event_id=UuidV7()(dt.datetime(2026, 11, 26, 7, 31, tzinfo=dt.UTC)),
+        recorded_at=dt.datetime(2026, 11, 26, 7, 31, 0, 123456, tzinfo=dt.UTC),
         deployment_resources_status=m.ResourcesStatus.PROVISIONED,
         deployment_resources_desired_status=m.ResourcesDesiredStatus.PROVISIONED,
         deployment_runtime_status=m.RuntimeStatus.RUNNING,
@@ -165,7 +165,7 @@ def test_naive_timestamps_are_refused():
 
 def test_event_ids_are_uuidv7_and_time_ordered():
     gen = UuidV7()
-    t0 = dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
     ids = [gen(t0) for _ in range(5000)] + [gen(t0 + dt.timedelta(milliseconds=1))] \
         + [gen(t0 - dt.timedelta(seconds=5))]  # the clock stepping back keeps order
     assert all(isinstance(i, uuid.UUID) and i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
@@ -201,7 +201,7 @@ def test_events_recovered_from_status_history_keep_deployment_has_error():
     from pipeline_operator.reconciler import ERROR_NOT_RETAINED, history_events
 
     def entry(minute: int, has_error: bool) -> HistoryEntry:
-        return HistoryEntry(event_id=uuid.uuid4(), recorded_at=dt.datetime(2026, 11, 28, 8, minute, tzinfo=dt.timezone.utc),
+        return HistoryEntry(event_id=uuid.uuid4(), recorded_at=dt.datetime(2026, 11, 28, 8, minute, tzinfo=dt.UTC),
                             deployment_resources_status="Stopped", deployment_resources_desired_status="Stopped",
                             deployment_has_error=has_error, program_status="Success", storage_status="InUse")
 
@@ -211,7 +211,7 @@ def test_events_recovered_from_status_history_keep_deployment_has_error():
     assert [project_event(e, "status")["deployment_has_error"] for e in events] == [True, True, False, True]
     assert [e.deployment_error for e in events] == [latched, latched, None, ERROR_NOT_RETAINED]
     assert all(project_event(e, "all")["deployment_has_error"] == h.deployment_has_error
-               for e, h in zip(history_events(history, None), history))
+               for e, h in zip(history_events(history, None), history, strict=True))
 
 
 def test_every_feldera_field_is_declared_once_and_reaches_every_projection():

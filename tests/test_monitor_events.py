@@ -110,7 +110,8 @@ def test_emission_rules_with_shortened_intervals(operators, pipelines, namespace
         newest = stored(op, uid)[: len(history)]
         return (history, newest) if [h["eventId"] for h in history] == [e["event_id"] for e in newest] else None
     history, newest = wait_for("the history to be the store's newest events", agreeing, 10, operator=op)
-    assert all(h["deploymentResourcesStatus"] == e["deployment_resources_status"] for h, e in zip(history, newest))
+    assert all(h["deploymentResourcesStatus"] == e["deployment_resources_status"]
+               for h, e in zip(history, newest, strict=True))
     assert "deploymentRuntimeStatusDetails" not in history[0]
 
 

@@ -61,7 +61,8 @@ def test_full_lifecycle_with_real_processes(operators, pipelines, namespace, kst
     wait_for("the process to be gone", lambda: not op.pipeline_processes(uid), 10, operator=op)
     runtime = sequence(st["history"], "deploymentResourcesStatus", "deploymentRuntimeStatus",
                        "deploymentRuntimeDesiredStatus")
-    assert runtime[-3:] == [("Provisioned", "Suspended", "Suspended"), ("Stopping", None, None), ("Stopped", None, None)]
+    assert runtime[-3:] == [("Provisioned", "Suspended", "Suspended"), ("Stopping", None, None),
+                            ("Stopped", None, None)]
 
     # Restart: the pipeline replays from its checkpoint.
     pipelines.patch_spec("orders", {"desiredStatus": "Provisioned"})
@@ -267,7 +268,8 @@ def test_approve_annotation_is_forwarded_when_awaiting_approval(operators, pipel
     st = pipelines.wait_status("gated", op, deploymentStatus="Running")
     assert st["handledActions"]["approve"]["outcome"] == "Applied"
     pipelines.annotate("gated", "dataflow.dev/approve", "again")
-    refused = wait_for("the refusal", lambda: (pipelines.status("gated")["handledActions"]["approve"]["value"] == "again")
+    refused = wait_for("the refusal",
+                       lambda: (pipelines.status("gated")["handledActions"]["approve"]["value"] == "again")
                        and pipelines.status("gated")["handledActions"]["approve"], operator=op)
     assert refused["outcome"] == "Refused" and "not AwaitingApproval" in refused["message"]
 

@@ -199,7 +199,7 @@ class ReadmeOperator(OperatorProcess):
         self.api_port = int(OperatorSettings.model_fields["api_listen"].get_default(
             call_default_factory=True).rpartition(":")[2])
 
-    def start(self) -> "ReadmeOperator":
+    def start(self) -> ReadmeOperator:
         moved = not _port_is_free(self.api_port)  # only then another port: the README's default is taken here
         self._launch(moved)
         listening = "HTTP API listening on"

@@ -30,7 +30,8 @@ def changed(**kw) -> EventStatus:
 
 
 @pytest.mark.parametrize(("after", "reason", "text"), [
-    (changed(deployment_runtime_status=RuntimeStatus.PAUSED, deployment_runtime_desired_status=RuntimeDesiredStatus.PAUSED),
+    (changed(deployment_runtime_status=RuntimeStatus.PAUSED,
+             deployment_runtime_desired_status=RuntimeDesiredStatus.PAUSED),
      "RuntimePaused", "Runtime Running -> Paused; runtime desired Running -> Paused"),
     (changed(deployment_resources_status=ResourcesStatus.STOPPING, deployment_runtime_status=None,
              deployment_runtime_desired_status=None), "Stopping", "Resources Provisioned -> Stopping"),
@@ -63,8 +64,8 @@ def test_program_reasons(program, reason):
 
 def test_storage_cleared_reason():
     before = changed(deployment_resources_status=ResourcesStatus.STOPPED, storage_status=StorageStatus.CLEARING)
-    assert describe(EmissionKind.STATUS, before, before.model_copy(update={"storage_status": StorageStatus.CLEARED}))[0] \
-        == "StorageCleared"
+    after = before.model_copy(update={"storage_status": StorageStatus.CLEARED})
+    assert describe(EmissionKind.STATUS, before, after)[0] == "StorageCleared"
 
 
 def test_heartbeats_and_details_have_their_own_reasons():

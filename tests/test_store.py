@@ -7,14 +7,14 @@ import sqlite3
 
 import pytest
 
-from pipeline_operator.identity import PipelineKey
 from pipeline_operator.core.emission import UuidV7, make_event
+from pipeline_operator.identity import PipelineKey
 from pipeline_operator.models import EventStatus, ProgramStatus, ResourcesDesiredStatus, ResourcesStatus, StorageStatus
 from pipeline_operator.store import SCHEMA_VERSION, EventStore
 
 KEY = PipelineKey("ns", "orders", "uid-1")
 OTHER = PipelineKey("ns", "orders", "uid-2")  # the same name, re-created
-T0 = dt.datetime(2026, 11, 26, 8, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 26, 8, tzinfo=dt.UTC)
 STATUS = EventStatus(deployment_resources_status=ResourcesStatus.STOPPED,
                      deployment_resources_desired_status=ResourcesDesiredStatus.STOPPED,
                      program_status=ProgramStatus.SUCCESS, storage_status=StorageStatus.IN_USE,

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlglot
 from sqlglot import exp
@@ -33,6 +33,7 @@ from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import Scope, build_scope
 from sqlglot.schema import MappingSchema
+from sqlglot.tokenizer_core import Token
 
 from .core.lifecycle import ProgramObservation
 from .models import ProgramStatus, program_digest
@@ -78,7 +79,7 @@ def _blank_declarations(sql: str) -> str:
         tokens = sqlglot.tokenize(sql)
     except TokenError:
         return sql
-    statement: list = []
+    statement: list[Token] = []
     for token in [*tokens, None]:
         if token is None or token.token_type.name == "SEMICOLON":
             if statement and statement[0].text.upper() == "DECLARE":
@@ -118,7 +119,7 @@ def _sqlglot_source(sql: str) -> str:
     return _array_suffixes_as_brackets(_blank_declarations(sql))
 
 
-def parse_program(sql: str) -> list[exp.Expression]:
+def parse_program(sql: str) -> list[exp.Expr]:
     """Parse and check a program; raises :class:`SqlProblem` naming line and column."""
     try:
         statements = [s for s in sqlglot.parse(_sqlglot_source(sql), error_level=sqlglot.ErrorLevel.RAISE)
@@ -189,7 +190,7 @@ def _fallback_type(nullable: bool = True) -> dict[str, Any]:
     return {"nullable": nullable, "type": "VARIANT"}
 
 
-def _canonical(identifier: exp.Expression | None) -> tuple[str, bool]:
+def _canonical(identifier: exp.Expr | None) -> tuple[str, bool]:
     """Feldera's name for an identifier, and whether it is case sensitive: unquoted identifiers
     are lower-cased (Calcite's unquotedCasing TO_LOWER), quoted ones kept as written."""
     if isinstance(identifier, exp.Identifier):
@@ -204,7 +205,7 @@ def _case_sensitive_heuristic(name: str) -> bool:
     return name != name.lower()
 
 
-def _int_param(param: exp.Expression) -> int | None:
+def _int_param(param: exp.Expr) -> int | None:
     value = param.this if isinstance(param, exp.DataTypeParam) else param
     try:
         return int(value.name)
@@ -212,7 +213,7 @@ def _int_param(param: exp.Expression) -> int | None:
         return None
 
 
-def _interval_type(unit: exp.Expression | None, nullable: bool) -> dict[str, Any]:
+def _interval_type(unit: exp.Expr | None, nullable: bool) -> dict[str, Any]:
     if isinstance(unit, exp.IntervalSpan):
         names = [unit.this.name.upper(), unit.expression.name.upper()]
     elif unit is not None:
@@ -410,7 +411,7 @@ def _table_fields(schema: exp.Schema, source: str = "") -> tuple[list[dict[str, 
     foreign_keys: list[dict[str, Any]] = []
     table_name, _ = _canonical(schema.this.this if isinstance(schema.this, exp.Table) else None)
 
-    def reference(columns: list[str], ref: exp.Expression | None) -> None:
+    def reference(columns: list[str], ref: exp.Expr | None) -> None:
         target = ref.this if isinstance(ref, exp.Reference) else None
         if isinstance(target, exp.Schema):
             foreign_keys.append({"source": table_name, "columns": columns,
@@ -472,7 +473,7 @@ def _declared_views(sql: str) -> dict[str, list[dict[str, Any]]]:
         tokens = sqlglot.tokenize(sql)
     except TokenError:
         return declared
-    statement: list = []
+    statement: list[Token] = []
     for token in [*tokens, None]:
         if token is not None and token.token_type.name != "SEMICOLON":
             statement.append(token)
@@ -498,7 +499,12 @@ def _leaf_scopes(scope: Scope) -> list[Scope]:
     return [scope]
 
 
-def _null_supplying(select: exp.Expression) -> set[str]:
+def _selects(scope: Scope) -> list[exp.Expr]:
+    """The projections of a leaf scope (always a SELECT: ``_leaf_scopes`` descends set operations)."""
+    return cast(exp.Selectable, scope.expression).selects
+
+
+def _null_supplying(select: exp.Expr) -> set[str]:
     """Sources of a SELECT on the NULL-supplying side of an outer join."""
     result: set[str] = set()
     from_ = select.args.get("from_") or select.args.get("from")
@@ -530,7 +536,7 @@ class _Typer:
             found = copy.deepcopy(field["columntype"]) if field else None
         elif isinstance(source, Scope):
             leaves = _leaf_scopes(source)
-            for projection in leaves[0].expression.selects:
+            for projection in _selects(leaves[0]):
                 if projection.alias_or_name == column.name:
                     found = self.type_of(projection.unalias(), leaves[0], depth + 1)
                     break
@@ -541,7 +547,7 @@ class _Typer:
     def grouped(self, scope: Scope) -> bool:
         return bool(scope.expression.args.get("group"))
 
-    def nullable(self, node: exp.Expression, scope: Scope, depth: int = 0) -> bool:
+    def nullable(self, node: exp.Expr, scope: Scope, depth: int = 0) -> bool:
         """Whether an expression can be NULL, roughly as Calcite derives it: most operators and
         functions are NULL when an argument is; unknown functions may always be."""
         if isinstance(node, exp.Paren | exp.Alias):
@@ -567,7 +573,7 @@ class _Typer:
                 self.nullable(branch.args.get("true"), scope, depth) for branch in node.args.get("ifs") or [])
         if isinstance(node, exp.If):
             false = node.args.get("false")
-            return false is None or self.nullable(node.args.get("true"), scope, depth) \
+            return false is None or self.nullable(cast(exp.Expr, node.args.get("true")), scope, depth) \
                 or self.nullable(false, scope, depth)
         if isinstance(node, exp.Anonymous | exp.Subquery | exp.Bracket | exp.TryCast | exp.Dot):
             return True  # user functions, scalar subqueries, indexing: may be NULL
@@ -576,11 +582,11 @@ class _Typer:
         return True
 
     @staticmethod
-    def _arguments(node: exp.Expression) -> list[exp.Expression]:
+    def _arguments(node: exp.Expr) -> list[exp.Expr]:
         return [a for a in node.iter_expressions() if not isinstance(a, exp.DataType | exp.Star)
                 and not (isinstance(a, exp.Column) and isinstance(a.this, exp.Star))]
 
-    def type_of(self, node: exp.Expression, scope: Scope, depth: int = 0) -> dict[str, Any]:
+    def type_of(self, node: exp.Expr, scope: Scope, depth: int = 0) -> dict[str, Any]:
         while isinstance(node, exp.Paren):
             node = node.this
         if isinstance(node, exp.Column):
@@ -628,14 +634,14 @@ def _literal_type(literal: exp.Literal) -> dict[str, Any]:
     return {"nullable": False, "type": "DOUBLE"}
 
 
-def _output_name(projection: exp.Expression, position: int) -> tuple[str, bool]:
+def _output_name(projection: exp.Expr, position: int) -> tuple[str, bool]:
     name = projection.alias_or_name
     if name.startswith(_EXPR_MARK) or not name:
         name = f"EXPR${position}"  # Calcite's name for an unnamed expression
     return name, _case_sensitive_heuristic(name)
 
 
-def _view_fields(query: exp.Expression, catalog: _Catalog) -> list[dict[str, Any]]:
+def _view_fields(query: exp.Expr, catalog: _Catalog) -> list[dict[str, Any]]:
     """A view's columns: the names of its query's projection and their types, from sqlglot's
     qualification and type annotation over the relations declared so far."""
     if isinstance(query, exp.Values):  # VALUES (...), ...: Calcite names the columns EXPR$0, ...
@@ -662,14 +668,14 @@ def _view_fields(query: exp.Expression, catalog: _Catalog) -> list[dict[str, Any
     leaves = _leaf_scopes(root)
     typer = _Typer(catalog)
     fields = []
-    for position, projection in enumerate(leaves[0].expression.selects):
+    for position, projection in enumerate(_selects(leaves[0])):
         if isinstance(projection.unalias(), exp.Star) or (
                 isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star)):
             continue  # a star sqlglot could not expand (over something unknown): columns unknown
         name, case_sensitive = _output_name(projection, position)
         columntype = typer.type_of(projection.unalias(), leaves[0])
         for other in leaves[1:]:  # a set operation: NULL if any branch is
-            selects = other.expression.selects
+            selects = _selects(other)
             if position < len(selects) and typer.nullable(selects[position].unalias(), other):
                 columntype["nullable"] = True
         fields.append({"name": name, "case_sensitive": case_sensitive, "columntype": _sorted(columntype),
@@ -677,7 +683,7 @@ def _view_fields(query: exp.Expression, catalog: _Catalog) -> list[dict[str, Any
     return fields
 
 
-def _view_fields_by_name(query: exp.Expression) -> list[dict[str, Any]]:
+def _view_fields_by_name(query: exp.Expr) -> list[dict[str, Any]]:
     """A view's columns when its query cannot be typed: names only, every type the fallback."""
     leftmost = query
     while isinstance(leftmost, exp.SetOperation):
@@ -704,7 +710,7 @@ _ERROR_VIEW = {"name": "error_view", "case_sensitive": False, "fields": [
     for column in ("table_or_view_name", "message", "metadata")], "materialized": False}
 
 
-def program_schema(sql: str, statements: list[exp.Expression]) -> dict[str, Any]:
+def program_schema(sql: str, statements: list[exp.Expr]) -> dict[str, Any]:
     """Feldera's ProgramSchema for a parsed program: ``{"inputs": [...], "outputs": [...]}``."""
     source = _sqlglot_source(sql)
     catalog = _Catalog()
@@ -770,7 +776,7 @@ def program_schema(sql: str, statements: list[exp.Expression]) -> dict[str, Any]
     return {"inputs": inputs, "outputs": outputs}
 
 
-def program_info(sql: str, statements: list[exp.Expression]) -> dict[str, Any]:
+def program_info(sql: str, statements: list[exp.Expr]) -> dict[str, Any]:
     """Feldera's ``program_info`` for a parsed program, as ``GET /v0/pipelines/{name}`` returns it
     (``PartialProgramInfo``). Never raises: what cannot be worked out is left out or typed
     with the fallback type."""
@@ -783,8 +789,9 @@ def program_info(sql: str, statements: list[exp.Expression]) -> dict[str, Any]:
     return {"schema": schema, "udf_stubs": "", "input_connectors": {}, "output_connectors": {}}
 
 
-def build_artifact(sql: str, statements: list[exp.Expression]) -> dict[str, Any]:
-    tables, views = [], []
+def build_artifact(sql: str, statements: list[exp.Expr]) -> dict[str, Any]:
+    tables: list[str] = []
+    views: list[str] = []
     for statement in statements:
         if isinstance(statement, exp.Create):
             kind = (statement.args.get("kind") or "").upper()
@@ -799,7 +806,7 @@ def build_artifact(sql: str, statements: list[exp.Expression]) -> dict[str, Any]
 class _Job:
     status: ProgramStatus
     error: Any = None
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
 
 
 class Compiler:
@@ -816,7 +823,7 @@ class Compiler:
 
     def artifact(self, digest: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self.artifact_path(digest).read_text())
+            return cast(dict[str, Any], json.loads(self.artifact_path(digest).read_text()))
         except (OSError, ValueError):
             return None
 

@@ -49,7 +49,6 @@ def _trigger(body: dict[str, Any]) -> tuple[Any, ...]:
 
 def build_registry(ctx: Context) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    settings = ctx.settings
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .models import (
     API_GROUP,
@@ -46,7 +46,7 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if node.get("x-kubernetes-int-or-string"):
-            out = {k: node[k] for k in ("description", "default", "pattern", "x-kubernetes-validations")
+            out: dict[str, Any] = {k: node[k] for k in ("description", "default", "pattern", "x-kubernetes-validations")
                    if k in node}
             out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
             out["x-kubernetes-int-or-string"] = True
@@ -156,4 +156,4 @@ def to_yaml(crd: dict[str, Any] | None = None) -> str:
     """The CRD as the checked-in YAML. PyYAML is imported here, not at module level: it is a
     dependency of the ``dev`` extra, not of the operator (``pipeline-operator run`` never needs it)."""
     import yaml
-    return HEADER + yaml.safe_dump(crd or render(), sort_keys=False, width=120)
+    return HEADER + cast(str, yaml.safe_dump(crd or render(), sort_keys=False, width=120))

@@ -12,7 +12,7 @@ import concurrent.futures
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, cast
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -67,8 +67,8 @@ class Kube:
 
     async def get_pipeline(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self.call(self.custom.get_namespaced_custom_object, API_GROUP, API_VERSION,
-                                   namespace, PLURAL, name)
+            return cast(dict[str, Any], await self.call(self.custom.get_namespaced_custom_object, API_GROUP,
+                                                        API_VERSION, namespace, PLURAL, name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -80,9 +80,10 @@ class Kube:
         patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
                  {"op": "add", "path": "/status", "value": status}]
         try:
-            return await self.call(self.custom.patch_namespaced_custom_object_status, API_GROUP, API_VERSION,
-                                   namespace, PLURAL, name, patch, field_manager=self.field_manager,
-                                   _content_type="application/json-patch+json")
+            return cast(dict[str, Any], await self.call(
+                self.custom.patch_namespaced_custom_object_status, API_GROUP, API_VERSION,
+                namespace, PLURAL, name, patch, field_manager=self.field_manager,
+                _content_type="application/json-patch+json"))
         except ApiException as exc:
             if exc.status == 409 or (exc.status == 422 and _is_failed_test(exc)):
                 raise Conflict(f"{namespace}/{name} changed since resourceVersion {resource_version}") from exc
@@ -95,9 +96,10 @@ class Kube:
                                    field_manager: str) -> dict[str, Any] | None:
         """A JSON merge patch of a Pipeline (None if it does not exist)."""
         try:
-            return await self.call(self.custom.patch_namespaced_custom_object, API_GROUP, API_VERSION, namespace,
-                                   PLURAL, name, body, field_manager=field_manager,
-                                   _content_type="application/merge-patch+json")
+            return cast(dict[str, Any] | None, await self.call(
+                self.custom.patch_namespaced_custom_object, API_GROUP, API_VERSION, namespace,
+                PLURAL, name, body, field_manager=field_manager,
+                _content_type="application/merge-patch+json"))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -108,9 +110,10 @@ class Kube:
         """Server-side apply of a Pipeline as ``field_manager`` (never forced: a field another
         manager owns with another value raises :class:`FieldConflict`)."""
         try:
-            applied = await self.call(self.custom.patch_namespaced_custom_object, API_GROUP, API_VERSION, namespace,
-                                      PLURAL, name, body, field_manager=field_manager,
-                                      _content_type="application/apply-patch+yaml")
+            applied: dict[str, Any] | None = await self.call(
+                self.custom.patch_namespaced_custom_object, API_GROUP, API_VERSION, namespace,
+                PLURAL, name, body, field_manager=field_manager,
+                _content_type="application/apply-patch+yaml")
         except ApiException as exc:
             if exc.status == 409:
                 raise FieldConflict(_conflicts(exc)) from exc

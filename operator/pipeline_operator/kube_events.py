@@ -28,9 +28,9 @@ from kubernetes.client.exceptions import ApiException
 from .core.emission import EmissionKind, Emitted
 from .core.reasons import describe
 from .identity import PipelineKey
-from .retry import Backoff
 from .kube import Kube
 from .models import API_GROUP, API_VERSION, KIND
+from .retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class _Bucket:
 
 
 def _ts(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class EventPoster:
@@ -78,7 +78,7 @@ class EventPoster:
         self._queue: asyncio.Queue[_Post] = asyncio.Queue(QUEUE_LIMIT)
         self._buckets: dict[str, _Bucket] = {}
         self._counts: dict[str, int] = {}  # aggregated Event name -> count we last wrote
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.posted = 0
         self.dropped = 0
 
@@ -86,19 +86,20 @@ class EventPoster:
         if self._task is None:
             self._task = asyncio.create_task(self._work(), name="kubernetes-events")
 
-    async def close(self, timeout: float = 5.0) -> None:
+    # The timeout bounds the drain only; the task is cancelled after it either way (no TimeoutError for the caller).
+    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         if self._task is None:
             return
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("%d Kubernetes Events not posted at shutdown", self._queue.qsize())
         self._task.cancel()
 
     def submit(self, key: PipelineKey, emitted: Sequence[Emitted], reasons: Sequence[str]) -> None:
         """Queue the Events for one pass's monitor events; never waits."""
         whys = list(reasons) if len(reasons) == len(emitted) else [""] * len(emitted)
-        for item, why in zip(emitted, whys):
+        for item, why in zip(emitted, whys, strict=True):
             reason, event_type, message = describe(item.kind, item.previous, item.event, why)
             aggregate = AGGREGATED.get(item.kind)
             if aggregate is None and not self._bucket(key).take():

@@ -175,7 +175,7 @@ class BootstrapPolicy(str, enum.Enum):
         return {"AwaitApproval": "await_approval", "Allow": "allow", "Reject": "reject"}[self.value]
 
     @classmethod
-    def from_feldera(cls, value: str) -> "BootstrapPolicy":
+    def from_feldera(cls, value: str) -> BootstrapPolicy:
         for policy in cls:
             if policy.feldera == value:
                 return policy
@@ -232,7 +232,7 @@ def format_timestamp(t: dt.datetime) -> str:
     """
     if t.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    t = t.astimezone(dt.timezone.utc)
+    t = t.astimezone(dt.UTC)
     base = t.strftime("%Y-%m-%dT%H:%M:%S")
     us = t.microsecond
     if us == 0:

@@ -14,7 +14,7 @@ import functools
 import json
 from importlib import resources
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import Any, cast
 
 ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
 NAME = {"name": "pipeline_name", "in": "path", "required": True, "description": "Unique pipeline name",
@@ -29,7 +29,7 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def _load(name: str) -> dict[str, Any]:
-    return json.loads(resources.files("pipeline_operator").joinpath(f"data/{name}").read_text())
+    return cast(dict[str, Any], json.loads(resources.files("pipeline_operator").joinpath(f"data/{name}").read_text()))
 
 
 @functools.cache

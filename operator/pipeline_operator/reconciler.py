@@ -54,8 +54,8 @@ from .models import (
     program_digest,
     project_event,
 )
-from .runtime_client import RuntimeClient
 from .retry import Backoff
+from .runtime_client import RuntimeClient
 from .settings import OperatorSettings
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ _QUICK_REPOLL = 0.3  # after forwarding an action to the pipeline, look again so
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class EventSink:
@@ -104,9 +104,9 @@ class Context:
     sink: EventSink = dataclasses.field(default_factory=EventSink)
     ids: UuidV7 = dataclasses.field(default_factory=UuidV7)
     clock: Callable[[], dt.datetime] = utcnow
-    monitors: "PipelineRegistry" = dataclasses.field(default_factory=lambda: PipelineRegistry())
-    in_flight: set[asyncio.Future] = dataclasses.field(default_factory=set)  # status writes that must finish
-    metrics: "Metrics | None" = None
+    monitors: PipelineRegistry = dataclasses.field(default_factory=lambda: PipelineRegistry())
+    in_flight: set[asyncio.Future[None]] = dataclasses.field(default_factory=set)  # status writes that must finish
+    metrics: Metrics | None = None
 
     @property
     def lifecycle(self) -> LifecycleConfig:
@@ -125,25 +125,25 @@ class PipelineRegistry:
     def __init__(self) -> None:
         self._by_name: dict[tuple[str, str], PipelineMonitor] = {}
 
-    def add(self, monitor: "PipelineMonitor") -> None:
+    def add(self, monitor: PipelineMonitor) -> None:
         self._by_name[(monitor.key.namespace, monitor.key.name)] = monitor
 
-    def remove(self, monitor: "PipelineMonitor") -> None:
+    def remove(self, monitor: PipelineMonitor) -> None:
         where = (monitor.key.namespace, monitor.key.name)
         if self._by_name.get(where) is monitor:
             del self._by_name[where]
 
-    def get(self, namespace: str, name: str) -> "PipelineMonitor | None":
+    def get(self, namespace: str, name: str) -> PipelineMonitor | None:
         return self._by_name.get((namespace, name))
 
-    def in_namespace(self, namespace: str) -> list["PipelineMonitor"]:
+    def in_namespace(self, namespace: str) -> list[PipelineMonitor]:
         return [m for (ns, _), m in sorted(self._by_name.items()) if ns == namespace]
 
-    def all(self) -> list["PipelineMonitor"]:
+    def all(self) -> list[PipelineMonitor]:
         return list(self._by_name.values())
 
 
-def key_of(body: dict[str, Any]) -> PipelineKey:
+def key_of(body: Mapping[str, Any]) -> PipelineKey:
     meta = body["metadata"]
     return PipelineKey(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
 
@@ -471,8 +471,8 @@ class PipelineMonitor:
             runtime = f"/{s.deployment_runtime_status.value}" if s.deployment_runtime_status else ""
             error = f", error {s.deployment_error.error_code}" if s.deployment_error else ""
             log.info("%s: %s -> resources %s%s, desired %s, program %s, storage %s%s", self.key, step.reason,
-                     s.deployment_resources_status.value, runtime, s.deployment_resources_desired_status.value, s.program_status.value,
-                     s.storage_status.value, error)
+                     s.deployment_resources_status.value, runtime, s.deployment_resources_desired_status.value,
+                     s.program_status.value, s.storage_status.value, error)
         if decision.notes != self._last_notes:
             for note in decision.notes:
                 log.info("%s: %s", self.key, note)
@@ -487,8 +487,9 @@ class PipelineMonitor:
         """Look at the pipeline again at once (a change was made or forwarded)."""
         self.wake.set()
 
+    # The timeout is part of the contract (answer False after it, never raise): not a cancel scope for the caller.
     async def wait_until(self, predicate: Callable[[dict[str, Any], PipelineState], bool],
-                         timeout: float) -> bool:
+                         timeout: float) -> bool:  # noqa: ASYNC109
         """Wait until a pass has recorded a state for which ``predicate(object, state)`` holds
         (what the HTTP API does after writing a change, so that its answer reflects it)."""
         deadline = asyncio.get_running_loop().time() + timeout
@@ -501,7 +502,7 @@ class PipelineMonitor:
                 return False
             try:
                 await asyncio.wait_for(self._pass_done.wait(), timeout=left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
 
     def _passed(self) -> None:
@@ -532,5 +533,5 @@ class PipelineMonitor:
                 continue
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
@@ -51,7 +50,7 @@ class RuntimeClient:
                 except ValueError:
                     body = NOT_JSON
                 return parse_status_response(response.status, body, "")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return parse_status_response(None, None, f"timed out after {self.status_timeout:g}s")
         except aiohttp.ClientError as exc:
             return parse_status_response(None, None, f"{type(exc).__name__}: {exc}")
@@ -64,12 +63,13 @@ class RuntimeClient:
                     return True
                 text = (await response.content.read(2048)).decode(errors="replace")
                 log.warning("%s %s%s answered %s: %s", method, endpoint, path, response.status, text)
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("%s %s%s failed: %s", method, endpoint, path, exc)
         return False
 
+    # The timeout is aiohttp's per-request ClientTimeout (None on expiry, as for any failed request).
     async def forward(self, endpoint: str, method: str, path: str, query: str = "",
-                      timeout: float = 60.0) -> tuple[int, bytes, str] | None:
+                      timeout: float = 60.0) -> tuple[int, bytes, str] | None:  # noqa: ASYNC109
         """Forward one request to the pipeline as Feldera's manager does: its status, body (at most
         1 MiB) and content type, or None when it did not answer."""
         url = f"{endpoint}{path}" + (f"?{query}" if query else "")
@@ -78,7 +78,7 @@ class RuntimeClient:
                                             allow_redirects=False) as response:
                 body = await response.content.read(MAX_STATUS_BODY)
                 return response.status, body, response.content_type
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("%s %s failed: %s", method, url, exc)
             return None
 

@@ -33,8 +33,9 @@ class OperatorSettings(BaseSettings):
                              description="Where pipelines run: `local` (child processes and directories of "
                              "the operator) or `kubernetes` (StatefulSet, Service, ConfigMap and "
                              "PersistentVolumeClaim). Default: `kubernetes` inside a cluster, else `local`.")
-    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Namespaces to watch (repeatable "
-                                  "flag `--namespace`); empty with `--all-namespaces`.")
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Namespaces to watch (repeatable "
+                                          "flag `--namespace`); empty with `--all-namespaces`.")
     all_namespaces: bool = Field(False, description="Watch Pipelines in every namespace.")
     monitor_interval: float = Field(2.5, gt=0, le=3600, description="Seconds between monitoring passes "
                                     "while Stopped or Provisioned (Feldera: 2.5).")
@@ -99,7 +100,7 @@ class OperatorSettings(BaseSettings):
         return Path(os.path.abspath(value))
 
     @model_validator(mode="after")
-    def _unauthenticated_api_is_local(self) -> "OperatorSettings":
+    def _unauthenticated_api_is_local(self) -> OperatorSettings:
         """``--api-auth none`` binds to 127.0.0.1 unless an address was given explicitly."""
         if self.api_auth == "none" and "api_listen" not in self.model_fields_set and self.api_listen != "off":
             self.api_listen = "127.0.0.1:" + self.api_listen.rpartition(":")[2]

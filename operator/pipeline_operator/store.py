@@ -26,11 +26,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .identity import PipelineKey
-from .retry import Backoff
 from .models import MonitorEvent, project_event
+from .retry import Backoff
 
 
 def _json(value: Any) -> str:
@@ -59,7 +59,7 @@ CREATE INDEX IF NOT EXISTS monitor_event_newest
 
 def _fixed(event: MonitorEvent) -> str:
     """``recorded_at`` at fixed width (microseconds always written): sorts correctly as text."""
-    return event.recorded_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return event.recorded_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -145,6 +145,7 @@ class EventStore:
         while True:
             if not held and not stopping:
                 wait = max(0.05, self.prune_interval - (time.monotonic() - last_prune))
+                item: _Batch | object | None
                 try:
                     item = self._queue.get(timeout=wait)
                 except queue.Empty:
@@ -293,9 +294,9 @@ class EventStore:
 
     def count(self, uid: str | None = None) -> int:
         if uid is None:
-            return self._reader().execute("SELECT COUNT(*) FROM monitor_event").fetchone()[0]
-        return self._reader().execute("SELECT COUNT(*) FROM monitor_event WHERE pipeline_uid = ?",
-                                      (uid,)).fetchone()[0]
+            return cast(int, self._reader().execute("SELECT COUNT(*) FROM monitor_event").fetchone()[0])
+        return cast(int, self._reader().execute("SELECT COUNT(*) FROM monitor_event WHERE pipeline_uid = ?",
+                                                (uid,)).fetchone()[0])
 
     def delete(self, uid: str) -> int:
         self.flush()

@@ -279,7 +279,7 @@ class User:
 
 def _write_pki(folder: Path) -> tuple[Path, Path, Path, Path, Path]:
     """A CA, a serving certificate for 127.0.0.1/localhost, and a service-account key pair."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     later = now + datetime.timedelta(days=365)
 
     def pem_key(key) -> bytes:
@@ -367,7 +367,7 @@ class ControlPlane:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def start(self, timeout: float = 90.0) -> "ControlPlane":
+    def start(self, timeout: float = 90.0) -> ControlPlane:
         started = time.monotonic()
         self.progress("starting etcd")
         self._start_etcd(timeout)
@@ -394,7 +394,7 @@ class ControlPlane:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "ControlPlane":
+    def __enter__(self) -> ControlPlane:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -42,7 +42,7 @@ def say(message: str) -> None:
 
 def events_table(events: list[dict[str, Any]], now: dt.datetime | None = None) -> str:
     """Events (newest first, selector ``all``) as a text table, as ``fda events`` prints them."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     rows = [COLUMNS]
     for event in events:
         at = dt.datetime.fromisoformat(event["recorded_at"].replace("Z", "+00:00"))
@@ -55,7 +55,8 @@ def events_table(events: list[dict[str, Any]], now: dt.datetime | None = None) -
                      f"{event['deployment_resources_status']} (desired {event['deployment_resources_desired_status']})",
                      runtime, event["program_status"], event["storage_status"], error or "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
 
 
 def _get_json(url: str) -> Any:
@@ -87,7 +88,8 @@ def run(namespace: str = "default", exit_when_running: bool = False, timeout: fl
             example = Path(str(importlib.resources.files("pipeline_operator") / "data" / "example-pipeline.yaml"))
     sample = yaml.safe_load(example.read_text())
     name = sample["metadata"]["name"]
-    with tempfile.TemporaryDirectory(prefix="pipeline-operator-demo-") as td, _cluster(Path(td)) as (kubeconfig, kubectl):
+    with tempfile.TemporaryDirectory(prefix="pipeline-operator-demo-") as td, \
+            _cluster(Path(td)) as (kubeconfig, kubectl):
         workdir = Path(td)
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
 
@@ -96,7 +98,8 @@ def run(namespace: str = "default", exit_when_running: bool = False, timeout: fl
 
         say("installing the Pipeline CRD")
         k("apply", "-f", "-", input=crd.to_yaml())
-        controlplane.wait_established(lambda *args, check=True: controlplane.run_kubectl(kubectl, kubeconfig, *args, check=check))
+        controlplane.wait_established(
+            lambda *args, check=True: controlplane.run_kubectl(kubectl, kubeconfig, *args, check=check))
         port = controlplane.free_port()
         say(f"starting the operator (local backend, namespace {namespace}, API on 127.0.0.1:{port})")
         log_path = workdir / "operator.log"
@@ -127,7 +130,8 @@ def run(namespace: str = "default", exit_when_running: bool = False, timeout: fl
                     say(f"{name}: {shown}")
                     seen = shown
                 if status.get("deploymentError"):
-                    say(f"{name}: error {status['deploymentError']['errorCode']}: {status['deploymentError']['message']}")
+                    error = status["deploymentError"]
+                    say(f"{name}: error {error['errorCode']}: {error['message']}")
                 if status.get("deploymentStatus") == "Running" and not running:
                     running = True
                     with contextlib.suppress(urllib.error.URLError, OSError):

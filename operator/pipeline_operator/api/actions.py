@@ -65,7 +65,7 @@ def _bootstrap_flags(request: web.Request) -> str:
 
 
 class Actions:
-    def __init__(self, server: "ApiServer") -> None:
+    def __init__(self, server: ApiServer) -> None:
         self.server = server
         self.deps = server.deps
 
@@ -119,14 +119,9 @@ class Actions:
             annotations[ANNOTATION_DISMISS_ERROR] = writes.nonce()
         # The latest start decides how the pipeline starts: an earlier /pause or /resume (kept in
         # spec.runtimeDesiredStatus) does not outlive it.
-        await writes.patch(self.deps.kube, monitor, {"desiredStatus": "Provisioned",
-                                               "initialRuntimeStatus": initial.value,
-                                               "runtimeDesiredStatus": None,
-                                               "bootstrapPolicy": policy.value}, annotations)
-        await writes.settle(monitor, lambda obj, st: st.handled_start is not None and st.handled_start.value == start)
-        refused = _refused(monitor.state.handled_start if monitor.state else None, start)
-        if refused is not None:
-            raise refused
+        await self._one_shot(monitor, "start", annotations, {
+            "desiredStatus": "Provisioned", "initialRuntimeStatus": initial.value, "runtimeDesiredStatus": None,
+            "bootstrapPolicy": policy.value})
         return web.json_response("Pipeline is starting", status=202)
 
     async def stop(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
@@ -141,13 +136,7 @@ class Actions:
         if refusal is not None:
             raise ApiError.refused(refusal)
         if state.storage_status.value != "Cleared":
-            value = writes.nonce()
-            await writes.patch(self.deps.kube, monitor, annotations={ANNOTATION_CLEAR_STORAGE: value})
-            await writes.settle(monitor, lambda obj, st: st.handled_clear_storage is not None
-                                and st.handled_clear_storage.value == value)
-            refused = _refused(monitor.state.handled_clear_storage if monitor.state else None, value)
-            if refused is not None:
-                raise refused
+            await self._one_shot(monitor, "clear_storage", {ANNOTATION_CLEAR_STORAGE: writes.nonce()})
         return web.json_response("Pipeline storage is being cleared", status=202)
 
     async def dismiss_error(self, request: web.Request, monitor: PipelineMonitor,
@@ -156,14 +145,24 @@ class Actions:
         if refusal is not None:
             raise ApiError.refused(refusal)
         if state.deployment_error is not None:
-            value = writes.nonce()
-            await writes.patch(self.deps.kube, monitor, annotations={ANNOTATION_DISMISS_ERROR: value})
-            await writes.settle(monitor, lambda obj, st: st.handled_dismiss_error is not None
-                                and st.handled_dismiss_error.value == value)
-            refused = _refused(monitor.state.handled_dismiss_error if monitor.state else None, value)
-            if refused is not None:
-                raise refused
+            await self._one_shot(monitor, "dismiss_error", {ANNOTATION_DISMISS_ERROR: writes.nonce()})
         return web.json_response("Pipeline deployment error has been dismissed", status=200)
+
+    async def _one_shot(self, monitor: PipelineMonitor, action: str, annotations: dict[str, str],
+                        spec: dict[str, Any] | None = None) -> None:
+        """Write a one-shot request (its annotation, the first of ``annotations``, with a new value, and
+        any spec change), wait until the loop handled it, and answer its refusal if it was refused."""
+        value = next(iter(annotations.values()))
+        await writes.patch(self.deps.kube, monitor, spec, annotations)
+
+        def handled(state: PipelineState) -> HandledAction | None:
+            found: HandledAction | None = getattr(state, f"handled_{action}")
+            return found
+
+        await writes.settle(monitor, lambda obj, st: (h := handled(st)) is not None and h.value == value)
+        refused = _refused(handled(monitor.state) if monitor.state else None, value)
+        if refused is not None:
+            raise refused
 
     # -- forwarded to the pipeline ----------------------------------------------------------------
 

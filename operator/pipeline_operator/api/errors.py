@@ -18,7 +18,7 @@ class ApiError(Exception):
         self.status, self.error_code, self.message, self.details = status, error_code, message, details
 
     @classmethod
-    def refused(cls, refusal: Refusal) -> "ApiError":
+    def refused(cls, refusal: Refusal) -> ApiError:
         return cls(refusal.http_status, refusal.error_code, refusal.message, refusal.details)
 
     def response(self) -> web.Response:

@@ -119,7 +119,8 @@ def _body_fields(raw: Any, *, partial: bool) -> dict[str, Any]:
             value = empty
         kind = type(empty)
         if not isinstance(value, kind) or (kind is list and not all(isinstance(t, str) for t in value)):
-            expected = {str: "a string", dict: "an object", list: "a list of strings"}[kind]
+            names: dict[type, str] = {str: "a string", dict: "an object", list: "a list of strings"}
+            expected = names[kind]
             raise ApiError(400, "InvalidRequestBody", f"Field '{field}' must be {expected}", {"field": field})
         fields[field] = value
     if not partial:
@@ -136,7 +137,7 @@ def _body_fields(raw: Any, *, partial: bool) -> dict[str, Any]:
 
 
 class Pipelines:
-    def __init__(self, server: "ApiServer") -> None:
+    def __init__(self, server: ApiServer) -> None:
         self.server = server
         self.deps = server.deps
 
@@ -156,7 +157,7 @@ class Pipelines:
         meta = obj.get("metadata") or {}
         status = PipelineStatus.model_validate(obj.get("status") or {})
         state = state or resource.from_status(status)
-        created = meta.get("creationTimestamp") or format_timestamp(dt.datetime.now(dt.timezone.utc))
+        created = meta.get("creationTimestamp") or format_timestamp(dt.datetime.now(dt.UTC))
         fields = feldera_fields(obj.get("spec") or {})
         try:
             refresh = int(meta.get("resourceVersion") or 0)
@@ -359,7 +360,8 @@ class Pipelines:
         # Feldera deletes synchronously: wait until the operator's finalizer has released it.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60.0
-        while loop.time() < deadline and await self._current(namespace, name) is not None:
+        # Polling is the point here: the deletion happens in the API server, there is no local event to wait on.
+        while loop.time() < deadline and await self._current(namespace, name) is not None:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
         return web.Response(status=200)
 

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiohttp import web
 from cachetools import TTLCache
@@ -59,11 +59,11 @@ NOT_SERVED = re.compile(
 
 class PipelineRegistry(Protocol):
     """The pipelines the operator monitors (:class:`reconciler.PipelineRegistry`)."""
-    def get(self, namespace: str, name: str) -> "PipelineMonitor | None": ...
+    def get(self, namespace: str, name: str) -> PipelineMonitor | None: ...
 
-    def in_namespace(self, namespace: str) -> "list[PipelineMonitor]": ...
+    def in_namespace(self, namespace: str) -> list[PipelineMonitor]: ...
 
-    def all(self) -> "list[PipelineMonitor]": ...
+    def all(self) -> list[PipelineMonitor]: ...
 
 
 class EventReader(Protocol):
@@ -105,8 +105,9 @@ class ApiServer:
         self.auth = auth
         self.default_namespace = default_namespace
         self.metrics = deps.metrics
-        self._tokens: TTLCache = TTLCache(maxsize=10_000, ttl=AUTH_CACHE_SECONDS)
-        self._access: TTLCache = TTLCache(maxsize=50_000, ttl=AUTH_CACHE_SECONDS)
+        self._tokens: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=10_000, ttl=AUTH_CACHE_SECONDS)
+        self._access: TTLCache[tuple[str, tuple[str, ...], str, str], bool] = TTLCache(
+            maxsize=50_000, ttl=AUTH_CACHE_SECONDS)
         self._limit = asyncio.Semaphore(max_concurrency)
         self.ready = False
         self._runner: web.AppRunner | None = None
@@ -139,7 +140,7 @@ class ApiServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=128)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        sockets = cast(asyncio.Server, site._server).sockets if site._server else []
         self.port = sockets[0].getsockname()[1] if sockets else port
         log.info("HTTP API listening on http://%s:%s (auth: %s)", host, self.port, self.auth)
 
@@ -228,13 +229,13 @@ class ApiServer:
 
     # -- lookups ----------------------------------------------------------------------------------
 
-    def monitor(self, namespace: str, name: str) -> "PipelineMonitor":
+    def monitor(self, namespace: str, name: str) -> PipelineMonitor:
         monitor = self.deps.pipelines.get(namespace, name)
         if monitor is None or monitor.obj is None:
             raise unknown_pipeline(name)
         return monitor
 
-    async def pipeline(self, request: web.Request, verb: str) -> "PipelineMonitor":
+    async def pipeline(self, request: web.Request, verb: str) -> PipelineMonitor:
         namespace = self.namespace(request)
         await self.authorize(request, verb, namespace)
         return self.monitor(namespace, request.match_info["name"])

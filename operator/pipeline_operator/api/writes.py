@@ -47,8 +47,9 @@ def generation(obj: dict[str, Any]) -> int:
     return int((obj.get("metadata") or {}).get("generation") or 1)
 
 
+# The timeout is part of the contract (answer False after it, never raise): not a cancel scope for the caller.
 async def settle(monitor: PipelineMonitor, predicate: Callable[[dict[str, Any], PipelineState], bool],
-                 timeout: float = SETTLE_SECONDS) -> bool:
+                 timeout: float = SETTLE_SECONDS) -> bool:  # noqa: ASYNC109
     return await monitor.wait_until(predicate, timeout)
 
 

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..core.lifecycle import ComputeObservation, ComputeState
 from ..identity import PipelineKey
@@ -75,7 +75,7 @@ class LocalBackend:
         self.root = Path(os.path.abspath(state_dir)) / "pipelines"
         self.command = shlex.split(pipeline_command) if pipeline_command else [
             sys.executable, "-m", "pipeline_operator.cli", "pipeline-process"]
-        self._children: dict[str, subprocess.Popen] = {}  # processes this operator started
+        self._children: dict[str, subprocess.Popen[bytes]] = {}  # processes this operator started
         self._ports: dict[str, int] = {}  # pipeline uid -> port, as last observed (read in a thread)
 
     # -- paths and records ---------------------------------------------------------------
@@ -91,7 +91,7 @@ class LocalBackend:
 
     def _read_record(self, key: PipelineKey) -> dict[str, Any] | None:
         try:
-            return json.loads(self._record_path(key).read_text())
+            return cast(dict[str, Any], json.loads(self._record_path(key).read_text()))
         except (OSError, ValueError):
             return None
 

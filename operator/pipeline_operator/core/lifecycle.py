@@ -346,13 +346,15 @@ class _Pass:
         stamps: dict[str, Any] = {}
         if new.deployment_resources_status is not old.deployment_resources_status:
             stamps["deployment_resources_status_since"] = self.now
-        if new.deployment_runtime_status is not old.deployment_runtime_status and new.deployment_runtime_status is not None:
+        if new.deployment_runtime_status is not old.deployment_runtime_status \
+                and new.deployment_runtime_status is not None:
             stamps["deployment_runtime_status_since"] = self.now
         if new.deployment_resources_desired_status is not old.deployment_resources_desired_status \
                 or old.deployment_resources_desired_status_since is None:
             stamps["deployment_resources_desired_status_since"] = self.now
         if new.deployment_runtime_desired_status is not old.deployment_runtime_desired_status:
-            stamps["deployment_runtime_desired_status_since"] = self.now if new.deployment_runtime_desired_status is not None else None
+            stamps["deployment_runtime_desired_status_since"] = (
+                self.now if new.deployment_runtime_desired_status is not None else None)
         if new.program_status is not old.program_status:
             stamps["program_status_since"] = self.now
         if stamps:
@@ -478,12 +480,14 @@ def clear_refusal(state: PipelineState) -> Refusal | None:
     """Feldera's ``transit_storage_status_to_clearing_if_not_cleared`` (Cleared is a no-op)."""
     if state.storage_status is S.CLEARED:
         return None
-    if state.deployment_resources_status is not R.STOPPED or state.deployment_resources_desired_status is not ResourcesDesiredStatus.STOPPED:
+    if state.deployment_resources_status is not R.STOPPED \
+            or state.deployment_resources_desired_status is not ResourcesDesiredStatus.STOPPED:
         current, new = state.storage_status.value, S.CLEARING.value
         return Refusal(
             http_status=400, error_code="StorageStatusImmutableUnlessStopped",
             message=f"Cannot transition storage status from '{current}' to '{new}' with resources status "
-                    f"'{state.deployment_resources_status.value}' and desired status '{state.deployment_resources_desired_status.value}'. "
+                    f"'{state.deployment_resources_status.value}' and desired status "
+                    f"'{state.deployment_resources_desired_status.value}'. "
                     "Storage status cannot be changed unless the pipeline is fully stopped.",
             details={"resources_status": state.deployment_resources_status.value,
                      "resources_desired_status": state.deployment_resources_desired_status.value,
@@ -510,7 +514,8 @@ def interaction_refusal(state: PipelineState, name: str) -> Refusal | None:
 
 def delete_refusal(state: PipelineState) -> Refusal | None:
     """Feldera's ``delete_pipeline``: only fully Stopped, with storage Cleared."""
-    if state.deployment_resources_status is not R.STOPPED or state.deployment_resources_desired_status is not ResourcesDesiredStatus.STOPPED:
+    if state.deployment_resources_status is not R.STOPPED \
+            or state.deployment_resources_desired_status is not ResourcesDesiredStatus.STOPPED:
         return Refusal(http_status=400, error_code="DeleteRestrictedToFullyStopped", message=(
             "Cannot delete a pipeline which is not fully stopped. Stop the pipeline first fully by invoking the "
             "'/stop' endpoint."))
@@ -522,7 +527,8 @@ def delete_refusal(state: PipelineState) -> Refusal | None:
 
 def update_refusal(state: PipelineState) -> Refusal | None:
     """Feldera's ``update_pipeline`` for changes of the program or configuration: only while Stopped."""
-    if state.deployment_resources_status is not R.STOPPED or state.deployment_resources_desired_status is not ResourcesDesiredStatus.STOPPED:
+    if state.deployment_resources_status is not R.STOPPED \
+            or state.deployment_resources_desired_status is not ResourcesDesiredStatus.STOPPED:
         return Refusal(http_status=400, error_code="UpdateRestrictedToStopped", message=(
             "Pipeline can only be updated while stopped. Stop it first by invoking '/stop'."))
     return None
@@ -670,7 +676,8 @@ def _storage(p: _Pass, desired: Desired, observation: Observation) -> None:
             p.set("clear storage requested; nothing to clear",
                   handled_clear_storage=_handled(desired.clear_storage, ActionOutcome.APPLIED,
                                                  f"Storage is already {cur.storage_status.value}"))
-        elif cur.deployment_resources_status is R.STOPPED and cur.deployment_resources_desired_status is ResourcesDesiredStatus.STOPPED:
+        elif cur.deployment_resources_status is R.STOPPED \
+                and cur.deployment_resources_desired_status is ResourcesDesiredStatus.STOPPED:
             p.set("clear storage requested", storage_status=S.CLEARING, storage_status_details=None,
                   handled_clear_storage=_handled(desired.clear_storage, ActionOutcome.APPLIED,
                                                  "Clearing storage"))
@@ -719,7 +726,8 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
         return
     if cur.storage_status is S.CLEARED:
         p.set("storage will be used by the pipeline", storage_status=S.IN_USE)
-    p.set("provisioning compute and storage", deployment_resources_status=R.PROVISIONING, deployment_resources_status_details=None,
+    p.set("provisioning compute and storage", deployment_resources_status=R.PROVISIONING,
+          deployment_resources_status_details=None,
           deployment_initial=initial, bootstrap_policy=policy, deployment_error=None, error_generation=None,
           runtime_desired_adopted=desired.runtime_desired_status, runtime_desired_pending=None,
           **_RUNTIME_CLEARED)
@@ -741,7 +749,8 @@ def _stop(p: _Pass, desired: Desired, reason: str, error: ErrorResponse | None =
     _hold_stopped(p, desired, reason)
     errors: dict[str, Any] = dict(deployment_error=error, error_generation=desired.generation,
                                   stop_spec_digest=desired.spec_digest) if error else {}
-    p.set(reason, deployment_resources_status=R.STOPPING, deployment_resources_status_details=details, deployment_initial=None,
+    p.set(reason, deployment_resources_status=R.STOPPING, deployment_resources_status_details=details,
+          deployment_initial=None,
           bootstrap_policy=None, **errors, **_RUNTIME_CLEARED)
     p.act(ActionKind.DEPROVISION)
 
@@ -804,10 +813,12 @@ def _apply_runtime(p: _Pass, runtime: RuntimeObservation | None, config: Lifecyc
     if p.elapsed(cur.deployment_resources_status_since) <= config.provisioned_grace_period:
         p.set("pipeline not reachable yet (grace period)", deployment_runtime_status=RS.INITIALIZING,
               deployment_runtime_desired_status=cur.deployment_initial,
-              deployment_runtime_status_details={"reason": f"Still in the grace period for initializing. Pipeline status "
-                                                f"endpoint cannot yet be reached due to: {reason}"})
+              deployment_runtime_status_details={
+                  "reason": "Still in the grace period for initializing. Pipeline status "
+                            f"endpoint cannot yet be reached due to: {reason}"})
     else:
-        p.set("pipeline not reachable", deployment_runtime_status=RS.UNAVAILABLE, deployment_runtime_desired_status=RDS.UNAVAILABLE,
+        p.set("pipeline not reachable", deployment_runtime_status=RS.UNAVAILABLE,
+              deployment_runtime_desired_status=RDS.UNAVAILABLE,
               deployment_runtime_status_details={"reason": f"Pipeline status endpoint could not be reached: {reason}"})
 
 
@@ -889,7 +900,8 @@ def _approve(p: _Pass, desired: Desired) -> None:
                                                             "Approval forwarded to the pipeline"))
         p.act(ActionKind.APPROVE)
     else:
-        shown = cur.deployment_runtime_status.value if cur.deployment_runtime_status else cur.deployment_resources_status.value
+        shown = (cur.deployment_runtime_status.value if cur.deployment_runtime_status
+                 else cur.deployment_resources_status.value)
         p.set("approve refused", handled_approve=_handled(
             desired.approve, ActionOutcome.REFUSED,
             f"The pipeline is not AwaitingApproval (it is {shown}); nothing to approve"))

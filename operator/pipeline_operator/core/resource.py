@@ -57,7 +57,8 @@ def progress(desired: Desired, state: PipelineState) -> tuple[str, str] | None:
         return "ClearingStorage", "Storage is being cleared"
     if state.program_status.is_compiling:
         return "Compiling", f"The program is being compiled ({state.program_status.value})"
-    if state.deployment_resources_status.value != target.value or state.deployment_resources_desired_status is not target:
+    if state.deployment_resources_status.value != target.value \
+            or state.deployment_resources_desired_status is not target:
         if state.deployment_resources_status in (ResourcesStatus.PROVISIONING, ResourcesStatus.STOPPING):
             reason = state.deployment_resources_status.value
         else:
