@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -300,32 +298,10 @@ def test_the_array_suffix_is_read_and_positions_are_kept():
         _field("c", {"component": {"nullable": True, "type": "INTEGER"}, "nullable": True, "type": "ARRAY"})]
 
 
-FELDERA_MIRROR = Path("/work/.mirror/feldera+feldera/repo")
-
-
 def _feldera_openapi() -> dict:
-    """Feldera's full OpenAPI document, from the local mirror of its repository."""
-    try:
-        text = subprocess.run(["git", "-C", str(FELDERA_MIRROR), "show", "HEAD:openapi.json"], check=True,
-                              capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        pytest.skip("Feldera's repository is not mirrored here")
-    return json.loads(text)
-
-
-def _nullable_as_null_type(node):
-    """OpenAPI 3.0's ``nullable: true`` as JSON Schema's ``anyOf: [..., {type: null}]``. Unlike
-    the helper in test_models, this leaves alone a *property* named ``nullable`` (ColumnType has
-    one), which that helper would pop, dropping ColumnType's properties from the check."""
-    if isinstance(node, list):
-        return [_nullable_as_null_type(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    node = {k: _nullable_as_null_type(v) for k, v in node.items()}
-    if node.get("nullable") is True:
-        del node["nullable"]
-        return {"anyOf": [node, {"type": "null"}]}
-    return node
+    """Feldera's OpenAPI schemas of pipelines (the package's copy of Feldera's own document)."""
+    from importlib import resources
+    return json.loads(resources.files("pipeline_operator").joinpath("data/feldera-openapi-pipelines.json").read_text())
 
 
 def _validator(components: dict, name: str):
@@ -337,6 +313,7 @@ def _validator(components: dict, name: str):
 @pytest.mark.parametrize("sql", [PROGRAM, WEIRD, GOOD])
 @pytest.mark.parametrize("schema", ["PartialProgramInfo", "ProgramInfo"])
 def test_program_info_validates_against_feldera_openapi(sql, schema):
+    from .test_models import _nullable_as_null_type
     components = _nullable_as_null_type(_feldera_openapi()["components"])
     info = _info(sql)
     _validator(components, schema).validate(info)
@@ -345,6 +322,7 @@ def test_program_info_validates_against_feldera_openapi(sql, schema):
 
 
 def test_the_openapi_check_would_catch_a_wrong_type():
+    from .test_models import _nullable_as_null_type
     components = _nullable_as_null_type(_feldera_openapi()["components"])
     info = _info(GOOD)
     info["schema"]["inputs"][0]["fields"][0]["columntype"]["type"] = "INT"  # SQL's name, not Feldera's
