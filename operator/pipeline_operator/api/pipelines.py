@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -40,6 +39,7 @@ from ..models import (
 )
 from . import writes
 from .errors import ApiError, unknown_pipeline
+from .server import VERSION
 
 if TYPE_CHECKING:
     from .server import ApiServer
@@ -165,7 +165,7 @@ class Pipelines:
             refresh = int(meta.get("generation") or 1)
         info: dict[str, Any] = {
             "id": meta.get("uid"), "name": meta.get("name"), "created_at": created,
-            "version": int(meta.get("generation") or 1), "platform_version": package_version("pipeline-operator"),
+            "version": int(meta.get("generation") or 1), "platform_version": VERSION,
             "refresh_version": refresh, "deployment_id": None,
             **{k: v for k, v in fields.items() if selector == "all" or k not in _ALL_ONLY_SPEC},
         }

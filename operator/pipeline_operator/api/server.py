@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 TENANT_HEADER = "Feldera-Tenant"
 NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 AUTH_CACHE_SECONDS = 10.0
+# Read once: a lookup reads the installed distribution's metadata from disk.
+VERSION = package_version("pipeline-operator")
 # Feldera's endpoints this API does not serve (docs/api.md says why): 501, not a 404 that the SDK
 # would take for an unknown pipeline.
 NOT_SERVED = re.compile(
@@ -274,7 +276,7 @@ class ApiServer:
 
     async def config(self, request: web.Request) -> web.Response:
         return web.json_response({
-            "version": package_version("pipeline-operator"), "revision": "", "edition": "Open source",
+            "version": VERSION, "revision": "", "edition": "Open source",
             "telemetry": "", "changelog_url": "", "license_validity": None, "update_info": None,
             "build_info": {"build_cpu": "", "build_os": "", "rust_version": ""},
         })
