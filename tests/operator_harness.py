@@ -14,7 +14,7 @@ from typing import Any
 
 from .conftest import Cluster
 
-FAST = ["--monitor-interval", "0.5", "--transition-monitor-interval", "0.25"]
+FAST = ["--monitor-interval", "0.5", "--transition-monitor-interval", "0.25", "--pipeline-debug-routes"]
 
 
 class OperatorProcess:

@@ -101,6 +101,8 @@ def _settings_options(fn: Any) -> Any:
         help_text = (field.description or "").replace("`", "")
         if name == "namespaces":
             fn = click.option("--namespace", "-n", "namespaces", multiple=True, help=help_text)(fn)
+        elif name == "pipeline_image_prefixes":
+            fn = click.option("--pipeline-image-prefix", name, multiple=True, help=help_text)(fn)
         elif field.annotation is bool:
             fn = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)(fn)
         else:
@@ -130,6 +132,9 @@ def setup_logging(settings: OperatorSettings) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
     for noisy in ("kopf.objects", "kopf._core", "kopf._cogs", "aiohttp.access", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not settings.verbose else logging.DEBUG)
+    # The client library's own retries (three per call) say nothing the operator's line about the
+    # failed call does not (e.g. "the Kubernetes API server is unreachable"): one line per decision.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR if not settings.verbose else logging.DEBUG)
     # Malformed HTTP requests are answered 400 by aiohttp, which would log each with a traceback.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL if not settings.verbose else logging.DEBUG)
 
@@ -185,12 +190,15 @@ def show_settings(markdown: bool) -> None:
 @click.option("--bootstrap-policy", type=click.Choice(["await_approval", "allow", "reject"]), default="allow",
               show_default=True, help="What to do when the program changed since the checkpoint (Feldera's).")
 @click.option("--marker", default="", help="An identifier the operator uses to recognise the process.")
+@click.option("--debug-routes", is_flag=True, help="Serve /debug/* (fault injection for tests; also "
+              "PIPELINE_DEBUG_ROUTES=1). Off by default.")
 def pipeline_process(host: str, port: int, port_file: Path | None, storage: Path, program: Path | None,
-                     initial: str, bootstrap_policy: str, marker: str) -> None:
+                     initial: str, bootstrap_policy: str, marker: str, debug_routes: bool) -> None:
     """Run the reference pipeline process (the pipeline side of Feldera's runtime contract)."""
     from .pipeline_process import serve
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    asyncio.run(serve(host, port, storage, program, initial.capitalize(), port_file, bootstrap_policy))
+    asyncio.run(serve(host, port, storage, program, initial.capitalize(), port_file, bootstrap_policy,
+                      debug_routes=debug_routes))
 
 
 if __name__ == "__main__":

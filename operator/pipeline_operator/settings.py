@@ -67,6 +67,38 @@ class OperatorSettings(BaseSettings):
                                   "Set on the operator only, never taken from a Pipeline.")
     pipeline_image: str = Field("ghcr.io/pipeline-operator/pipeline-operator:0.1.0", description="Kubernetes "
                                 "backend: the pipeline container image when the spec gives none.")
+    pipeline_image_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Kubernetes backend: the image prefixes a Pipeline's "
+        "`deployment.image` may start with (repeatable flag `--pipeline-image-prefix`; `*` allows any image). "
+        "Default: the repository of `--pipeline-image`. Whoever may create a Pipeline may run these images.")
+    pipeline_image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$",
+                                            description="Kubernetes backend: `imagePullPolicy` of pipeline "
+                                            "containers.")
+    pipeline_cpu_request: str = Field("250m", description="Kubernetes backend: CPU request of a pipeline "
+                                      "container whose spec sets none (empty: no request).")
+    pipeline_memory_request: str = Field("512Mi", description="Kubernetes backend: memory request of a "
+                                         "pipeline container whose spec sets none (empty: no request).")
+    pipeline_cpu_limit: str = Field("", description="Kubernetes backend: CPU limit of a pipeline container "
+                                    "whose spec sets none (empty: no limit).")
+    pipeline_memory_limit: str = Field("2Gi", description="Kubernetes backend: memory limit of a pipeline "
+                                       "container whose spec sets none (empty: no limit).")
+    network_policies: bool = Field(True, description="Kubernetes backend: give each pipeline a NetworkPolicy "
+                                   "that admits only the operator's pods and the peers its spec lists.")
+    operator_namespace: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE", ""),
+                                    description="The namespace of the operator's pods (the NetworkPolicy "
+                                    "of each pipeline admits them). Default: `$POD_NAMESPACE` (the "
+                                    "chart sets it from the downward API).")
+    operator_pod_labels: str = Field("app.kubernetes.io/name=pipeline-operator", description="Labels of the "
+                                     "operator's pods (`k=v,k=v`), admitted by each pipeline's NetworkPolicy.")
+    pipeline_debug_routes: bool = Field(False, description="Serve the pipeline process's `/debug` routes "
+                                        "(fault injection for tests). Off by default.")
+    deletion_timeout: float = Field(600.0, gt=0, description="Seconds a deleted Pipeline's compute and "
+                                    "storage may take to go away before the operator reports "
+                                    "`DeletionStuck` (it keeps trying; an administrator may release the "
+                                    "finalizer with the `dataflow.dev/release-finalizer: \"true\"` annotation).")
+    event_store_queue_limit: int = Field(100_000, ge=100, description="Monitor events waiting to be "
+                                         "written to the event store; beyond it new events are dropped "
+                                         "(counted in `/metrics`) instead of growing memory without bound.")
     dev_endpoint_overrides: Path | None = Field(None, description="Tests and local development only: a "
                                                 "JSON file mapping `namespace/name` to the address of a "
                                                 "pipeline, instead of its Service. Off by default: it lets "
@@ -80,13 +112,25 @@ class OperatorSettings(BaseSettings):
                           "(local development only).")
     api_default_namespace: str = Field("default", description="The namespace of API requests without a "
                                        "`Feldera-Tenant` header.")
+    api_audience: str = Field("pipeline-operator", description="The audience bearer tokens must be "
+                              "minted for (`kubectl create token NAME --audience pipeline-operator`); "
+                              "empty: the API server's default audiences.")
+    api_tls_cert: Path | None = Field(None, description="Serve the HTTP API over TLS with this "
+                                      "certificate (PEM; a mounted Secret).")
+    api_tls_key: Path | None = Field(None, description="The private key of `--api-tls-cert` (PEM).")
+    api_max_concurrency: int = Field(64, ge=1, le=10_000, description="API requests served at once "
+                                     "(probes and metrics are not counted).")
+    api_auth_concurrency: int = Field(8, ge=1, le=1000, description="TokenReviews and "
+                                      "SubjectAccessReviews under way at once for the API.")
+    api_auth_rate: float = Field(10.0, gt=0, description="Token checks per second one client address may "
+                                 "cause (uncached tokens; a burst of twice as many is allowed).")
     operator_name: str = Field("pipeline-operator", description="Reporting component of Kubernetes "
                                "Events and field manager of the operator's writes.")
     log_format: str = Field("plain", pattern="^(plain|json)$", description="Log lines as plain text "
                             "or JSON.")
     verbose: bool = Field(False, description="Debug logging.")
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "pipeline_image_prefixes", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
@@ -106,6 +150,22 @@ class OperatorSettings(BaseSettings):
             self.api_listen = "127.0.0.1:" + self.api_listen.rpartition(":")[2]
         return self
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> OperatorSettings:
+        if (self.api_tls_cert is None) != (self.api_tls_key is None):
+            raise ValueError("--api-tls-cert and --api-tls-key go together")
+        return self
+
+    def image_prefixes(self) -> list[str]:
+        """The allowed image prefixes: the setting, or the repository of the default image."""
+        if self.pipeline_image_prefixes:
+            return list(self.pipeline_image_prefixes)
+        image = self.pipeline_image.split("@", 1)[0]
+        repository, _, tag = image.rpartition(":")
+        if not repository or "/" in tag:  # no tag (the colon was a registry port)
+            repository = image
+        return [repository]
+
     def monitor_period(self, transitional: bool) -> float:
         return self.transition_monitor_interval if transitional else self.monitor_interval
 
@@ -117,6 +177,8 @@ def settings_table() -> str:
         flag = "--" + name.replace("_", "-")
         if name == "namespaces":
             flag = "--namespace (repeatable)"
+        if name == "pipeline_image_prefixes":
+            flag = "--pipeline-image-prefix (repeatable)"
         default = field.get_default(call_default_factory=True)
         if isinstance(default, enum.Enum):
             default = default.value
