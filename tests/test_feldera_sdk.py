@@ -15,6 +15,9 @@ from feldera.rest.errors import FelderaAPIError
 from feldera.rest.retry import RetryConfig
 from feldera.runtime_config import RuntimeConfig
 
+from pipeline_operator.backends.local import LocalBackend
+from pipeline_operator.identity import PipelineKey
+
 from .operator_harness import wait_for
 from .test_api import call, grant, schema_validator_for_info
 from .test_operator_lifecycle import SQL
@@ -140,13 +143,12 @@ def test_refusals_answer_feldera_status_and_error_code(sdk, kstatus, namespace, 
     assert refusal(sdk.approve_pipeline, "guarded", silent_bootstrap=True, concurrent_bootstrap=True) == \
         (400, "InvalidBootstrapConfig")
     # A pipeline whose /status answers 503 is Unavailable: actions forwarded to it answer 503 too.
-    endpoint = f"http://127.0.0.1:{_port(sdk, 'guarded')}"
-    call(f"{endpoint}/debug/fail?mode=unavailable", method="POST")
+    _debug_fail(sdk, "guarded", "unavailable")
     wait_for("Unavailable", lambda: status(sdk, "guarded").deployment_status == "Unavailable", 30)
     assert status(sdk, "guarded").deployment_runtime_desired_status == "Unavailable"
     for action in (sdk.pause_pipeline, sdk.resume_pipeline, sdk.approve_pipeline, sdk.activate_pipeline):
         assert refusal(action, "guarded") == (503, "PipelineUnavailable"), action
-    call(f"{endpoint}/debug/fail?mode=available", method="POST")
+    _debug_fail(sdk, "guarded", "available")
     wait_for("Running again", lambda: status(sdk, "guarded").deployment_status == "Running", 30)
     sdk.stop_pipeline("guarded", force=True, timeout_s=60)
     assert refusal(sdk.delete_pipeline, "guarded") == (400, "DeleteRestrictedToClearedStorage")
@@ -168,7 +170,7 @@ def test_start_while_stopping_after_a_fatal_error_is_illegal(sdk, kstatus, names
     kstatus.track(namespace, "slow")
     wait_for("compiled", lambda: compiled(sdk, "slow"), 30)
     sdk.start_pipeline("slow", timeout_s=60)
-    call(f"http://127.0.0.1:{_port(sdk, 'slow')}/debug/fail?mode=panic", method="POST")
+    _debug_fail(sdk, "slow", "panic")
     wait_for("Stopping", lambda: status(sdk, "slow").deployment_status == "Stopping", 30)
     # Feldera checks IllegalPipelineAction first (the SDK's default start dismisses first, which is refused).
     assert refusal(sdk.start_pipeline, "slow", wait=False, dismiss_error=False) == (400, "IllegalPipelineAction")
@@ -281,11 +283,12 @@ def _code(answer: tuple[int, dict]) -> tuple[int, str]:
     return answer[0], answer[1].get("error_code")
 
 
-def _port(client: FelderaClient, name: str) -> int:
-    """The pipeline process's port (the local backend writes it next to the process record)."""
+def _debug_fail(client: FelderaClient, name: str, mode: str) -> None:
+    """``POST /debug/fail?mode=`` to the pipeline process, with the control token the local backend
+    keeps in the pipeline's folder (the operator under test serves the debug routes)."""
     op = client.operator  # type: ignore[attr-defined]
-    uid = status(client, name).id
-    ports = list((op.state_dir / "pipelines").glob(f"*{uid}/port"))
-    assert ports, f"no port file for {name}"
-    return int(ports[0].read_text())
-
+    p = status(client, name)
+    folder = LocalBackend(op.state_dir).folder(PipelineKey(client.config.tenant or "", name, p.id))
+    port, token = int((folder / "port").read_text()), (folder / "token").read_text()
+    code, body = call(f"http://127.0.0.1:{port}/debug/fail?mode={mode}", token, method="POST")
+    assert code == 202, (code, body)

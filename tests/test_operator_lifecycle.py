@@ -8,6 +8,9 @@ import urllib.request
 
 import pytest
 
+from pipeline_operator.backends.local import LocalBackend
+from pipeline_operator.identity import PipelineKey
+
 from .operator_harness import sequence, wait_for
 
 pytestmark = pytest.mark.apiserver
@@ -21,6 +24,15 @@ FAST_PIPELINE = [{"name": "PIPELINE_INIT_SECONDS", "value": "0.5"},
 
 def spec(**extra) -> dict:
     return {"desiredStatus": "Provisioned", "program": {"sql": SQL}, "deployment": {"env": FAST_PIPELINE}, **extra}
+
+
+def debug_fail(op, namespace: str, name: str, uid: str, mode: str) -> None:
+    """``POST /debug/fail?mode=`` to the pipeline process, with the control token the local backend
+    gave it (the operator under test runs with ``--pipeline-debug-routes``)."""
+    folder = LocalBackend(op.state_dir).folder(PipelineKey(namespace, name, uid))
+    port, token = int((folder / "port").read_text()), (folder / "token").read_text()
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/debug/fail?mode={mode}", method="POST",
+                                                  headers={"Authorization": f"Bearer {token}"}), timeout=30)
 
 
 def status_of(op, uid: str) -> dict:
@@ -126,9 +138,7 @@ def test_a_failing_pipeline_stops_with_an_error_and_stays_stopped_until_dismisse
     uid = pipelines.create("fragile", spec())["metadata"]["uid"]
     kstatus.track(namespace, "fragile")
     pipelines.wait_status("fragile", op, deploymentStatus="Running")
-    folder = next((op.state_dir / "pipelines").glob(f"*__{uid}"))
-    port = int((folder / "port").read_text())
-    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/debug/fail?mode={mode}", method="POST"))
+    debug_fail(op, namespace, "fragile", uid, mode)
     st = pipelines.wait_status("fragile", op, deploymentStatus="Stopped")
     assert st["deploymentError"]["errorCode"] == code
     assert st["deploymentResourcesDesiredStatus"] == "Stopped"

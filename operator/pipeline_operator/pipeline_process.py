@@ -15,10 +15,24 @@ HTTP and on disk, as a Feldera pipeline does through its lifecycle:
   change its desired status as Feldera's pipeline does (``state_transition``,
   ``may_transition_to``), with Feldera's answers and errors;
 - on suspend it writes a checkpoint into its storage directory, then reports Suspended;
-- it can be told to fail, for tests and demos: ``POST /debug/fail?mode=panic`` makes
-  ``/status`` answer 500 with an ErrorResponse (as a panicked Feldera pipeline does),
-  ``mode=exit`` makes the process exit with code 70, ``mode=unavailable`` makes ``/status`` answer
-  503 (``mode=available`` ends that).
+- the control routes (``/start``, ``/pause``, ``/activate``, ``/suspend``, ``/approve`` and
+  ``/debug/*``) require ``Authorization: Bearer <token>`` when the environment variable
+  ``PIPELINE_CONTROL_TOKEN`` is set (the backends set it; 401 ``AuthenticationFailed`` otherwise).
+  Without it they are open, for a process run by hand, and the process warns so at start.
+  ``GET /status`` stays open (a NetworkPolicy limits who reaches the process);
+- it can be told to fail, for tests and demos, when started with ``--debug-routes`` (or
+  ``PIPELINE_DEBUG_ROUTES=1``; otherwise ``/debug/*`` answers 404). ``POST /debug/fail?mode=``:
+
+  - ``panic`` (the default): ``/status`` answers 500 with an ErrorResponse, as a panicked Feldera
+    pipeline does, and so do the actions;
+  - ``exit``: the process exits with code 70;
+  - ``unavailable``: ``/status`` answers 503 ``PipelineBusy``;
+  - ``garbage``: ``/status`` answers 200 with bytes that are not JSON (nor even UTF-8);
+  - ``nested``: ``/status`` answers 200 with JSON nested 100,000 levels deep;
+  - ``available``: ends ``panic``, ``unavailable``, ``garbage`` and ``nested``;
+  - ``hang``: from the answer to this request on, the process answers nothing at all (it still
+    accepts connections; requests on them, and on connections already open, wait forever) until
+    it is stopped or killed.
 
 Environment knobs (set them in ``spec.deployment.env``): ``PIPELINE_INIT_SECONDS``
 (default 1), ``PIPELINE_REPLAY_SECONDS`` (1), ``PIPELINE_SUSPEND_SECONDS`` (0.5),
@@ -35,12 +49,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
 import json
 import logging
 import os
 import signal
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +65,32 @@ from aiohttp import web
 log = logging.getLogger("pipeline_operator.pipeline_process")
 
 CHECKPOINT_DIR = "checkpoints"
+TOKEN_ENV = "PIPELINE_CONTROL_TOKEN"
+DEBUG_ROUTES_ENV = "PIPELINE_DEBUG_ROUTES"
+CONTROL_PATHS = frozenset({"/start", "/pause", "/activate", "/suspend", "/approve"})
+MAX_REQUEST_BODY = 64 * 1024  # no route reads a body; a larger one is refused before it is read
+MAX_SHOWN_PARAMETER = 40  # characters of a query parameter repeated in an error message
+NESTED_DEPTH = 100_000  # levels of the ``nested`` fault's answer
+GARBAGE = b"\xff\xfe\x00{\"runtime_status\": \xc3\x28 this is not JSON"  # invalid UTF-8, then not JSON
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str, code: str, details: Any = None) -> web.Response:
     return web.json_response({"message": message, "error_code": code, "details": details}, status=status)
 
 
+def _shown(value: str) -> str:
+    """A query parameter as repeated in an error message: short, whatever the client sent."""
+    return value if len(value) <= MAX_SHOWN_PARAMETER else value[:MAX_SHOWN_PARAMETER] + "..."
+
+
 class ReferencePipeline:
     def __init__(self, storage: Path, program: dict[str, Any], initial: str,
                  init_seconds: float = 1.0, replay_seconds: float = 1.0, suspend_seconds: float = 0.5,
                  require_approval: bool = False, details_tick: float = 0.0, details_bytes: int = 0,
-                 bootstrap_policy: str = "allow") -> None:
+                 bootstrap_policy: str = "allow", control_token: str | None = None,
+                 debug_routes: bool = False) -> None:
         self.storage = storage
         self.program = program
         self.initial = initial
@@ -70,6 +101,10 @@ class ReferencePipeline:
         self.details_tick = details_tick
         self.details_bytes = details_bytes
         self.bootstrap_policy = bootstrap_policy
+        self.control_token = control_token.encode() if control_token else None
+        self.debug_routes = debug_routes
+        self.status_fault: str | None = None  # "garbage" or "nested": what /status answers instead
+        self.hung = False  # the "hang" fault: no request is answered any more
         self.status = "Initializing"
         self.details_extra: dict[str, Any] = {}
         self.desired = initial
@@ -166,17 +201,47 @@ class ReferencePipeline:
     # -- HTTP --------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=MAX_REQUEST_BODY, middlewares=[self._guard])
         app.router.add_get("/status", self.handle_status)
         app.router.add_get("/pause", self.handle_pause)
         app.router.add_get("/start", self.handle_start)
         app.router.add_post("/suspend", self.handle_suspend)
         app.router.add_post("/activate", self.handle_activate)
         app.router.add_post("/approve", self.handle_approve)
-        app.router.add_post("/debug/fail", self.handle_fail)
+        if self.debug_routes:
+            app.router.add_post("/debug/fail", self.handle_fail)
         return app
 
+    def authorized(self, request: web.Request) -> bool:
+        """Whether the request carries the control token (always, when the process has none)."""
+        if self.control_token is None:
+            return True
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # Compared in constant time, as bytes (a header may hold any character).
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode("utf-8", "replace"), self.control_token)
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The ``hang`` fault, the size of the body (no route reads one; aiohttp would discard it), then
+        the token of the control routes (a route that does not exist answers 404 whatever the token)."""
+        if self.hung:
+            await asyncio.Event().wait()  # never set: the request waits until the process ends
+        if (request.content_length or 0) > MAX_REQUEST_BODY:
+            return _error(413, f"The request body is larger than {MAX_REQUEST_BODY} bytes; no route of a pipeline "
+                          "takes a body this large", "PayloadTooLarge")
+        control = request.path in CONTROL_PATHS or request.path.startswith("/debug/")
+        if control and request.match_info.http_exception is None and not self.authorized(request):
+            return _error(401, f"{request.method} {request.path} needs the pipeline's control token: send "
+                          f"'Authorization: Bearer <token>' with the value of {TOKEN_ENV} of the process",
+                          "AuthenticationFailed")
+        return await handler(request)
+
     async def handle_status(self, request: web.Request) -> web.Response:
+        if self.status_fault == "garbage":
+            return web.Response(body=GARBAGE, content_type="application/json")
+        if self.status_fault == "nested":
+            return web.Response(body=b"[" * NESTED_DEPTH + b"]" * NESTED_DEPTH, content_type="application/json")
         if self.panic is not None:
             body = {k: v for k, v in self.panic.items() if k != "http_status"}
             return web.json_response(body, status=self.panic.get("http_status", 500))
@@ -217,7 +282,7 @@ class ReferencePipeline:
         raw = request.query.get("initial", "running")
         target = {"running": "Running", "paused": "Paused"}.get(raw)
         if target is None:
-            return _error(400, f"Invalid activation status {raw} (only running and paused are valid)",
+            return _error(400, f"Invalid activation status {_shown(raw)} (only running and paused are valid)",
                           "InvalidActivateStatus")
         return self._transition("activate", target, may_activate=True)
 
@@ -244,22 +309,37 @@ class ReferencePipeline:
             self.panic = {"message": "The pipeline is busy (reference pipeline told to be unavailable)",
                           "error_code": "PipelineBusy", "details": None, "http_status": 503}
             return web.json_response(None, status=202)
+        if mode in ("garbage", "nested"):
+            self.status_fault = mode
+            return web.json_response(None, status=202)
         if mode == "available":
             self.panic = None
+            self.status_fault = None
+            return web.json_response(None, status=202)
+        if mode == "hang":
+            self.hung = True  # this answer is the last one
             return web.json_response(None, status=202)
         if mode != "panic":
-            return _error(400, "mode must be panic, exit, unavailable or available", "InvalidParameter")
+            return _error(400, "mode must be panic, exit, unavailable, garbage, nested, available or hang",
+                          "InvalidParameter")
         self.panic = {"message": "A worker thread panicked: reference pipeline told to fail",
                       "error_code": "WorkerPanic", "details": {"worker": 0}}
         return web.json_response(None, status=202)
 
 
 async def serve(host: str, port: int, storage: Path, program_file: Path | None, initial: str,
-                port_file: Path | None = None, bootstrap_policy: str = "allow") -> None:
+                port_file: Path | None = None, bootstrap_policy: str = "allow", debug_routes: bool = False) -> None:
+    """Run the process until SIGTERM or SIGINT. ``debug_routes`` (or ``PIPELINE_DEBUG_ROUTES=1``) serves
+    ``/debug/*``; ``PIPELINE_CONTROL_TOKEN`` is the token of the control routes."""
     # Start-up, before the server accepts a request: nothing else runs on the loop yet.
     storage.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
     program = json.loads(program_file.read_text()) if program_file else {}  # noqa: ASYNC240
     env = os.environ
+    token = env.get(TOKEN_ENV) or None
+    if token is None:
+        log.warning("%s is not set: /start, /pause, /activate, /suspend, /approve and /debug answer anyone who "
+                    "reaches this process (set it to require 'Authorization: Bearer <token>')", TOKEN_ENV)
+    debug_routes = debug_routes or env.get(DEBUG_ROUTES_ENV, "") == "1"
     pipeline = ReferencePipeline(
         storage, program, initial,
         init_seconds=float(env.get("PIPELINE_INIT_SECONDS", "1")),
@@ -268,7 +348,7 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
         require_approval=env.get("PIPELINE_REQUIRE_APPROVAL", "") == "1",
         details_tick=float(env.get("PIPELINE_DETAILS_TICK_SECONDS", "0")),
         details_bytes=int(env.get("PIPELINE_DETAILS_BYTES", "0")),
-        bootstrap_policy=bootstrap_policy)
+        bootstrap_policy=bootstrap_policy, control_token=token, debug_routes=debug_routes)
     await asyncio.sleep(float(env.get("PIPELINE_BIND_DELAY_SECONDS", "0")))
     runner = web.AppRunner(pipeline.app(), access_log=None)
     await runner.setup()
@@ -293,4 +373,6 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
     await stop.wait()
     # PIPELINE_STOP_DELAY_SECONDS: how long it takes to stop (a slow shutdown, to observe Stopping).
     await asyncio.sleep(float(env.get("PIPELINE_STOP_DELAY_SECONDS", "0")))
+    if pipeline.hung:
+        return  # no graceful shutdown: it would wait for the hung requests (they end with the loop)
     await runner.cleanup()

@@ -28,6 +28,11 @@ class Backend(Protocol):
 
     def endpoint(self, key: PipelineKey) -> str | None: ...
 
+    def control_token(self, endpoint: str) -> str | None:
+        """The token the pipeline at ``endpoint`` (exactly as :meth:`endpoint` returned it) requires on its
+        control routes (``Authorization: Bearer``), from memory (it is asked for every request);
+        None when none is known."""
+
     async def forget(self, key: PipelineKey) -> None:
         """Remove what is left of a deleted pipeline (its compute and storage are gone)."""
 

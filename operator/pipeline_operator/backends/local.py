@@ -7,13 +7,19 @@ This is what Feldera's open-source edition does. Each pipeline has a folder unde
 - ``compute.json``: the process record (pid, start time, whether it is being stopped), so a
   restarted operator finds its processes again instead of starting a second one;
 - ``program.json``: the compiled program the process runs; ``port``: where it listens;
-  ``process.log``: its output.
+  ``process.log``: its output;
+- ``token``: the control token (mode 0600), handed to the process as ``PIPELINE_CONTROL_TOKEN``
+  and sent by the operator with every request to it. Kept while the folder lives, so that a
+  restarted operator still talks to a process it did not start.
+
+The folder is named by :attr:`PipelineKey.slug` (shortened, with a hash, for long names).
 
 The command is the operator's (``--pipeline-command``, default the reference pipeline
 process), never one taken from a Pipeline. The process gets a minimal environment plus the
 Pipeline's ``deployment.env`` entries whose names start with ``PIPELINE_``; the rest are
 ignored, so that whoever can create a Pipeline cannot make the operator's machine load code
-(``LD_PRELOAD``, ``PYTHONPATH``, ...).
+(``LD_PRELOAD``, ``PYTHONPATH``, ...), and except the names the operator sets itself
+(``PIPELINE_CONTROL_TOKEN``, ``PIPELINE_DEBUG_ROUTES``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -34,12 +41,15 @@ from typing import Any, cast
 from ..core.lifecycle import ComputeObservation, ComputeState
 from ..identity import PipelineKey
 from ..models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
+from ..pipeline_process import DEBUG_ROUTES_ENV, TOKEN_ENV
 
 log = logging.getLogger(__name__)
 
 ALLOWED_ENV_PREFIX = "PIPELINE_"
 PASSED_THROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL
+RESERVED_ENV = (TOKEN_ENV, DEBUG_ROUTES_ENV)  # set by the operator only, never by a Pipeline's spec
+TOKEN_FILE = "token"
 
 
 def _proc_start_time(pid: int) -> int | None:
@@ -69,14 +79,47 @@ def processes_under(folder: Path) -> list[int]:
     return found
 
 
+def _read_token(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def ensure_token(folder: Path) -> str:
+    """The pipeline's control token: the one in ``folder`` (a process started before may hold it), or
+    a new random one, written atomically and readable by the operator's user only."""
+    path = folder / TOKEN_FILE
+    token = _read_token(path)
+    if token is not None:
+        return token
+    token = secrets.token_urlsafe(32)
+    tmp = folder / f".{TOKEN_FILE}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(token)
+        path.unlink(missing_ok=True)  # an empty or unreadable leftover
+        try:
+            os.link(tmp, path)  # never replaces a token written meanwhile
+        except FileExistsError:
+            token = _read_token(path) or token
+    finally:
+        tmp.unlink(missing_ok=True)
+    return token
+
+
 class LocalBackend:
-    def __init__(self, state_dir: Path, pipeline_command: str = "") -> None:
+    def __init__(self, state_dir: Path, pipeline_command: str = "", debug_routes: bool = False) -> None:
         # Absolute: the process runs in its folder (cwd) and is handed paths under this root.
         self.root = Path(os.path.abspath(state_dir)) / "pipelines"
         self.command = shlex.split(pipeline_command) if pipeline_command else [
             sys.executable, "-m", "pipeline_operator.cli", "pipeline-process"]
+        self.debug_routes = debug_routes
         self._children: dict[str, subprocess.Popen[bytes]] = {}  # processes this operator started
         self._ports: dict[str, int] = {}  # pipeline uid -> port, as last observed (read in a thread)
+        self._tokens: dict[str, str] = {}  # pipeline uid -> control token (filled on provision and observe)
+        self._endpoint_uids: dict[str, str] = {}  # endpoint -> pipeline uid, as last observed
 
     # -- paths and records ---------------------------------------------------------------
 
@@ -102,7 +145,9 @@ class LocalBackend:
         tmp.replace(path)
 
     def _forget_process(self, key: PipelineKey) -> None:
-        self._ports.pop(key.uid, None)
+        port = self._ports.pop(key.uid, None)
+        if port is not None and self._endpoint_uids.get(self._endpoint_of(port)) == key.uid:
+            del self._endpoint_uids[self._endpoint_of(port)]
         for name in ("compute.json", "port"):
             (self.folder(key) / name).unlink(missing_ok=True)
         child = self._children.pop(key.uid, None)
@@ -147,11 +192,16 @@ class LocalBackend:
         if self._alive(key, record):
             if record.get("terminating_since"):
                 return ComputeObservation(state=ComputeState.TERMINATING, message="stopping the process")
+            if key.uid not in self._tokens:  # a process this operator did not start (a restart)
+                token = _read_token(self.folder(key) / TOKEN_FILE)
+                if token is not None:
+                    self._tokens[key.uid] = token
             port = self.port(key)
             if port is None:
                 self._ports.pop(key.uid, None)
                 return ComputeObservation(state=ComputeState.PENDING, message="process starting")
             self._ports[key.uid] = port
+            self._endpoint_uids[self._endpoint_of(port)] = key.uid
             return ComputeObservation(state=ComputeState.READY)
         if record.get("terminating_since"):
             self._forget_process(key)
@@ -171,16 +221,21 @@ class LocalBackend:
         program = folder / "program.json"
         program.write_text(json.dumps(artifact))
         (folder / "port").unlink(missing_ok=True)
+        token = ensure_token(folder)
+        self._tokens[key.uid] = token
         env = {k: os.environ[k] for k in PASSED_THROUGH_ENV if k in os.environ}
         ignored = []
         for var in spec.deployment.env:
-            if var.name.startswith(ALLOWED_ENV_PREFIX):
+            if var.name.startswith(ALLOWED_ENV_PREFIX) and var.name not in RESERVED_ENV:
                 env[var.name] = var.value
             else:
                 ignored.append(var.name)
         if ignored:
-            log.warning("%s: local backend ignores deployment.env %s (only %s* names are passed)",
-                        key, ", ".join(ignored), ALLOWED_ENV_PREFIX)
+            log.warning("%s: local backend ignores deployment.env %s (only %s* names are passed, except %s)",
+                        key, ", ".join(ignored), ALLOWED_ENV_PREFIX, ", ".join(RESERVED_ENV))
+        env[TOKEN_ENV] = token
+        if self.debug_routes:
+            env[DEBUG_ROUTES_ENV] = "1"
         cmd = [*self.command, "--host", "127.0.0.1", "--port", "0", "--port-file", str(folder / "port"),
                "--storage", str(self.storage_dir(key)), "--program", str(program),
                "--initial", initial.value.lower(), "--bootstrap-policy", bootstrap_policy.feldera,
@@ -229,12 +284,22 @@ class LocalBackend:
 
     async def forget(self, key: PipelineKey) -> None:
         """Remove everything of a deleted pipeline (its compute must be gone)."""
+        self._tokens.pop(key.uid, None)
         await asyncio.to_thread(shutil.rmtree, self.folder(key), True)
+
+    @staticmethod
+    def _endpoint_of(port: int) -> str:
+        return f"http://127.0.0.1:{port}"
 
     def endpoint(self, key: PipelineKey) -> str | None:
         """Where the process listens, as the last observation found (no file read on the loop)."""
         port = self._ports.get(key.uid)
-        return None if port is None else f"http://127.0.0.1:{port}"
+        return None if port is None else self._endpoint_of(port)
+
+    def control_token(self, endpoint: str) -> str | None:
+        """The token of the process at ``endpoint``, from memory (no file read on the loop)."""
+        uid = self._endpoint_uids.get(endpoint)
+        return None if uid is None else self._tokens.get(uid)
 
     async def close(self) -> None:
         """Pipelines keep running when the operator stops; a restarted operator adopts them."""

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..models import (
     EVENT_FIELDS,
@@ -101,7 +101,12 @@ class ComputeState(str, enum.Enum):
 
 class ComputeObservation(_Frozen):
     state: ComputeState
-    message: str = ""  # the cause, as the backend reported it
+    message: str = ""  # the cause, as the backend reported it (capped: a container may write it)
+
+    @field_validator("message")
+    @classmethod
+    def _capped(cls, value: str) -> str:
+        return _short(value)
 
 
 class RuntimeProbe(str, enum.Enum):
@@ -120,6 +125,23 @@ class RuntimeObservation(_Frozen):
     storage_status_details: Any = None  # None: unchanged (Feldera's COALESCE)
     error: ErrorResponse | None = None  # FATAL only
     reason: str = ""                    # UNAVAILABLE / UNREACHABLE, and OK answers that did not parse
+
+    # Everything here may come from the pipeline and goes into the Pipeline's status, its events and
+    # the event store: capped however the observation was made.
+    @field_validator("reason")
+    @classmethod
+    def _capped_reason(cls, value: str) -> str:
+        return _short(value)
+
+    @field_validator("runtime_status_details", "storage_status_details")
+    @classmethod
+    def _capped_details(cls, value: Any) -> Any:
+        return cap_details(value)
+
+    @field_validator("error")
+    @classmethod
+    def _capped_error(cls, value: ErrorResponse | None) -> ErrorResponse | None:
+        return None if value is None else cap_error(value)
 
 
 class ProgramObservation(_Frozen):
@@ -214,12 +236,49 @@ class Decision(_Frozen):
 _LEGACY_STRINGS = {"Paused": (RS.PAUSED, RDS.PAUSED), "Running": (RS.RUNNING, RDS.RUNNING),
                    "Initializing": (RS.INITIALIZING, RDS.PAUSED)}
 _LEGACY_503 = {"Initializing": (RS.INITIALIZING, RDS.PAUSED), "Suspended": (RS.SUSPENDED, RDS.SUSPENDED)}
-MAX_REASON = 4096  # characters of a reason or message taken from a pipeline's answer
+MAX_TEXT = 4096  # bytes of JSON of any one string taken from a pipeline (reason, message, error code)
+MAX_ERROR_CODE = 128  # bytes of JSON of an error code
+_WORST_ESCAPE = 12  # bytes of JSON one character may take ("\\ud83d\\ude00")
 
 
-def _short(value: Any, limit: int = MAX_REASON) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+def _json_size(text: str) -> int:
+    """Bytes the string takes as JSON (escaped, as the event store and the API write it)."""
+    return len(json.dumps(text)) - 2
+
+
+def _short(value: Any, limit: int = MAX_TEXT) -> str:
+    """``value`` as text of at most ``limit`` bytes of JSON, saying how much was cut.
+
+    Measured as JSON, not in characters: a control character or an emoji takes 6 or 12 bytes there."""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, default=str)
+        except (ValueError, TypeError, RecursionError):
+            text = f"<a {type(value).__name__} that cannot be shown>"
+    if len(text) * _WORST_ESCAPE <= limit or _json_size(text) <= limit:
+        return text
+    marker = f"... ({len(text)} characters in all)"
+    room = max(limit - len(marker), 0)
+    # The longest prefix that fits: at most ``room`` characters, found by halving (a few short dumps).
+    low, high = 0, min(len(text), room)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _json_size(text[:mid]) <= room:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low] + marker
+
+
+def cap_error(error: ErrorResponse) -> ErrorResponse:
+    """An error as the pipeline reported it, each string and the details within their caps."""
+    message, code = _short(error.message), _short(error.error_code, MAX_ERROR_CODE)
+    details = cap_details(error.details)
+    if message is error.message and code is error.error_code and details is error.details:
+        return error
+    return ErrorResponse(message=message, error_code=code, details=details)
 
 
 def _unavailable(reason: str) -> RuntimeObservation:
@@ -242,6 +301,11 @@ def parse_status_response(http_status: int | None, body: Any, failure: str = "")
     """
     if http_status is None:
         return RuntimeObservation(probe=RuntimeProbe.UNREACHABLE, reason=_short(failure or "no answer"))
+    if 300 <= http_status < 400:
+        # Redirects are never followed (they could send the operator's token, or its requests, anywhere);
+        # what the redirect answer itself says is not shown either.
+        return RuntimeObservation(probe=RuntimeProbe.FATAL, error=_invalid_response(
+            f"Pipeline status response is a redirect (HTTP {http_status}), which is not followed"))
     if body is NOT_JSON:
         return RuntimeObservation(probe=RuntimeProbe.UNREACHABLE,
                                   reason=_short(failure or f"HTTP {http_status} with a body that is not JSON"))
@@ -261,8 +325,8 @@ def parse_status_response(http_status: int | None, body: Any, failure: str = "")
                     probe=RuntimeProbe.OK,
                     runtime_status=RuntimeStatus(body["runtime_status"]),
                     runtime_desired_status=RuntimeDesiredStatus(body["runtime_desired_status"]),
-                    runtime_status_details=cap_details(body.get("runtime_status_details")),
-                    storage_status_details=cap_details(body.get("storage_status_details")))
+                    runtime_status_details=body.get("runtime_status_details"),
+                    storage_status_details=body.get("storage_status_details"))
             except (KeyError, ValueError, TypeError) as exc:
                 return _unavailable(f"Pipeline status response (200 OK) cannot be deserialized due to: {exc!r}")
         return _unavailable(f"Pipeline status response (200 OK) is not a string or an object: {_short(body, 200)}")
@@ -277,8 +341,7 @@ def parse_status_response(http_status: int | None, body: Any, failure: str = "")
         return _unavailable(f"Pipeline status response (503 Service Unavailable) cannot be deserialized. "
                             f"Response was: {_short(body, 200)}")
     if isinstance(body, dict) and isinstance(body.get("message"), str) and isinstance(body.get("error_code"), str):
-        error = ErrorResponse(message=_short(body["message"]), error_code=_short(body["error_code"], 128),
-                              details=cap_details(body.get("details")))
+        error = ErrorResponse(message=body["message"], error_code=body["error_code"], details=body.get("details"))
     else:
         error = _invalid_response(f"Error response (HTTP {http_status}) cannot be deserialized. "
                                   f"Response was: {_short(body, 500)}")
@@ -295,7 +358,7 @@ def cap_details(value: Any, limit: int = DETAILS_LIMIT) -> Any:
         return None
     try:
         size = len(json.dumps(value, separators=(",", ":"), default=str))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return {"truncated": True, "reason": "details are not JSON-serialisable"}
     if size <= limit:
         return value
