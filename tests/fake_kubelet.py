@@ -14,6 +14,7 @@ finalizer of a deleted claim no process uses. The operator reaches the processes
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -87,7 +88,9 @@ class FakeKubelet(threading.Thread):
             if proc is None:
                 if self._claim_bound(sts):  # the scheduler places no pod whose volume is not bound
                     self._create_pod(sts)
-                    self.processes[name] = self._start(sts)
+                    started = self._start(sts)
+                    if started is not None:
+                        self.processes[name] = started
                 continue
             port_file = self.workdir / "pods" / name / "port"
             alive = proc.poll() is None
@@ -104,7 +107,11 @@ class FakeKubelet(threading.Thread):
                     self.ready.discard(name)
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 self._pod_status(name, ready=False, exit_code=proc.returncode)
-                self.processes[name] = self._start(sts)  # the kubelet restarts the container
+                started = self._start(sts)  # the kubelet restarts the container
+                if started is not None:
+                    self.processes[name] = started
+                else:
+                    del self.processes[name]
         for name in list(self.processes):
             if name not in statefulsets:  # deleted: the pod goes
                 self.kill_pod(name)
@@ -189,7 +196,28 @@ class FakeKubelet(threading.Thread):
             if exc.status != 404:  # deleted meanwhile: nothing to report
                 raise
 
-    def _start(self, sts: Any) -> subprocess.Popen:
+    def _env(self, container: Any) -> dict[str, str] | None:
+        """The container's environment as the kubelet builds it: values, and Secret keys
+        (``secretKeyRef``); None while a referenced Secret or key is missing (the kubelet's
+        CreateContainerConfigError: it tries again later)."""
+        env = {"PATH": os.environ.get("PATH", "")}
+        for e in container.env or []:
+            ref = e.value_from.secret_key_ref if e.value_from is not None else None
+            if ref is None:
+                env[e.name] = e.value or ""
+                continue
+            try:
+                secret = self.core.read_namespaced_secret(ref.name, self.namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            if ref.key not in (secret.data or {}):
+                return None
+            env[e.name] = base64.b64decode(secret.data[ref.key]).decode()
+        return env
+
+    def _start(self, sts: Any) -> subprocess.Popen | None:
         name = sts.metadata.name
         pod = self.workdir / "pods" / name
         pod.mkdir(parents=True, exist_ok=True)
@@ -207,6 +235,9 @@ class FakeKubelet(threading.Thread):
         rewritten = [sys.executable, "-m", "pipeline_operator.cli", "pipeline-process"]
         it = iter(args[2:])
         for flag in it:
+            if flag == "--debug-routes":  # the one flag without a value
+                rewritten.append(flag)
+                continue
             value = next(it)
             if flag == "--host":
                 value = "127.0.0.1"
@@ -218,7 +249,9 @@ class FakeKubelet(threading.Thread):
                 value = str(pod / "program.json")
             rewritten += [flag, value]
         rewritten += ["--port-file", str(pod / "port")]
-        env = {"PATH": os.environ.get("PATH", ""), **{e.name: e.value or "" for e in container.env or []}}
+        env = self._env(container)
+        if env is None:
+            return None
         with open(pod / "log", "ab") as out:
             return subprocess.Popen(rewritten, stdout=out, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)

@@ -39,6 +39,16 @@ def test_valid_pipeline_is_accepted_with_defaults(crd_installed: Cluster, namesp
     assert stored["spec"]["deployment"]["resources"]["requests"]["cpu"] == 1
 
 
+def test_network_policy_peers_are_accepted(crd_installed: Cluster, namespace: str):
+    peers = [{"podSelector": {"matchLabels": {"app": "dashboard"}}},
+             {"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "Exists"}]},
+              "podSelector": {}},
+             {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.5.0/24"]}},
+             {"ipBlock": {"cidr": "fd00::/8"}}]
+    crd_installed.apply(pipeline("fenced", namespace, {"deployment": {"allowIngressFrom": peers}}))
+    assert crd_installed.get("pipeline", "fenced", namespace)["spec"]["deployment"]["allowIngressFrom"] == peers
+
+
 def test_empty_spec_gets_every_default(crd_installed: Cluster, namespace: str):
     obj = pipeline("bare", namespace)
     del obj["spec"]
@@ -73,6 +83,18 @@ def test_printer_columns_and_short_name_work_in_kubectl(crd_installed: Cluster, 
      "spec.deployment.env[1]", "Duplicate value"),
     ({"deployment": {"env": [{"name": "1BAD"}]}}, "spec.deployment.env[0].name", "should match"),
     ({"program": {"sql": "x" * 131073}}, "spec.program.sql", "Too long"),
+    ({"deployment": {"allowIngressFrom": [{}]}}, "spec.deployment.allowIngressFrom[0]",
+     "set ipBlock alone, or podSelector and/or namespaceSelector"),
+    ({"deployment": {"allowIngressFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}},
+     "spec.deployment.allowIngressFrom[0]", "set ipBlock alone"),
+    ({"deployment": {"allowIngressFrom": [{"ipBlock": {"cidr": "everywhere"}}]}},
+     "spec.deployment.allowIngressFrom[0].ipBlock.cidr", "should match"),
+    ({"deployment": {"allowIngressFrom": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}]}},
+     "spec.deployment.allowIngressFrom[0].podSelector.matchExpressions[0].operator", "Unsupported value"),
+    ({"deployment": {"allowIngressFrom": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}]}},
+     "spec.deployment.allowIngressFrom[0].podSelector.matchExpressions[0]", "values must be non-empty"),
+    ({"deployment": {"allowIngressFrom": [{"namespaceSelector": {"matchLabels": {"team": "no spaces"}}}]}},
+     "spec.deployment.allowIngressFrom[0].namespaceSelector.matchLabels.team", "should match"),
 ])
 def test_invalid_pipeline_is_rejected_naming_the_field(crd_installed: Cluster, namespace: str, spec, field, detail):
     res = crd_installed.apply(pipeline("bad", namespace, spec), check=False)

@@ -95,6 +95,7 @@ def test_crd_names_columns_and_status_subresource():
     (["spec", "program", "sql"], "maxLength", models.MAX_SQL_LENGTH),
     (["status", "history"], "maxItems", models.MAX_HISTORY_ITEMS),
     (["status", "conditions"], "x-kubernetes-list-map-keys", ["type"]),
+    (["spec", "deployment", "allowIngressFrom"], "maxItems", models.MAX_INGRESS_PEERS),
 ])
 def test_schema_bounds_and_enums(path, key, value):
     node = crd.render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -106,3 +107,19 @@ def test_schema_bounds_and_enums(path, key, value):
 def test_union_that_kubernetes_cannot_express_is_refused():
     with pytest.raises(ValueError, match="union"):
         crd.structural({"anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}]})
+
+
+def test_network_policy_peers_are_typed_and_described():
+    node = crd.render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    peers = node["properties"]["deployment"]["properties"]["allowIngressFrom"]
+    assert peers["description"] and peers["type"] == "array"
+    peer = peers["items"]
+    assert set(peer["properties"]) == {"podSelector", "namespaceSelector", "ipBlock"}
+    assert peer["x-kubernetes-validations"][0]["message"].startswith("set ipBlock alone")
+    selector = peer["properties"]["podSelector"]["properties"]
+    assert set(selector) == {"matchLabels", "matchExpressions"}
+    assert selector["matchExpressions"]["items"]["properties"]["operator"]["enum"] == [
+        "In", "NotIn", "Exists", "DoesNotExist"]
+    assert set(peer["properties"]["ipBlock"]["properties"]) == {"cidr", "except"}
+    for name in ("podSelector", "namespaceSelector", "ipBlock"):
+        assert peer["properties"][name]["description"], name

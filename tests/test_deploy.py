@@ -33,6 +33,11 @@ def test_kubectl_apply_k_deploy_works(crd_installed: Cluster):
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert "/var/lib/pipeline-operator" in mounts
     assert "--event-store=/var/lib/pipeline-operator/events.sqlite" in container["args"]
+    # The pipelines' NetworkPolicies admit the operator's pods from this namespace, by this label.
+    pod_namespace = {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+    assert {"name": "POD_NAMESPACE", "valueFrom": pod_namespace} in container["env"]
+    assert spec["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "pipeline-operator"
+    assert "--network-policies" in container["args"] and "--api-audience=pipeline-operator" in container["args"]
     for kind, name, ns in (("serviceaccount", "pipeline-operator", "pipeline-operator-system"),
                            ("service", "pipeline-operator", "pipeline-operator-system"),
                            ("pvc", "pipeline-operator-data", "pipeline-operator-system"),

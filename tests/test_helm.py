@@ -62,7 +62,8 @@ def test_a_typo_in_values_fails(fresh):
 
 
 def test_chart_and_kustomize_create_equivalent_objects(fresh):
-    chart = by_key(template(fresh))
+    """deploy/ watches every namespace; the chart does so with watch.allNamespaces=true."""
+    chart = by_key(template(fresh, "--set", "watch.allNamespaces=true"))
     kustomized = by_key([o for o in yaml.safe_load_all(fresh.kubectl("kustomize", str(REPO / "deploy")).stdout)
                          if o and o["kind"] != "Namespace"])
     assert set(chart) == set(kustomized)
@@ -91,6 +92,89 @@ def test_single_namespace_values_make_roles(fresh):
     assert ("Role", "pipeline-operator") in objects and ("ClusterRole", "pipeline-operator") not in objects
     args = objects[("Deployment", "pipeline-operator")]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--all-namespaces" not in args
+
+
+def container(objects: dict) -> dict:
+    return objects[("Deployment", "pipeline-operator")]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_per_namespace_roles_are_the_default_with_the_release_namespace(fresh):
+    objects = by_key(template(fresh))
+    role = objects[("Role", "pipeline-operator")]
+    assert role["metadata"]["namespace"] == NAMESPACE and ("ClusterRole", "pipeline-operator") not in objects
+    assert objects[("RoleBinding", "pipeline-operator")]["metadata"]["namespace"] == NAMESPACE
+    args = container(objects)["args"]
+    assert f"--namespace={NAMESPACE}" in args and "--all-namespaces" not in args
+    notes = helm(fresh, "install", "x", str(CHART), "-n", NAMESPACE, "--dry-run=client").stdout
+    assert f"watching {NAMESPACE}." in notes and "--audience pipeline-operator" in notes
+
+
+def test_unauthenticated_api_is_refused_unless_exposed_on_purpose(fresh):
+    res = helm(fresh, "template", "x", str(CHART), "--set", "api.auth=none", check=False)
+    assert res.returncode != 0 and "api.exposeUnauthenticated=true" in res.stderr and "api.auth" in res.stderr
+    objects = by_key(template(fresh, "--set", "api.auth=none", "--set", "api.exposeUnauthenticated=true"))
+    assert "--api-auth=none" in container(objects)["args"]
+
+
+def test_operator_pod_namespace_labels_and_pipeline_flags(fresh):
+    objects = by_key(template(fresh, "--set", "pipelines.imagePrefixes={ghcr.io/acme/,registry.example/p}",
+                              "--set", "pipelines.imagePullPolicy=Always",
+                              "--set", "pipelines.resources.limits.cpu=2", "--set", "pipelines.networkPolicies=false",
+                              "--set", "api.audience=acme-pipelines"))
+    c = container(objects)
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in c["env"]
+    labels = objects[("Deployment", "pipeline-operator")]["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "pipeline-operator"  # the default --operator-pod-labels
+    for flag in ("--pipeline-image-prefix=ghcr.io/acme/", "--pipeline-image-prefix=registry.example/p",
+                 "--pipeline-image-pull-policy=Always", "--pipeline-cpu-request=250m",
+                 "--pipeline-memory-request=512Mi", "--pipeline-cpu-limit=2", "--pipeline-memory-limit=2Gi",
+                 "--no-network-policies", "--api-audience=acme-pipelines"):
+        assert flag in c["args"], flag
+    defaults = container(by_key(template(fresh)))["args"]
+    assert "--network-policies" in defaults and "--api-audience=pipeline-operator" in defaults
+
+
+def test_chart_flags_are_accepted_by_the_operator(fresh, tmp_path):
+    """Every flag the chart renders (all values set) parses as an operator setting."""
+    import sys
+    args = container(by_key(template(
+        fresh, "--set", "pipelines.imagePrefixes={ghcr.io/acme/}", "--set", "api.tls.secretName=tls",
+        "--set", "pipelines.networkPolicies=false")))["args"]
+    code = ("import sys\nfrom pipeline_operator import cli\n"
+            "cli.main(['run', '--help'], prog_name='pipeline-operator', standalone_mode=False)\n")
+    help_text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for arg in args[1:]:
+        flag = arg.split("=", 1)[0]
+        assert flag in help_text, flag
+
+
+def test_tls_from_a_secret(fresh):
+    c = container(by_key(template(fresh, "--set", "api.tls.secretName=api-cert")))
+    assert "--api-tls-cert=/etc/pipeline-operator/tls/tls.crt" in c["args"]
+    assert "--api-tls-key=/etc/pipeline-operator/tls/tls.key" in c["args"]
+    assert {"name": "tls", "mountPath": "/etc/pipeline-operator/tls", "readOnly": True} in c["volumeMounts"]
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS" and c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    objects = by_key(template(fresh, "--set", "api.tls.secretName=api-cert"))
+    volumes = objects[("Deployment", "pipeline-operator")]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tls", "secret": {"secretName": "api-cert"}} in volumes
+    assert not any(kind == "Certificate" for kind, _ in objects)
+    plain = container(by_key(template(fresh)))
+    assert not any(a.startswith("--api-tls") for a in plain["args"]) and "scheme" not in plain["readinessProbe"]
+
+
+def test_cert_manager_certificate_only_where_cert_manager_is_served(fresh):
+    values = ["--set", "api.tls.certManager.enabled=true", "--set", "api.tls.certManager.issuerRef.name=ca",
+              "--set", "api.tls.certManager.issuerRef.kind=ClusterIssuer"]
+    with_cm = by_key(template(fresh, *values, "--api-versions", "cert-manager.io/v1"))
+    cert = with_cm[("Certificate", "pipeline-operator")]
+    assert cert["spec"]["secretName"] == "pipeline-operator-tls"
+    assert cert["spec"]["issuerRef"] == {"name": "ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert f"pipeline-operator.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
+    assert "--api-tls-cert=/etc/pipeline-operator/tls/tls.crt" in container(with_cm)["args"]
+    without = by_key(template(fresh, *values))
+    assert ("Certificate", "pipeline-operator") not in without
+    res = helm(fresh, "template", "x", str(CHART), "--set", "api.tls.certManager.enabled=true", check=False)
+    assert res.returncode != 0 and "api.tls.certManager.issuerRef.name" in res.stderr
 
 
 def test_install_upgrade_uninstall_and_server_side_dry_run(fresh):

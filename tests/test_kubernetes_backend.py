@@ -3,12 +3,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 from pathlib import Path
 
+import kubernetes
 import pytest
 import yaml
 
+from pipeline_operator.backends.kubernetes import (
+    KubernetesBackend,
+    KubernetesOptions,
+    child_name,
+    container_resources,
+    image_allowed,
+)
+from pipeline_operator.core.lifecycle import ComputeState
+from pipeline_operator.identity import PipelineKey
+from pipeline_operator.kube import Kube
+from pipeline_operator.models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 from pipeline_operator_dev import controlplane
 
 from .fake_kubelet import FakeKubelet
@@ -44,7 +58,8 @@ def k8s_operator(operators, cluster, namespace, kubelet):
     def start(role_text: str | None = None, *args: str):
         kubeconfig = operator_kubeconfig(cluster, namespace, role_text or (RBAC / "role.yaml").read_text())
         return operators(namespace, "--backend", "kubernetes", "--dev-endpoint-overrides", str(kubelet.overrides),
-                         "--pipeline-image", "registry.example/pipeline:1", *args, kubeconfig=kubeconfig)
+                         "--pipeline-image", "registry.example/pipeline:1", "--pipeline-image-prefix",
+                         "registry.example/", *args, kubeconfig=kubeconfig)
     return start
 
 
@@ -258,3 +273,270 @@ def test_all_namespaces_with_the_cluster_role(binaries, tmp_path):
             kubelet.stop()
         _kill_pipeline_processes_under(tmp_path)
         plane.stop()
+
+
+# -- the backend itself, in process, on the real API server with the operator's Role ------------------------------
+
+
+def _token_of(secret: dict) -> str:
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+class InProcess:
+    """A KubernetesBackend bound to the operator's Role in one namespace (nothing else runs)."""
+
+    def __init__(self, cluster, namespace: str, kubeconfig: Path, **options) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig
+        self.options = KubernetesOptions(default_image="registry.example/pipeline:1", **options)
+
+    def run(self, fn, options: KubernetesOptions | None = None):
+        """``fn(backend)`` on a fresh backend (as after an operator restart), its Kube closed afterwards."""
+        async def main():
+            configuration = kubernetes.client.Configuration()
+            kubernetes.config.load_kube_config(str(self.kubeconfig), client_configuration=configuration)
+            kube = Kube(configuration)
+            try:
+                return await fn(KubernetesBackend(kube, options or self.options))
+            finally:
+                await kube.close()
+        return asyncio.run(main())
+
+    def provision(self, key: PipelineKey, spec_dict: dict, options: KubernetesOptions | None = None):
+        async def go(backend):
+            await backend.provision(key, PipelineSpec.model_validate(spec_dict), {"sql": SQL},
+                                    RuntimeDesiredStatus.RUNNING, BootstrapPolicy.AWAIT_APPROVAL)
+            return await backend.observe_compute(key), backend.control_token(backend.endpoint(key))
+        return self.run(go, options)
+
+    def deprovision(self, key: PipelineKey) -> None:
+        async def go(backend):
+            await backend.deprovision(key)
+        self.run(go)
+
+    def token(self, key: PipelineKey) -> str | None:
+        async def go(backend):
+            await backend.observe_compute(key)
+            return backend.control_token(backend.endpoint(key))
+        return self.run(go)
+
+    def get(self, kind: str, name: str) -> dict | None:
+        res = self.cluster.kubectl("get", kind, name, "-n", self.namespace, "-o", "json", check=False)
+        return json.loads(res.stdout) if res.returncode == 0 else None
+
+
+@pytest.fixture
+def in_process(cluster, namespace, crd_installed):
+    kubeconfig = operator_kubeconfig(cluster, namespace, (RBAC / "role.yaml").read_text())
+    return lambda **options: InProcess(cluster, namespace, kubeconfig, **options)
+
+
+def key_of(created: dict) -> PipelineKey:
+    meta = created["metadata"]
+    return PipelineKey(meta["namespace"], meta["name"], meta["uid"])
+
+
+def test_control_token_secret_lives_with_the_compute_and_the_operator_knows_it(in_process, pipelines):
+    backend = in_process(debug_routes=True)
+    key = key_of(pipelines.create("guarded", spec()))
+    name = child_name(key)
+    _, known = backend.provision(key, spec())
+    secret = backend.get("secret", f"{name}-token")
+    assert secret is not None and secret["metadata"]["ownerReferences"][0]["uid"] == key.uid
+    assert secret["metadata"]["labels"]["dataflow.dev/pipeline-uid"] == key.uid
+    token = _token_of(secret)
+    assert len(token) >= 32 and known == token
+    container = backend.get("statefulset", name)["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "PIPELINE_CONTROL_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": f"{name}-token", "key": "token"}}} in container["env"]
+    assert container["command"][-1] == "--debug-routes"
+    # Provisioning again (a retry) keeps the token; an operator restart reads it back from the Secret.
+    assert backend.provision(key, spec())[1] == token and _token_of(backend.get("secret", f"{name}-token")) == token
+    assert backend.token(key) == token
+    # Stopped: the Secret goes with the compute; the next start has a new token, and the operator knows it.
+    backend.deprovision(key)
+    assert backend.get("secret", f"{name}-token") is None and backend.get("statefulset", name) is None
+    _, again = backend.provision(key, spec())
+    assert again == _token_of(backend.get("secret", f"{name}-token")) and again != token
+    assert backend.token(key) == again
+
+
+def test_debug_routes_are_off_unless_enabled(in_process, pipelines):
+    backend = in_process()
+    key = key_of(pipelines.create("plain", spec()))
+    backend.provision(key, spec())
+    command = backend.get("statefulset", child_name(key))["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--debug-routes" not in command
+
+
+def test_a_spec_cannot_choose_the_control_token_or_debug_routes(in_process, pipelines):
+    backend = in_process()
+    body = spec(deployment={"env": [{"name": "PIPELINE_CONTROL_TOKEN", "value": "chosen"},
+                                    {"name": "PIPELINE_DEBUG_ROUTES", "value": "1"}]})
+    key = key_of(pipelines.create("chooser", body))
+    backend.provision(key, body)
+    env = backend.get("statefulset", child_name(key))["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e for e in env if e["name"] == "PIPELINE_CONTROL_TOKEN"] == [
+        {"name": "PIPELINE_CONTROL_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"{child_name(key)}-token",
+                                                                           "key": "token"}}}]
+    assert not [e for e in env if e["name"] == "PIPELINE_DEBUG_ROUTES"]
+
+
+def test_network_policy_admits_the_operator_and_the_listed_peers_only(in_process, pipelines):
+    backend = in_process(network_policies=True, operator_namespace="pipeline-operator-system",
+                         operator_pod_labels={"app.kubernetes.io/name": "pipeline-operator"})
+    peers = [{"podSelector": {"matchLabels": {"app": "dashboard"}}},
+             {"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "In", "values": ["data"]}]}},
+             {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.5.0/24"]}}]
+    body = spec(deployment={"env": FAST_PIPELINE, "allowIngressFrom": peers})
+    key = key_of(pipelines.create("fenced", body))
+    name = child_name(key)
+    backend.provision(key, body)
+    policy = backend.get("networkpolicy", name)
+    assert policy is not None
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == key.uid
+    assert policy["spec"] == {
+        "podSelector": {"matchLabels": {"app.kubernetes.io/instance": name, "dataflow.dev/pipeline-uid": key.uid}},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"ports": [{"port": 8080, "protocol": "TCP"}], "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "pipeline-operator-system"}},
+             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "pipeline-operator"}}},
+            *peers]}]}
+    pod_labels = backend.get("statefulset", name)["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    backend.deprovision(key)
+    assert backend.get("networkpolicy", name) is None
+
+
+def test_network_policy_defaults_to_the_pipelines_namespace_and_is_off_when_disabled(in_process, pipelines,
+                                                                                      namespace):
+    on = in_process(network_policies=True, operator_pod_labels={"app.kubernetes.io/name": "pipeline-operator"})
+    key = key_of(pipelines.create("local-op", spec()))
+    on.provision(key, spec())
+    peer = on.get("networkpolicy", child_name(key))["spec"]["ingress"][0]["from"][0]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    off = in_process(network_policies=False)
+    key = key_of(pipelines.create("open", spec()))
+    off.provision(key, spec())
+    assert off.get("networkpolicy", child_name(key)) is None and off.get("statefulset", child_name(key))
+
+
+@pytest.mark.parametrize(("image", "prefixes", "allowed"), [
+    ("ghcr.io/x/op", ["ghcr.io/x/op"], True),
+    ("ghcr.io/x/op:1", ["ghcr.io/x/op"], True),
+    ("ghcr.io/x/op@sha256:" + "a" * 64, ["ghcr.io/x/op"], True),
+    ("ghcr.io/x/op-evil", ["ghcr.io/x/op"], False),
+    ("ghcr.io/x/op/sub:1", ["ghcr.io/x/op"], False),
+    ("ghcr.io/x/anything:2", ["ghcr.io/x/"], True),
+    ("ghcr.io/x/", ["ghcr.io/x/"], False),
+    ("ghcr.io/xy/op", ["ghcr.io/x/"], False),
+    ("docker.io/evil", ["ghcr.io/x/op", "registry.example/"], False),
+    ("registry.example/pipeline:1", ["ghcr.io/x/op", "registry.example/"], True),
+    ("anything/at:all", ["*"], True),
+])
+def test_image_allowlist_matches_on_a_boundary(image, prefixes, allowed):
+    assert image_allowed(image, prefixes) is allowed
+
+
+def test_a_disallowed_image_creates_nothing_and_fails_naming_the_image_and_the_flag(in_process, pipelines):
+    backend = in_process(image_prefixes=("registry.example/pipeline",))
+    body = spec(deployment={"image": "registry.example/pipeline-evil:1"})
+    key = key_of(pipelines.create("evil", body))
+    observed, _ = backend.provision(key, body)
+    assert observed.state is ComputeState.FAILED
+    assert "'registry.example/pipeline-evil:1'" in observed.message and "registry.example/pipeline" in observed.message
+    assert "--pipeline-image-prefix" in observed.message and "pipelines.imagePrefixes" in observed.message
+    for kind in ("statefulset", "service", "configmap", "secret", "networkpolicy"):
+        assert backend.get(kind, child_name(key)) is None and backend.get(kind, f"{child_name(key)}-token") is None
+    assert backend.get("pvc", f"{child_name(key)}-storage") is None
+    good = spec(deployment={"image": "registry.example/pipeline:2"})
+    key = key_of(pipelines.create("good", good))
+    assert backend.provision(key, good)[0].state is not ComputeState.FAILED
+
+
+def test_default_resources_per_key_and_pull_policy(in_process, pipelines):
+    backend = in_process(image_pull_policy="Always", default_requests={"cpu": "250m", "memory": "512Mi"},
+                         default_limits={"memory": "2Gi"})
+    bare = key_of(pipelines.create("bare", spec()))
+    backend.provision(bare, spec())
+    container = backend.get("statefulset", child_name(bare))["spec"]["template"]["spec"]["containers"][0]
+    assert container["imagePullPolicy"] == "Always"
+    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
+    body = spec(deployment={"env": FAST_PIPELINE, "resources": {"limits": {"memory": "4Gi"}}})
+    limited = key_of(pipelines.create("limited", body))
+    backend.provision(limited, body)
+    container = backend.get("statefulset", child_name(limited))["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "4Gi"}}
+
+
+@pytest.mark.parametrize(("resources", "expected"), [
+    # A default request above the spec's limit becomes the limit; a default limit below the spec's request,
+    # the request (Kubernetes refuses a request above its limit).
+    ({"limits": {"memory": "256Mi"}}, {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "256Mi"}}),
+    ({"requests": {"memory": "8Gi"}}, {"requests": {"cpu": "250m", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}),
+    ({"requests": {"cpu": 2, "memory": "1Gi"}, "limits": {"cpu": "4", "memory": "1Gi"}},
+     {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "4", "memory": "1Gi"}}),
+])
+def test_default_resources_never_contradict_the_spec(resources, expected):
+    options = KubernetesOptions(default_image="x", default_requests={"cpu": "250m", "memory": "512Mi"},
+                                default_limits={"memory": "2Gi"})
+    assert container_resources(PipelineSpec.model_validate({"deployment": {"resources": resources}}),
+                               options) == expected
+
+
+def test_child_names_fit_a_statefulset_and_stay_stable():
+    short = PipelineKey("ns", "orders", "0123456789abcdef")
+    assert child_name(short) == "orders-01234567"  # existing installations keep their objects
+    assert child_name(PipelineKey("ns", "9lives", "0123456789abcdef")) == "p-9lives-01234567"
+    exact = PipelineKey("ns", "a" * 43, "0123456789abcdef")
+    assert child_name(exact) == "a" * 43 + "-01234567"  # 52 characters: kept
+    long = PipelineKey("ns", "x" * 253, "0123456789abcdef")
+    names = {child_name(long), child_name(PipelineKey("other", "x" * 253, long.uid)),
+             child_name(PipelineKey("ns", "x" * 253, "fedcba9876543210")),
+             child_name(PipelineKey("ns", "x" * 252 + "y", long.uid)),
+             child_name(PipelineKey("ns", "a" * 44, long.uid))}
+    assert len(names) == 5
+    for n in names:
+        assert len(n) <= 52 and n[0].isalpha() and n[-1].isalnum() and n == n.lower()
+    assert child_name(long) == child_name(PipelineKey("ns", "x" * 253, "0123456789abcdef"))
+    assert len(child_name(PipelineKey("ns", "a" * 44, long.uid))) == 52
+
+
+def test_a_253_character_pipeline_gets_all_its_objects(in_process, pipelines):
+    backend = in_process(network_policies=True)
+    long_name = "orders." + "x" * 246
+    assert len(long_name) == 253
+    key = key_of(pipelines.create(long_name, spec()))
+    name = child_name(key)
+    assert len(name) <= 52
+    backend.provision(key, spec())
+    for kind, child in (("statefulset", name), ("service", name), ("configmap", name), ("networkpolicy", name),
+                        ("secret", f"{name}-token"), ("pvc", f"{name}-storage")):
+        assert backend.get(kind, child) is not None, kind
+
+
+def test_an_object_only_labelled_as_ours_is_neither_adopted_nor_deleted(in_process, pipelines, cluster, namespace):
+    backend = in_process()
+    key = key_of(pipelines.create("squatted", spec()))
+    name = child_name(key)
+    foreign = {"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "namespace": namespace,
+                            "labels": {"dataflow.dev/pipeline-uid": key.uid}}, "data": {"keep": "me"}}
+    cluster.apply(foreign)
+    observed, _ = backend.provision(key, spec())
+    assert observed.state is ComputeState.FAILED
+    assert f"ConfigMap {namespace}/{name} exists and does not belong to this pipeline" in observed.message
+    assert "delete or rename it" in observed.message
+    backend.deprovision(key)
+    assert backend.get("configmap", name)["data"] == {"keep": "me"}
+
+
+def test_the_rbac_rules_grant_what_the_backend_uses_and_no_events_k8s_io():
+    rules = yaml.safe_load((RBAC / "clusterrole.yaml").read_text())["rules"]
+    groups = {g for r in rules for g in r["apiGroups"]}
+    assert "events.k8s.io" not in groups
+    granted = {(g, res): set(r["verbs"]) for r in rules for g in r["apiGroups"] for res in r["resources"]}
+    assert granted[("", "secrets")] == {"get", "create", "delete"}
+    assert granted[("networking.k8s.io", "networkpolicies")] == {"get", "create", "delete"}
+    assert not any("list" in verbs or "watch" in verbs for (g, res), verbs in granted.items() if res == "secrets")

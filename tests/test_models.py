@@ -240,3 +240,14 @@ def test_every_feldera_field_is_declared_once_and_reaches_every_projection():
     for name, info in PipelineDeployment.model_fields.items():  # types carry over, made optional
         status_info = PipelineStatus.model_fields[name]
         assert status_info.default is None and status_info.description == info.description, name
+
+
+def test_network_policy_peers_round_trip_with_kubernetes_spelling():
+    given = [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+             {"podSelector": {"matchLabels": {"app": "x"},
+                              "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["web"]}]}}]
+    spec = m.PipelineSpec.model_validate({"deployment": {"allowIngressFrom": given}})
+    assert spec.to_resource()["deployment"]["allowIngressFrom"] == given
+    with pytest.raises(ValueError, match="operator"):
+        m.PipelineSpec.model_validate({"deployment": {"allowIngressFrom": [
+            {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}]}})

@@ -329,9 +329,12 @@ def test_helm_install_command_installs_the_operator(fresh):  # noqa: F811
     assert fresh.get("deployment", "pipeline-operator", namespace)["spec"]["replicas"] == 1
     for kind, name, ns in (("serviceaccount", "pipeline-operator", namespace),
                            ("service", "pipeline-operator", namespace),
-                           ("clusterrole", "pipeline-operator", None),
-                           ("clusterrolebinding", "pipeline-operator", None)):
+                           # The default: a Role in the namespaces it watches (here the release's own).
+                           ("role", "pipeline-operator", namespace),
+                           ("rolebinding", "pipeline-operator", namespace),
+                           ("clusterrolebinding", "pipeline-operator-auth-delegator", None)):
         assert fresh.get(kind, name, ns)["metadata"]["name"] == name
+    assert fresh.kubectl("get", "clusterrole", "pipeline-operator", check=False).returncode != 0
 
 
 @pytest.mark.apiserver

@@ -433,6 +433,62 @@ class EnvVar(CamelModel):
     value: str = Field("", max_length=4096)
 
 
+# Label selectors and IP blocks of NetworkPolicy peers, as Kubernetes spells them. The schema bounds
+# every list and string so that the API server can check the CEL rules below within its cost budget.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+CIDR_PATTERN = (r"^(([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}"
+                r"|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*/[0-9]{1,3})$")
+MAX_INGRESS_PEERS = 32
+MAX_SELECTOR_ITEMS = 32
+
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+Cidr = Annotated[str, Field(min_length=1, max_length=64, pattern=CIDR_PATTERN)]
+
+
+class LabelSelectorOperator(str, enum.Enum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class LabelSelectorRequirement(CamelModel):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+         "message": "values must be non-empty for the operators In and NotIn and absent for Exists and "
+                    "DoesNotExist"}]})
+    key: str = Field(min_length=1, max_length=317, description="The label key.")
+    operator: LabelSelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: list[LabelValue] | None = Field(None, max_length=MAX_SELECTOR_ITEMS,
+                                            description="The label values (In and NotIn only).")
+
+
+class LabelSelector(CamelModel):
+    match_labels: dict[str, LabelValue] | None = Field(
+        None, max_length=MAX_SELECTOR_ITEMS, description="Labels an object must have (all of them).")
+    match_expressions: list[LabelSelectorRequirement] | None = Field(
+        None, max_length=MAX_SELECTOR_ITEMS, description="Requirements an object's labels must meet (all of them).")
+
+
+class IPBlock(CamelModel):
+    cidr: Cidr = Field(description="The admitted addresses, e.g. 10.0.0.0/16.")
+    except_: list[Cidr] | None = Field(None, alias="except", max_length=MAX_SELECTOR_ITEMS,
+                                       description="Addresses within cidr that are not admitted.")
+
+
+class NetworkPolicyPeer(CamelModel):
+    """A source the pipeline's NetworkPolicy admits, as in a Kubernetes NetworkPolicy: pods selected
+    by podSelector (in the pipeline's namespace, or in the namespaces namespaceSelector selects), or
+    the addresses of ipBlock."""
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "has(self.ipBlock) != (has(self.podSelector) || has(self.namespaceSelector))",
+         "message": "set ipBlock alone, or podSelector and/or namespaceSelector"}]})
+    pod_selector: LabelSelector | None = Field(None, description="Pods admitted (with namespaceSelector: in the "
+                                                                 "namespaces it selects; else in the pipeline's).")
+    namespace_selector: LabelSelector | None = Field(None, description="Namespaces whose pods are admitted.")
+    ip_block: IPBlock | None = Field(None, description="Addresses admitted (outside the cluster's pod network).")
+
+
 class DeploymentSpec(CamelModel):
     image: str | None = Field(None, min_length=1, max_length=512,
                               description="Container image of the pipeline process "
@@ -447,6 +503,11 @@ class DeploymentSpec(CamelModel):
         None, ge=1, le=86400,
         description="How long Provisioning may take before the pipeline stops with an error. "
                     "Defaults to the operator's --provisioning-timeout.")
+    allow_ingress_from: list[NetworkPolicyPeer] | None = Field(
+        None, max_length=MAX_INGRESS_PEERS,
+        description="Who else may reach the pipeline process on its port 8080 (Kubernetes backend with "
+                    "--network-policies): NetworkPolicy peers, added to the operator's pods, which are always "
+                    "admitted.")
 
 
 class StorageSpec(CamelModel):
