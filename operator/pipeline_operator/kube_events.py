@@ -10,6 +10,11 @@
   bucket: a burst of 25, then one per 10 s; what is over the limit is not posted, as client-go's
   spam filter does; it stays in the store and the history). A failed post is retried a bounded
   number of times and never blocks reconciliation.
+- Who asked: a change made through the HTTP API carries the annotation
+  ``dataflow.dev/requested-by`` (``alice start 2026-11-28T12:00:00Z``). The Events posted for that
+  pipeline in the following minutes carry it too (an annotation of the Event), and those of status
+  changes end with `` (requested by alice)``, so ``kubectl describe`` shows who asked. Warnings are
+  not attributed (an error is not what anybody asked for), nor is anything after the window.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import datetime as dt
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +44,38 @@ BURST = 25
 REFILL_SECONDS = 10.0
 ATTEMPTS = 4  # one try and three retries, 0.5, 1 and 2 s apart
 QUEUE_LIMIT = 10_000
+ANNOTATION_REQUESTED_BY = "dataflow.dev/requested-by"
+MAX_REQUESTER = 253  # characters of the user name kept in the annotation
+# Events recorded this long after a request are attributed to it: a start provisions for up to the
+# provisioning timeout, a graceful stop suspends for up to two minutes.
+ATTRIBUTION_SECONDS = 600.0
+
+
+def requested_by_value(username: str, action: str, at: dt.datetime) -> str:
+    """``alice start 2026-11-28T12:00:00Z``: bounded (a user name has no length limit) and one word
+    each (spaces in a name are replaced), so that :func:`parse_requested_by` reads it back."""
+    user = "".join("_" if c.isspace() else c for c in username)[:MAX_REQUESTER] or "unknown"
+    return f"{user} {action[:40]} {_ts(at)}"
+
+
+def parse_requested_by(value: str | None) -> tuple[str, dt.datetime] | None:
+    """(user, time) of a ``dataflow.dev/requested-by`` value, or None if it is not one (anyone with
+    ``patch`` on the Pipeline can write the annotation; nothing here trusts more than its form)."""
+    parts = (value or "").split(" ")
+    if len(parts) != 3 or not parts[0]:
+        return None
+    try:
+        at = dt.datetime.strptime(parts[2], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+    return parts[0][:MAX_REQUESTER], at
+
+
+def requester_of(obj: Mapping[str, Any] | None) -> str | None:
+    """The ``dataflow.dev/requested-by`` annotation of a Pipeline object (for ``EventPoster(requester=...)``)."""
+    annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(ANNOTATION_REQUESTED_BY)
+    return value if isinstance(value, str) else None
 
 
 @dataclass
@@ -49,6 +86,7 @@ class _Post:
     message: str
     aggregate: str | None  # the suffix of the aggregated Event's name, or None for a new Event
     at: dt.datetime
+    requested_by: str | None = None  # the annotation value of the request this Event follows
 
 
 class _Bucket:
@@ -71,9 +109,13 @@ def _ts(t: dt.datetime) -> str:
 
 
 class EventPoster:
-    def __init__(self, kube: Kube, component: str) -> None:
+    def __init__(self, kube: Kube, component: str,
+                 requester: Callable[[PipelineKey], str | None] | None = None) -> None:
+        """``requester``: the ``dataflow.dev/requested-by`` annotation of a pipeline as the operator
+        last saw it (:func:`requester_of` of its object), or None."""
         self.kube = kube
         self.component = component
+        self.requester = requester
         self.instance = socket.gethostname()
         self._queue: asyncio.Queue[_Post] = asyncio.Queue(QUEUE_LIMIT)
         self._buckets: dict[str, _Bucket] = {}
@@ -99,18 +141,38 @@ class EventPoster:
     def submit(self, key: PipelineKey, emitted: Sequence[Emitted], reasons: Sequence[str]) -> None:
         """Queue the Events for one pass's monitor events; never waits."""
         whys = list(reasons) if len(reasons) == len(emitted) else [""] * len(emitted)
+        value = self._requested_by(key)
         for item, why in zip(emitted, whys, strict=True):
             reason, event_type, message = describe(item.kind, item.previous, item.event, why)
             aggregate = AGGREGATED.get(item.kind)
+            requested_by = None
+            if value is not None and event_type == "Normal":
+                found = parse_requested_by(value)
+                recorded = item.event.recorded_at
+                recorded = recorded if recorded.tzinfo is not None else recorded.replace(tzinfo=dt.UTC)
+                if found is not None and -60 <= (recorded - found[1]).total_seconds() <= ATTRIBUTION_SECONDS:
+                    requested_by = value
+                    if aggregate is None:
+                        message = f"{message} (requested by {found[0]})"
             if aggregate is None and not self._bucket(key).take():
                 self.dropped += 1
                 log.debug("%s: Event %s over the rate limit: not posted", key, reason)
                 continue
             try:
-                self._queue.put_nowait(_Post(key, reason, event_type, message, aggregate, item.event.recorded_at))
+                self._queue.put_nowait(_Post(key, reason, event_type, message, aggregate, item.event.recorded_at,
+                                             requested_by))
             except asyncio.QueueFull:
                 self.dropped += 1
                 log.warning("%s: the Kubernetes Event queue is full: %s not posted", key, reason)
+
+    def _requested_by(self, key: PipelineKey) -> str | None:
+        if self.requester is None:
+            return None
+        try:
+            return self.requester(key)
+        except Exception:  # noqa: BLE001 - attribution is a courtesy; it never stops an Event
+            log.debug("%s: could not read the requester", key, exc_info=True)
+            return None
 
     def forget(self, key: PipelineKey) -> None:
         self._buckets.pop(key.uid, None)
@@ -155,6 +217,8 @@ class EventPoster:
             meta["generateName"] = f"{post.key.name}."
         else:
             meta["name"] = name
+        if post.requested_by is not None:
+            meta["annotations"] = {ANNOTATION_REQUESTED_BY: post.requested_by}
         return {
             "metadata": meta,
             "involvedObject": {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": post.key.name,

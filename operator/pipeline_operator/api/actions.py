@@ -119,7 +119,7 @@ class Actions:
             annotations[ANNOTATION_DISMISS_ERROR] = writes.nonce()
         # The latest start decides how the pipeline starts: an earlier /pause or /resume (kept in
         # spec.runtimeDesiredStatus) does not outlive it.
-        await self._one_shot(monitor, "start", annotations, {
+        await self._one_shot(request, monitor, "start", annotations, {
             "desiredStatus": "Provisioned", "initialRuntimeStatus": initial.value, "runtimeDesiredStatus": None,
             "bootstrapPolicy": policy.value})
         return web.json_response("Pipeline is starting", status=202)
@@ -127,7 +127,8 @@ class Actions:
     async def stop(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
         force = bool_param(request.query, "force", False)
         updated = await writes.patch(self.deps.kube, monitor, {"desiredStatus": "Stopped",
-                                                         "stopMode": "Force" if force else "Graceful"})
+                                                               "stopMode": "Force" if force else "Graceful"},
+                                     requested_by=self.server.requested_by(request, "stop"))
         await writes.settle(monitor, writes.observed(writes.generation(updated)))
         return web.json_response("Pipeline is forcefully stopping" if force else "Pipeline is stopping", status=202)
 
@@ -136,7 +137,7 @@ class Actions:
         if refusal is not None:
             raise ApiError.refused(refusal)
         if state.storage_status.value != "Cleared":
-            await self._one_shot(monitor, "clear_storage", {ANNOTATION_CLEAR_STORAGE: writes.nonce()})
+            await self._one_shot(request, monitor, "clear_storage", {ANNOTATION_CLEAR_STORAGE: writes.nonce()})
         return web.json_response("Pipeline storage is being cleared", status=202)
 
     async def dismiss_error(self, request: web.Request, monitor: PipelineMonitor,
@@ -145,15 +146,16 @@ class Actions:
         if refusal is not None:
             raise ApiError.refused(refusal)
         if state.deployment_error is not None:
-            await self._one_shot(monitor, "dismiss_error", {ANNOTATION_DISMISS_ERROR: writes.nonce()})
+            await self._one_shot(request, monitor, "dismiss_error", {ANNOTATION_DISMISS_ERROR: writes.nonce()})
         return web.json_response("Pipeline deployment error has been dismissed", status=200)
 
-    async def _one_shot(self, monitor: PipelineMonitor, action: str, annotations: dict[str, str],
-                        spec: dict[str, Any] | None = None) -> None:
+    async def _one_shot(self, request: web.Request, monitor: PipelineMonitor, action: str,
+                        annotations: dict[str, str], spec: dict[str, Any] | None = None) -> None:
         """Write a one-shot request (its annotation, the first of ``annotations``, with a new value, and
         any spec change), wait until the loop handled it, and answer its refusal if it was refused."""
         value = next(iter(annotations.values()))
-        await writes.patch(self.deps.kube, monitor, spec, annotations)
+        await writes.patch(self.deps.kube, monitor, spec, annotations,
+                           requested_by=self.server.requested_by(request, action))
 
         def handled(state: PipelineState) -> HandledAction | None:
             found: HandledAction | None = getattr(state, f"handled_{action}")
@@ -188,27 +190,34 @@ class Actions:
     def _answer(status: int, body: bytes, content_type: str) -> web.Response:
         return web.Response(status=status, body=body, content_type=content_type or "application/json")
 
-    async def _runtime_desired(self, monitor: PipelineMonitor, state: PipelineState, method: str, path: str,
-                               target: str, query: str = "") -> web.Response:
+    async def _runtime_desired(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState,
+                               method: str, path: str, target: str, query: str = "") -> web.Response:
         status, body, content_type = await self._forward(monitor, state, method, path, query)
         if status < 300:
             # Kept in the spec so that the monitoring loop holds the pipeline there (level-based).
-            await writes.patch(self.deps.kube, monitor, {"runtimeDesiredStatus": target})
+            action = path.strip("/") if path != "/start" else "resume"
+            await writes.patch(self.deps.kube, monitor, {"runtimeDesiredStatus": target},
+                               requested_by=self.server.requested_by(request, action))
         return self._answer(status, body, content_type)
 
     async def pause(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
-        return await self._runtime_desired(monitor, state, "GET", "/pause", "Paused")
+        return await self._runtime_desired(request, monitor, state, "GET", "/pause", "Paused")
 
     async def resume(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
-        return await self._runtime_desired(monitor, state, "GET", "/start", "Running")
+        return await self._runtime_desired(request, monitor, state, "GET", "/start", "Running")
 
     async def activate(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
         raw = request.query.get("initial", "running")
         if raw not in ("running", "paused"):
             raise ApiError(400, "InvalidActivateStatus",
                            f"Invalid activation status {raw[:20]} (only running and paused are valid)")
-        return await self._runtime_desired(monitor, state, "POST", "/activate", raw.capitalize(), f"initial={raw}")
+        return await self._runtime_desired(request, monitor, state, "POST", "/activate", raw.capitalize(),
+                                           f"initial={raw}")
 
     async def approve(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
         flags = _bootstrap_flags(request)
-        return self._answer(*await self._forward(monitor, state, "POST", "/approve", flags))
+        status, body, content_type = await self._forward(monitor, state, "POST", "/approve", flags)
+        if status < 300:
+            # Nothing of the spec changes, but the Events of the bootstrap that follows are the approver's.
+            await writes.patch(self.deps.kube, monitor, requested_by=self.server.requested_by(request, "approve"))
+        return self._answer(status, body, content_type)

@@ -11,11 +11,14 @@ from ..models import ErrorResponse
 
 
 class ApiError(Exception):
-    """An error answered as Feldera's ErrorResponse (with ``Retry-After: 5`` on a 503, as Feldera)."""
+    """An error answered as Feldera's ErrorResponse (with ``Retry-After: 5`` on a 503, as Feldera, or
+    the given ``retry_after`` seconds, e.g. on a 429)."""
 
-    def __init__(self, status: int, error_code: str, message: str, details: Any = None) -> None:
+    def __init__(self, status: int, error_code: str, message: str, details: Any = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status, self.error_code, self.message, self.details = status, error_code, message, details
+        self.retry_after = retry_after if retry_after is not None else (5 if status == 503 else None)
 
     @classmethod
     def refused(cls, refusal: Refusal) -> ApiError:
@@ -23,7 +26,7 @@ class ApiError(Exception):
 
     def response(self) -> web.Response:
         body = ErrorResponse(message=self.message, error_code=self.error_code, details=self.details)
-        headers = {"Retry-After": "5"} if self.status == 503 else None
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
         return web.json_response(body.model_dump(mode="json"), status=self.status, headers=headers)
 
 

@@ -25,6 +25,7 @@ from aiohttp import web
 from ..core import resource
 from ..core.lifecycle import PipelineState, delete_refusal, update_refusal
 from ..kube import FieldConflict, Forbidden, Rejected
+from ..kube_events import ANNOTATION_REQUESTED_BY
 from ..models import (
     API_GROUP,
     API_VERSION,
@@ -39,7 +40,7 @@ from ..models import (
 )
 from . import writes
 from .errors import ApiError, unknown_pipeline
-from .server import VERSION
+from .server import PIPELINE, VERSION
 
 if TYPE_CHECKING:
     from .server import ApiServer
@@ -238,8 +239,9 @@ class Pipelines:
     async def _body(self, request: web.Request, partial: bool) -> tuple[dict[str, Any], Any]:
         try:
             raw = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "InvalidRequestBody", "The request body is not valid JSON") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise ApiError(400, "InvalidRequestBody", "The request body is not valid JSON (a UTF-8 JSON object "
+                                                      "with Feldera's pipeline fields)") from None
         return _body_fields(raw, partial=partial), raw
 
     async def _current(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -254,11 +256,18 @@ class Pipelines:
             return monitor.state
         return resource.from_status(PipelineStatus.model_validate(obj.get("status") or {}))
 
-    async def _apply(self, namespace: str, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    async def _apply(self, namespace: str, name: str, fields: dict[str, Any], requested_by: str) -> dict[str, Any]:
+        # The requester is written by a merge patch right after the apply, never in the applied
+        # configuration: the actions write the same annotation with merge patches (an "Update" of
+        # this manager), and an apply of another value would conflict with it.
         body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
                 "metadata": {"name": name, "namespace": namespace}, "spec": _spec_of(fields)}
         try:
-            return await self.deps.kube.apply_pipeline(namespace, name, body, writes.FIELD_MANAGER)
+            applied = await self.deps.kube.apply_pipeline(namespace, name, body, writes.FIELD_MANAGER)
+            patched = await self.deps.kube.merge_patch_pipeline(
+                namespace, name, {"metadata": {"annotations": {ANNOTATION_REQUESTED_BY: requested_by}}},
+                writes.FIELD_MANAGER)
+            return patched if patched is not None else applied
         except FieldConflict as exc:
             owners = sorted({m for _, m in exc.conflicts})
             raise ApiError(
@@ -295,6 +304,7 @@ class Pipelines:
 
     async def _write(self, request: web.Request, *, create: bool, replace: bool) -> web.Response:
         namespace = self.server.namespace(request)
+        await self.server.authenticate(request)  # before the body is read: strangers hold no slot with slow bodies
         name = request.match_info.get("name")
         fields, raw = await self._body(request, partial=not replace)
         if name is None:  # POST /v0/pipelines names the pipeline in the body
@@ -307,16 +317,21 @@ class Pipelines:
                            "resource, whose name cannot change; create a new one and delete this one",
                            {"pipeline_name": name})
         _check_name(name)
+        request[PIPELINE] = name
         existing = await self._current(namespace, name)
+        # As the API server does: ``create`` names no resource (RBAC's resourceNames cannot limit it).
         if create and not replace:
             await self.server.authorize(request, "create", namespace)
             if existing is not None:
                 raise ApiError(409, "DuplicateName", "An entity with this name already exists",
                                {"pipeline_name": name})
         elif replace:  # a user learns whether the pipeline exists only if they may create or update it
-            await self.server.authorize(request, "update" if existing is not None else "create", namespace)
+            if existing is not None:
+                await self.server.authorize(request, "update", namespace, name)
+            else:
+                await self.server.authorize(request, "create", namespace)
         else:
-            await self.server.authorize(request, "patch", namespace)
+            await self.server.authorize(request, "patch", namespace, name)
             if existing is None:
                 raise unknown_pipeline(name)
         if existing is not None:
@@ -328,7 +343,8 @@ class Pipelines:
                 if refusal is not None:
                     raise ApiError.refused(refusal)
             fields = merged
-        obj = await self._apply(namespace, name, fields)
+        action = "create" if existing is None else "update"
+        obj = await self._apply(namespace, name, fields, self.server.requested_by(request, action))
         obj, state = await self._settled(namespace, name, obj)
         return await self._answer(obj, state, status=201 if existing is None else 200)
 
@@ -344,7 +360,7 @@ class Pipelines:
     async def delete(self, request: web.Request) -> web.Response:
         namespace = self.server.namespace(request)
         name = request.match_info["name"]
-        await self.server.authorize(request, "delete", namespace)
+        await self.server.authorize(request, "delete", namespace, name)
         if len(name) > MAX_NAME or not NAME_RE.match(name):
             raise unknown_pipeline(name)
         existing = await self._current(namespace, name)

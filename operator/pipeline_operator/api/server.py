@@ -6,26 +6,43 @@ Pipelines (no API-server call per request beyond cached authentication checks); 
 changes of the Pipeline resource (:mod:`.pipelines`, :mod:`.actions`).
 
 Authentication (``--api-auth kubernetes``, the default): the bearer token is checked with a
-TokenReview and every request with a SubjectAccessReview on ``pipelines.dataflow.dev`` in the
-target namespace (``get``/``list`` to read, ``patch`` to act, ``create``/``update``/``delete``
-for pipeline CRUD), both cached for a few seconds. Authorization is checked before anything
-else, so a user learns nothing about a namespace they may not read, not even whether a pipeline
-exists there.
+TokenReview for the operator's audience and every request with a SubjectAccessReview on
+``pipelines.dataflow.dev`` in the target namespace, naming the pipeline when the request names one
+(``get``/``list`` to read, ``patch`` to act, ``create``/``update``/``delete`` for pipeline CRUD),
+both cached for a few seconds. Authorization is checked before anything else, so a user learns
+nothing about a namespace they may not read, not even whether a pipeline exists there.
+
+The checks share the operator's Kubernetes thread pool with reconciliation, so they have their
+own bounded capacity (``auth_concurrency`` under way, as many waiting, then 503
+``AuthenticationBusy``) and every client address its own rate of uncached token checks (429
+``TooManyRequests``): unknown tokens cannot starve the monitoring loops. Probes and metrics are
+served outside the request limit, so a busy API never fails a liveness probe.
+
+Every mutating request is written to the audit log (logger ``pipeline_operator.audit``), and the
+change it makes carries the requester in the annotation ``dataflow.dev/requested-by``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
+import hashlib
 import logging
 import re
+import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+import urllib3.exceptions
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from cachetools import TTLCache
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -42,10 +59,26 @@ if TYPE_CHECKING:
     from ..reconciler import PipelineMonitor
 
 log = logging.getLogger(__name__)
+audit_log = logging.getLogger("pipeline_operator.audit")
 
 TENANT_HEADER = "Feldera-Tenant"
 NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 AUTH_CACHE_SECONDS = 10.0
+# A refused token is remembered only briefly: long enough to absorb a client retrying a bad token
+# in a loop, short enough that nobody stays locked out once the API server answers properly again.
+REJECTED_CACHE_SECONDS = 2.0
+# A TokenReview or SubjectAccessReview that takes longer than this is given up (503); the thread
+# it occupies in the shared pool is released by the client's own timeout.
+REVIEW_TIMEOUT_SECONDS = 10.0
+MAX_TOKEN_BYTES = 16384
+MAX_CLIENTS = 10_000  # client addresses whose token-check rate is tracked at once
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})  # never wait for a request slot
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# What a request that changes a Pipeline asks for, by method (CRUD) or by its last path segment (actions).
+CRUD_ACTIONS = {"POST": "create", "PUT": "create_or_replace", "PATCH": "update", "DELETE": "delete"}
+# Errors of the Kubernetes client other than an API answer: the API server is away, not a bug here.
+KUBE_UNAVAILABLE: tuple[type[BaseException], ...] = (ApiException, urllib3.exceptions.HTTPError, ConnectionError,
+                                                     TimeoutError)
 # Read once: a lookup reads the installed distribution's metadata from disk.
 VERSION = package_version("pipeline-operator")
 # Feldera's endpoints this API does not serve (docs/api.md says why): 501, not a 404 that the SDK
@@ -98,19 +131,105 @@ def _selector(request: web.Request) -> PipelineMonitorEventFieldSelector:
                        {"selector": raw[:50]}) from None
 
 
+@dataclass(frozen=True)
+class User:
+    """Who a TokenReview said the bearer of a token is (hashable: part of the authorization cache key)."""
+    username: str
+    groups: tuple[str, ...] = ()
+    uid: str = ""
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+ANONYMOUS = User("anonymous")  # every request with --api-auth none
+# What a request learnt on its way, for the audit line.
+USER = web.RequestKey("user", User)
+VERB = web.RequestKey("verb", str)
+NAMESPACE = web.RequestKey("namespace", str)
+PIPELINE = web.RequestKey("pipeline", str)
+
+
+class RateLimiter:
+    """A token bucket per client address: ``rate`` per second, bursts of ``burst``.
+
+    Memory is bounded: at most ``max_clients`` buckets, each forgotten once it would be full again
+    (a forgotten bucket and a full one are the same), the least recently used first if there are
+    more clients than that."""
+
+    def __init__(self, rate: float, burst: float, max_clients: int = MAX_CLIENTS) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: TTLCache[str, tuple[float, float]] = TTLCache(maxsize=max_clients, ttl=burst / rate)
+
+    def take(self, client: str) -> float:
+        """Take one token for ``client``: 0 when allowed, else the seconds until one is available."""
+        now = time.monotonic()
+        tokens, at = self._buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1:
+            self._buckets[client] = (tokens, now)
+            return (1 - tokens) / self.rate
+        self._buckets[client] = (tokens - 1, now)
+        return 0.0
+
+
+class _ErrorResponses(RequestHandler):
+    """aiohttp's connection handler, answering requests it cannot parse (header too large, bad
+    request line, invalid encoding) with Feldera's ErrorResponse instead of a plain-text page, and
+    logging them at debug level (anyone can send them; they are not the operator's errors)."""
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        log.debug("HTTP API: unparsable request from %s: %s", request.remote, message or exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        text = (message or str(exc or "") or "malformed request").splitlines()[0][:300]
+        code = {413: "PayloadTooLarge", 414: "UriTooLong", 431: "RequestHeaderFieldsTooLarge"}.get(
+            status, "InvalidRequest")
+        response = ApiError(status, code, f"The request is not valid HTTP: {text}").response()
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _ErrorResponses(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # the same server, building the connection handler above
+        return server
+
+
 class ApiServer:
     def __init__(self, deps: ApiDeps, auth: str = "kubernetes", default_namespace: str = "default",
-                 max_concurrency: int = 64) -> None:
+                 max_concurrency: int = 64, *, audience: str = "pipeline-operator", auth_concurrency: int = 8,
+                 auth_rate: float = 10.0, tls_cert: Path | None = None, tls_key: Path | None = None,
+                 review_timeout: float = REVIEW_TIMEOUT_SECONDS) -> None:
         from .actions import Actions
         from .pipelines import Pipelines
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
         self.deps = deps
         self.auth = auth
         self.default_namespace = default_namespace
+        self.audience = audience
+        self.tls_cert, self.tls_key = tls_cert, tls_key
+        self.review_timeout = review_timeout
         self.metrics = deps.metrics
-        self._tokens: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=10_000, ttl=AUTH_CACHE_SECONDS)
-        self._access: TTLCache[tuple[str, tuple[str, ...], str, str], bool] = TTLCache(
-            maxsize=50_000, ttl=AUTH_CACHE_SECONDS)
+        # Keyed by a digest of the token: a cache of 10 000 tokens of 16 KiB would be 160 MiB.
+        self._tokens: TTLCache[bytes, User] = TTLCache(maxsize=10_000, ttl=AUTH_CACHE_SECONDS)
+        self._rejected: TTLCache[bytes, str] = TTLCache(maxsize=10_000, ttl=REJECTED_CACHE_SECONDS)
+        self._access: TTLCache[tuple[User, str, str, str], bool] = TTLCache(maxsize=50_000, ttl=AUTH_CACHE_SECONDS)
+        # Concurrent requests with the same unknown token (an SDK's parallel calls) share one check.
+        self._flights: dict[Any, asyncio.Task[Any]] = {}
         self._limit = asyncio.Semaphore(max_concurrency)
+        self._auth_limit = asyncio.Semaphore(auth_concurrency)
+        self._auth_queue = auth_concurrency  # checks that may wait for a slot; beyond: 503
+        self._auth_waiting = 0
+        self._rate = RateLimiter(auth_rate, 2 * auth_rate)
         self.ready = False
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -137,14 +256,29 @@ class ApiServer:
     async def start(self, host: str, port: int) -> None:
         # Bounded: 512 KiB bodies (a program and its configuration), 8 KiB request lines and
         # headers, 64 requests at once, idle connections closed after 15 s.
-        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True, keepalive_timeout=15,
-                                     max_line_size=8190, max_field_size=8190)
+        context = await asyncio.to_thread(self.tls_context) if self.tls_cert is not None else None
+        self._runner = _Runner(self.app(), access_log=None, handler_cancellation=True, keepalive_timeout=15,
+                               max_line_size=8190, max_field_size=8190)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=128)
+        site = web.TCPSite(self._runner, host, port, backlog=128, ssl_context=context)
         await site.start()
         sockets = cast(asyncio.Server, site._server).sockets if site._server else []
         self.port = sockets[0].getsockname()[1] if sockets else port
-        log.info("HTTP API listening on http://%s:%s (auth: %s)", host, self.port, self.auth)
+        log.info("HTTP API listening on %s://%s:%s (auth: %s, audience: %s)", "https" if context else "http",
+                 host, self.port, self.auth, self.audience or "the API server's")
+
+    def tls_context(self) -> ssl.SSLContext:
+        """TLS 1.2 or newer with the given certificate and key (read once, at start)."""
+        assert self.tls_cert is not None and self.tls_key is not None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(str(self.tls_cert), str(self.tls_key))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"--api-tls-cert {self.tls_cert} / --api-tls-key {self.tls_key}: cannot load the "
+                             f"certificate and key ({exc}); give PEM files of a certificate and its private key"
+                             ) from exc
+        return context
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -156,8 +290,15 @@ class ApiServer:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         started = time.perf_counter()
         try:
-            async with self._limit:
+            if request.path in PROBES:
                 response = await handler(request)
+            else:
+                async with self._limit:
+                    self.metrics.in_flight.inc()
+                    try:
+                        response = await handler(request)
+                    finally:
+                        self.metrics.in_flight.dec()
         except ApiError as exc:
             response = exc.response()
         except web.HTTPException as exc:
@@ -165,13 +306,36 @@ class ApiServer:
             response = ApiError(exc.status, code, exc.reason or "Request failed").response()
         except asyncio.CancelledError:
             raise
+        except KUBE_UNAVAILABLE as exc:
+            log.warning("HTTP API: %s %s: the Kubernetes API server did not answer: %s", request.method,
+                        request.path[:200], _describe(exc))
+            response = ApiError(503, "KubernetesUnavailable", "The Kubernetes API server did not answer the "
+                                "operator; try again shortly").response()
         except Exception:
-            log.exception("HTTP API: %s %s failed", request.method, request.path)
+            log.exception("HTTP API: %s %s failed", request.method, request.path[:200])
             response = ApiError(500, "InternalServerError",
                                 "The operator failed to answer this request; see its log").response()
         self.metrics.requests.labels(route, str(response.status)).inc()
         self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+        if request.method in MUTATING and route.startswith("/v0/pipelines"):
+            self._audit(request, response.status)
         return response
+
+    def _audit(self, request: web.Request, status: int) -> None:
+        """One structured line per request that changes, or tries to change, a Pipeline."""
+        user: User | None = request.get(USER)
+        name = request.match_info.get("name") or request.get(PIPELINE) or ""
+        action = action_of(request)
+        outcome = "success" if status < 400 else "denied" if status in (401, 403, 429) else \
+            "refused" if status < 500 else "failed"
+        namespace = request.get(NAMESPACE) or request.headers.get(TENANT_HEADER, self.default_namespace)[:63]
+        username = user.username if user is not None else ""
+        audit_log.info("%s %s %s/%s: %d %s", username or "(unauthenticated)", action, namespace, name[:253], status,
+                       outcome, extra={
+                           "user": username, "groups": list(user.groups) if user is not None else [],
+                           "verb": request.get(VERB) or "", "method": request.method, "namespace": namespace,
+                           "pipeline": name[:253], "action": action, "status": status, "outcome": outcome,
+                           "client": request.remote or ""})
 
     # -- authentication and authorization ---------------------------------------------------------
 
@@ -181,53 +345,167 @@ class ApiServer:
             raise ApiError(400, "InvalidTenant", f"'{namespace[:70]}' is not a namespace name")
         return namespace
 
-    async def authorize(self, request: web.Request, verb: str, namespace: str) -> None:
+    async def authenticate(self, request: web.Request) -> User:
+        """Who sent the request (once per request): from the cache, or a TokenReview for the
+        operator's audience. 401 without a valid token."""
+        found: User | None = request.get(USER)
+        if found is not None:
+            return found
+        if self.auth == "none":
+            request[USER] = ANONYMOUS
+            return ANONYMOUS
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer ") or len(header) > MAX_TOKEN_BYTES:
+            raise ApiError(401, "Unauthorized", "A bearer token is required (Authorization: Bearer <token>); "
+                                                f"get one with {self._token_hint()}")
+        token = header[len("Bearer "):].strip()
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        user = self._tokens.get(digest)
+        if user is None:
+            why = self._rejected.get(digest)
+            if why is None:
+                flight = self._flights.get(("token", digest))
+                if flight is None:
+                    self._charge(request)  # only a check this request causes counts against its client
+                    flight = self._fly(("token", digest), self._check_token(token, digest))
+                user_or_why: User | str = await asyncio.shield(flight)
+                if isinstance(user_or_why, User):
+                    user = user_or_why
+                else:
+                    why = user_or_why
+            if user is None:
+                raise ApiError(401, "Unauthorized", f"The bearer token is not valid{why}: get one with "
+                                                    f"{self._token_hint()}")
+        request[USER] = user
+        return user
+
+    async def authorize(self, request: web.Request, verb: str, namespace: str, name: str | None = None) -> None:
+        """May the requester ``verb`` pipelines in ``namespace`` (the one called ``name``, if given,
+        so that RBAC rules with ``resourceNames`` apply)? 401 or 403 if not."""
+        request[VERB], request[NAMESPACE] = verb, namespace
+        user = await self.authenticate(request)
         if self.auth == "none":
             return
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer ") or len(header) > 16384:
-            raise ApiError(401, "Unauthorized", "A bearer token is required (Authorization: Bearer <token>)")
-        token = header[len("Bearer "):].strip()
-        user = self._tokens.get(token)
-        if user is None:
-            user = await self._review_token(token)
-            self._tokens[token] = user
-        if not user:
-            raise ApiError(401, "Unauthorized", "The bearer token is not valid")
-        key = (user["username"], tuple(user.get("groups") or ()), verb, namespace)
+        key = (user, verb, namespace, name or "")
         allowed = self._access.get(key)
         if allowed is None:
-            allowed = await self._review_access(user, verb, namespace)
-            self._access[key] = allowed
+            flight = self._flights.get(("access", key))
+            if flight is None:
+                flight = self._fly(("access", key), self._check_access(user, verb, namespace, name))
+            allowed = await asyncio.shield(flight)
         if not allowed:
-            raise ApiError(403, "Forbidden", f"User '{user['username']}' may not {verb} pipelines.{API_GROUP} "
-                                             f"in namespace '{namespace}'")
+            what = f"pipeline '{name}'" if name else f"pipelines.{API_GROUP}"
+            raise ApiError(403, "Forbidden", f"User '{user.username}' may not {verb} {what} in namespace "
+                                             f"'{namespace}': ask an administrator for a Role that allows "
+                                             f"'{verb}' on pipelines.{API_GROUP} there")
 
-    async def _review_token(self, token: str) -> dict[str, Any]:
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+    def requested_by(self, request: web.Request, action: str) -> str:
+        """The value of the ``dataflow.dev/requested-by`` annotation for a change this request makes."""
+        from ..kube_events import requested_by_value
+        user: User | None = request.get(USER)
+        return requested_by_value(user.username if user is not None else ANONYMOUS.username, action,
+                                  dt.datetime.now(dt.UTC))
+
+    def _token_hint(self) -> str:
+        if self.audience:
+            return f"`kubectl create token NAME --audience {self.audience}`"
+        return "`kubectl create token NAME`"
+
+    def _charge(self, request: web.Request) -> None:
+        wait = self._rate.take(request.remote or "")
+        if wait > 0:
+            self.metrics.auth_refused.labels("rate").inc()
+            seconds = max(1, int(wait + 0.999))
+            raise ApiError(429, "TooManyRequests", f"Too many token checks from {request.remote}: at most "
+                           f"{self._rate.rate:g} per second; reuse a valid token, or try again in {seconds} s",
+                           {"retry_after_seconds": seconds}, retry_after=seconds)
+
+    def _fly(self, key: Any, check: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Run one check as a task that every request waiting for the same answer shares (a
+        request that goes away does not cancel the others' check)."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(check)
+        self._flights[key] = task
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            self._flights.pop(key, None)
+            if not finished.cancelled():
+                finished.exception()  # retrieved: nobody may be waiting for it any more
+        task.add_done_callback(done)
+        return task
+
+    @contextlib.asynccontextmanager
+    async def _auth_slot(self) -> AsyncIterator[None]:
+        """One of the bounded slots for TokenReviews and SubjectAccessReviews: waits behind at most
+        as many checks as run at once, else 503 at once (a queue without bound is an outage)."""
+        if self._auth_limit.locked() and self._auth_waiting >= self._auth_queue:
+            self.metrics.auth_refused.labels("busy").inc()
+            raise ApiError(503, "AuthenticationBusy", "Too many token and permission checks are under way; try "
+                                                      "again in a second", retry_after=1)
+        self._auth_waiting += 1
         try:
-            review = await self.deps.kube.call(self.deps.kube.auth.create_token_review, body)
-        except ApiException as exc:
-            log.error("TokenReview failed (%s %s): grant the operator system:auth-delegator", exc.status, exc.reason)
-            raise ApiError(503, "AuthenticationUnavailable", "Cannot check the token now; try again") from exc
+            await self._auth_limit.acquire()
+        finally:
+            self._auth_waiting -= 1
+        self.metrics.auth_in_flight.inc()
+        try:
+            yield
+        finally:
+            self.metrics.auth_in_flight.dec()
+            self._auth_limit.release()
+
+    async def _check_token(self, token: str, digest: bytes) -> User | str:
+        """The user, or why the token was refused (cached briefly, unless the review itself failed)."""
+        spec: dict[str, Any] = {"token": token}
+        if self.audience:
+            spec["audiences"] = [self.audience]
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
+        async with self._auth_slot():
+            try:
+                review = await self.deps.kube.call(self.deps.kube.auth.create_token_review, body,
+                                                   _request_timeout=self.review_timeout)
+            except Exception as exc:  # noqa: BLE001 - any failure of the review is "cannot check now"
+                log.error("TokenReview failed (%s): the operator needs system:auth-delegator and a reachable API "
+                          "server", _describe(exc))
+                raise ApiError(503, "AuthenticationUnavailable", "Cannot check the token now (the Kubernetes API "
+                                                                 "server did not answer); try again") from exc
         status = review.status
-        if not status or not status.authenticated or not status.user:
-            return {}
-        return {"username": status.user.username, "groups": list(status.user.groups or []),
-                "uid": status.user.uid or ""}
+        if status is None or not status.authenticated or status.user is None:
+            if status is not None and status.error:
+                log.info("TokenReview refused a token: %s", str(status.error)[:300])
+                return ""  # an error of the authenticator may pass: not remembered
+            self._rejected[digest] = ""
+            return ""
+        if self.audience and self.audience not in (status.audiences or []):
+            why = f" for the audience '{self.audience}'"
+            self._rejected[digest] = why
+            return why
+        extra = tuple(sorted((str(k), tuple(str(v) for v in (vs or ())))
+                             for k, vs in (status.user.extra or {}).items()))
+        user = User(status.user.username or "", tuple(status.user.groups or ()), status.user.uid or "", extra)
+        self._tokens[digest] = user
+        return user
 
-    async def _review_access(self, user: dict[str, Any], verb: str, namespace: str) -> bool:
-        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                "spec": {"user": user["username"], "groups": user.get("groups") or [], "uid": user.get("uid", ""),
-                         "resourceAttributes": {"group": API_GROUP, "resource": PLURAL, "verb": verb,
-                                                "namespace": namespace}}}
-        try:
-            review = await self.deps.kube.call(self.deps.kube.authz.create_subject_access_review, body)
-        except ApiException as exc:
-            log.error("SubjectAccessReview failed (%s %s): grant the operator system:auth-delegator",
-                      exc.status, exc.reason)
-            raise ApiError(503, "AuthorizationUnavailable", "Cannot check permissions now; try again") from exc
-        return bool(review.status and review.status.allowed)
+    async def _check_access(self, user: User, verb: str, namespace: str, name: str | None) -> bool:
+        attributes = {"group": API_GROUP, "resource": PLURAL, "verb": verb, "namespace": namespace}
+        if name:
+            attributes["name"] = name
+        spec: dict[str, Any] = {"user": user.username, "groups": list(user.groups), "uid": user.uid,
+                                "resourceAttributes": attributes}
+        if user.extra:
+            spec["extra"] = {k: list(v) for k, v in user.extra}
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+        async with self._auth_slot():
+            try:
+                review = await self.deps.kube.call(self.deps.kube.authz.create_subject_access_review, body,
+                                                   _request_timeout=self.review_timeout)
+            except Exception as exc:  # noqa: BLE001 - any failure of the review is "cannot check now"
+                log.error("SubjectAccessReview failed (%s): the operator needs system:auth-delegator and a reachable "
+                          "API server", _describe(exc))
+                raise ApiError(503, "AuthorizationUnavailable", "Cannot check permissions now (the Kubernetes API "
+                                                                "server did not answer); try again") from exc
+        allowed = bool(review.status and review.status.allowed)
+        self._access[(user, verb, namespace, name or "")] = allowed
+        return allowed
 
     # -- lookups ----------------------------------------------------------------------------------
 
@@ -239,8 +517,9 @@ class ApiServer:
 
     async def pipeline(self, request: web.Request, verb: str) -> PipelineMonitor:
         namespace = self.namespace(request)
-        await self.authorize(request, verb, namespace)
-        return self.monitor(namespace, request.match_info["name"])
+        name = request.match_info["name"]
+        await self.authorize(request, verb, namespace, name)
+        return self.monitor(namespace, name)
 
     # -- handlers -----------------------------------------------------------------------------------
 
@@ -307,3 +586,18 @@ class ApiServer:
                            f"Pipeline monitor event '{event_id}' does not exist: it might have been deleted as "
                            "only a limited number of events are retained", {"event_id": str(event_id)})
         return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-cache"})
+
+
+def action_of(request: web.Request) -> str:
+    """What a request that changes a Pipeline asks for: the action (``start``, ``stop``, ...) or the
+    CRUD operation."""
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else ""
+    if route.count("/") == 4 and route.startswith("/v0/pipelines/{name}/"):
+        return route.rsplit("/", 1)[1]
+    return CRUD_ACTIONS.get(request.method, request.method.lower())
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..core.lifecycle import PipelineState
 from ..kube import Forbidden, Kube
+from ..kube_events import ANNOTATION_REQUESTED_BY
 from ..reconciler import PipelineMonitor
 from .errors import ApiError, unknown_pipeline
 
@@ -25,11 +26,17 @@ def nonce() -> str:
 
 
 async def patch(kube: Kube, monitor: PipelineMonitor, spec: dict[str, Any] | None = None,
-                annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    """A merge patch of the Pipeline's spec and annotations; the loop gets the new object at once."""
+                annotations: dict[str, str] | None = None, *, requested_by: str | None = None) -> dict[str, Any]:
+    """A merge patch of the Pipeline's spec and annotations; the loop gets the new object at once.
+
+    ``requested_by`` (:meth:`ApiServer.requested_by`) goes into the same patch as the change, so
+    the object that carries the change says who asked for it (and the Events that follow)."""
     body: dict[str, Any] = {}
     if spec:
         body["spec"] = spec
+    annotations = dict(annotations or {})
+    if requested_by is not None:
+        annotations[ANNOTATION_REQUESTED_BY] = requested_by
     if annotations:
         body["metadata"] = {"annotations": annotations}
     try:
