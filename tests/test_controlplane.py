@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,53 @@ def test_the_operator_needs_nothing_of_the_dev_extra():
             "from pipeline_operator.cli import main\nmain(['run', '--help'], prog_name='pipeline-operator')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--backend" in res.stdout, res.stderr
+
+
+@pytest.mark.apiserver
+def test_apiserver_and_etcd_can_be_stopped_and_started_again_keeping_address_data_and_users(binaries):
+    """Fault-injection tests take the API server away and bring it back: the same address, the same
+    certificates and users (existing kubeconfigs keep working), and etcd's data survive."""
+    plane = controlplane.ControlPlane(binaries)
+    plane.start()
+    try:
+        server, kubeconfig = plane.server, plane.kubeconfig
+        plane.kubectl("create", "configmap", "survivor", "--from-literal=k=v")
+        plane.stop_apiserver()
+        assert not plane.is_running("kube-apiserver") and plane.is_running("etcd")
+        down = plane.kubectl("get", "configmap", "survivor", "--request-timeout=5s", check=False)
+        assert down.returncode != 0 and "refused" in down.stderr
+        plane.start_apiserver()
+        with pytest.raises(RuntimeError, match="kube-apiserver is still running"):
+            plane.start_apiserver()
+        assert plane.server == server and plane.kubeconfig == kubeconfig
+        assert plane.kubectl("get", "configmap", "survivor", "-o", "jsonpath={.data.k}").stdout == "v"
+        assert plane.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}",
+                             user="alice").stdout == "alice"
+
+        etcd_pid = plane._named["etcd"].pid
+        plane.restart_etcd(kill=True)
+        assert plane._named["etcd"].pid != etcd_pid and plane.is_running("etcd")
+        # The API server reconnects to the same etcd address; the data written before is still there.
+        deadline = time.monotonic() + 60
+        while True:
+            res = plane.kubectl("get", "configmap", "survivor", "-o", "jsonpath={.data.k}", check=False)
+            if res.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert res.returncode == 0 and res.stdout == "v", res.stderr
+        plane.kubectl("create", "configmap", "after-restart")
+        pids = [p.pid for p in plane._procs]
+        assert len(pids) == 2
+    finally:
+        plane.stop()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_a_component_that_was_never_started_cannot_be_started_again(tmp_path):
+    plane = controlplane.ControlPlane(controlplane.Binaries(*(tmp_path / n for n in ("e", "a", "k", "h"))),
+                                      workdir=tmp_path)
+    with pytest.raises(RuntimeError, match="never started on this control plane; call start"):
+        plane.start_apiserver()
+    with pytest.raises(RuntimeError, match="etcd was never started"):
+        plane.stop_etcd()

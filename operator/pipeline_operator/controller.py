@@ -4,7 +4,9 @@
 - a low-level event handler hands every new version of a Pipeline to its loop and wakes it
   at once when the spec (generation) or a one-shot annotation changed;
 - a delete handler stops the pipeline, clears its storage and forgets its events before the
-  finalizer is removed.
+  finalizer is removed; a deletion that cannot finish says so (``DeletionStuck``) and can be
+  released by an administrator (``dataflow.dev/release-finalizer: "true"``);
+- shutdown (SIGTERM) stops Kopf through a flag of its own and never touches pipelines' compute.
 
 Kopf's own bookkeeping uses this operator's prefix and finalizer, never ``kopf.zalando.org``,
 and ignores labels and annotations it does not own, so GitOps tools see no churn.
@@ -13,22 +15,29 @@ and ignores labels and annotations it does not own, so GitOps tools see no churn
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import itertools
 import logging
+import signal
+import threading
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import kopf
 
 from .api import ApiDeps, ApiServer, Metrics
 from .backends import Backend as BackendProtocol
-from .backends.kubernetes import KubernetesBackend
+from .backends.kubernetes import KubernetesBackend, child_name
 from .backends.local import LocalBackend
 from .compiler import Compiler
 from .core.lifecycle import ComputeState
-from .kube import Kube
-from .kube_events import EventPoster
+from .identity import PipelineKey
+from .kube import Conflict, Forbidden, Gone, Kube
+from .kube_events import EventPoster, requester_of
 from .models import API_GROUP, API_VERSION, PLURAL
 from .reconciler import ONE_SHOT_ANNOTATIONS, Context, PipelineMonitor, key_of
-from .recording import Recorder
+from .recording import Recorder, post_event
+from .retry import Backoff
 from .runtime_client import RuntimeClient
 from .settings import Backend, OperatorSettings
 from .store import EventStore
@@ -36,7 +45,21 @@ from .store import EventStore
 log = logging.getLogger(__name__)
 
 FINALIZER = "dataflow.dev/finalizer"
+ANNOTATION_RELEASE_FINALIZER = "dataflow.dev/release-finalizer"
+REASON_DELETION_STUCK = "DeletionStuck"
+REASON_FINALIZER_RELEASED = "FinalizerReleased"
+DELETE_RETRY_MAX = 30.0  # seconds between tries of a deletion that does not finish
 KOPF_PREFIX = "operator.dataflow.dev"
+
+
+class KeepRetrying:
+    """Kopf's delays between retries of a failed API request, never used up: by default Kopf gives
+    up after about a minute and its watch fails, which ends the operator during a longer API server
+    outage (an upgrade, an etcd restart). Iterable again for every request; not Sized (no count)."""
+
+    def __iter__(self) -> Iterator[float]:
+        yield from (1, 1, 2, 3, 5, 8)
+        yield from itertools.repeat(10.0)
 
 
 def _trigger(body: dict[str, Any]) -> tuple[Any, ...]:
@@ -63,11 +86,13 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
             ignored_fields=["metadata.annotations", "metadata.labels", "status"])
         settings.posting.reporting_component = ctx.settings.operator_name
         settings.posting.level = logging.WARNING  # our own Events say what happened
+        settings.posting.loggers = False  # never an Event per log line (e.g. per retry of a stuck deletion)
         # Explicit watch timeouts: a silent stream is reconnected (nolar/kopf#698, #1276).
         settings.watching.server_timeout = 120
         settings.watching.client_timeout = 150
         settings.watching.connect_timeout = 5
         settings.networking.request_timeout = 30
+        settings.networking.error_backoffs = KeepRetrying()  # an API server outage never ends the operator
         settings.scanning.disabled = True  # exact namespaces only: no need to list CRDs or namespaces
         settings.background.cancellation_polling = 5
 
@@ -95,34 +120,173 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         finally:
             ctx.monitors.remove(pipeline)
 
-    # Deleting waits for compute to stop and storage to be cleared: a retry (TemporaryError) every
-    # second; any other failure is retried too (never given up: giving up would release the
-    # finalizer and leave compute and storage behind).
-    @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, registry=registry, backoff=1, errors=kopf.ErrorsMode.TEMPORARY)
-    async def delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-        key = key_of(body)
-        compute = await ctx.backend.observe_compute(key)
-        if compute.state is not ComputeState.ABSENT:
-            await ctx.backend.deprovision(key)
-            raise kopf.TemporaryError(f"deleting: waiting for compute to stop ({compute.state.value})", delay=1)
-        if await ctx.backend.storage_exists(key):
-            await ctx.backend.clear_storage(key)
-            raise kopf.TemporaryError("deleting: waiting for storage to be cleared", delay=1)
-        await ctx.backend.forget(key)
-        await ctx.sink.forget(key)
-        logger.info("pipeline deleted: compute stopped, storage cleared, events removed")
+    # Deleting waits for compute to stop and storage to be cleared, retrying inside the handler with
+    # a growing delay (never given up: giving up would release the finalizer and leave compute and
+    # storage behind); see :func:`delete_pipeline`. Kopf retries the handler only if it fails itself.
+    @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, registry=registry, backoff=DELETE_RETRY_MAX,
+                    errors=kopf.ErrorsMode.TEMPORARY)
+    async def delete(body: kopf.Body, **_: Any) -> None:
+        await delete_pipeline(ctx, dict(body))
 
     del login, configure, seen, monitor, delete
     return registry
 
 
+async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
+    """Stop a deleted Pipeline's compute, clear its storage and forget its events, retrying with a
+    growing delay (1 s up to 30 s) until that is done. After ``deletion_timeout`` seconds (counted
+    from the deletion) the Pipeline says so: a ``Stalled`` condition (reason ``DeletionStuck``)
+    naming what is left, and one Warning Event. The annotation ``dataflow.dev/release-finalizer:
+    "true"`` releases the finalizer deliberately, leaving what is left behind (logged and posted)."""
+    key = key_of(body)
+    started = _timestamp((body.get("metadata") or {}).get("deletionTimestamp")) or dt.datetime.now(dt.UTC)
+    backoff = Backoff(initial=1.0, maximum=DELETE_RETRY_MAX)
+    conditions = ((body.get("status") or {}).get("conditions") or [])
+    reported = any(c.get("reason") == REASON_DELETION_STUCK for c in conditions)  # before a restart
+    posted = reported
+    last_problem: str | None = None
+    tries = 0
+    while True:
+        problem: str | None = None
+        try:
+            obj = await ctx.kube.get_pipeline(key.namespace, key.name)
+        except Exception as exc:  # noqa: BLE001 - the API server may be unreachable: try again later
+            obj, problem = body, f"reading the Pipeline failed ({exc})"
+        else:
+            if obj is None or (obj.get("metadata") or {}).get("uid") != key.uid:
+                return  # gone already
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        if annotations.get(ANNOTATION_RELEASE_FINALIZER) == "true":
+            await _release(ctx, key, await _leftovers(ctx, key, last_problem))
+            return
+        if problem is None:
+            try:
+                problem = await _deletion_step(ctx, key)
+            except asyncio.CancelledError:
+                raise
+            except Forbidden as exc:
+                problem = f"{exc}; grant it in the operator's Role or ClusterRole"
+            except Exception as exc:  # noqa: BLE001 - reported in the condition, retried
+                problem = f"{type(exc).__name__}: {exc}"
+        if problem is None:
+            await ctx.backend.forget(key)
+            await ctx.sink.forget(key)
+            log.info("%s: pipeline deleted: compute stopped, storage cleared, events removed; releasing the "
+                     "finalizer", key)
+            return
+        waited = (dt.datetime.now(dt.UTC) - started).total_seconds()
+        if problem != last_problem:
+            log.info("%s: deleting: %s; trying again with growing delays (up to %.0fs)", key, problem,
+                     DELETE_RETRY_MAX)
+            last_problem = problem
+        if waited >= ctx.settings.deletion_timeout and not (reported and posted):
+            message = (f"Deleting the pipeline has not finished after {waited:.0f}s: {problem}. The operator keeps "
+                       f"trying. To release the finalizer anyway, leaving it behind: kubectl annotate pipeline "
+                       f"{key.name} -n {key.namespace} {ANNOTATION_RELEASE_FINALIZER}=true")
+            if not reported:
+                reported = await _report_stuck(ctx, key, obj, message)
+            if not posted:
+                log.warning("%s: %s", key, message)
+                posted = await post_event(ctx.kube, ctx.settings.operator_name, key, "Warning",
+                                          REASON_DELETION_STUCK, message)
+        delay = backoff.failure() or DELETE_RETRY_MAX
+        tries += 1
+        log.debug("%s: deleting, try %d: %s; next try in %.0fs", key, tries, problem, delay)
+        await asyncio.sleep(delay)
+
+
+async def _deletion_step(ctx: Context, key: PipelineKey) -> str | None:
+    """One try: what is still there (and asked to go away), or None when everything is gone."""
+    compute = await ctx.backend.observe_compute(key)
+    if compute.state is not ComputeState.ABSENT:
+        await ctx.backend.deprovision(key)
+        why = f": {compute.message}" if compute.message else ""
+        return f"{_compute_name(ctx, key)} is still {compute.state.value}{why}"
+    if await ctx.backend.storage_exists(key):
+        await ctx.backend.clear_storage(key)
+        return f"{_storage_name(ctx, key)} still exists (its deletion was requested)"
+    return None
+
+
+async def _leftovers(ctx: Context, key: PipelineKey, last_problem: str | None) -> str:
+    """What a release leaves behind, as seen now (without asking anything to go away)."""
+    left = []
+    try:
+        compute = await ctx.backend.observe_compute(key)
+        if compute.state is not ComputeState.ABSENT:
+            left.append(f"{_compute_name(ctx, key)} ({compute.state.value})")
+        if await ctx.backend.storage_exists(key):
+            left.append(_storage_name(ctx, key))
+    except Exception as exc:  # noqa: BLE001 - the last known problem is named instead
+        return f"{last_problem or 'unknown'} (looking again failed: {exc})"
+    return ", ".join(left) or "nothing (compute and storage are gone)"
+
+
+def _compute_name(ctx: Context, key: PipelineKey) -> str:
+    if isinstance(ctx.backend, KubernetesBackend):
+        return f"StatefulSet {key.namespace}/{child_name(key)}"
+    if isinstance(ctx.backend, LocalBackend):
+        return f"the pipeline process (folder {ctx.backend.folder(key)})"
+    return "the pipeline's compute"
+
+
+def _storage_name(ctx: Context, key: PipelineKey) -> str:
+    if isinstance(ctx.backend, KubernetesBackend):
+        return f"PersistentVolumeClaim {key.namespace}/{child_name(key)}-storage"
+    if isinstance(ctx.backend, LocalBackend):
+        return f"the storage folder {ctx.backend.storage_dir(key)}"
+    return "the pipeline's storage"
+
+
+async def _report_stuck(ctx: Context, key: PipelineKey, obj: dict[str, Any], message: str) -> bool:
+    """``Stalled`` True and ``Ready`` False, reason ``DeletionStuck`` (kstatus: Failed); False if the write failed."""
+    status = dict(obj.get("status") or {})
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    generation = (obj.get("metadata") or {}).get("generation")
+    kept = [c for c in status.get("conditions") or [] if c.get("type") not in ("Stalled", "Ready")]
+    for kind, value in (("Stalled", "True"), ("Ready", "False")):
+        condition = {"type": kind, "status": value, "reason": REASON_DELETION_STUCK, "message": message[:4096],
+                     "lastTransitionTime": now}
+        if generation is not None:
+            condition["observedGeneration"] = generation
+        kept.append(condition)
+    status["conditions"] = kept
+    try:
+        await ctx.kube.write_status(key.namespace, key.name, obj["metadata"]["resourceVersion"], status)
+        return True
+    except (Conflict, Gone):
+        return False
+    except Exception as exc:  # noqa: BLE001 - tried again at the next retry
+        log.warning("%s: could not write the DeletionStuck condition (%s); trying again", key, exc)
+        return False
+
+
+async def _release(ctx: Context, key: PipelineKey, left: str) -> None:
+    """An administrator released the finalizer: say what is left behind, then let the Pipeline go."""
+    message = (f"The finalizer was released by the {ANNOTATION_RELEASE_FINALIZER} annotation before deletion "
+               f"finished; left behind (remove by hand): {left}")
+    log.warning("%s: %s", key, message)
+    await post_event(ctx.kube, ctx.settings.operator_name, key, "Warning", REASON_FINALIZER_RELEASED, message)
+    try:
+        await ctx.sink.forget(key)
+    except Exception as exc:  # noqa: BLE001 - the events are pruned with the store; the release goes on
+        log.warning("%s: could not remove its monitor events (%s)", key, exc)
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
+
+
 def make_backend(settings: OperatorSettings, kube: Kube) -> BackendProtocol:
     if settings.backend is Backend.LOCAL:
-        return LocalBackend(settings.state_dir, settings.pipeline_command)
+        return LocalBackend(settings.state_dir, settings.pipeline_command, debug_routes=settings.pipeline_debug_routes)
     if settings.dev_endpoint_overrides is not None:
         log.warning("--dev-endpoint-overrides is set: pipelines are reached at the addresses in %s, not "
                     "through their Services (tests and local development only)", settings.dev_endpoint_overrides)
-    return KubernetesBackend(kube, settings.pipeline_image, settings.dev_endpoint_overrides)
+    return KubernetesBackend.from_settings(kube, settings)
 
 
 async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = None,
@@ -133,49 +297,104 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     kube = Kube(field_manager=settings.operator_name)
     store = await asyncio.to_thread(EventStore, settings.event_store, settings.events_retention,
-                                    settings.events_prune_interval)
-    poster = EventPoster(kube, settings.operator_name)
+                                    settings.events_prune_interval, settings.event_store_queue_limit)
+
+    def requester(key: PipelineKey) -> str | None:
+        monitor = ctx.monitors.get(key.namespace, key.name)
+        return requester_of(monitor.obj if monitor is not None else None)
+
+    poster = EventPoster(kube, settings.operator_name, requester=requester)
     poster.start()
     metrics = Metrics()
     metrics.count_kubernetes_events(lambda: (poster.posted, poster.dropped))
-    ctx = Context(settings=settings, kube=kube, backend=make_backend(settings, kube),
+    metrics.watch_event_store(store.stats)
+    backend = make_backend(settings, kube)
+    ctx = Context(settings=settings, kube=kube, backend=backend,
                   compiler=Compiler(settings.state_dir / "programs"),
-                  runtime=RuntimeClient(status_timeout=settings.status_timeout),
+                  runtime=RuntimeClient(status_timeout=settings.status_timeout, token_for=backend.control_token),
                   sink=Recorder(store, poster), metrics=metrics)
     api = None
     if settings.api_listen != "off":
         host, _, port = settings.api_listen.rpartition(":")
         api = ApiServer(ApiDeps(pipelines=ctx.monitors, events=store, kube=kube, endpoint=ctx.backend.endpoint,
                                 runtime=ctx.runtime, artifact=ctx.compiler.artifact, metrics=metrics),
-                        auth=settings.api_auth, default_namespace=settings.api_default_namespace)
+                        auth=settings.api_auth, default_namespace=settings.api_default_namespace,
+                        max_concurrency=settings.api_max_concurrency, audience=settings.api_audience,
+                        auth_concurrency=settings.api_auth_concurrency, auth_rate=settings.api_auth_rate,
+                        tls_cert=settings.api_tls_cert, tls_key=settings.api_tls_key)
         await api.start(host.strip("[]"), int(port))
     ready_flag = ready_flag or asyncio.Event()
+    # Kopf is stopped through this flag, never by its own signal handlers (replaced once it is
+    # ready): a stop the operator asked for is then known as such, and Kopf does not arm its
+    # SIGKILL timer for signals.
+    stopping = asyncio.Event()
+
+    def request_stop(sig: signal.Signals) -> None:
+        if not stopping.is_set():
+            log.info("%s received: stopping; the pipelines' compute keeps running, and the next operator "
+                     "adopts it", sig.name)
+        stopping.set()
+
+    def handle_signals() -> None:
+        if threading.current_thread() is threading.main_thread():
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, request_stop, sig)
 
     async def mark_ready() -> None:
         await ready_flag.wait()
+        handle_signals()  # again: Kopf installed its own while starting
         if api is not None:
             api.ready = True
-    readiness = asyncio.create_task(mark_ready())
+
+    async def follow_stop_flag(flag: asyncio.Event) -> None:
+        await flag.wait()
+        stopping.set()
+    handle_signals()
+    helpers = [asyncio.create_task(mark_ready())]
+    if stop_flag is not None:
+        helpers.append(asyncio.create_task(follow_stop_flag(stop_flag)))
     registry = build_registry(ctx)
     where = "all namespaces" if settings.all_namespaces else ", ".join(settings.namespaces)
     log.info("pipeline-operator watching pipelines.%s in %s with the %s backend", API_GROUP, where,
              settings.backend.value)
     try:
         await kopf.operator(registry=registry, standalone=True, clusterwide=settings.all_namespaces,
-                            namespaces=settings.namespaces, ready_flag=ready_flag, stop_flag=stop_flag,
+                            namespaces=settings.namespaces, ready_flag=ready_flag, stop_flag=stopping,
                             memo=kopf.Memo())
+    except Exception as exc:
+        if not stopping.is_set():
+            raise
+        # Kopf re-raises the failure of any task still running when it stopped (a status write
+        # that lost a race, a request cut short): at shutdown that loses nothing, as every pass
+        # is decided again from the Pipeline's status by the next operator.
+        log.warning("a task under way at shutdown failed (%s: %s); nothing is lost: the next operator decides "
+                    "again from the Pipelines' status", type(exc).__name__, exc)
     finally:
-        readiness.cancel()
+        for helper in helpers:
+            helper.cancel()
         if ctx.in_flight:  # status writes under way finish, with their events, before the store closes
             await asyncio.wait(list(ctx.in_flight), timeout=30)
-        if api is not None:
-            await api.stop()
-        await ctx.runtime.close()
-        await ctx.backend.close()
-        await poster.close()
-        await asyncio.to_thread(store.close)
-        await ctx.kube.close()
+        await _quietly("the HTTP API", api.stop() if api is not None else None)
+        await _quietly("the runtime client", ctx.runtime.close())
+        await _quietly("the backend", ctx.backend.close())
+        await _quietly("the Kubernetes Event poster", poster.close())
+        await _quietly("the event store", asyncio.to_thread(store.close))
+        await _quietly("the Kubernetes client", ctx.kube.close())
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().remove_signal_handler(sig)
         log.info("pipeline-operator stopped")
+
+
+async def _quietly(what: str, closing: Awaitable[Any] | None) -> None:
+    """One step of shutdown: a failure is one log line, and the other steps still run."""
+    if closing is None:
+        return
+    try:
+        await closing
+    except Exception as exc:  # noqa: BLE001 - shutdown goes on
+        log.warning("stopping %s failed (%s: %s); going on with shutdown", what, type(exc).__name__, exc)
 
 
 __all__ = ["run", "build_registry"]

@@ -15,6 +15,7 @@ import re
 from typing import Any, cast
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from .models import API_GROUP, API_VERSION, PLURAL
@@ -32,6 +33,14 @@ class Gone(Exception):
 
 class Forbidden(Exception):
     """RBAC refused a call; the message names the verb and resource."""
+
+
+class Unavailable(ConnectionError):
+    """The API server could not be reached or did not answer in time (an outage, a restart):
+    nothing is known about the objects, so nothing may be concluded; try again later."""
+
+
+REQUEST_TIMEOUT = (5.0, 30.0)  # seconds to connect, and to wait for an answer: a hung API server fails the call
 
 
 def load_config() -> kubernetes.client.Configuration:
@@ -57,9 +66,14 @@ class Kube:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one blocking client call in the operator's Kubernetes thread pool."""
+        """Run one blocking client call in the operator's Kubernetes thread pool, with a timeout
+        (a worker thread never waits forever); an unreachable API server is :class:`Unavailable`."""
+        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except urllib3.exceptions.HTTPError as exc:  # connection refused or reset, timeouts, retries used up
+            raise Unavailable(f"the Kubernetes API server is unreachable ({_cause(exc)})") from exc
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -184,6 +198,15 @@ def _is_failed_test(exc: ApiException) -> bool:
     except ValueError:
         return False
     return not (body.get("details") or {}).get("causes")
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost reason of a urllib3 failure, short (not the whole retry chain)."""
+    reason: Any = getattr(exc, "reason", None)
+    while isinstance(reason, BaseException) and getattr(reason, "reason", None) is not None:
+        reason = getattr(reason, "reason", None)
+    text = str(reason if reason is not None else exc)
+    return text.rpartition(": ")[2][:200] if "Failed to establish" in text else text[:200]
 
 
 def _translate(exc: ApiException, verb: str, resource: str) -> Exception:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic.alias_generators import to_camel
@@ -40,7 +40,7 @@ from .core.lifecycle import (
     decide,
 )
 from .identity import PipelineKey
-from .kube import Conflict, Forbidden, Gone, Kube
+from .kube import Conflict, Forbidden, Gone, Kube, Unavailable
 from .models import (
     DETAILS_FIELDS,
     BootstrapPolicy,
@@ -69,6 +69,7 @@ ANNOTATION_DISMISS_ERROR = "dataflow.dev/dismiss-error"
 ANNOTATION_APPROVE = "dataflow.dev/approve"
 ONE_SHOT_ANNOTATIONS = (ANNOTATION_START, ANNOTATION_CLEAR_STORAGE, ANNOTATION_DISMISS_ERROR, ANNOTATION_APPROVE)
 DETAILS_KEYS = tuple(to_camel(f) for f in DETAILS_FIELDS)  # written with their event only
+UNAVAILABLE_RETRY = 5.0  # seconds between passes while the API server cannot be reached
 _QUICK_REPOLL = 0.3  # after forwarding an action to the pipeline, look again soon (Feldera's notify)
 
 
@@ -85,9 +86,16 @@ class EventSink:
     async def latest(self, key: PipelineKey) -> MonitorEvent | None:
         return None
 
-    async def seed(self, key: PipelineKey, events: Sequence[MonitorEvent]) -> None:
-        """Events that may be missing from the store (from ``status.history``)."""
+    async def seed(self, key: PipelineKey, events: Sequence[MonitorEvent],
+                   created: dt.datetime | None = None) -> None:
+        """Events that may be missing from the store (from ``status.history``); ``created`` is when the
+        Pipeline was created (whether it had events before the store was lost)."""
         return None
+
+    def generation(self) -> int:
+        """Advances whenever the store lost events (started afresh, or dropped some): every
+        pipeline then seeds it again from its ``status.history``."""
+        return 0
 
     async def forget(self, key: PipelineKey) -> None:
         return None
@@ -105,7 +113,7 @@ class Context:
     ids: UuidV7 = dataclasses.field(default_factory=UuidV7)
     clock: Callable[[], dt.datetime] = utcnow
     monitors: PipelineRegistry = dataclasses.field(default_factory=lambda: PipelineRegistry())
-    in_flight: set[asyncio.Future[None]] = dataclasses.field(default_factory=set)  # status writes that must finish
+    in_flight: set[asyncio.Future[Any]] = dataclasses.field(default_factory=set)  # status writes that must finish
     metrics: Metrics | None = None
 
     @property
@@ -235,6 +243,23 @@ def _rv(obj: Mapping[str, Any] | None) -> str | None:
     return ((obj or {}).get("metadata") or {}).get("resourceVersion")
 
 
+async def _failure_of(work: Awaitable[None]) -> Exception | None:
+    """Run ``work``; its exception is returned, not raised (cancellation still propagates)."""
+    try:
+        await work
+    except Exception as exc:  # noqa: BLE001 - handed to the awaiting pass, which raises it
+        return exc
+    return None
+
+
+def _created(obj: Mapping[str, Any]) -> dt.datetime | None:
+    stamp = (obj.get("metadata") or {}).get("creationTimestamp")
+    try:
+        return dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")) if stamp else None
+    except ValueError:
+        return None
+
+
 def _without_details(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k not in DETAILS_KEYS}
 
@@ -255,11 +280,12 @@ class PipelineMonitor:
         self._recent: collections.deque[str | None] = collections.deque(maxlen=32)  # its latest versions
         self._own: dict[str, Any] | None = None  # a newer version we got first-hand ...
         self._own_until = 0.0                    # ... until the watch delivers it (or this deadline)
-        self._seeded = False
+        self._seeded: int | None = None  # the store generation seeded from status.history
         self.trigger: tuple[Any, ...] = ()  # what wakes the loop at once (generation, one-shot annotations)
         self._last_notes: tuple[str, ...] = ()
         self._pass_done = asyncio.Event()  # set, and replaced, after every pass
         self.blocked: str | None = None  # a permission the operator lacks, as a Stalled condition says
+        self.unreachable = False  # the last pass failed because the API server could not be reached
 
     # -- the newest object -----------------------------------------------------------------
     #
@@ -313,14 +339,17 @@ class PipelineMonitor:
         if self.state is None:
             self._load(obj)
         assert self.state is not None
-        if not self._seeded:
-            # A fresh or lost store is seeded from the history; events written to the status just
+        generation = self.ctx.sink.generation()
+        if self._seeded != generation:
+            # A fresh or lost store is seeded from the history (at the first pass, and again whenever
+            # the store was started afresh or dropped events); events written to the status just
             # before a crash, and not yet to the store, are added; nothing is stored twice.
-            await self.ctx.sink.seed(self.key, history_events(self.history, self.state.deployment_error))
+            await self.ctx.sink.seed(self.key, history_events(self.history, self.state.deployment_error),
+                                     _created(obj))
             stored = await self.ctx.sink.latest(self.key)
             if stored is not None and (self.last_event is None or stored.recorded_at >= self.last_event.recorded_at):
                 self.last_event = stored
-            self._seeded = True
+            self._seeded = generation
         desired, spec = desired_of(obj)
         try:
             observation = await self.observe(desired, self.state)
@@ -409,10 +438,15 @@ class PipelineMonitor:
         rv = self.obj["metadata"]["resourceVersion"]
         # The status write and the store append go together even if the loop is cancelled in
         # between (operator shutdown): otherwise the history could hold an event the store lacks.
-        task = asyncio.ensure_future(self._write_and_record(rv, body, status, history, decision, emitted))
+        # The task never fails: it returns its failure, raised here. A task that outlives the daemon
+        # (shutdown) and then fails (e.g. a conflict) would otherwise be re-raised by Kopf at exit.
+        task = asyncio.ensure_future(_failure_of(self._write_and_record(rv, body, status, history, decision,
+                                                                        emitted)))
         self.ctx.in_flight.add(task)
         task.add_done_callback(self.ctx.in_flight.discard)
-        await asyncio.shield(task)
+        failure = await asyncio.shield(task)
+        if failure is not None:
+            raise failure
 
     async def _write_and_record(self, rv: str, body: dict[str, Any], status: PipelineStatus,
                                 history: list[HistoryEntry], decision: Decision, emitted: Sequence[Emitted]) -> None:
@@ -525,9 +559,21 @@ class PipelineMonitor:
                 backoff.success()
             except asyncio.CancelledError:
                 raise
+            except Unavailable as exc:
+                # Nothing is concluded from a failed read or write: compute stays as it is, and the
+                # loop tries again soon, so that it catches up quickly once the API server is back.
+                delay = min(backoff.failure() or UNAVAILABLE_RETRY, UNAVAILABLE_RETRY)
+                if not self.unreachable:
+                    log.warning("%s: %s; leaving the pipeline's compute as it is and trying again every few "
+                                "seconds", self.key, exc)
+                self.unreachable = True
             except Exception:
                 delay = backoff.failure() or 60.0
                 log.exception("%s: monitoring pass failed; retrying in %.0fs", self.key, delay)
+            else:
+                if self.unreachable:
+                    log.info("%s: a monitoring pass succeeded again after the API server was unreachable", self.key)
+                    self.unreachable = False
             self._passed()
             if delay <= 0 or self.wake.is_set():
                 continue

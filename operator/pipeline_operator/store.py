@@ -6,11 +6,22 @@ starts with an empty history; namespace and name are kept beside them for listin
 
 Writes never block the asyncio loop: :meth:`EventStore.append` puts the events on a queue and
 returns; one writer thread takes everything queued and commits it in one transaction. A failed
-commit is retried (with backoff) and the events stay queued: nothing is silently dropped, and
-the operator keeps running. The same thread prunes each pipeline that received events down to
-the newest ``retention`` at least every 30 s, so the count is "approximately 720", as Feldera
-documents. Reads run in worker threads on their own connections (WAL lets them read while
-the writer writes).
+commit is retried (with backoff) and the events stay queued, but the queue is bounded
+(``queue_limit`` events): when it is full, *new* events are dropped and counted in
+:attr:`EventStore.dropped`. Dropping the newest rather than the oldest is deliberate: the newest
+events are also in each Pipeline's ``status.history``, from which the store is re-seeded once
+it can be written again (the :attr:`EventStore.generation` advances), whereas the oldest would
+be lost for good. The same thread prunes each pipeline that received events down to the newest
+``retention`` at least every 30 s, so the count is "approximately 720", as Feldera documents.
+Reads run in worker threads on their own connections (WAL lets them read while the writer
+writes); the newest event of each pipeline is also kept in memory, so a monitoring pass never
+waits for the writer.
+
+The store survives its file: a corrupt file (at start, or found corrupt by the writer) is moved
+aside to ``<name>.corrupt-<UTC timestamp>`` (with its ``-wal`` and ``-shm``) and a fresh store is
+started; a file deleted or replaced under the running operator (its device and inode changed) is
+re-opened or re-created. Either way the generation advances and every pipeline re-seeds its
+events from ``status.history`` (the older ones are lost, and the log says where the old file is).
 """
 
 from __future__ import annotations
@@ -18,10 +29,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +53,11 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 PRUNE_INTERVAL = 30.0
+CHECK_INTERVAL = 1.0  # how often an idle writer checks that the file is still the one it opened
 MAX_BATCH = 5000  # events per transaction: keeps the write-ahead log small
+DEFAULT_QUEUE_LIMIT = 100_000
+_SIDE_FILES = ("-wal", "-shm")
+_CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS monitor_event (
     pipeline_uid TEXT NOT NULL,
@@ -62,22 +79,47 @@ def _fixed(event: MonitorEvent) -> str:
     return event.recorded_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def is_corrupt(exc: BaseException) -> bool:
+    """SQLite says the file is not a database, or a malformed one (not a passing I/O problem)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and (code & 0xFF) in _CORRUPT_CODES:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text)
+
+
 @dataclass
 class _Batch:
     key: PipelineKey
     events: list[MonitorEvent]
     ignore_existing: bool = False
+    forget: bool = False  # delete every stored event of the pipeline (its deletion)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The store was started afresh (the old file was corrupt, deleted or replaced): events
+    stored before ``at`` are lost except those the Pipelines' ``status.history`` keeps."""
+    generation: int
+    at: dt.datetime
+    what: str  # what happened, and where the old file is
 
 
 class StoreClosed(Exception):
     pass
 
 
+class _Moved(Exception):
+    """The file at the store's path is no longer the one the writer opened."""
+
+
 class EventStore:
-    def __init__(self, path: Path, retention: int = 720, prune_interval: float = PRUNE_INTERVAL) -> None:
+    def __init__(self, path: Path, retention: int = 720, prune_interval: float = PRUNE_INTERVAL,
+                 queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
         self.path = Path(path)
         self.retention = retention
         self.prune_interval = prune_interval
+        self.queue_limit = queue_limit
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._queue: queue.Queue[_Batch | None] = queue.Queue()
         self._local = threading.local()
@@ -85,17 +127,37 @@ class EventStore:
         self._closed = False
         self.appended = 0
         self.write_failures = 0
+        self.dropped = 0
+        self.generation = 0
+        """Advances whenever the store lost events (recovered file, dropped events): pipelines re-seed."""
+        self.recovery: Recovery | None = None
+        self._newest: dict[str, MonitorEvent] = {}
+        self._suspect = False  # a reader found the file corrupt: the writer checks it
+        self._dropping = False  # events are being dropped (the queue is full) until writes succeed again
+        self._queued = 0  # events queued or held by the writer, not yet committed
         self._pending = 0
         self._idle = threading.Condition()
-        with self._connect() as conn:
-            self._migrate(conn)
+        self._identity: tuple[int, int] | None = None
+        try:
+            self._open_checked().close()
+        except (sqlite3.Error, OSError) as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and is_corrupt(exc):
+                raise
+            # Not the file's content but its volume (read-only, full, unmounted): keep running, the
+            # writer retries and events wait in the bounded queue.
+            self.write_failures += 1
+            log.error("event store %s cannot be opened (%s); the operator keeps running and retries, monitor "
+                      "events wait in memory (up to --event-store-queue-limit); check the volume", self.path, exc)
         self._writer = threading.Thread(target=self._write_loop, name="event-store-writer", daemon=True)
         self._writer.start()
 
     # -- connections -----------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+    def _connect(self, create: bool = True) -> sqlite3.Connection:
+        """A connection; readers do not ``create``: a reader must never make an empty file where the
+        writer is about to start a fresh store (it would look like a file replaced under it)."""
+        target = self.path if create else f"file:{urllib.parse.quote(str(self.path))}?mode=rw"
+        conn = sqlite3.connect(target, timeout=30, isolation_level=None, check_same_thread=True, uri=not create)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
@@ -103,9 +165,56 @@ class EventStore:
         return conn
 
     def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+        """This thread's reading connection, re-opened after the store was started afresh."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.generation != self.generation:
+            conn.close()
+            conn = None
         if conn is None:
-            conn = self._local.conn = self._connect()
+            conn = self._local.conn = self._connect(create=False)
+            self._local.generation = self.generation
+        return conn
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
+        """A read on this thread's connection; a read that finds the file corrupt has the writer
+        check it (and start afresh if so) instead of failing every read from now on."""
+        try:
+            return self._reader().execute(sql, args)
+        except sqlite3.DatabaseError as exc:
+            if is_corrupt(exc):
+                self._suspect = True
+            raise
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _open_checked(self, full_check: bool = True) -> sqlite3.Connection:
+        """Open the file and bring its schema up to date; a corrupt file is moved aside and a fresh
+        one started (the operator keeps running; the Pipelines' ``status.history`` re-seeds it)."""
+        try:
+            conn = self._connect()
+            try:
+                self._migrate(conn)
+                if full_check:
+                    problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+                    if problem != "ok":
+                        raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            aside = self._move_aside("corrupt")
+            self._recovered(f"the event store {self.path} is corrupt ({exc}); it was moved aside to {aside} and "
+                            f"a fresh store started")
+            conn = self._connect()
+            self._migrate(conn)
+        self._identity = self._file_identity()
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -117,34 +226,89 @@ class EventStore:
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
+    def _move_aside(self, why: str) -> Path:
+        """Rename the file and its ``-wal``/``-shm`` to ``<name>.<why>-<UTC timestamp>`` (kept for inspection)."""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = self.path.with_name(f"{self.path.name}.{why}-{stamp}")
+        for suffix in ("", *_SIDE_FILES):
+            source = self.path.with_name(self.path.name + suffix)
+            try:
+                source.rename(aside.with_name(aside.name + suffix))
+            except FileNotFoundError:
+                pass
+        return aside
+
+    def _recovered(self, what: str) -> None:
+        self.generation += 1
+        self.recovery = Recovery(self.generation, dt.datetime.now(dt.UTC), what)
+        log.error("%s; events stored before are lost except those in each Pipeline's status.history, from "
+                  "which every pipeline re-seeds its events now", what)
+
     # -- writing -----------------------------------------------------------------------------
 
     def append(self, key: PipelineKey, events: Sequence[MonitorEvent]) -> None:
         """Queue events for writing; returns at once."""
+        if events:
+            newest = max(events, key=lambda e: (e.recorded_at, str(e.event_id)))
+            known = self._newest.get(key.uid)
+            if known is None or (newest.recorded_at, str(newest.event_id)) >= (known.recorded_at, str(known.event_id)):
+                self._newest[key.uid] = newest
         self._enqueue(_Batch(key, list(events)))
 
     def seed(self, key: PipelineKey, events: Sequence[MonitorEvent]) -> None:
         """Queue events that may already be stored (e.g. from ``status.history``): existing ones are kept."""
         self._enqueue(_Batch(key, list(events), ignore_existing=True))
 
+    def forget(self, key: PipelineKey) -> None:
+        """Queue the removal of every event of a pipeline (after what is queued before it); returns at once."""
+        self._newest.pop(key.uid, None)
+        self._enqueue(_Batch(key, [], forget=True))
+
+    def newest(self, uid: str) -> MonitorEvent | None:
+        """The newest event appended since start (in memory: never waits for the writer or the file)."""
+        return self._newest.get(uid)
+
+    @property
+    def queue_length(self) -> int:
+        """Events waiting to be written (at most ``queue_limit``)."""
+        return self._queued
+
+    def stats(self) -> dict[str, int]:
+        """What ``/metrics`` shows of the store: events dropped because the queue was full, failed
+        commits, events waiting to be written, events written, and the store's generation."""
+        return {"dropped": self.dropped, "write_failures": self.write_failures, "queued": self.queue_length,
+                "appended": self.appended, "generation": self.generation}
+
     def _enqueue(self, batch: _Batch) -> None:
         if self._closed:
             raise StoreClosed("the event store is closed")
-        if not batch.events:
+        if not batch.events and not batch.forget:
             return
         with self._idle:
+            if batch.events and self._queued + len(batch.events) > self.queue_limit:
+                if not self._dropping:
+                    log.error("event store: %d events are waiting to be written and %d more would pass the "
+                              "limit of %d (--event-store-queue-limit); new events are dropped until the store "
+                              "accepts writes again (see the warnings about it), then re-seeded from "
+                              "status.history", self._queued, len(batch.events), self.queue_limit)
+                self._dropping = True
+                self.dropped += len(batch.events)
+                return
+            self._queued += len(batch.events)
             self._pending += 1
         self._queue.put(batch)
 
     def _write_loop(self) -> None:
-        conn = self._connect()
-        last_prune = time.monotonic()
+        conn: sqlite3.Connection | None = None
+        last_prune = last_check = time.monotonic()
         backoff = Backoff(initial=0.1, maximum=5.0)
         held: list[_Batch] = []
         stopping = False
+        failing = False
         while True:
             if not held and not stopping:
-                wait = max(0.05, self.prune_interval - (time.monotonic() - last_prune))
+                wait = max(0.05, min(CHECK_INTERVAL - (time.monotonic() - last_check),
+                                     self.prune_interval - (time.monotonic() - last_prune)))
                 item: _Batch | object | None
                 try:
                     item = self._queue.get(timeout=wait)
@@ -165,21 +329,56 @@ class EventStore:
                 else:
                     held.append(more)
                     count += len(more.events)
-            if held:
-                try:
+            try:
+                if conn is None:
+                    conn = self._open_checked(full_check=False)
+                if held or time.monotonic() - last_check >= CHECK_INTERVAL:
+                    last_check = time.monotonic()
+                    self._check_identity()
+                if self._suspect:
+                    self._suspect = False
+                    self._check_content()
+                if held:
                     self._commit(conn, held)
-                except sqlite3.Error as exc:
-                    self.write_failures += 1
-                    delay = backoff.failure() or 5.0
-                    log.warning("event store: writing %d events failed (%s); retrying in %.1fs",
-                                sum(len(b.events) for b in held), exc, delay)
-                    time.sleep(delay)
-                    continue
-                backoff.success()
+            except (_Moved, sqlite3.DatabaseError) as exc:
+                if isinstance(exc, _Moved) or is_corrupt(exc):
+                    conn = self._replace(conn, exc)
+                    continue  # write what is held into the fresh store
+                conn = self._close_quietly(conn)
+                self.write_failures += 1
+                failing = True
+                events = sum(len(b.events) for b in held)
+                if stopping:
+                    log.error("event store: writing %d events failed at shutdown (%s); they are not stored "
+                              "(the newest are in status.history and are re-seeded at the next start)", events, exc)
+                    return
+                delay = backoff.failure() or 5.0
+                log.warning("event store %s: writing %d events failed (%s); keeping them and retrying in %.1fs "
+                            "(check the volume: full, read-only or gone?)", self.path, events, exc, delay)
+                time.sleep(delay)
+                continue
+            except OSError as exc:  # the folder itself is gone or unreadable
+                conn = self._close_quietly(conn)
+                self.write_failures += 1
+                failing = True
+                if stopping:
+                    log.error("event store: cannot reach %s at shutdown (%s); queued events are not stored",
+                              self.path, exc)
+                    return
+                delay = backoff.failure() or 5.0
+                log.warning("event store: cannot reach %s (%s); retrying in %.1fs", self.path, exc, delay)
+                time.sleep(delay)
+                continue
+            backoff.success()
+            if held:
                 with self._idle:
                     self._pending -= len(held)
+                    self._queued -= sum(len(b.events) for b in held)
                     self._idle.notify_all()
                 held = []
+            if failing:
+                failing = False
+                self._writable_again()
             if stopping or time.monotonic() - last_prune >= self.prune_interval:
                 self._prune(conn)
                 last_prune = time.monotonic()
@@ -187,10 +386,73 @@ class EventStore:
                 conn.close()
                 return
 
+    def _check_content(self) -> None:
+        """Check the file as a new connection sees it (the writer's own may still see good pages it
+        cached or wrote to the write-ahead log); raises if it is corrupt."""
+        probe = self._connect()
+        try:
+            problem = probe.execute("PRAGMA quick_check(1)").fetchone()[0]
+        finally:
+            probe.close()
+        if problem != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
+
+    def _check_identity(self) -> None:
+        now = self._file_identity()
+        if now != self._identity:
+            raise _Moved("deleted" if now is None else "replaced by another file")
+
+    def _replace(self, conn: sqlite3.Connection | None, exc: BaseException) -> sqlite3.Connection:
+        """Start afresh after the file was found corrupt, deleted or replaced."""
+        self._close_quietly(conn)
+        if isinstance(exc, _Moved):
+            # The write-ahead log and index beside the path belong to the database that was deleted or
+            # replaced (SQLite keeps them when the file moved under it): applied to the new file they
+            # would bring back the old pages.
+            for suffix in _SIDE_FILES:
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+        if isinstance(exc, _Moved) and self._file_identity() is None:
+            what = f"the event store {self.path} was deleted while the operator ran; a fresh store was created"
+        elif isinstance(exc, _Moved):
+            what = f"the event store {self.path} was replaced by another file while the operator ran; it is used now"
+        else:
+            aside = self._move_aside("corrupt")
+            what = (f"the event store {self.path} became corrupt ({exc}); it was moved aside to {aside} and a fresh "
+                    f"store started")
+        generation = self.generation
+        fresh = self._open_checked(full_check=True)
+        if self.generation == generation:  # (a replacement found corrupt itself was reported already)
+            self._recovered(what)
+        return fresh
+
+    def _writable_again(self) -> None:
+        """Writes succeed again after failures: if events were dropped meanwhile, every pipeline
+        re-seeds from its ``status.history`` (the newest of the dropped events come back)."""
+        if self._dropping:
+            self._dropping = False
+            self.generation += 1
+            log.warning("event store %s accepts writes again; %d events were dropped in all while it did not: "
+                        "every pipeline re-seeds its newest events from status.history", self.path, self.dropped)
+        else:
+            log.warning("event store %s accepts writes again; nothing was lost", self.path)
+
+    @staticmethod
+    def _close_quietly(conn: sqlite3.Connection | None) -> None:
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        return None
+
     def _commit(self, conn: sqlite3.Connection, batches: list[_Batch]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for batch in batches:
+                if batch.forget:
+                    conn.execute("DELETE FROM monitor_event WHERE pipeline_uid = ?", (batch.key.uid,))
+                    self._dirty.discard(batch.key.uid)
+                    continue
                 verb = "INSERT OR IGNORE" if batch.ignore_existing else "INSERT OR REPLACE"
                 conn.executemany(
                     f"{verb} INTO monitor_event (pipeline_uid, namespace, name, event_id, recorded_at, event, "
@@ -200,7 +462,10 @@ class EventStore:
                 self._dirty.add(batch.key.uid)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
             raise
         self.appended += sum(len(b.events) for b in batches)
 
@@ -217,7 +482,7 @@ class EventStore:
                 log.warning("event store pruning failed (%s); will try again", exc)
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until everything queued so far is committed."""
+        """Wait until everything queued so far is committed (tests and tools; the operator never waits)."""
         deadline = time.monotonic() + timeout
         with self._idle:
             while self._pending > 0:
@@ -237,14 +502,15 @@ class EventStore:
     def _dirty_all(self, conn: sqlite3.Connection) -> None:
         self._dirty |= {row[0] for row in conn.execute("SELECT DISTINCT pipeline_uid FROM monitor_event")}
 
-    def close(self) -> None:
-        """Commit what is queued, prune, and stop the writer."""
+    def close(self, timeout: float = 60.0) -> None:
+        """Commit what is queued, prune, and stop the writer (waiting at most ``timeout`` seconds)."""
         if self._closed:
             return
         self._closed = True
         self._queue.put(None)
-        self._writer.join(timeout=60)
-        log.info("event store closed: %d events appended, %d write failures", self.appended, self.write_failures)
+        self._writer.join(timeout=timeout)
+        log.info("event store closed: %d events appended, %d write failures, %d dropped", self.appended,
+                 self.write_failures, self.dropped)
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -259,13 +525,13 @@ class EventStore:
         if limit is not None:
             sql += " LIMIT ?"
             args = (uid, limit)
-        return [MonitorEvent.model_validate_json(row[0]) for row in self._reader().execute(sql, args)]
+        return [MonitorEvent.model_validate_json(row[0]) for row in self._query(sql, args)]
 
     def list_json(self, uid: str, selector: str = "status") -> str:
         """A pipeline's events, newest first, as Feldera's JSON array for ``selector``, built from the
         stored JSON without parsing it (what the HTTP API serves)."""
         column = "event" if selector == "all" else "event_status"
-        rows = self._reader().execute(
+        rows = self._query(
             f"SELECT {column} FROM monitor_event WHERE pipeline_uid = ? ORDER BY recorded_at DESC, event_id DESC",
             (uid,))
         return "[" + ",".join(row[0] for row in rows) + "]"
@@ -274,18 +540,18 @@ class EventStore:
         """One event (or the newest, with ``event_id`` None) as Feldera's JSON for ``selector``."""
         column = "event" if selector == "all" else "event_status"
         if event_id is None:
-            row = self._reader().execute(
+            row = self._query(
                 f"SELECT {column} FROM monitor_event WHERE pipeline_uid = ? "
                 "ORDER BY recorded_at DESC, event_id DESC LIMIT 1", (uid,)).fetchone()
         else:
-            row = self._reader().execute(
+            row = self._query(
                 f"SELECT {column} FROM monitor_event WHERE pipeline_uid = ? AND event_id = ?",
                 (uid, str(event_id))).fetchone()
         return None if row is None else row[0]
 
     def get(self, uid: str, event_id: uuid.UUID) -> MonitorEvent | None:
-        row = self._reader().execute("SELECT event FROM monitor_event WHERE pipeline_uid = ? AND event_id = ?",
-                                     (uid, str(event_id))).fetchone()
+        row = self._query("SELECT event FROM monitor_event WHERE pipeline_uid = ? AND event_id = ?",
+                          (uid, str(event_id))).fetchone()
         return None if row is None else MonitorEvent.model_validate_json(row[0])
 
     def latest(self, uid: str) -> MonitorEvent | None:
@@ -294,15 +560,15 @@ class EventStore:
 
     def count(self, uid: str | None = None) -> int:
         if uid is None:
-            return cast(int, self._reader().execute("SELECT COUNT(*) FROM monitor_event").fetchone()[0])
-        return cast(int, self._reader().execute("SELECT COUNT(*) FROM monitor_event WHERE pipeline_uid = ?",
-                                                (uid,)).fetchone()[0])
+            return cast(int, self._query("SELECT COUNT(*) FROM monitor_event", ()).fetchone()[0])
+        return cast(int, self._query("SELECT COUNT(*) FROM monitor_event WHERE pipeline_uid = ?",
+                                     (uid,)).fetchone()[0])
 
     def delete(self, uid: str) -> int:
+        """Remove a pipeline's events now (tests and tools; the operator queues :meth:`forget`)."""
         self.flush()
         with self._connect() as conn:
             return conn.execute("DELETE FROM monitor_event WHERE pipeline_uid = ?", (uid,)).rowcount
-
 
 
 _NOTHING = object()

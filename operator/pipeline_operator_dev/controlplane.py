@@ -360,6 +360,11 @@ class ControlPlane:
         }
         self._procs: list[subprocess.Popen] = []
         self._logs: list[io.TextIOBase] = []
+        # The command lines are kept so that a component can be stopped and started again with the
+        # same address, data dir, certificates and token file (fault-injection tests do this).
+        self._commands: dict[str, list[str]] = {}
+        self._named: dict[str, subprocess.Popen] = {}
+        self.etcd_url = ""
         self.server = ""
         self.ca_file: Path | None = None
         self.kubeconfig: Path | None = None
@@ -388,11 +393,73 @@ class ControlPlane:
                 proc.kill()
                 proc.wait()
         self._procs.clear()
+        self._named.clear()
         for log in self._logs:
             log.close()
         self._logs.clear()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- stopping and starting one component (fault injection) -------------------------
+
+    def stop_apiserver(self, *, kill: bool = False) -> None:
+        """Stop kube-apiserver (SIGTERM, or SIGKILL with ``kill``); etcd keeps running.
+
+        Clients see connection refused on the same address until :meth:`start_apiserver`.
+        """
+        self._terminate("kube-apiserver", kill=kill)
+
+    def start_apiserver(self, timeout: float = 90.0) -> None:
+        """Start kube-apiserver again after :meth:`stop_apiserver`, with the same port, certificates,
+        token file and flags (so existing kubeconfigs and tokens stay valid); returns once ready."""
+        self._relaunch("kube-apiserver", timeout)
+
+    def stop_etcd(self, *, kill: bool = False) -> None:
+        """Stop etcd (SIGTERM, or SIGKILL with ``kill``); kube-apiserver keeps running and fails its
+        storage calls until :meth:`start_etcd`."""
+        self._terminate("etcd", kill=kill)
+
+    def start_etcd(self, timeout: float = 90.0) -> None:
+        """Start etcd again with the same data dir and ports; returns once it reports healthy."""
+        self._relaunch("etcd", timeout)
+
+    def restart_etcd(self, timeout: float = 90.0, *, kill: bool = False) -> None:
+        """Stop and start etcd (same data, same ports): what a crash-restart of the store looks like."""
+        self.stop_etcd(kill=kill)
+        self.start_etcd(timeout)
+
+    def restart_apiserver(self, timeout: float = 90.0, *, kill: bool = False) -> None:
+        self.stop_apiserver(kill=kill)
+        self.start_apiserver(timeout)
+
+    def is_running(self, name: str) -> bool:
+        """Whether ``etcd`` or ``kube-apiserver`` is running (as a process; not necessarily ready)."""
+        proc = self._named.get(name)
+        return proc is not None and proc.poll() is None
+
+    def _terminate(self, name: str, *, kill: bool) -> None:
+        proc = self._named.get(name)
+        if proc is None:
+            raise RuntimeError(f"{name} was never started on this control plane; call start() first")
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _relaunch(self, name: str, timeout: float) -> None:
+        old = self._named.get(name)
+        if old is None or name not in self._commands:
+            raise RuntimeError(f"{name} was never started on this control plane; call start() first")
+        if old.poll() is None:
+            raise RuntimeError(f"{name} is still running (pid {old.pid}); stop it before starting it again")
+        proc = self._spawn(name, self._commands[name], replace=old)
+        if name == "etcd":
+            self._wait_until(name, proc, self._etcd_healthy, timeout)
+        else:
+            self._wait_until(name, proc, self._apiserver_ready, timeout)
 
     def __enter__(self) -> ControlPlane:
         return self.start()
@@ -400,12 +467,19 @@ class ControlPlane:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "w")
+    def _spawn(self, name: str, cmd: list[str], replace: subprocess.Popen | None = None) -> subprocess.Popen:
+        """Start a component; ``replace`` is its previous (exited) process when it is started again,
+        whose place in the stop order it takes, and whose log it continues."""
+        log = open(self.workdir / f"{name}.log", "a" if replace is not None else "w")
         self._logs.append(log)
+        self._commands[name] = cmd
         # A new session: a Ctrl-C on the terminal goes to us, and we stop the children in order.
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self._procs.append(proc)
+        if replace is not None and replace in self._procs:
+            self._procs[self._procs.index(replace)] = proc
+        else:
+            self._procs.append(proc)
+        self._named[name] = proc
         return proc
 
     def _wait_until(self, what: str, proc: subprocess.Popen, check: Callable[[], bool],
@@ -439,11 +513,11 @@ class ControlPlane:
             "--initial-cluster", f"default=http://127.0.0.1:{peer}",
             "--unsafe-no-fsync", "--log-level", "warn",
         ])
+        self._wait_until("etcd", proc, self._etcd_healthy, timeout)
 
-        def healthy() -> bool:
-            with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as r:
-                return json.load(r).get("health") == "true"
-        self._wait_until("etcd", proc, healthy, timeout)
+    def _etcd_healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as r:
+            return bool(json.load(r).get("health") == "true")
 
     def _start_apiserver(self, timeout: float) -> None:
         pki = self.workdir / "pki"
@@ -463,24 +537,26 @@ class ControlPlane:
             f"--secure-port={port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
             "--service-cluster-ip-range=10.0.0.0/24",
             f"--service-account-issuer=https://127.0.0.1:{port}",
+            # The operator's API accepts tokens for the audience `pipeline-operator`: the token-file
+            # users are audience-agnostic, so they are valid for every audience listed here.
+            f"--api-audiences=https://127.0.0.1:{port},pipeline-operator",
             f"--service-account-key-file={sa_pub}", f"--service-account-signing-key-file={sa_key}",
             "--authorization-mode=RBAC", f"--token-auth-file={tokens}",
             "--disable-admission-plugins=ServiceAccount", "--allow-privileged=true",
             "--enable-priority-and-fairness=false", "--profiling=false",
         ])
-        context = ssl.create_default_context(cafile=str(ca))
-        admin = self.users["admin"].token
+        self._wait_until("kube-apiserver", proc, self._apiserver_ready, timeout)
+        self.kubeconfig = write_kubeconfig(self.workdir / "kubeconfig", self.server, self.users["admin"].token, ca)
 
-        def ready() -> bool:
-            req = urllib.request.Request(f"{self.server}/readyz",
-                                         headers={"Authorization": f"Bearer {admin}"})
-            try:
-                with urllib.request.urlopen(req, timeout=2, context=context) as r:
-                    return r.status == 200
-            except urllib.error.HTTPError:
-                return False
-        self._wait_until("kube-apiserver", proc, ready, timeout)
-        self.kubeconfig = write_kubeconfig(self.workdir / "kubeconfig", self.server, admin, ca)
+    def _apiserver_ready(self) -> bool:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        req = urllib.request.Request(f"{self.server}/readyz",
+                                     headers={"Authorization": f"Bearer {self.users['admin'].token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=2, context=context) as r:
+                return bool(r.status == 200)
+        except urllib.error.HTTPError:
+            return False
 
     # -- helpers for tests and tools ---------------------------------------------------
 
