@@ -101,6 +101,34 @@ def test_a_file_replaced_by_garbage_while_running_is_moved_aside(tmp_path):
         store.close()
 
 
+@pytest.mark.parametrize("first", ["write", "idle"])
+def test_a_file_truncated_while_running_gets_its_schema_again(tmp_path, first):
+    """Truncated to zero bytes in place (same inode): the store's own connections go on from their
+    cache, while any new one sees an empty database without the table; the writer's periodic
+    check of the file finds it (with or without writes) and starts afresh."""
+    path = tmp_path / "events.sqlite"
+    store = EventStore(path, prune_interval=3600)
+    try:
+        store.append(KEY, events(5))
+        assert store.flush(10) and store.count(KEY.uid) == 5
+        for suffix in ("", "-wal"):
+            os.truncate(f"{path}{suffix}", 0)
+        if first == "write":
+            store.append(OTHER, events(2))
+        wait("the store to notice", lambda: store.generation == 1)
+        assert "emptied" in (store.recovery.what if store.recovery else "")
+        outside = sqlite3.connect(path)  # what a new connection (a restarted operator) sees
+        try:
+            assert outside.execute("SELECT COUNT(*) FROM monitor_event").fetchone()[0] >= 0
+        finally:
+            outside.close()
+        store.append(KEY, events(3, start=100))
+        assert store.flush(10)
+        assert store.count(KEY.uid) == 3
+    finally:
+        store.close()
+
+
 def test_forget_is_queued_after_the_events_before_it(tmp_path):
     store = EventStore(tmp_path / "e.sqlite", prune_interval=3600)
     try:

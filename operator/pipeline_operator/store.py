@@ -88,6 +88,12 @@ def is_corrupt(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text)
 
 
+def schema_gone(exc: BaseException) -> bool:
+    """The file lost its table: it was emptied (truncated) under the store, which SQLite takes for
+    a new, empty database rather than a corrupt one."""
+    return isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc).lower()
+
+
 @dataclass
 class _Batch:
     key: PipelineKey
@@ -181,7 +187,7 @@ class EventStore:
         try:
             return self._reader().execute(sql, args)
         except sqlite3.DatabaseError as exc:
-            if is_corrupt(exc):
+            if is_corrupt(exc) or schema_gone(exc):
                 self._suspect = True
             raise
 
@@ -340,10 +346,14 @@ class EventStore:
                     self._check_content()
                 if held:
                     self._commit(conn, held)
-            except (_Moved, sqlite3.DatabaseError) as exc:
-                if isinstance(exc, _Moved) or is_corrupt(exc):
-                    conn = self._replace(conn, exc)
-                    continue  # write what is held into the fresh store
+            except (_Moved, sqlite3.DatabaseError) as found:
+                exc: BaseException = found
+                if isinstance(found, _Moved) or is_corrupt(found) or schema_gone(found):
+                    try:
+                        conn = self._replace(conn, found)
+                        continue  # write what is held into the fresh store
+                    except (sqlite3.Error, OSError) as again:  # starting afresh failed too: retried below
+                        conn, exc = None, again
                 conn = self._close_quietly(conn)
                 self.write_failures += 1
                 failing = True
@@ -392,15 +402,29 @@ class EventStore:
         probe = self._connect()
         try:
             problem = probe.execute("PRAGMA quick_check(1)").fetchone()[0]
+            probe.execute("SELECT 1 FROM monitor_event LIMIT 1").fetchall()  # emptied: "no such table"
         finally:
             probe.close()
         if problem != "ok":
             raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
 
     def _check_identity(self) -> None:
+        """The file is still the one opened, and not emptied or overwritten in place: such a file keeps
+        its inode, and the writer's connection would go on writing to it from its cache while any new
+        connection finds no table, or no database."""
         now = self._file_identity()
         if now != self._identity:
             raise _Moved("deleted" if now is None else "replaced by another file")
+        try:
+            with open(self.path, "rb") as fh:
+                header = fh.read(100)
+                size = os.fstat(fh.fileno()).st_size
+        except FileNotFoundError:
+            raise _Moved("deleted") from None
+        if not header:
+            raise sqlite3.OperationalError("no such table: monitor_event (the file was emptied)")
+        if size >= 100 and not header.startswith(b"SQLite format 3\x00"):
+            raise sqlite3.DatabaseError("file is not a database (its header is gone)")
 
     def _replace(self, conn: sqlite3.Connection | None, exc: BaseException) -> sqlite3.Connection:
         """Start afresh after the file was found corrupt, deleted or replaced."""
@@ -415,6 +439,11 @@ class EventStore:
             what = f"the event store {self.path} was deleted while the operator ran; a fresh store was created"
         elif isinstance(exc, _Moved):
             what = f"the event store {self.path} was replaced by another file while the operator ran; it is used now"
+        elif schema_gone(exc):
+            # Not reused in place: the connections still open on it would keep it locked.
+            aside = self._move_aside("emptied")
+            what = (f"the event store {self.path} was emptied (truncated) while the operator ran; it was moved "
+                    f"aside to {aside} and a fresh store started")
         else:
             aside = self._move_aside("corrupt")
             what = (f"the event store {self.path} became corrupt ({exc}); it was moved aside to {aside} and a fresh "
