@@ -1,0 +1,697 @@
+"""Fault injection against the real operator: lifecycle steps, faults at random moments, invariants.
+
+One :class:`Chaos` drives a few Pipelines of one namespace through their lifecycle with the real
+operator (``pipeline-operator run``, local backend, real pipeline processes), injects one fault
+at a time, waits for the system to settle, and checks what must hold after any fault:
+
+- exactly one workload (pipeline process) per Pipeline that should have one, none otherwise;
+- every Pipeline converges to its spec (desired vs. status);
+- no event id twice in the store, and no event content stored under two ids;
+- every ``status.history`` entry is in the store;
+- no event present before the fault is missing afterwards (except those pruned by retention).
+
+Every random choice comes from one seeded ``random.Random``: a run is replayed by its seed. The
+random delay before a fault *is* the fault's timing (where in a lifecycle step it lands); waits
+for outcomes are condition polls with generous deadlines.
+
+The suite in ``tests/faults`` and ``bench/chaos.py`` both use this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..conftest import Cluster
+from ..operator_harness import OperatorProcess, Pipelines
+
+SEED_ENV = "PIPELINE_FAULTS_SEED"
+SQL = "CREATE TABLE t (x INT);\nCREATE VIEW v AS SELECT x FROM t;"
+FAST_PIPELINE = [{"name": "PIPELINE_INIT_SECONDS", "value": "0.3"},
+                 {"name": "PIPELINE_REPLAY_SECONDS", "value": "0.3"},
+                 {"name": "PIPELINE_SUSPEND_SECONDS", "value": "0.2"}]
+# A settled Pipeline: what its status says for each target the chaos gives it.
+RUNNING, PAUSED, STOPPED, CLEARED, DELETED = "Running", "Paused", "Stopped", "Cleared", "Deleted"
+STEPS = ("start", "pause", "stop", "clear", "spec change", "delete")
+SETTLE_SECONDS = 120.0
+
+
+def seed_from_env(default: int | None = None) -> int:
+    """The seed to use: ``$PIPELINE_FAULTS_SEED`` when set (to replay a run), else ``default``, else random."""
+    if os.environ.get(SEED_ENV):
+        return int(os.environ[SEED_ENV])
+    return default if default is not None else random.SystemRandom().randrange(1, 1_000_000)
+
+
+@dataclasses.dataclass
+class Target:
+    """What one Pipeline should settle to."""
+    name: str
+    state: str = RUNNING
+    uid: str = ""
+    program: int = 0  # the SQL variant in its spec
+    clear_value: str = ""
+    force_stop: bool = False  # stop without suspending first (Feldera's /stop?force=true)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """The invariants after one fault."""
+    kind: str
+    converged: bool = True
+    workloads_duplicated: int = 0
+    events_lost: int = 0
+    events_duplicated: int = 0
+    seconds: float = 0.0
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.converged and not (self.workloads_duplicated or self.events_lost or self.events_duplicated)
+
+
+@dataclasses.dataclass
+class Tally:
+    kind: str
+    runs: int = 0
+    converged: int = 0
+    workloads_duplicated: int = 0
+    events_lost: int = 0
+    events_duplicated: int = 0
+    seconds: float = 0.0
+
+    def add(self, o: Outcome) -> None:
+        self.runs += 1
+        self.converged += int(o.converged)
+        self.workloads_duplicated += o.workloads_duplicated
+        self.events_lost += o.events_lost
+        self.events_duplicated += o.events_duplicated
+        self.seconds += o.seconds
+
+    @property
+    def ok(self) -> bool:
+        return self.converged == self.runs and not (
+            self.workloads_duplicated or self.events_lost or self.events_duplicated)
+
+    def line(self) -> str:
+        return (f"{self.kind:<22} {self.runs:>4} {self.converged:>9} {self.workloads_duplicated:>20} "
+                f"{self.events_lost:>11} {self.events_duplicated:>17} {self.seconds:>8.1f}")
+
+    @staticmethod
+    def header() -> str:
+        return (f"{'kind':<22} {'runs':>4} {'converged':>9} {'workloads_duplicated':>20} {'events_lost':>11} "
+                f"{'events_duplicated':>17} {'seconds':>8}")
+
+
+# --------------------------------------------------------------------------------------
+# The event store, read from outside the operator
+# --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class StoredEvent:
+    event_id: str
+    recorded_at: str
+    content: str  # the event's JSON without its id: the same content under two ids is a duplicate
+
+
+def read_store(path: Path) -> tuple[dict[str, list[StoredEvent]], str | None]:
+    """Every stored event by pipeline uid, opened read-only; and why it could not be read, if so."""
+    if not path.exists():
+        return {}, f"the event store {path} does not exist"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        return {}, f"the event store {path} cannot be opened: {exc}"
+    try:
+        rows = conn.execute("SELECT pipeline_uid, event_id, recorded_at, event FROM monitor_event").fetchall()
+    except sqlite3.Error as exc:
+        return {}, f"the event store {path} cannot be read: {exc}"
+    finally:
+        conn.close()
+    out: dict[str, list[StoredEvent]] = {}
+    for uid, event_id, recorded_at, event in rows:
+        try:
+            body = json.loads(event)
+            body.pop("id", None)
+            content = json.dumps(body, sort_keys=True)
+        except (ValueError, AttributeError):
+            content = event
+        out.setdefault(uid, []).append(StoredEvent(event_id, recorded_at, content))
+    return out, None
+
+
+# --------------------------------------------------------------------------------------
+# Making the event store read-only while the operator has it open
+# --------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """Make files and a folder unwritable, even for root: the inode's immutable attribute.
+
+    ``chmod`` does not stop root, and a read-only bind mount does not affect descriptors already
+    open. ``chattr +i`` does: SQLite's writes to the database and its write-ahead log fail with
+    "disk I/O error" at once. The shared-memory index (``-shm``) is left writable: it is mapped
+    into memory, and a write to a mapped immutable file is a SIGBUS, not an error any program
+    could handle.
+    """
+    present = [p for p in paths if p.exists()]
+    subprocess.run(["chattr", "+i", *map(str, present)], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, present)], check=False, capture_output=True)
+
+
+def can_make_immutable(folder: Path) -> str | None:
+    """None when :func:`immutable` works here; else why not (no chattr, no CAP_LINUX_IMMUTABLE, tmpfs)."""
+    probe = folder / ".immutable-probe"
+    probe.write_text("x")
+    try:
+        res = subprocess.run(["chattr", "+i", str(probe)], capture_output=True, text=True)
+        if res.returncode != 0:
+            return f"chattr +i is not permitted here: {res.stderr.strip()}"
+        try:
+            with open(probe, "a") as fh:
+                fh.write("y")
+            return "chattr +i did not stop a write here"
+        except OSError:
+            return None
+    except FileNotFoundError:
+        return "chattr is not installed"
+    finally:
+        subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+        probe.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------
+# The chaos driver
+# --------------------------------------------------------------------------------------
+
+class Chaos:
+    def __init__(self, cluster: Cluster, namespace: str, state_dir: Path, seed: int,
+                 say: Callable[[str], None] = print, operator_args: tuple[str, ...] = ()) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.say = say
+        self.pipelines = Pipelines(cluster, namespace)
+        self.store_dir = state_dir / "store"
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.op = OperatorProcess(cluster, namespace, state_dir,
+                                  [*operator_args, "--event-store", str(self.store_path)])
+        self.targets: dict[str, Target] = {}
+        self.retired_uids: set[str] = set()  # uids of deleted Pipelines: never a workload again
+        self.operator_crashes = 0
+
+    @property
+    def store_path(self) -> Path:
+        return self.store_dir / "events.sqlite"
+
+    # -- set-up and tear-down ------------------------------------------------------------
+
+    def start(self, pipelines: int = 3) -> None:
+        self.op.start()
+        for i in range(pipelines):
+            target = Target(f"chaos-{i}")
+            self.targets[target.name] = target
+            self._create(target)
+        problems = self.wait_settled()
+        if problems:
+            raise AssertionError(f"the pipelines did not start (seed {self.seed}): {problems}\n{self.op.log()[-3000:]}")
+
+    def close(self) -> None:
+        if self.op.proc is not None and self.op.proc.poll() is None:
+            with contextlib.suppress(AssertionError):
+                self.op.stop()
+        from pipeline_operator.backends.local import processes_under
+        for pid in processes_under(self.op.state_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+
+    def restart_operator(self) -> None:
+        if self.op.proc is not None and self.op.proc.poll() is None:
+            self.op.kill()
+        self.op.start()
+
+    # -- Pipelines -------------------------------------------------------------------------
+
+    def spec(self, target: Target) -> dict[str, Any]:
+        sql = SQL + "".join(f"\nCREATE VIEW v{n} AS SELECT x FROM t;" for n in range(1, target.program + 1))
+        spec = {"desiredStatus": "Stopped" if target.state in (STOPPED, CLEARED) else "Provisioned",
+                "runtimeDesiredStatus": PAUSED if target.state == PAUSED else RUNNING,
+                "program": {"sql": sql}, "deployment": {"env": FAST_PIPELINE}}
+        if target.force_stop:
+            spec["stopMode"] = "Force"
+        return spec
+
+    def _create(self, target: Target) -> None:
+        target.state = RUNNING
+        target.clear_value = ""
+        target.uid = self.pipelines.create(target.name, self.spec(target))["metadata"]["uid"]
+
+    def choose_step(self, target: Target) -> str:
+        if target.state == DELETED:
+            return "start"
+        allowed = {RUNNING: ["pause", "stop", "delete"],
+                   PAUSED: ["start", "stop", "delete"],
+                   STOPPED: ["start", "clear", "spec change", "delete"],
+                   CLEARED: ["start", "spec change", "delete"]}[target.state]
+        return self.rng.choice(allowed)
+
+    def apply_step(self, target: Target, step: str) -> None:
+        """Change a Pipeline's spec (or delete it) and return at once: the operator acts on it later."""
+        if step == "start" and target.state == DELETED:
+            self._create(target)
+            return
+        if step == "start":
+            target.state = RUNNING
+        elif step == "pause":
+            target.state = PAUSED
+        elif step == "stop":
+            target.state = STOPPED
+        elif step == "spec change":
+            target.program += 1
+        elif step == "clear":
+            target.state = CLEARED
+            target.clear_value = f"c{self.rng.randrange(10**9)}"
+            self.pipelines.annotate(target.name, "dataflow.dev/clear-storage", target.clear_value)
+            return
+        elif step == "delete":
+            target.state = DELETED
+            self.retired_uids.add(target.uid)
+            self.cluster.kubectl("delete", "pipeline", target.name, "-n", self.namespace, "--wait=false")
+            return
+        self.pipelines.patch_spec(target.name, self.spec(target))
+
+    # -- convergence ------------------------------------------------------------------------
+
+    def _get(self, name: str) -> dict[str, Any] | None:
+        res = self.cluster.kubectl("get", "pipeline", name, "-n", self.namespace, "-o", "json",
+                                   "--request-timeout=10s", check=False)
+        if res.returncode != 0:
+            if "NotFound" in res.stderr:
+                return None
+            raise ConnectionError(res.stderr.strip())
+        obj: dict[str, Any] = json.loads(res.stdout)
+        return obj
+
+    def unsettled(self, target: Target) -> str | None:
+        """Why the Pipeline has not converged to its target yet (None once it has)."""
+        obj = self._get(target.name)
+        if target.state == DELETED:
+            if obj is not None and obj["metadata"]["uid"] == target.uid:
+                return f"{target.name}: still present after its deletion"
+            if self.op.pipeline_processes(target.uid):
+                return f"{target.name}: deleted, but its pipeline process still runs"
+            return None
+        if obj is None:
+            return f"{target.name}: missing"
+        st = obj.get("status") or {}
+        if st.get("observedGeneration") != obj["metadata"]["generation"]:
+            return f"{target.name}: generation {obj['metadata']['generation']} not observed yet"
+        wanted = {RUNNING: RUNNING, PAUSED: PAUSED, STOPPED: STOPPED, CLEARED: STOPPED}[target.state]
+        if st.get("deploymentStatus") != wanted:
+            return f"{target.name}: deploymentStatus {st.get('deploymentStatus')}, want {wanted}"
+        if "deploymentError" in st:
+            return f"{target.name}: error {st['deploymentError'].get('errorCode')}"
+        if st.get("programStatus") != "Success":
+            return f"{target.name}: programStatus {st.get('programStatus')}"
+        if target.state == CLEARED and (st.get("storageStatus") != "Cleared" or (
+                st.get("handledActions") or {}).get("clearStorage", {}).get("value") != target.clear_value):
+            return f"{target.name}: storage {st.get('storageStatus')}, clear {target.clear_value} not applied"
+        processes = len(self.op.pipeline_processes(target.uid))
+        want = 1 if target.state in (RUNNING, PAUSED) else 0
+        if processes != want:
+            return f"{target.name}: {processes} pipeline processes, want {want}"
+        return None
+
+    def wait_settled(self, timeout: float = SETTLE_SECONDS) -> list[str]:
+        """Poll until every Pipeline has converged; the reasons of those that did not, at the deadline.
+
+        An operator that exits on its own is restarted (and counted): the fault then showed a crash.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.op.proc is not None and self.op.proc.poll() is not None:
+                self.operator_crashes += 1
+                self.say(f"the operator exited on its own ({self.op.proc.returncode}); log tail:\n"
+                         f"{self.op.log()[-1500:]}")
+                self.op.start()
+            try:
+                problems = [p for t in self.targets.values() if (p := self.unsettled(t))]
+            except ConnectionError as exc:
+                problems = [f"API server: {exc}"]
+            if not problems or time.monotonic() > deadline:
+                return problems
+            time.sleep(0.3)
+
+    # -- invariants -------------------------------------------------------------------------
+
+    def live_uids(self) -> dict[str, Target]:
+        return {t.uid: t for t in self.targets.values() if t.state != DELETED}
+
+    def histories(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for t in self.targets.values():
+            if t.state != DELETED and (obj := self._get(t.name)) is not None:
+                out[t.uid] = [h["eventId"] for h in (obj.get("status") or {}).get("history") or []]
+        return out
+
+    def store_ids(self) -> dict[str, set[str]]:
+        stored, _ = read_store(self.store_path)
+        return {uid: {e.event_id for e in events} for uid, events in stored.items()}
+
+    def check(self, kind: str, before: dict[str, set[str]], started: float,
+              problems: list[str]) -> Outcome:
+        """The invariants once the Pipelines have settled (``problems``: those that did not)."""
+        o = Outcome(kind, converged=not problems, problems=list(problems))
+        live = self.live_uids()
+        for uid, target in live.items():
+            n = len(self.op.pipeline_processes(uid))
+            if n > 1:
+                o.workloads_duplicated += n - 1
+                o.problems.append(f"{target.name}: {n} pipeline processes")
+        for uid in self.retired_uids:
+            if n := len(self.op.pipeline_processes(uid)):
+                o.workloads_duplicated += n
+                o.problems.append(f"deleted pipeline {uid}: {n} pipeline processes left")
+
+        # Events: the history must reach the store and nothing stored before may vanish. The store
+        # is written shortly after the status, so wait for it (generously) before counting losses.
+        def missing() -> dict[str, set[str]]:
+            now = self.store_ids()
+            gaps: dict[str, set[str]] = {}
+            for uid, ids in self.histories().items():
+                if lost := set(ids) - now.get(uid, set()):
+                    gaps[uid] = lost
+            for uid, ids in before.items():
+                if uid in live and (lost := ids - now.get(uid, set()) - self._pruned(uid, ids)):
+                    gaps.setdefault(uid, set()).update(lost)
+            return gaps
+        deadline = time.monotonic() + 30
+        gaps = missing()
+        while gaps and time.monotonic() < deadline:
+            time.sleep(0.5)
+            gaps = missing()
+        for uid, lost in gaps.items():
+            o.events_lost += len(lost)
+            o.problems.append(f"{live[uid].name if uid in live else uid}: {len(lost)} events missing from the "
+                              f"store, e.g. {sorted(lost)[:3]}")
+        stored, error = read_store(self.store_path)
+        if error:
+            o.problems.append(error)
+        for uid, events in stored.items():
+            ids = [e.event_id for e in events]
+            contents = [(e.recorded_at, e.content) for e in events]
+            dup = (len(ids) - len(set(ids))) + (len(contents) - len(set(contents)))
+            if dup:
+                o.events_duplicated += dup
+                o.problems.append(f"{uid}: {dup} events stored twice")
+        o.seconds = time.monotonic() - started
+        return o
+
+    def _pruned(self, uid: str, ids: set[str]) -> set[str]:
+        """Events retention may have removed: older than the oldest event still stored for that pipeline."""
+        stored, _ = read_store(self.store_path)
+        events = stored.get(uid, [])
+        if not events:
+            return set()
+        oldest = min(e.recorded_at for e in events)
+        before, _ = self._before_times
+        return {i for i in ids if before.get(i, oldest) < oldest}
+
+    _before_times: tuple[dict[str, str], None] = ({}, None)
+
+    def snapshot(self) -> dict[str, set[str]]:
+        """The stored events now (to compare after the fault), with their times (for retention)."""
+        stored, _ = read_store(self.store_path)
+        self._before_times = ({e.event_id: e.recorded_at for events in stored.values() for e in events}, None)
+        return {uid: {e.event_id for e in events} for uid, events in stored.items()}
+
+    # -- faults -----------------------------------------------------------------------------
+
+    def _fault_delay(self, upper: float = 2.0) -> None:
+        """The moment of the fault inside a lifecycle step: a seeded random offset after the step."""
+        time.sleep(self.rng.uniform(0.0, upper))
+
+    def run(self, kind: str, inject: Callable[[], None], reference: str = "store") -> Outcome:
+        """One fault: a random lifecycle step, the fault at a random moment of it, then the invariants.
+
+        ``reference="history"``: the store itself was destroyed, so what must survive is what the
+        status still holds (the history), not everything stored before.
+        """
+        started = time.monotonic()
+        target = self.rng.choice(list(self.targets.values()))
+        step = self.choose_step(target)
+        before = self.snapshot() if reference == "store" else self.histories_as_sets()
+        self.say(f"[seed {self.seed}] {kind}: {step} {target.name} ({target.state})")
+        self.apply_step(target, step)
+        inject()
+        problems = self.wait_settled()
+        outcome = self.check(kind, before, started, problems)
+        if not outcome.ok:
+            self.say(f"[seed {self.seed}] {kind} after {step} of {target.name}: " + "; ".join(outcome.problems))
+        return outcome
+
+    def histories_as_sets(self) -> dict[str, set[str]]:
+        self._before_times = ({}, None)
+        return {uid: set(ids) for uid, ids in self.histories().items()}
+
+    def kill_operator(self) -> None:
+        self._fault_delay()
+        self.op.kill()
+        self.op.start()
+
+    def pick_running(self) -> Target | None:
+        running = [t for t in self.targets.values() if t.state in (RUNNING, PAUSED)]
+        return self.rng.choice(running) if running else None
+
+    def pipeline_folder(self, target: Target) -> Path | None:
+        return next((self.op.state_dir / "pipelines").glob(f"*__{target.uid}"), None)
+
+    def debug_fail(self, target: Target, mode: str) -> int:
+        """``POST /debug/fail?mode=`` on the pipeline process, with its control token when it has one."""
+        folder = self.pipeline_folder(target)
+        assert folder is not None, f"{target.name} has no pipeline folder"
+        port = int((folder / "port").read_text())
+        headers = {}
+        if (folder / "token").exists():
+            headers["Authorization"] = f"Bearer {(folder / 'token').read_text().strip()}"
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/debug/fail?mode={mode}", method="POST",
+                                     headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    def recover(self, target: Target) -> None:
+        """A pipeline the system stopped with an error waits for the user (Feldera): dismiss and start."""
+        obj = self._get(target.name)
+        if obj is None or "deploymentError" not in (obj.get("status") or {}):
+            return
+        stamp = str(time.time_ns())
+        self.pipelines.annotate(target.name, "dataflow.dev/dismiss-error", stamp)
+        self.pipelines.annotate(target.name, "dataflow.dev/start", stamp)
+
+    def pipeline_fault(self, mode: str, hang_seconds: float = 8.0) -> Outcome:
+        """A pipeline process killed, stopped (SIGSTOP), hung or answering garbage.
+
+        The operator may stop a failed pipeline with an error (Feldera does, and then waits for the
+        user): the invariants are checked once it settles either way, then the user's dismiss and
+        start must bring it back to its spec.
+        """
+        started = time.monotonic()
+        target = self.pick_running()
+        if target is None:
+            target = next(iter(self.targets.values()))
+            self.apply_step(target, "start")
+            self.wait_settled()
+        before = self.snapshot()
+        self.say(f"[seed {self.seed}] pipeline {mode}: {target.name}")
+        pids = self.op.pipeline_processes(target.uid)
+        problems: list[str] = []
+        self._fault_delay(1.0)
+        if mode == "kill":
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+        elif mode == "sigstop":
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            time.sleep(hang_seconds)  # the length of the hang is the fault
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        else:
+            code = self.debug_fail(target, mode)
+            if code != 202:
+                problems.append(f"the pipeline process refused /debug/fail?mode={mode} with {code}: the fault "
+                                "could not be injected")
+        # The fault's effect: stopped by the system with an error (Feldera stops a pipeline whose
+        # process is gone), or Unavailable (Feldera's runtime status while /status cannot be read or
+        # understood: no answer, garbage, nesting too deep), or, for a short SIGSTOP, nothing at all.
+        deadline = time.monotonic() + SETTLE_SECONDS
+        seen = ""
+        while time.monotonic() < deadline and not problems:
+            obj = self._get(target.name) or {}
+            st = obj.get("status") or {}
+            if "deploymentError" in st and st.get("deploymentStatus") == STOPPED:
+                seen = "stopped with an error"
+                break
+            if mode in ("hang", "garbage", "nested") and st.get("deploymentStatus") == "Unavailable":
+                seen = "Unavailable"
+                break
+            if mode == "sigstop" and self.unsettled(target) is None:
+                break
+            time.sleep(0.3)
+        if mode in ("hang", "garbage", "nested") and not problems and not seen:
+            problems.append(f"pipeline {mode}: the status showed neither Unavailable nor an error within "
+                            f"{SETTLE_SECONDS:.0f}s")
+        if seen == "Unavailable" and mode in ("garbage", "nested"):
+            self.debug_fail(target, "available")  # the pipeline answers properly again: it must come back
+        elif seen == "Unavailable" and mode == "hang":
+            # A hung process answers nothing, not even /debug (nor the /suspend of a graceful stop):
+            # the user force-stops it (which kills the process) and starts it again.
+            target.force_stop = True
+            self.apply_step(target, "stop")
+            problems += self.wait_settled()
+            self.apply_step(target, "start")
+        self.recover(target)
+        problems += self.wait_settled()
+        return self.check(f"pipeline {mode}", before, started, problems)
+
+    def store_fault(self, mode: str, seconds: float = 5.0) -> Outcome:
+        """The event store deleted, truncated, or made read-only while the operator runs."""
+        store = self.store_path
+        files = [store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")]
+
+        def inject() -> None:
+            self._fault_delay(1.0)
+            if mode == "delete":
+                for f in files:
+                    f.unlink(missing_ok=True)
+            elif mode == "truncate":
+                for f in files[:2]:
+                    if f.exists():
+                        os.truncate(f, 0)
+            elif mode == "read-only":
+                with immutable(store, files[1], self.store_dir):
+                    # While it lasts, the pipelines keep changing: events the operator cannot store.
+                    target = self.rng.choice(list(self.targets.values()))
+                    self.apply_step(target, self.choose_step(target))
+                    time.sleep(seconds)  # the length of the outage is the fault
+        return self.run(f"store {mode}", inject, reference="store" if mode == "read-only" else "history")
+
+
+# --------------------------------------------------------------------------------------
+# The request storm
+# --------------------------------------------------------------------------------------
+
+def storm_requests(rng: random.Random, admin_token: str, count: int) -> list[tuple[str, str, dict[str, str], bytes]]:
+    """``count`` unauthenticated or malformed requests: (method, encoded path, headers, body)."""
+    names = ["chaos-0", "chaos-1", "nope", "%ff%fe", "a" * 300, "..%2f..%2fetc%2fpasswd"]
+    out = []
+    for _ in range(count):
+        kind = rng.randrange(9)
+        name = rng.choice(names)
+        path = rng.choice([f"/v0/pipelines/{name}", f"/v0/pipelines/{name}/events", "/v0/pipelines",
+                           f"/v0/pipelines/{name}/start", f"/v0/pipelines/{name}/events/{name}"])
+        headers: dict[str, str] = {}
+        body = b""
+        method = "GET"
+        if kind == 0:  # no token
+            pass
+        elif kind == 1:  # a bad token
+            headers["Authorization"] = f"Bearer {rng.randbytes(16).hex()}"
+        elif kind == 2:  # not a bearer token, or an empty one
+            headers["Authorization"] = rng.choice(["Basic YWRtaW46YWRtaW4=", "Bearer ", "Bearer\t\t", "bearer x"])
+        elif kind == 3:  # a garbage path
+            path = "/" + "".join(rng.choice("abc%/.~:@!$&'()*+,;=") for _ in range(rng.randrange(1, 80)))
+        elif kind == 4:  # invalid UTF-8 in the path and in the tenant header (as latin-1 bytes)
+            path = f"/v0/pipelines/%ff%fe%fd{rng.randrange(100)}"
+            headers["Authorization"] = f"Bearer {admin_token}"
+            headers["Feldera-Tenant"] = "\xff\xfe\xc3\x28"
+        elif kind == 5:  # a huge header
+            headers["Authorization"] = "Bearer " + "x" * rng.choice([17_000, 70_000])
+        elif kind == 6:  # a non-JSON body, authenticated: reaches the parsers
+            method = rng.choice(["POST", "PUT", "PATCH"])
+            path = "/v0/pipelines" if method == "POST" else f"/v0/pipelines/{name}"
+            headers["Authorization"] = f"Bearer {admin_token}"
+            headers["Content-Type"] = "application/json"
+            body = rng.choice([b"\xff\xfe{not json", b"[1,2", b"null", b'{"name": 5}', b'"x"' * 1000,
+                               b'{"a":' * 5000])
+        elif kind == 7:  # a non-JSON body without a token
+            method = "POST"
+            headers["Content-Type"] = "application/json"
+            body = rng.randbytes(rng.randrange(1, 2000))
+        else:  # a bad token with an invalid tenant
+            headers["Authorization"] = f"Bearer {rng.randbytes(8).hex()}"
+            headers["Feldera-Tenant"] = rng.choice(["UPPER", "-x-", "a" * 100, "ns/../x"])
+        out.append((method, path, headers, body))
+    return out
+
+
+@dataclasses.dataclass
+class StormResult:
+    statuses: dict[int, int] = dataclasses.field(default_factory=dict)
+    errors: dict[str, int] = dataclasses.field(default_factory=dict)
+    server_errors: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values()) + sum(self.errors.values())
+
+
+async def _storm(url: str, requests: list[tuple[str, str, dict[str, str], bytes]], concurrency: int,
+                 result: StormResult) -> None:
+    import aiohttp
+    from yarl import URL
+    queue = iter(requests)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency),
+                                     skip_auto_headers=["User-Agent"]) as session:
+        async def worker() -> None:
+            for method, path, headers, body in queue:
+                try:
+                    async with session.request(method, URL(url + path, encoded=True), headers=headers,
+                                               data=body or None) as r:
+                        await r.read()
+                        result.statuses[r.status] = result.statuses.get(r.status, 0) + 1
+                        if r.status >= 500 and r.status not in (501, 503):
+                            text = (await r.text(errors="replace"))[:200]
+                            result.server_errors.append(f"{r.status} {method} {path[:80]}: {text}")
+                except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                    key = type(exc).__name__
+                    result.errors[key] = result.errors.get(key, 0) + 1
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def start_storm(url: str, requests: list[tuple[str, str, dict[str, str], bytes]],
+                concurrency: int = 100) -> tuple[threading.Thread, StormResult]:
+    """Send the requests from a thread of its own (its own event loop); join the thread for the result."""
+    result = StormResult()
+
+    def go() -> None:
+        started = time.monotonic()
+        asyncio.run(_storm(url, requests, concurrency, result))
+        result.seconds = time.monotonic() - started
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread, result
