@@ -378,8 +378,12 @@ class Chaos:
         return {uid: {e.event_id for e in events} for uid, events in stored.items()}
 
     def check(self, kind: str, before: dict[str, set[str]], started: float,
-              problems: list[str]) -> Outcome:
-        """The invariants once the Pipelines have settled (``problems``: those that did not)."""
+              problems: list[str], reference: str = "store") -> Outcome:
+        """The invariants once the Pipelines have settled (``problems``: those that did not).
+
+        ``reference="history"`` (the store itself was destroyed): what must be stored again is what
+        the histories hold; an entry that newer ones pushed out of a full ``status.history`` since
+        (``--history-limit``) was only in the destroyed store, and is gone by the fault's nature."""
         o = Outcome(kind, converged=not problems, problems=list(problems))
         live = self.live_uids()
         for uid, target in live.items():
@@ -400,7 +404,10 @@ class Chaos:
             for uid, ids in self.histories().items():
                 if lost := set(ids) - now.get(uid, set()):
                     gaps[uid] = lost
+            current = self.histories() if reference == "history" else {}
             for uid, ids in before.items():
+                if reference == "history":
+                    ids = ids & set(current.get(uid, []))
                 if uid in live and (lost := ids - now.get(uid, set()) - self._pruned(uid, ids)):
                     gaps.setdefault(uid, set()).update(lost)
             return gaps
@@ -464,7 +471,7 @@ class Chaos:
         self.apply_step(target, step)
         inject()
         problems = self.wait_settled()
-        outcome = self.check(kind, before, started, problems)
+        outcome = self.check(kind, before, started, problems, reference)
         if not outcome.ok:
             self.say(f"[seed {self.seed}] {kind} after {step} of {target.name}: " + "; ".join(outcome.problems))
         return outcome
