@@ -9,8 +9,8 @@ BIN    := $(VENV)/bin
 # control-plane binaries (cached under ~/.cache/pipeline-operator, with progress), run the static
 # checks (ruff, mypy, import-linter: any finding fails the run), then pytest.
 test: $(VENV)/.installed
-	@echo "==> ruff: lint operator, tests and bench"
-	$(BIN)/ruff check operator tests bench
+	@echo "==> ruff: lint operator, tests, bench and image"
+	$(BIN)/ruff check operator tests bench image
 	@echo "==> mypy: type check pipeline_operator (strict on core/ and models.py; config in pyproject.toml)"
 	$(BIN)/mypy
 	@echo "==> import-linter: layering contracts (pyproject.toml)"

@@ -10,6 +10,9 @@ CrashLoopBackOff, as the kubelet does; it binds PersistentVolumeClaims (except t
 ``unavailable``, which stay Pending, as with no provisioner); it removes the pvc-protection
 finalizer of a deleted claim no process uses. The operator reaches the processes through its
 ``--dev-endpoint-overrides`` file, which this writes.
+
+By default a container's command runs as a process of this test environment's Python; with a
+``runtime`` (tests/oci.py) it runs in a container of the operator's image instead.
 """
 
 from __future__ import annotations
@@ -32,8 +35,26 @@ from kubernetes.client.exceptions import ApiException
 _ENDPOINTS_LOCK = threading.Lock()
 
 
+class ContainerRuntime:
+    """How the kubelet starts and kills a container: ``start(argv, env, paths, log)`` runs the
+    container's command ``argv`` (``pipeline-operator pipeline-process ...``) with ``env``, the host
+    ``paths`` it uses (program, port file's folder, volume) made available at the same paths;
+    ``kill(process)`` ends it at once."""
+
+    def start(self, argv: list[str], env: dict[str, str], paths: list[Path], log: Path) -> subprocess.Popen:
+        rewritten = [sys.executable, "-m", "pipeline_operator.cli", *argv[1:]]
+        with open(log, "ab") as out:
+            return subprocess.Popen(rewritten, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class FakeKubelet(threading.Thread):
-    def __init__(self, kubeconfig: Path, namespace: str, workdir: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, workdir: Path,
+                 runtime: ContainerRuntime | None = None) -> None:
         super().__init__(daemon=True, name=f"fake-kubelet-{namespace}")
         configuration = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(str(kubeconfig), client_configuration=configuration)
@@ -51,6 +72,7 @@ class FakeKubelet(threading.Thread):
         self.endpoints: dict[str, str] = {}
         self.stop_flag = threading.Event()
         self.errors: list[str] = []
+        self.runtime = runtime or ContainerRuntime()
 
     def run(self) -> None:
         while not self.stop_flag.is_set():
@@ -67,16 +89,13 @@ class FakeKubelet(threading.Thread):
         self.stop_flag.set()
         self.join(10)
         for proc in self.processes.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            self.runtime.kill(proc)
 
     def kill_pod(self, sts_name: str) -> None:
         """The pod's process dies (like a node failure); the StatefulSet reports 0 ready."""
         proc = self.processes.get(sts_name)
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is not None:
+            self.runtime.kill(proc)
 
     # -- one round ----------------------------------------------------------------------------
 
@@ -232,7 +251,7 @@ class FakeKubelet(threading.Thread):
         storage.mkdir(parents=True, exist_ok=True)
         args = list(container.command)
         assert args[:2] == ["pipeline-operator", "pipeline-process"], args
-        rewritten = [sys.executable, "-m", "pipeline_operator.cli", "pipeline-process"]
+        rewritten = args[:2]
         it = iter(args[2:])
         for flag in it:
             if flag == "--debug-routes":  # the one flag without a value
@@ -252,9 +271,7 @@ class FakeKubelet(threading.Thread):
         env = self._env(container)
         if env is None:
             return None
-        with open(pod / "log", "ab") as out:
-            return subprocess.Popen(rewritten, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
+        return self.runtime.start(rewritten, env, [pod, storage], pod / "log")
 
     def _sync_claim(self, pvc: Any) -> None:
         name = pvc.metadata.name
