@@ -5,7 +5,7 @@
 # from this file. The image also runs the reference pipeline process, the default workload of the
 # Kubernetes backend (`pipeline-operator pipeline-process`).
 #
-#   docker build -t localhost/pipeline-operator:0.1.0 .
+#   docker build -t localhost/pipeline-operator:0.1.0 .      (then: README, Installing)
 
 # --- build: the wheels of every pinned dependency (checked against their hashes) and of the project
 FROM debian:bookworm-slim AS build

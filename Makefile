@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test demo crd lint-imports clean
+.PHONY: test demo image lock crd lint-imports clean
 
 # Install the project and its test extra into a local virtualenv, build or reuse the
 # control-plane binaries (cached under ~/.cache/pipeline-operator, with progress), run the static
@@ -26,6 +26,23 @@ test: $(VENV)/.installed
 # the operator and a sample Pipeline going to Running, with its monitor events; Ctrl-C to stop.
 demo: $(VENV)/.installed
 	$(BIN)/pipeline-operator demo $(DEMO_ARGS)
+
+# The operator's image without Docker (image/build_image.py): dist/image/pipeline-operator-VERSION.tar
+# (docker-archive: docker load, podman load, kind load image-archive, skopeo copy), dist/image/oci/
+# (OCI layout) and the SBOM beside them. As root it installs mmdebstrap, umoci and skopeo with apt-get.
+IMAGE ?= localhost/pipeline-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image: $(VENV)/.installed
+	$(BIN)/python image/build_image.py --image $(IMAGE) $(IMAGE_ARGS)
+
+# Re-pin the image's dependencies (image/requirements.txt, with hashes, from pyproject.toml) and its pip.
+UV := uv==0.13.8
+lock: $(VENV)/.installed
+	$(BIN)/pip install --quiet $(UV)
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --no-header --annotation-style line \
+	  --custom-compile-command "make lock" -o image/requirements.txt
+	$(BIN)/uv pip compile image/pip.in --generate-hashes --python-version 3.11 --no-header \
+	  --custom-compile-command "make lock" -o image/pip.txt
 
 # The test extra includes the dev extra (pipeline_operator_dev: the control plane and the demo);
 # the operator alone, as in the image, is `pip install .` and has neither.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -187,3 +188,64 @@ def test_a_component_that_was_never_started_cannot_be_started_again(tmp_path):
         plane.start_apiserver()
     with pytest.raises(RuntimeError, match="etcd was never started"):
         plane.stop_etcd()
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The live child processes of ``pid`` (a scan of /proc by parent pid), each with its program's name."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found[int(entry.name)] = Path(argv0).name
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.apiserver
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_control_plane_up_stops_etcd_and_apiserver_on_a_signal(binaries, signum):
+    """`pipeline-operator control-plane up` as a real process: SIGTERM (kill, service managers), SIGHUP (a
+    closed terminal) and SIGINT (Ctrl-C) each stop kube-apiserver and etcd, remove the working folder, say
+    what was stopped and exit 0 (before, SIGTERM and SIGHUP killed it and left both running)."""
+    up = subprocess.Popen([str(Path(sys.executable).parent / "pipeline-operator"), "control-plane", "up"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children: dict[int, str] = {}
+    try:
+        assert up.stdout is not None and up.stderr is not None
+        kubeconfig = ""
+        for line in up.stdout:  # the binaries as JSON, then the KUBECONFIG once both are ready
+            if line.startswith("export KUBECONFIG="):
+                kubeconfig = line.strip().partition("=")[2]
+                break
+        assert kubeconfig and Path(kubeconfig).is_file(), up.stderr.read() if up.poll() is not None else ""
+        children = _children(up.pid)
+        assert sorted(children.values()) == ["etcd", "kube-apiserver"], children
+        up.send_signal(signum)
+        out, err = up.communicate(timeout=60)
+        assert up.returncode == 0, err
+        deadline = time.monotonic() + 30
+        while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_gone(pid) for pid in children), {pid: name for pid, name in children.items() if not _gone(pid)}
+        assert not Path(kubeconfig).parent.exists()
+        pids = {name: pid for pid, name in children.items()}
+        assert f"{signum.name}: stopping the control plane" in err, err
+        assert f"stopped kube-apiserver (pid {pids['kube-apiserver']}) and etcd (pid {pids['etcd']})" in err, err
+    finally:
+        for pid in [up.pid, *children]:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        up.wait(timeout=30)

@@ -3,19 +3,39 @@
 from __future__ import annotations
 
 import json
+import re
+import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline_operator_dev import controlplane
+
 from .conftest import Cluster
 
 pytestmark = pytest.mark.apiserver
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+UNPUBLISHED = "ghcr.io/pipeline-operator/pipeline-operator:0.1.0"
+LOCAL_IMAGE = "localhost/pipeline-operator:0.1.0"  # what `make image` builds
 
 
 def rendered(cluster: Cluster, path: Path) -> list[dict]:
     return list(yaml.safe_load_all(cluster.kubectl("kustomize", str(path)).stdout))
+
+
+def kustomize(binaries: controlplane.Binaries, path: Path) -> list[dict]:
+    """``kubectl kustomize PATH`` with the real kubectl (its built-in kustomize)."""
+    out = controlplane.run_kubectl(binaries.kubectl, None, "kustomize", str(path)).stdout
+    return [o for o in yaml.safe_load_all(out) if o]
+
+
+def images(objects: list[dict]) -> tuple[str, str]:
+    """The operator container's image and the pipelines' default image (PIPELINE_OPERATOR_PIPELINE_IMAGE)."""
+    deployment = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "pipeline-operator")
+    container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "operator")
+    pipeline_image = next(e["value"] for e in container["env"] if e["name"] == "PIPELINE_OPERATOR_PIPELINE_IMAGE")
+    return container["image"], pipeline_image
 
 
 def test_kubectl_apply_k_deploy_works(crd_installed: Cluster):
@@ -66,3 +86,57 @@ def test_single_namespace_role_matches_the_base_rules():
     base = yaml.safe_load((DEPLOY / "base" / "rbac" / "role.yaml").read_text())
     overlay = yaml.safe_load((DEPLOY / "overlays" / "single-namespace" / "role.yaml").read_text())
     assert overlay["rules"] == base["rules"] and overlay["metadata"]["namespace"] == "data-team"
+
+
+def test_kubectl_apply_k_local_image_overlay_runs_the_built_image(crd_installed: Cluster):
+    """The README's `kubectl apply -k deploy/overlays/local-image`: the operator runs the image `make image`
+    builds, and so do pipelines whose spec gives no image; everything else is the base's."""
+    crd_installed.kubectl("apply", "-k", str(DEPLOY / "overlays" / "local-image"))
+    deployment = crd_installed.get("deployment", "pipeline-operator", "pipeline-operator-system")
+    assert images([deployment]) == (LOCAL_IMAGE, LOCAL_IMAGE)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--all-namespaces" in container["args"] and "imagePullPolicy" in container  # defaulted by the server
+    assert container["imagePullPolicy"] == "IfNotPresent"  # a loaded image is used, never pulled
+    assert crd_installed.get("clusterrole", "pipeline-operator")["metadata"]["name"] == "pipeline-operator"
+
+
+def test_the_base_names_one_image_for_the_operator_and_its_pipelines(binaries):
+    """As applied without an overlay: the placeholder, for both (the base keeps them equal)."""
+    assert images(kustomize(binaries, DEPLOY)) == (UNPUBLISHED, UNPUBLISHED)
+    for overlay in ("single-namespace", "ephemeral-storage"):
+        assert images(kustomize(binaries, DEPLOY / "overlays" / overlay)) == (UNPUBLISHED, UNPUBLISHED)
+
+
+def test_an_images_entry_of_any_overlay_also_sets_the_pipeline_image(binaries, tmp_path):
+    """kustomize's `images:` (so `kustomize edit set image`, Argo CD's and Flux's image overrides) rewrites
+    the operator's image and PIPELINE_OPERATOR_PIPELINE_IMAGE together, in overlays of overlays too: the
+    local-image overlay, deploy/README.md's overlay of your own, and one over single-namespace with a digest."""
+    local = kustomize(binaries, DEPLOY / "overlays" / "local-image")
+    assert images(local) == (LOCAL_IMAGE, LOCAL_IMAGE)
+    base = kustomize(binaries, DEPLOY / "base")
+    assert [(o["kind"], o["metadata"]["name"]) for o in local] == [(o["kind"], o["metadata"]["name"]) for o in base]
+
+    # deploy/README.md's example, as written, in a folder next to deploy/.
+    readme = (DEPLOY / "README.md").read_text()
+    blocks = [textwrap.dedent(b) for b in re.findall(r"^ *```yaml\n(.*?)^ *```", readme, re.M | re.S)]
+    assert len(blocks) == 1, blocks
+    example = yaml.safe_load(blocks[0])
+    assert example["resources"] == ["../deploy/base"]
+    (tmp_path / "deploy").symlink_to(DEPLOY)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "kustomization.yaml").write_text(blocks[0])
+    pushed = "registry.example/team/pipeline-operator:0.1.0"
+    assert images(kustomize(binaries, tmp_path / "mine")) == (pushed, pushed)
+
+    sha = "sha256:" + "0123456789abcdef" * 4
+    digest = f"registry.example/team/pipeline-operator@{sha}"
+    (tmp_path / "pinned").mkdir()
+    (tmp_path / "pinned" / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../deploy/overlays/single-namespace"],
+        "images": [{"name": "ghcr.io/pipeline-operator/pipeline-operator",
+                    "newName": "registry.example/team/pipeline-operator", "digest": sha}],
+    }))
+    objects = kustomize(binaries, tmp_path / "pinned")
+    assert images(objects) == (digest, digest)
+    assert "Role" in {o["kind"] for o in objects}  # the overlay below it still applies

@@ -16,6 +16,10 @@ pytestmark = pytest.mark.apiserver
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "pipeline-operator"
 NAMESPACE = "pipeline-operator-system"
+# The default image.repository is a placeholder that no registry serves: every render names an image.
+REPOSITORY = "localhost/pipeline-operator"
+IMAGE = ("--set", f"image.repository={REPOSITORY}")
+UNPUBLISHED = "ghcr.io/pipeline-operator/pipeline-operator"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,7 @@ def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.Complet
 
 
 def template(cluster: Cluster, *values: str) -> list[dict]:
-    out = helm(cluster, "template", "pipeline-operator", str(CHART), "-n", NAMESPACE, *values).stdout
+    out = helm(cluster, "template", "pipeline-operator", str(CHART), "-n", NAMESPACE, *IMAGE, *values).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -52,19 +56,21 @@ def test_chart_files_are_the_repository_sources():
 
 
 def test_helm_lint_strict_passes(fresh):
-    res = helm(fresh, "lint", "--strict", str(CHART))
+    res = helm(fresh, "lint", "--strict", str(CHART), *IMAGE)
     assert "0 chart(s) failed" in res.stdout
 
 
 def test_a_typo_in_values_fails(fresh):
-    res = helm(fresh, "template", "x", str(CHART), "--set", "eventStor.size=1Gi", check=False)
+    res = helm(fresh, "template", "x", str(CHART), *IMAGE, "--set", "eventStor.size=1Gi", check=False)
     assert res.returncode != 0 and "eventStor" in res.stderr
 
 
 def test_chart_and_kustomize_create_equivalent_objects(fresh):
-    """deploy/ watches every namespace; the chart does so with watch.allNamespaces=true."""
+    """deploy/ watches every namespace; the chart does so with watch.allNamespaces=true. Both with the image
+    `make image` builds: the chart's image.repository, deploy/overlays/local-image's `images:`."""
     chart = by_key(template(fresh, "--set", "watch.allNamespaces=true"))
-    kustomized = by_key([o for o in yaml.safe_load_all(fresh.kubectl("kustomize", str(REPO / "deploy")).stdout)
+    local_image = REPO / "deploy" / "overlays" / "local-image"
+    kustomized = by_key([o for o in yaml.safe_load_all(fresh.kubectl("kustomize", str(local_image)).stdout)
                          if o and o["kind"] != "Namespace"])
     assert set(chart) == set(kustomized)
     for key in (("ClusterRole", "pipeline-operator"),):
@@ -78,6 +84,7 @@ def test_chart_and_kustomize_create_equivalent_objects(fresh):
     container_chart = dict(pod_chart["containers"][0])
     container_chart.pop("imagePullPolicy")
     assert {**pod_chart, "containers": [container_chart]} == pod_kustomize
+    assert container_chart["image"] == f"{REPOSITORY}:0.1.0"
     assert chart[("Deployment", "pipeline-operator")]["spec"]["strategy"] == {"type": "Recreate"}
     crd = chart[("CustomResourceDefinition", "pipelines.dataflow.dev")]
     assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
@@ -85,6 +92,58 @@ def test_chart_and_kustomize_create_equivalent_objects(fresh):
     for obj in chart.values():
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/managed-by"] == "Helm" and labels["app.kubernetes.io/name"]
+
+
+IMAGE_MESSAGE = (f"image.repository is {UNPUBLISHED}, which no registry serves yet: build the image with "
+                 "`make image`, load or push it (see README, Installing), and set image.repository (and image.tag)")
+
+
+def env_value(c: dict, name: str) -> str:
+    return next(e["value"] for e in c["env"] if e["name"] == name)
+
+
+def test_the_unpublished_default_image_is_refused_with_what_to_do(fresh):
+    """The default image.repository names an image no registry serves: template, install and lint's render
+    fail with a message saying how to get an image and which values to set."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["image"] == \
+        {"repository": UNPUBLISHED, "tag": "", "pullPolicy": "IfNotPresent"}
+    for command in (["template", "x", str(CHART)], ["install", "x", str(CHART), "-n", NAMESPACE, "--dry-run=client"],
+                    ["template", "x", str(CHART), "--set", f"image.repository={UNPUBLISHED}",
+                     "--set", "image.tag=0.1.0"]):
+        res = helm(fresh, *command, check=False)
+        assert res.returncode != 0 and IMAGE_MESSAGE in res.stderr, (command, res.stderr)
+        assert "--set image.repository=localhost/pipeline-operator" in res.stderr
+        assert f"kind load image-archive dist/image/pipeline-operator-{chart['appVersion']}.tar" in res.stderr
+        assert not res.stdout.strip() or "kind: Deployment" not in res.stdout
+
+    # An image repository given: the tag defaults to the chart's appVersion, and pipelines whose spec gives
+    # no image run the operator's image (the allowlist's default is then that repository).
+    c = container(by_key(template(fresh)))
+    assert chart["appVersion"] == "0.1.0" and c["image"] == f"{REPOSITORY}:{chart['appVersion']}"
+    assert env_value(c, "PIPELINE_OPERATOR_PIPELINE_IMAGE") == f"{REPOSITORY}:0.1.0"
+    assert not any(a.startswith(("--pipeline-image=", "--pipeline-image-prefix=")) for a in c["args"])
+    c = container(by_key(template(fresh, "--set", "image.repository=registry.example/team/pipeline-operator",
+                                  "--set", "image.tag=0.2.0")))
+    assert c["image"] == env_value(c, "PIPELINE_OPERATOR_PIPELINE_IMAGE") == \
+        "registry.example/team/pipeline-operator:0.2.0"
+    c = container(by_key(template(fresh, "--set", "pipelineImage=registry.example/pipelines:7")))
+    assert c["image"] == f"{REPOSITORY}:0.1.0"
+    assert env_value(c, "PIPELINE_OPERATOR_PIPELINE_IMAGE") == "registry.example/pipelines:7"
+    notes = helm(fresh, "install", "x", str(CHART), "-n", NAMESPACE, *IMAGE, "--dry-run=client").stdout
+    assert f"Image: {REPOSITORY}:0.1.0 (pull policy IfNotPresent)" in notes
+
+
+def test_the_pipeline_image_setting_is_the_one_the_operator_reads():
+    """The chart and deploy/ pass the pipelines' default image as this environment variable."""
+    import os
+    import sys
+    code = ("from pipeline_operator.settings import OperatorSettings\n"
+            "s = OperatorSettings()\nprint(s.pipeline_image, s.image_prefixes())\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_OPERATOR_")},
+           "PIPELINE_OPERATOR_PIPELINE_IMAGE": f"{REPOSITORY}:0.1.0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split() == [f"{REPOSITORY}:0.1.0", f"['{REPOSITORY}']"]
 
 
 def test_single_namespace_values_make_roles(fresh):
@@ -105,12 +164,12 @@ def test_per_namespace_roles_are_the_default_with_the_release_namespace(fresh):
     assert objects[("RoleBinding", "pipeline-operator")]["metadata"]["namespace"] == NAMESPACE
     args = container(objects)["args"]
     assert f"--namespace={NAMESPACE}" in args and "--all-namespaces" not in args
-    notes = helm(fresh, "install", "x", str(CHART), "-n", NAMESPACE, "--dry-run=client").stdout
+    notes = helm(fresh, "install", "x", str(CHART), "-n", NAMESPACE, *IMAGE, "--dry-run=client").stdout
     assert f"watching {NAMESPACE}." in notes and "--audience pipeline-operator" in notes
 
 
 def test_unauthenticated_api_is_refused_unless_exposed_on_purpose(fresh):
-    res = helm(fresh, "template", "x", str(CHART), "--set", "api.auth=none", check=False)
+    res = helm(fresh, "template", "x", str(CHART), *IMAGE, "--set", "api.auth=none", check=False)
     assert res.returncode != 0 and "api.exposeUnauthenticated=true" in res.stderr and "api.auth" in res.stderr
     objects = by_key(template(fresh, "--set", "api.auth=none", "--set", "api.exposeUnauthenticated=true"))
     assert "--api-auth=none" in container(objects)["args"]
@@ -173,18 +232,20 @@ def test_cert_manager_certificate_only_where_cert_manager_is_served(fresh):
     assert "--api-tls-cert=/etc/pipeline-operator/tls/tls.crt" in container(with_cm)["args"]
     without = by_key(template(fresh, *values))
     assert ("Certificate", "pipeline-operator") not in without
-    res = helm(fresh, "template", "x", str(CHART), "--set", "api.tls.certManager.enabled=true", check=False)
+    res = helm(fresh, "template", "x", str(CHART), *IMAGE, "--set", "api.tls.certManager.enabled=true",
+               check=False)
     assert res.returncode != 0 and "api.tls.certManager.issuerRef.name" in res.stderr
 
 
 def test_install_upgrade_uninstall_and_server_side_dry_run(fresh):
-    rendered = helm(fresh, "template", "pipeline-operator", str(CHART), "-n", NAMESPACE).stdout
+    rendered = helm(fresh, "template", "pipeline-operator", str(CHART), "-n", NAMESPACE, *IMAGE).stdout
     fresh.kubectl("create", "namespace", NAMESPACE)
     fresh.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
-    helm(fresh, "install", "pipeline-operator", str(CHART), "-n", NAMESPACE)
+    helm(fresh, "install", "pipeline-operator", str(CHART), "-n", NAMESPACE, *IMAGE)
     assert fresh.get("deployment", "pipeline-operator", NAMESPACE)["spec"]["replicas"] == 1
     controlplane.wait_established(fresh.kubectl)
-    helm(fresh, "upgrade", "pipeline-operator", str(CHART), "-n", NAMESPACE, "--set", "eventStore.persistent=false")
+    helm(fresh, "upgrade", "pipeline-operator", str(CHART), "-n", NAMESPACE, *IMAGE,
+         "--set", "eventStore.persistent=false")
     volumes = fresh.get("deployment", "pipeline-operator", NAMESPACE)["spec"]["template"]["spec"]["volumes"]
     assert volumes[0] == {"name": "data", "emptyDir": {}}
     notes = helm(fresh, "status", "pipeline-operator", "-n", NAMESPACE).stdout

@@ -64,6 +64,21 @@ def test_dockerfile_is_slim_non_root_and_built_from_the_repository():
     assert ignored[1] == "*" and "!operator/" in ignored and "!image/" in ignored
 
 
+def test_image_pins_every_dependency_at_pyprojects_version_with_hashes():
+    """image/requirements.txt (``make lock``) pins what pyproject.toml asks for, every distribution
+    with the hashes pip checks (--require-hashes) when the image is built."""
+    import re
+    pins_text = (REPO / "image" / "requirements.txt").read_text()
+    pins = dict(re.findall(r"(?m)^([a-z0-9][a-z0-9._-]*)==(\S+)", pins_text))
+    for requirement in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name, version = requirement.split("==")
+        assert pins[re.sub(r"[-_.]+", "-", name).lower()] == version, requirement
+    entries = re.split(r"(?m)^(?=[a-z0-9])", pins_text)[1:]
+    assert len(entries) == len(pins) and all("--hash=sha256:" in e for e in entries)
+    assert "cryptography" not in pins and "pytest" not in pins  # no extra: the image has no dev tooling
+    assert re.search(r"(?m)^pip==\S+ \\\n    --hash=sha256:", (REPO / "image" / "pip.txt").read_text())
+
+
 def wheelhouse() -> Path:
     """Wheels of the runtime dependencies and of the build backend, downloaded once from PyPI (the
     only network use) and kept in the control-plane cache, keyed by the pins: later runs are offline."""

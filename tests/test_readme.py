@@ -47,10 +47,24 @@ README_BLOCKS: dict[str, tuple[str, str]] = {
         (RUN, "test_readme_run_command_runs_the_example_pipeline_and_the_sdk_snippet"),
     'plain: The Pipeline "orders" is invalid:':
         (RUN, "test_invalid_spec_is_rejected_with_the_readme_message"),
-    "kubectl apply -k deploy/":
-        (ELSEWHERE, "tests/test_deploy.py::test_kubectl_apply_k_deploy_works"),
-    "helm install pipeline-operator charts/pipeline-operator -n pipeline-operator-system --create-namespace":
+    "make image":
+        (ELSEWHERE, "tests/test_container_image.py::test_make_image_as_the_readme_prints_it"),
+    "kind load image-archive dist/image/pipeline-operator-0.1.0.tar":
+        (NOT_RUN, "it needs a kind cluster and the tarball of `make image`; the tests' control plane runs no pods"),
+    "skopeo copy docker-archive:dist/image/pipeline-operator-0.1.0.tar "
+    "docker://registry.example/team/pipeline-operator:0.1.0":
+        (NOT_RUN, "it pushes to a registry (registry.example stands for yours)"),
+    "docker load -i dist/image/pipeline-operator-0.1.0.tar":
+        (NOT_RUN, "it needs a Docker daemon and the tarball of `make image`"),
+    "docker tag localhost/pipeline-operator:0.1.0 registry.example/team/pipeline-operator:0.1.0":
+        (NOT_RUN, "it needs a Docker daemon with the image loaded"),
+    "docker push registry.example/team/pipeline-operator:0.1.0":
+        (NOT_RUN, "it pushes to a registry (registry.example stands for yours)"),
+    "helm install pipeline-operator charts/pipeline-operator -n pipeline-operator-system --create-namespace "
+    "--set image.repository=localhost/pipeline-operator --set image.tag=0.1.0":
         (RUN, "test_helm_install_command_installs_the_operator"),
+    "kubectl apply -k deploy/overlays/local-image":
+        (ELSEWHERE, "tests/test_deploy.py::test_kubectl_apply_k_local_image_overlay_runs_the_built_image"),
     "pipeline-operator run --namespace data-team":
         (RUN, "test_readme_run_command_runs_the_example_pipeline_and_the_sdk_snippet"),
     "plain: demo/orders: provisioning compute and storage -> resources Provisioning, desired Provisioned, "
@@ -314,9 +328,11 @@ def test_invalid_spec_is_rejected_with_the_readme_message(crd_installed, namespa
 
 @pytest.mark.apiserver
 def test_helm_install_command_installs_the_operator(fresh):  # noqa: F811
-    """The README's `helm install` as written, from the repository, on a control plane of its own."""
+    """The README's `helm install` as written, from the repository, on a control plane of its own: it names the
+    image `make image` builds, which the operator and the pipelines' default both use."""
     command = readme_item("helm install pipeline-operator charts/pipeline-operator -n "
-                          "pipeline-operator-system --create-namespace").text
+                          "pipeline-operator-system --create-namespace --set image.repository=localhost/pipeline-"
+                          "operator --set image.tag=0.1.0").text
     argv = shlex.split(command)
     namespace = argv[argv.index("-n") + 1]
     env = {"KUBECONFIG": str(fresh.kubeconfig), "HOME": str(fresh.plane.workdir), "PATH": "/usr/bin:/bin"}
@@ -326,7 +342,11 @@ def test_helm_install_command_installs_the_operator(fresh):  # noqa: F811
     assert "STATUS: deployed" in res.stdout
     assert fresh.get("namespace", namespace)["status"]["phase"] == "Active"
     wait_established(fresh.kubectl)
-    assert fresh.get("deployment", "pipeline-operator", namespace)["spec"]["replicas"] == 1
+    deployment = fresh.get("deployment", "pipeline-operator", namespace)
+    assert deployment["spec"]["replicas"] == 1
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "localhost/pipeline-operator:0.1.0"
+    assert {"name": "PIPELINE_OPERATOR_PIPELINE_IMAGE", "value": container["image"]} in container["env"]
     for kind, name, ns in (("serviceaccount", "pipeline-operator", namespace),
                            ("service", "pipeline-operator", namespace),
                            # The default: a Role in the namespaces it watches (here the release's own).

@@ -88,7 +88,8 @@ def control_plane_fetch() -> None:
 
 @control_plane.command("up")
 def control_plane_up() -> None:
-    """Start a local control plane and keep it running until Ctrl-C."""
+    """Start a local control plane and keep it running until Ctrl-C, SIGTERM or SIGHUP (each stops
+    etcd and kube-apiserver)."""
     with needs_dev_extra():
         from pipeline_operator_dev import controlplane
     sys.exit(controlplane.main(["up"]))

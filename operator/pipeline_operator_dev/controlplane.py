@@ -599,20 +599,65 @@ def wait_established(kubectl: Callable[..., subprocess.CompletedProcess], crd: s
         time.sleep(0.2)
 
 
+# The signals that end `control-plane up`: Ctrl-C, `kill` (and service managers), a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _StopSignal(Exception):
+    """Raised by the signal handler of :func:`run_until_signalled`: one of STOP_SIGNALS arrived."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def run_until_signalled(binaries: Binaries, progress: Progress = _stderr_progress) -> int:
+    """Start a control plane, print its KUBECONFIG and keep it running until SIGINT, SIGTERM or SIGHUP;
+    then stop kube-apiserver and etcd (they run in sessions of their own, so no signal reaches them
+    but ours) and return 0. A signal during the start stops what was started so far."""
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if not stopping:  # the first one only: a second signal must not cut the stop short
+            stopping = True
+            raise _StopSignal(signum)
+
+    def say(message: str) -> None:
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            progress(message)
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+    plane = ControlPlane(binaries, progress=say)
+    try:
+        plane.start()
+        print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
+        while True:
+            signal.pause()
+    except _StopSignal as stop:
+        say(f"{stop}: stopping the control plane")
+    finally:
+        stopping = True
+        running = [(name, proc.pid) for name, proc in reversed(plane._named.items()) if proc.poll() is None]
+        plane.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if running:
+            say("stopped " + " and ".join(f"{name} (pid {pid})" for name, pid in running))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipeline_operator_dev.controlplane [fetch|up]``."""
     import argparse
     parser = argparse.ArgumentParser(prog="pipeline-operator control-plane")
     parser.add_argument("action", choices=["fetch", "up"], help="fetch: build or find the binaries; "
-                        "up: also start a control plane and keep it running until Ctrl-C")
+                        "up: also start a control plane and keep it running until Ctrl-C, SIGTERM or SIGHUP")
     args = parser.parse_args(argv)
     binaries = ensure_binaries()
     print(json.dumps(binaries.as_dict(), indent=2))
     if args.action == "up":
-        with ControlPlane(binaries) as cp:
-            print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.pause()
+        return run_until_signalled(binaries)
     return 0
 
 

@@ -12,8 +12,24 @@ app.kubernetes.io/name: pipeline-operator
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{- /* The repository in values.yaml: a name that no registry serves yet (the image is built with `make image`). */ -}}
+{{- define "pipeline-operator.unpublishedRepository" -}}
+ghcr.io/pipeline-operator/pipeline-operator
+{{- end }}
+
+{{- /* The operator's image, repository:tag (the tag defaults to the chart's appVersion). Refuses the
+unpublished default repository, so an install never waits on an image that cannot be pulled. */ -}}
 {{- define "pipeline-operator.image" -}}
+{{- $unpublished := include "pipeline-operator.unpublishedRepository" . -}}
+{{- if eq .Values.image.repository $unpublished -}}
+{{- fail (printf "image.repository is %s, which no registry serves yet: build the image with `make image`, load or push it (see README, Installing), and set image.repository (and image.tag), e.g. --set image.repository=localhost/pipeline-operator --set image.tag=%s after `kind load image-archive dist/image/pipeline-operator-%s.tar`" $unpublished .Chart.AppVersion .Chart.AppVersion) -}}
+{{- end -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- /* The default image of pipelines whose spec gives none: pipelineImage, else the operator's own. */ -}}
+{{- define "pipeline-operator.pipelineImage" -}}
+{{- .Values.pipelineImage | default (include "pipeline-operator.image" .) -}}
 {{- end }}
 
 {{- /* The namespaces watched without allNamespaces: the list given, else the release namespace. */ -}}
