@@ -13,6 +13,7 @@ import pytest
 from pipeline_operator.crd import DEFAULT_PATH
 from pipeline_operator_dev import controlplane
 
+from . import postgres
 from .kstatus import KStatusTracker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,3 +129,38 @@ def operators(crd_installed: Cluster, tmp_path: Path):
 def pipelines(crd_installed: Cluster, namespace: str):
     from .operator_harness import Pipelines
     return Pipelines(crd_installed, namespace)
+
+
+# -- PostgreSQL: the event store's second backend ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[postgres.PostgresServer]:
+    """A real PostgreSQL server for the whole test session (tests/postgres.py), removed at the end.
+    Where PostgreSQL cannot run, the tests that need it are skipped, except in CI (``CI=true``): there
+    that is a failure, not a silent skip."""
+    try:
+        server = postgres.start()
+    except postgres.Unavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+_database_counter = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def postgres_url(postgres_server: postgres.PostgresServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database for one test (pytest-postgresql's janitor creates it and drops it afterwards),
+    as the operator is given it: a URL without the password, which is in PGPASSWORD."""
+    from pytest_postgresql.janitor import DatabaseJanitor
+    name = f"events_{next(_database_counter)}"
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    with DatabaseJanitor(user=postgres.ROLE, host=postgres_server.host, port=postgres_server.port, dbname=name,
+                         password=postgres_server.password, connection_timeout=10):
+        yield postgres_server.url(name)

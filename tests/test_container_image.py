@@ -187,7 +187,8 @@ def test_operator_from_the_image_takes_a_pipeline_to_running_with_deploys_rbac(
         image, crd_installed, namespace, pipelines, tmp_path):
     cluster = crd_installed
     objects = deploy_objects(cluster)
-    rbac = [o for o in objects if o["kind"] in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+    rbac = [o for o in objects if o["kind"] in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+                                                "Role", "RoleBinding")]
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}))
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     operator_ns = deployment["metadata"]["namespace"]

@@ -193,6 +193,38 @@ def test_operator_pod_namespace_labels_and_pipeline_flags(fresh):
     assert "--network-policies" in defaults and "--api-audience=pipeline-operator" in defaults
 
 
+def test_leader_election_and_its_lease_role_in_the_release_namespace(fresh):
+    objects = by_key(template(fresh))
+    c = container(objects)
+    assert "--leader-election" in c["args"]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
+    role = objects[("Role", "pipeline-operator-leader-election")]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "create", "update"]}]
+    binding = objects[("RoleBinding", "pipeline-operator-leader-election")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-operator", "namespace": NAMESPACE}]
+
+
+def test_postgresql_event_store_with_the_password_from_a_secret(fresh):
+    url = "postgresql://pipeline_operator@postgres.db:5432/events"
+    objects = by_key(template(fresh, "--set", f"eventStore.postgresql.url={url}",
+                              "--set", "eventStore.postgresql.passwordSecret.name=events-db"))
+    c = container(objects)
+    assert f"--event-store={url}" in c["args"] and not any("secret" in a.lower() for a in c["args"])
+    assert {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "events-db", "key": "password"}}} in c["env"]
+    assert ("PersistentVolumeClaim", "pipeline-operator-data") not in objects  # no SQLite file to keep
+    volumes = objects[("Deployment", "pipeline-operator")]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "data", "emptyDir": {}} in volumes
+    sqlite = container(by_key(template(fresh)))
+    assert "--event-store=/var/lib/pipeline-operator/events.sqlite" in sqlite["args"]
+    assert not [e for e in sqlite["env"] if e["name"] == "PGPASSWORD"]
+    # A password in the URL would be on the command line: the values schema refuses it.
+    res = helm(fresh, "template", "x", str(CHART), *IMAGE, "--set",
+               "eventStore.postgresql.url=postgresql://po:hunter2@db/events", check=False)
+    assert res.returncode != 0 and "/eventStore/postgresql/url" in res.stderr
+
+
 def test_chart_flags_are_accepted_by_the_operator(fresh, tmp_path):
     """Every flag the chart renders (all values set) parses as an operator setting."""
     import sys

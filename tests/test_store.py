@@ -1,16 +1,23 @@
-"""The durable event store: order, retention, restarts, seeding, retries, deletion."""
+"""The durable event store: order, retention, restarts, seeding, retries, deletion; each test against
+both backends (an SQLite file, a database on a real PostgreSQL server) wherever the semantics are
+the same. What only one backend has is in test_store_faults.py (the SQLite file) and
+test_store_postgres.py (the server)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import time
+from pathlib import Path
 
+import psycopg
 import pytest
 
+from pipeline_operator import store_postgres
 from pipeline_operator.core.emission import UuidV7, make_event
 from pipeline_operator.identity import PipelineKey
 from pipeline_operator.models import EventStatus, ProgramStatus, ResourcesDesiredStatus, ResourcesStatus, StorageStatus
-from pipeline_operator.store import SCHEMA_VERSION, EventStore
+from pipeline_operator.store import SCHEMA_VERSION, EventStorage, open_event_store
 
 KEY = PipelineKey("ns", "orders", "uid-1")
 OTHER = PipelineKey("ns", "orders", "uid-2")  # the same name, re-created
@@ -27,11 +34,69 @@ def events(n: int, start: float = 0, ids=None):
             for i in range(n)]
 
 
+BACKENDS = ["sqlite", "postgresql"]
+# A failure a backend recovers from by retrying (what the writer sees when the volume or server hiccups).
+PASSING_FAILURE = {"sqlite": sqlite3.OperationalError("disk I/O error"),
+                   "postgresql": psycopg.OperationalError("server closed the connection unexpectedly")}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = EventStore(tmp_path / "events.sqlite", retention=50, prune_interval=3600)
-    yield s
-    s.close()
+def target(backend, tmp_path, request) -> Path | str:
+    """Where a store of the backend lives, as ``--event-store`` names it: an SQLite file, or a fresh
+    database on the test session's PostgreSQL server (its password in PGPASSWORD)."""
+    if backend == "sqlite":
+        return tmp_path / "events.sqlite"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def open_store(target):
+    """``open_store(**settings)`` opens a store at ``target`` as the operator does (open_event_store);
+    every store opened is closed after the test."""
+    opened: list[EventStorage] = []
+
+    def open_(**kwargs) -> EventStorage:
+        opened.append(open_event_store(target, **kwargs))
+        return opened[-1]
+    yield open_
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(open_store):
+    return open_store(retention=50, prune_interval=3600)
+
+
+def schema_version(target: Path | str) -> int:
+    if isinstance(target, Path):
+        return sqlite3.connect(target).execute("PRAGMA user_version").fetchone()[0]
+    with psycopg.connect(target) as conn:
+        return conn.execute("SELECT max(version) FROM monitor_event_schema").fetchone()[0]
+
+
+def set_schema_version(target: Path | str, version: int) -> None:
+    """What a newer operator leaves behind."""
+    if isinstance(target, Path):
+        sqlite3.connect(target).execute(f"PRAGMA user_version={version}")
+        return
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("INSERT INTO monitor_event_schema (version) VALUES (%s)", (version,))
+
+
+def wait(what: str, probe, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_append_and_list_newest_first_with_details(store):
@@ -65,25 +130,35 @@ def test_retention_keeps_about_the_newest(store):
     assert store.count(OTHER.uid) == 10
 
 
-def test_events_survive_a_restart(tmp_path):
-    path = tmp_path / "e.sqlite"
-    first = EventStore(path)
+def test_the_writer_prunes_pipelines_that_received_events_every_interval(open_store):
+    store = open_store(retention=50, prune_interval=0.2)
+    batch = events(120)
+    store.append(KEY, batch)
+    store.append(OTHER, events(10))
+    wait("the writer's pruning", lambda: store.count(KEY.uid) == 50)
+    assert store.list(KEY.uid) == list(reversed(batch[-50:])) and store.count(OTHER.uid) == 10
+
+
+def test_events_survive_a_restart(open_store, target):
+    first = open_store()
     batch = events(7)
     first.append(KEY, batch)
     first.close()  # commits what is queued
-    second = EventStore(path)
+    second = open_store()
     assert second.list(KEY.uid) == list(reversed(batch))
     second.close()
-    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    if isinstance(target, Path):
+        assert sqlite3.connect(target).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert schema_version(target) == SCHEMA_VERSION
+    else:
+        assert schema_version(target) == store_postgres.SCHEMA_VERSION
 
 
-def test_a_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "e.sqlite"
-    EventStore(path).close()
-    sqlite3.connect(path).execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="schema version"):
-        EventStore(path)
+def test_a_newer_schema_is_refused(open_store, target):
+    open_store().close()
+    set_schema_version(target, schema_version(target) + 1)
+    with pytest.raises(RuntimeError, match="schema version .*upgrade the operator or use another --event-store"):
+        open_store()
 
 
 def test_seeding_adds_only_missing_events(store):
@@ -98,14 +173,14 @@ def test_seeding_adds_only_missing_events(store):
     assert listed[-1].storage_status_details == {"checkpoints": []}  # the stored one was kept
 
 
-def test_a_failed_write_is_retried_and_nothing_is_lost(store, monkeypatch):
+def test_a_failed_write_is_retried_and_nothing_is_lost(store, backend, monkeypatch):
     real = store._commit
     failures = {"left": 2}
 
     def flaky(conn, batches):
         if failures["left"]:
             failures["left"] -= 1
-            raise sqlite3.OperationalError("disk I/O error")
+            raise PASSING_FAILURE[backend]
         return real(conn, batches)
 
     monkeypatch.setattr(store, "_commit", flaky)
@@ -124,8 +199,16 @@ def test_delete_removes_one_pipeline_only(store):
     assert store.count(KEY.uid) == 0 and store.count(OTHER.uid) == 2
 
 
-def test_append_after_close_is_an_error(tmp_path):
-    s = EventStore(tmp_path / "e.sqlite")
+def test_forget_removes_a_pipeline_after_the_events_queued_before_it(store):
+    store.append(KEY, events(4))
+    store.forget(KEY)
+    store.append(OTHER, events(1))
+    assert store.flush(10)
+    assert store.count(KEY.uid) == 0 and store.count(OTHER.uid) == 1 and store.newest(KEY.uid) is None
+
+
+def test_append_after_close_is_an_error(open_store):
+    s = open_store()
     s.close()
     with pytest.raises(Exception, match="closed"):
         s.append(KEY, events(1))

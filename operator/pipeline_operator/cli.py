@@ -151,6 +151,10 @@ def run(**given: Any) -> None:
         asyncio.run(controller.run(settings))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    except controller.LeadershipLost as exc:
+        # client-go's way: exit, and the restarted container stands by with a clean slate.
+        click.echo(f"Error: lost the leadership ({exc}); exiting to start again as a standby", err=True)
+        sys.exit(3)
 
 
 @main.command()

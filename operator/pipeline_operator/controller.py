@@ -27,20 +27,21 @@ import kopf
 
 from .api import ApiDeps, ApiServer, Metrics
 from .backends import Backend as BackendProtocol
-from .backends.kubernetes import KubernetesBackend, child_name
+from .backends.kubernetes import KubernetesBackend
 from .backends.local import LocalBackend
 from .compiler import Compiler
 from .core.lifecycle import ComputeState
 from .identity import PipelineKey
 from .kube import Conflict, Forbidden, Gone, Kube
 from .kube_events import EventPoster, requester_of
+from .leader import LeaderElector, LeaseTiming
 from .models import API_GROUP, API_VERSION, PLURAL
 from .reconciler import ONE_SHOT_ANNOTATIONS, Context, PipelineMonitor, key_of
 from .recording import Recorder, post_event
 from .retry import Backoff
 from .runtime_client import RuntimeClient
 from .settings import Backend, OperatorSettings
-from .store import EventStore
+from .store import open_event_store
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +202,10 @@ async def _deletion_step(ctx: Context, key: PipelineKey) -> str | None:
     if compute.state is not ComputeState.ABSENT:
         await ctx.backend.deprovision(key)
         why = f": {compute.message}" if compute.message else ""
-        return f"{_compute_name(ctx, key)} is still {compute.state.value}{why}"
+        return f"{ctx.backend.describe_compute(key)} is still {compute.state.value}{why}"
     if await ctx.backend.storage_exists(key):
         await ctx.backend.clear_storage(key)
-        return f"{_storage_name(ctx, key)} still exists (its deletion was requested)"
+        return f"{ctx.backend.describe_storage(key)} still exists (its deletion was requested)"
     return None
 
 
@@ -214,28 +215,12 @@ async def _leftovers(ctx: Context, key: PipelineKey, last_problem: str | None) -
     try:
         compute = await ctx.backend.observe_compute(key)
         if compute.state is not ComputeState.ABSENT:
-            left.append(f"{_compute_name(ctx, key)} ({compute.state.value})")
+            left.append(f"{ctx.backend.describe_compute(key)} ({compute.state.value})")
         if await ctx.backend.storage_exists(key):
-            left.append(_storage_name(ctx, key))
+            left.append(ctx.backend.describe_storage(key))
     except Exception as exc:  # noqa: BLE001 - the last known problem is named instead
         return f"{last_problem or 'unknown'} (looking again failed: {exc})"
     return ", ".join(left) or "nothing (compute and storage are gone)"
-
-
-def _compute_name(ctx: Context, key: PipelineKey) -> str:
-    if isinstance(ctx.backend, KubernetesBackend):
-        return f"StatefulSet {key.namespace}/{child_name(key)}"
-    if isinstance(ctx.backend, LocalBackend):
-        return f"the pipeline process (folder {ctx.backend.folder(key)})"
-    return "the pipeline's compute"
-
-
-def _storage_name(ctx: Context, key: PipelineKey) -> str:
-    if isinstance(ctx.backend, KubernetesBackend):
-        return f"PersistentVolumeClaim {key.namespace}/{child_name(key)}-storage"
-    if isinstance(ctx.backend, LocalBackend):
-        return f"the storage folder {ctx.backend.storage_dir(key)}"
-    return "the pipeline's storage"
 
 
 async def _report_stuck(ctx: Context, key: PipelineKey, obj: dict[str, Any], message: str) -> bool:
@@ -294,9 +279,12 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     """Run the operator until it is told to stop (SIGINT/SIGTERM, or ``stop_flag``)."""
     if not settings.all_namespaces and not settings.namespaces:
         raise ValueError("say which namespaces to watch: --namespace NAME (repeatable) or --all-namespaces")
+    if settings.leader_election and not settings.lease_namespace():
+        raise ValueError("--leader-election needs the namespace of its Lease: --leader-election-namespace, "
+                         "--operator-namespace or $POD_NAMESPACE")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     kube = Kube(field_manager=settings.operator_name)
-    store = await asyncio.to_thread(EventStore, settings.event_store, settings.events_retention,
+    store = await asyncio.to_thread(open_event_store, settings.event_store, settings.events_retention,
                                     settings.events_prune_interval, settings.event_store_queue_limit)
 
     def requester(key: PipelineKey) -> str | None:
@@ -356,12 +344,37 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
         helpers.append(asyncio.create_task(follow_stop_flag(stop_flag)))
     registry = build_registry(ctx)
     where = "all namespaces" if settings.all_namespaces else ", ".join(settings.namespaces)
-    log.info("pipeline-operator watching pipelines.%s in %s with the %s backend", API_GROUP, where,
-             settings.backend.value)
+    elector: LeaderElector | None = None
+    lost: list[str] = []
+    if settings.leader_election:
+        # A client of its own (two threads): renewals never wait behind the operator's other calls.
+        elector = LeaderElector(Kube(field_manager=settings.operator_name, workers=2), settings.lease_namespace(),
+                                settings.leader_election_id,
+                                timing=LeaseTiming(settings.lease_duration, settings.lease_renew_deadline,
+                                                   settings.lease_retry_period))
+        if api is not None:
+            api.not_ready = (f"Standing by: another replica holds the Lease {elector.namespace}/{elector.name} "
+                             "and reconciles")
+
+    async def keep_leading(elector: LeaderElector) -> None:
+        reason = await elector.hold()
+        lost.append(reason)
+        kube.fence(reason)  # no call goes out from now on: a standby may take over in a few seconds
+        log.error("leader election: %s lost the leadership (%s); it stops acting now and exits, and comes back as "
+                  "a standby", elector.identity, reason)
+        stopping.set()
+
     try:
-        await kopf.operator(registry=registry, standalone=True, clusterwide=settings.all_namespaces,
-                            namespaces=settings.namespaces, ready_flag=ready_flag, stop_flag=stopping,
-                            memo=kopf.Memo())
+        if elector is None or await elector.acquire(stopping):
+            if elector is not None:
+                helpers.append(asyncio.create_task(keep_leading(elector)))
+                if api is not None:
+                    api.not_ready = "The operator is starting"
+            log.info("pipeline-operator watching pipelines.%s in %s with the %s backend", API_GROUP, where,
+                     settings.backend.value)
+            await kopf.operator(registry=registry, standalone=True, clusterwide=settings.all_namespaces,
+                                namespaces=settings.namespaces, ready_flag=ready_flag, stop_flag=stopping,
+                                memo=kopf.Memo())
     except Exception as exc:
         if not stopping.is_set():
             raise
@@ -375,6 +388,10 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
             helper.cancel()
         if ctx.in_flight:  # status writes under way finish, with their events, before the store closes
             await asyncio.wait(list(ctx.in_flight), timeout=30)
+        if elector is not None:
+            if not lost:  # stopping on its own: a standby takes over at its next try
+                await _quietly("the leader-election Lease", elector.release())
+            await _quietly("the leader-election client", elector.kube.close())
         await _quietly("the HTTP API", api.stop() if api is not None else None)
         await _quietly("the runtime client", ctx.runtime.close())
         await _quietly("the backend", ctx.backend.close())
@@ -385,6 +402,12 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 asyncio.get_running_loop().remove_signal_handler(sig)
         log.info("pipeline-operator stopped")
+    if lost:
+        raise LeadershipLost(lost[0])
+
+
+class LeadershipLost(Exception):
+    """This replica lost the leader-election Lease and stopped; it is restarted as a standby."""
 
 
 async def _quietly(what: str, closing: Awaitable[Any] | None) -> None:
@@ -397,4 +420,4 @@ async def _quietly(what: str, closing: Awaitable[Any] | None) -> None:
         log.warning("stopping %s failed (%s: %s); going on with shutdown", what, type(exc).__name__, exc)
 
 
-__all__ = ["run", "build_registry"]
+__all__ = ["run", "build_registry", "LeadershipLost"]

@@ -40,6 +40,10 @@ class Unavailable(ConnectionError):
     nothing is known about the objects, so nothing may be concluded; try again later."""
 
 
+class Fenced(Unavailable):
+    """This operator lost its leadership: it makes no call any more (another replica leads)."""
+
+
 REQUEST_TIMEOUT = (5.0, 30.0)  # seconds to connect, and to wait for an answer: a hung API server fails the call
 
 
@@ -63,11 +67,18 @@ class Kube:
         self.auth = kubernetes.client.AuthenticationV1Api(self.api_client)
         self.authz = kubernetes.client.AuthorizationV1Api(self.api_client)
         self.field_manager = field_manager
+        self.fenced: str | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+
+    def fence(self, reason: str) -> None:
+        """From now on every call fails with :class:`Fenced` before it is sent (leadership lost)."""
+        self.fenced = reason
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one blocking client call in the operator's Kubernetes thread pool, with a timeout
         (a worker thread never waits forever); an unreachable API server is :class:`Unavailable`."""
+        if self.fenced is not None:
+            raise Fenced(f"no call to the Kubernetes API: {self.fenced}")
         kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
         loop = asyncio.get_running_loop()
         try:

@@ -19,7 +19,7 @@ from .kube import Kube
 from .kube_events import EventPoster
 from .models import API_GROUP, API_VERSION, KIND, MonitorEvent
 from .reconciler import EventSink
-from .store import EventStore
+from .store import EventStorage
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ async def post_event(kube: Kube, component: str, key: PipelineKey, event_type: s
 
 
 class Recorder(EventSink):
-    def __init__(self, store: EventStore, poster: EventPoster | None) -> None:
+    def __init__(self, store: EventStorage, poster: EventPoster | None) -> None:
         self.store = store
         self.poster = poster
         self._posting: set[asyncio.Task[bool]] = set()  # Events under way (a reference keeps them alive)
@@ -84,7 +84,7 @@ class Recorder(EventSink):
 
     async def latest(self, key: PipelineKey) -> MonitorEvent | None:
         """The newest event known for the pipeline, without waiting for the writer: what this
-        operator appended since it started, else a bounded read of the file (None if that is slow
+        operator appended since it started, else a bounded read of the store (None if that is slow
         or fails: the caller falls back to ``status.history``)."""
         newest = self.store.newest(key.uid)
         if newest is not None:

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .models import MAX_HISTORY_ITEMS
+from .store import check_database_url, is_database_url
 
 ENV_PREFIX = "PIPELINE_OPERATOR_"
 
@@ -56,9 +57,13 @@ class OperatorSettings(BaseSettings):
     graceful_stop_timeout: float = Field(120.0, gt=0, description="Seconds a graceful stop waits for the "
                                          "pipeline to suspend before stopping it without a new checkpoint.")
     status_timeout: float = Field(5.0, gt=0, description="Timeout of a pipeline's `GET /status` (seconds).")
-    event_store: Path = Field(Path("pipeline-events.sqlite"), description="Path of the durable "
-                              "monitor-event store (SQLite); a relative path is resolved against the working "
-                              "directory at start.")
+    event_store: Path | str = Field(Path("pipeline-events.sqlite"), description="The durable monitor-event "
+                                    "store: the path of an SQLite file (the embedded default, for one replica; "
+                                    "a relative path is resolved against the working directory at start), or a "
+                                    "PostgreSQL URL `postgresql://USER@HOST:PORT/DATABASE` (for more than one "
+                                    "replica: any replica reads it, the leader writes). The URL holds no "
+                                    "password: it comes from the environment, `PGPASSWORD` or a `PGPASSFILE` "
+                                    "(e.g. from a Secret); libpq's other `PG*` variables apply as usual.")
     state_dir: Path = Field(Path("pipeline-operator-state"), description="Local backend: where pipeline "
                             "storage directories, compiled programs and process records live; a relative path "
                             "is resolved against the working directory at start.")
@@ -96,6 +101,20 @@ class OperatorSettings(BaseSettings):
                                     "storage may take to go away before the operator reports "
                                     "`DeletionStuck` (it keeps trying; an administrator may release the "
                                     "finalizer with the `dataflow.dev/release-finalizer: \"true\"` annotation).")
+    leader_election: bool = Field(False, description="Run as one of several replicas: only the holder of "
+                                  "a `coordination.k8s.io` Lease reconciles, the others stand by (not ready) "
+                                  "and take over when it expires. Off: this replica acts alone (the chart "
+                                  "and `deploy/` turn it on).")
+    leader_election_namespace: str = Field("", description="Namespace of the leader-election Lease. Default: "
+                                           "the operator's namespace (`--operator-namespace`, `$POD_NAMESPACE`).")
+    leader_election_id: str = Field("pipeline-operator", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                                    description="Name of the leader-election Lease: replicas with the same "
+                                    "name and namespace elect one leader.")
+    lease_duration: float = Field(15.0, gt=0, description="Seconds a standby waits, after it last saw the "
+                                  "Lease renewed, before it takes it over.")
+    lease_renew_deadline: float = Field(10.0, gt=0, description="Seconds the leader keeps acting without "
+                                        "renewing the Lease; then it stops (shorter than --lease-duration).")
+    lease_retry_period: float = Field(2.0, gt=0, description="Seconds between tries to take or renew the Lease.")
     event_store_queue_limit: int = Field(100_000, ge=100, description="Monitor events waiting to be "
                                          "written to the event store; beyond it new events are dropped "
                                          "(counted in `/metrics`) instead of growing memory without bound.")
@@ -137,11 +156,23 @@ class OperatorSettings(BaseSettings):
             return [v for v in value.replace(",", " ").split() if v]
         return value
 
-    @field_validator("event_store", "state_dir")
+    @field_validator("state_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         """Made absolute once, at start: pipeline processes run in their own folders and get these paths."""
         return Path(os.path.abspath(value))
+
+    @field_validator("event_store", mode="before")
+    @classmethod
+    def _event_store(cls, value: object) -> object:
+        """A PostgreSQL URL is kept as given (never a password in it); anything else is a path, made
+        absolute once, at start, like ``state_dir``."""
+        if is_database_url(value):
+            check_database_url(str(value))
+            return value
+        if isinstance(value, str | os.PathLike):
+            return Path(os.path.abspath(value))
+        return value
 
     @model_validator(mode="after")
     def _unauthenticated_api_is_local(self) -> OperatorSettings:
@@ -155,6 +186,17 @@ class OperatorSettings(BaseSettings):
         if (self.api_tls_cert is None) != (self.api_tls_key is None):
             raise ValueError("--api-tls-cert and --api-tls-key go together")
         return self
+
+    @model_validator(mode="after")
+    def _lease_timing(self) -> OperatorSettings:
+        if not self.lease_retry_period < self.lease_renew_deadline < self.lease_duration:
+            raise ValueError("leader election needs --lease-retry-period < --lease-renew-deadline < "
+                             "--lease-duration")
+        return self
+
+    def lease_namespace(self) -> str:
+        """Where the leader-election Lease lives (empty when no namespace is known)."""
+        return self.leader_election_namespace or self.operator_namespace
 
     def image_prefixes(self) -> list[str]:
         """The allowed image prefixes: the setting, or the repository of the default image."""

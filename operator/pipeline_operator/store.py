@@ -1,6 +1,13 @@
 """The durable monitor-event store: the system of record for every pipeline's events.
 
-An SQLite file (WAL mode, schema version in ``PRAGMA user_version``), created on first start.
+Two backends behind one interface (:class:`EventStorage`), chosen by ``--event-store`` through
+:func:`open_event_store`: an SQLite file (this module; the embedded default, for one replica), or a
+PostgreSQL database (:mod:`.store_postgres`, given as a ``postgresql://`` URL; what Feldera itself keeps
+its events in, and what several replicas share: any replica reads it, the leader writes). Both queue
+writes the same way (:class:`QueuedEventStore`), keep the same retention and order, and seed from
+``status.history`` without duplicating; a read that cannot be served raises :class:`StoreUnavailable`.
+
+The SQLite store is a file (WAL mode, schema version in ``PRAGMA user_version``), created on first start.
 Events are keyed by the pipeline's uid, so a deleted and re-created Pipeline of the same name
 starts with an empty history; namespace and name are kept beside them for listing.
 
@@ -39,7 +46,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from .identity import PipelineKey
 from .models import MonitorEvent, project_event
@@ -115,20 +122,106 @@ class StoreClosed(Exception):
     pass
 
 
-class _Moved(Exception):
-    """The file at the store's path is no longer the one the writer opened."""
+class StoreUnavailable(Exception):
+    """A read of the event store failed for a reason outside the operator: the file is corrupt, gone
+    or locked, the database server does not answer. The HTTP API answers 503 ``EventStoreUnavailable``;
+    the writer recovers on its own (events wait in its queue)."""
 
 
-class EventStore:
-    def __init__(self, path: Path, retention: int = 720, prune_interval: float = PRUNE_INTERVAL,
-                 queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
-        self.path = Path(path)
+class SqliteUnavailable(StoreUnavailable, sqlite3.DatabaseError):
+    """:class:`StoreUnavailable` from SQLite; still a ``sqlite3.DatabaseError`` for callers that catch SQLite's own."""
+
+
+class EventStorage(Protocol):
+    """What the operator uses of an event store, whichever the backend (:class:`EventStore`,
+    :class:`.store_postgres.PostgresEventStore`). Writing never blocks; reading does (call it through
+    ``asyncio.to_thread``) and raises :class:`StoreUnavailable` when the store cannot be read now."""
+    retention: int
+    queue_limit: int
+    appended: int
+    write_failures: int
+    dropped: int
+    generation: int
+    recovery: Recovery | None
+
+    def append(self, key: PipelineKey, events: Sequence[MonitorEvent]) -> None: ...
+
+    def seed(self, key: PipelineKey, events: Sequence[MonitorEvent]) -> None: ...
+
+    def forget(self, key: PipelineKey) -> None: ...
+
+    def newest(self, uid: str) -> MonitorEvent | None: ...
+
+    @property
+    def queue_length(self) -> int: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def flush(self, timeout: float = 30.0) -> bool: ...
+
+    def prune_now(self) -> None: ...
+
+    def close(self, timeout: float = 60.0) -> None: ...
+
+    def list(self, uid: str, limit: int | None = None) -> list[MonitorEvent]: ...
+
+    def list_json(self, uid: str, selector: str = "status") -> str: ...
+
+    def get_json(self, uid: str, event_id: uuid.UUID | None, selector: str = "status") -> str | None: ...
+
+    def get(self, uid: str, event_id: uuid.UUID) -> MonitorEvent | None: ...
+
+    def latest(self, uid: str) -> MonitorEvent | None: ...
+
+    def count(self, uid: str | None = None) -> int: ...
+
+    def delete(self, uid: str) -> int: ...
+
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def is_database_url(target: object) -> bool:
+    """``--event-store`` names a PostgreSQL database (``postgresql://`` or ``postgres://``), not a file."""
+    return isinstance(target, str) and "://" in target and target.partition("://")[0].lower() in POSTGRES_SCHEMES
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a database URL that holds a password: the command line and the Pod spec show it to anyone
+    who may list processes or read Deployments; libpq takes it from the environment instead."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    if userinfo.partition(":")[2] or query.get("password") or query.get("sslpassword"):
+        raise ValueError("the --event-store URL (PIPELINE_OPERATOR_EVENT_STORE) must not contain a password, "
+                         "it would be visible in the process list and the Pod spec: remove it from the URL and "
+                         "pass it through the environment, PGPASSWORD or a PGPASSFILE (for example from a "
+                         "Kubernetes Secret), as libpq reads them")
+
+
+def open_event_store(target: Path | str, retention: int = 720, prune_interval: float = PRUNE_INTERVAL,
+                     queue_limit: int = DEFAULT_QUEUE_LIMIT) -> EventStorage:
+    """The event store ``--event-store`` names: a PostgreSQL database for a ``postgresql://`` URL (its
+    password from the environment, as libpq reads it), else an SQLite file at that path. Blocking."""
+    if is_database_url(target):
+        from .store_postgres import PostgresEventStore
+        return PostgresEventStore(str(target), retention, prune_interval, queue_limit)
+    return EventStore(Path(target), retention, prune_interval, queue_limit)
+
+
+class QueuedEventStore:
+    """What both backends share: the bounded queue one writer thread drains, the newest event of each
+    pipeline in memory, and the counters ``/metrics`` shows. A backend sets :attr:`where` (for the
+    log) and starts :attr:`_writer`, its write loop: it takes what is queued with :meth:`_take`, commits
+    it in one transaction, and reports it written with :meth:`_committed`."""
+
+    where = "the event store"
+
+    def __init__(self, retention: int, prune_interval: float, queue_limit: int) -> None:
         self.retention = retention
         self.prune_interval = prune_interval
         self.queue_limit = queue_limit
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._queue: queue.Queue[_Batch | None] = queue.Queue()
-        self._local = threading.local()
         self._dirty: set[str] = set()
         self._closed = False
         self.appended = 0
@@ -138,11 +231,169 @@ class EventStore:
         """Advances whenever the store lost events (recovered file, dropped events): pipelines re-seed."""
         self.recovery: Recovery | None = None
         self._newest: dict[str, MonitorEvent] = {}
-        self._suspect = False  # a reader found the file corrupt: the writer checks it
         self._dropping = False  # events are being dropped (the queue is full) until writes succeed again
         self._queued = 0  # events queued or held by the writer, not yet committed
         self._pending = 0
         self._idle = threading.Condition()
+        self._writer: threading.Thread | None = None
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def append(self, key: PipelineKey, events: Sequence[MonitorEvent]) -> None:
+        """Queue events for writing; returns at once."""
+        if events:
+            newest = max(events, key=lambda e: (e.recorded_at, str(e.event_id)))
+            known = self._newest.get(key.uid)
+            if known is None or (newest.recorded_at, str(newest.event_id)) >= (known.recorded_at, str(known.event_id)):
+                self._newest[key.uid] = newest
+        self._enqueue(_Batch(key, list(events)))
+
+    def seed(self, key: PipelineKey, events: Sequence[MonitorEvent]) -> None:
+        """Queue events that may already be stored (e.g. from ``status.history``): existing ones are kept."""
+        self._enqueue(_Batch(key, list(events), ignore_existing=True))
+
+    def forget(self, key: PipelineKey) -> None:
+        """Queue the removal of every event of a pipeline (after what is queued before it); returns at once."""
+        self._newest.pop(key.uid, None)
+        self._enqueue(_Batch(key, [], forget=True))
+
+    def newest(self, uid: str) -> MonitorEvent | None:
+        """The newest event appended since start (in memory: never waits for the writer or the store)."""
+        return self._newest.get(uid)
+
+    @property
+    def queue_length(self) -> int:
+        """Events waiting to be written (at most ``queue_limit``)."""
+        return self._queued
+
+    def stats(self) -> dict[str, int]:
+        """What ``/metrics`` shows of the store: events dropped because the queue was full, failed
+        commits, events waiting to be written, events written, and the store's generation."""
+        return {"dropped": self.dropped, "write_failures": self.write_failures, "queued": self.queue_length,
+                "appended": self.appended, "generation": self.generation}
+
+    def _enqueue(self, batch: _Batch) -> None:
+        if self._closed:
+            raise StoreClosed("the event store is closed")
+        if not batch.events and not batch.forget:
+            return
+        with self._idle:
+            if batch.events and self._queued + len(batch.events) > self.queue_limit:
+                if not self._dropping:
+                    log.error("event store: %d events are waiting to be written and %d more would pass the "
+                              "limit of %d (--event-store-queue-limit); new events are dropped until the store "
+                              "accepts writes again (see the warnings about it), then re-seeded from "
+                              "status.history", self._queued, len(batch.events), self.queue_limit)
+                self._dropping = True
+                self.dropped += len(batch.events)
+                return
+            self._queued += len(batch.events)
+            self._pending += 1
+        self._queue.put(batch)
+
+    def _take(self, held: list[_Batch], wait: float | None) -> bool:
+        """Move what is queued into ``held`` (up to :data:`MAX_BATCH` events: one transaction), first
+        waiting up to ``wait`` seconds for anything if ``wait`` is given; True once the store is closing."""
+        stopping = False
+        if wait is not None:
+            item: _Batch | object | None
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = _NOTHING
+            if item is None:
+                stopping = True
+            elif isinstance(item, _Batch):
+                held.append(item)
+        count = sum(len(b.events) for b in held)
+        while count < MAX_BATCH:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                stopping = True
+            else:
+                held.append(more)
+                count += len(more.events)
+        return stopping
+
+    def _committed(self, held: list[_Batch]) -> None:
+        """``held`` is written: what :meth:`flush` waits for."""
+        with self._idle:
+            self._pending -= len(held)
+            self._queued -= sum(len(b.events) for b in held)
+            self._idle.notify_all()
+
+    def _recovered(self, what: str) -> None:
+        self.generation += 1
+        self.recovery = Recovery(self.generation, dt.datetime.now(dt.UTC), what)
+        log.error("%s; events stored before are lost except those in each Pipeline's status.history, from "
+                  "which every pipeline re-seeds its events now", what)
+
+    def _writable_again(self) -> None:
+        """Writes succeed again after failures: if events were dropped meanwhile, every pipeline
+        re-seeds from its ``status.history`` (the newest of the dropped events come back)."""
+        if self._dropping:
+            self._dropping = False
+            self.generation += 1
+            log.warning("event store %s accepts writes again; %d events were dropped in all while it did not: "
+                        "every pipeline re-seeds its newest events from status.history", self.where, self.dropped)
+        else:
+            log.warning("event store %s accepts writes again; nothing was lost", self.where)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued so far is committed (tests and tools; the operator never waits)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Commit what is queued, prune, and stop the writer (waiting at most ``timeout`` seconds)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        if self._writer is not None:
+            self._writer.join(timeout=timeout)
+        log.info("event store closed: %d events appended, %d write failures, %d dropped", self.appended,
+                 self.write_failures, self.dropped)
+        self._close_readers()
+
+    def _close_readers(self) -> None:
+        """Close what the readers use (the backend's)."""
+
+    # Reading (each backend has its own SQL); the last methods of the class, so that ``list`` names
+    # the built-in type everywhere above.
+    def list(self, uid: str, limit: int | None = None) -> list[MonitorEvent]:
+        raise NotImplementedError
+
+    def latest(self, uid: str) -> MonitorEvent | None:
+        """The newest stored event of a pipeline (newest first: the first of a list of one)."""
+        events = self.list(uid, limit=1)
+        return events[0] if events else None
+
+
+class _Moved(Exception):
+    """The file at the store's path is no longer the one the writer opened."""
+
+
+class EventStore(QueuedEventStore):
+    """The SQLite event store (see the module's description)."""
+
+    def __init__(self, path: Path, retention: int = 720, prune_interval: float = PRUNE_INTERVAL,
+                 queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
+        super().__init__(retention, prune_interval, queue_limit)
+        self.path = Path(path)
+        self.where = str(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._suspect = False  # a reader found the file corrupt: the writer checks it
         self._identity: tuple[int, int] | None = None
         try:
             self._open_checked().close()
@@ -181,15 +432,18 @@ class EventStore:
             self._local.generation = self.generation
         return conn
 
-    def _query(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
-        """A read on this thread's connection; a read that finds the file corrupt has the writer
-        check it (and start afresh if so) instead of failing every read from now on."""
+    def _query(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """The rows of a read on this thread's connection; a read that finds the file corrupt has the
+        writer check it (and start afresh if so) instead of failing every read from now on. A file
+        that cannot be read now (corrupt, gone, locked, its volume failing) is :class:`StoreUnavailable`."""
         try:
-            return self._reader().execute(sql, args)
+            return self._reader().execute(sql, args).fetchall()
         except sqlite3.DatabaseError as exc:
             if is_corrupt(exc) or schema_gone(exc):
                 self._suspect = True
-            raise
+            elif not isinstance(exc, sqlite3.OperationalError):
+                raise  # not the file but this code (a wrong statement): a bug, not an unavailable store
+            raise SqliteUnavailable(f"the event store {self.path} cannot be read now ({exc})") from exc
 
     def _file_identity(self) -> tuple[int, int] | None:
         try:
@@ -244,65 +498,7 @@ class EventStore:
                 pass
         return aside
 
-    def _recovered(self, what: str) -> None:
-        self.generation += 1
-        self.recovery = Recovery(self.generation, dt.datetime.now(dt.UTC), what)
-        log.error("%s; events stored before are lost except those in each Pipeline's status.history, from "
-                  "which every pipeline re-seeds its events now", what)
-
     # -- writing -----------------------------------------------------------------------------
-
-    def append(self, key: PipelineKey, events: Sequence[MonitorEvent]) -> None:
-        """Queue events for writing; returns at once."""
-        if events:
-            newest = max(events, key=lambda e: (e.recorded_at, str(e.event_id)))
-            known = self._newest.get(key.uid)
-            if known is None or (newest.recorded_at, str(newest.event_id)) >= (known.recorded_at, str(known.event_id)):
-                self._newest[key.uid] = newest
-        self._enqueue(_Batch(key, list(events)))
-
-    def seed(self, key: PipelineKey, events: Sequence[MonitorEvent]) -> None:
-        """Queue events that may already be stored (e.g. from ``status.history``): existing ones are kept."""
-        self._enqueue(_Batch(key, list(events), ignore_existing=True))
-
-    def forget(self, key: PipelineKey) -> None:
-        """Queue the removal of every event of a pipeline (after what is queued before it); returns at once."""
-        self._newest.pop(key.uid, None)
-        self._enqueue(_Batch(key, [], forget=True))
-
-    def newest(self, uid: str) -> MonitorEvent | None:
-        """The newest event appended since start (in memory: never waits for the writer or the file)."""
-        return self._newest.get(uid)
-
-    @property
-    def queue_length(self) -> int:
-        """Events waiting to be written (at most ``queue_limit``)."""
-        return self._queued
-
-    def stats(self) -> dict[str, int]:
-        """What ``/metrics`` shows of the store: events dropped because the queue was full, failed
-        commits, events waiting to be written, events written, and the store's generation."""
-        return {"dropped": self.dropped, "write_failures": self.write_failures, "queued": self.queue_length,
-                "appended": self.appended, "generation": self.generation}
-
-    def _enqueue(self, batch: _Batch) -> None:
-        if self._closed:
-            raise StoreClosed("the event store is closed")
-        if not batch.events and not batch.forget:
-            return
-        with self._idle:
-            if batch.events and self._queued + len(batch.events) > self.queue_limit:
-                if not self._dropping:
-                    log.error("event store: %d events are waiting to be written and %d more would pass the "
-                              "limit of %d (--event-store-queue-limit); new events are dropped until the store "
-                              "accepts writes again (see the warnings about it), then re-seeded from "
-                              "status.history", self._queued, len(batch.events), self.queue_limit)
-                self._dropping = True
-                self.dropped += len(batch.events)
-                return
-            self._queued += len(batch.events)
-            self._pending += 1
-        self._queue.put(batch)
 
     def _write_loop(self) -> None:
         conn: sqlite3.Connection | None = None
@@ -312,29 +508,11 @@ class EventStore:
         stopping = False
         failing = False
         while True:
+            wait = None
             if not held and not stopping:
                 wait = max(0.05, min(CHECK_INTERVAL - (time.monotonic() - last_check),
                                      self.prune_interval - (time.monotonic() - last_prune)))
-                item: _Batch | object | None
-                try:
-                    item = self._queue.get(timeout=wait)
-                except queue.Empty:
-                    item = _NOTHING
-                if item is None:
-                    stopping = True
-                elif isinstance(item, _Batch):
-                    held.append(item)
-            count = sum(len(b.events) for b in held)
-            while count < MAX_BATCH:  # what is queued, in one transaction
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                else:
-                    held.append(more)
-                    count += len(more.events)
+            stopping = self._take(held, wait) or stopping  # what is queued, in one transaction
             try:
                 if conn is None:
                     conn = self._open_checked(full_check=False)
@@ -381,10 +559,7 @@ class EventStore:
                 continue
             backoff.success()
             if held:
-                with self._idle:
-                    self._pending -= len(held)
-                    self._queued -= sum(len(b.events) for b in held)
-                    self._idle.notify_all()
+                self._committed(held)
                 held = []
             if failing:
                 failing = False
@@ -454,17 +629,6 @@ class EventStore:
             self._recovered(what)
         return fresh
 
-    def _writable_again(self) -> None:
-        """Writes succeed again after failures: if events were dropped meanwhile, every pipeline
-        re-seeds from its ``status.history`` (the newest of the dropped events come back)."""
-        if self._dropping:
-            self._dropping = False
-            self.generation += 1
-            log.warning("event store %s accepts writes again; %d events were dropped in all while it did not: "
-                        "every pipeline re-seeds its newest events from status.history", self.path, self.dropped)
-        else:
-            log.warning("event store %s accepts writes again; nothing was lost", self.path)
-
     @staticmethod
     def _close_quietly(conn: sqlite3.Connection | None) -> None:
         if conn is not None:
@@ -510,17 +674,6 @@ class EventStore:
                 self._dirty.add(uid)
                 log.warning("event store pruning failed (%s); will try again", exc)
 
-    def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until everything queued so far is committed (tests and tools; the operator never waits)."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._pending > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
-        return True
-
     def prune_now(self) -> None:
         """Prune at once (tests and benchmarks); normally the writer does it every 30 s."""
         self.flush()
@@ -531,16 +684,8 @@ class EventStore:
     def _dirty_all(self, conn: sqlite3.Connection) -> None:
         self._dirty |= {row[0] for row in conn.execute("SELECT DISTINCT pipeline_uid FROM monitor_event")}
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Commit what is queued, prune, and stop the writer (waiting at most ``timeout`` seconds)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(None)
-        self._writer.join(timeout=timeout)
-        log.info("event store closed: %d events appended, %d write failures, %d dropped", self.appended,
-                 self.write_failures, self.dropped)
-        conn = getattr(self._local, "conn", None)
+    def _close_readers(self) -> None:
+        conn = getattr(self._local, "conn", None)  # this thread's (the others' close with their threads)
         if conn is not None:
             conn.close()
 
@@ -569,29 +714,24 @@ class EventStore:
         """One event (or the newest, with ``event_id`` None) as Feldera's JSON for ``selector``."""
         column = "event" if selector == "all" else "event_status"
         if event_id is None:
-            row = self._query(
+            rows = self._query(
                 f"SELECT {column} FROM monitor_event WHERE pipeline_uid = ? "
-                "ORDER BY recorded_at DESC, event_id DESC LIMIT 1", (uid,)).fetchone()
+                "ORDER BY recorded_at DESC, event_id DESC LIMIT 1", (uid,))
         else:
-            row = self._query(
+            rows = self._query(
                 f"SELECT {column} FROM monitor_event WHERE pipeline_uid = ? AND event_id = ?",
-                (uid, str(event_id))).fetchone()
-        return None if row is None else row[0]
+                (uid, str(event_id)))
+        return rows[0][0] if rows else None
 
     def get(self, uid: str, event_id: uuid.UUID) -> MonitorEvent | None:
-        row = self._query("SELECT event FROM monitor_event WHERE pipeline_uid = ? AND event_id = ?",
-                          (uid, str(event_id))).fetchone()
-        return None if row is None else MonitorEvent.model_validate_json(row[0])
-
-    def latest(self, uid: str) -> MonitorEvent | None:
-        events = self.list(uid, limit=1)
-        return events[0] if events else None
+        rows = self._query("SELECT event FROM monitor_event WHERE pipeline_uid = ? AND event_id = ?",
+                           (uid, str(event_id)))
+        return MonitorEvent.model_validate_json(rows[0][0]) if rows else None
 
     def count(self, uid: str | None = None) -> int:
         if uid is None:
-            return cast(int, self._query("SELECT COUNT(*) FROM monitor_event", ()).fetchone()[0])
-        return cast(int, self._query("SELECT COUNT(*) FROM monitor_event WHERE pipeline_uid = ?",
-                                     (uid,)).fetchone()[0])
+            return cast(int, self._query("SELECT COUNT(*) FROM monitor_event", ())[0][0])
+        return cast(int, self._query("SELECT COUNT(*) FROM monitor_event WHERE pipeline_uid = ?", (uid,))[0][0])
 
     def delete(self, uid: str) -> int:
         """Remove a pipeline's events now (tests and tools; the operator queues :meth:`forget`)."""

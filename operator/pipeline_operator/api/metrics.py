@@ -38,7 +38,7 @@ class Metrics:
         self.registry.register(_KubernetesEvents(counts))
 
     def watch_event_store(self, stats: Callable[[], dict[str, int]]) -> None:
-        """The event store's writer (``stats`` is :meth:`store.EventStore.stats`), read at each scrape."""
+        """The event store's writer (``stats`` is :meth:`store.EventStorage.stats`), read at each scrape."""
         self.registry.register(_EventStoreWriter(stats))
 
 

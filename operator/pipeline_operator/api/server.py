@@ -52,6 +52,7 @@ from ..identity import PipelineKey
 from ..kube import Kube
 from ..models import API_GROUP, PLURAL, PipelineMonitorEventFieldSelector
 from ..runtime_client import RuntimeClient
+from ..store import StoreUnavailable
 from .errors import ApiError, unknown_pipeline
 from .metrics import Metrics
 
@@ -102,7 +103,8 @@ class PipelineRegistry(Protocol):
 
 
 class EventReader(Protocol):
-    """The event store, read as Feldera's JSON (:class:`store.EventStore`); blocking."""
+    """The event store, read as Feldera's JSON (:class:`store.EventStorage`, either backend); blocking,
+    and raising :class:`store.StoreUnavailable` when the store cannot be read now."""
     def list_json(self, uid: str, selector: str = "status") -> str: ...
 
     def get_json(self, uid: str, event_id: uuid.UUID | None, selector: str = "status") -> str | None: ...
@@ -231,6 +233,7 @@ class ApiServer:
         self._auth_waiting = 0
         self._rate = RateLimiter(auth_rate, 2 * auth_rate)
         self.ready = False
+        self.not_ready = "The operator is starting"  # what /readyz says until ready
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.pipelines = Pipelines(self)
@@ -311,6 +314,10 @@ class ApiServer:
                         request.path[:200], _describe(exc))
             response = ApiError(503, "KubernetesUnavailable", "The Kubernetes API server did not answer the "
                                 "operator; try again shortly").response()
+        except StoreUnavailable as exc:  # either backend: the file or the database server, not this request
+            log.warning("HTTP API: %s %s: %s", request.method, request.path[:200], exc)
+            response = ApiError(503, "EventStoreUnavailable", "The operator's event store cannot be read now "
+                                "(its log says why); try again shortly").response()
         except Exception:
             log.exception("HTTP API: %s %s failed", request.method, request.path[:200])
             response = ApiError(500, "InternalServerError",
@@ -459,15 +466,8 @@ class ApiServer:
         if self.audience:
             spec["audiences"] = [self.audience]
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
-        async with self._auth_slot():
-            try:
-                review = await self.deps.kube.call(self.deps.kube.auth.create_token_review, body,
-                                                   _request_timeout=self.review_timeout)
-            except Exception as exc:  # noqa: BLE001 - any failure of the review is "cannot check now"
-                log.error("TokenReview failed (%s): the operator needs system:auth-delegator and a reachable API "
-                          "server", _describe(exc))
-                raise ApiError(503, "AuthenticationUnavailable", "Cannot check the token now (the Kubernetes API "
-                                                                 "server did not answer); try again") from exc
+        review = await self._review(self.deps.kube.auth.create_token_review, body, "AuthenticationUnavailable",
+                                    "Cannot check the token now")
         status = review.status
         if status is None or not status.authenticated or status.user is None:
             if status is not None and status.error:
@@ -485,6 +485,18 @@ class ApiServer:
         self._tokens[digest] = user
         return user
 
+    async def _review(self, create: Any, body: dict[str, Any], error_code: str, cannot: str) -> Any:
+        """One TokenReview or SubjectAccessReview, in an auth slot; any failure of the review itself is
+        a 503 ``error_code`` ("cannot check now"), never a refusal."""
+        async with self._auth_slot():
+            try:
+                return await self.deps.kube.call(create, body, _request_timeout=self.review_timeout)
+            except Exception as exc:  # noqa: BLE001 - any failure of the review is "cannot check now"
+                log.error("%s failed (%s): the operator needs system:auth-delegator and a reachable API server",
+                          body["kind"], _describe(exc))
+                raise ApiError(503, error_code, f"{cannot} (the Kubernetes API server did not answer); "
+                                                "try again") from exc
+
     async def _check_access(self, user: User, verb: str, namespace: str, name: str | None) -> bool:
         attributes = {"group": API_GROUP, "resource": PLURAL, "verb": verb, "namespace": namespace}
         if name:
@@ -494,15 +506,8 @@ class ApiServer:
         if user.extra:
             spec["extra"] = {k: list(v) for k, v in user.extra}
         body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
-        async with self._auth_slot():
-            try:
-                review = await self.deps.kube.call(self.deps.kube.authz.create_subject_access_review, body,
-                                                   _request_timeout=self.review_timeout)
-            except Exception as exc:  # noqa: BLE001 - any failure of the review is "cannot check now"
-                log.error("SubjectAccessReview failed (%s): the operator needs system:auth-delegator and a reachable "
-                          "API server", _describe(exc))
-                raise ApiError(503, "AuthorizationUnavailable", "Cannot check permissions now (the Kubernetes API "
-                                                                "server did not answer); try again") from exc
+        review = await self._review(self.deps.kube.authz.create_subject_access_review, body,
+                                    "AuthorizationUnavailable", "Cannot check permissions now")
         allowed = bool(review.status and review.status.allowed)
         self._access[(user, verb, namespace, name or "")] = allowed
         return allowed
@@ -535,7 +540,7 @@ class ApiServer:
 
     async def readyz(self, request: web.Request) -> web.Response:
         if not self.ready:
-            raise ApiError(503, "NotReady", "The operator is starting")
+            raise ApiError(503, "NotReady", self.not_ready)
         return web.json_response({"status": "ready"})
 
     async def metrics_page(self, request: web.Request) -> web.Response:
@@ -546,7 +551,10 @@ class ApiServer:
                 counts[status] = counts.get(status, 0) + 1
         for status in ("Stopped", "Provisioning", "Provisioned", "Stopping"):
             self.metrics.pipelines.labels(status).set(counts.get(status, 0))
-        self.metrics.store_events.set(await asyncio.to_thread(self.deps.events.count))
+        try:  # the metrics of a store that cannot be read now are what /metrics is for: still served
+            self.metrics.store_events.set(await asyncio.to_thread(self.deps.events.count))
+        except StoreUnavailable as exc:
+            log.debug("/metrics: the event store's size is not known now: %s", exc)
         return web.Response(body=generate_latest(self.metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

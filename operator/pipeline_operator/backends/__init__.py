@@ -36,6 +36,12 @@ class Backend(Protocol):
     async def forget(self, key: PipelineKey) -> None:
         """Remove what is left of a deleted pipeline (its compute and storage are gone)."""
 
+    def describe_compute(self, key: PipelineKey) -> str:
+        """The pipeline's compute, named for a person (logs, Events, conditions)."""
+
+    def describe_storage(self, key: PipelineKey) -> str:
+        """The pipeline's storage, named for a person."""
+
     async def close(self) -> None: ...
 
 

@@ -489,6 +489,12 @@ class KubernetesBackend:
         if existing is not None and self._ours(existing, key) and not existing.metadata.deletion_timestamp:
             await self._delete("pvc", key.namespace, name)
 
+    def describe_compute(self, key: PipelineKey) -> str:
+        return f"StatefulSet {key.namespace}/{child_name(key)}"
+
+    def describe_storage(self, key: PipelineKey) -> str:
+        return f"PersistentVolumeClaim {key.namespace}/{child_name(key)}-storage"
+
     def endpoint(self, key: PipelineKey) -> str | None:
         if self.endpoint_overrides is not None:
             try:

@@ -291,6 +291,12 @@ class LocalBackend:
     def _endpoint_of(port: int) -> str:
         return f"http://127.0.0.1:{port}"
 
+    def describe_compute(self, key: PipelineKey) -> str:
+        return f"the pipeline process (folder {self.folder(key)})"
+
+    def describe_storage(self, key: PipelineKey) -> str:
+        return f"the storage folder {self.storage_dir(key)}"
+
     def endpoint(self, key: PipelineKey) -> str | None:
         """Where the process listens, as the last observation found (no file read on the loop)."""
         port = self._ports.get(key.uid)

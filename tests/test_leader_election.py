@@ -1,0 +1,191 @@
+"""Leader election with a coordination.k8s.io Lease on the real API server: the elector itself
+(one winner among candidates, standing by, release, expiry by the standby's own clock, losing the
+Lease), and operators as replicas (`--leader-election`): one reconciles, the other stands by
+(not ready) and takes over when the leader is killed, stopped or loses the Lease."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from pipeline_operator.kube import Fenced, Kube
+from pipeline_operator.leader import LeaderElector, LeaseTiming
+
+from .operator_harness import wait_for
+from .test_operator_lifecycle import FAST_PIPELINE, SQL
+
+pytestmark = pytest.mark.apiserver
+FAST_LEASE = LeaseTiming(duration=3.0, renew_deadline=2.0, retry_period=0.25)
+
+
+def kube_for(cluster) -> Kube:
+    import kubernetes
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(str(cluster.kubeconfig), client_configuration=configuration)
+    return Kube(configuration, workers=2)
+
+
+def lease(cluster, namespace: str, name: str = "pipeline-operator") -> dict:
+    return cluster.get("lease", name, namespace)
+
+
+def test_timing_is_checked():
+    with pytest.raises(ValueError, match="retry period < renew deadline < lease duration"):
+        LeaseTiming(duration=5, renew_deadline=5, retry_period=1)
+
+
+def test_one_candidate_wins_the_others_stand_by_and_take_over_after_release_or_expiry(cluster, namespace):
+    async def scenario() -> None:
+        kubes = [kube_for(cluster) for _ in range(4)]
+        electors = [LeaderElector(k, namespace, "pipeline-operator", f"candidate-{i}", FAST_LEASE)
+                    for i, k in enumerate(kubes)]
+        try:
+            results = await asyncio.gather(*(e.try_acquire_or_renew() for e in electors))
+            assert sum(results) == 1, results  # one write wins, whatever the race
+            leader = electors[results.index(True)]
+            others = [e for e in electors if e is not leader]
+            record = lease(cluster, namespace)["spec"]
+            assert record["holderIdentity"] == leader.identity and record["leaseDurationSeconds"] == 3
+            assert record["leaseTransitions"] == 0
+
+            # Standing by while the leader renews: nobody else gets it, for longer than the lease lasts.
+            holding = asyncio.create_task(leader.hold())
+            stop = asyncio.Event()
+            asyncio.get_running_loop().call_later(4.5, stop.set)
+            assert not any(await asyncio.gather(*(e.acquire(stop) for e in others)))
+            assert all(e.holder == leader.identity for e in others) and not holding.done()
+
+            # The leader releases it (stopping on its own): a standby takes it at its next try.
+            holding.cancel()
+            await leader.release()
+            assert lease(cluster, namespace)["spec"].get("holderIdentity") is None
+            started = time.monotonic()
+            second = others[0]
+            assert await second.acquire(asyncio.Event())
+            assert time.monotonic() - started < 1.0
+            assert lease(cluster, namespace)["spec"]["leaseTransitions"] == 1
+
+            # The new leader stops renewing (killed): a standby waits out the lease duration by its own
+            # clock, from the moment it saw the last renewal, then takes over.
+            third = others[1]
+            assert not await third.try_acquire_or_renew()
+            seen_at = time.monotonic()
+            assert await third.acquire(asyncio.Event())
+            waited = time.monotonic() - seen_at
+            assert FAST_LEASE.duration - 0.3 <= waited < FAST_LEASE.duration + 2, waited
+            assert lease(cluster, namespace)["spec"]["holderIdentity"] == third.identity
+
+            # The old leader, back, can neither renew nor take it, and knows it lost the leadership.
+            assert not await second.try_acquire_or_renew() and second.holder == third.identity
+            reason = await asyncio.wait_for(second.hold(), FAST_LEASE.renew_deadline + 3)
+            assert reason == f"the Lease {namespace}/pipeline-operator was not renewed within 2 s"
+            assert not second.is_leader
+        finally:
+            for k in kubes:
+                await k.close()
+    asyncio.run(scenario())
+
+
+def test_a_leader_that_cannot_renew_gives_up_within_the_renew_deadline(cluster, namespace):
+    async def scenario() -> None:
+        kube = kube_for(cluster)
+        elector = LeaderElector(kube, namespace, "lost", "only", FAST_LEASE)
+        try:
+            assert await elector.try_acquire_or_renew()
+            kube.fence("testing")  # every renewal now fails before it is sent, like an unreachable API server
+            started = time.monotonic()
+            reason = await asyncio.wait_for(elector.hold(), 10)
+            assert reason == f"the Lease {namespace}/lost was not renewed within 2 s"
+            # it gave up before any standby could take over (lease duration 3 s from its last renewal)
+            assert time.monotonic() - started < FAST_LEASE.duration
+            with pytest.raises(Fenced, match="testing"):
+                await kube.call(lambda: None)
+        finally:
+            await kube.close()
+    asyncio.run(scenario())
+
+
+# --- operators as replicas ------------------------------------------------------------------------
+
+LEASE_ARGS = ["--lease-duration", "3", "--lease-renew-deadline", "2", "--lease-retry-period", "0.25"]
+
+
+def readyz(op) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"{op.api_url}/readyz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return 0, {}
+
+
+def replicas(operators, namespace: str, count: int = 2):
+    args = ["--leader-election", "--leader-election-namespace", namespace, *LEASE_ARGS]
+    started = [operators(namespace, *args) for _ in range(count)]
+    wait_for("a leader", lambda: [op for op in started if readyz(op)[0] == 200] or None, timeout=60)
+    leader = next(op for op in started if readyz(op)[0] == 200)
+    standbys = [op for op in started if op is not leader]
+    for op in standbys:
+        code, body = wait_for("the standby's readyz", lambda op=op: readyz(op) if readyz(op)[0] else None)
+        assert code == 503 and body["message"].startswith(
+            f"Standing by: another replica holds the Lease {namespace}/pipeline-operator"), body
+    return leader, standbys
+
+
+def test_replicas_elect_one_leader_and_the_standby_takes_over_when_it_is_killed(operators, pipelines, namespace,
+                                                                                 cluster):
+    leader, (standby,) = replicas(operators, namespace)
+    pipelines.create("orders", {"desiredStatus": "Provisioned", "program": {"sql": SQL},
+                                "deployment": {"env": FAST_PIPELINE}})
+    pipelines.wait_status("orders", leader, deploymentStatus="Running", timeout=60)
+    assert "watching pipelines" in leader.log() and "watching pipelines" not in standby.log()
+    assert "standing by; the Lease" in standby.log()
+    holder = lease(cluster, namespace)["spec"]["holderIdentity"]
+
+    leader.kill()  # SIGKILL: no release; the standby waits the lease out
+    killed_at = time.monotonic()
+    wait_for("the standby to lead", lambda: readyz(standby)[0] == 200 or None, timeout=30, operator=standby)
+    took_over = time.monotonic() - killed_at
+    assert 2.5 < took_over < 15, took_over
+    record = lease(cluster, namespace)["spec"]
+    assert record["holderIdentity"] != holder and record["leaseTransitions"] >= 1
+    status = pipelines.a_later_pass("orders", standby)  # the new leader writes the status
+    assert status["deploymentStatus"] == "Running"
+    ids = [e["eventId"] for e in status["history"]]
+    assert len(ids) == len(set(ids))  # no event twice
+
+
+def test_a_leader_stopped_with_sigterm_hands_over_at_once(operators, namespace, cluster):
+    leader, (standby,) = replicas(operators, namespace)
+    stopped_at = time.monotonic()
+    assert leader.stop(signal.SIGTERM) == 0
+    assert "released the Lease" in leader.log()
+    wait_for("the standby to lead", lambda: readyz(standby)[0] == 200 or None, timeout=30, operator=standby)
+    assert time.monotonic() - stopped_at < 2.5  # no lease duration waited out (3 s)
+
+
+def test_a_leader_that_loses_the_lease_stops_acting_and_exits(operators, pipelines, namespace, cluster):
+    leader, (standby,) = replicas(operators, namespace)
+    standby.stop(signal.SIGTERM)
+    pipelines.create("orders", {"desiredStatus": "Provisioned", "program": {"sql": SQL},
+                                "deployment": {"env": FAST_PIPELINE}})
+    pipelines.wait_status("orders", leader, deploymentStatus="Running", timeout=60)
+    # Another holder appears (a replica the leader could not reach in time, say): the leader must stop.
+    current = lease(cluster, namespace)
+    current["spec"]["holderIdentity"] = "another-replica"
+    current["spec"]["renewTime"] = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    cluster.kubectl("replace", "-f", "-", input=json.dumps(current))
+    assert leader.proc.wait(15) == 3, leader.log()[-3000:]
+    assert f"lost the leadership (the Lease {namespace}/pipeline-operator is held by another-replica)" \
+        in leader.log()
+    # It acted no more: the Pipeline's status is not written after it exited.
+    before = pipelines.get("orders")["metadata"]["resourceVersion"]
+    time.sleep(2)
+    assert pipelines.get("orders")["metadata"]["resourceVersion"] == before
