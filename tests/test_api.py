@@ -7,6 +7,7 @@ import re
 import urllib.error
 import urllib.request
 import uuid
+from typing import Any
 
 import pytest
 from feldera import FelderaClient, Pipeline
@@ -31,15 +32,12 @@ def grant(cluster, namespace: str, user: str, verbs: str) -> None:
     cluster.kubectl("create", "rolebinding", role, "-n", namespace, f"--role={role}", f"--user={user}")
 
 
-def call(url: str, token: str | None = None, tenant: str | None = None, method: str = "GET") -> tuple[int, dict]:
-    headers = {}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    if tenant:
-        headers["Feldera-Tenant"] = tenant
-    request = urllib.request.Request(url, headers=headers, method=method)
+def http_json(url: str, method: str = "GET", headers: dict[str, str] | None = None, data: bytes | None = None,
+              timeout: float = 10) -> tuple[int, Any]:
+    """One request: (status, the body as JSON; None when empty; the raw bytes when it is not JSON)."""
+    request = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
     try:
-        with urllib.request.urlopen(request, timeout=10) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             body = r.read()
             return r.status, json.loads(body) if body else None
     except urllib.error.HTTPError as exc:
@@ -47,7 +45,17 @@ def call(url: str, token: str | None = None, tenant: str | None = None, method: 
         try:
             return exc.code, json.loads(raw)
         except ValueError:
-            return exc.code, {"raw": raw.decode(errors="replace")}
+            return exc.code, raw
+
+
+def call(url: str, token: str | None = None, tenant: str | None = None, method: str = "GET") -> tuple[int, dict]:
+    headers = {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if tenant:
+        headers["Feldera-Tenant"] = tenant
+    status, body = http_json(url, method, headers)
+    return status, {"raw": body.decode(errors="replace")} if isinstance(body, bytes) else body
 
 
 @pytest.fixture

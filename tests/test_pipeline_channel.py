@@ -39,6 +39,7 @@ from pipeline_operator.runtime_client import MAX_JSON_DEPTH, RuntimeClient
 
 from .conftest import _kill_pipeline_processes_under
 from .operator_harness import wait_for
+from .test_api import http_json
 
 TOKEN = "s3cret-token-of-this-test"
 BIG = 900 * 1024  # bytes of the oversized strings a pipeline sends
@@ -52,17 +53,7 @@ DEEP = 100_000
 def request(url: str, method: str = "GET", token: str | None = None, scheme: str = "Bearer",
             data: bytes | None = None) -> tuple[int, Any]:
     headers = {"Authorization": f"{scheme} {token}"} if token is not None else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method, headers=headers, data=data),
-                                    timeout=30) as r:
-            body = r.read()
-            return r.status, json.loads(body) if body else None
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            return exc.code, json.loads(raw)
-        except ValueError:
-            return exc.code, raw
+    return http_json(url, method, headers, data, timeout=30)
 
 
 class Process:

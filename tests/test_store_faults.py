@@ -8,7 +8,6 @@ import logging
 import os
 import sqlite3
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,17 +17,7 @@ from pipeline_operator.store import EventStore
 
 from .operator_harness import wait_for
 from .test_operator_lifecycle import spec
-from .test_store import KEY, OTHER, events
-
-
-def wait(what: str, probe, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from .test_store import KEY, OTHER, events, wait
 
 
 def filled(path: Path, n: int = 500) -> EventStore:
