@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline_operator.settings import OperatorSettings
+from pipeline_operator.store import is_database_url
 from pipeline_operator_dev import controlplane
 
 from .conftest import Cluster
@@ -62,7 +64,7 @@ def test_kubectl_apply_k_deploy_works(crd_installed: Cluster):
                            ("service", "pipeline-operator", "pipeline-operator-system"),
                            ("pvc", "pipeline-operator-data", "pipeline-operator-system"),
                            ("clusterrole", "pipeline-operator", None),
-                           ("clusterrolebinding", "pipeline-operator-auth-delegator", None)):
+                           ("clusterrolebinding", "pipeline-operator-auth-delegator-pipeline-operator-system", None)):
         assert crd_installed.get(kind, name, ns)["metadata"]["name"] == name
 
 
@@ -103,7 +105,7 @@ def test_kubectl_apply_k_local_image_overlay_runs_the_built_image(crd_installed:
 def test_the_base_names_one_image_for_the_operator_and_its_pipelines(binaries):
     """As applied without an overlay: the placeholder, for both (the base keeps them equal)."""
     assert images(kustomize(binaries, DEPLOY)) == (UNPUBLISHED, UNPUBLISHED)
-    for overlay in ("single-namespace", "ephemeral-storage"):
+    for overlay in ("single-namespace", "ephemeral-storage", "high-availability"):
         assert images(kustomize(binaries, DEPLOY / "overlays" / overlay)) == (UNPUBLISHED, UNPUBLISHED)
 
 
@@ -140,3 +142,85 @@ def test_an_images_entry_of_any_overlay_also_sets_the_pipeline_image(binaries, t
     objects = kustomize(binaries, tmp_path / "pinned")
     assert images(objects) == (digest, digest)
     assert "Role" in {o["kind"] for o in objects}  # the overlay below it still applies
+
+
+HA = DEPLOY / "overlays" / "high-availability"
+OPERATOR_LABELS = {"app.kubernetes.io/name": "pipeline-operator", "app.kubernetes.io/component": "operator"}
+
+
+def operator_container(deployment: dict) -> dict:
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "operator")
+
+
+def test_high_availability_overlay_runs_two_replicas_on_postgresql(crd_installed: Cluster):
+    """Two replicas rolled one at a time, a budget, preferred anti-affinity, the event store's URL from the
+    ConfigMap and its password from the Secret the user creates, and no ReadWriteOnce claim; the server takes it."""
+    objects = rendered(crd_installed, HA)
+    by_kind = {o["kind"]: o for o in objects}
+    assert "PersistentVolumeClaim" not in by_kind
+    deployment = by_kind["Deployment"]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pod = spec["template"]["spec"]
+    assert OPERATOR_LABELS.items() <= spec["template"]["metadata"]["labels"].items()
+    [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname",
+                                       "labelSelector": {"matchLabels": OPERATOR_LABELS}}
+    budget = by_kind["PodDisruptionBudget"]
+    assert budget["apiVersion"] == "policy/v1" and budget["metadata"]["namespace"] == "pipeline-operator-system"
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": OPERATOR_LABELS}}
+    assert pod["volumes"][0] == {"name": "data", "emptyDir": {}}
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+
+    container = operator_container(deployment)
+    assert "--event-store=$(EVENT_STORE_URL)" in container["args"] and "--leader-election" in container["args"]
+    assert not [a for a in container["args"] if "sqlite" in a]
+    env = {e["name"]: e for e in container["env"]}
+    config_map = by_kind["ConfigMap"]
+    assert env["EVENT_STORE_URL"]["valueFrom"] == {"configMapKeyRef": {"name": config_map["metadata"]["name"],
+                                                                       "key": "url"}}
+    assert config_map["metadata"]["name"].startswith("pipeline-operator-event-store-")  # a new URL rolls the pods
+    assert config_map["metadata"]["namespace"] == "pipeline-operator-system"
+    # The URL as shipped is one the operator takes as PostgreSQL (and it holds no password).
+    settings = OperatorSettings(event_store=config_map["data"]["url"])
+    assert is_database_url(settings.event_store)
+    assert env["PGPASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "pipeline-operator-event-store",
+                                                               "key": "password"}}
+    assert "Secret" not in by_kind  # the password is never in the repository: the user creates the Secret
+
+    crd_installed.kubectl("create", "namespace", "pipeline-operator-system", check=False)
+    crd_installed.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": objects}))
+
+
+def test_an_overlay_on_high_availability_sets_the_url_by_merging_its_config_map(binaries, tmp_path):
+    """The overlay's and deploy/README.md's advice: a configMapGenerator entry of the same name with
+    `behavior: merge` sets the URL in an overlay of your own, and the Deployment follows the new ConfigMap."""
+    (tmp_path / "deploy").symlink_to(DEPLOY)
+    (tmp_path / "mine").mkdir()
+    url = "postgresql://operator@events.example:5432/events?sslmode=verify-full"
+    (tmp_path / "mine" / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../deploy/overlays/high-availability"],
+        "configMapGenerator": [{"name": "pipeline-operator-event-store", "behavior": "merge",
+                                "literals": [f"url={url}"]}],
+    }))
+    objects = kustomize(binaries, tmp_path / "mine")
+    [config_map] = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert config_map["data"] == {"url": url}
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    env = {e["name"]: e for e in operator_container(deployment)["env"]}
+    assert env["EVENT_STORE_URL"]["valueFrom"]["configMapKeyRef"]["name"] == config_map["metadata"]["name"]
+    shipped = next(o for o in kustomize(binaries, HA) if o["kind"] == "ConfigMap")
+    assert shipped["metadata"]["name"] != config_map["metadata"]["name"]
+
+
+def test_the_base_runs_one_replica_with_its_sqlite_claim(binaries):
+    """The base has no PostgreSQL: one replica, Recreate (its claim is ReadWriteOnce), no budget."""
+    objects = kustomize(binaries, DEPLOY)
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    claim = next(o for o in objects if o["kind"] == "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "PodDisruptionBudget" not in {o["kind"] for o in objects}

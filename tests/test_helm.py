@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def test_chart_and_kustomize_create_equivalent_objects(fresh):
     for key in (("ClusterRole", "pipeline-operator"),):
         assert chart[key]["rules"] == kustomized[key]["rules"]
     for key in (("ClusterRoleBinding", "pipeline-operator"),
-                ("ClusterRoleBinding", "pipeline-operator-auth-delegator")):
+                ("ClusterRoleBinding", "pipeline-operator-auth-delegator-pipeline-operator-system")):
         assert chart[key]["roleRef"] == kustomized[key]["roleRef"]
         assert chart[key]["subjects"] == kustomized[key]["subjects"]
     pod_chart = chart[("Deployment", "pipeline-operator")]["spec"]["template"]["spec"]
@@ -285,3 +286,181 @@ def test_install_upgrade_uninstall_and_server_side_dry_run(fresh):
     helm(fresh, "uninstall", "pipeline-operator", "-n", NAMESPACE)
     assert fresh.kubectl("get", "deployment", "pipeline-operator", "-n", NAMESPACE, check=False).returncode != 0
     assert fresh.get("crd", "pipelines.dataflow.dev")["metadata"]["name"]  # kept
+
+
+POSTGRESQL = ("--set", "eventStore.postgresql.url=postgresql://pipeline_operator@postgres.db:5432/events",
+              "--set", "eventStore.postgresql.passwordSecret.name=pipeline-operator-event-store")
+ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+REPLICAS_MESSAGE = ("needs the PostgreSQL event store: with SQLite (the default) the monitor events are a file in one "
+                    "pod's volume, which other replicas can neither share nor serve; set eventStore.postgresql.url "
+                    "(and eventStore.postgresql.passwordSecret.name), or replicaCount=1")
+
+
+def deployment(objects: dict) -> dict:
+    return objects[("Deployment", "pipeline-operator")]
+
+
+def selects_the_operator(selector: dict, objects: dict) -> bool:
+    """Whether a label selector matches the operator's pods (a budget or an anti-affinity term that matches
+    nothing is silently ignored by Kubernetes)."""
+    labels = deployment(objects)["spec"]["template"]["metadata"]["labels"]
+    return bool(selector["matchLabels"]) and selector["matchLabels"].items() <= labels.items()
+
+
+def test_one_replica_with_sqlite_by_default(fresh):
+    """SQLite is one pod's file on a ReadWriteOnce claim: one replica, replaced by Recreate, and no budget
+    (a budget for one replica would block every drain)."""
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["replicaCount"] is None
+    objects = by_key(template(fresh))
+    spec = deployment(objects)["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in spec["template"]["spec"] and "topologySpreadConstraints" not in spec["template"]["spec"]
+    assert not [key for key in objects if key[0] == "PodDisruptionBudget"]
+    claim = objects[("PersistentVolumeClaim", "pipeline-operator-data")]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "pipeline-operator-data"}} in \
+        spec["template"]["spec"]["volumes"]
+    # One replica with PostgreSQL, asked for: Recreate and no budget either.
+    one = by_key(template(fresh, *POSTGRESQL, "--set", "replicaCount=1"))
+    assert deployment(one)["spec"]["replicas"] == 1 and deployment(one)["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [key for key in one if key[0] in ("PodDisruptionBudget", "PersistentVolumeClaim")]
+
+
+def test_postgresql_runs_two_replicas_rolling_with_a_budget_and_anti_affinity(fresh):
+    objects = by_key(template(fresh, *POSTGRESQL))
+    spec = deployment(objects)["spec"]
+    assert spec["replicas"] == 2 and spec["strategy"] == ROLLING
+    assert "--leader-election" in container(objects)["args"]
+    budget = objects[("PodDisruptionBudget", "pipeline-operator")]
+    assert budget["apiVersion"] == "policy/v1" and budget["metadata"]["namespace"] == NAMESPACE
+    assert budget["spec"]["maxUnavailable"] == 1 and set(budget["spec"]) == {"maxUnavailable", "selector"}
+    assert selects_the_operator(budget["spec"]["selector"], objects)
+    [term] = spec["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["weight"] == 100 and term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert selects_the_operator(term["podAffinityTerm"]["labelSelector"], objects)
+    # No ReadWriteOnce claim for the replicas to fight over.
+    assert not [key for key in objects if key[0] == "PersistentVolumeClaim"]
+    assert not [v for v in spec["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+
+
+def test_replica_count_is_taken_with_postgresql(fresh, tmp_path):
+    """From --set (an integer) and from a values file (YAML numbers reach templates as floats)."""
+    assert deployment(by_key(template(fresh, *POSTGRESQL, "--set", "replicaCount=3")))["spec"]["replicas"] == 3
+    values = tmp_path / "values.yaml"
+    values.write_text("replicaCount: 3\n")
+    objects = by_key(template(fresh, *POSTGRESQL, "-f", str(values)))
+    assert deployment(objects)["spec"]["replicas"] == 3 and deployment(objects)["spec"]["strategy"] == ROLLING
+    assert objects[("PodDisruptionBudget", "pipeline-operator")]["spec"]["maxUnavailable"] == 1
+
+
+def test_more_than_one_replica_without_postgresql_is_refused_with_what_to_set(fresh):
+    commands = (["template", "x", str(CHART)], ["install", "x", str(CHART), "-n", NAMESPACE, "--dry-run=client"])
+    for values in (["--set", "replicaCount=2"], ["--set", "replicaCount=2", "--set", "eventStore.persistent=false"]):
+        for command in commands:
+            res = helm(fresh, *command, *IMAGE, *values, check=False)
+            assert res.returncode != 0 and f"replicaCount=2 {REPLICAS_MESSAGE}" in res.stderr, (command, res.stderr)
+    # The local backend's pipelines are processes in the leader's pod: one replica only, even with PostgreSQL.
+    local = by_key(template(fresh, *POSTGRESQL, "--set", "backend=local"))
+    assert deployment(local)["spec"]["replicas"] == 1 and ("PodDisruptionBudget", "pipeline-operator") not in local
+    res = helm(fresh, "template", "x", str(CHART), *IMAGE, *POSTGRESQL, "--set", "backend=local",
+               "--set", "replicaCount=2", check=False)
+    assert res.returncode != 0 and "replicaCount=2 needs backend=kubernetes" in res.stderr, res.stderr
+    for value, path in (("replicaCount=0", "/replicaCount"), ("replicaCount=two", "/replicaCount"),
+                        ("podAntiAffinity=sometimes", "/podAntiAffinity")):
+        res = helm(fresh, "template", "x", str(CHART), *IMAGE, *POSTGRESQL, "--set", value, check=False)
+        assert res.returncode != 0 and path in res.stderr, (value, res.stderr)
+
+
+def test_pod_anti_affinity_hard_none_or_replaced_and_topology_spread(fresh):
+    hard = by_key(template(fresh, *POSTGRESQL, "--set", "podAntiAffinity=hard"))
+    [term] = deployment(hard)["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname" and selects_the_operator(term["labelSelector"], hard)
+    none = deployment(by_key(template(fresh, *POSTGRESQL, "--set", "podAntiAffinity=none")))
+    assert "affinity" not in none["spec"]["template"]["spec"]
+    node_affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["operators"]}]}]}}}
+    spread = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+               "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "pipeline-operator"}}}]
+    pod = deployment(by_key(template(fresh, *POSTGRESQL, "--set", "podAntiAffinity=hard",
+                                     "--set-json", f"affinity={json.dumps(node_affinity)}",
+                                     "--set-json", f"topologySpreadConstraints={json.dumps(spread)}")))
+    assert pod["spec"]["template"]["spec"]["affinity"] == node_affinity  # replaces the anti-affinity entirely
+    assert pod["spec"]["template"]["spec"]["topologySpreadConstraints"] == spread
+    without_budget = by_key(template(fresh, *POSTGRESQL, "--set", "podDisruptionBudget.enabled=false"))
+    assert ("PodDisruptionBudget", "pipeline-operator") not in without_budget
+    assert deployment(without_budget)["spec"]["replicas"] == 2
+
+
+def test_chart_and_the_high_availability_overlay_agree(fresh):
+    """deploy/overlays/high-availability is the chart with PostgreSQL, watching every namespace: the same objects
+    (the overlay's ConfigMap holds the URL), replicas, strategy, affinity, budget, volumes and password."""
+    chart = by_key(template(fresh, "--set", "watch.allNamespaces=true", *POSTGRESQL))
+    overlay = REPO / "deploy" / "overlays" / "high-availability"
+    kustomized = by_key([o for o in yaml.safe_load_all(fresh.kubectl("kustomize", str(overlay)).stdout)
+                         if o and o["kind"] not in ("Namespace", "ConfigMap")])
+    assert set(chart) == set(kustomized)
+    spec_chart, spec_kustomize = deployment(chart)["spec"], deployment(kustomized)["spec"]
+    assert spec_chart["replicas"] == spec_kustomize["replicas"] == 2
+    assert spec_chart["strategy"] == spec_kustomize["strategy"] == ROLLING
+    pod_chart, pod_kustomize = spec_chart["template"]["spec"], spec_kustomize["template"]["spec"]
+    assert pod_chart["affinity"] == pod_kustomize["affinity"] and pod_chart["volumes"] == pod_kustomize["volumes"]
+    assert chart[("PodDisruptionBudget", "pipeline-operator")]["spec"] == \
+        kustomized[("PodDisruptionBudget", "pipeline-operator")]["spec"]
+    password = {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "pipeline-operator-event-store",
+                                                                     "key": "password"}}}
+    assert password in container(chart)["env"] and password in container(kustomized)["env"]
+    args_chart = [a for a in container(chart)["args"] if not a.startswith("--event-store=")]
+    assert args_chart == [a for a in container(kustomized)["args"] if not a.startswith("--event-store=")]
+
+
+def test_install_and_upgrade_to_high_availability_on_the_api_server(fresh):
+    """Server-side dry-run of the rendered objects, then a real install with SQLite upgraded to PostgreSQL: the claim
+    goes, the Deployment rolls with two replicas and gets its budget; going back to replicaCount 2 without
+    PostgreSQL is refused and leaves the release as it was."""
+    release = ("pipeline-operator", str(CHART), "-n", NAMESPACE, *IMAGE)
+    fresh.kubectl("create", "namespace", NAMESPACE, check=False)
+    rendered = helm(fresh, "template", *release, *POSTGRESQL).stdout
+    fresh.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
+    helm(fresh, "install", *release)
+    assert fresh.get("pvc", "pipeline-operator-data", NAMESPACE)["spec"]["accessModes"] == ["ReadWriteOnce"]
+    controlplane.wait_established(fresh.kubectl)
+    try:
+        notes = helm(fresh, "upgrade", *release, *POSTGRESQL).stdout
+        assert "Replicas: 2, sharing the PostgreSQL event store." in notes
+        assert f"kubectl -n {NAMESPACE} get lease pipeline-operator" in notes
+        spec = fresh.get("deployment", "pipeline-operator", NAMESPACE)["spec"]
+        assert spec["replicas"] == 2 and spec["strategy"] == ROLLING
+        assert spec["template"]["spec"]["affinity"]["podAntiAffinity"]
+        budget = fresh.get("poddisruptionbudget", "pipeline-operator", NAMESPACE)
+        assert budget["spec"]["maxUnavailable"] == 1
+        # Deleted by the upgrade (it stays Terminating here: no controller manager removes pvc-protection).
+        claim = fresh.kubectl("get", "pvc", "pipeline-operator-data", "-n", NAMESPACE, "-o", "json", check=False)
+        assert claim.returncode != 0 or json.loads(claim.stdout)["metadata"]["deletionTimestamp"]
+        res = helm(fresh, "upgrade", *release, "--set", "replicaCount=2", check=False)
+        assert res.returncode != 0 and REPLICAS_MESSAGE in res.stderr
+        assert fresh.get("deployment", "pipeline-operator", NAMESPACE)["spec"]["replicas"] == 2
+    finally:
+        helm(fresh, "uninstall", "pipeline-operator", "-n", NAMESPACE)
+
+
+def test_two_shards_install_side_by_side_as_docs_sharding_says(fresh):
+    """docs/sharding.md: one release per namespace set, each in its own namespace; the second leaves the
+    CRD to the first. Nothing cluster-wide of one release collides with the other's."""
+    for ns in ("shard-a", "shard-b", "team-1", "team-3"):
+        fresh.kubectl("create", "namespace", ns, check=False)
+    try:
+        helm(fresh, "install", "pipeline-operator", str(CHART), "-n", "shard-a", *IMAGE,
+             "--set", "watch.namespaces={team-1}")
+        helm(fresh, "install", "pipeline-operator", str(CHART), "-n", "shard-b", *IMAGE,
+             "--set", "watch.namespaces={team-3}", "--set", "crd.install=false")
+        for shard, team in (("shard-a", "team-1"), ("shard-b", "team-3")):
+            binding = fresh.get("clusterrolebinding", f"pipeline-operator-auth-delegator-{shard}")
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-operator",
+                                            "namespace": shard}]
+            rules = fresh.get("role", "pipeline-operator", team)["rules"]
+            assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                    "resourceNames": ["pipeline-operator-shard"], "verbs": ["get", "update"]} in rules
+    finally:
+        for shard in ("shard-a", "shard-b"):
+            helm(fresh, "uninstall", "pipeline-operator", "-n", shard, check=False)

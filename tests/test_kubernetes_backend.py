@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from pathlib import Path
 
 import kubernetes
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from pipeline_operator.backends.kubernetes import (
+    WATCHED,
     KubernetesBackend,
     KubernetesOptions,
     child_name,
@@ -189,7 +191,7 @@ def test_a_missing_permission_is_a_stalled_condition_not_a_crash(k8s_operator, p
     role = yaml.safe_load((RBAC / "role.yaml").read_text())
     for rule in role["rules"]:
         if rule["resources"] == ["statefulsets"]:
-            rule["verbs"] = ["get", "delete"]  # no create
+            rule["verbs"].remove("create")
     op = k8s_operator(yaml.safe_dump(role))
     pipelines.create("denied", spec())
 
@@ -291,15 +293,18 @@ class InProcess:
         self.kubeconfig = kubeconfig
         self.options = KubernetesOptions(default_image="registry.example/pipeline:1", **options)
 
-    def run(self, fn, options: KubernetesOptions | None = None):
-        """``fn(backend)`` on a fresh backend (as after an operator restart), its Kube closed afterwards."""
+    def run(self, fn, options: KubernetesOptions | None = None, on_child_change=None):
+        """``fn(backend)`` on a fresh, started backend (as after an operator restart), closed afterwards."""
         async def main():
             configuration = kubernetes.client.Configuration()
             kubernetes.config.load_kube_config(str(self.kubeconfig), client_configuration=configuration)
             kube = Kube(configuration)
+            backend = KubernetesBackend(kube, options or self.options, [self.namespace], on_child_change)
             try:
-                return await fn(KubernetesBackend(kube, options or self.options))
+                await backend.start()
+                return await fn(backend)
             finally:
+                await backend.close()
                 await kube.close()
         return asyncio.run(main())
 
@@ -537,6 +542,141 @@ def test_the_rbac_rules_grant_what_the_backend_uses_and_no_events_k8s_io():
     groups = {g for r in rules for g in r["apiGroups"]}
     assert "events.k8s.io" not in groups
     granted = {(g, res): set(r["verbs"]) for r in rules for g in r["apiGroups"] for res in r["resources"]}
+    # The children are watched: the backend's informers, each list+watch, cover exactly these.
+    watched = {(path.split("/")[2] if path.startswith("/apis/") else "", resource)
+               for path, resource in WATCHED.values()}
+    assert watched == {("apps", "statefulsets"), ("", "services"), ("", "configmaps"), ("", "persistentvolumeclaims"),
+                       ("", "pods")}
+    for group, resource in watched - {("", "pods")}:
+        assert granted[(group, resource)] == {"get", "list", "watch", "create", "delete"}, resource
+    assert granted[("", "pods")] == {"list", "watch"}  # never written, never read one by one
+    # Secrets are read one by one and never listed or watched: the tokens are credentials.
     assert granted[("", "secrets")] == {"get", "create", "delete"}
     assert granted[("networking.k8s.io", "networkpolicies")] == {"get", "create", "delete"}
-    assert not any("list" in verbs or "watch" in verbs for (g, res), verbs in granted.items() if res == "secrets")
+
+
+def test_a_monitoring_pass_reads_nothing_from_the_api_and_a_childs_change_names_its_pipeline(in_process, pipelines):
+    backend = in_process()
+    key = key_of(pipelines.create("cached", spec()))
+    woken: list[str] = []
+
+    async def go(b: KubernetesBackend):
+        await b.provision(key, PipelineSpec.model_validate(spec()), {"sql": SQL}, RuntimeDesiredStatus.RUNNING,
+                          BootstrapPolicy.AWAIT_APPROVAL)
+        after_provisioning = b.stats()
+        # The next pass sees every child just created (written through, not waiting for the watch).
+        first = await b.observe_compute(key)
+        for _ in range(20):
+            await b.observe_compute(key)
+            await b.storage_exists(key)
+        await b.provision(key, PipelineSpec.model_validate(spec()), {"sql": SQL}, RuntimeDesiredStatus.RUNNING,
+                          BootstrapPolicy.AWAIT_APPROVAL)  # a provisioning pass again: everything is in place
+        return after_provisioning, first, b.stats()
+    after_provisioning, first, after_passes = backend.run(go, on_child_change=woken.append)
+    assert first.state is ComputeState.PENDING and "PersistentVolumeClaim" in first.message, first
+    assert after_provisioning["creates"] == 5 and after_provisioning["reads"] == 1  # the token Secret, once
+    assert after_passes["reads"] == after_provisioning["reads"]
+    assert after_passes["creates"] == after_provisioning["creates"]
+    assert {name: figures["lists"] for name, figures in after_passes["informers"].items()} == {
+        "statefulsets": 1, "services": 1, "configmaps": 1, "persistentvolumeclaims": 1, "pods": 1}
+    assert key.uid in woken  # its children's ADDED events
+
+
+def test_an_existing_child_the_cache_has_not_seen_is_checked_with_one_read_and_adopted(
+        in_process, pipelines, cluster, namespace):
+    backend = in_process()
+    key = key_of(pipelines.create("adopting", spec()))
+    name = child_name(key)
+    # Ours (label and controller reference) but without the label the watches select: only a read finds it.
+    owner = {"apiVersion": "dataflow.dev/v1alpha1", "kind": "Pipeline", "name": "adopting", "uid": key.uid,
+             "controller": True}
+    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "data": {"kept": "yes"},
+                   "metadata": {"name": name, "namespace": namespace, "ownerReferences": [owner],
+                                "labels": {"dataflow.dev/pipeline-uid": key.uid}}})
+
+    async def go(b: KubernetesBackend):
+        body = PipelineSpec.model_validate(spec())
+        await b.provision(key, body, {"sql": SQL}, RuntimeDesiredStatus.RUNNING, BootstrapPolicy.AWAIT_APPROVAL)
+        first = b.stats()
+        await b.provision(key, body, {"sql": SQL}, RuntimeDesiredStatus.RUNNING, BootstrapPolicy.AWAIT_APPROVAL)
+        return first, b.stats(), await b.observe_compute(key)
+    first, second, observed = backend.run(go)
+    assert first["reads"] == 2  # the token Secret, and the ConfigMap whose create was answered 409
+    assert second["reads"] == first["reads"] and second["creates"] == first["creates"]  # remembered
+    assert observed.state is not ComputeState.FAILED, observed
+    assert backend.get("configmap", name)["data"] == {"kept": "yes"}
+
+
+def test_an_api_server_outage_makes_observing_unavailable_not_a_conclusion(binaries):
+    """A control plane of its own: this test stops its API server."""
+    from pipeline_operator.kube import Unavailable
+    plane = controlplane.ControlPlane(binaries).start()
+    try:
+        plane.kubectl("create", "namespace", "outage")
+        key = PipelineKey("outage", "lonely", "0123456789abcdef")
+
+        async def go() -> None:
+            configuration = kubernetes.client.Configuration()
+            kubernetes.config.load_kube_config(str(plane.kubeconfig), client_configuration=configuration)
+            kube = Kube(configuration)
+            backend = KubernetesBackend(kube, KubernetesOptions(default_image="registry.example/pipeline:1"),
+                                        ["outage"])
+            try:
+                await backend.start()
+                assert (await backend.observe_compute(key)).state is ComputeState.ABSENT
+                await asyncio.to_thread(plane.stop_apiserver)
+                try:
+                    deadline = asyncio.get_running_loop().time() + 60
+                    while True:
+                        try:
+                            await backend.observe_compute(key)
+                        except Unavailable as exc:
+                            assert "the Kubernetes API server is unreachable" in str(exc), exc
+                            break
+                        assert asyncio.get_running_loop().time() < deadline, "observing never became unavailable"
+                        await asyncio.sleep(0.1)
+                    with pytest.raises(Unavailable):
+                        await backend.storage_exists(key)
+                finally:
+                    await asyncio.to_thread(plane.start_apiserver)
+                for _ in range(600):
+                    try:
+                        observed = await backend.observe_compute(key)
+                        break
+                    except Unavailable:
+                        await asyncio.sleep(0.1)
+                assert observed.state is ComputeState.ABSENT
+                assert backend.stats()["reads"] == 0
+            finally:
+                await backend.close()
+                await kube.close()
+        asyncio.run(go())
+    finally:
+        plane.stop()
+
+
+def test_the_endpoint_overrides_file_is_parsed_again_only_when_it_changes(tmp_path, monkeypatch):
+    overrides = tmp_path / "endpoints.json"
+    overrides.write_text(json.dumps({"ns/a": "http://127.0.0.1:1001"}))
+    kube = Kube(kubernetes.client.Configuration(host="http://127.0.0.1:9"))
+    backend = KubernetesBackend(kube, KubernetesOptions(default_image="x", endpoint_overrides=overrides), ["ns"])
+    parsed: list[str] = []
+    loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda text, *a, **k: parsed.append(text) or loads(text, *a, **k))
+    key = PipelineKey("ns", "a", "0123456789abcdef")
+    assert [backend.endpoint(key) for _ in range(100)] == ["http://127.0.0.1:1001"] * 100
+    assert len(parsed) == 1
+    overrides.write_text(json.dumps({"ns/a": "http://127.0.0.1:2002"}))  # another size: a change
+    assert backend.endpoint(key) == "http://127.0.0.1:2002" and len(parsed) == 2
+    replacement = tmp_path / "endpoints.json.tmp"  # the same size, replaced by a rename (as tests/fake_kubelet.py does)
+    replacement.write_text(json.dumps({"ns/a": "http://127.0.0.1:3003"}))
+    replacement.replace(overrides)
+    assert backend.endpoint(key) == "http://127.0.0.1:3003" and len(parsed) == 3
+    before = overrides.stat().st_mtime_ns
+    overrides.write_text(json.dumps({"ns/a": "http://127.0.0.1:4004"}))  # the same size, in place, a later mtime
+    os.utime(overrides, ns=(before + 10**9, before + 10**9))
+    assert backend.endpoint(key) == "http://127.0.0.1:4004" and len(parsed) == 4
+    overrides.unlink()
+    assert backend.endpoint(key) == f"http://{child_name(key)}.ns.svc:8080"
+    asyncio.run(backend.close())
+    asyncio.run(kube.close())

@@ -352,7 +352,7 @@ def test_helm_install_command_installs_the_operator(fresh):  # noqa: F811
                            # The default: a Role in the namespaces it watches (here the release's own).
                            ("role", "pipeline-operator", namespace),
                            ("rolebinding", "pipeline-operator", namespace),
-                           ("clusterrolebinding", "pipeline-operator-auth-delegator", None)):
+                           ("clusterrolebinding", "pipeline-operator-auth-delegator-pipeline-operator-system", None)):
         assert fresh.get(kind, name, ns)["metadata"]["name"] == name
     assert fresh.kubectl("get", "clusterrole", "pipeline-operator", check=False).returncode != 0
 

@@ -20,10 +20,11 @@ import itertools
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import kopf
+import kubernetes
 
 from .api import ApiDeps, ApiServer, Metrics
 from .backends import Backend as BackendProtocol
@@ -32,16 +33,19 @@ from .backends.local import LocalBackend
 from .compiler import Compiler
 from .core.lifecycle import ComputeState
 from .identity import PipelineKey
+from .informer import Informer
 from .kube import Conflict, Forbidden, Gone, Kube
 from .kube_events import EventPoster, requester_of
 from .leader import LeaderElector, LeaseTiming
 from .models import API_GROUP, API_VERSION, PLURAL
+from .pipeline_cache import PipelineCache, ServedPipelines
 from .reconciler import ONE_SHOT_ANNOTATIONS, Context, PipelineMonitor, key_of
 from .recording import Recorder, post_event
 from .retry import Backoff
 from .runtime_client import RuntimeClient
 from .settings import Backend, OperatorSettings
-from .store import open_event_store
+from .shards import CLAIM_LEASE_DURATIONS, NamespaceClaims
+from .store import is_database_url, open_event_store
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,14 @@ def _trigger(body: dict[str, Any]) -> tuple[Any, ...]:
             tuple(annotations.get(a) for a in ONE_SHOT_ANNOTATIONS))
 
 
-def build_registry(ctx: Context) -> kopf.OperatorRegistry:
+def build_registry(ctx: Context, claims: NamespaceClaims | None = None) -> kopf.OperatorRegistry:
+    """Kopf's handlers. With ``claims`` (namespace sharding, docs/sharding.md) a Pipeline is acted on
+    only while this installation holds the claim on its namespace: no finalizer, no loop, no
+    deletion work in a namespace another installation claims."""
     registry = kopf.OperatorRegistry()
+
+    def claimed(body: kopf.Body, **_: Any) -> bool:
+        return claims is None or claims.holds(body.get("metadata", {}).get("namespace", ""))
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -99,6 +109,10 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
     async def seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        # Kopf runs this before it decides on the daemon and the deletion handler (whose filters
+        # ask ``claimed``): a namespace seen for the first time (--all-namespaces) is claimed here.
+        if claims is not None and not await claims.allowed(body.get("metadata", {}).get("namespace", "")):
+            return
         monitor: PipelineMonitor | None = memo.get("monitor")
         if monitor is None:
             return
@@ -109,15 +123,17 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
             monitor.wake.set()
 
     @kopf.daemon(API_GROUP, API_VERSION, PLURAL, registry=registry, cancellation_timeout=10,
-                 when=lambda body, **_: not body.get("metadata", {}).get("deletionTimestamp"))
+                 when=lambda body, **_: not body.get("metadata", {}).get("deletionTimestamp") and claimed(body))
     async def monitor(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         pipeline = PipelineMonitor(ctx, key_of(body))
+        namespace = pipeline.key.namespace
         pipeline.see(body)
         pipeline.trigger = _trigger(dict(body))
         memo["monitor"] = pipeline
         ctx.monitors.add(pipeline)
         try:
-            await pipeline.run(lambda: bool(stopped))
+            # A claim taken away (another installation holds the namespace now) ends the loop at once.
+            await pipeline.run(lambda: bool(stopped) or (claims is not None and not claims.holds(namespace)))
         finally:
             ctx.monitors.remove(pipeline)
 
@@ -125,7 +141,7 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
     # a growing delay (never given up: giving up would release the finalizer and leave compute and
     # storage behind); see :func:`delete_pipeline`. Kopf retries the handler only if it fails itself.
     @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, registry=registry, backoff=DELETE_RETRY_MAX,
-                    errors=kopf.ErrorsMode.TEMPORARY)
+                    errors=kopf.ErrorsMode.TEMPORARY, when=claimed)
     async def delete(body: kopf.Body, **_: Any) -> None:
         await delete_pipeline(ctx, dict(body))
 
@@ -265,13 +281,21 @@ def _timestamp(value: Any) -> dt.datetime | None:
         return None
 
 
-def make_backend(settings: OperatorSettings, kube: Kube) -> BackendProtocol:
+def make_backend(settings: OperatorSettings, kube: Kube,
+                 on_child_change: Callable[[str], None] | None = None) -> BackendProtocol:
     if settings.backend is Backend.LOCAL:
         return LocalBackend(settings.state_dir, settings.pipeline_command, debug_routes=settings.pipeline_debug_routes)
     if settings.dev_endpoint_overrides is not None:
         log.warning("--dev-endpoint-overrides is set: pipelines are reached at the addresses in %s, not "
                     "through their Services (tests and local development only)", settings.dev_endpoint_overrides)
-    return KubernetesBackend.from_settings(kube, settings)
+    return KubernetesBackend.from_settings(kube, settings, on_child_change=on_child_change)
+
+
+def _wake(ctx: Context, uid: str) -> None:
+    """A child object of this Pipeline changed (a pod went Ready, a claim was bound): look at once."""
+    monitor = ctx.monitors.by_uid(uid)
+    if monitor is not None:
+        monitor.wake.set()
 
 
 async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = None,
@@ -283,7 +307,12 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
         raise ValueError("--leader-election needs the namespace of its Lease: --leader-election-namespace, "
                          "--operator-namespace or $POD_NAMESPACE")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # Separate clients, each with its own bounded pool: the monitoring loops' calls, the Kubernetes
+    # Events, the HTTP API's reviews and writes, and (below) the leader election and the watches
+    # never wait behind one another (docs/architecture.md).
     kube = Kube(field_manager=settings.operator_name)
+    events_kube = Kube(field_manager=settings.operator_name, workers=4)
+    api_kube = Kube(field_manager=settings.operator_name, workers=8)
     store = await asyncio.to_thread(open_event_store, settings.event_store, settings.events_retention,
                                     settings.events_prune_interval, settings.event_store_queue_limit)
 
@@ -291,21 +320,30 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
         monitor = ctx.monitors.get(key.namespace, key.name)
         return requester_of(monitor.obj if monitor is not None else None)
 
-    poster = EventPoster(kube, settings.operator_name, requester=requester)
+    poster = EventPoster(events_kube, settings.operator_name, requester=requester)
     poster.start()
     metrics = Metrics()
     metrics.count_kubernetes_events(lambda: (poster.posted, poster.dropped))
     metrics.watch_event_store(store.stats)
-    backend = make_backend(settings, kube)
+    backend = make_backend(settings, kube, on_child_change=lambda uid: _wake(ctx, uid))
     ctx = Context(settings=settings, kube=kube, backend=backend,
                   compiler=Compiler(settings.state_dir / "programs"),
                   runtime=RuntimeClient(status_timeout=settings.status_timeout, token_for=backend.control_token),
                   sink=Recorder(store, poster), metrics=metrics)
+    # Every replica watches the Pipelines: a standby serves them (and, from a shared store, their
+    # events) through its HTTP API, and the leader serves them before its loops have started.
+    cache = PipelineCache()
+    watch = Informer(kubernetes.client.ApiClient(kube.api_client.configuration),
+                     path=f"/apis/{API_GROUP}/{API_VERSION}", resource=PLURAL,
+                     namespaces=None if settings.all_namespaces else list(settings.namespaces),
+                     on_change=cache.on_change, name="pipelines")
+    standby_serves = settings.backend is Backend.KUBERNETES and is_database_url(settings.event_store)
     api = None
     if settings.api_listen != "off":
         host, _, port = settings.api_listen.rpartition(":")
-        api = ApiServer(ApiDeps(pipelines=ctx.monitors, events=store, kube=kube, endpoint=ctx.backend.endpoint,
-                                runtime=ctx.runtime, artifact=ctx.compiler.artifact, metrics=metrics),
+        api = ApiServer(ApiDeps(pipelines=ServedPipelines(ctx.monitors, cache), events=store, kube=api_kube,
+                                endpoint=ctx.backend.endpoint, runtime=ctx.runtime, artifact=ctx.compiler.artifact,
+                                metrics=metrics, learn_token=ctx.backend.learn_token),
                         auth=settings.api_auth, default_namespace=settings.api_default_namespace,
                         max_concurrency=settings.api_max_concurrency, audience=settings.api_audience,
                         auth_concurrency=settings.api_auth_concurrency, auth_rate=settings.api_auth_rate,
@@ -335,14 +373,45 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
         if api is not None:
             api.ready = True
 
+    async def serve_standing_by() -> None:
+        """A standby is ready once its watch of the Pipelines has listed them all: it then serves
+        them, and their events from the shared store (docs/operations.md, High availability)."""
+        await watch.wait_synced()
+        if api is not None and standby_serves and not api.ready:
+            log.info("standing by: the HTTP API serves the pipelines from this replica's watch and their events "
+                     "from the shared event store; the leader reconciles")
+            api.ready = True
+
+    async def report_refusals(claims: NamespaceClaims) -> None:
+        """Not ready while another installation holds a namespace this one should serve: a rollout
+        of an overlapping installation stops there, and ``kubectl describe pod`` says why."""
+        while True:
+            refused = claims.refused()
+            if api is not None and refused:
+                api.ready = False
+                api.not_ready = "; ".join(refused.values())
+            elif api is not None and not api.ready and ready_flag.is_set():
+                api.ready = True
+            await asyncio.sleep(1.0)
+
     async def follow_stop_flag(flag: asyncio.Event) -> None:
         await flag.wait()
         stopping.set()
     handle_signals()
-    helpers = [asyncio.create_task(mark_ready())]
+    await watch.start()
+    # The backend's watches start at once (a standby that takes over has them in sync already); the
+    # loops start only once they have listed everything, so that no pass decides from a partial view.
+    backend_started = asyncio.create_task(ctx.backend.start())
+    helpers = [asyncio.create_task(mark_ready()), backend_started]
     if stop_flag is not None:
         helpers.append(asyncio.create_task(follow_stop_flag(stop_flag)))
-    registry = build_registry(ctx)
+    shard = settings.shard()
+    claims = None
+    if shard is not None:  # a client of its own: renewals never wait behind the loops' calls
+        claims = NamespaceClaims(Kube(field_manager=settings.operator_name, workers=2), shard,
+                                 duration=CLAIM_LEASE_DURATIONS * settings.lease_duration,
+                                 namespaces=None if settings.all_namespaces else list(settings.namespaces))
+    registry = build_registry(ctx, claims)
     where = "all namespaces" if settings.all_namespaces else ", ".join(settings.namespaces)
     elector: LeaderElector | None = None
     lost: list[str] = []
@@ -352,14 +421,19 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                                 settings.leader_election_id,
                                 timing=LeaseTiming(settings.lease_duration, settings.lease_renew_deadline,
                                                    settings.lease_retry_period))
+        helpers.append(asyncio.create_task(serve_standing_by()))
         if api is not None:
             api.not_ready = (f"Standing by: another replica holds the Lease {elector.namespace}/{elector.name} "
-                             "and reconciles")
+                             "and reconciles" + ("; this replica serves the API once its watch of the Pipelines "
+                                                 "has listed them" if standby_serves else
+                                                 "; a standby serves the API only with a shared (postgresql://) "
+                                                 "event store and the Kubernetes backend"))
 
     async def keep_leading(elector: LeaderElector) -> None:
         reason = await elector.hold()
         lost.append(reason)
         kube.fence(reason)  # no call goes out from now on: a standby may take over in a few seconds
+        events_kube.fence(reason)
         log.error("leader election: %s lost the leadership (%s); it stops acting now and exits, and comes back as "
                   "a standby", elector.identity, reason)
         stopping.set()
@@ -368,8 +442,13 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
         if elector is None or await elector.acquire(stopping):
             if elector is not None:
                 helpers.append(asyncio.create_task(keep_leading(elector)))
-                if api is not None:
+                if api is not None and not api.ready:
                     api.not_ready = "The operator is starting"
+            await backend_started  # every watch of the backend has listed its objects
+            if claims is not None:
+                await claims.start()
+                helpers.append(asyncio.create_task(claims.run()))
+                helpers.append(asyncio.create_task(report_refusals(claims)))
             log.info("pipeline-operator watching pipelines.%s in %s with the %s backend", API_GROUP, where,
                      settings.backend.value)
             await kopf.operator(registry=registry, standalone=True, clusterwide=settings.all_namespaces,
@@ -388,16 +467,21 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
             helper.cancel()
         if ctx.in_flight:  # status writes under way finish, with their events, before the store closes
             await asyncio.wait(list(ctx.in_flight), timeout=30)
+        if claims is not None:
+            await _quietly("the namespace claims", claims.stop())
+            await _quietly("the namespace claims' client", claims.kube.close())
         if elector is not None:
             if not lost:  # stopping on its own: a standby takes over at its next try
                 await _quietly("the leader-election Lease", elector.release())
             await _quietly("the leader-election client", elector.kube.close())
         await _quietly("the HTTP API", api.stop() if api is not None else None)
+        await _quietly("the watch of the Pipelines", watch.stop())
         await _quietly("the runtime client", ctx.runtime.close())
         await _quietly("the backend", ctx.backend.close())
         await _quietly("the Kubernetes Event poster", poster.close())
         await _quietly("the event store", asyncio.to_thread(store.close))
-        await _quietly("the Kubernetes client", ctx.kube.close())
+        for client in (ctx.kube, events_kube, api_kube):
+            await _quietly("a Kubernetes client", client.close())
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 asyncio.get_running_loop().remove_signal_handler(sig)

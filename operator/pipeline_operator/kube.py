@@ -223,4 +223,6 @@ def _cause(exc: BaseException) -> str:
 def _translate(exc: ApiException, verb: str, resource: str) -> Exception:
     if exc.status == 403:
         return Forbidden(f"the operator may not {verb} {resource}: {exc.reason}")
+    if exc.status in (502, 503, 504):  # e.g. an API server still starting ("not all HTTP paths installed")
+        return Unavailable(f"the Kubernetes API server is unavailable ({exc.status} {exc.reason})")
     return exc

@@ -132,17 +132,25 @@ class PipelineRegistry:
 
     def __init__(self) -> None:
         self._by_name: dict[tuple[str, str], PipelineMonitor] = {}
+        self._by_uid: dict[str, PipelineMonitor] = {}
 
     def add(self, monitor: PipelineMonitor) -> None:
         self._by_name[(monitor.key.namespace, monitor.key.name)] = monitor
+        self._by_uid[monitor.key.uid] = monitor
 
     def remove(self, monitor: PipelineMonitor) -> None:
         where = (monitor.key.namespace, monitor.key.name)
         if self._by_name.get(where) is monitor:
             del self._by_name[where]
+        if self._by_uid.get(monitor.key.uid) is monitor:
+            del self._by_uid[monitor.key.uid]
 
     def get(self, namespace: str, name: str) -> PipelineMonitor | None:
         return self._by_name.get((namespace, name))
+
+    def by_uid(self, uid: str) -> PipelineMonitor | None:
+        """The loop of the Pipeline with this uid (what a child object's label names)."""
+        return self._by_uid.get(uid)
 
     def in_namespace(self, namespace: str) -> list[PipelineMonitor]:
         return [m for (ns, _), m in sorted(self._by_name.items()) if ns == namespace]

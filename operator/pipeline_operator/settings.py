@@ -115,6 +115,10 @@ class OperatorSettings(BaseSettings):
     lease_renew_deadline: float = Field(10.0, gt=0, description="Seconds the leader keeps acting without "
                                         "renewing the Lease; then it stops (shorter than --lease-duration).")
     lease_retry_period: float = Field(2.0, gt=0, description="Seconds between tries to take or renew the Lease.")
+    shard_claims: bool = Field(True, description="With `--leader-election`: claim each watched namespace for "
+                               "this installation (the Lease `pipeline-operator-shard` there) and leave alone "
+                               "a namespace another installation claims, so two operators never act on one "
+                               "namespace (docs/sharding.md).")
     event_store_queue_limit: int = Field(100_000, ge=100, description="Monitor events waiting to be "
                                          "written to the event store; beyond it new events are dropped "
                                          "(counted in `/metrics`) instead of growing memory without bound.")
@@ -197,6 +201,14 @@ class OperatorSettings(BaseSettings):
     def lease_namespace(self) -> str:
         """Where the leader-election Lease lives (empty when no namespace is known)."""
         return self.leader_election_namespace or self.operator_namespace
+
+    def shard(self) -> str | None:
+        """This installation's name in namespace claims, ``<Lease namespace>/<leader-election id>`` (the
+        same for all its replicas), or None when it claims no namespace (no leader election, or
+        ``--no-shard-claims``)."""
+        if not (self.leader_election and self.shard_claims):
+            return None
+        return f"{self.lease_namespace()}/{self.leader_election_id}"
 
     def image_prefixes(self) -> list[str]:
         """The allowed image prefixes: the setting, or the repository of the default image."""

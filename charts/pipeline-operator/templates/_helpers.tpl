@@ -45,3 +45,30 @@ unpublished default repository, so an install never waits on an image that canno
 pipeline-operator-tls
 {{- end -}}
 {{- end }}
+
+{{- /* The number of operator replicas: replicaCount, else 2 with PostgreSQL and 1 with SQLite. Every replica
+serves the HTTP API's reads from the event store, and a standby that takes the Lease over carries on with the
+history it finds there: only PostgreSQL is one store for pods on different nodes. SQLite is one pod's file on a
+ReadWriteOnce volume, so more than one replica with it is refused. */ -}}
+{{- define "pipeline-operator.replicas" -}}
+{{- $postgresql := .Values.eventStore.postgresql.url -}}
+{{- $replicas := ternary 2 1 (and (ne $postgresql "") (eq .Values.backend "kubernetes")) -}}
+{{- if not (kindIs "invalid" .Values.replicaCount) -}}
+{{- $replicas = int .Values.replicaCount -}}
+{{- end -}}
+{{- if and (gt $replicas 1) (not $postgresql) -}}
+{{- fail (printf "replicaCount=%d needs the PostgreSQL event store: with SQLite (the default) the monitor events are a file in one pod's volume, which other replicas can neither share nor serve; set eventStore.postgresql.url (and eventStore.postgresql.passwordSecret.name), or replicaCount=1" $replicas) -}}
+{{- end -}}
+{{- if and (gt $replicas 1) (ne .Values.backend "kubernetes") -}}
+{{- fail (printf "replicaCount=%d needs backend=kubernetes: with backend=%s the pipelines are processes inside the leader's pod, which a standby taking over would start a second time; set replicaCount=1" $replicas .Values.backend) -}}
+{{- end -}}
+{{- $replicas -}}
+{{- end }}
+
+{{- /* The PersistentVolumeClaim of the SQLite event store ("" with PostgreSQL or an emptyDir). Only one replica
+ever mounts it (ReadWriteOnce): more need PostgreSQL, which makes no claim. */ -}}
+{{- define "pipeline-operator.eventStoreClaim" -}}
+{{- if and .Values.eventStore.persistent (not .Values.eventStore.postgresql.url) -}}
+pipeline-operator-data
+{{- end -}}
+{{- end }}

@@ -31,14 +31,13 @@ from ..reconciler import (
     ANNOTATION_CLEAR_STORAGE,
     ANNOTATION_DISMISS_ERROR,
     ANNOTATION_START,
-    PipelineMonitor,
     desired_of,
 )
 from . import writes
 from .errors import ApiError, bool_param
 
 if TYPE_CHECKING:
-    from .server import ApiServer
+    from .server import ApiServer, ServedPipeline
 
 _INITIAL = {"running": RuntimeDesiredStatus.RUNNING, "paused": RuntimeDesiredStatus.PAUSED,
             "standby": RuntimeDesiredStatus.STANDBY}
@@ -81,7 +80,7 @@ class Actions:
             return result
         return handler
 
-    async def _state(self, monitor: PipelineMonitor) -> PipelineState:
+    async def _state(self, monitor: ServedPipeline) -> PipelineState:
         """The state the monitoring loop last recorded (waiting for its first pass if needed)."""
         if monitor.state is None:
             await writes.settle(monitor, lambda obj, state: True, timeout=10.0)
@@ -92,7 +91,7 @@ class Actions:
 
     # -- resources ------------------------------------------------------------------------------
 
-    async def start(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+    async def start(self, request: web.Request, monitor: ServedPipeline, state: PipelineState) -> web.Response:
         raw = request.query.get("initial", "running")
         initial = _INITIAL.get(raw)
         if initial is None:
@@ -124,7 +123,7 @@ class Actions:
             "bootstrapPolicy": policy.value})
         return web.json_response("Pipeline is starting", status=202)
 
-    async def stop(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+    async def stop(self, request: web.Request, monitor: ServedPipeline, state: PipelineState) -> web.Response:
         force = bool_param(request.query, "force", False)
         updated = await writes.patch(self.deps.kube, monitor, {"desiredStatus": "Stopped",
                                                                "stopMode": "Force" if force else "Graceful"},
@@ -132,7 +131,7 @@ class Actions:
         await writes.settle(monitor, writes.observed(writes.generation(updated)))
         return web.json_response("Pipeline is forcefully stopping" if force else "Pipeline is stopping", status=202)
 
-    async def clear(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+    async def clear(self, request: web.Request, monitor: ServedPipeline, state: PipelineState) -> web.Response:
         refusal = clear_refusal(state)
         if refusal is not None:
             raise ApiError.refused(refusal)
@@ -140,7 +139,7 @@ class Actions:
             await self._one_shot(request, monitor, "clear_storage", {ANNOTATION_CLEAR_STORAGE: writes.nonce()})
         return web.json_response("Pipeline storage is being cleared", status=202)
 
-    async def dismiss_error(self, request: web.Request, monitor: PipelineMonitor,
+    async def dismiss_error(self, request: web.Request, monitor: ServedPipeline,
                             state: PipelineState) -> web.Response:
         refusal = dismiss_refusal(state)
         if refusal is not None:
@@ -149,7 +148,7 @@ class Actions:
             await self._one_shot(request, monitor, "dismiss_error", {ANNOTATION_DISMISS_ERROR: writes.nonce()})
         return web.json_response("Pipeline deployment error has been dismissed", status=200)
 
-    async def _one_shot(self, request: web.Request, monitor: PipelineMonitor, action: str,
+    async def _one_shot(self, request: web.Request, monitor: ServedPipeline, action: str,
                         annotations: dict[str, str], spec: dict[str, Any] | None = None) -> None:
         """Write a one-shot request (its annotation, the first of ``annotations``, with a new value, and
         any spec change), wait until the loop handled it, and answer its refusal if it was refused."""
@@ -168,7 +167,7 @@ class Actions:
 
     # -- forwarded to the pipeline ----------------------------------------------------------------
 
-    async def _forward(self, monitor: PipelineMonitor, state: PipelineState, method: str, path: str,
+    async def _forward(self, monitor: ServedPipeline, state: PipelineState, method: str, path: str,
                        query: str = "") -> tuple[int, bytes, str]:
         refusal = interaction_refusal(state, monitor.key.name)
         if refusal is not None:
@@ -178,6 +177,8 @@ class Actions:
             raise ApiError(503, "PipelineMissingDeploymentLocation",
                            "Unable to interact with pipeline because its deployment location is missing despite "
                            f"it being fully provisioned (pipeline: '{monitor.key.name}')")
+        if self.deps.learn_token is not None:
+            await self.deps.learn_token(monitor.key)
         answer = await self.deps.runtime.forward(endpoint, method, path, query)
         if answer is None:
             raise ApiError(503, "PipelineInteractionUnreachable",
@@ -190,7 +191,7 @@ class Actions:
     def _answer(status: int, body: bytes, content_type: str) -> web.Response:
         return web.Response(status=status, body=body, content_type=content_type or "application/json")
 
-    async def _runtime_desired(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState,
+    async def _runtime_desired(self, request: web.Request, monitor: ServedPipeline, state: PipelineState,
                                method: str, path: str, target: str, query: str = "") -> web.Response:
         status, body, content_type = await self._forward(monitor, state, method, path, query)
         if status < 300:
@@ -200,13 +201,13 @@ class Actions:
                                requested_by=self.server.requested_by(request, action))
         return self._answer(status, body, content_type)
 
-    async def pause(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+    async def pause(self, request: web.Request, monitor: ServedPipeline, state: PipelineState) -> web.Response:
         return await self._runtime_desired(request, monitor, state, "GET", "/pause", "Paused")
 
-    async def resume(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+    async def resume(self, request: web.Request, monitor: ServedPipeline, state: PipelineState) -> web.Response:
         return await self._runtime_desired(request, monitor, state, "GET", "/start", "Running")
 
-    async def activate(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+    async def activate(self, request: web.Request, monitor: ServedPipeline, state: PipelineState) -> web.Response:
         raw = request.query.get("initial", "running")
         if raw not in ("running", "paused"):
             raise ApiError(400, "InvalidActivateStatus",
@@ -214,7 +215,7 @@ class Actions:
         return await self._runtime_desired(request, monitor, state, "POST", "/activate", raw.capitalize(),
                                            f"initial={raw}")
 
-    async def approve(self, request: web.Request, monitor: PipelineMonitor, state: PipelineState) -> web.Response:
+    async def approve(self, request: web.Request, monitor: ServedPipeline, state: PipelineState) -> web.Response:
         flags = _bootstrap_flags(request)
         status, body, content_type = await self._forward(monitor, state, "POST", "/approve", flags)
         if status < 300:

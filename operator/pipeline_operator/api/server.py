@@ -33,11 +33,11 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 import urllib3.exceptions
 from aiohttp import web
@@ -48,6 +48,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import openapi
+from ..core.lifecycle import PipelineState
 from ..identity import PipelineKey
 from ..kube import Kube
 from ..models import API_GROUP, PLURAL, PipelineMonitorEventFieldSelector
@@ -55,9 +56,6 @@ from ..runtime_client import RuntimeClient
 from ..store import StoreUnavailable
 from .errors import ApiError, unknown_pipeline
 from .metrics import Metrics
-
-if TYPE_CHECKING:
-    from ..reconciler import PipelineMonitor
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("pipeline_operator.audit")
@@ -93,13 +91,32 @@ NOT_SERVED = re.compile(
     r"|oidc_trust.*|validate_program|metrics)$")
 
 
+class ServedPipeline(Protocol):
+    """One pipeline as the API serves it: monitored here (:class:`reconciler.PipelineMonitor`) or
+    watched only (:class:`pipeline_cache.CachedPipeline`, on a standby)."""
+    key: PipelineKey
+
+    @property
+    def obj(self) -> dict[str, Any] | None: ...
+
+    @property
+    def state(self) -> PipelineState | None: ...
+
+    def adopt(self, obj: Mapping[str, Any]) -> None: ...
+
+    def poke(self) -> None: ...
+
+    async def wait_until(self, predicate: Callable[[dict[str, Any], PipelineState], bool],
+                         timeout: float) -> bool: ...  # noqa: ASYNC109
+
+
 class PipelineRegistry(Protocol):
-    """The pipelines the operator monitors (:class:`reconciler.PipelineRegistry`)."""
-    def get(self, namespace: str, name: str) -> PipelineMonitor | None: ...
+    """The pipelines the API serves (:class:`pipeline_cache.ServedPipelines`)."""
+    def get(self, namespace: str, name: str) -> ServedPipeline | None: ...
 
-    def in_namespace(self, namespace: str) -> list[PipelineMonitor]: ...
+    def in_namespace(self, namespace: str) -> Sequence[ServedPipeline]: ...
 
-    def all(self) -> list[PipelineMonitor]: ...
+    def all(self) -> Sequence[ServedPipeline]: ...
 
 
 class EventReader(Protocol):
@@ -122,6 +139,8 @@ class ApiDeps:
     runtime: RuntimeClient                                 # to forward requests to a pipeline
     artifact: Callable[[str], dict[str, Any] | None]       # a compiled program by digest (blocking)
     metrics: Metrics = field(default_factory=Metrics)
+    # Learns a pipeline's control token where this replica does not know it yet (a standby forwarding an action).
+    learn_token: Callable[[PipelineKey], Awaitable[None]] | None = None
 
 
 def _selector(request: web.Request) -> PipelineMonitorEventFieldSelector:
@@ -514,13 +533,13 @@ class ApiServer:
 
     # -- lookups ----------------------------------------------------------------------------------
 
-    def monitor(self, namespace: str, name: str) -> PipelineMonitor:
+    def monitor(self, namespace: str, name: str) -> ServedPipeline:
         monitor = self.deps.pipelines.get(namespace, name)
         if monitor is None or monitor.obj is None:
             raise unknown_pipeline(name)
         return monitor
 
-    async def pipeline(self, request: web.Request, verb: str) -> PipelineMonitor:
+    async def pipeline(self, request: web.Request, verb: str) -> ServedPipeline:
         namespace = self.namespace(request)
         name = request.match_info["name"]
         await self.authorize(request, verb, namespace, name)

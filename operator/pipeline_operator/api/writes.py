@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.lifecycle import PipelineState
 from ..kube import Forbidden, Kube
 from ..kube_events import ANNOTATION_REQUESTED_BY
-from ..reconciler import PipelineMonitor
 from .errors import ApiError, unknown_pipeline
+
+if TYPE_CHECKING:
+    from .server import ServedPipeline
 
 FIELD_MANAGER = "pipeline-operator-api"
 # How long an answer waits for the monitoring loop to act on a change (it is woken at once; this
@@ -25,7 +27,7 @@ def nonce() -> str:
     return uuid.uuid4().hex
 
 
-async def patch(kube: Kube, monitor: PipelineMonitor, spec: dict[str, Any] | None = None,
+async def patch(kube: Kube, monitor: ServedPipeline, spec: dict[str, Any] | None = None,
                 annotations: dict[str, str] | None = None, *, requested_by: str | None = None) -> dict[str, Any]:
     """A merge patch of the Pipeline's spec and annotations; the loop gets the new object at once.
 
@@ -55,7 +57,7 @@ def generation(obj: dict[str, Any]) -> int:
 
 
 # The timeout is part of the contract (answer False after it, never raise): not a cancel scope for the caller.
-async def settle(monitor: PipelineMonitor, predicate: Callable[[dict[str, Any], PipelineState], bool],
+async def settle(monitor: ServedPipeline, predicate: Callable[[dict[str, Any], PipelineState], bool],
                  timeout: float = SETTLE_SECONDS) -> bool:  # noqa: ASYNC109
     return await monitor.wait_until(predicate, timeout)
 

@@ -15,6 +15,10 @@ from ..models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 
 
 class Backend(Protocol):
+    async def start(self) -> None:
+        """Get ready to observe (the Kubernetes backend lists and watches the pipelines' children);
+        called once before the monitoring loops start."""
+
     async def observe_compute(self, key: PipelineKey) -> ComputeObservation: ...
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
@@ -32,6 +36,10 @@ class Backend(Protocol):
         """The token the pipeline at ``endpoint`` (exactly as :meth:`endpoint` returned it) requires on its
         control routes (``Authorization: Bearer``), from memory (it is asked for every request);
         None when none is known."""
+
+    async def learn_token(self, key: PipelineKey) -> None:
+        """Make sure :meth:`control_token` knows the pipeline's token, reading it where it is kept if need be
+        (a replica that has not provisioned or observed the pipeline yet)."""
 
     async def forget(self, key: PipelineKey) -> None:
         """Remove what is left of a deleted pipeline (its compute and storage are gone)."""

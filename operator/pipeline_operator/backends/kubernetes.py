@@ -10,6 +10,13 @@ object someone else made. Creation is idempotent (an existing object that is our
 deletion is explicit: the operator deletes what it created and waits until it is gone, without
 relying on garbage collection.
 
+The children are not read on every pass: the backend watches them (one list+watch cache per kind,
+``informer.py``, of the objects labelled ``app.kubernetes.io/managed-by=pipeline-operator`` in the
+operator's namespaces), so a monitoring pass makes no API call, and a change of a child wakes its
+pipeline at once. What the operator creates is written through to the cache, so the next pass sees a
+complete set of children; while a watch is down, nothing is concluded from the cache (the pass is
+tried again, as when the API server does not answer a GET).
+
 The control token lives exactly as long as the compute: provisioning creates the Secret (or adopts
 the one left by an interrupted provisioning), the pod reads it through ``secretKeyRef``, and
 deprovisioning deletes it with the StatefulSet. A stopped pipeline leaves no credential behind, and
@@ -26,11 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import dataclasses
 import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +49,8 @@ from kubernetes.utils import parse_quantity
 
 from ..core.lifecycle import ComputeObservation, ComputeState
 from ..identity import PipelineKey
-from ..kube import Forbidden, Kube
+from ..informer import Informer
+from ..kube import Forbidden, Kube, Unavailable
 from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 from ..settings import OperatorSettings
 
@@ -285,20 +295,117 @@ class Invalid(Exception):
     """The API server refused an object the operator built from a spec (422)."""
 
 
+MANAGED_BY_SELECTOR = "app.kubernetes.io/managed-by=pipeline-operator"
+SYNC_TIMEOUT = 30.0  # seconds start() waits for the first lists; later passes wait for them no more than that
+# The children the backend watches instead of reading them: kind -> (API path, resource).
+WATCHED = {"statefulset": ("/apis/apps/v1", "statefulsets"),
+           "service": ("/api/v1", "services"),
+           "configmap": ("/api/v1", "configmaps"),
+           "pvc": ("/api/v1", "persistentvolumeclaims"),
+           "pod": ("/api/v1", "pods")}
+COMPUTE_KINDS = ("statefulset", "service", "configmap", "pod", "pvc")
+
+
+def _deleting(obj: dict[str, Any]) -> bool:
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
 class KubernetesBackend:
-    def __init__(self, kube: Kube, options: KubernetesOptions) -> None:
+    """A monitoring pass reads the pipeline's children from caches (one :class:`Informer` per kind,
+    over the operator's namespaces, of the objects labelled as the operator's), so it makes no API
+    call; the API server pushes what changes, and ``on_child_change(uid)`` says whose child it was.
+
+    Two kinds are not watched: Secrets (the tokens are credentials, and a cluster has many Secrets)
+    and NetworkPolicies (only created and deleted). Each is read when provisioning or deprovisioning
+    needs it, and what was found is remembered until the next change of direction, so that repeated
+    passes of one provisioning or one stop read it once.
+    """
+
+    def __init__(self, kube: Kube, options: KubernetesOptions, namespaces: Sequence[str] | None = None,
+                 on_child_change: Callable[[str], None] | None = None) -> None:
         self.kube = kube
         self.options = options
         self.endpoint_overrides = options.endpoint_overrides
+        self.on_child_change = on_child_change
         self._clients = {"apps": kube.apps, "core": kube.core,
                          "networking": kubernetes.client.NetworkingV1Api(kube.api_client)}
+        # The watches get a client of their own (the same Configuration), not Kube's threads: a watch
+        # holds its connection and thread for minutes. One connection per watch, and one to spare.
+        configuration = copy.deepcopy(kube.api_client.configuration)
+        streams = len(WATCHED) * (len(namespaces) if namespaces is not None else 1)
+        configuration.connection_pool_maxsize = streams + 1
+        self._watch_client = kubernetes.client.ApiClient(configuration)
+        self._informers = {kind: Informer(self._watch_client, path=path, resource=resource, namespaces=namespaces,
+                                          label_selector=MANAGED_BY_SELECTOR, on_change=self._child_changed,
+                                          name=resource)
+                           for kind, (path, resource) in WATCHED.items()}
+        self._starting: asyncio.Future[None] | None = None
+        self._calls = {"reads": 0, "creates": 0, "deletes": 0}  # API calls the backend made itself
         self._problems: dict[str, str] = {}  # pipeline uid -> why a child could not be adopted or created
         self._tokens: dict[str, str] = {}  # pipeline uid -> its control token (the Secret's)
+        self._token_read: set[str] = set()  # pipeline uids whose Secret was read since their last provisioning
         self._endpoint_uids: dict[str, str] = {}  # what endpoint() returned -> pipeline uid
+        # Pipelines whose provisioning began here and has not got as far as its StatefulSet (a create was
+        # refused, the API server went away): their other children are not a StatefulSet deleted by someone.
+        self._unfinished: set[str] = set()
+        # pipeline uid -> watched kinds whose deletion the backend asked for: the cache shows such a child
+        # until the watch delivers its deletion, and it is terminating, not "deleted outside the operator".
+        self._deleted: dict[str, set[str]] = {}
+        # pipeline uid -> unwatched kind -> True: in place and ours (provisioning need not read it again),
+        # False: gone, being deleted or not ours (deprovisioning need not read it again).
+        self._settled: dict[str, dict[str, bool]] = {}
+        self._overrides: dict[str, Any] = {}
+        self._overrides_version: tuple[int, int, int] | None = None  # the file's (inode, mtime, size) when parsed
 
     @classmethod
-    def from_settings(cls, kube: Kube, settings: OperatorSettings) -> KubernetesBackend:
-        return cls(kube, KubernetesOptions.from_settings(settings))
+    def from_settings(cls, kube: Kube, settings: OperatorSettings,
+                      on_child_change: Callable[[str], None] | None = None) -> KubernetesBackend:
+        namespaces = None if settings.all_namespaces else settings.namespaces
+        return cls(kube, KubernetesOptions.from_settings(settings), namespaces, on_child_change)
+
+    # -- the caches ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start watching the pipelines' children and wait until they are listed (up to
+        :data:`SYNC_TIMEOUT`; a pass that needs a cache not listed yet fails as the API server's
+        unavailability does, and is tried again). Every caller waits for the same start."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        for informer in self._informers.values():
+            await informer.start()
+        synced = await asyncio.gather(*(i.wait_synced(SYNC_TIMEOUT) for i in self._informers.values()))
+        if not all(synced):
+            late = [i.name for i, ok in zip(self._informers.values(), synced, strict=True) if not ok]
+            log.warning("the pipelines' %s are not listed after %.0fs; their pipelines are looked at once they are",
+                        ", ".join(late), SYNC_TIMEOUT)
+
+    async def _cached(self, namespace: str, *kinds: str) -> None:
+        """The caches of ``kinds`` may be relied on in ``namespace``: else nothing may be concluded."""
+        await self.start()
+        for kind in kinds:
+            problem = self._informers[kind].problem(namespace)
+            if problem is None:
+                continue
+            if problem.forbidden:
+                raise Forbidden(problem.message)
+            raise Unavailable(f"the Kubernetes API server is unreachable or has not answered yet, so the "
+                              f"operator's view of the pipelines' {WATCHED[kind][1]} may be stale ({problem.message})")
+
+    def _child_changed(self, kind: str, obj: dict[str, Any]) -> None:
+        uid = ((obj.get("metadata") or {}).get("labels") or {}).get(UID_LABEL)
+        if uid and self.on_child_change is not None:
+            self.on_child_change(uid)
+
+    def _cache(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._informers[kind].get(namespace, name)
+
+    def stats(self) -> dict[str, Any]:
+        """The API calls the backend made itself (``reads`` are GETs: a monitoring pass makes none),
+        and each cache's figures."""
+        return {**self._calls, "informers": {i.name: i.stats() for i in self._informers.values()}}
 
     # -- API calls ---------------------------------------------------------------------------
 
@@ -307,7 +414,6 @@ class KubernetesBackend:
               "service": ("core", "service", "services"),
               "configmap": ("core", "config_map", "configmaps"),
               "pvc": ("core", "persistent_volume_claim", "persistentvolumeclaims"),
-              "pod": ("core", "pod", "pods"),
               "secret": ("core", "secret", "secrets"),
               "networkpolicy": ("networking", "network_policy", "networkpolicies")}
 
@@ -315,10 +421,15 @@ class KubernetesBackend:
         client, suffix, resource = self._KINDS[kind]
         return getattr(self._clients[client], f"{verb}_namespaced_{suffix}"), resource
 
-    async def _read(self, kind: str, namespace: str, name: str) -> Any:
+    def _json(self, obj: Any) -> dict[str, Any]:
+        """A client model object as the API server's JSON (what the caches hold)."""
+        return dict(self.kube.api_client.sanitize_for_serialization(obj))
+
+    async def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         read, resource = self._method("read", kind)
+        self._calls["reads"] += 1
         try:
-            return await self.kube.call(read, name, namespace)
+            return self._json(await self.kube.call(read, name, namespace))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -326,14 +437,16 @@ class KubernetesBackend:
                 raise Forbidden(f"the operator may not get {resource} in {namespace}") from exc
             raise
 
-    async def _create(self, kind: str, body: dict[str, Any]) -> None:
+    async def _create(self, kind: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The created object; None if one of that name exists already (the caller checks that it is ours)."""
         create, resource = self._method("create", kind)
         namespace = body["metadata"]["namespace"]
+        self._calls["creates"] += 1
         try:
-            await self.kube.call(create, namespace, body, field_manager=self.kube.field_manager)
+            return self._json(await self.kube.call(create, namespace, body, field_manager=self.kube.field_manager))
         except ApiException as exc:
             if exc.status == 409:
-                return  # exists: the caller checks that it is ours
+                return None
             if exc.status == 403:
                 raise Forbidden(f"the operator may not create {resource} in {namespace}") from exc
             if exc.status == 422:
@@ -342,6 +455,7 @@ class KubernetesBackend:
 
     async def _delete(self, kind: str, namespace: str, name: str) -> None:
         delete, resource = self._method("delete", kind)
+        self._calls["deletes"] += 1
         try:
             await self.kube.call(delete, name, namespace, propagation_policy="Background")
         except ApiException as exc:
@@ -352,77 +466,89 @@ class KubernetesBackend:
             raise
 
     @staticmethod
-    def _ours(obj: Any, key: PipelineKey) -> bool:
+    def _ours(obj: dict[str, Any] | None, key: PipelineKey) -> bool:
         """Labelled with the Pipeline's uid AND controlled by it (a label alone proves nothing)."""
-        if obj is None or (obj.metadata.labels or {}).get(UID_LABEL) != key.uid:
+        meta = (obj or {}).get("metadata") or {}
+        if (meta.get("labels") or {}).get(UID_LABEL) != key.uid:
             return False
-        return any(ref.controller and ref.uid == key.uid for ref in obj.metadata.owner_references or [])
+        return any(ref.get("controller") and ref.get("uid") == key.uid for ref in meta.get("ownerReferences") or [])
 
-    async def _remember_token(self, key: PipelineKey, secret: Any | None = None) -> None:
-        """Learn the pipeline's control token from its Secret (read it unless given)."""
+    async def _remember_token(self, key: PipelineKey, secret: dict[str, Any] | None = None) -> bool:
+        """Learn the pipeline's control token from its Secret (read it unless given); whether it was."""
         if secret is None:
             secret = await self._read("secret", key.namespace, token_secret_name(key))
+            self._token_read.add(key.uid)
         if secret is None or not self._ours(secret, key):
-            return
-        encoded = (secret.data or {}).get(TOKEN_KEY)
+            return False
+        encoded = (secret.get("data") or {}).get(TOKEN_KEY)
         try:
             token = base64.b64decode(encoded).decode() if encoded else ""
         except (ValueError, UnicodeDecodeError):
             token = ""
         if token:
             self._tokens[key.uid] = token
+        return bool(token)
 
     # -- the Backend protocol ------------------------------------------------------------------
 
     async def observe_compute(self, key: PipelineKey) -> ComputeObservation:
         name = child_name(key)
         ns = key.namespace
-        sts, svc, cm = await asyncio.gather(self._read("statefulset", ns, name), self._read("service", ns, name),
-                                            self._read("configmap", ns, name))
+        await self._cached(ns, *COMPUTE_KINDS)
         problem = self._problems.get(key.uid)
         if problem:
             return ComputeObservation(state=ComputeState.FAILED, message=problem)
-        if sts is not None and key.uid not in self._tokens:
+        sts, svc, cm = (self._cache(kind, ns, name) for kind in ("statefulset", "service", "configmap"))
+        if sts is not None and key.uid not in self._tokens and key.uid not in self._token_read:
             await self._remember_token(key)  # after an operator restart
+        deleted = self._deleted.get(key.uid, set())
         if sts is None:
-            pod = await self._read("pod", ns, f"{name}-0")
-            leftovers = [o for o in (svc, cm, pod) if o is not None]
+            pod = self._cache("pod", ns, f"{name}-0")
+            leftovers = [(kind, o) for kind, o in (("service", svc), ("configmap", cm), ("pod", pod)) if o is not None]
             if not leftovers:
                 return ComputeObservation(state=ComputeState.ABSENT)
-            if any(o.metadata.deletion_timestamp for o in leftovers) or pod is not None:
+            # What is left is terminating if the operator deleted the StatefulSet or is deleting the rest; a pod
+            # left alone by a StatefulSet that vanished otherwise is the kubelet's to remove, not a deletion.
+            if "statefulset" in deleted or any(_deleting(o) or kind in deleted for kind, o in leftovers):
                 return ComputeObservation(state=ComputeState.TERMINATING, message="deleting the pipeline's objects")
+            if key.uid in self._unfinished:
+                return ComputeObservation(state=ComputeState.PENDING,
+                                          message=f"StatefulSet {name} is not created yet")
             return ComputeObservation(state=ComputeState.FAILED,
                                       message=f"StatefulSet {ns}/{name} is gone (deleted outside the operator)")
-        if sts.metadata.deletion_timestamp:
+        if _deleting(sts) or "statefulset" in deleted:
             return ComputeObservation(state=ComputeState.TERMINATING, message=f"StatefulSet {name} is being deleted")
-        if (sts.status.ready_replicas or 0) >= 1:
+        if ((sts.get("status") or {}).get("readyReplicas") or 0) >= 1:
             return ComputeObservation(state=ComputeState.READY)
-        return await self._why_not_ready(key, name)
+        return self._why_not_ready(key, name)
 
-    async def _why_not_ready(self, key: PipelineKey, name: str) -> ComputeObservation:
+    def _why_not_ready(self, key: PipelineKey, name: str) -> ComputeObservation:
         ns = key.namespace
-        pvc, pod = await asyncio.gather(self._read("pvc", ns, f"{name}-storage"), self._read("pod", ns, f"{name}-0"))
-        if pod is not None and pod.status is not None:
-            for status in pod.status.container_statuses or []:
-                waiting = status.state.waiting if status.state else None
-                if waiting is not None and (status.restart_count or 0) >= CRASH_LOOP_RESTARTS:
+        pvc, pod = self._cache("pvc", ns, f"{name}-storage"), self._cache("pod", ns, f"{name}-0")
+        pod_status = (pod or {}).get("status")
+        if pod_status is not None:
+            for status in pod_status.get("containerStatuses") or []:
+                waiting = (status.get("state") or {}).get("waiting")
+                restarts = status.get("restartCount") or 0
+                if waiting is not None and restarts >= CRASH_LOOP_RESTARTS:
                     return ComputeObservation(state=ComputeState.FAILED, message=(
-                        f"pod {name}-0 is failing repeatedly ({status.restart_count} restarts): "
-                        f"{waiting.reason}: {waiting.message or ''}".strip()))
-                if waiting is not None and waiting.reason:
+                        f"pod {name}-0 is failing repeatedly ({restarts} restarts): "
+                        f"{waiting.get('reason')}: {waiting.get('message') or ''}".strip()))
+                if waiting is not None and waiting.get("reason"):
                     return ComputeObservation(state=ComputeState.PENDING, message=(
-                        f"pod {name}-0 container {status.name} is waiting: {waiting.reason}"
-                        + (f": {waiting.message}" if waiting.message else "")))
-            for condition in pod.status.conditions or []:
-                if condition.status != "True" and condition.message:
+                        f"pod {name}-0 container {status.get('name')} is waiting: {waiting['reason']}"
+                        + (f": {waiting['message']}" if waiting.get("message") else "")))
+            for condition in pod_status.get("conditions") or []:
+                if condition.get("status") != "True" and condition.get("message"):
                     return ComputeObservation(state=ComputeState.PENDING, message=(
-                        f"pod {name}-0 {condition.type} is {condition.status}: {condition.message}"))
-        if pvc is not None and (pvc.status is None or pvc.status.phase != "Bound"):
-            phase = pvc.status.phase if pvc.status else "Pending"
+                        f"pod {name}-0 {condition.get('type')} is {condition.get('status')}: {condition['message']}"))
+        claim = (pvc or {}).get("status") or {}
+        if pvc is not None and claim.get("phase") != "Bound":
             why = ""
-            for condition in (pvc.status.conditions or []) if pvc.status else []:
-                if condition.message:
-                    why = f": {condition.message}"
+            for condition in claim.get("conditions") or []:
+                if condition.get("message"):
+                    why = f": {condition['message']}"
+            phase = claim.get("phase") or "Pending"
             return ComputeObservation(state=ComputeState.PENDING,
                                       message=f"PersistentVolumeClaim {name}-storage is {phase}{why}")
         if pod is None:
@@ -436,6 +562,8 @@ class KubernetesBackend:
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
                         initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None:
+        self._deleted.pop(key.uid, None)
+        self._token_read.discard(key.uid)
         image = spec.deployment.image
         if image is not None and not image_allowed(image, self.options.image_prefixes):
             self._fail(key, (f"spec.deployment.image {image!r} is not allowed: the operator runs only images "
@@ -443,51 +571,80 @@ class KubernetesBackend:
                              "have the operator's administrator allow it (flag --pipeline-image-prefix, "
                              "chart value pipelines.imagePrefixes)"))
             return
+        ns = key.namespace
+        await self._cached(ns, "pvc", "configmap", "service", "statefulset")
+        self._unfinished.add(key.uid)
         objects = build_objects(key, spec, artifact, initial, self.options, bootstrap_policy)
         objects["secret"] = token_secret(key)
-        ns = key.namespace
+        settled = self._settled.setdefault(key.uid, {})
         # Storage first (it outlives compute), then the token, the program, the Service, the
         # NetworkPolicy (before the pod can serve) and the StatefulSet.
         for kind in ("pvc", "secret", "configmap", "service", "networkpolicy", "statefulset"):
             body = objects.get(kind)
-            if body is None:
+            if body is None or settled.get(kind):
                 continue
             name = body["metadata"]["name"]
-            existing = await self._read(kind, ns, name)
+            existing = self._cache(kind, ns, name) if kind in WATCHED else await self._read(kind, ns, name)
+            fetched = existing is None
             if existing is None:
                 try:
-                    await self._create(kind, body)
+                    existing = await self._create(kind, body)
                 except Invalid as exc:
                     what = ("spec.deployment.allowIngressFrom" if kind == "networkpolicy" else "spec.deployment")
                     self._fail(key, f"the API server refused {body['kind']} {ns}/{name}: {exc}; correct {what}")
                     return
-                existing = await self._read(kind, ns, name)
-            if existing is not None and not self._ours(existing, key):
+                if existing is None:  # it exists, but the cache has not seen it yet: whose is it?
+                    existing = await self._read(kind, ns, name)
+            if existing is None:
+                continue  # deleted right after: the next pass creates it
+            if not self._ours(existing, key):
                 self._fail(key, f"{body['kind']} {ns}/{name} exists and does not belong to this pipeline "
                                 "(no controller reference to it); delete or rename it")
                 return
-            if kind == "secret":
-                await self._remember_token(key, existing)
+            if kind in WATCHED:
+                if fetched:  # seen before the watch delivers it: the next pass sees a complete set of children
+                    self._informers[kind].remember(existing)
+            elif kind != "secret" or await self._remember_token(key, existing):
+                settled[kind] = True
+        self._unfinished.discard(key.uid)
         self._problems.pop(key.uid, None)
 
     async def deprovision(self, key: PipelineKey) -> None:
         name = child_name(key)
         self._problems.pop(key.uid, None)
         self._tokens.pop(key.uid, None)
+        self._token_read.discard(key.uid)
+        self._unfinished.discard(key.uid)
+        await self._cached(key.namespace, "statefulset", "service", "configmap")
+        deleted = self._deleted.setdefault(key.uid, set())
+        settled = self._settled.setdefault(key.uid, {})
         for kind, child in (("statefulset", name), ("service", name), ("configmap", name),
                             ("networkpolicy", name), ("secret", token_secret_name(key))):
-            existing = await self._read(kind, key.namespace, child)
-            if existing is not None and self._ours(existing, key) and not existing.metadata.deletion_timestamp:
+            if kind in deleted or settled.get(kind) is False:
+                continue
+            if kind in WATCHED:
+                existing = self._cache(kind, key.namespace, child)
+            else:
+                existing = await self._read(kind, key.namespace, child)
+            if existing is not None and self._ours(existing, key) and not _deleting(existing):
                 await self._delete(kind, key.namespace, child)
+                if kind in WATCHED:
+                    deleted.add(kind)
+            if kind not in WATCHED:
+                settled[kind] = False
 
     async def storage_exists(self, key: PipelineKey) -> bool:
-        return await self._read("pvc", key.namespace, f"{child_name(key)}-storage") is not None
+        await self._cached(key.namespace, "pvc")
+        return self._cache("pvc", key.namespace, f"{child_name(key)}-storage") is not None
 
     async def clear_storage(self, key: PipelineKey) -> None:
         name = f"{child_name(key)}-storage"
-        existing = await self._read("pvc", key.namespace, name)
-        if existing is not None and self._ours(existing, key) and not existing.metadata.deletion_timestamp:
+        await self._cached(key.namespace, "pvc")
+        existing = self._cache("pvc", key.namespace, name)
+        deleted = self._deleted.setdefault(key.uid, set())
+        if existing is not None and "pvc" not in deleted and self._ours(existing, key) and not _deleting(existing):
             await self._delete("pvc", key.namespace, name)
+            deleted.add("pvc")
 
     def describe_compute(self, key: PipelineKey) -> str:
         return f"StatefulSet {key.namespace}/{child_name(key)}"
@@ -495,13 +652,27 @@ class KubernetesBackend:
     def describe_storage(self, key: PipelineKey) -> str:
         return f"PersistentVolumeClaim {key.namespace}/{child_name(key)}-storage"
 
+    def _endpoint_mapping(self, path: Path) -> dict[str, Any]:
+        """The ``--dev-endpoint-overrides`` file, parsed again only when it was replaced or its mtime or size
+        changed (it is asked for on every pass of every pipeline)."""
+        try:
+            stat = path.stat()
+        except OSError:
+            self._overrides, self._overrides_version = {}, None
+            return self._overrides
+        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if version != self._overrides_version:
+            try:
+                mapping = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return {}  # being written, perhaps: parsed again at the next call
+            self._overrides = mapping if isinstance(mapping, dict) else {}
+            self._overrides_version = version
+        return self._overrides
+
     def endpoint(self, key: PipelineKey) -> str | None:
         if self.endpoint_overrides is not None:
-            try:
-                mapping = json.loads(self.endpoint_overrides.read_text())
-            except (OSError, ValueError):
-                mapping = {}
-            found = mapping.get(f"{key.namespace}/{key.name}")
+            found = self._endpoint_mapping(self.endpoint_overrides).get(f"{key.namespace}/{key.name}")
             if found:
                 self._endpoint_uids[str(found)] = key.uid
                 return str(found)
@@ -514,12 +685,26 @@ class KubernetesBackend:
         uid = self._endpoint_uids.get(endpoint)
         return self._tokens.get(uid) if uid is not None else None
 
+    async def learn_token(self, key: PipelineKey) -> None:
+        """Read the pipeline's control token from its Secret unless it is known (a replica that took over,
+        or a standby forwarding an action, has not provisioned the pipeline)."""
+        if key.uid not in self._tokens:
+            await self._remember_token(key)
+
     async def forget(self, key: PipelineKey) -> None:
         """Nothing to remove: the pipeline's objects are deleted with its compute and storage."""
         self._problems.pop(key.uid, None)
         self._tokens.pop(key.uid, None)
+        self._token_read.discard(key.uid)
+        self._deleted.pop(key.uid, None)
+        self._settled.pop(key.uid, None)
+        self._unfinished.discard(key.uid)
         for endpoint in [e for e, uid in self._endpoint_uids.items() if uid == key.uid]:
             del self._endpoint_uids[endpoint]
 
     async def close(self) -> None:
-        return None
+        """Stop the watches (their threads end at once) and close their client."""
+        if self._starting is not None:
+            self._starting.cancel()
+        await asyncio.gather(*(i.stop() for i in self._informers.values()))
+        await asyncio.to_thread(self._watch_client.close)

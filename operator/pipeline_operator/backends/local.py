@@ -282,6 +282,12 @@ class LocalBackend:
     async def clear_storage(self, key: PipelineKey) -> None:
         await asyncio.to_thread(shutil.rmtree, self.storage_dir(key), True)
 
+    async def start(self) -> None:
+        """Nothing to prepare: each observation looks at the process and its folder."""
+
+    async def learn_token(self, key: PipelineKey) -> None:
+        """Nothing to read: every observation of a running process learns its token."""
+
     async def forget(self, key: PipelineKey) -> None:
         """Remove everything of a deleted pipeline (its compute must be gone)."""
         self._tokens.pop(key.uid, None)

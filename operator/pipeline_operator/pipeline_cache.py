@@ -1,0 +1,150 @@
+"""The Pipelines as a watch delivers them, so that every replica's HTTP API can serve them.
+
+Only the leader monitors pipelines (:class:`reconciler.PipelineMonitor`). A standby, and the
+leader before its loops have started, answer from this cache instead: the Pipeline as the API
+server last delivered it, its state read from the status the leader wrote, and its events from the
+shared event store. Reads then scale with the replicas while one leader writes.
+
+A change asked of a standby's API is a write to the Pipeline like any other (server-side apply, a
+merge patch): the leader's watch delivers it and its loop acts, and the standby's answer waits for
+the leader's status write to come back through this replica's own watch, exactly as it waits for
+its own loop on the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .core import resource
+from .core.lifecycle import PipelineState
+from .identity import PipelineKey
+from .models import PipelineStatus
+from .reconciler import AWAIT_WATCH, PipelineRegistry, _copy, _rv, key_of
+
+
+class CachedPipeline:
+    """One Pipeline as the watch delivered it: what the API needs of a monitored pipeline (``key``,
+    ``obj``, ``state``, ``adopt``, ``poke``, ``wait_until``) without a monitoring loop."""
+
+    def __init__(self, key: PipelineKey) -> None:
+        self.key = key
+        self._watched: dict[str, Any] | None = None
+        self._own: dict[str, Any] | None = None  # the answer of a write made here, until the watch delivers it
+        self._own_until = 0.0
+        self._recent: list[str | None] = []
+        self._state: tuple[str | None, PipelineState] | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def obj(self) -> dict[str, Any] | None:
+        if self._own is not None and time.monotonic() < self._own_until:
+            return self._own
+        self._own = None
+        return self._watched
+
+    @property
+    def state(self) -> PipelineState | None:
+        """The state the leader last wrote to the status (parsed once per version)."""
+        obj = self.obj
+        if obj is None:
+            return None
+        rv = _rv(obj)
+        if self._state is None or self._state[0] != rv:
+            self._state = (rv, resource.from_status(PipelineStatus.model_validate(obj.get("status") or {})))
+        return self._state[1]
+
+    def see(self, body: Mapping[str, Any] | None) -> None:
+        """A version the watch delivered (None: the Pipeline is gone)."""
+        rv = _rv(body)
+        self._watched = _copy(body) if body is not None else None
+        self._recent = [*self._recent[-31:], rv]
+        if self._own is not None and _rv(self._own) == rv:
+            self._own = None
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def adopt(self, obj: Mapping[str, Any]) -> None:
+        """The answer of a write made by this replica: newer than what the watch delivered so far."""
+        if _rv(obj) not in self._recent:
+            self._own, self._own_until = _copy(obj), time.monotonic() + AWAIT_WATCH
+
+    def poke(self) -> None:
+        """Nothing to wake here: the leader's watch delivers the change to its loop."""
+
+    # The timeout is part of the contract (answer False after it, never raise): not a cancel scope for the caller.
+    async def wait_until(self, predicate: Callable[[dict[str, Any], PipelineState], bool],
+                         timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until the leader's status, as this replica's watch delivers it, satisfies ``predicate``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            obj, state = self.obj, self.state
+            if obj is not None and state is not None and predicate(obj, state):
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=left)
+            except TimeoutError:
+                return False
+
+
+class PipelineCache:
+    """Every Pipeline the replica's watch delivered, by namespace and name (fed by :meth:`on_change`,
+    the callback of an :class:`informer.Informer` of Pipelines)."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[tuple[str, str], CachedPipeline] = {}
+
+    def on_change(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        where = (meta.get("namespace") or "", meta.get("name") or "")
+        cached = self._by_name.get(where)
+        if kind == "DELETED":
+            if cached is not None and cached.key.uid == meta.get("uid"):
+                del self._by_name[where]
+                cached.see(None)
+            return
+        if cached is None or cached.key.uid != meta.get("uid"):  # new, or deleted and created again
+            cached = self._by_name[where] = CachedPipeline(key_of(obj))
+        cached.see(obj)
+
+    def get(self, namespace: str, name: str) -> CachedPipeline | None:
+        return self._by_name.get((namespace, name))
+
+    def items(self) -> Iterable[tuple[tuple[str, str], CachedPipeline]]:
+        return self._by_name.items()
+
+
+class ServedPipelines:
+    """What the HTTP API serves: the pipelines this replica monitors (the leader's loops, which
+    know more than their last status write), and the watched ones for the rest."""
+
+    def __init__(self, monitors: PipelineRegistry, cache: PipelineCache | None) -> None:
+        self.monitors = monitors
+        self.cache = cache
+
+    def get(self, namespace: str, name: str) -> Any:
+        monitor = self.monitors.get(namespace, name)
+        if monitor is not None and monitor.obj is not None:
+            return monitor
+        return self.cache.get(namespace, name) if self.cache is not None else monitor
+
+    def _merged(self) -> dict[tuple[str, str], Any]:
+        found: dict[tuple[str, str], Any] = {}
+        if self.cache is not None:
+            found.update((where, cached) for where, cached in self.cache.items() if cached.obj is not None)
+        for monitor in self.monitors.all():
+            if monitor.obj is not None:
+                found[(monitor.key.namespace, monitor.key.name)] = monitor
+        return found
+
+    def in_namespace(self, namespace: str) -> list[Any]:
+        return [p for (ns, _), p in sorted(self._merged().items()) if ns == namespace]
+
+    def all(self) -> list[Any]:
+        return list(self._merged().values())
