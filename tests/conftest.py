@@ -14,6 +14,7 @@ from pipeline_operator.crd import DEFAULT_PATH
 from pipeline_operator_dev import controlplane
 
 from . import postgres
+from .fake_kubelet import FakeKubelet
 from .kstatus import KStatusTracker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,6 +124,16 @@ def operators(crd_installed: Cluster, tmp_path: Path):
         if op.proc is not None and op.proc.poll() is None:
             op.stop()
     _kill_pipeline_processes_under(tmp_path)
+
+
+@pytest.fixture
+def kubelet(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[FakeKubelet]:
+    """The stand-in kubelet for the Kubernetes backend's pods in ``namespace`` (tests/fake_kubelet.py)."""
+    k = FakeKubelet(cluster.kubeconfig, namespace, tmp_path / "kubelet")
+    k.start()
+    yield k
+    k.stop()
+    assert not k.errors, k.errors
 
 
 @pytest.fixture

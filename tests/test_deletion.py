@@ -9,7 +9,7 @@ import re
 import pytest
 
 from .operator_harness import wait_for
-from .test_kubernetes_backend import k8s_operator, kubelet, spec  # noqa: F401 - fixtures
+from .test_kubernetes_backend import k8s_operator, spec  # noqa: F401 - k8s_operator: a fixture
 
 pytestmark = pytest.mark.apiserver
 HOLD = "test.dataflow.dev/hold"  # stands in for kubernetes.io/pvc-protection: the claim never goes away

@@ -11,7 +11,6 @@ import time
 import pytest
 import yaml
 
-from .fake_kubelet import FakeKubelet
 from .operator_harness import wait_for
 from .test_api import http_json
 from .test_kubernetes_backend import RBAC, operator_kubeconfig
@@ -34,15 +33,6 @@ def api(op, path: str, method: str = "GET", body: dict | None = None) -> tuple[i
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"} if data is not None else {}
     return http_json(f"{op.api_url}{path}", method, headers, data, timeout=30)
-
-
-@pytest.fixture
-def kubelet(cluster, namespace, tmp_path):
-    k = FakeKubelet(cluster.kubeconfig, namespace, tmp_path / "kubelet")
-    k.start()
-    yield k
-    k.stop()
-    assert not k.errors, k.errors
 
 
 @pytest.fixture

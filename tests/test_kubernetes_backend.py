@@ -47,15 +47,6 @@ def operator_kubeconfig(cluster, namespace: str, role_text: str) -> Path:
 
 
 @pytest.fixture
-def kubelet(cluster, namespace, tmp_path):
-    k = FakeKubelet(cluster.kubeconfig, namespace, tmp_path / "kubelet")
-    k.start()
-    yield k
-    k.stop()
-    assert not k.errors, k.errors
-
-
-@pytest.fixture
 def k8s_operator(operators, cluster, namespace, kubelet):
     def start(role_text: str | None = None, *args: str):
         kubeconfig = operator_kubeconfig(cluster, namespace, role_text or (RBAC / "role.yaml").read_text())

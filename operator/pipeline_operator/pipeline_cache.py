@@ -14,7 +14,6 @@ its own loop on the leader.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -22,7 +21,7 @@ from .core import resource
 from .core.lifecycle import PipelineState
 from .identity import PipelineKey
 from .models import PipelineStatus
-from .reconciler import AWAIT_WATCH, PipelineRegistry, _copy, _rv, key_of
+from .reconciler import NewestVersion, PipelineRegistry, _rv, key_of
 
 
 class CachedPipeline:
@@ -31,19 +30,13 @@ class CachedPipeline:
 
     def __init__(self, key: PipelineKey) -> None:
         self.key = key
-        self._watched: dict[str, Any] | None = None
-        self._own: dict[str, Any] | None = None  # the answer of a write made here, until the watch delivers it
-        self._own_until = 0.0
-        self._recent: list[str | None] = []
+        self.versions = NewestVersion()
         self._state: tuple[str | None, PipelineState] | None = None
         self._changed = asyncio.Event()
 
     @property
     def obj(self) -> dict[str, Any] | None:
-        if self._own is not None and time.monotonic() < self._own_until:
-            return self._own
-        self._own = None
-        return self._watched
+        return self.versions.obj
 
     @property
     def state(self) -> PipelineState | None:
@@ -58,18 +51,13 @@ class CachedPipeline:
 
     def see(self, body: Mapping[str, Any] | None) -> None:
         """A version the watch delivered (None: the Pipeline is gone)."""
-        rv = _rv(body)
-        self._watched = _copy(body) if body is not None else None
-        self._recent = [*self._recent[-31:], rv]
-        if self._own is not None and _rv(self._own) == rv:
-            self._own = None
+        self.versions.see(body)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
     def adopt(self, obj: Mapping[str, Any]) -> None:
         """The answer of a write made by this replica: newer than what the watch delivered so far."""
-        if _rv(obj) not in self._recent:
-            self._own, self._own_until = _copy(obj), time.monotonic() + AWAIT_WATCH
+        self.versions.adopt(obj)
 
     def poke(self) -> None:
         """Nothing to wake here: the leader's watch delivers the change to its loop."""

@@ -272,6 +272,42 @@ def _without_details(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k not in DETAILS_KEYS}
 
 
+class NewestVersion:
+    """The newest version of a Pipeline this replica knows.
+
+    Versions are compared for equality only (``resourceVersion`` is opaque). The watch delivers
+    them in order; an object we get first-hand (our own write's answer, a read, the API's patch)
+    is newer than anything the watch delivers before that same version, so until then (or for
+    at most AWAIT_WATCH seconds, should the watch restart and skip it) watch events are older."""
+
+    def __init__(self) -> None:
+        self.watched: dict[str, Any] | None = None  # the newest version the watch delivered
+        self._recent: collections.deque[str | None] = collections.deque(maxlen=32)  # its latest versions
+        self._own: dict[str, Any] | None = None  # a newer version we got first-hand ...
+        self._own_until = 0.0                    # ... until the watch delivers it (or this deadline)
+
+    @property
+    def obj(self) -> dict[str, Any] | None:
+        if self._own is not None and time.monotonic() < self._own_until:
+            return self._own
+        self._own = None
+        return self.watched
+
+    def see(self, body: Mapping[str, Any] | None) -> None:
+        """A version the watch delivered (None: the object is gone)."""
+        rv = _rv(body)
+        self.watched = _copy(body) if body is not None else None
+        self._recent.append(rv)
+        if self._own is not None and _rv(self._own) == rv:
+            self._own = None  # the watch caught up
+
+    def adopt(self, obj: Mapping[str, Any]) -> None:
+        """A version got first-hand: newer than what the watch delivered so far, unless it did already."""
+        if _rv(obj) in self._recent:
+            return
+        self._own, self._own_until = _copy(obj), time.monotonic() + AWAIT_WATCH
+
+
 class PipelineMonitor:
     """The monitoring loop of one Pipeline (one per Pipeline, kept in Kopf's per-object memo)."""
 
@@ -284,10 +320,7 @@ class PipelineMonitor:
         self.history: list[HistoryEntry] = []
         self.last_event: MonitorEvent | None = None
         self.written: dict[str, Any] | None = None
-        self._watched: dict[str, Any] | None = None  # the newest version the watch delivered
-        self._recent: collections.deque[str | None] = collections.deque(maxlen=32)  # its latest versions
-        self._own: dict[str, Any] | None = None  # a newer version we got first-hand ...
-        self._own_until = 0.0                    # ... until the watch delivers it (or this deadline)
+        self.versions = NewestVersion()
         self._seeded: int | None = None  # the store generation seeded from status.history
         self.trigger: tuple[Any, ...] = ()  # what wakes the loop at once (generation, one-shot annotations)
         self._last_notes: tuple[str, ...] = ()
@@ -295,35 +328,20 @@ class PipelineMonitor:
         self.blocked: str | None = None  # a permission the operator lacks, as a Stalled condition says
         self.unreachable = False  # the last pass failed because the API server could not be reached
 
-    # -- the newest object -----------------------------------------------------------------
-    #
-    # Versions are compared for equality only (``resourceVersion`` is opaque). The watch delivers
-    # them in order; an object we get first-hand (our own write's answer, a read, the API's patch)
-    # is newer than anything the watch delivers before that same version, so until then (or for
-    # at most AWAIT_WATCH seconds, should the watch restart and skip it) watch events are older.
+    # -- the newest object (:class:`NewestVersion`) -------------------------------------------
 
     @property
     def obj(self) -> dict[str, Any] | None:
         """The newest version of the Pipeline we know."""
-        if self._own is not None and time.monotonic() < self._own_until:
-            return self._own
-        self._own = None
-        return self._watched
+        return self.versions.obj
 
     def see(self, body: Mapping[str, Any]) -> None:
         """A version of the Pipeline the watch delivered."""
-        rv = _rv(body)
-        self._watched = _copy(body)
-        self._recent.append(rv)
-        if self._own is not None and _rv(self._own) == rv:
-            self._own = None  # the watch caught up
+        self.versions.see(body)
 
     def adopt(self, obj: Mapping[str, Any]) -> None:
-        """A version we got first-hand (our write's answer, a read, the API's patch): newer than
-        what the watch delivered so far, unless the watch delivered it already."""
-        if _rv(obj) in self._recent:
-            return
-        self._own, self._own_until = _copy(obj), time.monotonic() + AWAIT_WATCH
+        """A version we got first-hand (our write's answer, a read, the API's patch)."""
+        self.versions.adopt(obj)
 
     def _load(self, obj: dict[str, Any]) -> None:
         """Carry on from what the status records: at the first pass (an operator restart loses
@@ -374,6 +392,8 @@ class PipelineMonitor:
             return self.ctx.settings.monitor_interval
         except Conflict as exc:
             log.info("%s: %s; deciding again from the fresh object", self.key, exc)
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.conflicts.inc()
             fresh = await self.ctx.kube.get_pipeline(self.key.namespace, self.key.name)
             if fresh is not None:
                 self.adopt(fresh)
@@ -410,6 +430,8 @@ class PipelineMonitor:
                 self.written = body
                 self.conditions = list(status.conditions)
             except Conflict:
+                if self.ctx.metrics is not None:
+                    self.ctx.metrics.conflicts.inc()
                 return 0.0
             except Gone:
                 return self.ctx.settings.monitor_interval
@@ -460,6 +482,8 @@ class PipelineMonitor:
                                 history: list[HistoryEntry], decision: Decision, emitted: Sequence[Emitted]) -> None:
         updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name, rv, body)
         self.adopt(updated)
+        if self.ctx.metrics is not None and self.state is not None:
+            self.ctx.metrics.observe_steps(self.state, [s.state for s in decision.steps])
         self.written = body
         self.state = decision.state
         self.conditions = list(status.conditions)
@@ -470,7 +494,10 @@ class PipelineMonitor:
                 for e in emitted:
                     self.ctx.metrics.events.labels(e.kind.value).inc()
             reasons = [s.reason for s in decision.steps]
+            started = time.perf_counter()
             await self.ctx.sink.record(self.key, emitted, reasons)
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.recording_seconds.observe(time.perf_counter() - started)
 
     async def act(self, actions: Sequence[Action], desired: Desired, spec: PipelineSpec) -> bool:
         """Carry out the decision; returns whether the pipeline was asked to change (look again soon)."""
