@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 .PHONY: test demo image lock crd lint-imports clean
 
 # Install the project and its test extra into a local virtualenv, build or reuse the
-# control-plane binaries (cached under ~/.cache/pipeline-operator, with progress), run the static
+# control-plane binaries and promtool (cached under ~/.cache/pipeline-operator, with progress), run the static
 # checks (ruff, mypy, import-linter: any finding fails the run), then pytest.
 test: $(VENV)/.installed
 	@echo "==> ruff: lint operator, tests, bench and image"
@@ -16,6 +16,7 @@ test: $(VENV)/.installed
 	@echo "==> import-linter: layering contracts (pyproject.toml)"
 	$(BIN)/lint-imports
 	$(BIN)/pipeline-operator control-plane fetch
+	$(BIN)/python -m pipeline_operator_dev.promtool
 	$(BIN)/pipeline-operator crd --check --output crds/pipelines.dataflow.dev.yaml
 	$(BIN)/pipeline-operator crd --check --output deploy/base/crd/pipelines.dataflow.dev.yaml
 	@# pytest exits 5 when it collected no tests: this project always has tests, so that is a failure.

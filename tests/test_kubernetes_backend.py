@@ -538,8 +538,10 @@ def test_the_rbac_rules_grant_what_the_backend_uses_and_no_events_k8s_io():
                for path, resource in WATCHED.values()}
     assert watched == {("apps", "statefulsets"), ("", "services"), ("", "configmaps"), ("", "persistentvolumeclaims"),
                        ("", "pods")}
-    for group, resource in watched - {("", "pods")}:
+    for group, resource in watched - {("", "pods"), ("", "persistentvolumeclaims")}:
         assert granted[(group, resource)] == {"get", "list", "watch", "create", "delete"}, resource
+    # patch: a retained claim is released from its deleted Pipeline and adopted by the next one of that name.
+    assert granted[("", "persistentvolumeclaims")] == {"get", "list", "watch", "create", "delete", "patch"}
     assert granted[("", "pods")] == {"list", "watch"}  # never written, never read one by one
     # Secrets are read one by one and never listed or watched: the tokens are credentials.
     assert granted[("", "secrets")] == {"get", "create", "delete"}

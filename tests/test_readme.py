@@ -80,6 +80,8 @@ README_BLOCKS: dict[str, tuple[str, str]] = {
         (NOT_RUN, "it runs this whole test suite, this test included: it cannot run inside itself"),
     "make crd":
         (RUN, "test_make_crd_leaves_the_checked_in_crds_unchanged"),
+    "plain: $ kubectl pipeline events orders -n data-team":
+        (ELSEWHERE, "tests/test_kubectl_plugin.py::test_events_actions_and_status_through_kubectl"),
 }
 
 

@@ -182,6 +182,16 @@ def show_settings(markdown: bool) -> None:
         click.echo(f"{name} = {value}")
 
 
+@main.command("kubectl", add_help_option=False,
+              context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def kubectl(args: tuple[str, ...]) -> None:
+    """The kubectl plugin (`kubectl pipeline ...`): events, actions and status of a Pipeline as the
+    kubeconfig's user. Its options and --help are the plugin's own."""
+    from .kubectl_plugin import main as plugin_main
+    sys.exit(plugin_main(list(args)))
+
+
 @main.command("pipeline-process")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)

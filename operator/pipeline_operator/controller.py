@@ -37,7 +37,7 @@ from .informer import Informer
 from .kube import Conflict, Forbidden, Gone, Kube
 from .kube_events import EventPoster, requester_of
 from .leader import LeaderElector, LeaseTiming
-from .models import API_GROUP, API_VERSION, PLURAL
+from .models import API_GROUP, API_VERSION, PLURAL, StorageDeletionPolicy
 from .pipeline_cache import PipelineCache, ServedPipelines
 from .reconciler import ONE_SHOT_ANNOTATIONS, Context, PipelineMonitor, key_of
 from .recording import Recorder, post_event
@@ -150,7 +150,8 @@ def build_registry(ctx: Context, claims: NamespaceClaims | None = None) -> kopf.
 
 
 async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
-    """Stop a deleted Pipeline's compute, clear its storage and forget its events, retrying with a
+    """Stop a deleted Pipeline's compute, clear its storage (or, with ``spec.storage.deletionPolicy:
+    Retain``, release it for the next Pipeline of the same name) and forget its events, retrying with a
     growing delay (1 s up to 30 s) until that is done. After ``deletion_timeout`` seconds (counted
     from the deletion) the Pipeline says so: a ``Stalled`` condition (reason ``DeletionStuck``)
     naming what is left, and one Warning Event. The annotation ``dataflow.dev/release-finalizer:
@@ -178,7 +179,7 @@ async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
             return
         if problem is None:
             try:
-                problem = await _deletion_step(ctx, key)
+                problem = await _deletion_step(ctx, key, _retains_storage(obj))
             except asyncio.CancelledError:
                 raise
             except Forbidden as exc:
@@ -188,8 +189,9 @@ async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
         if problem is None:
             await ctx.backend.forget(key)
             await ctx.sink.forget(key)
-            log.info("%s: pipeline deleted: compute stopped, storage cleared, events removed; releasing the "
-                     "finalizer", key)
+            storage = "retained" if _retains_storage(obj) else "cleared"
+            log.info("%s: pipeline deleted: compute stopped, storage %s, events removed; releasing the "
+                     "finalizer", key, storage)
             return
         waited = (dt.datetime.now(dt.UTC) - started).total_seconds()
         if problem != last_problem:
@@ -212,13 +214,25 @@ async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
         await asyncio.sleep(delay)
 
 
-async def _deletion_step(ctx: Context, key: PipelineKey) -> str | None:
-    """One try: what is still there (and asked to go away), or None when everything is gone."""
+def _retains_storage(obj: dict[str, Any]) -> bool:
+    """``spec.storage.deletionPolicy`` is Retain (read from the object as stored: a deletion must go on even
+    if the rest of its spec no longer validates)."""
+    storage = ((obj.get("spec") or {}).get("storage") or {})
+    return bool(storage.get("deletionPolicy") == StorageDeletionPolicy.RETAIN.value)
+
+
+async def _deletion_step(ctx: Context, key: PipelineKey, retain_storage: bool = False) -> str | None:
+    """One try: what is still there (and asked to go away), or None when everything is gone. Retained
+    storage is released from the pipeline instead of deleted, once its compute is gone (nothing writes
+    to it any more)."""
     compute = await ctx.backend.observe_compute(key)
     if compute.state is not ComputeState.ABSENT:
         await ctx.backend.deprovision(key)
         why = f": {compute.message}" if compute.message else ""
         return f"{ctx.backend.describe_compute(key)} is still {compute.state.value}{why}"
+    if retain_storage:
+        await ctx.backend.retain_storage(key)
+        return None
     if await ctx.backend.storage_exists(key):
         await ctx.backend.clear_storage(key)
         return f"{ctx.backend.describe_storage(key)} still exists (its deletion was requested)"

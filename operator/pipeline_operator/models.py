@@ -510,10 +510,23 @@ class DeploymentSpec(CamelModel):
                     "admitted.")
 
 
+class StorageDeletionPolicy(str, enum.Enum):
+    """What deleting a Pipeline does to its storage (named after a PersistentVolume's reclaim policy)."""
+    DELETE = "Delete"
+    RETAIN = "Retain"
+
+
 class StorageSpec(CamelModel):
     size: Quantity | None = Field(None, description="Size of the pipeline's storage volume, e.g. 10Gi.")
     storage_class_name: str | None = Field(None, min_length=1, max_length=253,
                                            description="StorageClass of the volume.")
+    # Unset means Delete (as before the field existed), so that a spec written back is the spec as given.
+    deletion_policy: StorageDeletionPolicy | None = Field(
+        None,
+        description="Delete (the default) removes the storage with the Pipeline; Retain leaves it in place, "
+                    "released from the Pipeline and labelled dataflow.dev/retained-from=<name>, for the next "
+                    "Pipeline of the same name in the namespace to adopt. Clearing storage deletes it under "
+                    "either policy.")
 
 
 class PipelineSpec(CamelModel):

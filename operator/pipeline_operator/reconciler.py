@@ -466,6 +466,7 @@ class PipelineMonitor:
             return
         assert self.obj is not None
         rv = self.obj["metadata"]["resourceVersion"]
+        before = self.state  # what the steps leave (the write replaces it)
         # The status write and the store append go together even if the loop is cancelled in
         # between (operator shutdown): otherwise the history could hold an event the store lacks.
         # The task never fails: it returns its failure, raised here. A task that outlives the daemon
@@ -477,13 +478,13 @@ class PipelineMonitor:
         failure = await asyncio.shield(task)
         if failure is not None:
             raise failure
+        if self.ctx.metrics is not None and before is not None:
+            self.ctx.metrics.observe_steps(before, [s.state for s in decision.steps], now)
 
     async def _write_and_record(self, rv: str, body: dict[str, Any], status: PipelineStatus,
                                 history: list[HistoryEntry], decision: Decision, emitted: Sequence[Emitted]) -> None:
         updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name, rv, body)
         self.adopt(updated)
-        if self.ctx.metrics is not None and self.state is not None:
-            self.ctx.metrics.observe_steps(self.state, [s.state for s in decision.steps])
         self.written = body
         self.state = decision.state
         self.conditions = list(status.conditions)

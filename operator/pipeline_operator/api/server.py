@@ -49,13 +49,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import openapi
 from ..core.lifecycle import PipelineState
+from ..core.resource import STALLED
 from ..identity import PipelineKey
 from ..kube import Kube
-from ..models import API_GROUP, PLURAL, PipelineMonitorEventFieldSelector
+from ..models import (
+    API_GROUP,
+    PLURAL,
+    ConditionStatus,
+    PipelineMonitorEventFieldSelector,
+    ResourcesStatus,
+    RuntimeStatus,
+    combined_status,
+)
+from ..reconciler import PipelineMonitor, desired_of
 from ..runtime_client import RuntimeClient
 from ..store import StoreUnavailable
 from .errors import ApiError, unknown_pipeline
-from .metrics import Metrics
+from .metrics import Metrics, PipelineSample
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("pipeline_operator.audit")
@@ -564,10 +574,16 @@ class ApiServer:
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         counts: dict[str, int] = {}
+        samples: list[PipelineSample] = []
         for monitor in self.deps.pipelines.all():
             if monitor.state is not None:
                 status = monitor.state.deployment_resources_status.value
                 counts[status] = counts.get(status, 0) + 1
+                # Only the replica whose loop monitors a pipeline reports it: summed over replicas
+                # (shards, a standby), every pipeline then counts once.
+                if isinstance(monitor, PipelineMonitor):
+                    samples.append(_sample(monitor, monitor.state))
+        self.metrics.sample_pipelines(samples)
         for status in ("Stopped", "Provisioning", "Provisioned", "Stopping"):
             self.metrics.pipelines.labels(status).set(counts.get(status, 0))
         try:  # the metrics of a store that cannot be read now are what /metrics is for: still served
@@ -628,3 +644,22 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ApiException):
         return f"{exc.status} {exc.reason}"
     return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _sample(monitor: PipelineMonitor, state: PipelineState) -> PipelineSample:
+    """What ``/metrics`` folds into its per-namespace series of one monitored pipeline."""
+    now = monitor.ctx.clock()
+    fraction = 0.0
+    if state.deployment_resources_status is ResourcesStatus.PROVISIONING and monitor.obj is not None \
+            and state.deployment_resources_status_since is not None:
+        timeout = desired_of(monitor.obj)[0].provisioning_timeout or monitor.ctx.lifecycle.default_provisioning_timeout
+        fraction = (now - state.deployment_resources_status_since).total_seconds() / timeout
+    unavailable = 0.0
+    if state.deployment_runtime_status is RuntimeStatus.UNAVAILABLE \
+            and state.deployment_runtime_status_since is not None:
+        unavailable = (now - state.deployment_runtime_status_since).total_seconds()
+    return PipelineSample(
+        namespace=monitor.key.namespace,
+        status=combined_status(state.deployment_resources_status, state.deployment_runtime_status).value,
+        stalled=any(c.type == STALLED and c.status is ConditionStatus.TRUE for c in monitor.conditions),
+        provisioning_fraction=max(0.0, fraction), unavailable_seconds=max(0.0, unavailable))

@@ -30,6 +30,11 @@ class Backend(Protocol):
 
     async def clear_storage(self, key: PipelineKey) -> None: ...
 
+    async def retain_storage(self, key: PipelineKey) -> None:
+        """Release the storage of a deleted pipeline (its compute is gone) so that it outlives the pipeline
+        (``spec.storage.deletionPolicy: Retain``) and the next pipeline of the same name and namespace
+        adopts it at its first provisioning; nothing to do without storage. Done once this returns."""
+
     def endpoint(self, key: PipelineKey) -> str | None: ...
 
     def control_token(self, endpoint: str) -> str | None:

@@ -65,6 +65,10 @@ def _reason(exc: ApiException) -> str:
 
 PORT = 8080
 UID_LABEL = "dataflow.dev/pipeline-uid"
+# On a PersistentVolumeClaim retained when its Pipeline was deleted (spec.storage.deletionPolicy: Retain):
+# the Pipeline's name (its hash when too long for a label value), which the next Pipeline of that name adopts.
+RETAINED_LABEL = "dataflow.dev/retained-from"
+IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
 DEFAULT_STORAGE_SIZE = "1Gi"
 CRASH_LOOP_RESTARTS = 3  # a pod that restarted this often and is waiting again is failing repeatedly
 TOKEN_ENV = "PIPELINE_CONTROL_TOKEN"
@@ -212,12 +216,22 @@ def network_policy(key: PipelineKey, spec: PipelineSpec, options: KubernetesOpti
                      "ingress": [{"from": peers, "ports": [{"port": PORT, "protocol": "TCP"}]}]}}
 
 
+def retained_from(name: str) -> str:
+    """The :data:`RETAINED_LABEL` value of a Pipeline's name: the name itself, or a hash of a name longer
+    than a label value may be."""
+    return name if len(name) <= 63 else f"h{hashlib.sha256(name.encode()).hexdigest()[:40]}"
+
+
 def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any], initial: RuntimeDesiredStatus,
                   options: KubernetesOptions,
-                  bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL) -> dict[str, dict[str, Any]]:
+                  bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL,
+                  claim: str | None = None) -> dict[str, dict[str, Any]]:
     """The ConfigMap, Service, StatefulSet, PersistentVolumeClaim and NetworkPolicy of one pipeline
-    (the token Secret is made apart: its content is created once and never rebuilt)."""
+    (the token Secret is made apart: its content is created once and never rebuilt). ``claim`` names
+    the PersistentVolumeClaim when it is not ``<child name>-storage``: one retained from a deleted
+    Pipeline of the same name, adopted."""
     name = child_name(key)
+    claim = claim or f"{name}-storage"
     selector = {"app.kubernetes.io/instance": name, UID_LABEL: key.uid}
     configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(key, name),
                  "data": {"program.json": json.dumps(artifact),
@@ -266,7 +280,7 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
                                         "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container],
                     "volumes": [{"name": "config", "configMap": {"name": name}},
-                                {"name": "storage", "persistentVolumeClaim": {"claimName": f"{name}-storage"}},
+                                {"name": "storage", "persistentVolumeClaim": {"claimName": claim}},
                                 {"name": "tmp", "emptyDir": {}}],
                 },
             },
@@ -276,7 +290,7 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
                                 "resources": {"requests": {"storage": str(spec.storage.size or DEFAULT_STORAGE_SIZE)}}}
     if spec.storage.storage_class_name:
         pvc_spec["storageClassName"] = spec.storage.storage_class_name
-    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(key, f"{name}-storage"),
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(key, claim),
            "spec": pvc_spec}
     objects = {"configmap": configmap, "service": service, "statefulset": statefulset, "pvc": pvc}
     if options.network_policies:
@@ -289,6 +303,72 @@ def token_secret(key: PipelineKey) -> dict[str, Any]:
     token = base64.b64encode(secrets.token_urlsafe(32).encode()).decode()
     return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(key, token_secret_name(key)),
             "type": "Opaque", "immutable": True, "data": {TOKEN_KEY: token}}
+
+
+def _memory_limit(pod: dict[str, Any], container: str) -> str:
+    for spec in (pod.get("spec") or {}).get("containers") or []:
+        if spec.get("name") == container:
+            return str(((spec.get("resources") or {}).get("limits") or {}).get("memory") or "none set")
+    return "none set"
+
+
+def _image(pod: dict[str, Any], status: dict[str, Any]) -> str:
+    """The image the container asks for (the status may show a resolved digest, or nothing yet)."""
+    for spec in (pod.get("spec") or {}).get("containers") or []:
+        if spec.get("name") == status.get("name") and spec.get("image"):
+            return str(spec["image"])
+    return str(status.get("image") or "?")
+
+
+def pod_problem(pod: dict[str, Any]) -> ComputeObservation | None:
+    """What keeps a pipeline's pod from being ready, as the kubelet, the scheduler and the eviction manager
+    wrote it in the pod's status; None when the status names nothing wrong (starting, or not probed yet).
+
+    An evicted or otherwise Failed pod, and a container failing repeatedly, are FAILED: the process and
+    what it held in memory are gone, as when it crashes. Everything else is PENDING (it may still resolve:
+    a node is added, an image is pushed), and the provisioning timeout bounds how long that is waited for."""
+    name = (pod.get("metadata") or {}).get("name")
+    status = pod.get("status") or {}
+    if status.get("phase") == "Failed":
+        reason = status.get("reason") or "Failed"
+        what = "was evicted" if reason == "Evicted" else f"failed ({reason})"
+        message = f": {status['message']}" if status.get("message") else ""
+        return ComputeObservation(state=ComputeState.FAILED, message=f"pod {name} {what}{message}")
+    for container in status.get("containerStatuses") or []:
+        cname = container.get("name")
+        state, last = container.get("state") or {}, (container.get("lastState") or {}).get("terminated") or {}
+        waiting = state.get("waiting")
+        terminated = state.get("terminated") or last
+        restarts = container.get("restartCount") or 0
+        oom = ""
+        if terminated.get("reason") == "OOMKilled":
+            oom = (f"container {cname} was OOMKilled (exit code {terminated.get('exitCode', 137)}, memory limit "
+                   f"{_memory_limit(pod, cname)})")
+        if waiting is not None and restarts >= CRASH_LOOP_RESTARTS:
+            return ComputeObservation(state=ComputeState.FAILED, message=(
+                f"pod {name} is failing repeatedly ({restarts} restarts): "
+                f"{waiting.get('reason')}: {waiting.get('message') or ''}".strip().rstrip(":")
+                + (f"; last termination: {oom}" if oom else "")))
+        if waiting is not None and waiting.get("reason") in IMAGE_PULL_REASONS:
+            return ComputeObservation(state=ComputeState.PENDING, message=(
+                f"pod {name} container {cname} cannot pull image {_image(pod, container)}: {waiting['reason']}"
+                + (f": {waiting['message']}" if waiting.get("message") else "")))
+        if waiting is not None and waiting.get("reason"):
+            return ComputeObservation(state=ComputeState.PENDING, message=(
+                f"pod {name} container {cname} is waiting: {waiting['reason']}"
+                + (f": {waiting['message']}" if waiting.get("message") else "")
+                + (f"; last termination: {oom}" if oom else "")))
+        if oom:
+            return ComputeObservation(state=ComputeState.PENDING, message=f"pod {name} {oom}")
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return ComputeObservation(state=ComputeState.PENDING, message=(
+                f"pod {name} cannot be scheduled ({condition.get('reason') or 'Unschedulable'}): "
+                f"{condition.get('message') or 'no reason given'}"))
+        if condition.get("status") != "True" and condition.get("message"):
+            return ComputeObservation(state=ComputeState.PENDING, message=(
+                f"pod {name} {condition.get('type')} is {condition.get('status')}: {condition['message']}"))
+    return None
 
 
 class Invalid(Exception):
@@ -340,7 +420,7 @@ class KubernetesBackend:
                                           name=resource)
                            for kind, (path, resource) in WATCHED.items()}
         self._starting: asyncio.Future[None] | None = None
-        self._calls = {"reads": 0, "creates": 0, "deletes": 0}  # API calls the backend made itself
+        self._calls = {"reads": 0, "creates": 0, "deletes": 0, "patches": 0}  # API calls the backend made itself
         self._problems: dict[str, str] = {}  # pipeline uid -> why a child could not be adopted or created
         self._tokens: dict[str, str] = {}  # pipeline uid -> its control token (the Secret's)
         self._token_read: set[str] = set()  # pipeline uids whose Secret was read since their last provisioning
@@ -465,6 +545,21 @@ class KubernetesBackend:
                 raise Forbidden(f"the operator may not delete {resource} in {namespace}") from exc
             raise
 
+    async def _patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch (guarded by the ``resourceVersion`` the body names, if any); the object after
+        it, or None when it is gone or changed meanwhile (the next pass looks again)."""
+        patch, resource = self._method("patch", kind)
+        self._calls["patches"] += 1
+        try:
+            return self._json(await self.kube.call(patch, name, namespace, body, field_manager=self.kube.field_manager,
+                                                   _content_type="application/merge-patch+json"))
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return None
+            if exc.status == 403:
+                raise Forbidden(f"the operator may not patch {resource} in {namespace}") from exc
+            raise
+
     @staticmethod
     def _ours(obj: dict[str, Any] | None, key: PipelineKey) -> bool:
         """Labelled with the Pipeline's uid AND controlled by it (a label alone proves nothing)."""
@@ -488,6 +583,71 @@ class KubernetesBackend:
         if token:
             self._tokens[key.uid] = token
         return bool(token)
+
+    # -- storage retained from a deleted Pipeline ------------------------------------------------
+
+    def _claim(self, key: PipelineKey) -> dict[str, Any] | None:
+        """The pipeline's PersistentVolumeClaim from the cache: ``<child name>-storage``, or the claim it
+        adopted (another name, labelled with its uid)."""
+        claim = self._cache("pvc", key.namespace, f"{child_name(key)}-storage")
+        if claim is not None:
+            return claim
+        for candidate in self._informers["pvc"].list(key.namespace):
+            if ((candidate.get("metadata") or {}).get("labels") or {}).get(UID_LABEL) == key.uid:
+                return candidate
+        return None
+
+    def _claim_name(self, key: PipelineKey) -> str:
+        claim = self._claim(key)
+        return str(claim["metadata"]["name"]) if claim is not None else f"{child_name(key)}-storage"
+
+    def _retained(self, key: PipelineKey) -> dict[str, Any] | None:
+        """A claim retained from a deleted Pipeline of this name in this namespace, owned by nobody; the newest
+        if several were (a name re-created and deleted more than once with Retain)."""
+        value = retained_from(key.name)
+        found = [c for c in self._informers["pvc"].list(key.namespace)
+                 if ((c.get("metadata") or {}).get("labels") or {}).get(RETAINED_LABEL) == value
+                 and not (c.get("metadata") or {}).get("ownerReferences") and not _deleting(c)]
+        return max(found, key=lambda c: c["metadata"].get("creationTimestamp") or "", default=None)
+
+    async def _adopt_retained(self, key: PipelineKey) -> str | None:
+        """The name of the retained claim this pipeline now owns (its controller reference and uid label set,
+        the retained label removed), or None when there is none to adopt."""
+        retained = self._retained(key)
+        if retained is None:
+            return None
+        meta = retained["metadata"]
+        adopted = await self._patch("pvc", key.namespace, meta["name"], {"metadata": {
+            "resourceVersion": meta["resourceVersion"], "ownerReferences": [owner(key)],
+            "labels": {**labels(key), RETAINED_LABEL: None}, "annotations": {RETAINED_LABEL: None}}})
+        if adopted is None:  # changed or deleted meanwhile: never a fresh claim beside it, look again
+            raise Unavailable(f"PersistentVolumeClaim {key.namespace}/{meta['name']} changed while it was being "
+                              "adopted; trying again")
+        self._informers["pvc"].remember(adopted)
+        log.info("%s: adopted PersistentVolumeClaim %s/%s retained from a deleted Pipeline of the same name",
+                 key, key.namespace, meta["name"])
+        return str(meta["name"])
+
+    async def retain_storage(self, key: PipelineKey) -> None:
+        """Release the claim: its owner reference removed (so garbage collection leaves it), the uid label
+        replaced by :data:`RETAINED_LABEL` (the Pipeline's name, in full in an annotation of the same key).
+        The other labels stay, so the claim stays in the operator's cache, where the next Pipeline looks."""
+        await self._cached(key.namespace, "pvc")
+        claim = self._claim(key)
+        if claim is None or not self._ours(claim, key) or _deleting(claim):
+            return
+        meta = claim["metadata"]
+        released = await self._patch("pvc", key.namespace, meta["name"], {"metadata": {
+            "resourceVersion": meta["resourceVersion"],
+            "ownerReferences": [r for r in meta.get("ownerReferences") or [] if r.get("uid") != key.uid] or None,
+            "labels": {UID_LABEL: None, RETAINED_LABEL: retained_from(key.name)},
+            "annotations": {RETAINED_LABEL: key.name}}})
+        if released is None:
+            raise Unavailable(f"PersistentVolumeClaim {key.namespace}/{meta['name']} changed while it was being "
+                              "released; trying again")
+        self._informers["pvc"].remember(released)
+        log.info("%s: PersistentVolumeClaim %s/%s retained (label %s=%s) for the next Pipeline of this name", key,
+                 key.namespace, meta["name"], RETAINED_LABEL, retained_from(key.name))
 
     # -- the Backend protocol ------------------------------------------------------------------
 
@@ -523,25 +683,14 @@ class KubernetesBackend:
         return self._why_not_ready(key, name)
 
     def _why_not_ready(self, key: PipelineKey, name: str) -> ComputeObservation:
+        """Why the StatefulSet has no ready replica, in Kubernetes' own words (the kubelet's, the scheduler's,
+        the eviction manager's), naming what a person needs to act on: the image, the memory limit."""
         ns = key.namespace
-        pvc, pod = self._cache("pvc", ns, f"{name}-storage"), self._cache("pod", ns, f"{name}-0")
-        pod_status = (pod or {}).get("status")
-        if pod_status is not None:
-            for status in pod_status.get("containerStatuses") or []:
-                waiting = (status.get("state") or {}).get("waiting")
-                restarts = status.get("restartCount") or 0
-                if waiting is not None and restarts >= CRASH_LOOP_RESTARTS:
-                    return ComputeObservation(state=ComputeState.FAILED, message=(
-                        f"pod {name}-0 is failing repeatedly ({restarts} restarts): "
-                        f"{waiting.get('reason')}: {waiting.get('message') or ''}".strip()))
-                if waiting is not None and waiting.get("reason"):
-                    return ComputeObservation(state=ComputeState.PENDING, message=(
-                        f"pod {name}-0 container {status.get('name')} is waiting: {waiting['reason']}"
-                        + (f": {waiting['message']}" if waiting.get("message") else "")))
-            for condition in pod_status.get("conditions") or []:
-                if condition.get("status") != "True" and condition.get("message"):
-                    return ComputeObservation(state=ComputeState.PENDING, message=(
-                        f"pod {name}-0 {condition.get('type')} is {condition.get('status')}: {condition['message']}"))
+        pvc, pod = self._claim(key), self._cache("pod", ns, f"{name}-0")
+        if pod is not None and pod.get("status") is not None:
+            found = pod_problem(pod)
+            if found is not None:
+                return found
         claim = (pvc or {}).get("status") or {}
         if pvc is not None and claim.get("phase") != "Bound":
             why = ""
@@ -550,7 +699,7 @@ class KubernetesBackend:
                     why = f": {condition['message']}"
             phase = claim.get("phase") or "Pending"
             return ComputeObservation(state=ComputeState.PENDING,
-                                      message=f"PersistentVolumeClaim {name}-storage is {phase}{why}")
+                                      message=f"PersistentVolumeClaim {pvc['metadata']['name']} is {phase}{why}")
         if pod is None:
             return ComputeObservation(state=ComputeState.PENDING,
                                       message=f"StatefulSet {name} has no pod yet (0/1 replicas ready)")
@@ -574,7 +723,9 @@ class KubernetesBackend:
         ns = key.namespace
         await self._cached(ns, "pvc", "configmap", "service", "statefulset")
         self._unfinished.add(key.uid)
-        objects = build_objects(key, spec, artifact, initial, self.options, bootstrap_policy)
+        claim = self._claim(key)
+        claim_name = claim["metadata"]["name"] if claim is not None else await self._adopt_retained(key)
+        objects = build_objects(key, spec, artifact, initial, self.options, bootstrap_policy, claim_name)
         objects["secret"] = token_secret(key)
         settled = self._settled.setdefault(key.uid, {})
         # Storage first (it outlives compute), then the token, the program, the Service, the
@@ -635,12 +786,13 @@ class KubernetesBackend:
 
     async def storage_exists(self, key: PipelineKey) -> bool:
         await self._cached(key.namespace, "pvc")
-        return self._cache("pvc", key.namespace, f"{child_name(key)}-storage") is not None
+        return self._claim(key) is not None
 
     async def clear_storage(self, key: PipelineKey) -> None:
-        name = f"{child_name(key)}-storage"
+        """Delete the claim, under either deletion policy: clearing is an explicit request to drop the data."""
         await self._cached(key.namespace, "pvc")
-        existing = self._cache("pvc", key.namespace, name)
+        existing = self._claim(key)
+        name = self._claim_name(key)
         deleted = self._deleted.setdefault(key.uid, set())
         if existing is not None and "pvc" not in deleted and self._ours(existing, key) and not _deleting(existing):
             await self._delete("pvc", key.namespace, name)
@@ -650,7 +802,7 @@ class KubernetesBackend:
         return f"StatefulSet {key.namespace}/{child_name(key)}"
 
     def describe_storage(self, key: PipelineKey) -> str:
-        return f"PersistentVolumeClaim {key.namespace}/{child_name(key)}-storage"
+        return f"PersistentVolumeClaim {key.namespace}/{self._claim_name(key)}"
 
     def _endpoint_mapping(self, path: Path) -> dict[str, Any]:
         """The ``--dev-endpoint-overrides`` file, parsed again only when it was replaced or its mtime or size

@@ -14,6 +14,11 @@ This is what Feldera's open-source edition does. Each pipeline has a folder unde
 
 The folder is named by :attr:`PipelineKey.slug` (shortened, with a hash, for long names).
 
+Storage retained when its pipeline was deleted (``spec.storage.deletionPolicy: Retain``) is moved to
+``<state-dir>/retained/<namespace>__<name>/`` (a slug without a uid: the next pipeline of that name has
+another), and moved back as the ``storage/`` of the next pipeline of the same name and namespace when it is
+first provisioned.
+
 The command is the operator's (``--pipeline-command``, default the reference pipeline
 process), never one taken from a Pipeline. The process gets a minimal environment plus the
 Pipeline's ``deployment.env`` entries whose names start with ``PIPELINE_``; the rest are
@@ -113,6 +118,7 @@ class LocalBackend:
     def __init__(self, state_dir: Path, pipeline_command: str = "", debug_routes: bool = False) -> None:
         # Absolute: the process runs in its folder (cwd) and is handed paths under this root.
         self.root = Path(os.path.abspath(state_dir)) / "pipelines"
+        self.retained_root = Path(os.path.abspath(state_dir)) / "retained"
         self.command = shlex.split(pipeline_command) if pipeline_command else [
             sys.executable, "-m", "pipeline_operator.cli", "pipeline-process"]
         self.debug_routes = debug_routes
@@ -128,6 +134,10 @@ class LocalBackend:
 
     def storage_dir(self, key: PipelineKey) -> Path:
         return self.folder(key) / "storage"
+
+    def retained_dir(self, key: PipelineKey) -> Path:
+        """Where the storage of a deleted pipeline of this name waits for the next one (any uid)."""
+        return self.retained_root / PipelineKey(key.namespace, key.name, "").slug.rstrip("_")
 
     def _record_path(self, key: PipelineKey) -> Path:
         return self.folder(key) / "compute.json"
@@ -217,7 +227,12 @@ class LocalBackend:
         if self._read_record(key) is not None:
             return  # running (or failed, which the observation reports): never a second process
         folder = self.folder(key)
-        self.storage_dir(key).mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        retained = self.retained_dir(key)
+        if not self.storage_dir(key).exists() and retained.exists():
+            retained.rename(self.storage_dir(key))  # same file system: atomic, and never half adopted
+            log.info("%s: adopted the storage retained from a deleted pipeline of the same name (%s)", key, retained)
+        self.storage_dir(key).mkdir(exist_ok=True)
         program = folder / "program.json"
         program.write_text(json.dumps(artifact))
         (folder / "port").unlink(missing_ok=True)
@@ -281,6 +296,21 @@ class LocalBackend:
 
     async def clear_storage(self, key: PipelineKey) -> None:
         await asyncio.to_thread(shutil.rmtree, self.storage_dir(key), True)
+
+    async def retain_storage(self, key: PipelineKey) -> None:
+        await asyncio.to_thread(self._retain_storage, key)
+
+    def _retain_storage(self, key: PipelineKey) -> None:
+        storage, retained = self.storage_dir(key), self.retained_dir(key)
+        if not storage.exists():
+            return
+        if retained.exists():
+            # Retained by an earlier pipeline of this name that no later one adopted: the newer storage wins,
+            # as on the Kubernetes backend, where the newest retained claim is the one adopted.
+            shutil.rmtree(retained)
+        retained.parent.mkdir(parents=True, exist_ok=True)
+        storage.rename(retained)
+        log.info("%s: storage retained in %s for the next pipeline of this name", key, retained)
 
     async def start(self) -> None:
         """Nothing to prepare: each observation looks at the process and its folder."""

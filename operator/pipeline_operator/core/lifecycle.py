@@ -852,11 +852,14 @@ def _provisioning(p: _Pass, desired: Desired, observation: Observation, config: 
             error_code="AutomatonProvisioningTimeout",
             details={"timeout_secs": timeout, "cause": cause}))
         return
+    if compute.state is ComputeState.PENDING and compute.message:
+        p.set("compute is not ready", deployment_resources_status_details={"reason": compute.message})
     p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=cur.deployment_initial,
           bootstrap_policy=cur.bootstrap_policy)
 
 
-def _apply_runtime(p: _Pass, runtime: RuntimeObservation | None, config: LifecycleConfig) -> None:
+def _apply_runtime(p: _Pass, runtime: RuntimeObservation | None, config: LifecycleConfig,
+                   compute_reason: str = "") -> None:
     """Take over what the pipeline says about itself (Feldera's observe step, after
     ``parse_status_result``)."""
     cur = p.cur
@@ -882,7 +885,8 @@ def _apply_runtime(p: _Pass, runtime: RuntimeObservation | None, config: Lifecyc
     else:
         p.set("pipeline not reachable", deployment_runtime_status=RS.UNAVAILABLE,
               deployment_runtime_desired_status=RDS.UNAVAILABLE,
-              deployment_runtime_status_details={"reason": f"Pipeline status endpoint could not be reached: {reason}"})
+              deployment_runtime_status_details={"reason": f"Pipeline status endpoint could not be reached: {reason}",
+                                                 **({"compute": compute_reason} if compute_reason else {})})
 
 
 def _provisioned(p: _Pass, desired: Desired, observation: Observation, config: LifecycleConfig) -> None:
@@ -898,7 +902,7 @@ def _provisioned(p: _Pass, desired: Desired, observation: Observation, config: L
         assert runtime.error is not None
         _stop(p, desired, "pipeline reported a fatal error", runtime.error)
         return
-    _apply_runtime(p, runtime, config)
+    _apply_runtime(p, runtime, config, compute.message if compute.state is ComputeState.PENDING else "")
     cur = p.cur
     if cur.deployment_runtime_status is RS.SUSPENDED:
         _stop(p, desired, "pipeline suspended")

@@ -1,0 +1,179 @@
+"""The operator's /metrics: lifecycle metrics from a real operator driving real pipeline processes, bounded
+labels, and every metric the dashboard and the alerts query is one the operator exports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from pipeline_operator.api.metrics import Metrics, PipelineSample
+from pipeline_operator.core.lifecycle import PipelineState
+from pipeline_operator.models import ErrorResponse, ResourcesStatus, RuntimeStatus
+
+from .test_operator_lifecycle import spec
+
+MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
+# What a metric family of each type exposes (the text format; the _created series are not queried).
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",),
+            "summary": ("", "_sum", "_count"), "info": ("_info",), "unknown": ("",)}
+METRIC = re.compile(r"\bpipeline_operator_[a-z0-9_]+\b")
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def exported_names(text: str) -> set[str]:
+    """Every series name the exposition declares, with or without samples yet (a labelled metric
+    nobody incremented still has its HELP and TYPE)."""
+    return {f.name + suffix for f in text_string_to_metric_families(text) for suffix in SUFFIXES[f.type]}
+
+
+def samples(text: str) -> list[Sample]:
+    return [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(s.value for s in samples(text) if s.name == name and labels.items() <= s.labels.items())
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the dashboard: panel targets (rows included) and template variables."""
+    board = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    panels = [p for top in board["panels"] for p in (top, *top.get("panels", []))]
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    for variable in board["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]
+            exprs.append(query["query"] if isinstance(query, dict) else query)
+    return exprs
+
+
+def alert_queries() -> list[str]:
+    rule = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())
+    return [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+
+
+@pytest.mark.apiserver
+def test_a_lifecycle_shows_in_metrics_and_the_dashboard_and_alerts_query_only_exported_metrics(
+        operators, pipelines, namespace):
+    op = operators(namespace, "--api-auth", "none", "--api-default-namespace", namespace)
+    pipelines.create("orders", spec())
+    pipelines.create("broken", spec(program={"sql": "CREATE TABLE t (x INT);\nCREATE VIEW v AS SELEC FROM t;"}))
+    pipelines.wait_status("orders", op, deploymentStatus="Running")
+    pipelines.patch_spec("orders", {"runtimeDesiredStatus": "Paused"})
+    pipelines.wait_status("orders", op, deploymentStatus="Paused")
+    pipelines.patch_spec("orders", {"desiredStatus": "Stopped"})
+    pipelines.wait_status("orders", op, deploymentStatus="Stopped")
+    pipelines.wait_status("broken", op, programStatus="SqlError")
+    with urllib.request.urlopen(f"{op.api_url}/v0/pipelines/orders/events", timeout=10) as r:
+        assert r.status == 200
+    text = scrape(op.api_url)  # the request was counted before its answer was sent
+
+    # Transitions, time in status and phase durations, as the pipeline went through them.
+    transitions = {(s.labels["from_status"], s.labels["to_status"])
+                   for s in samples(text) if s.name == "pipeline_operator_transitions_total"}
+    assert {("Stopped", "Provisioning"), ("Provisioning", "Initializing"), ("Running", "Paused"),
+            ("Paused", "Suspended"), ("Suspended", "Stopping"), ("Stopping", "Stopped")} <= transitions, transitions
+    assert value(text, "pipeline_operator_provisioning_seconds_count", outcome="Provisioned") == 1
+    assert value(text, "pipeline_operator_stopping_seconds_count") == 1
+    assert value(text, "pipeline_operator_status_seconds_count", kind="resources", status="Provisioning") == 1
+    assert value(text, "pipeline_operator_status_seconds_count", kind="runtime", status="Running") >= 1
+    assert value(text, "pipeline_operator_status_seconds_sum", kind="runtime", status="Running") > 0
+    # The broken program's latched error, its Stalled condition, and both pipelines Stopped.
+    assert value(text, "pipeline_operator_errors_latched_total", error_code="StartFailedDueToFailedCompilation") == 1
+    assert value(text, "pipeline_operator_pipelines_stalled", namespace=namespace) == 1
+    assert value(text, "pipeline_operator_pipelines_by_status", namespace=namespace, status="Stopped") == 2
+    assert value(text, "pipeline_operator_monitor_events_total", kind="status") > 0
+    assert value(text, "pipeline_operator_event_recording_seconds_count") > 0
+    assert value(text, "pipeline_operator_event_store_appended_total") > 0
+    assert value(text, "pipeline_operator_api_requests_total", route="/v0/pipelines/{name}/events", code="200") == 1
+    # Bounded labels: a pipeline's name is never a label value (the route template stands for it).
+    assert not [s for s in samples(text) if {"orders", "broken"} & {v for v in s.labels.values()}]
+    assert not [s for s in samples(text) if any("/orders/" in v for v in s.labels.values())]
+
+    exported = exported_names(text)
+    for where, queries in (("dashboard", dashboard_queries()), ("alerts", alert_queries())):
+        for expr in queries:
+            used = set(METRIC.findall(expr))
+            assert used, f"{where}: {expr!r} queries no metric of the operator"
+            assert used <= exported, f"{where}: {expr!r} uses {sorted(used - exported)}, not exported"
+
+
+def test_dashboard_covers_every_lifecycle_metric():
+    """A metric added for the lifecycle without a panel is a metric nobody looks at."""
+    used = {m for expr in dashboard_queries() for m in METRIC.findall(expr)}
+    wanted = {"pipeline_operator_pipelines_by_status", "pipeline_operator_pipelines_stalled",
+              "pipeline_operator_status_seconds_bucket", "pipeline_operator_provisioning_seconds_bucket",
+              "pipeline_operator_stopping_seconds_bucket", "pipeline_operator_transitions_total",
+              "pipeline_operator_errors_latched_total", "pipeline_operator_monitor_events_total",
+              "pipeline_operator_kubernetes_events_posted_total", "pipeline_operator_kubernetes_events_dropped_total",
+              "pipeline_operator_status_write_conflicts_total", "pipeline_operator_event_store_appended_total",
+              "pipeline_operator_event_store_queued", "pipeline_operator_event_store_dropped_total",
+              "pipeline_operator_event_recording_seconds_bucket", "pipeline_operator_api_requests_total",
+              "pipeline_operator_api_request_seconds_bucket", "pipeline_operator_provisioning_timeout_ratio",
+              "pipeline_operator_runtime_unavailable_seconds"}
+    assert wanted <= used, sorted(wanted - used)
+
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def state(resources: ResourcesStatus, since: float, runtime: RuntimeStatus | None = None,
+          runtime_since: float | None = None, error: str | None = None) -> PipelineState:
+    return PipelineState(
+        deployment_resources_status=resources, deployment_resources_status_since=T0 + dt.timedelta(seconds=since),
+        deployment_runtime_status=runtime,
+        deployment_runtime_status_since=None if runtime_since is None else T0 + dt.timedelta(seconds=runtime_since),
+        deployment_error=None if error is None else ErrorResponse(message="failed", error_code=error, details=None))
+
+
+def test_steps_measure_time_in_status_from_the_status_stamps():
+    """Each step closes the status before it, which began at its stamp (which the status keeps, so a
+    restarted operator measures what began before it)."""
+    m = Metrics()
+    before = state(ResourcesStatus.PROVISIONING, 0)
+    provisioned = state(ResourcesStatus.PROVISIONED, 42, RuntimeStatus.RUNNING, 42)
+    failed = state(ResourcesStatus.STOPPING, 50, error="WorkerPanic")
+    m.observe_steps(provisioned, [failed], T0 + dt.timedelta(seconds=50))
+    m.observe_steps(before, [provisioned], T0 + dt.timedelta(seconds=42))
+    m.observe_steps(failed, [state(ResourcesStatus.STOPPED, 53, error="WorkerPanic")],  # the same error: once
+                    T0 + dt.timedelta(seconds=53))
+    text = _render(m)
+    assert value(text, "pipeline_operator_provisioning_seconds_sum", outcome="Provisioned") == 42
+    assert value(text, "pipeline_operator_status_seconds_sum", kind="runtime", status="Running") == 8
+    assert value(text, "pipeline_operator_stopping_seconds_sum") == 3
+    assert value(text, "pipeline_operator_errors_latched_total", error_code="WorkerPanic") == 1
+    assert value(text, "pipeline_operator_transitions_total", from_status="Provisioning", to_status="Running") == 1
+    assert value(text, "pipeline_operator_transitions_total", from_status="Running", to_status="Stopping") == 1
+
+
+def test_pipelines_fold_into_one_series_per_namespace_and_a_gone_namespace_disappears():
+    m = Metrics()
+    m.sample_pipelines([PipelineSample("a", "Running", False, 0.0, 0.0),
+                        PipelineSample("a", "Provisioning", True, 0.7, 0.0),
+                        PipelineSample("a", "Unavailable", False, 0.0, 400.0),
+                        PipelineSample("b", "Provisioning", False, 0.2, 0.0)])
+    text = _render(m)
+    assert value(text, "pipeline_operator_pipelines_by_status", namespace="a") == 3
+    assert value(text, "pipeline_operator_pipelines_stalled", namespace="a") == 1
+    assert value(text, "pipeline_operator_provisioning_timeout_ratio", namespace="a") == 0.7
+    assert value(text, "pipeline_operator_provisioning_timeout_ratio", namespace="b") == 0.2
+    assert value(text, "pipeline_operator_runtime_unavailable_seconds", namespace="a") == 400
+    m.sample_pipelines([PipelineSample("b", "Stopped", False, 0.0, 0.0)])
+    assert not [s for s in samples(_render(m)) if s.labels.get("namespace") == "a"]
+
+
+def _render(m: Metrics) -> str:
+    from prometheus_client import generate_latest
+    return generate_latest(m.registry).decode()
