@@ -27,6 +27,7 @@ import kopf
 import kubernetes
 
 from .api import ApiDeps, ApiServer, Metrics
+from .api.follow import FollowLimits
 from .backends import Backend as BackendProtocol
 from .backends.kubernetes import KubernetesBackend
 from .backends.local import LocalBackend
@@ -340,10 +341,11 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     metrics.count_kubernetes_events(lambda: (poster.posted, poster.dropped))
     metrics.watch_event_store(store.stats)
     backend = make_backend(settings, kube, on_child_change=lambda uid: _wake(ctx, uid))
+    recorder = Recorder(store, poster)
     ctx = Context(settings=settings, kube=kube, backend=backend,
                   compiler=Compiler(settings.state_dir / "programs"),
                   runtime=RuntimeClient(status_timeout=settings.status_timeout, token_for=backend.control_token),
-                  sink=Recorder(store, poster), metrics=metrics)
+                  sink=recorder, metrics=metrics)
     # Every replica watches the Pipelines: a standby serves them (and, from a shared store, their
     # events) through its HTTP API, and the leader serves them before its loops have started.
     cache = PipelineCache()
@@ -361,7 +363,10 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                         auth=settings.api_auth, default_namespace=settings.api_default_namespace,
                         max_concurrency=settings.api_max_concurrency, audience=settings.api_audience,
                         auth_concurrency=settings.api_auth_concurrency, auth_rate=settings.api_auth_rate,
-                        tls_cert=settings.api_tls_cert, tls_key=settings.api_tls_key)
+                        tls_cert=settings.api_tls_cert, tls_key=settings.api_tls_key, ui_enabled=settings.api_ui,
+                        follow_limits=FollowLimits(settings.api_follow_streams, settings.api_follow_streams_per_client,
+                                                   settings.api_follow_queue))
+        recorder.listeners.append(api.follow.published)  # live streams hear of each event as it is recorded
         await api.start(host.strip("[]"), int(port))
     ready_flag = ready_flag or asyncio.Event()
     # Kopf is stopped through this flag, never by its own signal handlers (replaced once it is

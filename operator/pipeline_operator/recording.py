@@ -10,7 +10,7 @@ import asyncio
 import datetime as dt
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .core.emission import Emitted
@@ -54,9 +54,14 @@ class Recorder(EventSink):
         self.store = store
         self.poster = poster
         self._posting: set[asyncio.Task[bool]] = set()  # Events under way (a reference keeps them alive)
+        # Told of every recorded event at once (the HTTP API's live streams); called on the loop, never waits.
+        self.listeners: list[Callable[[PipelineKey, Sequence[MonitorEvent]], None]] = []
 
     async def record(self, key: PipelineKey, events: Sequence[Emitted], reasons: Sequence[str]) -> None:
-        self.store.append(key, [e.event for e in events])
+        recorded = [e.event for e in events]
+        self.store.append(key, recorded)
+        for listener in self.listeners:
+            listener(key, recorded)
         if self.poster is not None:
             self.poster.submit(key, events, reasons)
 

@@ -147,6 +147,15 @@ class OperatorSettings(BaseSettings):
                                       "SubjectAccessReviews under way at once for the API.")
     api_auth_rate: float = Field(10.0, gt=0, description="Token checks per second one client address may "
                                  "cause (uncached tokens; a burst of twice as many is allowed).")
+    api_follow_streams: int = Field(100, ge=1, le=100_000, description="Live event streams "
+                                    "(`events?follow=true`) open at once; beyond: 429 `TooManyStreams`.")
+    api_follow_streams_per_client: int = Field(4, ge=1, le=10_000, description="Live event streams one "
+                                               "client address may have open at once.")
+    api_follow_queue: int = Field(1000, ge=1, le=1_000_000, description="Events a live stream holds for a "
+                                  "client that has not read them yet; beyond, the stream ends with `StreamLagging` "
+                                  "(the client resumes with `after=`).")
+    api_ui: bool = Field(True, description="Serve `/ui`, a read-only page of the tenant's pipelines and "
+                         "their status timelines, with the API's authentication (docs/api.md).")
     operator_name: str = Field("pipeline-operator", description="Reporting component of Kubernetes "
                                "Events and field manager of the operator's writes.")
     log_format: str = Field("plain", pattern="^(plain|json)$", description="Log lines as plain text "

@@ -6,6 +6,8 @@
   Pipeline resource);
 - :mod:`.actions`: the lifecycle actions (``/start``, ``/stop``, ``/pause``, ...), checked by the
   pure core's guards and forwarded to the pipeline where Feldera forwards them.
+- :mod:`.ui`: ``/ui``, a read-only HTML page of the tenant's pipelines and one pipeline's status
+  timeline (server-rendered SVG, no scripts).
 """
 
 from .errors import ApiError

@@ -56,6 +56,7 @@ from ..models import (
     API_GROUP,
     PLURAL,
     ConditionStatus,
+    MonitorEvent,
     PipelineMonitorEventFieldSelector,
     ResourcesStatus,
     RuntimeStatus,
@@ -64,7 +65,8 @@ from ..models import (
 from ..reconciler import PipelineMonitor, desired_of
 from ..runtime_client import RuntimeClient
 from ..store import StoreUnavailable
-from .errors import ApiError, unknown_pipeline
+from .errors import ApiError, bool_param, unknown_pipeline
+from .follow import FollowHub, FollowLimits
 from .metrics import Metrics, PipelineSample
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ REVIEW_TIMEOUT_SECONDS = 10.0
 MAX_TOKEN_BYTES = 16384
 MAX_CLIENTS = 10_000  # client addresses whose token-check rate is tracked at once
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})  # never wait for a request slot
+EVENTS_ROUTE = "/v0/pipelines/{name}/events"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # What a request that changes a Pipeline asks for, by method (CRUD) or by its last path segment (actions).
 CRUD_ACTIONS = {"POST": "create", "PUT": "create_or_replace", "PATCH": "update", "DELETE": "delete"}
@@ -133,6 +136,8 @@ class EventReader(Protocol):
     """The event store, read as Feldera's JSON (:class:`store.EventStorage`, either backend); blocking,
     and raising :class:`store.StoreUnavailable` when the store cannot be read now."""
     def list_json(self, uid: str, selector: str = "status") -> str: ...
+
+    def list(self, uid: str, limit: int | None = None) -> list[MonitorEvent]: ...  # newest first
 
     def get_json(self, uid: str, event_id: uuid.UUID | None, selector: str = "status") -> str | None: ...
 
@@ -238,7 +243,8 @@ class ApiServer:
     def __init__(self, deps: ApiDeps, auth: str = "kubernetes", default_namespace: str = "default",
                  max_concurrency: int = 64, *, audience: str = "pipeline-operator", auth_concurrency: int = 8,
                  auth_rate: float = 10.0, tls_cert: Path | None = None, tls_key: Path | None = None,
-                 review_timeout: float = REVIEW_TIMEOUT_SECONDS) -> None:
+                 review_timeout: float = REVIEW_TIMEOUT_SECONDS, ui_enabled: bool = True,
+                 follow_limits: FollowLimits | None = None) -> None:
         from .actions import Actions
         from .pipelines import Pipelines
         if (tls_cert is None) != (tls_key is None):
@@ -249,6 +255,7 @@ class ApiServer:
         self.audience = audience
         self.tls_cert, self.tls_key = tls_cert, tls_key
         self.review_timeout = review_timeout
+        self.ui_enabled = ui_enabled  # off: /ui is not routed (404)
         self.metrics = deps.metrics
         # Keyed by a digest of the token: a cache of 10 000 tokens of 16 KiB would be 160 MiB.
         self._tokens: TTLCache[bytes, User] = TTLCache(maxsize=10_000, ttl=AUTH_CACHE_SECONDS)
@@ -267,6 +274,7 @@ class ApiServer:
         self.port: int | None = None
         self.pipelines = Pipelines(self)
         self.actions = Actions(self)
+        self.follow = FollowHub(deps.events, follow_limits)  # live event streams (events?follow=true)
 
     # -- the application ------------------------------------------------------------------------
 
@@ -279,9 +287,12 @@ class ApiServer:
         r.add_get("/v0/config", self.config)
         r.add_get("/v0/openapi.json", self.openapi)
         self.pipelines.routes(r)
-        r.add_get("/v0/pipelines/{name}/events", self.list_events)
+        r.add_get(EVENTS_ROUTE, self.list_events)
         r.add_get("/v0/pipelines/{name}/events/{event_id}", self.get_event)
         self.actions.routes(r)
+        if self.ui_enabled:
+            from .ui import Ui
+            Ui(self).routes(r)
         r.add_route("*", "/v0/{tail:.*}", self.not_served)
         return app
 
@@ -313,6 +324,7 @@ class ApiServer:
         return context
 
     async def stop(self) -> None:
+        await self.follow.close()  # open streams end first: the runner's cleanup would wait for them
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -322,7 +334,8 @@ class ApiServer:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         started = time.perf_counter()
         try:
-            if request.path in PROBES:
+            if request.path in PROBES or (route == EVENTS_ROUTE and "follow" in request.query):
+                # Probes never wait for a request slot; event streams are long and have their own bounds.
                 response = await handler(request)
             else:
                 async with self._limit:
@@ -603,9 +616,11 @@ class ApiServer:
             "build_info": {"build_cpu": "", "build_os": "", "rust_version": ""},
         })
 
-    async def list_events(self, request: web.Request) -> web.Response:
+    async def list_events(self, request: web.Request) -> web.StreamResponse:
         monitor = await self.pipeline(request, "get")
         selector = _selector(request)
+        if bool_param(request.query, "follow", False):
+            return await self.follow.stream(request, monitor.key, selector.value)
         body = await asyncio.to_thread(self.deps.events.list_json, monitor.key.uid, selector.value)
         return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-cache"})
 
