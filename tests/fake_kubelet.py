@@ -291,3 +291,268 @@ class FakeKubelet(threading.Thread):
             self.core.patch_namespaced_persistent_volume_claim_status(
                 name, self.namespace, {"status": {"phase": "Bound", "accessModes": pvc.spec.access_modes,
                                                   "capacity": pvc.spec.resources.requests}})
+
+
+class FleetKubelet(FakeKubelet):
+    """The same stand-in, for many pipelines served by one fleet process (``pipeline_process.Fleet``):
+    a pod's container is a registration with the fleet, killing it is unregistering it, and the
+    operator reaches the pipeline at the loopback address the fleet gave it (``http://127.1.x.y:<port>``).
+
+    It writes what :class:`FakeKubelet` writes (the pod, its status, ``readyReplicas``, the claim's
+    binding, the pvc-protection finalizer's removal), and scales to a thousand StatefulSets: a round is
+    two list calls and one request to the fleet whatever their number, objects are read as JSON (no
+    client models), and a pipeline's own reads (its ConfigMap and token Secret) happen only when its
+    container starts. ``pause()`` stops the rounds, so that the API server sees only the operator.
+    ``max_workloads`` keeps, per Pipeline uid, the most StatefulSets a round saw at once, and
+    ``max_registrations`` the most times one pipeline was registered with no kill in between (a
+    second workload while the first runs), both of which must stay 1.
+    """
+
+    def __init__(self, kubeconfig: Path, namespace: str, workdir: Path, fleet_url: str,
+                 interval: float = 0.5, workers: int = 8) -> None:
+        super().__init__(kubeconfig, namespace, workdir)
+        self.name = f"fleet-kubelet-{namespace}"
+        self.fleet_url = fleet_url.rstrip("/")
+        self.interval = interval
+        self.workers = workers
+        self.running = threading.Event()  # cleared: paused
+        self.running.set()
+        self.idle = threading.Event()  # set while paused and no round is under way
+        self.registered: dict[str, str] = {}  # StatefulSet name -> "namespace/pipeline"
+        self.max_workloads: dict[str, int] = {}
+        self.max_registrations: dict[str, int] = {}
+        self._live: dict[str, int] = {}  # "namespace/pipeline" -> registrations not killed
+
+    def run(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(self.workers, thread_name_prefix=self.name) as pool:
+            while not self.stop_flag.is_set():
+                if not self.running.is_set():
+                    self.idle.set()
+                    self.stop_flag.wait(0.05)
+                    continue
+                self.idle.clear()
+                try:
+                    self.sync_fleet(pool)
+                except ApiException as exc:
+                    if exc.status not in (404, 409):
+                        self.errors.append(repr(exc))
+                except Exception as exc:  # noqa: BLE001 - reported by whoever runs it
+                    self.errors.append(repr(exc))
+                self.stop_flag.wait(self.interval)
+
+    def pause(self, timeout: float = 60.0) -> None:
+        """Stop the rounds; returns once the round under way, if any, has ended."""
+        self.running.clear()
+        if not self.idle.wait(timeout):
+            raise TimeoutError(f"the fleet kubelet's round did not end within {timeout:.0f}s")
+
+    def resume(self) -> None:
+        self.running.set()
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.join(30)
+        for name in list(self.registered):
+            try:
+                self.kill_pod(name)
+            except OSError:  # the fleet is gone already: so are its pipelines
+                break
+
+    def kill_pod(self, sts_name: str) -> None:
+        key = self.registered.get(sts_name)
+        if key is not None:
+            self._fleet("DELETE", f"/fleet/pipelines/{key}")
+            self._live[key] = max(0, self._live.get(key, 0) - 1)
+
+    # -- one round ----------------------------------------------------------------------------
+
+    def _fleet(self, method: str, path: str, body: Any = None) -> Any:
+        import urllib.error
+        import urllib.request
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.fleet_url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and method == "DELETE":
+                return None
+            raise
+        return json.loads(raw) if raw else None
+
+    def _list(self, kind: str) -> list[dict[str, Any]]:
+        """Every object of ``kind`` in the namespace, from the API server's watch cache (``resourceVersion=0``:
+        no read of etcd, as the informers of the real controllers)."""
+        if kind == "statefulsets":
+            response = self.apps.list_namespaced_stateful_set(self.namespace, resource_version="0",
+                                                              _preload_content=False)
+        else:
+            response = self.core.list_namespaced_persistent_volume_claim(self.namespace, resource_version="0",
+                                                                         _preload_content=False)
+        return json.loads(response.data)["items"]
+
+    def sync_fleet(self, pool: Any) -> None:
+        ns = self.namespace
+        statefulsets = {s["metadata"]["name"]: s for s in self._list("statefulsets")}
+        claims = {c["metadata"]["name"]: c for c in self._list("persistentvolumeclaims")}
+        served: dict[str, dict[str, Any]] = self._fleet("GET", "/fleet/pipelines")
+        per_uid: dict[str, int] = {}
+        for sts in statefulsets.values():
+            uid = (sts["metadata"].get("labels") or {}).get("dataflow.dev/pipeline-uid", "")
+            per_uid[uid] = per_uid.get(uid, 0) + 1
+        for uid, count in per_uid.items():
+            self.max_workloads[uid] = max(self.max_workloads.get(uid, 0), count)
+        to_start, to_report = [], []
+        for name, sts in statefulsets.items():
+            key = f"{ns}/{sts['metadata']['ownerReferences'][0]['name']}"
+            if name not in self.registered:
+                claim = claims.get(self._claim_of(sts), {})
+                if (claim.get("status") or {}).get("phase") == "Bound":
+                    to_start.append((name, sts, key))
+                continue
+            state = served.get(key)
+            if state is not None and state["listening"] and name not in self.ready:
+                to_report.append((name, sts, key, state["address"], None))
+            elif state is None or state["exit_code"] is not None:
+                to_report.append((name, sts, key, None, state["exit_code"] if state else None))
+        for name, key, started in pool.map(lambda item: (item[0], item[2], self._start_fleet(*item)), to_start):
+            if started:
+                self._registered(name, key)
+        for name, ready, restart in pool.map(lambda item: self._report(*item), to_report):
+            if ready:
+                self.ready.add(name)
+            elif name in self.ready:
+                self.ready.discard(name)
+            if restart:
+                self._live[self.registered[name]] = max(0, self._live.get(self.registered[name], 0) - 1)
+                self._registered(name, self.registered[name])
+        if any(item[3] is not None for item in to_report):
+            self._write_endpoints()
+        for name in [n for n in self.registered if n not in statefulsets]:  # deleted: the pod goes
+            self.kill_pod(name)
+            del self.registered[name]
+            self.ready.discard(name)
+            self.restarts.pop(name, None)
+            try:
+                self.core.delete_namespaced_pod(f"{name}-0", ns, grace_period_seconds=0)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        in_use = {self._claim_of(statefulsets[n]) for n in self.registered if n in statefulsets}
+        for claim in claims.values():
+            self._sync_claim_json(claim, in_use)
+
+    def _registered(self, name: str, key: str) -> None:
+        self.registered[name] = key
+        self._live[key] = self._live.get(key, 0) + 1
+        self.max_registrations[key] = max(self.max_registrations.get(key, 0), self._live[key])
+
+    @staticmethod
+    def _claim_of(sts: dict[str, Any]) -> str:
+        volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+        return str(volumes["storage"]["persistentVolumeClaim"]["claimName"])
+
+    def _report(self, name: str, sts: dict[str, Any], key: str, address: str | None,
+                exit_code: int | None) -> tuple[str, bool, bool]:
+        """Write a pipeline's readiness (it listens at ``address``); a container that exited is restarted
+        (registered again): (its name, whether it is ready, whether it was restarted)."""
+        if address is not None:
+            self.endpoints[key] = address
+            self._set_ready_json(sts, 1)
+            self._pod_status(name, ready=True)
+            return name, True, False
+        if name in self.ready:
+            self._set_ready_json(sts, 0)
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        self._pod_status(name, ready=False, exit_code=exit_code)
+        return name, False, self._start_fleet(name, sts, key)
+
+    def _set_ready_json(self, sts: dict[str, Any], ready: int) -> None:
+        status = {"replicas": 1, "readyReplicas": ready, "availableReplicas": ready, "currentReplicas": 1,
+                  "updatedReplicas": 1, "observedGeneration": sts["metadata"]["generation"]}
+        try:
+            self.apps.patch_namespaced_stateful_set_status(sts["metadata"]["name"], self.namespace,
+                                                           {"status": status})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def _read_json(self, kind: str, name: str) -> dict[str, Any] | None:
+        read = self.core.read_namespaced_secret if kind == "secret" else self.core.read_namespaced_config_map
+        try:
+            return json.loads(read(name, self.namespace, _preload_content=False).data)  # type: ignore[no-any-return]
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _env_json(self, container: dict[str, Any]) -> dict[str, str] | None:
+        """:meth:`FakeKubelet._env` of a container as JSON."""
+        env: dict[str, str] = {}
+        for e in container.get("env") or []:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref is None:
+                env[e["name"]] = e.get("value") or ""
+                continue
+            secret = self._read_json("secret", ref["name"])
+            if secret is None or ref["key"] not in (secret.get("data") or {}):
+                return None
+            env[e["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+        return env
+
+    def _start_fleet(self, name: str, sts: dict[str, Any], key: str) -> bool:
+        """Create the pod (once) and register its container with the fleet, with the arguments and
+        environment of its command line; False while its ConfigMap or Secret is missing."""
+        template = sts["spec"]["template"]
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": f"{name}-0", "namespace": self.namespace,
+                            "labels": template["metadata"]["labels"],
+                            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name,
+                                                 "uid": sts["metadata"]["uid"], "controller": True,
+                                                 "blockOwnerDeletion": True}]},
+               "spec": template["spec"]}
+        try:
+            self.core.create_namespaced_pod(self.namespace, pod, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        container = template["spec"]["containers"][0]
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        configmap = self._read_json("configmap", volumes["config"]["configMap"]["name"])
+        env = self._env_json(container)
+        if configmap is None or env is None:
+            return False
+        args = list(container["command"])
+        assert args[:2] == ["pipeline-operator", "pipeline-process"], args
+        flags: dict[str, str] = {}
+        it = iter(args[2:])
+        for flag in it:
+            flags[flag] = "" if flag == "--debug-routes" else next(it)  # the one flag without a value
+        storage = self.workdir / "volumes" / self._claim_of(sts)
+        self._fleet("PUT", f"/fleet/pipelines/{key}", {
+            "storage": str(storage), "program": json.loads(configmap["data"]["program.json"]),
+            "initial": flags.get("--initial", "running"), "bootstrap_policy": flags.get("--bootstrap-policy", "allow"),
+            "debug_routes": "--debug-routes" in flags, "env": env})
+        return True
+
+    def _sync_claim_json(self, pvc: dict[str, Any], in_use: set[str]) -> None:
+        name = pvc["metadata"]["name"]
+        if pvc["metadata"].get("deletionTimestamp"):
+            finalizers = pvc["metadata"].get("finalizers") or []
+            if name not in in_use and "kubernetes.io/pvc-protection" in finalizers:
+                rest = [f for f in finalizers if f != "kubernetes.io/pvc-protection"]
+                try:
+                    self.core.patch_namespaced_persistent_volume_claim(
+                        name, self.namespace, {"metadata": {"finalizers": rest or None}})
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                shutil.rmtree(self.workdir / "volumes" / name, ignore_errors=True)
+            return
+        spec = pvc["spec"]
+        if (pvc.get("status") or {}).get("phase") != "Bound" and spec.get("storageClassName") != "unavailable":
+            self.core.patch_namespaced_persistent_volume_claim_status(
+                name, self.namespace, {"status": {"phase": "Bound", "accessModes": spec["accessModes"],
+                                                  "capacity": spec["resources"]["requests"]}})

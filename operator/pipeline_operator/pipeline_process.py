@@ -43,6 +43,11 @@ Environment knobs (set them in ``spec.deployment.env``): ``PIPELINE_INIT_SECONDS
 often, so details change without any status change), ``PIPELINE_DETAILS_BYTES`` (0: padding
 added to the runtime details, to test the size cap), ``PIPELINE_EXIT_AFTER_SECONDS`` (off: the
 process exits with code 70 that long after it starts, to show a crash-looping pod).
+
+In fleet mode (:class:`Fleet`, :func:`serve_fleet`) one process serves many such pipelines, each at a
+loopback address of its own, registered and killed through a small HTTP API: what the fleet benchmark
+(bench/fleet_bench.py) runs a thousand pipelines with on one small machine. A pipeline of a fleet
+behaves as a process of its own does, except that its ``exit`` ends that pipeline only.
 """
 
 from __future__ import annotations
@@ -53,10 +58,11 @@ import hmac
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +86,14 @@ def _error(status: int, message: str, code: str, details: Any = None) -> web.Res
     return web.json_response({"message": message, "error_code": code, "details": details}, status=status)
 
 
+def _drop_connection(request: web.Request) -> web.Response:
+    """End the request's connection without an answer, as a process that is gone does: the client sees
+    the connection closed (the response returned is never sent)."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=503)
+
+
 def _shown(value: str) -> str:
     """A query parameter as repeated in an error message: short, whatever the client sent."""
     return value if len(value) <= MAX_SHOWN_PARAMETER else value[:MAX_SHOWN_PARAMETER] + "..."
@@ -90,7 +104,7 @@ class ReferencePipeline:
                  init_seconds: float = 1.0, replay_seconds: float = 1.0, suspend_seconds: float = 0.5,
                  require_approval: bool = False, details_tick: float = 0.0, details_bytes: int = 0,
                  bootstrap_policy: str = "allow", control_token: str | None = None,
-                 debug_routes: bool = False) -> None:
+                 debug_routes: bool = False, exit: Callable[[int], Any] = os._exit) -> None:
         self.storage = storage
         self.program = program
         self.initial = initial
@@ -105,12 +119,14 @@ class ReferencePipeline:
         self.debug_routes = debug_routes
         self.status_fault: str | None = None  # "garbage" or "nested": what /status answers instead
         self.hung = False  # the "hang" fault: no request is answered any more
+        self.exit = exit  # how the process "exits" with a code (in a fleet: only this pipeline ends)
+        self.gone = asyncio.Event()  # set when a fleet stops serving this pipeline: hung requests end
         self.status = "Initializing"
         self.details_extra: dict[str, Any] = {}
         self.desired = initial
         self.panic: dict[str, Any] | None = None
         self.started_at = dt.datetime.now(dt.UTC)
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- storage -----------------------------------------------------------------------
 
@@ -139,7 +155,18 @@ class ReferencePipeline:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._boot())
+        self._spawn(self._boot())
+
+    def stop(self) -> None:
+        """End it at once, as SIGKILL ends its process: no task of it runs on, hung requests end."""
+        for task in self._tasks:
+            task.cancel()
+        self.gone.set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def program_diff(self) -> dict[str, Any] | None:
         """What changed since the newest checkpoint (None: nothing to bootstrap)."""
@@ -223,16 +250,21 @@ class ReferencePipeline:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await self.guarded(request, request.path, request.match_info.http_exception is None, handler)
+
+    async def guarded(self, request: web.Request, path: str, routed: bool, handler: Handler) -> web.StreamResponse:
         """The ``hang`` fault, the size of the body (no route reads one; aiohttp would discard it), then
-        the token of the control routes (a route that does not exist answers 404 whatever the token)."""
+        the token of the control routes (a route that does not exist answers 404 whatever the token).
+        ``path`` is the route below the pipeline's address, ``routed`` whether a route matched it."""
         if self.hung:
-            await asyncio.Event().wait()  # never set: the request waits until the process ends
+            await self.gone.wait()  # the request waits until the process ends (or the fleet drops the pipeline)
+            return _drop_connection(request)
         if (request.content_length or 0) > MAX_REQUEST_BODY:
             return _error(413, f"The request body is larger than {MAX_REQUEST_BODY} bytes; no route of a pipeline "
                           "takes a body this large", "PayloadTooLarge")
-        control = request.path in CONTROL_PATHS or request.path.startswith("/debug/")
-        if control and request.match_info.http_exception is None and not self.authorized(request):
-            return _error(401, f"{request.method} {request.path} needs the pipeline's control token: send "
+        control = path in CONTROL_PATHS or path.startswith("/debug/")
+        if control and routed and not self.authorized(request):
+            return _error(401, f"{request.method} {path} needs the pipeline's control token: send "
                           f"'Authorization: Bearer <token>' with the value of {TOKEN_ENV} of the process",
                           "AuthenticationFailed")
         return await handler(request)
@@ -275,7 +307,7 @@ class ReferencePipeline:
     async def handle_suspend(self, request: web.Request) -> web.Response:
         response = self._transition("suspend", "Suspended")
         if response.status == 202 and self.status not in ("Suspended",):
-            asyncio.create_task(self._suspend())
+            self._spawn(self._suspend())
         return response
 
     async def handle_activate(self, request: web.Request) -> web.Response:
@@ -303,7 +335,7 @@ class ReferencePipeline:
     async def handle_fail(self, request: web.Request) -> web.Response:
         mode = request.query.get("mode", "panic")
         if mode == "exit":
-            asyncio.get_running_loop().call_later(0.05, os._exit, 70)
+            asyncio.get_running_loop().call_later(0.05, self.exit, 70)
             return web.json_response(None, status=202)
         if mode == "unavailable":  # /status answers 503, as a pipeline that cannot say how it is
             self.panic = {"message": "The pipeline is busy (reference pipeline told to be unavailable)",
@@ -327,6 +359,44 @@ class ReferencePipeline:
         return web.json_response(None, status=202)
 
 
+def pipeline_from_env(storage: Path, program: dict[str, Any], initial: str, bootstrap_policy: str,
+                      debug_routes: bool, env: Mapping[str, str],
+                      exit: Callable[[int], Any] = os._exit) -> ReferencePipeline:
+    """A reference pipeline configured by its environment (the knobs of the module docstring, the
+    control token, ``PIPELINE_DEBUG_ROUTES``), as both a process of its own and a fleet build one."""
+    return ReferencePipeline(
+        storage, program, initial,
+        init_seconds=float(env.get("PIPELINE_INIT_SECONDS", "1")),
+        replay_seconds=float(env.get("PIPELINE_REPLAY_SECONDS", "1")),
+        suspend_seconds=float(env.get("PIPELINE_SUSPEND_SECONDS", "0.5")),
+        require_approval=env.get("PIPELINE_REQUIRE_APPROVAL", "") == "1",
+        details_tick=float(env.get("PIPELINE_DETAILS_TICK_SECONDS", "0")),
+        details_bytes=int(env.get("PIPELINE_DETAILS_BYTES", "0")),
+        bootstrap_policy=bootstrap_policy, control_token=env.get(TOKEN_ENV) or None,
+        debug_routes=debug_routes or env.get(DEBUG_ROUTES_ENV, "") == "1", exit=exit)
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int, port_file: Path | None) -> int:
+    """Serve ``runner`` on ``host:port`` (0: any free port); the bound port, also written to ``port_file``."""
+    await runner.setup()
+    sock = _bound_socket(host, port)
+    site = web.SockSite(runner, sock)
+    await site.start()
+    bound: int = sock.getsockname()[1]
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(bound))  # noqa: ASYNC240 - a few bytes, before any request is served
+        tmp.replace(port_file)
+    return bound
+
+
 async def serve(host: str, port: int, storage: Path, program_file: Path | None, initial: str,
                 port_file: Path | None = None, bootstrap_policy: str = "allow", debug_routes: bool = False) -> None:
     """Run the process until SIGTERM or SIGINT. ``debug_routes`` (or ``PIPELINE_DEBUG_ROUTES=1``) serves
@@ -339,29 +409,10 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
     if token is None:
         log.warning("%s is not set: /start, /pause, /activate, /suspend, /approve and /debug answer anyone who "
                     "reaches this process (set it to require 'Authorization: Bearer <token>')", TOKEN_ENV)
-    debug_routes = debug_routes or env.get(DEBUG_ROUTES_ENV, "") == "1"
-    pipeline = ReferencePipeline(
-        storage, program, initial,
-        init_seconds=float(env.get("PIPELINE_INIT_SECONDS", "1")),
-        replay_seconds=float(env.get("PIPELINE_REPLAY_SECONDS", "1")),
-        suspend_seconds=float(env.get("PIPELINE_SUSPEND_SECONDS", "0.5")),
-        require_approval=env.get("PIPELINE_REQUIRE_APPROVAL", "") == "1",
-        details_tick=float(env.get("PIPELINE_DETAILS_TICK_SECONDS", "0")),
-        details_bytes=int(env.get("PIPELINE_DETAILS_BYTES", "0")),
-        bootstrap_policy=bootstrap_policy, control_token=token, debug_routes=debug_routes)
+    pipeline = pipeline_from_env(storage, program, initial, bootstrap_policy, debug_routes, env)
     await asyncio.sleep(float(env.get("PIPELINE_BIND_DELAY_SECONDS", "0")))
     runner = web.AppRunner(pipeline.app(), access_log=None)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    site = web.SockSite(runner, sock)
-    await site.start()
-    bound = sock.getsockname()[1]
-    if port_file is not None:
-        tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(str(bound))
-        tmp.replace(port_file)
+    bound = await _listen(runner, host, port, port_file)
     log.info("reference pipeline listening on %s:%s (initial %s, storage %s)", host, bound, initial, storage)
     if env.get("PIPELINE_EXIT_AFTER_SECONDS"):
         asyncio.get_running_loop().call_later(float(env["PIPELINE_EXIT_AFTER_SECONDS"]), os._exit, 70)
@@ -376,3 +427,171 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
     if pipeline.hung:
         return  # no graceful shutdown: it would wait for the hung requests (they end with the loop)
     await runner.cleanup()
+
+
+# -- fleet mode ------------------------------------------------------------------------------------
+
+
+FLEET_NETWORK = "127.1"  # pipelines get loopback addresses 127.1.x.y (Linux routes all of 127/8 to lo)
+FLEET_API_PATTERN = re.compile(r"/fleet/pipelines/([^/]+)/([^/]+)")
+
+
+class Fleet:
+    """Many reference pipelines in one process, each with the routes, token, storage, faults and knobs
+    it would have as a process of its own, and an address of its own: ``http://127.1.x.y:<port>``, one
+    loopback address per pipeline (as each pod has its own IP), all on the fleet's port.
+
+    It exists so that a benchmark can run a thousand pipelines on a small machine: a stand-in kubelet
+    "starts a pod" by registering its pipeline and "kills" it by unregistering. Giving each pipeline
+    its own address keeps what a client does per host (connection pools, limits per host) as it is
+    with one process per pipeline. The registration API, served on the fleet's own address only, is for
+    tests and benchmarks (it takes anyone's word for a pipeline's token and storage):
+
+    - ``PUT /fleet/pipelines/<namespace>/<name>`` with the JSON ``{"storage": "<dir>", "program": {...},
+      "initial": "running|paused|standby", "bootstrap_policy": "allow|await_approval|reject",
+      "debug_routes": false, "env": {"PIPELINE_CONTROL_TOKEN": "...", ...}}``: the pod's arguments and
+      environment. A pipeline registered again is replaced (its old instance ends as if killed) and
+      keeps its address. 201 with ``{"address": "http://127.1.x.y:<port>"}``.
+    - ``DELETE /fleet/pipelines/<namespace>/<name>``: the pod is killed. 204, or 404 when unknown.
+    - ``GET /fleet/pipelines``: ``{"<namespace>/<name>": {"address": ..., "listening": bool,
+      "exit_code": int|null}}`` for every pipeline registered, including those that exited (the
+      ``exit`` fault, ``PIPELINE_EXIT_AFTER_SECONDS``) until registered again or unregistered.
+
+    A pipeline listens once its ``PIPELINE_BIND_DELAY_SECONDS`` have passed; killed or exited, its
+    address refuses connections again and the connections it had are closed without an answer.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = 0
+        self.runner: web.AppRunner | None = None
+        self.pipelines: dict[str, ReferencePipeline] = {}  # "namespace/name" -> the running instance
+        self.apps: dict[str, web.Application] = {}  # its routes, resolved per request
+        self.addresses: dict[str, str] = {}  # "namespace/name" -> its IP, kept across registrations
+        self.keys: dict[str, str] = {}  # IP -> "namespace/name"
+        self.sites: dict[str, web.SockSite] = {}  # "namespace/name" -> its listening socket, while listening
+        self.exit_codes: dict[str, int] = {}  # pipelines that exited, until registered again or removed
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._exiting: set[asyncio.Task[None]] = set()
+
+    async def start(self, port: int = 0, port_file: Path | None = None) -> int:
+        """Serve the registration API on ``host:port``; the bound port (also written to ``port_file``)."""
+        app = web.Application(client_max_size=16 * 1024 * 1024)  # registrations carry a program
+        app.router.add_route("*", "/{path:.*}", self.dispatch)
+        self.runner = web.AppRunner(app, access_log=None)
+        self.port = await _listen(self.runner, self.host, port, port_file)
+        return self.port
+
+    async def close(self) -> None:
+        for key in list(self.pipelines):
+            await self.unregister(key)
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def url(self, key: str) -> str:
+        return f"http://{self.addresses[key]}:{self.port}"
+
+    async def register(self, key: str, config: dict[str, Any]) -> None:
+        """Start the pipeline ``key`` ("namespace/name") as its pod's command line and environment say."""
+        await self.unregister(key)
+        env: dict[str, str] = {str(k): str(v) for k, v in (config.get("env") or {}).items()}
+        storage = Path(config["storage"])
+        await asyncio.to_thread(storage.mkdir, parents=True, exist_ok=True)
+        pipeline = pipeline_from_env(
+            storage, config.get("program") or {}, str(config.get("initial", "running")).capitalize(),
+            str(config.get("bootstrap_policy", "allow")), bool(config.get("debug_routes", False)), env,
+            exit=lambda code: self._exited(key, pipeline, code))
+        if key not in self.addresses:
+            n = len(self.addresses)
+            self.addresses[key] = f"{FLEET_NETWORK}.{n // 254}.{n % 254 + 1}"
+            self.keys[self.addresses[key]] = key
+        self.pipelines[key] = pipeline
+        self.apps[key] = pipeline.app()
+        self._starting[key] = asyncio.create_task(self._listen(key, pipeline, env))
+
+    async def _listen(self, key: str, pipeline: ReferencePipeline, env: Mapping[str, str]) -> None:
+        await asyncio.sleep(float(env.get("PIPELINE_BIND_DELAY_SECONDS", "0")))
+        assert self.runner is not None
+        site = web.SockSite(self.runner, _bound_socket(self.addresses[key], self.port))
+        await site.start()
+        self.sites[key] = site
+        pipeline.start()
+        if env.get("PIPELINE_EXIT_AFTER_SECONDS"):
+            await asyncio.sleep(float(env["PIPELINE_EXIT_AFTER_SECONDS"]))
+            pipeline.exit(70)
+
+    def _exited(self, key: str, pipeline: ReferencePipeline, code: int) -> None:
+        async def exit_() -> None:
+            if self.pipelines.get(key) is pipeline:
+                await self.unregister(key)
+                self.exit_codes[key] = code
+        task = asyncio.get_running_loop().create_task(exit_())
+        self._exiting.add(task)
+        task.add_done_callback(self._exiting.discard)
+
+    async def unregister(self, key: str) -> bool:
+        """Kill the pipeline ``key``; whether it was registered."""
+        self.exit_codes.pop(key, None)
+        starting = self._starting.pop(key, None)
+        if starting is not None and starting is not asyncio.current_task():
+            starting.cancel()
+        site = self.sites.pop(key, None)
+        if site is not None:
+            await site.stop()
+        self.apps.pop(key, None)
+        pipeline = self.pipelines.pop(key, None)
+        if pipeline is None:
+            return False
+        pipeline.stop()
+        return True
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        """A pipeline's request (by the address it came to), or one of the registration API."""
+        sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        local = sockname[0] if sockname else self.host
+        if local == self.host:
+            return await self.api(request)
+        key = self.keys.get(local)
+        pipeline, app = self.pipelines.get(key or ""), self.apps.get(key or "")
+        if key is None or pipeline is None or app is None or key not in self.sites:
+            return _drop_connection(request)  # a connection it had while it was alive
+        match = await app.router.resolve(request)
+        return await pipeline.guarded(request, request.path, match.http_exception is None, match.handler)
+
+    async def api(self, request: web.Request) -> web.Response:
+        if request.path == "/fleet/pipelines" and request.method == "GET":
+            known: dict[str, dict[str, Any]] = {
+                key: {"address": self.url(key), "listening": key in self.sites, "exit_code": None}
+                for key in self.pipelines}
+            known.update({key: {"address": self.url(key), "listening": False, "exit_code": code}
+                          for key, code in self.exit_codes.items()})
+            return web.json_response(known)
+        found = FLEET_API_PATTERN.fullmatch(request.path)
+        if found is None or request.method not in ("PUT", "DELETE"):
+            return _error(404, f"{request.method} {request.path} is not part of the fleet's registration API",
+                          "NotFound")
+        key = f"{found[1]}/{found[2]}"
+        if request.method == "DELETE":
+            if not await self.unregister(key):
+                return _error(404, f"no pipeline {key} is registered", "UnknownPipeline")
+            return web.Response(status=204)
+        try:
+            await self.register(key, await request.json())
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            return _error(400, f"cannot register {key}: {exc!r}; expected the JSON object of the fleet's "
+                          "registration API (see pipeline_operator.pipeline_process.Fleet)", "InvalidRegistration")
+        return web.json_response({"address": self.url(key)}, status=201)
+
+
+async def serve_fleet(host: str, port: int, port_file: Path | None = None) -> None:
+    """Run a fleet (see :class:`Fleet`) until SIGTERM or SIGINT."""
+    fleet = Fleet(host)
+    bound = await fleet.start(port, port_file)
+    log.info("reference pipeline fleet listening on %s:%s (pipelines on %s.x.y:%s)", host, bound, FLEET_NETWORK,
+             bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await fleet.close()
