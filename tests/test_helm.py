@@ -449,6 +449,9 @@ def test_two_shards_install_side_by_side_as_docs_sharding_says(fresh):
     CRD to the first. Nothing cluster-wide of one release collides with the other's."""
     for ns in ("shard-a", "shard-b", "team-1", "team-3"):
         fresh.kubectl("create", "namespace", ns, check=False)
+    # The CRD is kept by an uninstall and owned by its release: one left by another test here would refuse
+    # the first shard. This test starts, and leaves the control plane, without it.
+    fresh.kubectl("delete", "crd", "pipelines.dataflow.dev", "--ignore-not-found")
     try:
         helm(fresh, "install", "pipeline-operator", str(CHART), "-n", "shard-a", *IMAGE,
              "--set", "watch.namespaces={team-1}")
@@ -464,3 +467,4 @@ def test_two_shards_install_side_by_side_as_docs_sharding_says(fresh):
     finally:
         for shard in ("shard-a", "shard-b"):
             helm(fresh, "uninstall", "pipeline-operator", "-n", shard, check=False)
+        fresh.kubectl("delete", "crd", "pipelines.dataflow.dev", "--ignore-not-found")
