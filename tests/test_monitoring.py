@@ -170,6 +170,7 @@ def helm_template(binaries, tmp_path: Path, *values: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(res.stdout) if d]
 
 
+@pytest.mark.apiserver  # the control-plane binaries (helm, kubectl)
 def test_chart_lints_with_monitoring_enabled_and_refuses_a_typo(binaries, tmp_path):
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     res = subprocess.run([str(binaries.helm), "lint", "--strict", str(CHART), *IMAGE, *ENABLED], capture_output=True,
@@ -180,6 +181,7 @@ def test_chart_lints_with_monitoring_enabled_and_refuses_a_typo(binaries, tmp_pa
     assert res.returncode != 0 and "intervl" in res.stderr
 
 
+@pytest.mark.apiserver  # the control-plane binaries (helm, kubectl)
 def test_chart_renders_monitoring_only_when_enabled(binaries, tmp_path):
     default = helm_template(binaries, tmp_path)
     assert not {o["kind"] for o in default} & MONITORING_KINDS
@@ -208,6 +210,7 @@ def test_chart_renders_monitoring_only_when_enabled(binaries, tmp_path):
     assert endpoint["scheme"] == "https" and endpoint["tlsConfig"] == {"insecureSkipVerify": True}
 
 
+@pytest.mark.apiserver  # the control-plane binaries (helm, kubectl)
 def test_kustomize_renders_the_same_monitoring_objects(binaries):
     res = run(binaries.kubectl, "kustomize", MONITORING)
     assert res.returncode == 0, res.stderr
