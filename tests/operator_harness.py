@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -13,6 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from .conftest import Cluster
+
+_LOGS = itertools.count(1)
+
+
+def fresh_log_path(directory: Path) -> Path:
+    """A log file no other process of this test run writes to: two operators started in the same
+    millisecond must not share (and overwrite) one file."""
+    return directory / f"operator-{int(time.time() * 1000)}-{os.getpid()}-{next(_LOGS)}.log"
+
 
 FAST = ["--monitor-interval", "0.5", "--transition-monitor-interval", "0.25", "--pipeline-debug-routes"]
 
@@ -27,7 +37,7 @@ class OperatorProcess:
         self.state_dir = state_dir
         self.args = args
         self.kubeconfig = kubeconfig or cluster.kubeconfig  # type: ignore[union-attr]
-        self.log_path = state_dir / f"operator-{int(time.time() * 1000)}.log"
+        self.log_path = fresh_log_path(state_dir)
         self.proc: subprocess.Popen | None = None
         from pipeline_operator_dev.controlplane import free_port
         self.api_port = free_port()
@@ -38,7 +48,7 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.state_dir / f"operator-{int(time.time() * 1000)}.log"
+        self.log_path = fresh_log_path(self.state_dir)
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         scope = ["--namespace", self.namespace] if self.namespace else ["--all-namespaces"]
         cmd = [sys.executable, "-m", "pipeline_operator.cli", "run", *scope,

@@ -16,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from pipeline_operator.settings import ENV_PREFIX, OperatorSettings
 from pipeline_operator_dev.controlplane import wait_established
 
 from .conftest import Cluster, _kill_pipeline_processes_under
-from .operator_harness import OperatorProcess, Pipelines, wait_for
+from .operator_harness import OperatorProcess, Pipelines, fresh_log_path, wait_for
 from .test_helm import fresh  # noqa: F401 (a control plane of its own, for the Helm install)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,7 +233,7 @@ class ReadmeOperator(OperatorProcess):
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(ENV_PREFIX) and k != "KUBERNETES_SERVICE_HOST"}  # defaults, outside a cluster
         env["KUBECONFIG"] = str(self.kubeconfig)
-        self.log_path = self.state_dir / f"operator-{int(time.time() * 1000)}.log"
+        self.log_path = fresh_log_path(self.state_dir)
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], cwd=self.cwd, stdout=log,
                                          stderr=subprocess.STDOUT, env=env)
