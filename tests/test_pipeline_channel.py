@@ -488,3 +488,33 @@ def test_the_local_backend_runs_and_clears_a_pipeline_with_the_longest_names(tmp
             _kill_pipeline_processes_under(tmp_path)
 
     asyncio.run(scenario())
+
+
+def test_name_lookups_that_hang_do_not_hold_up_the_operators_other_threaded_work(monkeypatch):
+    """DNS that does not answer (the pipelines' ``.svc`` names) costs the status polls their timeout,
+    never the event loop's default executor, which reading programs and the event store share."""
+    release = __import__("threading").Event()
+    real = socket.getaddrinfo
+
+    def hanging(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(host).endswith(".svc"):
+            release.wait(30)  # a resolver waiting for a name server that does not answer
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+
+    async def scenario() -> None:
+        client = RuntimeClient(status_timeout=1.0)
+        try:
+            polls = [asyncio.create_task(client.status(f"http://p{i}.ns.svc:8080")) for i in range(40)]
+            await asyncio.sleep(0.2)  # every lookup has started (or queued)
+            # With the lookups in the default executor, these would wait for the name server (30 s).
+            assert await asyncio.wait_for(asyncio.gather(*(asyncio.to_thread(lambda: 1) for _ in range(10))),
+                                          5) == [1] * 10
+            for observed in await asyncio.gather(*polls):
+                assert observed.probe is RuntimeProbe.UNREACHABLE, observed
+        finally:
+            release.set()
+            await client.close()
+    asyncio.run(scenario())

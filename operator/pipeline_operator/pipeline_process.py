@@ -15,11 +15,31 @@ HTTP and on disk, as a Feldera pipeline does through its lifecycle:
   change its desired status as Feldera's pipeline does (``state_transition``,
   ``may_transition_to``), with Feldera's answers and errors;
 - on suspend it writes a checkpoint into its storage directory, then reports Suspended;
-- the control routes (``/start``, ``/pause``, ``/activate``, ``/suspend``, ``/approve`` and
-  ``/debug/*``) require ``Authorization: Bearer <token>`` when the environment variable
-  ``PIPELINE_CONTROL_TOKEN`` is set (the backends set it; 401 ``AuthenticationFailed`` otherwise).
-  Without it they are open, for a process run by hand, and the process warns so at start.
-  ``GET /status`` stays open (a NetworkPolicy limits who reaches the process);
+- ``POST /checkpoint`` writes one too and answers Feldera's ``{"checkpoint_sequence_number": N,
+  "incarnation_uuid": ...}`` once it is written; ``GET /checkpoint_status`` answers Feldera's
+  ``{"success": N, "failure": ...}`` (``IncarnationUuidMismatch`` for another process's
+  ``incarnation_uuid``); ``GET /checkpoint/sync_status`` says that nothing was synced, and
+  ``POST /checkpoint/sync`` answers ``NotSupported`` (there is no object store to sync to);
+- ``GET /stats`` answers Feldera's ``ControllerStatus`` with what the process really has: its
+  state, whether it bootstraps, its uptime, start time, incarnation, time spent Running, its
+  memory, CPU time and storage, and no connectors. It processes no data, so its record and step
+  counters are zero, as a Feldera pipeline's are before its first input. ``GET /metrics`` answers
+  the same figures in Prometheus' text format (``?format=json``: Feldera's JSON format), named as
+  Feldera names them where Feldera has them, plus the checkpoints written and the runtime status.
+  Both answer Feldera's ``Initializing``, ``AwaitingApproval`` or ``Suspended`` (503) while a
+  Feldera pipeline would have no controller to ask, and the panic's error after a panic; in fleet
+  mode the process figures (memory, CPU) are the fleet process's, shared by its pipelines;
+- the data routes answer Feldera's errors: ``POST /ingress/{table}`` and ``POST /egress/{view}``
+  ``ConfigError.UnknownInputStream`` and ``ConfigError.UnknownOutputStream`` (404) for a name the
+  program does not declare, ``NotSupported`` (400) for one it does (the process takes no input and
+  produces no output), and ``GET /query`` ``AdHocQueryError`` (400: it holds no data to query);
+- the control routes (``/start``, ``/pause``, ``/activate``, ``/suspend``, ``/approve``,
+  ``POST /checkpoint``, ``POST /checkpoint/sync``, ``/debug/*``) and the data routes
+  (``/ingress/*``, ``/egress/*``, ``/query``) require ``Authorization: Bearer <token>`` when the
+  environment variable ``PIPELINE_CONTROL_TOKEN`` is set (the backends set it; 401
+  ``AuthenticationFailed`` otherwise). Without it they are open, for a process run by hand, and the
+  process warns so at start. The reads (``/status``, ``/stats``, ``/metrics``, the checkpoint
+  statuses) stay open (a NetworkPolicy limits who reaches the process);
 - it can be told to fail, for tests and demos, when started with ``--debug-routes`` (or
   ``PIPELINE_DEBUG_ROUTES=1``; otherwise ``/debug/*`` answers 404). ``POST /debug/fail?mode=``:
 
@@ -29,10 +49,12 @@ HTTP and on disk, as a Feldera pipeline does through its lifecycle:
   - ``unavailable``: ``/status`` answers 503 ``PipelineBusy``;
   - ``garbage``: ``/status`` answers 200 with bytes that are not JSON (nor even UTF-8);
   - ``nested``: ``/status`` answers 200 with JSON nested 100,000 levels deep;
-  - ``available``: ends ``panic``, ``unavailable``, ``garbage`` and ``nested``;
+  - ``available``: ends ``panic``, ``unavailable``, ``garbage``, ``nested`` and ``broken``;
   - ``hang``: from the answer to this request on, the process answers nothing at all (it still
     accepts connections; requests on them, and on connections already open, wait forever) until
-    it is stopped or killed.
+    it is stopped or killed;
+  - ``broken``: every route but ``/debug/*`` answers bytes that are not HTTP, then closes the
+    connection, as a process that lost its mind (or something else on its port) does.
 
 Environment knobs (set them in ``spec.deployment.env``): ``PIPELINE_INIT_SECONDS``
 (default 1), ``PIPELINE_REPLAY_SECONDS`` (1), ``PIPELINE_SUSPEND_SECONDS`` (0.5),
@@ -59,8 +81,10 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
@@ -73,7 +97,12 @@ log = logging.getLogger("pipeline_operator.pipeline_process")
 CHECKPOINT_DIR = "checkpoints"
 TOKEN_ENV = "PIPELINE_CONTROL_TOKEN"
 DEBUG_ROUTES_ENV = "PIPELINE_DEBUG_ROUTES"
-CONTROL_PATHS = frozenset({"/start", "/pause", "/activate", "/suspend", "/approve"})
+# The routes that need the control token (when the process has one): these, and those under GUARDED_PREFIXES.
+CONTROL_PATHS = frozenset({"/start", "/pause", "/activate", "/suspend", "/approve", "/checkpoint",
+                           "/checkpoint/sync", "/query"})
+GUARDED_PREFIXES = ("/ingress/", "/egress/", "/debug/")
+# Bytes the ``broken`` fault answers instead of HTTP: not a status line, not even text.
+NOT_HTTP = b"\x00\xff\xfe SSH-2.0-not-a-pipeline \xc3\x28\r\n\r\n"
 MAX_REQUEST_BODY = 64 * 1024  # no route reads a body; a larger one is refused before it is read
 MAX_SHOWN_PARAMETER = 40  # characters of a query parameter repeated in an error message
 NESTED_DEPTH = 100_000  # levels of the ``nested`` fault's answer
@@ -119,14 +148,42 @@ class ReferencePipeline:
         self.debug_routes = debug_routes
         self.status_fault: str | None = None  # "garbage" or "nested": what /status answers instead
         self.hung = False  # the "hang" fault: no request is answered any more
+        self.broken = False  # the "broken" fault: every route but /debug answers bytes that are not HTTP
         self.exit = exit  # how the process "exits" with a code (in a fleet: only this pipeline ends)
         self.gone = asyncio.Event()  # set when a fleet stops serving this pipeline: hung requests end
-        self.status = "Initializing"
+        self._status = "Initializing"
+        self._status_since = time.monotonic()
+        self._running_seconds = 0.0  # time spent Running before the current status
         self.details_extra: dict[str, Any] = {}
         self.desired = initial
         self.panic: dict[str, Any] | None = None
         self.started_at = dt.datetime.now(dt.UTC)
+        self.incarnation_uuid = uuid.uuid4()  # this process (Feldera's: it tells a restart apart)
+        self.resumed_from: dict[str, Any] | None = None  # the checkpoint it replayed, if any
+        self.checkpoint_sequence = 0  # of the next POST /checkpoint (Feldera numbers them from 0)
+        self.checkpoint_success: int | None = None
+        self.checkpoint_failure: dict[str, Any] | None = None
+        self.checkpoints_written = 0  # by this process: suspends and POST /checkpoint
+        self._storage_sample: tuple[float, int] | None = None  # (monotonic time, bytes) of the last read
+        self._storage_mb_secs = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @status.setter
+    def status(self, value: str) -> None:
+        """Every change of the runtime status goes through here, so the time spent Running is known."""
+        now = time.monotonic()
+        if self._status == "Running":
+            self._running_seconds += now - self._status_since
+        self._status, self._status_since = value, now
+
+    def running_seconds(self) -> float:
+        """Time spent Running since the process started (Feldera's ``runtime_elapsed_msecs``)."""
+        current = time.monotonic() - self._status_since if self._status == "Running" else 0.0
+        return self._running_seconds + current
 
     # -- storage -----------------------------------------------------------------------
 
@@ -146,11 +203,30 @@ class ReferencePipeline:
         folder = self.storage / CHECKPOINT_DIR
         folder.mkdir(parents=True, exist_ok=True)
         checkpoint = {"uuid": str(uuid.uuid4()), "created_at": dt.datetime.now(dt.UTC).isoformat(),
-                      "program_digest": self.program.get("digest"), "steps": len(self.checkpoints()) + 1}
+                      "program_digest": self.program.get("digest"), "steps": len(self.checkpoints()) + 1,
+                      # Feldera's initial_start_time: a process resumed from this checkpoint started then.
+                      "initial_start_time": self.initial_start_time()}
         tmp = folder / f".{checkpoint['uuid']}.tmp"
         tmp.write_text(json.dumps(checkpoint))
         tmp.replace(folder / f"{checkpoint['uuid']}.json")
+        self.checkpoints_written += 1
         return checkpoint
+
+    def initial_start_time(self) -> int:
+        """When the process this one resumed from started (its own start when it resumed from nothing)."""
+        resumed = (self.resumed_from or {}).get("initial_start_time")
+        return resumed if isinstance(resumed, int) else int(self.started_at.timestamp())
+
+    def storage_bytes(self) -> int:
+        """Bytes of the files under the storage directory (blocking: run it in a thread)."""
+        total = 0
+        for folder, _, files in os.walk(self.storage):
+            for name in files:
+                try:
+                    total += os.stat(os.path.join(folder, name)).st_size
+                except OSError:
+                    continue  # removed meanwhile
+        return total
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -181,7 +257,9 @@ class ReferencePipeline:
 
     async def _boot(self) -> None:
         await asyncio.sleep(self.init_seconds)
-        if self.checkpoints():
+        checkpoints = self.checkpoints()
+        if checkpoints:
+            self.resumed_from = checkpoints[-1]
             self.status = "Replaying"
             await asyncio.sleep(self.replay_seconds)
         diff = self.program_diff()
@@ -235,6 +313,15 @@ class ReferencePipeline:
         app.router.add_post("/suspend", self.handle_suspend)
         app.router.add_post("/activate", self.handle_activate)
         app.router.add_post("/approve", self.handle_approve)
+        app.router.add_get("/stats", self.handle_stats)
+        app.router.add_get("/metrics", self.handle_metrics)
+        app.router.add_post("/checkpoint", self.handle_checkpoint)
+        app.router.add_get("/checkpoint_status", self.handle_checkpoint_status)
+        app.router.add_post("/checkpoint/sync", self.handle_checkpoint_sync)
+        app.router.add_get("/checkpoint/sync_status", self.handle_checkpoint_sync_status)
+        app.router.add_post("/ingress/{table}", self.handle_ingress)
+        app.router.add_post("/egress/{view}", self.handle_egress)
+        app.router.add_get("/query", self.handle_query)
         if self.debug_routes:
             app.router.add_post("/debug/fail", self.handle_fail)
         return app
@@ -259,10 +346,14 @@ class ReferencePipeline:
         if self.hung:
             await self.gone.wait()  # the request waits until the process ends (or the fleet drops the pipeline)
             return _drop_connection(request)
+        if self.broken and not path.startswith("/debug/"):
+            if request.transport is not None:
+                request.transport.write(NOT_HTTP)
+            return _drop_connection(request)
         if (request.content_length or 0) > MAX_REQUEST_BODY:
             return _error(413, f"The request body is larger than {MAX_REQUEST_BODY} bytes; no route of a pipeline "
                           "takes a body this large", "PayloadTooLarge")
-        control = path in CONTROL_PATHS or path.startswith("/debug/")
+        control = path in CONTROL_PATHS or path.startswith(GUARDED_PREFIXES)
         if control and routed and not self.authorized(request):
             return _error(401, f"{request.method} {path} needs the pipeline's control token: send "
                           f"'Authorization: Bearer <token>' with the value of {TOKEN_ENV} of the process",
@@ -332,6 +423,198 @@ class ReferencePipeline:
             await asyncio.sleep(0.01)
         return web.json_response("Bootstrap approved", status=200)
 
+    # -- statistics, checkpoints and data: what a Feldera pipeline's controller answers -------------
+
+    def _no_controller(self) -> web.Response | None:
+        """Feldera's answer where its pipeline would have no controller to ask (``missing_controller_error``):
+        a panic's error, or Initializing, AwaitingApproval or Suspended; None when there is one."""
+        if self.panic is not None:
+            return _error(self.panic.get("http_status", 500), self.panic["message"], self.panic["error_code"],
+                          self.panic.get("details"))
+        if self.status in ("Initializing", "Standby"):
+            return _error(503, "Operation failed because the pipeline has not finished initializing.", "Initializing")
+        if self.status == "AwaitingApproval":
+            return _error(503, "Operation failed: the pipeline is waiting for approval to bootstrap modified "
+                               "components.", "AwaitingApproval")
+        if self.status == "Suspended" or self.desired == "Suspended":
+            return _error(503, "Operation failed because the pipeline has been suspended.", "Suspended")
+        return None
+
+    def _sample_storage(self, size: int) -> None:
+        """Fold the storage's size into Feldera's ``storage_mb_secs`` (integrated between reads)."""
+        now = time.monotonic()
+        if self._storage_sample is not None:
+            then, before = self._storage_sample
+            self._storage_mb_secs += (before + size) / 2 / 1e6 * (now - then)
+        self._storage_sample = (now, size)
+
+    async def figures(self) -> dict[str, Any]:
+        """What the process really knows of itself, as Feldera's ``GlobalControllerMetrics``."""
+        storage = await asyncio.to_thread(self.storage_bytes)
+        self._sample_storage(storage)
+        cpu = os.times()
+        return {
+            "state": "Running" if self.desired == "Running" else "Paused",
+            "bootstrap_in_progress": self.status == "Bootstrapping",
+            "transaction_status": "NoTransaction", "transaction_id": 0,
+            "transaction_initiators": {"transaction_id": None, "initiated_by_api": None,
+                                       "initiated_by_connectors": {}},
+            "concurrent_bootstrap_phase": "Inactive",
+            "rss_bytes": _rss_bytes(), "memory_pressure": "low", "memory_pressure_epoch": 0,
+            "cpu_msecs": int((cpu.user + cpu.system) * 1000),
+            "uptime_msecs": int((dt.datetime.now(dt.UTC) - self.started_at).total_seconds() * 1000),
+            "start_time": int(self.started_at.timestamp()), "incarnation_uuid": str(self.incarnation_uuid),
+            "initial_start_time": self.initial_start_time(),
+            "storage_bytes": storage, "storage_mb_secs": int(self._storage_mb_secs),
+            "runtime_elapsed_msecs": int(self.running_seconds() * 1000),
+            # It takes no input and runs no steps: every data counter is zero, and it is complete
+            # (Feldera's pipeline_complete: every input at its end, every record processed).
+            "buffered_input_records": 0, "buffered_input_bytes": 0, "total_input_records": 0,
+            "total_input_bytes": 0, "total_processed_records": 0, "total_processed_bytes": 0,
+            "total_completed_records": 0, "output_stall_msecs": 0, "total_initiated_steps": 0,
+            "total_completed_steps": 0, "pipeline_complete": True,
+        }
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        refused = self._no_controller()
+        if refused is not None:
+            return refused
+        return web.json_response({"global_metrics": await self.figures(), "inputs": [], "outputs": [],
+                                  "checkpoint_activity": {"status": "idle"}, "suspend_error": None,
+                                  "permanent_checkpoint_errors": None})
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        refused = self._no_controller()
+        if refused is not None:
+            return refused
+        fmt = request.query.get("format", "prometheus")
+        if fmt not in ("prometheus", "json"):
+            return _error(400, f"Invalid parameter: unknown variant `{_shown(fmt)}`, expected `prometheus` or `json`.",
+                          "InvalidParam", {"error": f"unknown variant `{_shown(fmt)}`"})
+        figures = await self.figures()
+        metrics: list[tuple[str, str, str, list[tuple[dict[str, str], float]]]] = [
+            ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
+             [({}, figures["cpu_msecs"] / 1000)]),
+            ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+             [({}, figures["rss_bytes"])]),
+            ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
+             [({}, figures["start_time"])]),
+            ("pipeline_start_time_seconds", "counter", "Start time of the pipeline in seconds since the Unix "
+             "epoch (earlier than process_start_time_seconds if it resumed from a checkpoint).",
+             [({}, figures["initial_start_time"])]),
+            ("storage_usage_bytes", "gauge", "The number of bytes of storage currently in use",
+             [({}, figures["storage_bytes"])]),
+            ("reference_pipeline_checkpoints_written_total", "counter",
+             "Checkpoints this process wrote (suspends and POST /checkpoint).", [({}, self.checkpoints_written)]),
+            ("reference_pipeline_runtime_status", "gauge", "1 for the runtime status the process is in.",
+             [({"status": self.status}, 1)]),
+        ]
+        if fmt == "json":
+            body = [{"key": name, "type": kind, "description": text,
+                     "values": [{"labels": labels, "value": value} for labels, value in values]}
+                    for name, kind, text, values in metrics]
+            return web.json_response(body)
+        lines = []
+        for name, kind, text, values in metrics:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            for labels, value in values:
+                shown = ",".join(f'{k}="{v}"' for k, v in labels.items())
+                lines.append(f"{name}{{{shown}}} {value}" if shown else f"{name} {value}")
+        # Exactly text/plain, as Feldera's pipeline answers (its SDK compares the header as a whole).
+        return web.Response(body=("\n".join(lines) + "\n").encode(), headers={"Content-Type": "text/plain"})
+
+    def _incarnation_mismatch(self, request: web.Request) -> web.Response | None:
+        raw = request.query.get("incarnation_uuid")
+        if not raw:
+            return None
+        try:
+            requested = uuid.UUID(raw)
+        except ValueError:
+            return _error(400, f"Invalid parameter: incarnation_uuid '{_shown(raw)}' is not a UUID.", "InvalidParam",
+                          {"error": "incarnation_uuid is not a UUID"})
+        if requested != self.incarnation_uuid:
+            return _error(400, f"Incarnation UUID mismatch ({requested} in request, expected "
+                               f"{self.incarnation_uuid})", "IncarnationUuidMismatch",
+                          {"requested": str(requested), "expected": str(self.incarnation_uuid)})
+        return None
+
+    async def handle_checkpoint(self, request: web.Request) -> web.Response:
+        """Feldera's ``POST /checkpoint``: a checkpoint of the storage, numbered; answered once written."""
+        refused = self._no_controller()
+        if refused is not None:
+            return refused
+        sequence = self.checkpoint_sequence
+        self.checkpoint_sequence += 1
+        try:
+            checkpoint = await asyncio.to_thread(self.write_checkpoint)
+        except OSError as exc:
+            self.checkpoint_failure = {"sequence_number": sequence, "error": f"cannot write the checkpoint: {exc}",
+                                       "failed_at": dt.datetime.now(dt.UTC).isoformat()}
+            log.error("checkpoint %d failed: %s", sequence, exc)
+        else:
+            self.checkpoint_success = sequence
+            log.info("checkpoint %d written (%s)", sequence, checkpoint["uuid"])
+        return web.json_response({"checkpoint_sequence_number": sequence,
+                                  "incarnation_uuid": str(self.incarnation_uuid)})
+
+    async def handle_checkpoint_status(self, request: web.Request) -> web.Response:
+        refused = self._incarnation_mismatch(request)
+        if refused is not None:
+            return refused
+        return web.json_response({"success": self.checkpoint_success, "failure": self.checkpoint_failure})
+
+    async def handle_checkpoint_sync(self, request: web.Request) -> web.Response:
+        refused = self._no_controller()
+        if refused is not None:
+            return refused
+        error = "the reference pipeline process has no object store to sync checkpoints to"
+        return _error(400, f"Not supported: {error}", "NotSupported", {"error": error})
+
+    async def handle_checkpoint_sync_status(self, request: web.Request) -> web.Response:
+        refused = self._incarnation_mismatch(request) or self._no_controller()
+        if refused is not None:
+            return refused
+        return web.json_response({"success": None, "failure": None, "periodic": None})
+
+    def _declared(self, name: str, kinds: tuple[str, ...]) -> bool:
+        """Whether the program declares ``name`` among its ``kinds`` ("tables", "views"): an unquoted
+        name in any case, a quoted one exactly, as Feldera resolves SQL identifiers."""
+        wanted = _identifier(name)
+        return any(_identifier(str(declared)) == wanted for kind in kinds for declared in self.program.get(kind) or [])
+
+    async def handle_ingress(self, request: web.Request) -> web.Response:
+        refused = self._no_controller()
+        if refused is not None:
+            return refused
+        table = request.path[len("/ingress/"):]
+        endpoint = f"{table}.api-ingress-{_shown(request.query.get('format', 'json'))}"
+        if not self._declared(table, ("tables",)):
+            return _error(404, f"invalid controller configuration: Input endpoint '{_shown(endpoint)}' specifies "
+                               f"unknown table '{_shown(table)}'", "ConfigError.UnknownInputStream",
+                          {"config_error": {"endpoint_name": _shown(endpoint), "stream_name": _shown(table)}})
+        error = f"the reference pipeline process takes no input: table '{_shown(table)}' cannot be written to"
+        return _error(400, f"Not supported: {error}", "NotSupported", {"error": error})
+
+    async def handle_egress(self, request: web.Request) -> web.Response:
+        refused = self._no_controller()
+        if refused is not None:
+            return refused
+        view = request.path[len("/egress/"):]
+        endpoint = f"{view}.api-{uuid.uuid4()}"
+        if not self._declared(view, ("tables", "views")):
+            return _error(404, f"invalid controller configuration: Output endpoint '{_shown(endpoint)}' specifies "
+                               f"unknown output table or view '{_shown(view)}'", "ConfigError.UnknownOutputStream",
+                          {"config_error": {"endpoint_name": _shown(endpoint), "stream_name": _shown(view)}})
+        error = f"the reference pipeline process produces no output: '{_shown(view)}' has no changes to stream"
+        return _error(400, f"Not supported: {error}", "NotSupported", {"error": error})
+
+    async def handle_query(self, request: web.Request) -> web.Response:
+        refused = self._no_controller()
+        if refused is not None:
+            return refused
+        error = "the reference pipeline process holds no data, so it evaluates no ad-hoc query"
+        return _error(400, f"Error during query processing: {error}.", "AdHocQueryError", {"error": error})
+
     async def handle_fail(self, request: web.Request) -> web.Response:
         mode = request.query.get("mode", "panic")
         if mode == "exit":
@@ -347,16 +630,36 @@ class ReferencePipeline:
         if mode == "available":
             self.panic = None
             self.status_fault = None
+            self.broken = False
+            return web.json_response(None, status=202)
+        if mode == "broken":
+            self.broken = True
             return web.json_response(None, status=202)
         if mode == "hang":
             self.hung = True  # this answer is the last one
             return web.json_response(None, status=202)
         if mode != "panic":
-            return _error(400, "mode must be panic, exit, unavailable, garbage, nested, available or hang",
+            return _error(400, "mode must be panic, exit, unavailable, garbage, nested, broken, available or hang",
                           "InvalidParameter")
         self.panic = {"message": "A worker thread panicked: reference pipeline told to fail",
                       "error_code": "WorkerPanic", "details": {"worker": 0}}
         return web.json_response(None, status=202)
+
+
+def _identifier(name: str) -> str:
+    """A SQL name as Feldera compares it: a quoted name as written, any other in lower case."""
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        return name[1:-1]
+    return name.lower()
+
+
+def _rss_bytes() -> int:
+    """The process's resident memory (Linux: /proc; elsewhere its peak, all the standard library knows)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def pipeline_from_env(storage: Path, program: dict[str, Any], initial: str, bootstrap_policy: str,
@@ -407,8 +710,9 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
     env = os.environ
     token = env.get(TOKEN_ENV) or None
     if token is None:
-        log.warning("%s is not set: /start, /pause, /activate, /suspend, /approve and /debug answer anyone who "
-                    "reaches this process (set it to require 'Authorization: Bearer <token>')", TOKEN_ENV)
+        log.warning("%s is not set: /start, /pause, /activate, /suspend, /approve, /checkpoint, /ingress, /egress, "
+                    "/query and /debug answer anyone who reaches this process (set it to require "
+                    "'Authorization: Bearer <token>')", TOKEN_ENV)
     pipeline = pipeline_from_env(storage, program, initial, bootstrap_policy, debug_routes, env)
     await asyncio.sleep(float(env.get("PIPELINE_BIND_DELAY_SECONDS", "0")))
     runner = web.AppRunner(pipeline.app(), access_log=None)

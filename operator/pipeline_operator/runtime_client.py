@@ -5,18 +5,26 @@ Whatever a pipeline answers is bounded before it is used: a body is read up to
 invalid answer (never a RecursionError), redirects are never followed (they could carry the
 control token, or the operator's requests, to another address), and every string of an
 observation is capped by :func:`~pipeline_operator.core.lifecycle.parse_status_response`.
+A request the HTTP API passes through (:meth:`RuntimeClient.exchange`) is streamed both ways
+instead: nothing of it is held in memory beyond one chunk, and the API decides what to do with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import functools
 import json
 import logging
 import re
-from collections.abc import Callable
+import socket
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from .core.lifecycle import NOT_JSON, RuntimeObservation, parse_status_response
 from .models import SpecRuntimeDesiredStatus
@@ -26,6 +34,7 @@ log = logging.getLogger(__name__)
 MAX_STATUS_BODY = 1024 * 1024  # a larger /status answer is not read
 MAX_JSON_DEPTH = 64  # levels of nesting of a pipeline's JSON answer (Feldera's status has fewer than 10)
 _PARSE_IN_THREAD = 64 * 1024  # bytes of a body from which decoding leaves the event loop
+RESOLVER_THREADS = 16  # name lookups of pipelines' addresses at once (a lookup of an unknown name waits for DNS)
 
 # JSON strings (with their escapes), removed before brackets are counted: a bracket inside a string nests nothing.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -33,8 +42,58 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _INNERMOST = re.compile(rb"\[\]|\{\}")  # one level per pass (two plain replaces could take "{[]}" at once)
 
 
+CONNECT_TIMEOUT = 10.0  # seconds to connect to a pipeline for a passed-through request
+CHUNK = 64 * 1024  # bytes of a passed-through body read at once
+
+
 class TooDeep(ValueError):
     """A JSON document nested deeper than allowed."""
+
+
+class PipelineUnreachable(Exception):
+    """A passed-through request got no (complete) answer: the pipeline refused the connection, timed
+    out, cut the connection or answered something that is not HTTP. The message says which, in
+    Feldera's words where Feldera has them."""
+
+
+class InvalidAnswer(Exception):
+    """The pipeline answered, but with something that is not passed on (a redirect)."""
+
+
+def timeout_message(seconds: float) -> str:
+    """Feldera's ``format_timeout_error_message``, for a request that timed out."""
+    return (f"timeout ({seconds:g}s) was reached: this means the pipeline took too long to respond -- this can simply "
+            "be because the request was too difficult to process in time, or other reasons (e.g., deadlock): the "
+            "pipeline logs might contain additional information")
+
+
+def _failure(exc: BaseException) -> str:
+    """What went wrong with a passed-through request, for a person (Feldera's wording for a disconnection)."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return ("the pipeline disconnected while it was processing this HTTP request. This could be because the "
+                "pipeline either (a) encountered a fatal error or panic, (b) was stopped, or (c) experienced network "
+                "issues -- retrying might help in the last case. Alternatively, check the pipeline logs.")
+    if isinstance(exc, aiohttp.ClientResponseError) and not isinstance(exc, aiohttp.ContentTypeError):
+        return f"the pipeline's answer is not valid HTTP ({' '.join(str(exc.message).split())[:200]})"
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+@dataclass
+class Answer:
+    """The head of a pipeline's answer to a passed-through request; its body is read with :meth:`chunks`."""
+    status: int
+    content_type: str
+    response: aiohttp.ClientResponse
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (at most :data:`CHUNK` bytes at a time); a failure to read it (the pipeline
+        cut the connection, stopped sending for longer than the read timeout) is :class:`PipelineUnreachable`."""
+        try:
+            async for chunk in self.response.content.iter_chunked(CHUNK):
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise PipelineUnreachable(_failure(exc) if not isinstance(exc, TimeoutError) else
+                                      "the pipeline stopped sending its answer (read timeout)") from exc
 
 
 def _too_deep(raw: bytes, limit: int) -> bool:
@@ -67,6 +126,31 @@ def decode_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     return value
 
 
+class _Resolver(AbstractResolver):
+    """Name lookups of the pipelines' addresses (``<pipeline>.<namespace>.svc``) in threads of their own.
+
+    aiohttp's default resolver runs ``getaddrinfo`` in the event loop's default executor (six threads on
+    two cores), which the operator's other blocking work shares: reading compiled programs, the event
+    store's reads. While DNS does not answer, every lookup holds one of those threads for the resolver's
+    whole timeout, and with a thousand pipelines that work would queue behind them for minutes. A lookup
+    that is given up on (the status request timed out) leaves this pool's queue."""
+
+    def __init__(self, workers: int = RESOLVER_THREADS) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="pipeline-dns")
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        infos = await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM, 0,
+                                          socket.AI_ADDRCONFIG))
+        return [ResolveResult(hostname=host, host=str(address[0]), port=int(address[1]), family=found, proto=proto,
+                              flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+                for found, _, proto, _, address in infos if found in (socket.AF_INET, socket.AF_INET6)]
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class RuntimeClient:
     """HTTP to pipeline processes: ``GET /status``, the actions, and requests forwarded by the API.
 
@@ -79,17 +163,26 @@ class RuntimeClient:
         self.action_timeout = action_timeout
         self.token_for = token_for
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: _Resolver | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            if self._resolver is None:
+                self._resolver = _Resolver()
+            # No cookie jar: a pipeline sets none that matter (Feldera's manager keeps none), and
+            # looking through one on every answer is work on every status poll.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, limit_per_host=4), trust_env=False)
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=4, resolver=self._resolver),
+                cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
         return self._session
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
 
     def _headers(self, endpoint: str) -> dict[str, str]:
         """The only headers sent to a pipeline: its token, when one is known (never a client's)."""
@@ -169,6 +262,46 @@ class RuntimeClient:
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("%s %s failed: %s", method, url, exc)
             return None
+
+    @contextlib.asynccontextmanager
+    async def exchange(self, endpoint: str, method: str, path: str, query: str = "", *,
+                       body: AsyncIterable[bytes] | None = None, headers: Mapping[str, str] | None = None,
+                       answer_timeout: float | None = None,
+                       read_timeout: float | None = None) -> AsyncIterator[Answer]:
+        """Pass one request through to the pipeline, as Feldera's manager's streaming proxy does: ``body``
+        is sent as it is produced (chunked, unless ``headers`` give its Content-Length), and the answer's
+        body is left to the caller to stream on (:meth:`Answer.chunks`).
+
+        ``answer_timeout`` bounds the time until the answer starts (sending the body included; None: no
+        bound, as Feldera's for egress and ad-hoc queries), ``read_timeout`` every wait for more of it.
+        The pipeline gets ``headers`` (the caller chooses which of its client's to pass on), its token,
+        and ``Accept-Encoding: identity`` (a compressed stream arrives in bursts); a redirect is
+        :class:`InvalidAnswer`, never followed; no answer is :class:`PipelineUnreachable`."""
+        url = f"{endpoint}{path}" + (f"?{query}" if query else "")
+        sent = {k: v for k, v in (headers or {}).items() if k.lower() not in ("authorization", "accept-encoding")}
+        sent.update(self._headers(endpoint))
+        sent["Accept-Encoding"] = "identity"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=read_timeout)
+        try:
+            async with asyncio.timeout(answer_timeout):
+                response = await self.session.request(method, url, data=body, headers=sent, timeout=timeout,
+                                                      allow_redirects=False)
+        except TimeoutError as exc:
+            assert answer_timeout is not None
+            raise PipelineUnreachable(timeout_message(answer_timeout)) from exc
+        except aiohttp.ClientError as exc:
+            log.info("%s %s failed: %s", method, url, exc)
+            raise PipelineUnreachable(_failure(exc)) from exc
+        try:
+            if 300 <= response.status < 400:
+                raise InvalidAnswer(f"the pipeline answered a redirect (HTTP {response.status}), which is not "
+                                    "followed")
+            yield Answer(response.status, response.content_type, response)
+        finally:
+            if response.content.at_eof():
+                response.release()
+            else:
+                response.close()  # not read to its end: the connection cannot be used again
 
     async def set_runtime_desired(self, endpoint: str, target: SpecRuntimeDesiredStatus, activate: bool) -> bool:
         if activate:

@@ -96,9 +96,8 @@ VERSION = package_version("pipeline-operator")
 # Feldera's endpoints this API does not serve (docs/api.md says why): 501, not a 404 that the SDK
 # would take for an unknown pipeline.
 NOT_SERVED = re.compile(
-    r"^/v0/(pipelines/[^/]+/(logs|stats|metrics|time_series|time_series_stream|completion_status|checkpoint"
-    r"|checkpoint/sync|checkpoint/sync_status|checkpoint_status|checkpoints|checkpoints/remote|ingress/.+"
-    r"|egress/.+|query|tables/.+|views/.+|start_transaction|commit_transaction|clock/advance|rebalance"
+    r"^/v0/(pipelines/[^/]+/(time_series|time_series_stream|completion_status|checkpoints|checkpoints/remote"
+    r"|tables/.+|views/.+|start_transaction|commit_transaction|clock/advance|rebalance"
     r"|start_compaction|samply_profile|heap_profile|circuit_profile|circuit_json_profile|dataflow_graph"
     r"|support_bundle|diff|update_runtime|testing)|cluster/events.*|cluster_healthz|api_keys.*|tenants.*"
     r"|oidc_trust.*|validate_program|metrics)$")
@@ -156,6 +155,8 @@ class ApiDeps:
     metrics: Metrics = field(default_factory=Metrics)
     # Learns a pipeline's control token where this replica does not know it yet (a standby forwarding an action).
     learn_token: Callable[[PipelineKey], Awaitable[None]] | None = None
+    # A pipeline's log, opened (the backend's ``logs``; see backends.Backend): GET /v0/pipelines/{name}/logs.
+    logs: Callable[[PipelineKey, bool], contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]] | None = None
 
 
 def _selector(request: web.Request) -> PipelineMonitorEventFieldSelector:
@@ -279,6 +280,7 @@ class ApiServer:
     # -- the application ------------------------------------------------------------------------
 
     def app(self) -> web.Application:
+        from .interaction import Interaction
         app = web.Application(client_max_size=512 * 1024, middlewares=[self._middleware])
         r = app.router
         r.add_get("/healthz", self.healthz)
@@ -290,6 +292,7 @@ class ApiServer:
         r.add_get(EVENTS_ROUTE, self.list_events)
         r.add_get("/v0/pipelines/{name}/events/{event_id}", self.get_event)
         self.actions.routes(r)
+        Interaction(self).routes(r)
         if self.ui_enabled:
             from .ui import Ui
             Ui(self).routes(r)
@@ -650,8 +653,8 @@ def action_of(request: web.Request) -> str:
     """What a request that changes a Pipeline asks for: the action (``start``, ``stop``, ...) or the
     CRUD operation."""
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else ""
-    if route.count("/") == 4 and route.startswith("/v0/pipelines/{name}/"):
-        return route.rsplit("/", 1)[1]
+    if route.startswith("/v0/pipelines/{name}/"):  # an action, or a data-plane route (ingress/{table_name})
+        return route[len("/v0/pipelines/{name}/"):].split("/{")[0]
     return CRUD_ACTIONS.get(request.method, request.method.lower())
 
 

@@ -7,11 +7,17 @@ observation shows the effect, so a retry or an operator restart never creates a 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from ..core.lifecycle import ComputeObservation
 from ..identity import PipelineKey
 from ..models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
+
+
+class LogsUnavailable(Exception):
+    """The pipeline's log cannot be read now (the message says why and, where it can, what to do)."""
 
 
 class Backend(Protocol):
@@ -57,5 +63,11 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
+    def logs(self, key: PipelineKey, follow: bool) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """The pipeline's log, opened: ``async with backend.logs(key, follow) as chunks`` gives its bytes as
+        they come, its recent past first, then (``follow``) what the pipeline writes until its compute is
+        gone. No log yet (never started, no pod) is an empty log; a log that cannot be read now is
+        :class:`LogsUnavailable`, raised on opening."""
 
-__all__ = ["Backend", "PipelineKey"]
+
+__all__ = ["Backend", "LogsUnavailable", "PipelineKey"]

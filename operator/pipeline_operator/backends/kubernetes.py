@@ -33,17 +33,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
 
@@ -53,6 +56,7 @@ from ..informer import Informer
 from ..kube import Forbidden, Kube, Unavailable
 from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 from ..settings import OperatorSettings
+from . import LogsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -860,3 +864,111 @@ class KubernetesBackend:
             self._starting.cancel()
         await asyncio.gather(*(i.stop() for i in self._informers.values()))
         await asyncio.to_thread(self._watch_client.close)
+
+    @contextlib.asynccontextmanager
+    async def logs(self, key: PipelineKey, follow: bool, tail_lines: int = 50_000,
+                   open_timeout: float = 30.0) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The logs of the pipeline's pod through the API server (``pods/log``, which the API server reads from
+        the pod's kubelet): its last ``tail_lines`` lines (as many as Feldera's runner keeps), then, with
+        ``follow``, what the container writes until it ends.
+
+        The pod is asked for, not looked up in the caches: a standby serving the API has none. The blocking
+        client reads the stream in a thread of its own, with an API client of its own (a log stream holds its
+        connection for as long as it is read, which must starve neither the monitoring loops' pool nor the
+        watches), and hands the chunks to the event loop through a queue of a few chunks: a reader that does
+        not keep up slows the stream down, nothing piles up. Leaving the ``async with`` shuts the connection
+        down, which ends a read blocked in the thread. No pod is an empty log, a container that has not
+        started one line saying why; a stream the API server does not open within ``open_timeout`` seconds,
+        or refuses otherwise, is :class:`LogsUnavailable`."""
+        namespace, pod = key.namespace, f"{child_name(key)}-0"
+        loop = asyncio.get_running_loop()
+        client = kubernetes.client.ApiClient(copy.deepcopy(self.kube.api_client.configuration))
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        room = threading.Semaphore(8)  # chunks handed over and not read yet
+        stop = threading.Event()
+        opened: asyncio.Future[Any] = loop.create_future()  # the response, or why there is none
+        # Following, a quiet container sends nothing for as long as it likes: a stream quiet for an hour
+        # ends (the reader asks again), the least bound that never cuts a live pipeline's log in practice.
+        request_timeout = (5.0, 3600.0) if follow else (5.0, 30.0)
+
+        def settle(value: Any) -> None:  # on the event loop
+            if opened.done():  # given up on (open_timeout): nobody reads this stream
+                if not isinstance(value, BaseException):
+                    value.close()
+            elif isinstance(value, BaseException):
+                opened.set_exception(value)
+            else:
+                opened.set_result(value)
+
+        def hand(chunk: bytes | None) -> bool:  # in the thread; False once the reader is gone
+            while not room.acquire(timeout=1.0):
+                if stop.is_set():
+                    return False
+            if stop.is_set():
+                return False
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except RuntimeError:  # the event loop is closed
+                return False
+            return True
+
+        def read() -> None:  # the thread
+            try:
+                stream: Any = kubernetes.client.CoreV1Api(client).read_namespaced_pod_log(
+                    pod, namespace, container="pipeline", follow=follow, tail_lines=tail_lines,
+                    _preload_content=False, _request_timeout=request_timeout)
+            except Exception as exc:  # noqa: BLE001 - handed to the reader, which says what it means
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(settle, exc)
+                return
+            try:
+                loop.call_soon_threadsafe(settle, stream)
+                while not stop.is_set() and (chunk := stream.read1(64 * 1024)):
+                    if not hand(chunk):
+                        return
+            except Exception as exc:  # noqa: BLE001 - the connection was cut, or shut down by the reader
+                if not stop.is_set():
+                    log.info("%s: the log stream of pod %s/%s ended: %s", key, namespace, pod, exc)
+            finally:
+                stream.close()
+            hand(None)
+
+        async def streamed() -> AsyncIterator[bytes]:
+            while (chunk := await queue.get()) is not None:
+                room.release()
+                yield chunk
+
+        async def once(line: bytes) -> AsyncIterator[bytes]:
+            if line:
+                yield line
+
+        response: Any = None
+        chunks = streamed()
+        try:
+            threading.Thread(target=read, name=f"pod-log-{namespace}/{pod}", daemon=True).start()
+            try:
+                async with asyncio.timeout(open_timeout):
+                    response = await opened
+            except TimeoutError:
+                raise LogsUnavailable(f"the Kubernetes API server did not start sending the logs of pod "
+                                      f"{namespace}/{pod} within {open_timeout:g}s; try again") from None
+            except ApiException as exc:
+                if exc.status == 404:  # no pod (not yet, or no more): nothing to read
+                    chunks = once(b"")
+                elif exc.status == 400:  # the container has not started (yet): the API server says why
+                    chunks = once(f"No logs from pod {namespace}/{pod} yet: {_reason(exc)}\n".encode())
+                elif exc.status == 403:
+                    raise LogsUnavailable(f"the operator may not get pods/log in namespace {namespace}: give its "
+                                          "Role the verb get on pods/log") from exc
+                else:
+                    raise LogsUnavailable(f"the Kubernetes API server could not read the logs of pod "
+                                          f"{namespace}/{pod}: {exc.status} {_reason(exc)}") from exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise LogsUnavailable(f"the Kubernetes API server is unreachable ({exc})") from exc
+            yield chunks
+        finally:
+            stop.set()
+            if response is not None:
+                with contextlib.suppress(Exception):
+                    response.shutdown()  # ends a read blocked in the thread
+            await asyncio.to_thread(client.close)

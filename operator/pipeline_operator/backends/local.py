@@ -30,6 +30,7 @@ ignored, so that whoever can create a Pipeline cannot make the operator's machin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -40,13 +41,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 from ..core.lifecycle import ComputeObservation, ComputeState
 from ..identity import PipelineKey
 from ..models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 from ..pipeline_process import DEBUG_ROUTES_ENV, TOKEN_ENV
+from . import LogsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -347,3 +350,55 @@ class LocalBackend:
         """Pipelines keep running when the operator stops; a restarted operator adopts them."""
         for child in self._children.values():
             child.poll()
+
+    @contextlib.asynccontextmanager
+    async def logs(self, key: PipelineKey, follow: bool, replay: int = 1_000_000,
+                   poll: float = 0.5) -> AsyncIterator[AsyncIterator[bytes]]:
+        """``process.log`` from its last ``replay`` bytes (Feldera's runner catches a reader up from a buffer
+        of 1 MB; the lines before are named, not shown), then, with ``follow``, what the process writes,
+        as ``tail -f`` does: the file is read again every ``poll`` seconds while nothing new is in it, until
+        the process is gone; what it wrote last is read after it is gone. Every read runs in a thread."""
+        path = self.folder(key) / "process.log"
+        try:
+            log_file = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:  # never started
+            log_file = None
+        except OSError as exc:
+            raise LogsUnavailable(f"cannot read {path}: {exc}") from exc
+
+        def skip_to_tail(f: BinaryIO) -> int:
+            """Go to the first whole line of the last ``replay`` bytes; the bytes skipped."""
+            size = os.fstat(f.fileno()).st_size
+            if size <= replay:
+                return 0
+            f.seek(size - replay)
+            f.readline()
+            return f.tell()
+
+        def running() -> bool:
+            record = self._read_record(key)
+            return record is not None and self._alive(key, record)
+
+        async def chunks(f: BinaryIO | None) -> AsyncIterator[bytes]:
+            if f is None:
+                return  # no log yet: an empty one
+            skipped = await asyncio.to_thread(skip_to_tail, f)
+            if skipped:
+                yield (f"... {skipped} bytes of earlier log lines are not shown (the log is replayed from its last "
+                       f"{replay} bytes).\n").encode()
+            while True:
+                chunk = await asyncio.to_thread(f.read, 64 * 1024)
+                if chunk:
+                    yield chunk
+                    continue
+                if not follow or not await asyncio.to_thread(running):
+                    while chunk := await asyncio.to_thread(f.read, 64 * 1024):
+                        yield chunk  # written between the last read and the end of the process
+                    return
+                await asyncio.sleep(poll)
+
+        try:
+            yield chunks(log_file)
+        finally:
+            if log_file is not None:
+                await asyncio.to_thread(log_file.close)

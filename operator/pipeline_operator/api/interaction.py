@@ -1,0 +1,294 @@
+"""The data plane of a pipeline through the API: its logs, and the requests Feldera's manager passes
+through to the pipeline (``/stats``, ``/metrics``, ``/checkpoint``, ``/checkpoint_status``,
+``/checkpoint/sync``, ``/checkpoint/sync_status``, ``/ingress/{table_name}``, ``/egress/{table_name}``,
+``/query``).
+
+Each passed-through request is authorised as Feldera's RBAC classifies it (a read is ``get``, every
+other is ``patch``, the verb of the lifecycle actions), refused by the pure core's
+:func:`~pipeline_operator.core.lifecycle.interaction_refusal` exactly as the actions are
+(``PipelineInteractionNotDeployed``, ``PipelineUnavailable``), then sent to the pipeline with the
+same path and query, Feldera's timeout for that route, and the pipeline's token. Nothing is held in
+memory: the client's body goes up as it arrives (``/ingress`` at most :data:`MAX_INGRESS_BYTES`,
+else 413 ``PayloadTooLarge``), the pipeline's answer comes down as it arrives, with its status and
+content type and nothing else of its headers. No answer is Feldera's ``PipelineInteractionUnreachable``
+(503, with the request and what went wrong in ``details``); a redirect, which is never followed,
+``PipelineInteractionInvalidResponse`` (500).
+
+``GET /v0/pipelines/{name}/logs`` streams the pipeline's log as Feldera's runner does (``text/plain``,
+the recent past first, then new lines while the pipeline runs, ``Logs have ended`` last) from the
+backend: the process's log file (local backend) or the pod's log through the Kubernetes API.
+
+The open-ended streams (logs, egress, ad-hoc queries) are bounded per client address and overall
+(429 ``TooManyStreams``) and end within a second when the API stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from aiohttp import StreamReader, web
+
+from ..backends import LogsUnavailable
+from ..core.lifecycle import PipelineState, interaction_refusal
+from ..models import ResourcesStatus
+from ..runtime_client import InvalidAnswer, PipelineUnreachable
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from .server import ApiServer, ServedPipeline
+
+log = logging.getLogger(__name__)
+
+MAX_INGRESS_BYTES = 64 * 1024 * 1024  # one /ingress request's body (send more data in more requests)
+MAX_EGRESS_BODY = 64 * 1024  # an /egress request's body: a connector configuration
+STREAMS = 32  # open-ended streams (logs, egress, ad-hoc queries) open at once
+STREAMS_PER_CLIENT = 4  # ... from one client address
+CLOSING_CHECK_SECONDS = 1.0  # how often a quiet stream looks whether the API is stopping
+LOGS_END = b"Logs have ended\n"  # the last line of Feldera's log stream
+LOG_HEADERS = {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff",
+               "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(frozen=True)
+class Route:
+    """One passed-through route: Feldera's method, path, RBAC class and timeouts for it."""
+    method: str
+    path: str                    # below /v0/pipelines/{name}/, and the pipeline's own path
+    verb: str                    # "get" for Feldera's Role::Read, "patch" for Role::Write
+    timeout: float | None        # seconds until the answer starts, and of every wait for more (None: none)
+    max_body: int = 0            # bytes of the client's body passed on (0: none is)
+    stream: bool = False         # an open-ended answer: counted against the stream limits
+    notify: bool = False         # the monitoring loop looks at the pipeline again at once (Feldera's notify)
+
+
+# Feldera's forward_http_request_to_pipeline_by_name (10 s, or 120 s for checkpoints) and
+# forward_streaming_http_request_to_pipeline_by_name (30 s for ingress; none for egress and queries).
+ROUTES = (
+    Route("GET", "stats", "get", 10.0),
+    Route("GET", "metrics", "get", 10.0),
+    Route("POST", "checkpoint", "patch", 120.0, notify=True),
+    Route("GET", "checkpoint_status", "get", 10.0, notify=True),
+    Route("POST", "checkpoint/sync", "patch", 120.0),
+    Route("GET", "checkpoint/sync_status", "get", 10.0),
+    Route("POST", "ingress/{table_name}", "patch", 30.0, max_body=MAX_INGRESS_BYTES),
+    Route("POST", "egress/{table_name}", "patch", None, max_body=MAX_EGRESS_BODY, stream=True),
+    Route("GET", "query", "patch", None, stream=True),
+)
+
+
+class BoundedBody:
+    """A client's body as it arrives, cut when it grows past ``limit`` bytes (``exceeded`` is then set,
+    and the upload to the pipeline fails: the pipeline never gets the rest)."""
+
+    def __init__(self, content: StreamReader, limit: int) -> None:
+        self.content, self.limit = content, limit
+        self.size = 0
+        self.exceeded = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.content.iter_chunked(64 * 1024):
+            self.size += len(chunk)
+            if self.size > self.limit:
+                self.exceeded = True
+                raise ValueError(f"the body is larger than {self.limit} bytes")
+            yield chunk
+
+
+def too_large(limit: int, route: str) -> web.Response:
+    """413, on a connection that is closed after it: the rest of the body is never read."""
+    what = route.split("/")[0]
+    response = ApiError(413, "PayloadTooLarge", f"The request body is larger than {limit} bytes, the most the "
+                                                f"operator passes on to a pipeline's /{what}: send the data in smaller "
+                                                "requests", {"limit_bytes": limit}).response()
+    response.force_close()
+    return response
+
+
+class StreamSlots:
+    """The open-ended streams open now, overall and per client address (429 beyond either bound)."""
+
+    def __init__(self, streams: int = STREAMS, per_client: int = STREAMS_PER_CLIENT) -> None:
+        self.streams, self.per_client = streams, per_client
+        self.open = 0
+        self.by_client: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def slot(self, client: str) -> Iterator[None]:
+        mine = self.by_client.get(client, 0)
+        if self.open >= self.streams or mine >= self.per_client:
+            limit, where = (self.streams, "in all") if self.open >= self.streams else (self.per_client,
+                                                                                       f"from {client}")
+            raise ApiError(429, "TooManyStreams", f"Too many log, egress and query streams are open {where}: at "
+                                                  f"most {limit}; close one and try again", {"limit": limit},
+                           retry_after=5)
+        self.open += 1
+        self.by_client[client] = mine + 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+            left = self.by_client[client] - 1
+            if left:
+                self.by_client[client] = left
+            else:
+                del self.by_client[client]
+
+
+class Interaction:
+    """The routes of a pipeline's data plane (see the module's docstring)."""
+
+    def __init__(self, server: ApiServer) -> None:
+        self.server = server
+        self.deps = server.deps
+        self.slots = StreamSlots()
+
+    def routes(self, r: web.UrlDispatcher) -> None:
+        r.add_get("/v0/pipelines/{name}/logs", self.logs)
+        for route in ROUTES:
+            r.add_route(route.method, f"/v0/pipelines/{{name}}/{route.path}", self._handler(route))
+
+    # -- passed through ---------------------------------------------------------------------------
+
+    def _handler(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                raise ApiError(501, "NotServed", "pipeline-operator does not pass WebSocket connections on to a "
+                                                 f"pipeline: send GET /{route.path} as a plain HTTP request")
+            monitor = await self.server.pipeline(request, route.verb)
+            state = await self.server.actions._state(monitor)
+            if route.stream:
+                with self.slots.slot(request.remote or ""):
+                    return await self._pass(request, route, monitor, state)
+            return await self._pass(request, route, monitor, state)
+        return handler
+
+    async def endpoint(self, monitor: ServedPipeline, state: PipelineState) -> str:
+        """Where the pipeline answers, if it may be asked now (Feldera's ``check_pipeline``), with its token known."""
+        refusal = interaction_refusal(state, monitor.key.name)
+        if refusal is not None:
+            raise ApiError.refused(refusal)
+        endpoint = self.deps.endpoint(monitor.key)
+        if endpoint is None:
+            raise ApiError(503, "PipelineMissingDeploymentLocation",
+                           "Unable to interact with pipeline because its deployment location is missing despite "
+                           f"it being fully provisioned (pipeline: '{monitor.key.name}')")
+        if self.deps.learn_token is not None:
+            await self.deps.learn_token(monitor.key)
+        return endpoint
+
+    async def _pass(self, request: web.Request, route: Route, monitor: ServedPipeline,
+                    state: PipelineState) -> web.StreamResponse:
+        endpoint = await self.endpoint(monitor, state)
+        name = monitor.key.name
+        # Feldera's: the table's (or view's) name percent-encoded again, whatever it holds.
+        path = "/" + route.path.replace("{table_name}", quote(request.match_info.get("table_name", ""), safe=""))
+        headers = {k: v for k in ("Accept", "Content-Type") if (v := request.headers.get(k))}
+        body = None
+        if route.max_body:
+            if request.content_length is not None:
+                if request.content_length > route.max_body:
+                    return too_large(route.max_body, route.path)
+                headers["Content-Length"] = str(request.content_length)
+            body = BoundedBody(request.content, route.max_body)
+        query = request.query_string
+        described = f"{route.method} {path}" + (f"?{query[:200]}" if query else "")
+        try:
+            async with self.deps.runtime.exchange(endpoint, route.method, path, query, body=body, headers=headers,
+                                                  answer_timeout=route.timeout,
+                                                  read_timeout=route.timeout) as answer:
+                if route.notify:
+                    monitor.poke()  # Feldera's notify: the storage status is looked at again at once
+                response = web.StreamResponse(status=answer.status, headers={"Cache-Control": "no-cache"})
+                if answer.response.headers.get("Content-Type"):
+                    response.headers["Content-Type"] = answer.response.headers["Content-Type"]
+                try:
+                    await response.prepare(request)
+                    ended = await self._copy(answer.chunks(), response)
+                except PipelineUnreachable as exc:  # cut in the middle: the client sees the body cut too
+                    log.info("HTTP API: %s of pipeline %s: the answer was cut: %s", described, monitor.key, exc)
+                    ended = False
+                except ConnectionError:  # the client went away
+                    ended = False
+                await self._end(request, response, ended)
+                return response
+        except PipelineUnreachable as exc:
+            if body is not None and body.exceeded:
+                return too_large(body.limit, route.path)
+            raise ApiError(503, "PipelineInteractionUnreachable",
+                           f"Error sending HTTP request to pipeline: {exc} Failed request: {described} (pipeline: "
+                           f"'{name}')", {"pipeline_name": name, "request": described, "error": str(exc)}) from None
+        except InvalidAnswer as exc:
+            raise ApiError(500, "PipelineInteractionInvalidResponse",
+                           f"Encountered an unexpected invalid response when interacting with pipeline: {exc} "
+                           f"(pipeline: '{name}')", {"pipeline_name": name, "error": str(exc)}) from None
+
+    # -- logs ---------------------------------------------------------------------------------------
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        """Feldera's ``GET /v0/pipelines/{name}/logs``, from the backend, followed while the pipeline's compute
+        may be running (a stopped pipeline's log is what is left of its last run, then its end)."""
+        monitor = await self.server.pipeline(request, "get")
+        if self.deps.logs is None:
+            raise ApiError(501, "NotServed", "This operator's backend does not serve pipeline logs")
+        state = monitor.state
+        follow = state is not None and state.deployment_resources_status is not ResourcesStatus.STOPPED
+        with self.slots.slot(request.remote or ""):
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    chunks = await stack.enter_async_context(self.deps.logs(monitor.key, follow))
+                except LogsUnavailable as exc:
+                    raise ApiError(503, "RunnerInteractionUnreachable",
+                                   f"Unable to reach pipeline runner to interact due to: {exc}",
+                                   {"error": str(exc)}) from None
+                response = web.StreamResponse(headers=LOG_HEADERS)
+                try:
+                    await response.prepare(request)
+                    ended = await self._copy(chunks, response, lines=True)
+                    if ended:
+                        await response.write(LOGS_END)
+                except OSError as exc:  # the client went away (ConnectionError), or the log could not be read
+                    if not isinstance(exc, ConnectionError):
+                        log.warning("HTTP API: the log of pipeline %s could not be read on: %s", monitor.key, exc)
+                    ended = False
+                await self._end(request, response, ended)
+                return response
+
+    # -- streaming ----------------------------------------------------------------------------------
+
+    async def _copy(self, chunks: AsyncIterator[bytes], response: web.StreamResponse, lines: bool = False) -> bool:
+        """Write ``chunks`` as they come: True once they end, False when the API stops first. With ``lines``,
+        a last line without its end gets one (what follows starts on a line of its own)."""
+        source = aiter(chunks)
+        last = b"\n"
+        while True:
+            nxt = asyncio.ensure_future(anext(source, None))
+            try:
+                while not (await asyncio.wait({nxt}, timeout=CLOSING_CHECK_SECONDS))[0]:
+                    if self.server.follow.closing:  # the API is stopping: its streams end now
+                        return False
+                chunk = nxt.result()
+            finally:
+                nxt.cancel()
+            if chunk is None:
+                if lines and last != b"\n":
+                    await response.write(b"\n")
+                return True
+            if chunk:
+                last = chunk[-1:]
+                await response.write(chunk)
+
+    @staticmethod
+    async def _end(request: web.Request, response: web.StreamResponse, ended: bool) -> None:
+        """End the body: cleanly when it ended, else cut the connection (the client must not take a cut
+        stream for a complete one)."""
+        if ended:
+            with contextlib.suppress(ConnectionError):
+                await response.write_eof()
+        elif request.transport is not None:
+            request.transport.abort()

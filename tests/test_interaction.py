@@ -1,0 +1,632 @@
+"""A pipeline's data plane through the operator's API: its logs, and the requests passed through to the
+pipeline (``/stats``, ``/metrics``, ``/checkpoint``, ``/ingress``, ...) as Feldera's manager passes them.
+
+The narrow cases (a pipeline that answers garbage, redirects, times out or cuts its answer; bodies past
+the bound; the stream limits) run against the API's handlers in this process and real HTTP servers on
+loopback. The users' sequences run with Feldera's unmodified SDK against real operators: one with the
+local backend, one with the Kubernetes backend on the real API server, whose ``pods/log`` the API
+server reads from a node's kubelet: here a stand-in serving the logs the stand-in kubelet's processes
+write."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import http.server
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import yaml
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestClient, TestServer
+from feldera import FelderaClient, Pipeline
+from feldera.enums import PipelineStatus
+from feldera.rest.errors import FelderaAPIError
+from feldera.rest.retry import RetryConfig
+
+from pipeline_operator.api import ApiDeps, ApiServer, Metrics
+from pipeline_operator.api import interaction as interaction_module
+from pipeline_operator.backends.kubernetes import child_name
+from pipeline_operator.backends.local import LocalBackend, _proc_start_time
+from pipeline_operator.core.lifecycle import PipelineState
+from pipeline_operator.identity import PipelineKey
+from pipeline_operator.models import ResourcesDesiredStatus, ResourcesStatus, RuntimeStatus
+from pipeline_operator.openapi import document
+from pipeline_operator.pipeline_process import ReferencePipeline
+from pipeline_operator.runtime_client import RuntimeClient
+from pipeline_operator_dev.controlplane import free_port
+
+from .fake_kubelet import FakeKubelet
+from .operator_harness import wait_for
+from .test_api import grant, http_json
+from .test_api_unit import Registry
+from .test_kubernetes_backend import RBAC, k8s_operator  # noqa: F401 - k8s_operator: a fixture
+from .test_models import schema_validator
+from .test_operator_lifecycle import FAST_PIPELINE, SQL, debug_fail
+
+TOKEN = "token-of-the-pipeline"
+KEY = PipelineKey("ns", "p", "uid-p")
+RUNNING = PipelineState(deployment_resources_status=ResourcesStatus.PROVISIONED,
+                        deployment_resources_desired_status=ResourcesDesiredStatus.PROVISIONED,
+                        deployment_runtime_status=RuntimeStatus.RUNNING)
+PASSED_THROUGH = [("GET", "stats"), ("GET", "metrics"), ("POST", "checkpoint"), ("GET", "checkpoint_status"),
+                  ("POST", "checkpoint/sync"), ("GET", "checkpoint/sync_status"), ("POST", "ingress/orders"),
+                  ("POST", "egress/total"), ("GET", "query?sql=select+1&format=text")]
+
+
+# -- in this process: the API's handlers, real HTTP servers on loopback --------------------------------
+
+
+class Served:
+    """One pipeline as the API serves it, in the state a test gives it."""
+
+    def __init__(self, state: PipelineState | None) -> None:
+        self.key = KEY
+        self.obj = {"metadata": {"name": KEY.name, "uid": KEY.uid}, "status": {}}
+        self.state = state
+        self.pokes = 0
+
+    def adopt(self, obj: Any) -> None:
+        pass
+
+    def poke(self) -> None:
+        self.pokes += 1
+
+    async def wait_until(self, predicate: Any, timeout: float) -> bool:  # noqa: ASYNC109
+        return self.state is not None
+
+
+def api(endpoint: str | None, state: PipelineState | None = RUNNING, logs: Any = None) -> ApiServer:
+    deps = ApiDeps(pipelines=Registry({("ns", "p"): Served(state)}), events=None, kube=None,  # type: ignore[arg-type]
+                   endpoint=lambda key: endpoint, runtime=RuntimeClient(token_for=lambda e: TOKEN),
+                   artifact=lambda digest: None, metrics=Metrics(), logs=logs)
+    return ApiServer(deps, auth="none", default_namespace="ns")
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` on a loopback port: its base URL (requests still under way at the end are cancelled at once)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def through(server: ApiServer) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(server.app())) as client:
+        yield client
+
+
+def reference(tmp_path: Path) -> ReferencePipeline:
+    return ReferencePipeline(tmp_path / "storage", {"digest": "d1", "tables": ["orders"], "views": ["total"]},
+                             "Running", init_seconds=0, replay_seconds=0, control_token=TOKEN, debug_routes=True)
+
+
+def test_each_route_is_passed_through_with_the_pipelines_token_its_query_and_its_answer(tmp_path):
+    pipeline = reference(tmp_path)
+    seen: list[tuple[str, str, str | None]] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        seen.append((request.method, request.path_qs, request.headers.get("Authorization")))
+        return await handler(request)
+
+    async def scenario() -> dict[str, tuple[int, str, Any]]:
+        pipeline.start()
+        app = pipeline.app()
+        app.middlewares.append(record)
+        answers = {}
+        async with serving(app) as url:
+            server = api(url)
+            async with through(server) as client:
+                for method, route in PASSED_THROUGH:
+                    response = await client.request(method, f"/v0/pipelines/p/{route}", data=b"{}" if
+                                                    route.startswith("ingress") else None,
+                                                    headers={"Authorization": "Bearer the-clients-own"})
+                    body = await response.read()
+                    answers[route] = (response.status, response.content_type,
+                                      json.loads(body) if response.content_type == "application/json" else body)
+            monitor = server.deps.pipelines.get("ns", "p")
+            answers["pokes"] = (monitor.pokes, "", None)  # type: ignore[union-attr]
+        return answers
+
+    answers = asyncio.run(scenario())
+    # Every route reached the pipeline, at the same path and query, with the pipeline's token, never the client's.
+    assert [(m, p) for m, p, _ in seen] == [(m, f"/{r}") for m, r in PASSED_THROUGH]
+    assert {token for _, _, token in seen} == {f"Bearer {TOKEN}"}
+    status, content_type, stats = answers["stats"]
+    assert status == 200 and stats["global_metrics"]["state"] == "Running" and stats["inputs"] == []
+    assert answers["metrics"][:2] == (200, "text/plain") and b"process_resident_memory_bytes" in answers["metrics"][2]
+    assert answers["checkpoint"][2]["checkpoint_sequence_number"] == 0
+    assert answers["checkpoint_status"][2] == {"success": 0, "failure": None}
+    assert (tmp_path / "storage" / "checkpoints").is_dir()
+    # The pipeline's own errors come back as it gave them.
+    assert answers["checkpoint/sync"][:1] == (400,) and answers["checkpoint/sync"][2]["error_code"] == "NotSupported"
+    assert answers["ingress/orders"][2]["error_code"] == "NotSupported"
+    assert answers["egress/total"][2]["error_code"] == "NotSupported"
+    assert answers["query?sql=select+1&format=text"][:1] == (400,)
+    assert answers["query?sql=select+1&format=text"][2]["error_code"] == "AdHocQueryError"
+    assert answers["pokes"][0] == 2  # /checkpoint and /checkpoint_status: the loop looks again (Feldera's notify)
+
+
+def test_a_pipeline_not_deployed_or_unavailable_is_refused_with_felderas_errors():
+    stopping = PipelineState(deployment_resources_status=ResourcesStatus.STOPPING,
+                             deployment_resources_desired_status=ResourcesDesiredStatus.STOPPED)
+    unavailable = RUNNING.model_copy(update={"deployment_runtime_status": RuntimeStatus.UNAVAILABLE})
+
+    async def scenario(state: PipelineState) -> list[tuple[int, dict]]:
+        async with through(api("http://127.0.0.1:9", state)) as client:
+            answers = []
+            for method, route in PASSED_THROUGH:
+                response = await client.request(method, f"/v0/pipelines/p/{route}")
+                answers.append((response.status, await response.json()))
+            return answers
+
+    for status, body in asyncio.run(scenario(stopping)):
+        assert status == 503 and body == {
+            "message": "Unable to interact with pipeline because the deployment status (stopping) indicates it is not "
+                       "(yet) fully provisioned (pipeline: 'p')",
+            "error_code": "PipelineInteractionNotDeployed",
+            "details": {"pipeline_name": "p", "status": "Stopping", "desired_status": "Stopped"}}
+    for status, body in asyncio.run(scenario(unavailable)):
+        assert (status, body["error_code"]) == (503, "PipelineUnavailable")
+
+
+def test_a_pipeline_that_answers_garbage_redirects_times_out_or_is_gone_gives_feldera_errors(tmp_path, monkeypatch):
+    pipeline = reference(tmp_path)
+    monkeypatch.setattr(interaction_module, "ROUTES", tuple(
+        dataclasses.replace(r, timeout=0.5) if r.path == "stats" else r for r in interaction_module.ROUTES))
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound("http://169.254.169.254/latest/meta-data")
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(60)
+        return web.json_response({})
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        await response.write(b"# TYPE half_of_an_answer gauge\n")
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    async def scenario() -> dict[str, Any]:
+        pipeline.start()
+        answers: dict[str, Any] = {}
+        async with serving(pipeline.app()) as url:
+            async with through(api(url)) as client:
+                async with ClientSession() as session:
+                    await session.post(f"{url}/debug/fail?mode=broken", headers={"Authorization": f"Bearer {TOKEN}"})
+                response = await client.get("/v0/pipelines/p/stats")
+                answers["broken"] = (response.status, await response.json())
+        odd = web.Application()
+        odd.router.add_get("/stats", slow)
+        odd.router.add_post("/checkpoint", redirect)
+        odd.router.add_get("/metrics", cut)
+        async with serving(odd) as url:
+            async with through(api(url)) as client:
+                for route, method in (("stats", "GET"), ("checkpoint", "POST")):
+                    response = await client.request(method, f"/v0/pipelines/p/{route}")
+                    answers[route] = (response.status, await response.json())
+                response = await client.get("/v0/pipelines/p/metrics")
+                try:
+                    answers["metrics"] = (response.status, await response.read())
+                except Exception as exc:  # noqa: BLE001 - what the client makes of a cut body
+                    answers["metrics"] = (response.status, exc)
+        free = socket.socket()
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+        free.close()  # nothing listens there
+        async with through(api(f"http://127.0.0.1:{port}")) as client:
+            response = await client.get("/v0/pipelines/p/stats")
+            answers["gone"] = (response.status, await response.json())
+        return answers
+
+    answers = asyncio.run(scenario())
+    for case in ("broken", "stats", "gone"):
+        status, body = answers[case]
+        assert status == 503 and body["error_code"] == "PipelineInteractionUnreachable", (case, body)
+        assert set(body["details"]) == {"pipeline_name", "request", "error"} and body["details"]["request"] == \
+            "GET /stats", (case, body)
+        assert body["message"].startswith("Error sending HTTP request to pipeline: ") and "(pipeline: 'p')" in \
+            body["message"]
+    assert answers["broken"][1]["details"]["error"].startswith("the pipeline's answer is not valid HTTP")
+    assert "Cannot connect" in answers["gone"][1]["details"]["error"]
+    assert answers["stats"][1]["details"]["error"].startswith("timeout (0.5s) was reached")
+    assert answers["checkpoint"][0] == 500
+    assert answers["checkpoint"][1]["error_code"] == "PipelineInteractionInvalidResponse"
+    assert "redirect (HTTP 302)" in answers["checkpoint"][1]["message"]
+    assert "169.254" not in json.dumps(answers["checkpoint"][1])
+    # An answer cut in the middle is cut for the client too: never taken for a complete one.
+    assert answers["metrics"][0] == 200 and isinstance(answers["metrics"][1], Exception)
+
+
+def test_an_ingress_body_past_the_bound_is_refused_and_never_reaches_the_pipeline_whole(monkeypatch):
+    limit = 256 * 1024
+    monkeypatch.setattr(interaction_module, "ROUTES", tuple(
+        dataclasses.replace(r, max_body=limit) if r.path.startswith("ingress") else r
+        for r in interaction_module.ROUTES))
+    received: list[int] = []
+
+    async def ingress(request: web.Request) -> web.Response:
+        size = 0
+        try:
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+        finally:
+            received.append(size)
+        return web.json_response({"token": f"{request.headers.get('Content-Type')}:{size}"})
+
+    async def chunked(total: int) -> AsyncIterator[bytes]:
+        for _ in range(total // (64 * 1024)):
+            yield b"x" * (64 * 1024)
+
+    async def scenario() -> dict[str, Any]:
+        pipeline = web.Application(client_max_size=1 << 30)
+        pipeline.router.add_post("/ingress/{table}", ingress)
+        answers = {}
+        async with serving(pipeline) as url:
+            async with through(api(url)) as client:
+                fits = await client.post("/v0/pipelines/p/ingress/orders?format=csv", data=b"1,2\n" * 1000,
+                                         headers={"Content-Type": "text/csv"})
+                answers["fits"] = (fits.status, await fits.json())
+                declared = await client.post("/v0/pipelines/p/ingress/orders", data=b"x",
+                                             headers={"Content-Length": str(10 ** 12)}, skip_auto_headers=())
+                answers["declared"] = (declared.status, await declared.json())
+                streamed = await client.post("/v0/pipelines/p/ingress/orders", data=chunked(4 * limit))
+                answers["streamed"] = (streamed.status, await streamed.json())
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers["fits"] == (200, {"token": "text/csv:4000"})
+    for case in ("declared", "streamed"):
+        status, body = answers[case]
+        assert status == 413 and body["error_code"] == "PayloadTooLarge" and body["details"] == {"limit_bytes": limit}
+        assert "/ingress" in body["message"] and "smaller requests" in body["message"]
+    # The declared one never left the operator; the streamed one was cut at the bound.
+    assert received[0] == 4000 and len(received) == 2 and received[1] <= limit + 64 * 1024
+
+
+def test_streams_are_bounded_per_client_and_end_when_the_api_stops():
+    opened: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def endless(key: PipelineKey, follow: bool) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"first line\n"
+            await asyncio.Event().wait()  # a pipeline that writes nothing more, for ever
+            yield b""
+        opened.append(key.name)
+        yield chunks()
+
+    async def scenario() -> tuple[list[int], dict, float, bytes]:
+        server = api(None, logs=endless)
+        async with through(server) as client:
+            streams = [await client.get("/v0/pipelines/p/logs") for _ in range(interaction_module.STREAMS_PER_CLIENT)]
+            for s in streams:
+                assert await s.content.readline() == b"first line\n"
+            refused = await client.get("/v0/pipelines/p/logs")
+            body = await refused.json()
+            started = time.monotonic()
+            server.follow.closing = True  # what ApiServer.stop() sets first
+            rest = b""
+            try:
+                rest = await streams[0].content.read()
+            except Exception:  # noqa: BLE001 - a cut connection: the end the test expects
+                pass
+            return [s.status for s in streams] + [refused.status], body, time.monotonic() - started, rest
+
+    statuses, body, took, rest = asyncio.run(scenario())
+    assert statuses == [200] * interaction_module.STREAMS_PER_CLIENT + [429]
+    assert body["error_code"] == "TooManyStreams" and body["details"] == {"limit": 4}
+    assert took < interaction_module.CLOSING_CHECK_SECONDS + 2 and b"Logs have ended" not in rest
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as out:
+        out.write(data)
+
+
+def test_the_local_backend_replays_the_tail_of_the_log_then_follows_it_until_the_process_is_gone(tmp_path):
+    backend = LocalBackend(tmp_path)
+    key = PipelineKey("ns", "p", "uid-p")
+    folder = backend.folder(key)
+    folder.mkdir(parents=True)
+    log = folder / "process.log"
+    log.write_bytes(b"".join(b"old line %06d\n" % i for i in range(1000)))  # 16,000 bytes
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (folder / "compute.json").write_text(json.dumps({"pid": process.pid, "start_time": _proc_start_time(process.pid)}))
+
+    async def scenario() -> tuple[bytes, bytes]:
+        async with backend.logs(key, follow=True, replay=1000, poll=0.05) as chunks:
+            seen = b""
+            source = aiter(chunks)
+            while b"old line 000999\n" not in seen:
+                seen += await anext(source)
+            await asyncio.to_thread(append, log, b"new line\nunfinished")  # the process writes on
+            while b"unfinished" not in seen:
+                seen += await anext(source)
+            await asyncio.to_thread(append, log, b" line, and its last words\n")
+            process.kill()
+            process.wait()
+            rest = b"".join([chunk async for chunk in source])  # ends: the process is gone
+        async with backend.logs(key, follow=False) as chunks:
+            whole = b"".join([chunk async for chunk in chunks])
+        return seen + rest, whole
+
+    try:
+        followed, whole = asyncio.run(scenario())
+    finally:
+        process.kill()
+    first, _, shown = followed.partition(b"\n")
+    assert first.startswith(b"... 15008 bytes of earlier log lines are not shown")
+    assert shown.startswith(b"old line 000938\n") and shown.endswith(b"new line\nunfinished line, and its last words\n")
+    assert whole == log.read_bytes()
+    missing = PipelineKey("ns", "never-started", "uid-n")
+
+    async def nothing() -> bytes:
+        async with backend.logs(missing, follow=True) as chunks:
+            return b"".join([chunk async for chunk in chunks])
+    assert asyncio.run(nothing()) == b""
+
+
+# -- real operators, Feldera's SDK ------------------------------------------------------------------
+
+
+def sdk_client(op: Any, cluster: Any, namespace: str, user: str = "alice") -> FelderaClient:
+    """Feldera's SDK as ``user``, failing at once (no retries of a 503: the tests check the first answer)."""
+    wait_for("the API", lambda: http_json(f"{op.api_url}/readyz")[0] == 200, 30, operator=op)
+    return FelderaClient(op.api_url, api_key=cluster.plane.users[user].token, tenant=namespace, timeout=60,
+                         retry_config=RetryConfig(max_retries=0))
+
+
+def feldera_error(fn: Any, *args: Any, **kwargs: Any) -> tuple[int, str, str]:
+    with pytest.raises(FelderaAPIError) as err:
+        result = fn(*args, **kwargs)
+        if hasattr(result, "__next__"):
+            list(result)  # a generator asks when it is first read
+    return err.value.status_code, err.value.error_code, err.value.message
+
+
+def raw(op: Any, cluster: Any, namespace: str, method: str, route: str, user: str = "alice") -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {cluster.plane.users[user].token}", "Feldera-Tenant": namespace}
+    return http_json(f"{op.api_url}/v0/pipelines/orders/{route}", method, headers, b"" if method == "POST" else None)
+
+
+def read_until(lines: Iterator[str], needle: str, seen: list[str]) -> None:
+    for line in lines:
+        seen.append(line)
+        if needle in line:
+            return
+    raise AssertionError(f"the log ended before a line with {needle!r}: {seen[-5:]}")
+
+
+@pytest.mark.apiserver
+def test_feldera_sdk_reads_logs_stats_metrics_and_checkpoints_through_the_operator(
+        operators, pipelines, namespace, cluster, kstatus):
+    op = operators(namespace)
+    grant(cluster, namespace, "alice", "get,list,watch,create,update,patch,delete")
+    grant(cluster, namespace, "bob", "get,list")
+    uid = pipelines.create("orders", {"desiredStatus": "Provisioned", "program": {"sql": SQL},
+                                      "deployment": {"env": FAST_PIPELINE}})["metadata"]["uid"]
+    kstatus.track(namespace, "orders")
+    pipelines.wait_status("orders", op, deploymentStatus="Running")
+    client = sdk_client(op, cluster, namespace)
+    pipeline = Pipeline.get("orders", client)
+
+    # The log as the SDK reads it: the process's output so far, then what it writes while it is followed.
+    logs = client.get_pipeline_logs("orders")
+    seen: list[str] = []
+    read_until(logs, "reference pipeline listening", seen)
+
+    stats = pipeline.stats()
+    assert stats.global_metrics.state is PipelineStatus.RUNNING and stats.inputs == [] and stats.outputs == []
+    raw_stats = client.get_pipeline_stats("orders")
+    schema_validator("ControllerStatus", document()).validate(raw_stats)
+    assert raw_stats["global_metrics"]["total_input_records"] == 0 and raw_stats["global_metrics"]["rss_bytes"] > 0
+    metrics = pipeline.metrics()
+    assert "process_resident_memory_bytes" in metrics and 'reference_pipeline_runtime_status{status="Running"} 1' \
+        in metrics
+    assert {m["key"] for m in client.get_pipeline_metrics("orders", format="json")} >= {"storage_usage_bytes"}
+
+    checkpoint = client.checkpoint_pipeline_response("orders")
+    sequence = checkpoint["checkpoint_sequence_number"]
+    status = client.checkpoint_pipeline_status("orders", checkpoint["incarnation_uuid"])
+    assert status == {"success": sequence, "failure": None}
+    assert feldera_error(client.checkpoint_pipeline_status, "orders", str(uuid.uuid4()))[:2] == \
+        (400, "IncarnationUuidMismatch")
+    folder = LocalBackend(op.state_dir).folder(PipelineKey(namespace, "orders", uid))
+    assert len(list((folder / "storage" / "checkpoints").glob("*.json"))) == 1
+    read_until(logs, f"checkpoint {sequence} written", seen)  # written after the log was asked for
+
+    # The pipeline's own errors, as it gave them.
+    assert feldera_error(client.push_to_pipeline, "orders", "orders", "json", [{"id": 1, "amount": 2}])[:2] == \
+        (400, "NotSupported")
+    assert feldera_error(client.push_to_pipeline, "orders", "nope", "json", [{"id": 1}])[:2] == \
+        (404, "ConfigError.UnknownInputStream")
+    assert feldera_error(client.query_as_text, "orders", "SELECT * FROM total")[:2] == (400, "AdHocQueryError")
+
+    # Reads are Feldera's Role::Read (get), everything else an action (patch).
+    assert raw(op, cluster, namespace, "GET", "stats", "bob")[0] == 200
+    assert raw(op, cluster, namespace, "GET", "checkpoint_status", "bob")[0] == 200
+    for method, route in (("POST", "checkpoint"), ("POST", "ingress/orders"), ("GET", "query?sql=1")):
+        assert raw(op, cluster, namespace, method, route, "bob")[0] == 403, route
+
+    # A client that announces a body past the bound is refused before anything reaches the pipeline.
+    with socket.create_connection(("127.0.0.1", op.api_port), timeout=10) as s:
+        s.sendall(f"POST /v0/pipelines/orders/ingress/orders?format=json HTTP/1.1\r\nHost: x\r\n"
+                  f"Authorization: Bearer {cluster.plane.users['alice'].token}\r\nFeldera-Tenant: {namespace}\r\n"
+                  f"Content-Length: {10 ** 12}\r\n\r\n".encode())
+        answer = s.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 413") and "PayloadTooLarge" in answer and "Connection: close" in answer
+
+    # A process that answers bytes that are not HTTP: Feldera's error, not a failure of the operator.
+    debug_fail(op, namespace, "orders", uid, "broken")
+    code, error_code, message = feldera_error(client.get_pipeline_stats, "orders")
+    debug_fail(op, namespace, "orders", uid, "available")
+    assert (code, error_code) == (503, "PipelineInteractionUnreachable") and "not valid HTTP" in message
+
+    # Stopping ends the log the SDK follows, after the process's last words.
+    client.stop_pipeline("orders", force=True, timeout_s=60)
+    rest = list(logs)
+    assert rest[-1] == "Logs have ended"
+
+    for method, route in PASSED_THROUGH:
+        status, body = raw(op, cluster, namespace, method, route.replace("total", "orders"))
+        assert (status, body["error_code"]) == (503, "PipelineInteractionNotDeployed"), route
+        assert body["details"] == {"pipeline_name": "orders", "status": "Stopped", "desired_status": "Stopped"}
+    assert feldera_error(pipeline.stats)[:2] == (503, "PipelineInteractionNotDeployed")
+    # A stopped pipeline's log is what its last run wrote, then its end, at once.
+    started = time.monotonic()
+    stopped = list(client.get_pipeline_logs("orders"))
+    assert time.monotonic() - started < 10 and stopped[-1] == "Logs have ended"
+    assert any(f"checkpoint {sequence} written" in line for line in stopped)
+    assert feldera_error(client.get_pipeline_logs, "nope")[:2] == (404, "UnknownPipelineName")
+    op.assert_alive()
+    assert "Traceback" not in op.log()
+
+
+class NodeKubelet:
+    """A node's kubelet, as far as logs go: the API server's ``pods/log`` asks the pod's node at its
+    ``kubeletEndpoint`` for ``GET /containerLogs/{namespace}/{pod}/{container}`` over TLS (this API server
+    has no kubelet CA, so it does not verify the certificate). It serves the output the stand-in kubelet
+    writes for each pod's process, following it (``follow=true``) until the process is gone."""
+
+    def __init__(self, kubelet: FakeKubelet, certificate: Path, key: Path) -> None:
+        self.kubelet = kubelet
+        self.requests: list[str] = []
+        self.closing = threading.Event()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                outer.requests.append(self.path)
+                url = urllib.parse.urlsplit(self.path)
+                _, _, namespace, pod, _container = url.path.split("/")
+                sts = pod.rsplit("-", 1)[0]
+                log = outer.kubelet.workdir / "pods" / sts / "log"
+                follow = urllib.parse.parse_qs(url.query).get("follow") == ["true"]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                with open(log, "rb") as f:
+                    while True:
+                        chunk = f.read(65536)
+                        if chunk:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                            self.wfile.flush()
+                            continue
+                        process = outer.kubelet.processes.get(sts)
+                        if not follow or process is None or process.poll() is not None or outer.closing.is_set():
+                            break
+                        time.sleep(0.05)
+                self.wfile.write(b"0\r\n\r\n")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate, key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.apiserver
+def test_the_kubernetes_backend_streams_the_pods_log_through_the_api_server(
+        k8s_operator, pipelines, namespace, cluster, kubelet, kstatus):  # noqa: F811
+    role = yaml.safe_load((RBAC / "role.yaml").read_text())
+    assert {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]} in role["rules"]  # deploy/ grants it
+    # The API's own authentication needs TokenReviews (the Role has none to give): not what is tested here.
+    op = k8s_operator(yaml.safe_dump(role), "--api-auth", "none", "--api-default-namespace", namespace)
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(str(cluster.kubeconfig), client_configuration=configuration)
+    core = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(configuration))
+    pki = cluster.plane.workdir / "pki"
+    node_kubelet = NodeKubelet(kubelet, pki / "apiserver.crt", pki / "apiserver.key")
+    node = f"node-{namespace}"[:63]
+    core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+
+    def kubelet_at(port: int) -> None:
+        core.patch_node_status(node, {"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                                                 "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}})
+    kubelet_at(node_kubelet.port)
+    try:
+        uid = pipelines.create("orders", {"desiredStatus": "Provisioned", "program": {"sql": SQL},
+                                          "deployment": {"env": FAST_PIPELINE}})["metadata"]["uid"]
+        kstatus.track(namespace, "orders", expect="Current")
+        pod = f"{child_name(PipelineKey(namespace, 'orders', uid))}-0"
+        wait_for("the pod", lambda: pod in [p.metadata.name for p in core.list_namespaced_pod(namespace).items], 30,
+                 operator=op)
+        # What the scheduler does: the pod goes to the node (whose kubelet the API server asks for its logs).
+        core.create_namespaced_pod_binding(pod, namespace, {
+            "apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node}}, _preload_content=False)
+        pipelines.wait_status("orders", op, deploymentStatus="Running", timeout=40)
+        client = sdk_client(op, cluster, namespace)
+
+        logs = client.get_pipeline_logs("orders")
+        seen: list[str] = []
+        read_until(logs, "reference pipeline listening", seen)
+        sequence = client.checkpoint_pipeline("orders")
+        read_until(logs, f"checkpoint {sequence} written", seen)  # followed: written after the log was asked for
+        assert node_kubelet.requests == [f"/containerLogs/{namespace}/{pod}/pipeline?follow=true&tailLines=50000"]
+
+        # The API server cannot reach the node's kubelet: a clear error, and the operator goes on.
+        kubelet_at(free_port())
+        code, error_code, message = feldera_error(client.get_pipeline_logs, "orders")
+        assert (code, error_code) == (503, "RunnerInteractionUnreachable") and \
+            f"could not read the logs of pod {namespace}/{pod}" in message, message
+
+        # The container ends: so does the log the SDK follows.
+        client.stop_pipeline("orders", force=True, timeout_s=60)
+        assert list(logs)[-1] == "Logs have ended"
+        assert list(client.get_pipeline_logs("orders")) == ["Logs have ended"]  # no pod: nothing to read
+
+        # The operator may not read pods/log: as clear.
+        cluster.apply({**role, "metadata": {**role["metadata"], "namespace": namespace},
+                       "rules": [r for r in role["rules"] if "pods/log" not in r["resources"]]})
+
+        def refused() -> Any:
+            try:
+                answer = raw(op, cluster, namespace, "GET", "logs")
+            except ValueError:  # not refused yet (RBAC takes a moment): the log's text, which has ended
+                return None
+            return answer if answer[0] == 503 else None
+        status, body = wait_for("RBAC to refuse pods/log", refused, 10, operator=op)
+        assert body["error_code"] == "RunnerInteractionUnreachable" and "may not get pods/log" in body["message"]
+        op.assert_alive()
+        assert "Traceback" not in op.log()
+    finally:
+        node_kubelet.close()
+        core.delete_node(node)
