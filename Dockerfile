@@ -27,6 +27,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3.11 ca-c
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels sh /wheels/install.sh /wheels
 ENV PATH=/opt/pipeline-operator/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ENV PYTHONUNBUFFERED=1
+# Two malloc arenas, not eight per core: the operator's threads (Kubernetes clients, watches) would
+# otherwise each keep freed memory in an arena of their own (about 10% of RSS with 200 pipelines).
+ENV MALLOC_ARENA_MAX=2
 LABEL org.opencontainers.image.title="pipeline-operator"
 LABEL org.opencontainers.image.description="Runs data pipelines through Feldera's pipeline lifecycle on Kubernetes and keeps their monitoring history."
 LABEL org.opencontainers.image.version="${VERSION}"

@@ -82,6 +82,15 @@ FLEET_MAIN = ("import asyncio, logging, sys; from pathlib import Path; "
               "asyncio.run(serve_fleet('127.0.0.1', 0, Path(sys.argv[1])))")
 
 
+def image_env(name: str) -> str:
+    """An ``ENV`` the image sets (the Dockerfile's last stage): the benchmark runs the operator as shipped."""
+    found = [line.split("=", 1)[1].strip() for line in (REPO / "Dockerfile").read_text().splitlines()
+             if line.startswith(f"ENV {name}=")]
+    if not found:
+        raise SystemExit(f"the Dockerfile sets no {name}")
+    return found[-1]
+
+
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -347,7 +356,9 @@ class Bench:
         self.kubelet: FleetKubelet | None = None
         self.results: dict[str, Any] = {"pipelines": self.n, "idle_seconds": args.idle_seconds}
         self.event_store = db.url("fleet_events")
-        self.env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig), "PGPASSWORD": db.password}
+        # MALLOC_ARENA_MAX as the image sets it (Dockerfile), for the operator and the floor alike.
+        self.env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig), "PGPASSWORD": db.password,
+                    "MALLOC_ARENA_MAX": image_env("MALLOC_ARENA_MAX")}
 
     def start(self, name: str, cmd: list[str], **env: str) -> Process:
         process = Process(name, cmd, {**self.env, **env}, self.workdir / f"{name}.log")

@@ -133,17 +133,21 @@ class FakeKubelet(threading.Thread):
                     del self.processes[name]
         for name in list(self.processes):
             if name not in statefulsets:  # deleted: the pod goes
-                self.kill_pod(name)
+                self._remove_pod(name)
                 del self.processes[name]
-                self.ready.discard(name)
-                self.restarts.pop(name, None)
-                try:
-                    self.core.delete_namespaced_pod(f"{name}-0", ns, grace_period_seconds=0)
-                except ApiException as exc:
-                    if exc.status != 404:
-                        raise
         for pvc in self.core.list_namespaced_persistent_volume_claim(ns).items:
             self._sync_claim(pvc)
+
+    def _remove_pod(self, name: str) -> None:
+        """The StatefulSet is gone: its pod's process ends, the pod is deleted and forgotten."""
+        self.kill_pod(name)
+        self.ready.discard(name)
+        self.restarts.pop(name, None)
+        try:
+            self.core.delete_namespaced_pod(f"{name}-0", self.namespace, grace_period_seconds=0)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def _create_pod(self, sts: Any) -> None:
         template = self.apps.api_client.sanitize_for_serialization(sts.spec.template)
@@ -420,6 +424,10 @@ class FleetKubelet(FakeKubelet):
         for name, key, started in pool.map(lambda item: (item[0], item[2], self._start_fleet(*item)), to_start):
             if started:
                 self._registered(name, key)
+        listening = [(key, address) for _, _, key, address, _ in to_report if address is not None]
+        if listening:  # a Service's name resolves before its pod is ready: the address first, then readiness
+            self.endpoints.update(listening)
+            self._write_endpoints()
         for name, ready, restart in pool.map(lambda item: self._report(*item), to_report):
             if ready:
                 self.ready.add(name)
@@ -428,18 +436,9 @@ class FleetKubelet(FakeKubelet):
             if restart:
                 self._live[self.registered[name]] = max(0, self._live.get(self.registered[name], 0) - 1)
                 self._registered(name, self.registered[name])
-        if any(item[3] is not None for item in to_report):
-            self._write_endpoints()
         for name in [n for n in self.registered if n not in statefulsets]:  # deleted: the pod goes
-            self.kill_pod(name)
+            self._remove_pod(name)
             del self.registered[name]
-            self.ready.discard(name)
-            self.restarts.pop(name, None)
-            try:
-                self.core.delete_namespaced_pod(f"{name}-0", ns, grace_period_seconds=0)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
         in_use = {self._claim_of(statefulsets[n]) for n in self.registered if n in statefulsets}
         for claim in claims.values():
             self._sync_claim_json(claim, in_use)
@@ -459,7 +458,6 @@ class FleetKubelet(FakeKubelet):
         """Write a pipeline's readiness (it listens at ``address``); a container that exited is restarted
         (registered again): (its name, whether it is ready, whether it was restarted)."""
         if address is not None:
-            self.endpoints[key] = address
             self._set_ready_json(sts, 1)
             self._pod_status(name, ready=True)
             return name, True, False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -106,6 +107,51 @@ def test_a_leader_that_cannot_renew_gives_up_within_the_renew_deadline(cluster, 
             assert time.monotonic() - started < FAST_LEASE.duration
             with pytest.raises(Fenced, match="testing"):
                 await kube.call(lambda: None)
+        finally:
+            await kube.close()
+    asyncio.run(scenario())
+
+
+def test_renewals_go_on_while_the_operators_loop_is_blocked_and_a_loss_fences_at_once(cluster, namespace):
+    """hold_apart renews from a thread of its own: a loop busy for longer than the Lease lasts keeps
+    the leadership, and losing it calls on_lost even while that loop is still busy."""
+    async def scenario() -> None:
+        kube = kube_for(cluster)
+        elector = LeaderElector(kube, namespace, "apart", "busy", FAST_LEASE)
+        fenced: list[tuple[str, str]] = []
+        try:
+            assert await elector.try_acquire_or_renew()
+            holding = asyncio.create_task(elector.hold_apart(
+                on_lost=lambda reason: fenced.append((reason, threading.current_thread().name))))
+            await asyncio.sleep(0.1)  # the thread has started
+            before = lease(cluster, namespace, "apart")["spec"]["renewTime"]
+            time.sleep(FAST_LEASE.duration + 1)  # noqa: ASYNC251 - the point: the loop is blocked, nothing of it runs
+            record = lease(cluster, namespace, "apart")["spec"]
+            assert record["holderIdentity"] == "busy" and record["renewTime"] > before, (before, record)
+            assert not holding.done() and not fenced
+
+            kube.fence("testing")  # renewals now fail, as with an unreachable API server
+            time.sleep(FAST_LEASE.renew_deadline + 1)  # noqa: ASYNC251 - blocked again: the thread gives up alone
+            assert fenced == [(f"the Lease {namespace}/apart was not renewed within 2 s", "leader-election")]
+            assert await asyncio.wait_for(holding, 5) == fenced[0][0]
+        finally:
+            await kube.close()
+    asyncio.run(scenario())
+
+
+def test_a_leader_stopping_on_its_own_stops_renewing_before_it_releases(cluster, namespace):
+    async def scenario() -> None:
+        kube = kube_for(cluster)
+        elector = LeaderElector(kube, namespace, "apart", "leaving", FAST_LEASE)
+        try:
+            assert await elector.try_acquire_or_renew()
+            holding = asyncio.create_task(elector.hold_apart(on_lost=lambda reason: None))
+            await asyncio.sleep(1)
+            holding.cancel()  # shutdown: the operator cancels its helpers, then releases
+            await elector.release()
+            assert not any(t.name == "leader-election" for t in threading.enumerate())
+            await asyncio.sleep(FAST_LEASE.retry_period * 2)  # no renewal comes after the release
+            assert lease(cluster, namespace, "apart")["spec"].get("holderIdentity") is None
         finally:
             await kube.close()
     asyncio.run(scenario())

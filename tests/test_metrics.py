@@ -97,6 +97,7 @@ def test_a_lifecycle_shows_in_metrics_and_the_dashboard_and_alerts_query_only_ex
     assert value(text, "pipeline_operator_monitor_events_total", kind="status") > 0
     assert value(text, "pipeline_operator_event_recording_seconds_count") > 0
     assert value(text, "pipeline_operator_event_store_appended_total") > 0
+    assert value(text, "pipeline_operator_event_store_commit_seconds_count") > 0
     assert value(text, "pipeline_operator_api_requests_total", route="/v0/pipelines/{name}/events", code="200") == 1
     # Bounded labels: a pipeline's name is never a label value (the route template stands for it).
     assert not [s for s in samples(text) if {"orders", "broken"} & {v for v in s.labels.values()}]
@@ -120,7 +121,8 @@ def test_dashboard_covers_every_lifecycle_metric():
               "pipeline_operator_kubernetes_events_posted_total", "pipeline_operator_kubernetes_events_dropped_total",
               "pipeline_operator_status_write_conflicts_total", "pipeline_operator_event_store_appended_total",
               "pipeline_operator_event_store_queued", "pipeline_operator_event_store_dropped_total",
-              "pipeline_operator_event_recording_seconds_bucket", "pipeline_operator_api_requests_total",
+              "pipeline_operator_event_recording_seconds_bucket", "pipeline_operator_event_store_commit_seconds_bucket",
+              "pipeline_operator_api_requests_total",
               "pipeline_operator_api_request_seconds_bucket", "pipeline_operator_provisioning_timeout_ratio",
               "pipeline_operator_runtime_unavailable_seconds"}
     assert wanted <= used, sorted(wanted - used)

@@ -6,6 +6,7 @@ test_store_postgres.py (the server)."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import sqlite3
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pipeline_operator import store_postgres
 from pipeline_operator.core.emission import UuidV7, make_event
 from pipeline_operator.identity import PipelineKey
 from pipeline_operator.models import EventStatus, ProgramStatus, ResourcesDesiredStatus, ResourcesStatus, StorageStatus
-from pipeline_operator.store import SCHEMA_VERSION, EventStorage, open_event_store
+from pipeline_operator.store import COMMIT_BUCKETS, SCHEMA_VERSION, EventStorage, open_event_store
 
 KEY = PipelineKey("ns", "orders", "uid-1")
 OTHER = PipelineKey("ns", "orders", "uid-2")  # the same name, re-created
@@ -110,6 +111,17 @@ def test_append_and_list_newest_first_with_details(store):
     assert store.latest(KEY.uid) == batch[-1]
     assert store.get(KEY.uid, batch[3].event_id) == batch[3]
     assert store.count(OTHER.uid) == 0
+
+
+def test_the_writers_transactions_are_timed_for_the_metrics(store):
+    buckets, total = store.commit_seconds()
+    assert buckets[-1] == (math.inf, 0) and total == 0
+    store.append(KEY, events(3))
+    assert store.flush()
+    buckets, total = store.commit_seconds()
+    counts = [count for _, count in buckets]
+    assert counts == sorted(counts) and counts[-1] >= 1 and total > 0  # cumulative, as Prometheus' buckets
+    assert [bound for bound, _ in buckets] == [*COMMIT_BUCKETS, math.inf]
 
 
 def test_same_time_events_are_ordered_by_event_id(store):

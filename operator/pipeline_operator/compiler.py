@@ -817,6 +817,10 @@ class Compiler:
         self._jobs: dict[str, _Job] = {}
         self._listeners: dict[str, set[Callable[[], None]]] = {}
         self._limit = asyncio.Semaphore(concurrency)
+        # Programs whose artifact was seen on disk: every monitoring pass asks, and a stat() per pass
+        # and pipeline is a blocking call on the event loop. A vanished artifact is noticed when
+        # provisioning reads it (``artifact`` forgets it, and the program is compiled again).
+        self._present: set[str] = set()
 
     def artifact_path(self, digest: str) -> Path:
         return self.folder / f"{digest}.json"
@@ -825,13 +829,15 @@ class Compiler:
         try:
             return cast(dict[str, Any], json.loads(self.artifact_path(digest).read_text()))
         except (OSError, ValueError):
+            self._present.discard(digest)
             return None
 
     def observe(self, digest: str) -> ProgramObservation:
         job = self._jobs.get(digest)
         if job is not None:
             return ProgramObservation(program_digest=digest, status=job.status, error=job.error)
-        if self.artifact_path(digest).exists():
+        if digest in self._present or self.artifact_path(digest).exists():
+            self._present.add(digest)
             return ProgramObservation(program_digest=digest, status=ProgramStatus.SUCCESS)
         return ProgramObservation(program_digest=digest, status=ProgramStatus.PENDING)
 

@@ -339,7 +339,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     poster.start()
     metrics = Metrics()
     metrics.count_kubernetes_events(lambda: (poster.posted, poster.dropped))
-    metrics.watch_event_store(store.stats)
+    metrics.watch_event_store(store.stats, store.commit_seconds)
     backend = make_backend(settings, kube, on_child_change=lambda uid: _wake(ctx, uid))
     recorder = Recorder(store, poster)
     ctx = Context(settings=settings, kube=kube, backend=backend,
@@ -359,7 +359,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
         host, _, port = settings.api_listen.rpartition(":")
         api = ApiServer(ApiDeps(pipelines=ServedPipelines(ctx.monitors, cache), events=store, kube=api_kube,
                                 endpoint=ctx.backend.endpoint, runtime=ctx.runtime, artifact=ctx.compiler.artifact,
-                                metrics=metrics, learn_token=ctx.backend.learn_token),
+                                metrics=metrics, learn_token=ctx.backend.learn_token, logs=ctx.backend.logs),
                         auth=settings.api_auth, default_namespace=settings.api_default_namespace,
                         max_concurrency=settings.api_max_concurrency, audience=settings.api_audience,
                         auth_concurrency=settings.api_auth_concurrency, auth_rate=settings.api_auth_rate,
@@ -448,11 +448,15 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                                                  "; a standby serves the API only with a shared (postgresql://) "
                                                  "event store and the Kubernetes backend"))
 
-    async def keep_leading(elector: LeaderElector) -> None:
-        reason = await elector.hold()
-        lost.append(reason)
-        kube.fence(reason)  # no call goes out from now on: a standby may take over in a few seconds
+    def fence(reason: str) -> None:
+        """No call goes out from now on: a standby may take over in a few seconds (called from the
+        elector's own thread, at once, however busy this loop is)."""
+        kube.fence(reason)
         events_kube.fence(reason)
+
+    async def keep_leading(elector: LeaderElector) -> None:
+        reason = await elector.hold_apart(on_lost=fence)
+        lost.append(reason)
         log.error("leader election: %s lost the leadership (%s); it stops acting now and exits, and comes back as "
                   "a standby", elector.identity, reason)
         stopping.set()

@@ -173,6 +173,7 @@ class Informer:
         """Write through an object the operator itself just created or read, so that a reader sees it
         before the watch delivers it. Kept unless the cache already holds a newer version; a watch event
         older than it does not replace it."""
+        obj = _trimmed(obj)
         meta = obj.get("metadata") or {}
         bucket = self._objects.setdefault(str(meta.get("namespace") or ""), {})
         held = bucket.get(str(meta.get("name")))
@@ -293,7 +294,7 @@ class Informer:
             with self._open(stream, query, LIST_READ_TIMEOUT) as response:
                 page = json.loads(response.read())
             self._count("pages")
-            items.extend(page.get("items") or [])
+            items.extend(_trimmed(o) for o in page.get("items") or [])
             meta = page.get("metadata") or {}
             version = str(meta.get("resourceVersion") or version)
             token = meta.get("continue")
@@ -311,7 +312,7 @@ class Informer:
             self._count("watches")
             for line in _lines(response):
                 event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
+                kind, obj = event.get("type"), _trimmed(event.get("object") or {})
                 if kind == "ERROR":
                     if obj.get("code") == 410:
                         raise _Expired(str(obj.get("message") or "resourceVersion too old"))
@@ -438,6 +439,15 @@ class Informer:
 
 class _LoopClosed(Exception):
     """The event loop the cache lives on is closed: the thread ends."""
+
+
+def _trimmed(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object without ``metadata.managedFields`` (client-go's usual informer transform): server-side
+    apply's bookkeeping is often the largest part of an object, and no reader of the cache uses it."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    return obj
 
 
 def _lines(response: urllib3.response.BaseHTTPResponse) -> Iterator[bytes]:

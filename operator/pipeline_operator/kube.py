@@ -81,8 +81,14 @@ class Kube:
             raise Fenced(f"no call to the Kubernetes API: {self.fenced}")
         kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
         loop = asyncio.get_running_loop()
+
+        def send() -> Any:  # checked again in the worker: a call queued before the fence is not sent either
+            if self.fenced is not None:
+                raise Fenced(f"no call to the Kubernetes API: {self.fenced}")
+            return fn(*args, **kwargs)
+
         try:
-            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+            return await loop.run_in_executor(self._pool, send)
         except urllib3.exceptions.HTTPError as exc:  # connection refused or reset, timeouts, retries used up
             raise Unavailable(f"the Kubernetes API server is unreachable ({_cause(exc)})") from exc
 

@@ -17,13 +17,16 @@ the Lease, so a standby takes over at its next try instead of waiting out ``dura
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes
@@ -55,8 +58,15 @@ def default_identity() -> str:
     return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
-def _micro_time(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def lease_now() -> str:
+    """Now as a Lease's ``MicroTime``."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def lease_record(holder: str, seconds: int, transitions: int, acquired: str) -> dict[str, Any]:
+    """A Lease's ``spec`` as this holder writes it, renewed now (leader election and namespace claims alike)."""
+    return {"holderIdentity": holder, "leaseDurationSeconds": seconds, "acquireTime": acquired,
+            "renewTime": lease_now(), "leaseTransitions": transitions}
 
 
 class LeaderElector:
@@ -76,6 +86,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._last_renewal = 0.0
         self._api = kubernetes.client.CoordinationV1Api(kube.api_client)
+        self._apart: tuple[threading.Thread, asyncio.AbstractEventLoop, asyncio.Task[str]] | None = None
 
     # -- one try ---------------------------------------------------------------------------------
 
@@ -93,9 +104,7 @@ class LeaderElector:
         return (min(2.0, self.timing.retry_period), self.timing.retry_period * 2)
 
     def _record(self, holder: str, transitions: int, acquired: str) -> dict[str, Any]:
-        return {"holderIdentity": holder, "leaseDurationSeconds": max(1, int(round(self.timing.duration))),
-                "acquireTime": acquired, "renewTime": _micro_time(dt.datetime.now(dt.UTC)),
-                "leaseTransitions": transitions}
+        return lease_record(holder, max(1, int(round(self.timing.duration))), transitions, acquired)
 
     async def try_acquire_or_renew(self) -> bool:
         """One attempt (client-go's ``tryAcquireOrRenew``): True when this candidate holds the Lease
@@ -108,7 +117,7 @@ class LeaderElector:
                         "metadata": {"name": self.name, "namespace": self.namespace,
                                      "labels": {"app.kubernetes.io/name": "pipeline-operator",
                                                 "app.kubernetes.io/component": "leader-election"}},
-                        "spec": self._record(self.identity, 0, _micro_time(dt.datetime.now(dt.UTC)))}
+                        "spec": self._record(self.identity, 0, lease_now())}
                 await self.kube.call(self._api.create_namespaced_lease, self.namespace, body,
                                      _request_timeout=self._timeout())
                 return self._won(now, fresh=True)
@@ -123,8 +132,8 @@ class LeaderElector:
             if holder and holder != self.identity and self._observed_at + duration > now:
                 return False
             transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
-            acquired = spec.get("acquireTime") if holder == self.identity else _micro_time(dt.datetime.now(dt.UTC))
-            lease["spec"] = self._record(self.identity, transitions, acquired or _micro_time(dt.datetime.now(dt.UTC)))
+            acquired = spec.get("acquireTime") if holder == self.identity else lease_now()
+            lease["spec"] = self._record(self.identity, transitions, acquired or lease_now())
             await self.kube.call(self._api.replace_namespaced_lease, self.name, self.namespace, lease,
                                  _request_timeout=self._timeout())
             return self._won(now, fresh=holder != self.identity)
@@ -186,8 +195,58 @@ class LeaderElector:
                     return f"the Lease {self.namespace}/{self.name} is held by {self.holder}"
                 await asyncio.sleep(min(self.timing.retry_period / 4, max(0.0, deadline - time.monotonic())))
 
+    async def hold_apart(self, on_lost: Callable[[str], None]) -> str:
+        """:meth:`hold` on an event loop of its own, in a thread of its own, so that no renewal waits
+        for the operator's loop, however busy thousands of pipelines keep it (client-go renews from a
+        goroutine of its own for the same reason). ``on_lost`` runs in that thread the moment the
+        leadership is lost, before any standby can take over: it fences the operator's clients even
+        while the operator's loop is busy. Returns why it was lost; cancelled, it stops renewing."""
+        main = asyncio.get_running_loop()
+        lost: asyncio.Future[str] = main.create_future()
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(self.hold())
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                reason = loop.run_until_complete(task)
+            except asyncio.CancelledError:
+                return
+            finally:
+                loop.run_until_complete(loop.shutdown_default_executor())
+                loop.close()
+            on_lost(reason)
+
+            def report() -> None:
+                if not lost.done():
+                    lost.set_result(reason)
+            with contextlib.suppress(RuntimeError):  # the operator's loop has ended already
+                main.call_soon_threadsafe(report)
+
+        thread = threading.Thread(target=run, name="leader-election", daemon=True)
+        self._apart = (thread, loop, task)
+        thread.start()
+        try:
+            return await lost
+        finally:
+            await self._stop_apart()
+
+    async def _stop_apart(self) -> None:
+        """Stop renewing from the thread of :meth:`hold_apart` (and wait for it: nothing renews the Lease
+        while :meth:`release` gives it up)."""
+        if self._apart is None:
+            return
+        thread, loop, task = self._apart
+        self._apart = None
+        try:
+            loop.call_soon_threadsafe(task.cancel)
+        except RuntimeError:
+            pass  # its loop has ended already: leadership was lost
+        await asyncio.to_thread(thread.join, self.timing.retry_period * 4)
+
     async def release(self) -> None:
         """Give the Lease up (a leader stopping on its own): a standby takes it at its next try."""
+        await self._stop_apart()
         if not self.is_leader:
             return
         self.is_leader = False
@@ -196,7 +255,7 @@ class LeaderElector:
             if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
                 return
             spec = lease["spec"]
-            now = _micro_time(dt.datetime.now(dt.UTC))
+            now = lease_now()
             lease["spec"] = {"holderIdentity": None, "leaseDurationSeconds": 1, "acquireTime": now, "renewTime": now,
                              "leaseTransitions": spec.get("leaseTransitions") or 0}
             await self.kube.call(self._api.replace_namespaced_lease, self.name, self.namespace, lease,

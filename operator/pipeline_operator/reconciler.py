@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -327,6 +328,9 @@ class PipelineMonitor:
         self._pass_done = asyncio.Event()  # set, and replaced, after every pass
         self.blocked: str | None = None  # a permission the operator lacks, as a Stalled condition says
         self.unreachable = False  # the last pass failed because the API server could not be reached
+        # What an idle pass would compute again, kept from the last one (see ``_desired_of`` and ``record``).
+        self._desired: tuple[str | None, Desired, PipelineSpec] | None = None
+        self._recorded: tuple[Desired, PipelineState, str | None] | None = None
 
     # -- the newest object (:class:`NewestVersion`) -------------------------------------------
 
@@ -351,6 +355,7 @@ class PipelineMonitor:
         self.conditions = list(status.conditions)
         self.history = list(status.history)
         self.written = obj.get("status") or {}
+        self._recorded = None
         if self.history:
             recorded = history_event(self.history[0], self.state.deployment_error)
             if self.last_event is None or recorded.recorded_at >= self.last_event.recorded_at:
@@ -376,7 +381,7 @@ class PipelineMonitor:
             if stored is not None and (self.last_event is None or stored.recorded_at >= self.last_event.recorded_at):
                 self.last_event = stored
             self._seeded = generation
-        desired, spec = desired_of(obj)
+        desired, spec = self._desired_of(obj)
         try:
             observation = await self.observe(desired, self.state)
         except Forbidden as exc:
@@ -412,6 +417,16 @@ class PipelineMonitor:
         delay = self.ctx.settings.monitor_period(transitional)
         return min(delay, _QUICK_REPOLL) if quick else delay
 
+    def _desired_of(self, obj: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
+        """``desired_of`` once per version of the object: validating the spec is most of an idle pass's
+        own work otherwise (every version has its own resourceVersion)."""
+        rv = _rv(obj)
+        if self._desired is not None and rv is not None and self._desired[0] == rv:
+            return self._desired[1], self._desired[2]
+        desired, spec = desired_of(obj)
+        self._desired = (rv, desired, spec)
+        return desired, spec
+
     async def _blocked(self, desired: Desired, problem: str) -> float:
         """The operator lacks a permission: say so in a Stalled condition and in the log, and retry."""
         if problem != self.blocked:
@@ -428,6 +443,7 @@ class PipelineMonitor:
                                                            self.obj["metadata"]["resourceVersion"], body)
                 self.adopt(updated)
                 self.written = body
+                self._recorded = None
                 self.conditions = list(status.conditions)
             except Conflict:
                 if self.ctx.metrics is not None:
@@ -455,6 +471,13 @@ class PipelineMonitor:
     async def record(self, desired: Desired, decision: Decision, emitted: Sequence[Emitted],
                      now: dt.datetime) -> None:
         """Write status (with the new history entries) if anything a reader sees changed."""
+        # The status is a function of these (the conditions' times move only when they flip): when a
+        # pass ends where the last one did and records nothing, building and comparing it again is
+        # the bulk of an idle pass's work, and cannot lead to a write.
+        recorded = (desired, decision.state, self.blocked)
+        if not emitted and recorded == self._recorded:
+            self.state = decision.state
+            return
         history = self.history
         if emitted:
             fresh = [history_entry(e.event) for e in reversed(emitted)]
@@ -463,6 +486,7 @@ class PipelineMonitor:
         body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
         if not emitted and self.written is not None and _without_details(body) == _without_details(self.written):
             self.state = decision.state
+            self._recorded = recorded
             return
         assert self.obj is not None
         rv = self.obj["metadata"]["resourceVersion"]
@@ -486,6 +510,7 @@ class PipelineMonitor:
         updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name, rv, body)
         self.adopt(updated)
         self.written = body
+        self._recorded = None
         self.state = decision.state
         self.conditions = list(status.conditions)
         self.history = history
@@ -613,7 +638,7 @@ class PipelineMonitor:
             self._passed()
             if delay <= 0 or self.wake.is_set():
                 continue
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            # A timeout scope, not wait_for: no task per pass (thousands of loops wait here at once).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self.wake.wait()

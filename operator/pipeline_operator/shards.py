@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import logging
 import math
 import time
@@ -38,19 +37,12 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from .kube import Kube, Unavailable
+from .leader import lease_now, lease_record
 
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "pipeline-operator-shard"
 CLAIM_LEASE_DURATIONS = 4  # a claim lasts this many leader-election Lease durations
-
-
-def _micro_time(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _now() -> str:
-    return _micro_time(dt.datetime.now(dt.UTC))
 
 
 @dataclasses.dataclass
@@ -184,7 +176,7 @@ class NamespaceClaims:
                         "metadata": {"name": LEASE_NAME, "namespace": namespace,
                                      "labels": {"app.kubernetes.io/name": "pipeline-operator",
                                                 "app.kubernetes.io/component": "shard-claim"}},
-                        "spec": self._record(0, _now())}
+                        "spec": self._record(0, lease_now())}
                 await self.kube.call(self._api.create_namespaced_lease, namespace, body,
                                      _request_timeout=self._timeout())
                 self._won(namespace, claim, now, previous=None)
@@ -203,7 +195,7 @@ class NamespaceClaims:
                     return True
             ours = holder == self.shard
             transitions = int(spec.get("leaseTransitions") or 0) + (0 if ours else 1)
-            lease["spec"] = self._record(transitions, (spec.get("acquireTime") if ours else None) or _now())
+            lease["spec"] = self._record(transitions, (spec.get("acquireTime") if ours else None) or lease_now())
             await self.kube.call(self._api.replace_namespaced_lease, LEASE_NAME, namespace, lease,
                                  _request_timeout=self._timeout())
             self._won(namespace, claim, now, previous=holder)
@@ -215,8 +207,7 @@ class NamespaceClaims:
 
     def _record(self, transitions: int, acquired: str) -> dict[str, Any]:
         # Rounded up: another shard waits at least as long as this one counts on.
-        return {"holderIdentity": self.shard, "leaseDurationSeconds": max(1, math.ceil(self.duration)),
-                "acquireTime": acquired, "renewTime": _now(), "leaseTransitions": transitions}
+        return lease_record(self.shard, max(1, math.ceil(self.duration)), transitions, acquired)
 
     # -- outcomes --------------------------------------------------------------------------------
 

@@ -33,9 +33,12 @@ events from ``status.history`` (the older ones are lost, and the log says where 
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import functools
 import json
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -43,7 +46,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -62,6 +65,7 @@ SCHEMA_VERSION = 1
 PRUNE_INTERVAL = 30.0
 CHECK_INTERVAL = 1.0  # how often an idle writer checks that the file is still the one it opened
 MAX_BATCH = 5000  # events per transaction: keeps the write-ahead log small
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
 DEFAULT_QUEUE_LIMIT = 100_000
 _SIDE_FILES = ("-wal", "-shm")
 _CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
@@ -157,6 +161,8 @@ class EventStorage(Protocol):
 
     def stats(self) -> dict[str, int]: ...
 
+    def commit_seconds(self) -> tuple[list[tuple[float, int]], float]: ...
+
     def flush(self, timeout: float = 30.0) -> bool: ...
 
     def prune_now(self) -> None: ...
@@ -236,6 +242,8 @@ class QueuedEventStore:
         self._pending = 0
         self._idle = threading.Condition()
         self._writer: threading.Thread | None = None
+        self._commits = [0] * (len(COMMIT_BUCKETS) + 1)  # commits by duration bucket (the last: slower)
+        self._commit_sum = 0.0
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -271,6 +279,26 @@ class QueuedEventStore:
         commits, events waiting to be written, events written, and the store's generation."""
         return {"dropped": self.dropped, "write_failures": self.write_failures, "queued": self.queue_length,
                 "appended": self.appended, "generation": self.generation}
+
+    def commit_seconds(self) -> tuple[list[tuple[float, int]], float]:
+        """How long the writer's transactions took: cumulative counts by upper bound (Prometheus'
+        histogram buckets, ``inf`` last) and their total."""
+        with self._idle:
+            counts, total = list(self._commits), self._commit_sum
+        cumulative, running = [], 0
+        for bound, count in zip([*COMMIT_BUCKETS, math.inf], counts, strict=True):
+            running += count
+            cumulative.append((bound, running))
+        return cumulative, total
+
+    def _timed_commit(self, commit: Callable[[], None]) -> None:
+        """One transaction of the writer, timed for :meth:`commit_seconds`."""
+        started = time.monotonic()
+        commit()
+        took = time.monotonic() - started
+        with self._idle:
+            self._commits[bisect.bisect_left(COMMIT_BUCKETS, took)] += 1
+            self._commit_sum += took
 
     def _enqueue(self, batch: _Batch) -> None:
         if self._closed:
@@ -523,7 +551,7 @@ class EventStore(QueuedEventStore):
                     self._suspect = False
                     self._check_content()
                 if held:
-                    self._commit(conn, held)
+                    self._timed_commit(functools.partial(self._commit, conn, held))
             except (_Moved, sqlite3.DatabaseError) as found:
                 exc: BaseException = found
                 if isinstance(found, _Moved) or is_corrupt(found) or schema_gone(found):

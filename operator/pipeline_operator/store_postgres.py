@@ -29,6 +29,7 @@ The same semantics as the SQLite store (:mod:`.store`), mapped onto a server:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -207,7 +208,7 @@ class PostgresEventStore(QueuedEventStore):
                 if conn is None:
                     conn = self._connect()
                 if held:
-                    self._commit(conn, held)
+                    self._timed_commit(functools.partial(self._commit, conn, held))
             except (psycopg.Error, SchemaTooNew) as exc:
                 _close_quietly(conn)
                 conn = None

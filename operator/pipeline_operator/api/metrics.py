@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from ..core.lifecycle import PipelineState
@@ -118,9 +119,11 @@ class Metrics:
         """Kubernetes Events posted and dropped (``counts`` returns them), read at each scrape."""
         self.registry.register(_KubernetesEvents(counts))
 
-    def watch_event_store(self, stats: Callable[[], dict[str, int]]) -> None:
-        """The event store's writer (``stats`` is :meth:`store.EventStorage.stats`), read at each scrape."""
-        self.registry.register(_EventStoreWriter(stats))
+    def watch_event_store(self, stats: Callable[[], dict[str, int]],
+                          commits: Callable[[], tuple[list[tuple[float, int]], float]]) -> None:
+        """The event store's writer (``stats`` and ``commits`` are :meth:`store.EventStorage.stats` and
+        :meth:`~store.EventStorage.commit_seconds`), read at each scrape."""
+        self.registry.register(_EventStoreWriter(stats, commits))
 
 
 class _PipelineCollector(Collector):
@@ -159,10 +162,18 @@ class _PipelineCollector(Collector):
 
 
 class _EventStoreWriter(Collector):
-    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, stats: Callable[[], dict[str, int]],
+                 commits: Callable[[], tuple[list[tuple[float, int]], float]]) -> None:
         self.stats = stats
+        self.commits = commits
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        buckets, total = self.commits()
+        yield HistogramMetricFamily("pipeline_operator_event_store_commit_seconds", "Duration of the event store "
+                                    "writer's transactions (each writes what was queued, up to 5,000 events)",
+                                    buckets=[("+Inf" if math.isinf(bound) else str(bound), count)
+                                             for bound, count in buckets],
+                                    sum_value=total)
         stats = self.stats()
         yield CounterMetricFamily("pipeline_operator_event_store_dropped", "Monitor events not written to the "
                                   "event store because its queue was full (the store could not keep up or "
