@@ -26,6 +26,7 @@ from typing import Any
 import kopf
 import kubernetes
 
+from . import kube_events, memory
 from .api import ApiDeps, ApiServer, Metrics
 from .api.follow import FollowLimits
 from .backends import Backend as BackendProtocol
@@ -326,7 +327,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     # Events, the HTTP API's reviews and writes, and (below) the leader election and the watches
     # never wait behind one another (docs/architecture.md).
     kube = Kube(field_manager=settings.operator_name)
-    events_kube = Kube(field_manager=settings.operator_name, workers=4)
+    events_kube = Kube(field_manager=settings.operator_name, workers=kube_events.WORKERS)
     api_kube = Kube(field_manager=settings.operator_name, workers=8)
     store = await asyncio.to_thread(open_event_store, settings.event_store, settings.events_retention,
                                     settings.events_prune_interval, settings.event_store_queue_limit)
@@ -421,7 +422,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     # The backend's watches start at once (a standby that takes over has them in sync already); the
     # loops start only once they have listed everything, so that no pass decides from a partial view.
     backend_started = asyncio.create_task(ctx.backend.start())
-    helpers = [asyncio.create_task(mark_ready()), backend_started]
+    helpers = [asyncio.create_task(mark_ready()), backend_started, asyncio.create_task(memory.keep_trimming())]
     if stop_flag is not None:
         helpers.append(asyncio.create_task(follow_stop_flag(stop_flag)))
     shard = settings.shard()

@@ -6,7 +6,8 @@
 - Heartbeats and details-only events are aggregated as client-go does: one Event per pipeline
   and reason (a deterministic name) whose ``count`` and ``lastTimestamp`` advance, so a week of
   heartbeats is one line in ``kubectl describe``, not a thousand objects.
-- Posting is asynchronous (a queue and one worker) and rate-limited per pipeline (a token
+- Posting is asynchronous (queues and :data:`WORKERS` workers, each pipeline's Events in order
+  on one of them) and rate-limited per pipeline (a token
   bucket: a burst of 25, then one per 10 s; what is over the limit is not posted, as client-go's
   spam filter does; it stays in the store and the history). A failed post is retried a bounded
   number of times and never blocks reconciliation.
@@ -43,7 +44,9 @@ AGGREGATED = {EmissionKind.HEARTBEAT: "heartbeat", EmissionKind.DETAILS: "detail
 BURST = 25
 REFILL_SECONDS = 10.0
 ATTEMPTS = 4  # one try and three retries, 0.5, 1 and 2 s apart
-QUEUE_LIMIT = 10_000
+QUEUE_LIMIT = 10_000  # Events waiting, in all
+WORKERS = 4  # posts under way at once (the Events client's pool has as many threads): a thousand pipelines
+# starting at once record some ten thousand Events, which one worker posted for minutes
 ANNOTATION_REQUESTED_BY = "dataflow.dev/requested-by"
 MAX_REQUESTER = 253  # characters of the user name kept in the annotation
 # Events recorded this long after a request are attributed to it: a start provisions for up to the
@@ -117,26 +120,30 @@ class EventPoster:
         self.component = component
         self.requester = requester
         self.instance = socket.gethostname()
-        self._queue: asyncio.Queue[_Post] = asyncio.Queue(QUEUE_LIMIT)
+        # A pipeline's Events go to one queue (by its uid), so they are posted in order and its aggregated
+        # Events are never written by two workers at once.
+        self._queues: list[asyncio.Queue[_Post]] = [asyncio.Queue(QUEUE_LIMIT // WORKERS) for _ in range(WORKERS)]
         self._buckets: dict[str, _Bucket] = {}
         self._counts: dict[str, int] = {}  # aggregated Event name -> count we last wrote
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.posted = 0
         self.dropped = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._work(), name="kubernetes-events")
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._work(q), name=f"kubernetes-events-{i}")
+                           for i, q in enumerate(self._queues)]
 
     # The timeout bounds the drain only; the task is cancelled after it either way (no TimeoutError for the caller).
     async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        if self._task is None:
+        if not self._tasks:
             return
         try:
-            await asyncio.wait_for(self._queue.join(), timeout)
+            await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues)), timeout)
         except TimeoutError:
-            log.warning("%d Kubernetes Events not posted at shutdown", self._queue.qsize())
-        self._task.cancel()
+            log.warning("%d Kubernetes Events not posted at shutdown", sum(q.qsize() for q in self._queues))
+        for task in self._tasks:
+            task.cancel()
 
     def submit(self, key: PipelineKey, emitted: Sequence[Emitted], reasons: Sequence[str]) -> None:
         """Queue the Events for one pass's monitor events; never waits."""
@@ -159,8 +166,8 @@ class EventPoster:
                 log.debug("%s: Event %s over the rate limit: not posted", key, reason)
                 continue
             try:
-                self._queue.put_nowait(_Post(key, reason, event_type, message, aggregate, item.event.recorded_at,
-                                             requested_by))
+                self._queues[hash(key.uid) % WORKERS].put_nowait(
+                    _Post(key, reason, event_type, message, aggregate, item.event.recorded_at, requested_by))
             except asyncio.QueueFull:
                 self.dropped += 1
                 log.warning("%s: the Kubernetes Event queue is full: %s not posted", key, reason)
@@ -186,9 +193,9 @@ class EventPoster:
     def _aggregate_name(key: PipelineKey, suffix: str) -> str:
         return f"{key.name}.{key.uid[:8]}.{suffix}"[:253]
 
-    async def _work(self) -> None:
+    async def _work(self, queue: asyncio.Queue[_Post]) -> None:
         while True:
-            post = await self._queue.get()
+            post = await queue.get()
             try:
                 backoff = Backoff(initial=0.5, maximum=2.0, attempts=ATTEMPTS)
                 while True:
@@ -209,7 +216,7 @@ class EventPoster:
             except Exception:  # never let one Event stop the worker
                 log.exception("%s: posting Event %s failed", post.key, post.reason)
             finally:
-                self._queue.task_done()
+                queue.task_done()
 
     def _body(self, post: _Post, name: str | None) -> dict[str, Any]:
         meta: dict[str, Any] = {"namespace": post.key.namespace}
