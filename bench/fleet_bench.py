@@ -310,7 +310,9 @@ class Process:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> tuple[float, bool]:
+        """Stop it with ``sig`` (SIGKILL after ``timeout``): the seconds it took, and whether it was killed."""
+        started, killed = time.monotonic(), False
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -318,7 +320,9 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                killed = True
         self.out.close()
+        return time.monotonic() - started, killed
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -480,8 +484,10 @@ class Bench:
     # -- 4. the Kopf floor -----------------------------------------------------------------------
 
     def floor(self) -> None:
-        say("stopping the operator; the no-op Kopf floor runs alone against the same Pipelines")
-        self.main.stop()
+        say("stopping the operator (SIGTERM); the no-op Kopf floor runs alone against the same Pipelines")
+        took, killed = self.main.stop()
+        self.results["shutdown"] = {"seconds": took, "killed": killed}
+        say(f"  the operator stopped in {took:.1f}s" + (" (killed after 60 s)" if killed else ""))
         floor = self.start("kopf-floor", [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace",
                                           NAMESPACE, str(REPO / "bench" / "fleet_kopf_floor.py")])
         warmup = max(20.0, self.n / 50)
@@ -645,6 +651,10 @@ def report(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if latency:
         rows.append((f"spec change -> status write ({latency['samples']} samples, {latency['missed']} timed out)",
                      f"p50 {latency['p50']:.0f} ms, p99 {latency['p99']:.0f} ms", "-", "p99 < 300 ms"))
+    shutdown = results.get("shutdown")
+    if shutdown:
+        rows.append(("operator SIGTERM -> exited", f"{shutdown['seconds']:.1f} s"
+                     + (" (killed after 60 s)" if shutdown["killed"] else ""), "-", "-"))
     failover = results.get("failover")
     if failover:
         rows.append(("failover: SIGKILL -> standby's first status write",

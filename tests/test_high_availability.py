@@ -13,6 +13,7 @@ import yaml
 
 from .operator_harness import wait_for
 from .test_api import http_json
+from .test_events_follow import Stream
 from .test_kubernetes_backend import RBAC, operator_kubeconfig
 from .test_leader_election import LEASE_ARGS, readyz
 from .test_operator_lifecycle import FAST_PIPELINE, SQL
@@ -66,10 +67,18 @@ def test_the_standby_is_ready_and_serves_the_api_while_the_leader_reconciles(two
     wait_for("Running, as the standby serves it",
              lambda: api(standby, "/v0/pipelines/orders?selector=status")[1].get("deployment_status") == "Running"
              or None, timeout=60, operator=leader)
+    # A live event stream from the standby: what the leader records reaches it through the shared store.
+    stream = Stream(standby.api_url, "", namespace)
+    replayed = stream.until(lambda e: e["deployment_runtime_status"] == "Running")
     # Paused through the standby: forwarded to the pipeline with its control token, which the standby
     # reads from the pipeline's Secret (it never provisioned the pipeline).
     code, answer = api(standby, "/v0/pipelines/orders/pause", "POST")
     assert code == 202, answer
+    followed = stream.until(lambda e: e["deployment_runtime_status"] == "Paused")
+    stream.response.close()
+    stored = api(leader, "/v0/pipelines/orders/events")[1]
+    sent = [e["event_id"] for e in replayed + followed]
+    assert sent == [e["event_id"] for e in reversed(stored)][:len(sent)]  # the store's order, no gap, no repeat
     wait_for("Paused", lambda: api(standby, "/v0/pipelines/orders?selector=status")[1].get("deployment_status")
              == "Paused" or None, timeout=30, operator=leader)
     # Both replicas serve the same pipeline and the same events (one shared store, written by the leader).

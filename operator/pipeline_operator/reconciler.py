@@ -269,8 +269,11 @@ def _created(obj: Mapping[str, Any]) -> dt.datetime | None:
         return None
 
 
-def _without_details(status: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in status.items() if k not in DETAILS_KEYS}
+def _digest(status: Mapping[str, Any]) -> str:
+    """What a reader sees of a status, the details left out (they change with every pass and are written
+    with events only), as a digest to compare a new status with the one written."""
+    shown = {k: v for k, v in status.items() if k not in DETAILS_KEYS}
+    return hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class NewestVersion:
@@ -320,7 +323,9 @@ class PipelineMonitor:
         self.conditions: list[Condition] = []
         self.history: list[HistoryEntry] = []
         self.last_event: MonitorEvent | None = None
-        self.written: dict[str, Any] | None = None
+        # What the last status write (or the status loaded) holds beyond its details, as a digest: a full copy
+        # of every pipeline's status would double what a thousand pipelines keep in memory.
+        self.written: str | None = None
         self.versions = NewestVersion()
         self._seeded: int | None = None  # the store generation seeded from status.history
         self.trigger: tuple[Any, ...] = ()  # what wakes the loop at once (generation, one-shot annotations)
@@ -354,7 +359,7 @@ class PipelineMonitor:
         self.state = resource.from_status(status)
         self.conditions = list(status.conditions)
         self.history = list(status.history)
-        self.written = obj.get("status") or {}
+        self.written = _digest(obj.get("status") or {})
         self._recorded = None
         if self.history:
             recorded = history_event(self.history[0], self.state.deployment_error)
@@ -436,13 +441,13 @@ class PipelineMonitor:
         status = resource.to_status(desired, self.state, self.conditions, self.history, self.ctx.clock(),
                                     blocked=problem)
         body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
-        if self.written is None or _without_details(body) != _without_details(self.written):
+        if self.written != _digest(body):
             assert self.obj is not None
             try:
                 updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name,
                                                            self.obj["metadata"]["resourceVersion"], body)
                 self.adopt(updated)
-                self.written = body
+                self.written = _digest(body)
                 self._recorded = None
                 self.conditions = list(status.conditions)
             except Conflict:
@@ -484,7 +489,7 @@ class PipelineMonitor:
             history = (fresh + history)[: self.ctx.settings.history_limit]
         status = resource.to_status(desired, decision.state, self.conditions, history, now, self.blocked)
         body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
-        if not emitted and self.written is not None and _without_details(body) == _without_details(self.written):
+        if not emitted and self.written == _digest(body):
             self.state = decision.state
             self._recorded = recorded
             return
@@ -509,7 +514,7 @@ class PipelineMonitor:
                                 history: list[HistoryEntry], decision: Decision, emitted: Sequence[Emitted]) -> None:
         updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name, rv, body)
         self.adopt(updated)
-        self.written = body
+        self.written = _digest(body)
         self._recorded = None
         self.state = decision.state
         self.conditions = list(status.conditions)
