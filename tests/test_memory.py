@@ -4,6 +4,7 @@ holds nothing else."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -37,3 +38,26 @@ def test_trim_gives_the_pages_freed_after_a_burst_back():
     figures = json.loads(out)
     # About 60 MB were allocated and 59 MB freed; the freed pages between the survivors go back.
     assert figures["before"] - figures["after"] > 20, figures
+
+
+def test_a_steady_operator_is_not_trimmed_again_until_it_grew(monkeypatch):
+    """A trim holds the allocator's locks while it walks the heaps: it is done when the resident size
+    grew by more than a tenth since the last trim left it, not every minute."""
+    sizes = iter([500, 300, 310, 329, 331, 200, 210])  # before a trim, after it, ...
+    trims: list[int] = []
+
+    class Seen(Exception):
+        """Every size was looked at."""
+
+    def resident() -> int:
+        try:
+            return next(sizes)
+        except StopIteration:
+            raise Seen from None
+
+    monkeypatch.setattr(memory, "resident_bytes", resident)
+    monkeypatch.setattr(memory, "trim", lambda: trims.append(len(trims)) or True)
+    with pytest.raises(Seen):
+        asyncio.run(asyncio.wait_for(memory.keep_trimming(interval=0.01), 5))
+    # 500: trimmed (to 300); 310 and 329 are within 10% of 300; 331 is not: trimmed (to 200); 210 is within.
+    assert len(trims) == 2

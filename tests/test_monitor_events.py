@@ -160,6 +160,12 @@ def test_kubectl_describe_shows_reasons_and_one_aggregated_heartbeat(operators, 
     paused = next(e for e in listed if e["reason"] == "RuntimePaused")
     assert "Running -> Paused" in paused["message"]
 
+    # A restarted operator finds the aggregated Event (its create is refused) and counts on from it.
+    op.stop()
+    before = heartbeat_count()
+    operators(namespace, *SHORT)
+    assert wait_for("the heartbeat count to go on", lambda: heartbeat_count() > before, 30)
+
 
 def test_errors_are_warning_events(operators, pipelines, namespace, cluster, kstatus):
     op = operators(namespace)

@@ -244,16 +244,17 @@ class EventPoster:
         name = self._aggregate_name(post.key, post.aggregate)
         count = self._counts.get(name)
         if count is None:
+            # Created first, read only if it exists (an operator before this one posted it): after a start, a
+            # thousand pipelines' first heartbeats are a thousand writes, not as many reads and writes.
             try:
-                existing = await self.kube.call(core.read_namespaced_event, name, post.key.namespace)
-                count = existing.count or 1
+                await self.kube.call(core.create_namespaced_event, post.key.namespace, self._body(post, name))
+                self._counts[name] = 1
+                return
             except ApiException as exc:
-                if exc.status != 404:
+                if exc.status != 409:
                     raise
-        if count is None:
-            await self.kube.call(core.create_namespaced_event, post.key.namespace, self._body(post, name))
-            self._counts[name] = 1
-            return
+            existing = await self.kube.call(core.read_namespaced_event, name, post.key.namespace)
+            count = existing.count or 1
         patch = {"count": count + 1, "lastTimestamp": _ts(post.at), "message": post.message,
                  "type": post.type, "reason": post.reason}
         try:

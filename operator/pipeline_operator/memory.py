@@ -15,11 +15,15 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import os
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-TRIM_INTERVAL = 60.0  # seconds between two trims (one takes milliseconds, in a thread)
+TRIM_INTERVAL = 60.0  # seconds between two looks at the resident size
+TRIM_GROWTH = 0.10  # a trim when it grew by more than this since the last trim left it
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -45,14 +49,33 @@ def trim() -> bool:
     return True
 
 
-async def keep_trimming(interval: float = TRIM_INTERVAL) -> None:
-    """Trim every ``interval`` seconds (in a thread: it walks the heaps), until cancelled."""
+def resident_bytes() -> int | None:
+    """The process's resident set size, or None where ``/proc`` does not tell."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def keep_trimming(interval: float = TRIM_INTERVAL, growth: float = TRIM_GROWTH) -> None:
+    """Every ``interval`` seconds, trim if the resident size grew by more than ``growth`` since the last
+    trim left it (in a thread: a trim walks the heaps and holds their locks meanwhile, which a steady
+    operator need not pay every minute). Until cancelled."""
     if _TRIM is None:
         log.debug("no malloc_trim here (not glibc): freed memory stays with the allocator")
         return
+    floor: int | None = None
     while True:
         await asyncio.sleep(interval)
+        size = resident_bytes()
+        if size is None or (floor is not None and size <= floor * (1 + growth)):
+            continue
+        started = time.monotonic()
         await asyncio.to_thread(trim)
+        floor = resident_bytes()
+        log.debug("malloc_trim: resident %s -> %s MB in %.0f ms", size // 2**20,
+                  floor // 2**20 if floor is not None else "?", (time.monotonic() - started) * 1000)
 
 
-__all__ = ["trim", "keep_trimming", "TRIM_INTERVAL"]
+__all__ = ["trim", "keep_trimming", "resident_bytes", "TRIM_INTERVAL"]
