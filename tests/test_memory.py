@@ -5,9 +5,11 @@ holds nothing else."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 import sys
+import weakref
 
 import pytest
 
@@ -40,9 +42,9 @@ def test_trim_gives_the_pages_freed_after_a_burst_back():
     assert figures["before"] - figures["after"] > 20, figures
 
 
-def test_a_steady_operator_is_not_trimmed_again_until_it_grew(monkeypatch):
-    """A trim holds the allocator's locks while it walks the heaps: it is done when the resident size
-    grew by more than a tenth since the last trim left it, not every minute."""
+def test_a_steady_operator_is_not_settled_again_until_it_grew(monkeypatch):
+    """Settling is a full collection (every thread stopped meanwhile) and a trim: it is done when the
+    resident size grew by more than a tenth since it last settled, not every minute."""
     sizes = iter([500, 300, 310, 329, 331, 200, 210])  # before a trim, after it, ...
     trims: list[int] = []
 
@@ -56,8 +58,28 @@ def test_a_steady_operator_is_not_trimmed_again_until_it_grew(monkeypatch):
             raise Seen from None
 
     monkeypatch.setattr(memory, "resident_bytes", resident)
-    monkeypatch.setattr(memory, "trim", lambda: trims.append(len(trims)) or True)
+    monkeypatch.setattr(memory, "settle", lambda: trims.append(len(trims)))
     with pytest.raises(Seen):
-        asyncio.run(asyncio.wait_for(memory.keep_trimming(interval=0.01), 5))
+        asyncio.run(asyncio.wait_for(memory.settle_after_bursts(interval=0.01), 5))
     # 500: trimmed (to 300); 310 and 329 are within 10% of 300; 331 is not: trimmed (to 200); 210 is within.
     assert len(trims) == 2
+
+
+def test_settling_freezes_the_survivors_and_finds_cycles_among_what_was_frozen():
+    class Node:
+        pass
+    cycle = Node()
+    cycle.me = cycle  # type: ignore[attr-defined]
+    alive = [Node() for _ in range(1000)]
+    try:
+        memory.settle()
+        frozen = gc.get_freeze_count()
+        assert frozen >= len(alive)  # left out of the collector's scans from now on
+        probe = weakref.ref(cycle)
+        del cycle  # garbage now, but frozen: no automatic collection finds it
+        gc.collect()
+        assert probe() is not None
+        memory.settle()  # the next settling does
+        assert probe() is None
+    finally:
+        gc.unfreeze()

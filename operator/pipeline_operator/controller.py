@@ -422,7 +422,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     # The backend's watches start at once (a standby that takes over has them in sync already); the
     # loops start only once they have listed everything, so that no pass decides from a partial view.
     backend_started = asyncio.create_task(ctx.backend.start())
-    helpers = [asyncio.create_task(mark_ready()), backend_started, asyncio.create_task(memory.keep_trimming())]
+    helpers = [asyncio.create_task(mark_ready()), backend_started, asyncio.create_task(memory.settle_after_bursts())]
     if stop_flag is not None:
         helpers.append(asyncio.create_task(follow_stop_flag(stop_flag)))
     shard = settings.shard()
