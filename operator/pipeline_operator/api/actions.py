@@ -22,7 +22,6 @@ from ..core.lifecycle import (
     dismiss_refusal,
     dismissal_pending,
     effective_desired,
-    interaction_refusal,
     start_refusal,
 )
 from ..models import ActionOutcome, BootstrapPolicy, HandledAction, RuntimeDesiredStatus
@@ -35,6 +34,7 @@ from ..reconciler import (
 )
 from . import writes
 from .errors import ApiError, bool_param
+from .interaction import reachable_endpoint
 
 if TYPE_CHECKING:
     from .server import ApiServer, ServedPipeline
@@ -169,16 +169,7 @@ class Actions:
 
     async def _forward(self, monitor: ServedPipeline, state: PipelineState, method: str, path: str,
                        query: str = "") -> tuple[int, bytes, str]:
-        refusal = interaction_refusal(state, monitor.key.name)
-        if refusal is not None:
-            raise ApiError.refused(refusal)
-        endpoint = self.deps.endpoint(monitor.key)
-        if endpoint is None:
-            raise ApiError(503, "PipelineMissingDeploymentLocation",
-                           "Unable to interact with pipeline because its deployment location is missing despite "
-                           f"it being fully provisioned (pipeline: '{monitor.key.name}')")
-        if self.deps.learn_token is not None:
-            await self.deps.learn_token(monitor.key)
+        endpoint = await reachable_endpoint(self.deps, monitor, state)
         answer = await self.deps.runtime.forward(endpoint, method, path, query)
         if answer is None:
             raise ApiError(503, "PipelineInteractionUnreachable",

@@ -41,7 +41,7 @@ from ..runtime_client import InvalidAnswer, PipelineUnreachable
 from .errors import ApiError
 
 if TYPE_CHECKING:
-    from .server import ApiServer, ServedPipeline
+    from .server import ApiDeps, ApiServer, ServedPipeline
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,22 @@ ROUTES = (
     Route("POST", "egress/{table_name}", "patch", None, max_body=MAX_EGRESS_BODY, stream=True),
     Route("GET", "query", "patch", None, stream=True),
 )
+
+
+async def reachable_endpoint(deps: ApiDeps, monitor: ServedPipeline, state: PipelineState) -> str:
+    """Where the pipeline answers, if it may be asked now (Feldera's ``check_pipeline``), with its token
+    known: for the passed-through routes and the forwarded actions alike."""
+    refusal = interaction_refusal(state, monitor.key.name)
+    if refusal is not None:
+        raise ApiError.refused(refusal)
+    endpoint = deps.endpoint(monitor.key)
+    if endpoint is None:
+        raise ApiError(503, "PipelineMissingDeploymentLocation",
+                       "Unable to interact with pipeline because its deployment location is missing despite "
+                       f"it being fully provisioned (pipeline: '{monitor.key.name}')")
+    if deps.learn_token is not None:
+        await deps.learn_token(monitor.key)
+    return endpoint
 
 
 class BoundedBody:
@@ -168,23 +184,9 @@ class Interaction:
             return await self._pass(request, route, monitor, state)
         return handler
 
-    async def endpoint(self, monitor: ServedPipeline, state: PipelineState) -> str:
-        """Where the pipeline answers, if it may be asked now (Feldera's ``check_pipeline``), with its token known."""
-        refusal = interaction_refusal(state, monitor.key.name)
-        if refusal is not None:
-            raise ApiError.refused(refusal)
-        endpoint = self.deps.endpoint(monitor.key)
-        if endpoint is None:
-            raise ApiError(503, "PipelineMissingDeploymentLocation",
-                           "Unable to interact with pipeline because its deployment location is missing despite "
-                           f"it being fully provisioned (pipeline: '{monitor.key.name}')")
-        if self.deps.learn_token is not None:
-            await self.deps.learn_token(monitor.key)
-        return endpoint
-
     async def _pass(self, request: web.Request, route: Route, monitor: ServedPipeline,
                     state: PipelineState) -> web.StreamResponse:
-        endpoint = await self.endpoint(monitor, state)
+        endpoint = await reachable_endpoint(self.deps, monitor, state)
         name = monitor.key.name
         # Feldera's: the table's (or view's) name percent-encoded again, whatever it holds.
         path = "/" + route.path.replace("{table_name}", quote(request.match_info.get("table_name", ""), safe=""))
