@@ -27,7 +27,7 @@ from pydantic.alias_generators import to_camel
 from .backends import Backend
 from .compiler import Compiler
 from .core import resource
-from .core.emission import EmissionRules, Emitted, UuidV7, emit
+from .core.emission import EmissionKind, EmissionRules, Emitted, UuidV7, emit
 from .core.lifecycle import (
     Action,
     ActionKind,
@@ -102,6 +102,10 @@ class EventSink:
         return None
 
 
+ROUTINE_KINDS = frozenset({EmissionKind.HEARTBEAT, EmissionKind.DETAILS})
+ROUTINE_WRITES = 4  # routine status writes under way at once (of the loops' client's 16 threads)
+
+
 @dataclasses.dataclass
 class Context:
     """What every pipeline's loop shares."""
@@ -116,6 +120,16 @@ class Context:
     monitors: PipelineRegistry = dataclasses.field(default_factory=lambda: PipelineRegistry())
     in_flight: set[asyncio.Future[Any]] = dataclasses.field(default_factory=set)  # status writes that must finish
     metrics: Metrics | None = None
+    routine_writes: asyncio.Semaphore = dataclasses.field(default_factory=lambda: asyncio.Semaphore(ROUTINE_WRITES))
+
+    async def write_status(self, key: PipelineKey, rv: str, body: dict[str, Any], routine: bool) -> dict[str, Any]:
+        """A status write; a routine one (heartbeats, details) waits for one of :data:`ROUTINE_WRITES` slots
+        first. A fleet started at once keeps its heartbeats in step, ten minutes apart: a thousand of them
+        at once would fill the client's pool, and a spec change's write would wait behind all of them."""
+        if not routine:
+            return await self.kube.write_status(key.namespace, key.name, rv, body)
+        async with self.routine_writes:
+            return await self.kube.write_status(key.namespace, key.name, rv, body)
 
     @property
     def lifecycle(self) -> LifecycleConfig:
@@ -512,7 +526,8 @@ class PipelineMonitor:
 
     async def _write_and_record(self, rv: str, body: dict[str, Any], status: PipelineStatus,
                                 history: list[HistoryEntry], decision: Decision, emitted: Sequence[Emitted]) -> None:
-        updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name, rv, body)
+        routine = bool(emitted) and not decision.steps and all(e.kind in ROUTINE_KINDS for e in emitted)
+        updated = await self.ctx.write_status(self.key, rv, body, routine=routine)
         self.adopt(updated)
         self.written = _digest(body)
         self._recorded = None
