@@ -75,12 +75,12 @@ class Actions:
     def _handler(self, action: str) -> Any:
         async def handler(request: web.Request) -> web.StreamResponse:
             monitor = await self.server.pipeline(request, "patch")
-            state = await self._state(monitor)
+            state = await self.served_state(monitor)
             result: web.StreamResponse = await getattr(self, action)(request, monitor, state)
             return result
         return handler
 
-    async def _state(self, monitor: ServedPipeline) -> PipelineState:
+    async def served_state(self, monitor: ServedPipeline) -> PipelineState:
         """The state the monitoring loop last recorded (waiting for its first pass if needed)."""
         if monitor.state is None:
             await writes.settle(monitor, lambda obj, state: True, timeout=10.0)

@@ -40,6 +40,7 @@ from ..identity import PipelineKey
 from ..models import MonitorEvent, project_event
 from ..store import StoreUnavailable
 from .errors import ApiError
+from .slots import StreamSlots
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,8 @@ class FollowHub:
         self.poll_seconds = poll_seconds
         self._feeds: dict[str, _Feed] = {}
         self._recent: TTLCache[str, deque[MonitorEvent]] = TTLCache(maxsize=10_000, ttl=RECENT_SECONDS)
-        self._streams = 0
-        self._per_client: dict[str, int] = {}
+        self._slots = StreamSlots(self.limits.streams, self.limits.streams_per_client, "event streams",
+                                  "close one, or read the events without follow=true")
         self._ending: set[asyncio.Task[Any]] = set()  # the streams open now: their handlers' tasks
         self.closing = False
 
@@ -203,24 +204,8 @@ class FollowHub:
         if self.closing:
             raise ApiError(503, "ShuttingDown", "The operator is stopping; follow the events again in a few seconds",
                            retry_after=5)
-        mine = self._per_client.get(client, 0)
-        if self._streams >= self.limits.streams or mine >= self.limits.streams_per_client:
-            overall = self._streams >= self.limits.streams
-            limit = self.limits.streams if overall else self.limits.streams_per_client
-            where = "in all" if overall else f"from {client}"
-            raise ApiError(429, "TooManyStreams", f"Too many event streams are open {where}: at most {limit}; close "
-                           "one, or read the events without follow=true", {"limit": limit}, retry_after=5)
-        self._streams += 1
-        self._per_client[client] = mine + 1
-        try:
+        with self._slots.slot(client):
             yield
-        finally:
-            self._streams -= 1
-            left = self._per_client[client] - 1
-            if left:
-                self._per_client[client] = left
-            else:
-                del self._per_client[client]
 
     # -- a stream ---------------------------------------------------------------------------------
 

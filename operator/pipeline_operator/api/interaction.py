@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -39,6 +39,7 @@ from ..core.lifecycle import PipelineState, interaction_refusal
 from ..models import ResourcesStatus
 from ..runtime_client import InvalidAnswer, PipelineUnreachable
 from .errors import ApiError
+from .slots import StreamSlots
 
 if TYPE_CHECKING:
     from .server import ApiDeps, ApiServer, ServedPipeline
@@ -126,43 +127,14 @@ def too_large(limit: int, route: str) -> web.Response:
     return response
 
 
-class StreamSlots:
-    """The open-ended streams open now, overall and per client address (429 beyond either bound)."""
-
-    def __init__(self, streams: int = STREAMS, per_client: int = STREAMS_PER_CLIENT) -> None:
-        self.streams, self.per_client = streams, per_client
-        self.open = 0
-        self.by_client: dict[str, int] = {}
-
-    @contextlib.contextmanager
-    def slot(self, client: str) -> Iterator[None]:
-        mine = self.by_client.get(client, 0)
-        if self.open >= self.streams or mine >= self.per_client:
-            limit, where = (self.streams, "in all") if self.open >= self.streams else (self.per_client,
-                                                                                       f"from {client}")
-            raise ApiError(429, "TooManyStreams", f"Too many log, egress and query streams are open {where}: at "
-                                                  f"most {limit}; close one and try again", {"limit": limit},
-                           retry_after=5)
-        self.open += 1
-        self.by_client[client] = mine + 1
-        try:
-            yield
-        finally:
-            self.open -= 1
-            left = self.by_client[client] - 1
-            if left:
-                self.by_client[client] = left
-            else:
-                del self.by_client[client]
-
-
 class Interaction:
     """The routes of a pipeline's data plane (see the module's docstring)."""
 
     def __init__(self, server: ApiServer) -> None:
         self.server = server
         self.deps = server.deps
-        self.slots = StreamSlots()
+        self.slots = StreamSlots(STREAMS, STREAMS_PER_CLIENT, "log, egress and query streams",
+                                 "close one and try again")
 
     def routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/v0/pipelines/{name}/logs", self.logs)
@@ -177,7 +149,7 @@ class Interaction:
                 raise ApiError(501, "NotServed", "pipeline-operator does not pass WebSocket connections on to a "
                                                  f"pipeline: send GET /{route.path} as a plain HTTP request")
             monitor = await self.server.pipeline(request, route.verb)
-            state = await self.server.actions._state(monitor)
+            state = await self.server.actions.served_state(monitor)
             if route.stream:
                 with self.slots.slot(request.remote or ""):
                     return await self._pass(request, route, monitor, state)
