@@ -139,6 +139,27 @@ def test_renewals_go_on_while_the_operators_loop_is_blocked_and_a_loss_fences_at
     asyncio.run(scenario())
 
 
+def test_a_renewal_that_fails_unexpectedly_is_a_lost_leadership_and_fences():
+    """Nothing renews the Lease once hold() has failed: the operator must stop acting, as on a lost Lease."""
+    import kubernetes
+
+    async def scenario() -> None:
+        kube = Kube(kubernetes.client.Configuration(), workers=1)
+        elector = LeaderElector(kube, "ns", "broken", "only", FAST_LEASE)
+
+        async def hold() -> str:
+            raise RuntimeError("a bug")
+        elector.hold = hold  # type: ignore[method-assign]
+        fenced: list[str] = []
+        try:
+            reason = await asyncio.wait_for(elector.hold_apart(on_lost=fenced.append), 5)
+            assert reason == "renewing the Lease ns/broken failed (RuntimeError: a bug)"
+            assert fenced == [reason]
+        finally:
+            await kube.close()
+    asyncio.run(scenario())
+
+
 def test_a_leader_stopping_on_its_own_stops_renewing_before_it_releases(cluster, namespace):
     async def scenario() -> None:
         kube = kube_for(cluster)

@@ -212,6 +212,9 @@ class LeaderElector:
                 reason = loop.run_until_complete(task)
             except asyncio.CancelledError:
                 return
+            except Exception as exc:  # hold() answers API errors itself: whatever else, nothing renews now
+                log.exception("leader election: renewing the Lease failed")
+                reason = f"renewing the Lease {self.namespace}/{self.name} failed ({type(exc).__name__}: {exc})"
             finally:
                 loop.run_until_complete(loop.shutdown_default_executor())
                 loop.close()
