@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from pipeline_operator.informer import ADDED, DELETED, MODIFIED, Informer
+from pipeline_operator.informer import ADDED, DELETED, MODIFIED, SHARED, Informer, identity, projection
 from pipeline_operator_dev import controlplane
 
 pytestmark = pytest.mark.apiserver
@@ -131,6 +131,46 @@ def test_additions_changes_and_deletions_arrive_on_the_loop_with_the_cache_updat
             assert recorder.of("theirs") == [] and informer.get(namespace, "theirs") is None
             # Selected by the API server: the unlabelled object (created first) was never even sent.
             assert informer.stats()["events"] == 3
+        finally:
+            await informer.stop()
+    run(cluster.kubeconfig, body)
+
+
+def test_a_transform_decides_what_is_delivered_and_keep_what_is_held(cluster, namespace):
+    """client-go's transform: the listed and the watched objects alike are delivered as the projection
+    keeps them (strings of SHARED parts interned across objects); ``keep`` holds only their identity."""
+    cluster.apply(configmap("listed", namespace, big="x" * 20_000))
+    shape = {"metadata": {"name": True, "namespace": True, "uid": True, "resourceVersion": True, "labels": SHARED}}
+
+    async def body(client, core):
+        delivered: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+
+        def seen(kind, obj):
+            delivered.setdefault(obj["metadata"]["name"], []).append((kind, obj))
+        informer = informer_for(client, [namespace], transform=projection(shape), keep=identity)
+        informer.on_change = seen
+        await informer.start()
+        try:
+            assert await informer.wait_synced(30)
+            core.create_namespaced_config_map(namespace, configmap("watched", big="y" * 20_000))
+            core.patch_namespaced_config_map("watched", namespace, {"data": {"big": "z"}})
+            await until("the change", lambda: [k for k, _ in delivered.get("watched", [])] == [ADDED, MODIFIED])
+            (_, listed), = delivered["listed"]
+            _, watched = delivered["watched"][-1]
+            for obj in (listed, watched):
+                assert set(obj) == {"metadata"} and "data" not in obj  # 20 KB of data never reaches the cache
+                assert set(obj["metadata"]) == {"name", "namespace", "uid", "resourceVersion", "labels"}
+                assert obj["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "informer-test"}
+            # One string for both objects (decoded from different answers of the API server).
+            (listed_key, listed_value), = listed["metadata"]["labels"].items()
+            (watched_key, watched_value), = watched["metadata"]["labels"].items()
+            assert listed_key is watched_key and listed_value is watched_value
+            held = informer.get(namespace, "watched")
+            assert held == {"metadata": {key: watched["metadata"][key]
+                                         for key in ("name", "namespace", "uid", "resourceVersion")}}
+            core.delete_namespaced_config_map("watched", namespace)
+            await until("the deletion", lambda: delivered["watched"][-1][0] == DELETED)
+            assert informer.get(namespace, "watched") is None and informer.stats()["objects"] == 1
         finally:
             await informer.stop()
     run(cluster.kubeconfig, body)

@@ -31,10 +31,11 @@ import dataclasses
 import json
 import logging
 import random
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal, Union
 from urllib.parse import quote
 
 import kubernetes
@@ -51,6 +52,9 @@ BACKOFF_MAX = 30.0  # seconds: the longest wait before listing again after a fai
 STOP_JOIN_TIMEOUT = 10.0  # seconds stop() waits for the threads (a connect in progress takes up to 5)
 
 OnChange = Callable[[str, dict[str, Any]], None]
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+Shape = Union[Literal[True, "shared"], Mapping[str, "Shape"]]  # noqa: UP007 - a recursive alias evaluated at run time
+SHARED: Literal["shared"] = "shared"  # a shape: the whole value, its strings interned (labels, owner references)
 
 
 class _Expired(Exception):
@@ -119,7 +123,8 @@ class Informer:
     def __init__(self, api_client: kubernetes.client.ApiClient, *, path: str, resource: str,
                  namespaces: Sequence[str] | None, label_selector: str | None = None,
                  on_change: OnChange | None = None, name: str = "", page_size: int = 500,
-                 watch_seconds: tuple[int, int] = WATCH_SECONDS, backoff_max: float = BACKOFF_MAX) -> None:
+                 watch_seconds: tuple[int, int] = WATCH_SECONDS, backoff_max: float = BACKOFF_MAX,
+                 transform: Transform | None = None, keep: Transform | None = None) -> None:
         self.api_client = api_client
         self.path = path.rstrip("/")
         self.resource = resource
@@ -129,6 +134,13 @@ class Informer:
         self.page_size = page_size
         self.watch_seconds = watch_seconds
         self.backoff_max = backoff_max
+        # What is kept of each object (client-go's SetTransform), applied in the watch's thread before the
+        # object reaches the cache: by default all but metadata.managedFields.
+        self.transform: Transform = transform or _trimmed
+        # What the cache itself holds of each (transformed) object, when ``on_change`` is its only reader and
+        # keeps what it needs: get() and list() then answer with this. The object's metadata name, namespace,
+        # uid and resourceVersion must stay (see :func:`identity`).
+        self.keep: Transform | None = keep
         scopes: list[str | None] = list(dict.fromkeys(namespaces)) if namespaces is not None else [None]
         self._streams = {scope: _Stream(scope) for scope in scopes}
         self._objects: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> name -> object
@@ -173,12 +185,12 @@ class Informer:
         """Write through an object the operator itself just created or read, so that a reader sees it
         before the watch delivers it. Kept unless the cache already holds a newer version; a watch event
         older than it does not replace it."""
-        obj = _trimmed(obj)
+        obj = self.transform(obj)
         meta = obj.get("metadata") or {}
         bucket = self._objects.setdefault(str(meta.get("namespace") or ""), {})
         held = bucket.get(str(meta.get("name")))
         if held is None or not _older(_version(obj), _version(held)):
-            bucket[str(meta.get("name"))] = obj
+            bucket[str(meta.get("name"))] = self.keep(obj) if self.keep is not None else obj
 
     def stats(self) -> dict[str, int]:
         """Lists (complete) and their pages, watches started, events received, bookmarks, relists after 410 Gone,
@@ -294,7 +306,7 @@ class Informer:
             with self._open(stream, query, LIST_READ_TIMEOUT) as response:
                 page = json.loads(response.read())
             self._count("pages")
-            items.extend(_trimmed(o) for o in page.get("items") or [])
+            items.extend(self.transform(o) for o in page.get("items") or [])
             meta = page.get("metadata") or {}
             version = str(meta.get("resourceVersion") or version)
             token = meta.get("continue")
@@ -312,7 +324,7 @@ class Informer:
             self._count("watches")
             for line in _lines(response):
                 event = json.loads(line)
-                kind, obj = event.get("type"), _trimmed(event.get("object") or {})
+                kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     if obj.get("code") == 410:
                         raise _Expired(str(obj.get("message") or "resourceVersion too old"))
@@ -322,7 +334,7 @@ class Informer:
                     self._count("bookmarks")
                 elif kind in (ADDED, MODIFIED, DELETED):
                     self._count("events")
-                    self._post(self._apply, kind, obj)
+                    self._post(self._apply, kind, self.transform(obj))
         return version
 
     @contextlib.contextmanager
@@ -392,7 +404,7 @@ class Informer:
                 return
             del bucket[name]
         else:
-            bucket[name] = obj
+            bucket[name] = self.keep(obj) if self.keep is not None else obj
             if held is not None and _version(held) == _version(obj):
                 return  # the version remember() wrote through: nothing changed
         self._notify(kind, obj)
@@ -412,10 +424,10 @@ class Informer:
             bucket = self._objects.setdefault(namespace, {})
             current = bucket.get(name)
             if current is None:
-                bucket[name] = obj
+                bucket[name] = self.keep(obj) if self.keep is not None else obj
                 self._notify(ADDED, obj)
             elif _version(current) != _version(obj) and not _older(_version(obj), _version(current)):
-                bucket[name] = obj
+                bucket[name] = self.keep(obj) if self.keep is not None else obj
                 self._notify(MODIFIED, obj)
         if stream.problem is not None and stream.synced:
             log.info("%s in %s are listed and watched again", self.resource, self._where(stream.namespace))
@@ -439,6 +451,44 @@ class Informer:
 
 class _LoopClosed(Exception):
     """The event loop the cache lives on is closed: the thread ends."""
+
+
+def project(value: Any, shape: Shape) -> Any:
+    """What ``shape`` keeps of ``value``: ``True`` keeps a value whole, :data:`SHARED` too with its strings
+    interned (the same labels and owner references recur across a cache's objects, and each decoded object
+    would otherwise hold a copy of each string), a mapping keeps those keys of a dict (each by its own
+    shape) and applies to each item of a list. Keys come from the shape, so that all the objects of a
+    cache share one string per key instead of one each."""
+    if shape is True:
+        return value
+    if shape == SHARED:
+        return _interned(value)
+    if isinstance(value, list):
+        return [project(item, shape) for item in value]
+    if not isinstance(value, dict):
+        return value
+    return {key: project(value[key], inner) for key, inner in shape.items() if value.get(key) is not None}
+
+
+def _interned(value: Any) -> Any:
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {sys.intern(k): _interned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interned(item) for item in value]
+    return value
+
+
+def projection(shape: Mapping[str, Shape]) -> Transform:
+    """A transform keeping what ``shape`` names of each object (see :func:`project`)."""
+    return lambda obj: project(obj, shape)
+
+
+def identity(obj: dict[str, Any]) -> dict[str, Any]:
+    """Only what names the object and its version (a ``keep`` for a cache whose reader is ``on_change``)."""
+    meta = obj.get("metadata") or {}
+    return {"metadata": {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion") if key in meta}}
 
 
 def _trimmed(obj: dict[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ from kubernetes.utils import parse_quantity
 
 from ..core.lifecycle import ComputeObservation, ComputeState
 from ..identity import PipelineKey
-from ..informer import Informer
+from ..informer import SHARED, Informer, Shape, projection
 from ..kube import Forbidden, Kube, Unavailable
 from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 from ..settings import OperatorSettings
@@ -388,6 +388,25 @@ WATCHED = {"statefulset": ("/apis/apps/v1", "statefulsets"),
            "pvc": ("/api/v1", "persistentvolumeclaims"),
            "pod": ("/api/v1", "pods")}
 COMPUTE_KINDS = ("statefulset", "service", "configmap", "pod", "pvc")
+# What the caches keep of each child: the fields the backend reads, nothing else (client-go's transform). A
+# StatefulSet's pod template, a ConfigMap's program, a pod's spec and their managedFields are most of what the
+# API server sends (about 55 KB a pipeline as Python objects; about 15 KB kept).
+_METADATA: Shape = {"name": True, "namespace": SHARED, "uid": True, "resourceVersion": True,
+                    "creationTimestamp": True, "deletionTimestamp": True,
+                    "labels": SHARED, "annotations": SHARED, "ownerReferences": SHARED}
+_CONDITIONS: Shape = {"type": SHARED, "status": SHARED, "reason": SHARED, "message": True}
+CACHED_FIELDS: dict[str, Mapping[str, Shape]] = {
+    "statefulset": {"metadata": _METADATA, "status": {"readyReplicas": True}},
+    "service": {"metadata": _METADATA},
+    "configmap": {"metadata": _METADATA},
+    "pvc": {"metadata": _METADATA, "status": {"phase": SHARED, "conditions": _CONDITIONS}},
+    # pod_problem(): the kubelet's and scheduler's words, and the container's image and memory limit.
+    "pod": {"metadata": _METADATA,
+            "spec": {"containers": {"name": True, "image": True, "resources": {"limits": {"memory": True}}}},
+            "status": {"phase": SHARED, "reason": True, "message": True, "conditions": _CONDITIONS,
+                       "containerStatuses": {key: True for key in ("name", "image", "state", "lastState",
+                                                                   "restartCount")}}},
+}
 
 
 def _deleting(obj: dict[str, Any]) -> bool:
@@ -421,7 +440,7 @@ class KubernetesBackend:
         self._watch_client = kubernetes.client.ApiClient(configuration)
         self._informers = {kind: Informer(self._watch_client, path=path, resource=resource, namespaces=namespaces,
                                           label_selector=MANAGED_BY_SELECTOR, on_change=self._child_changed,
-                                          name=resource)
+                                          name=resource, transform=projection(CACHED_FIELDS[kind]))
                            for kind, (path, resource) in WATCHED.items()}
         self._starting: asyncio.Future[None] | None = None
         self._calls = {"reads": 0, "creates": 0, "deletes": 0, "patches": 0}  # API calls the backend made itself
