@@ -35,7 +35,7 @@ from .backends.local import LocalBackend
 from .compiler import Compiler
 from .core.lifecycle import ComputeState
 from .identity import PipelineKey
-from .informer import Informer
+from .informer import Informer, identity
 from .kube import Conflict, Forbidden, Gone, Kube
 from .kube_events import EventPoster, requester_of
 from .leader import LeaderElector, LeaseTiming
@@ -349,11 +349,16 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                   sink=recorder, metrics=metrics)
     # Every replica watches the Pipelines: a standby serves them (and, from a shared store, their
     # events) through its HTTP API, and the leader serves them before its loops have started.
-    cache = PipelineCache()
+    # The leader's API serves its loops, not the watch: the cache keeps no copy of a Pipeline a loop holds.
+    cache = PipelineCache(monitored=lambda namespace, name: (
+        (monitor := ctx.monitors.get(namespace, name)) is not None and monitor.obj is not None))
     watch = Informer(kubernetes.client.ApiClient(kube.api_client.configuration),
                      path=f"/apis/{API_GROUP}/{API_VERSION}", resource=PLURAL,
                      namespaces=None if settings.all_namespaces else list(settings.namespaces),
-                     on_change=cache.on_change, name="pipelines")
+                     on_change=cache.on_change, name="pipelines", keep=identity)
+
+    ctx.monitors.on_remove.append(
+        lambda monitor: cache.loop_ended(monitor.obj, watch.get(monitor.key.namespace, monitor.key.name)))
     standby_serves = settings.backend is Backend.KUBERNETES and is_database_url(settings.event_store)
     api = None
     if settings.api_listen != "off":

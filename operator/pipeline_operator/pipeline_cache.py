@@ -33,6 +33,7 @@ class CachedPipeline:
         self.versions = NewestVersion()
         self._state: tuple[str | None, PipelineState] | None = None
         self._changed = asyncio.Event()
+        self.waiting = 0  # calls of wait_until in progress
 
     @property
     def obj(self) -> dict[str, Any] | None:
@@ -68,25 +69,35 @@ class CachedPipeline:
         """Wait until the leader's status, as this replica's watch delivers it, satisfies ``predicate``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            obj, state = self.obj, self.state
-            if obj is not None and state is not None and predicate(obj, state):
-                return True
-            left = deadline - loop.time()
-            if left <= 0:
-                return False
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=left)
-            except TimeoutError:
-                return False
+        self.waiting += 1
+        try:
+            while True:
+                obj, state = self.obj, self.state
+                if obj is not None and state is not None and predicate(obj, state):
+                    return True
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=left)
+                except TimeoutError:
+                    return False
+        finally:
+            self.waiting -= 1
 
 
 class PipelineCache:
     """Every Pipeline the replica's watch delivered, by namespace and name (fed by :meth:`on_change`,
-    the callback of an :class:`informer.Informer` of Pipelines)."""
+    the callback of an :class:`informer.Informer` of Pipelines).
 
-    def __init__(self) -> None:
+    ``monitored(namespace, name)`` says whether this replica's monitoring loop holds the Pipeline (the
+    leader's loops): the API then serves the loop, and the cache keeps no copy of that Pipeline (a
+    thousand Pipelines with their status history are tens of megabytes). It keeps one again from the
+    next version delivered after the loop is gone."""
+
+    def __init__(self, monitored: Callable[[str, str], bool] | None = None) -> None:
         self._by_name: dict[tuple[str, str], CachedPipeline] = {}
+        self.monitored = monitored
 
     def on_change(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -97,9 +108,23 @@ class PipelineCache:
                 del self._by_name[where]
                 cached.see(None)
             return
+        if self.monitored is not None and self.monitored(*where) and (cached is None or not cached.waiting):
+            if cached is not None:  # an answer waiting on it (asked before the loop started) keeps it
+                del self._by_name[where]
+            return
         if cached is None or cached.key.uid != meta.get("uid"):  # new, or deleted and created again
             cached = self._by_name[where] = CachedPipeline(key_of(obj))
         cached.see(obj)
+
+    def loop_ended(self, obj: Mapping[str, Any] | None, watched: Mapping[str, Any] | None) -> None:
+        """The loop that held a Pipeline ended, leaving ``obj``, its newest version, while the watch still holds
+        it (``watched``: what the watch holds of that name). A loop ends with its Pipeline still there when it
+        is being deleted, or its namespace is claimed elsewhere, and the watch may deliver no new version for a
+        while: the cache keeps the loop's."""
+        if obj is None or watched is None:
+            return
+        if (watched.get("metadata") or {}).get("uid") == (obj.get("metadata") or {}).get("uid"):
+            self.on_change("MODIFIED", dict(obj))
 
     def get(self, namespace: str, name: str) -> CachedPipeline | None:
         return self._by_name.get((namespace, name))

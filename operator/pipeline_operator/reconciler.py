@@ -148,6 +148,7 @@ class PipelineRegistry:
     def __init__(self) -> None:
         self._by_name: dict[tuple[str, str], PipelineMonitor] = {}
         self._by_uid: dict[str, PipelineMonitor] = {}
+        self.on_remove: list[Callable[[PipelineMonitor], None]] = []  # called after a loop is removed
 
     def add(self, monitor: PipelineMonitor) -> None:
         self._by_name[(monitor.key.namespace, monitor.key.name)] = monitor
@@ -159,6 +160,8 @@ class PipelineRegistry:
             del self._by_name[where]
         if self._by_uid.get(monitor.key.uid) is monitor:
             del self._by_uid[monitor.key.uid]
+        for listener in self.on_remove:
+            listener(monitor)
 
     def get(self, namespace: str, name: str) -> PipelineMonitor | None:
         return self._by_name.get((namespace, name))
@@ -335,7 +338,7 @@ class PipelineMonitor:
         self.wake = asyncio.Event()
         self.state: PipelineState | None = None
         self.conditions: list[Condition] = []
-        self.history: list[HistoryEntry] = []
+        self._history: list[dict[str, Any]] = []  # see ``history``
         self.last_event: MonitorEvent | None = None
         # What the last status write (or the status loaded) holds beyond its details, as a digest: a full copy
         # of every pipeline's status would double what a thousand pipelines keep in memory.
@@ -350,6 +353,16 @@ class PipelineMonitor:
         # What an idle pass would compute again, kept from the last one (see ``_desired_of`` and ``record``).
         self._desired: tuple[str | None, Desired, PipelineSpec] | None = None
         self._recorded: tuple[Desired, PipelineState, str | None] | None = None
+
+    @property
+    def history(self) -> list[HistoryEntry]:
+        """``status.history`` as last written or loaded. Kept as its JSON, about a quarter of the models'
+        size (a thousand pipelines hold twenty thousand entries); read only to write the status."""
+        return [HistoryEntry.model_validate(entry) for entry in self._history]
+
+    @history.setter
+    def history(self, entries: Sequence[HistoryEntry]) -> None:
+        self._history = [entry.model_dump(mode="json", by_alias=True, exclude_none=True) for entry in entries]
 
     # -- the newest object (:class:`NewestVersion`) -------------------------------------------
 
@@ -372,11 +385,11 @@ class PipelineMonitor:
         status = PipelineStatus.model_validate(obj.get("status") or {})
         self.state = resource.from_status(status)
         self.conditions = list(status.conditions)
-        self.history = list(status.history)
+        self.history = status.history
         self.written = _digest(obj.get("status") or {})
         self._recorded = None
-        if self.history:
-            recorded = history_event(self.history[0], self.state.deployment_error)
+        if status.history:
+            recorded = history_event(status.history[0], self.state.deployment_error)
             if self.last_event is None or recorded.recorded_at >= self.last_event.recorded_at:
                 self.last_event = recorded
 
