@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import os
 import signal
@@ -31,11 +32,12 @@ from pipeline_operator.core.lifecycle import (
     ComputeState,
     RuntimeObservation,
     RuntimeProbe,
+    RuntimeStatus,
     parse_status_response,
 )
 from pipeline_operator.identity import MAX_SLUG, PipelineKey
 from pipeline_operator.models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus, SpecRuntimeDesiredStatus
-from pipeline_operator.runtime_client import MAX_JSON_DEPTH, RuntimeClient
+from pipeline_operator.runtime_client import MAX_JSON_DEPTH, MAX_STATUS_BODY, RuntimeClient
 
 from .conftest import _kill_pipeline_processes_under
 from .operator_harness import wait_for
@@ -362,6 +364,72 @@ def test_every_string_a_pipeline_sends_is_capped():
     # The same caps hold for observations made without HTTP (the backends' messages, other callers).
     assert size(parse_status_response(None, None, big)) < SMALL
     assert len(json.dumps(ComputeObservation(state=ComputeState.FAILED, message=emoji).message)) <= MAX_TEXT + 2
+
+
+def test_an_answer_larger_than_the_bound_is_not_read_however_it_is_sent():
+    """Over MAX_STATUS_BODY bytes of body: announced with a Content-Length, chunked, or compressed (a small
+    gzip body whose content is larger is measured as it is decompressed)."""
+    big = b'"' + b"x" * (MAX_STATUS_BODY + 10) + b'"'
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(big), 64 * 1024):
+            await response.write(big[start:start + 64 * 1024])
+        await response.write_eof()
+        return response
+
+    async def announced(_: web.Request) -> web.Response:
+        return web.Response(body=big, content_type="application/json")
+
+    async def compressed(_: web.Request) -> web.Response:
+        return web.Response(body=gzip.compress(big), content_type="application/json",
+                            headers={"Content-Encoding": "gzip"})
+
+    async def scenario() -> dict[str, RuntimeObservation]:
+        app = web.Application()
+        app.router.add_get("/announced/status", announced)
+        app.router.add_get("/chunked/status", chunked)
+        app.router.add_get("/gzip/status", compressed)
+        async with serving(app) as url:
+            client = RuntimeClient()
+            try:
+                return {case: await client.status(f"{url}/{case}") for case in ("announced", "chunked", "gzip")}
+            finally:
+                await client.close()
+
+    for case, observation in asyncio.run(scenario()).items():
+        assert observation.probe is RuntimeProbe.UNREACHABLE, case
+        assert f"larger than {MAX_STATUS_BODY} bytes" in observation.reason, case
+
+
+def test_a_repeated_answer_is_the_same_observation_and_any_change_is_read_again():
+    answers = [(200, {"runtime_status": "Running", "runtime_desired_status": "Running"}),
+               (200, {"runtime_status": "Running", "runtime_desired_status": "Running"}),
+               (503, {"runtime_status": "Running", "runtime_desired_status": "Running"}),  # same bytes
+               (200, {"runtime_status": "Paused", "runtime_desired_status": "Paused"}),
+               (200, {"runtime_status": "Paused", "runtime_desired_status": "Paused"})]
+    served = iter(answers)
+
+    async def status(_: web.Request) -> web.Response:
+        code, body = next(served)
+        return web.json_response(body, status=code)
+
+    async def scenario() -> list[RuntimeObservation]:
+        app = web.Application()
+        app.router.add_get("/status", status)
+        async with serving(app) as url:
+            client = RuntimeClient()
+            try:
+                return [await client.status(url) for _ in answers]
+            finally:
+                await client.close()
+
+    first, again, unavailable, paused, paused_again = asyncio.run(scenario())
+    assert again is first and first.runtime_status is RuntimeStatus.RUNNING
+    assert unavailable.probe is RuntimeProbe.UNAVAILABLE  # same body, another HTTP status: read again
+    assert paused.runtime_status is RuntimeStatus.PAUSED and paused_again is paused
 
 
 def test_deeply_nested_answers_are_invalid_answers_not_exceptions():

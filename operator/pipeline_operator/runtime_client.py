@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from .core.lifecycle import NOT_JSON, RuntimeObservation, parse_status_response
 from .models import SpecRuntimeDesiredStatus
@@ -35,6 +36,8 @@ MAX_STATUS_BODY = 1024 * 1024  # a larger /status answer is not read
 MAX_JSON_DEPTH = 64  # levels of nesting of a pipeline's JSON answer (Feldera's status has fewer than 10)
 _PARSE_IN_THREAD = 64 * 1024  # bytes of a body from which decoding leaves the event loop
 RESOLVER_THREADS = 16  # name lookups of pipelines' addresses at once (a lookup of an unknown name waits for DNS)
+_STATUS_MEMO_BYTES = 16 * 1024  # a /status answer up to this size is kept, to recognise the next one as the same
+_STATUS_MEMO_LIMIT = 100_000  # endpoints remembered (then forgotten all at once: endpoints of deleted pipelines)
 
 # JSON strings (with their escapes), removed before brackets are counted: a bracket inside a string nests nothing.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -164,6 +167,10 @@ class RuntimeClient:
         self.token_for = token_for
         self._session: aiohttp.ClientSession | None = None
         self._resolver: _Resolver | None = None
+        self._status_timeout = aiohttp.ClientTimeout(total=status_timeout)
+        self._status_urls: dict[str, URL] = {}
+        # endpoint -> (HTTP status, body, observation) of its last answer (observations are immutable)
+        self._last_status: dict[str, tuple[int, bytes, RuntimeObservation]] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -189,22 +196,40 @@ class RuntimeClient:
         token = self.token_for(endpoint) if self.token_for is not None else None
         return {"Authorization": f"Bearer {token}"} if token else {}
 
+    def _status_url(self, endpoint: str) -> URL:
+        """``{endpoint}/status``, parsed once per endpoint (parsing a URL is a tenth of a poll's work)."""
+        url = self._status_urls.get(endpoint)
+        if url is None:
+            if len(self._status_urls) >= _STATUS_MEMO_LIMIT:
+                self._status_urls.clear()
+            url = self._status_urls[endpoint] = URL(f"{endpoint}/status")
+        return url
+
     async def status(self, endpoint: str) -> RuntimeObservation:
-        """``GET {endpoint}/status`` with Feldera's 5 s timeout, read as Feldera's runner reads it."""
-        timeout = aiohttp.ClientTimeout(total=self.status_timeout)
+        """``GET {endpoint}/status`` with Feldera's 5 s timeout, read as Feldera's runner reads it.
+
+        A pipeline answers its polls with the same body while nothing changes: an answer identical (status
+        and bytes) to the last one from that endpoint is the same observation, not decoded again."""
         try:
-            async with self.session.get(f"{endpoint}/status", timeout=timeout, headers=self._headers(endpoint),
-                                        allow_redirects=False) as response:
+            async with self.session.get(self._status_url(endpoint), timeout=self._status_timeout,
+                                        headers=self._headers(endpoint), allow_redirects=False) as response:
                 if 300 <= response.status < 400:
                     return parse_status_response(response.status, None)
-                chunks, size = [], 0
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > MAX_STATUS_BODY:
-                        return parse_status_response(response.status, NOT_JSON,
-                                                     f"the status answer is larger than {MAX_STATUS_BODY} bytes")
-                    chunks.append(chunk)
-                raw = b"".join(chunks)
+                length = response.content_length
+                if length is not None and length <= MAX_STATUS_BODY and "Content-Encoding" not in response.headers:
+                    raw = await response.read()  # no more than the length it announced (not decompressed)
+                else:
+                    chunks, size = [], 0
+                    async for chunk in response.content.iter_chunked(64 * 1024):
+                        size += len(chunk)
+                        if size > MAX_STATUS_BODY:
+                            return parse_status_response(
+                                response.status, NOT_JSON, f"the status answer is larger than {MAX_STATUS_BODY} bytes")
+                        chunks.append(chunk)
+                    raw = b"".join(chunks)
+                last = self._last_status.get(endpoint)
+                if last is not None and last[0] == response.status and last[1] == raw:
+                    return last[2]
                 try:
                     if not raw:
                         body = None
@@ -216,7 +241,12 @@ class RuntimeClient:
                     return parse_status_response(response.status, NOT_JSON, f"the status answer is {exc}")
                 except ValueError:
                     body = NOT_JSON
-                return parse_status_response(response.status, body, "")
+                observed = parse_status_response(response.status, body, "")
+                if len(raw) <= _STATUS_MEMO_BYTES:
+                    if len(self._last_status) >= _STATUS_MEMO_LIMIT:
+                        self._last_status.clear()
+                    self._last_status[endpoint] = (response.status, raw, observed)
+                return observed
         except TimeoutError:
             return parse_status_response(None, None, f"timed out after {self.status_timeout:g}s")
         except aiohttp.ClientError as exc:
