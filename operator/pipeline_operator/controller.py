@@ -20,11 +20,12 @@ import itertools
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import kopf
 import kubernetes
+from kopf._cogs.clients import watching as kopf_watching
 
 from . import kube_events, memory
 from .api import ApiDeps, ApiServer, Metrics
@@ -67,6 +68,28 @@ class KeepRetrying:
     def __iter__(self) -> Iterator[float]:
         yield from (1, 1, 2, 3, 5, 8)
         yield from itertools.repeat(10.0)
+
+
+def strip_managed_fields_in_kopf_watches() -> None:
+    """Kopf keeps the newest version of every Pipeline it watches, and offers no transform of what its
+    watch delivers (client-go and controller-runtime do: ``TransformStripManagedFields``). Nothing here
+    or in Kopf reads ``metadata.managedFields``, server-side apply's bookkeeping, which is about 13 KB of
+    a Pipeline's 24 KB in memory. So Kopf's watch stream (``continuous_watch``, which its watcher calls
+    for the initial list and every watch) is wrapped to drop it from each object as it arrives. Done
+    once per process; tests/test_managed_fields.py checks Kopf still has the function this wraps."""
+    original = kopf_watching.continuous_watch
+    if getattr(original, "strips_managed_fields", False):
+        return
+
+    async def continuous_watch(**kwargs: Any) -> AsyncIterator[Any]:
+        async for event in original(**kwargs):
+            raw: Any = event  # a bookmark, or the event as the API server sent it
+            meta = (raw.get("object") or {}).get("metadata") if isinstance(raw, dict) else None
+            if isinstance(meta, dict):
+                meta.pop("managedFields", None)
+            yield event
+    continuous_watch.strips_managed_fields = True  # type: ignore[attr-defined]
+    kopf_watching.continuous_watch = continuous_watch
 
 
 def _trigger(body: dict[str, Any]) -> tuple[Any, ...]:
@@ -357,6 +380,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                      namespaces=None if settings.all_namespaces else list(settings.namespaces),
                      on_change=cache.on_change, name="pipelines", keep=identity)
 
+    ctx.monitors.on_add.append(lambda monitor: cache.loop_started(monitor.key.namespace, monitor.key.name))
     ctx.monitors.on_remove.append(
         lambda monitor: cache.loop_ended(monitor.obj, watch.get(monitor.key.namespace, monitor.key.name)))
     standby_serves = settings.backend is Backend.KUBERNETES and is_database_url(settings.event_store)
@@ -478,8 +502,9 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                 await claims.start()
                 helpers.append(asyncio.create_task(claims.run()))
                 helpers.append(asyncio.create_task(report_refusals(claims)))
-            log.info("pipeline-operator watching pipelines.%s in %s with the %s backend", API_GROUP, where,
-                     settings.backend.value)
+            log.info("pipeline-operator watching pipelines.%s in %s with the %s backend (event loop: %s)", API_GROUP,
+                     where, settings.backend.value, type(asyncio.get_running_loop()).__module__.partition(".")[0])
+            strip_managed_fields_in_kopf_watches()
             await kopf.operator(registry=registry, standalone=True, clusterwide=settings.all_namespaces,
                                 namespaces=settings.namespaces, ready_flag=ready_flag, stop_flag=stopping,
                                 memo=kopf.Memo())
