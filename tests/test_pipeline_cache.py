@@ -30,13 +30,16 @@ def test_a_pipeline_the_loops_hold_is_served_from_the_loop_and_not_kept_twice():
     cache.on_change("ADDED", pipeline("b", 1, uid="u-2"))
     assert cache.get("ns", "a").obj["metadata"]["resourceVersion"] == "1"
 
-    loops[("ns", "a")] = Loop(pipeline("a", 2))
-    cache.on_change("MODIFIED", pipeline("a", 2))  # the loop's status write, as the watch delivers it
+    loops[("ns", "a")] = Loop(pipeline("a", 1))
+    cache.loop_started("ns", "a")  # a loop starts (Kopf's daemon, also after a takeover)
     assert cache.get("ns", "a") is None  # dropped: the loop holds it
+    cache.on_change("MODIFIED", pipeline("a", 2))  # the loop's status write, as the watch delivers it
+    assert cache.get("ns", "a") is None
     cache.on_change("MODIFIED", pipeline("a", 3))
     assert cache.get("ns", "a") is None
     assert cache.get("ns", "b").obj["metadata"]["resourceVersion"] == "1"  # not held by a loop: kept
 
+    loops[("ns", "a")].obj = pipeline("a", 2)
     registry = PipelineRegistry()
     registry.add(loops[("ns", "a")])  # type: ignore[arg-type]
     served = ServedPipelines(registry, cache)
@@ -76,6 +79,8 @@ def test_an_answer_waiting_on_the_cache_when_a_loop_takes_the_pipeline_still_see
         await asyncio.sleep(0)
         assert cached.waiting == 1
         loops[("ns", "a")] = Loop(pipeline("a", 2))
+        cache.loop_started("ns", "a")
+        assert cache.get("ns", "a") is cached  # kept for the answer waiting on it
         cache.on_change("MODIFIED", pipeline("a", 2))
         assert await waiter is True
         assert cached.waiting == 0

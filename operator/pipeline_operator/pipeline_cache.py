@@ -116,6 +116,13 @@ class PipelineCache:
             cached = self._by_name[where] = CachedPipeline(key_of(obj))
         cached.see(obj)
 
+    def loop_started(self, namespace: str, name: str) -> None:
+        """A loop of this replica holds the Pipeline now (the leader's loops start, after a takeover too): its
+        copy here goes, unless an answer is waiting on it."""
+        cached = self._by_name.get((namespace, name))
+        if cached is not None and not cached.waiting and self.monitored is not None and self.monitored(namespace, name):
+            del self._by_name[(namespace, name)]
+
     def loop_ended(self, obj: Mapping[str, Any] | None, watched: Mapping[str, Any] | None) -> None:
         """The loop that held a Pipeline ended, leaving ``obj``, its newest version, while the watch still holds
         it (``watched``: what the watch holds of that name). A loop ends with its Pipeline still there when it

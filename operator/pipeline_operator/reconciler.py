@@ -148,11 +148,14 @@ class PipelineRegistry:
     def __init__(self) -> None:
         self._by_name: dict[tuple[str, str], PipelineMonitor] = {}
         self._by_uid: dict[str, PipelineMonitor] = {}
+        self.on_add: list[Callable[[PipelineMonitor], None]] = []  # called after a loop is added
         self.on_remove: list[Callable[[PipelineMonitor], None]] = []  # called after a loop is removed
 
     def add(self, monitor: PipelineMonitor) -> None:
         self._by_name[(monitor.key.namespace, monitor.key.name)] = monitor
         self._by_uid[monitor.key.uid] = monitor
+        for listener in self.on_add:
+            listener(monitor)
 
     def remove(self, monitor: PipelineMonitor) -> None:
         where = (monitor.key.namespace, monitor.key.name)
