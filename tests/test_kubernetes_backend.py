@@ -659,6 +659,12 @@ def test_the_endpoint_overrides_file_is_parsed_again_only_when_it_changes(tmp_pa
     key = PipelineKey("ns", "a", "0123456789abcdef")
     assert [backend.endpoint(key) for _ in range(100)] == ["http://127.0.0.1:1001"] * 100
     assert len(parsed) == 1
+    stats: list[Path] = []
+    real_stat = Path.stat
+    monkeypatch.setattr(Path, "stat", lambda self, *a, **k: stats.append(self) or real_stat(self, *a, **k))
+    assert [backend.endpoint(key) for _ in range(100)] == ["http://127.0.0.1:1001"] * 100
+    assert stats.count(overrides) <= 1  # looked at no more than once a second
+    monkeypatch.setattr(KubernetesBackend, "OVERRIDES_RECHECK", 0.0)  # from here on, every call looks
     overrides.write_text(json.dumps({"ns/a": "http://127.0.0.1:2002"}))  # another size: a change
     assert backend.endpoint(key) == "http://127.0.0.1:2002" and len(parsed) == 2
     replacement = tmp_path / "endpoints.json.tmp"  # the same size, replaced by a rename (as tests/fake_kubelet.py does)

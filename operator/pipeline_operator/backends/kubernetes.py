@@ -41,6 +41,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -424,6 +425,8 @@ class KubernetesBackend:
     passes of one provisioning or one stop read it once.
     """
 
+    OVERRIDES_RECHECK = 1.0  # seconds between looks at the --dev-endpoint-overrides file
+
     def __init__(self, kube: Kube, options: KubernetesOptions, namespaces: Sequence[str] | None = None,
                  on_child_change: Callable[[str], None] | None = None) -> None:
         self.kube = kube
@@ -459,6 +462,7 @@ class KubernetesBackend:
         self._settled: dict[str, dict[str, bool]] = {}
         self._overrides: dict[str, Any] = {}
         self._overrides_version: tuple[int, int, int] | None = None  # the file's (inode, mtime, size) when parsed
+        self._overrides_checked = 0.0  # time.monotonic() of the last look at the file
 
     @classmethod
     def from_settings(cls, kube: Kube, settings: OperatorSettings,
@@ -828,8 +832,13 @@ class KubernetesBackend:
         return f"PersistentVolumeClaim {key.namespace}/{self._claim_name(key)}"
 
     def _endpoint_mapping(self, path: Path) -> dict[str, Any]:
-        """The ``--dev-endpoint-overrides`` file, parsed again only when it was replaced or its mtime or size
-        changed (it is asked for on every pass of every pipeline)."""
+        """The ``--dev-endpoint-overrides`` file, looked at no more than every :attr:`OVERRIDES_RECHECK` seconds
+        and parsed again only when it was replaced or its mtime or size changed (it is asked for on every pass
+        of every pipeline: a thousand stat() calls a second otherwise)."""
+        now = time.monotonic()
+        if self._overrides_version is not None and now - self._overrides_checked < self.OVERRIDES_RECHECK:
+            return self._overrides
+        self._overrides_checked = now
         try:
             stat = path.stat()
         except OSError:
