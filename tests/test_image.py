@@ -219,6 +219,7 @@ def test_entrypoint_starts_the_operator_from_an_installed_wheel(crd_installed: C
                 time.sleep(0.3)
         assert ready, log.read_text()[-3000:]
         assert "watching pipelines.dataflow.dev" in log.read_text()
+        assert "(event loop: uvloop)" in log.read_text()  # the installed operator's default
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()[-3000:]

@@ -1,6 +1,6 @@
 """Shutdown is clean whatever is in flight: SIGTERM while many status writes are under way (and
 conflict with spec changes) exits 0 without a traceback, leaves the pipelines' compute running,
-and the next operator adopts it and converges."""
+and the next operator adopts it and converges; with either event loop (``--event-loop``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .test_operator_lifecycle import spec
 
 pytestmark = pytest.mark.apiserver
 COUNT = 20
-ROUNDS = 3
+LOOPS = ("uvloop", "asyncio", "uvloop")  # one round each: the default, the standard library's, the default again
 
 
 def ready(op) -> bool:
@@ -31,7 +31,7 @@ def test_sigterm_during_status_writes_exits_cleanly_and_leaves_compute_running(
         operators, pipelines, namespace, cluster, tmp_path):
     state = tmp_path / "state"
     names = [f"p{i:02d}" for i in range(COUNT)]
-    op = operators(namespace, state_dir=state)
+    op = operators(namespace, "--event-loop", LOOPS[0], state_dir=state)
     uids = {name: pipelines.create(name, spec())["metadata"]["uid"] for name in names}
     for name in names:
         pipelines.wait_status(name, op, deploymentStatus="Running", timeout=120)
@@ -43,8 +43,9 @@ def test_sigterm_during_status_writes_exits_cleanly_and_leaves_compute_running(
                         json.dumps({"spec": {"description": f"round {n}"}}), check=False)
 
     with ThreadPoolExecutor(8) as pool:
-        for n in range(ROUNDS):
+        for n, loop in enumerate(LOOPS):
             wait_for("the operator to be ready", lambda op=op: ready(op), 60, operator=op)
+            assert f"(event loop: {loop})" in op.log()
             changes = [pool.submit(patch, name, n) for name in names]
             wait_for("some of the round's spec changes", lambda changes=changes: sum(c.done() for c in changes) >= 5,
                      60)
@@ -55,7 +56,7 @@ def test_sigterm_during_status_writes_exits_cleanly_and_leaves_compute_running(
             for change in changes:
                 change.result()
             assert {name: op.pipeline_processes(uid) for name, uid in uids.items()} == pids  # compute untouched
-            op = operators(namespace, state_dir=state)
+            op = operators(namespace, "--event-loop", LOOPS[(n + 1) % len(LOOPS)], state_dir=state)
     for name in names:  # the last operator converges: every change observed, every pipeline still Running
         st = pipelines.a_later_pass(name, op, timeout=120)
         assert st["deploymentStatus"] == "Running"

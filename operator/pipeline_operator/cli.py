@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,14 @@ def setup_logging(settings: OperatorSettings) -> None:
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL if not settings.verbose else logging.DEBUG)
 
 
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``--event-loop`` names (None: asyncio's default)."""
+    if name == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop
+    return None
+
+
 @main.command()
 @_settings_options
 def run(**given: Any) -> None:
@@ -148,7 +156,8 @@ def run(**given: Any) -> None:
     setup_logging(settings)
     from . import controller
     try:
-        asyncio.run(controller.run(settings))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+            runner.run(controller.run(settings))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except controller.LeadershipLost as exc:

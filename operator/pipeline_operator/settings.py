@@ -160,6 +160,9 @@ class OperatorSettings(BaseSettings):
                                "Events and field manager of the operator's writes.")
     log_format: str = Field("plain", pattern="^(plain|json)$", description="Log lines as plain text "
                             "or JSON.")
+    event_loop: str = Field("uvloop", pattern="^(uvloop|asyncio)$", description="The event loop: `uvloop` "
+                            "(libuv's, as Kopf's own command uses when installed: a thousand pipelines' status "
+                            "polls cost less CPU) or `asyncio` (the standard library's).")
     verbose: bool = Field(False, description="Debug logging.")
 
     @field_validator("namespaces", "pipeline_image_prefixes", mode="before")
