@@ -17,6 +17,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import re
 import socket
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
@@ -29,6 +30,7 @@ from yarl import URL
 
 from .core.lifecycle import NOT_JSON, RuntimeObservation, parse_status_response
 from .models import SpecRuntimeDesiredStatus
+from .status_http import StatusConnections, StatusTooLarge, StatusUnanswered
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +168,23 @@ class RuntimeClient:
         self.action_timeout = action_timeout
         self.token_for = token_for
         self._session: aiohttp.ClientSession | None = None
+        self._polls: StatusConnections | None = None
         self._resolver: _Resolver | None = None
         self._status_timeout = aiohttp.ClientTimeout(total=status_timeout)
         self._status_urls: dict[str, URL] = {}
         # endpoint -> (HTTP status, body, observation) of its last answer (observations are immutable)
         self._last_status: dict[str, tuple[int, bytes, RuntimeObservation]] = {}
+
+    @property
+    def polls(self) -> StatusConnections:
+        if self._polls is None:
+            self._polls = StatusConnections(self._addresses, MAX_STATUS_BODY, "pipeline-operator")
+        return self._polls
+
+    async def _addresses(self, host: str, port: int) -> list[str]:
+        if self._resolver is None:
+            self._resolver = _Resolver()
+        return [found["host"] for found in await self._resolver.resolve(host, port, socket.AF_UNSPEC)]
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -185,6 +199,8 @@ class RuntimeClient:
         return self._session
 
     async def close(self) -> None:
+        if self._polls is not None:
+            self._polls.close()
         if self._session is not None:
             await self._session.close()
         if self._resolver is not None:
@@ -208,13 +224,32 @@ class RuntimeClient:
     async def status(self, endpoint: str) -> RuntimeObservation:
         """``GET {endpoint}/status`` with Feldera's 5 s timeout, read as Feldera's runner reads it.
 
-        A pipeline answers its polls with the same body while nothing changes: an answer identical (status
-        and bytes) to the last one from that endpoint is the same observation, not decoded again."""
+        Sent on the pipeline's kept-alive connection of :mod:`~pipeline_operator.status_http` (through aiohttp
+        for an endpoint that is not plain ``http://``). A pipeline answers its polls with the same body while
+        nothing changes: an answer identical (status and bytes) to the last one from that endpoint is the same
+        observation, not decoded again."""
+        target = self.polls.target(endpoint)
+        if target is None:
+            return await self._status_through_session(endpoint)
+        try:
+            async with asyncio.timeout(self.status_timeout):
+                status, raw = await self.polls.get(target, self.token_for(endpoint) if self.token_for else None)
+        except TimeoutError:
+            return parse_status_response(None, None, f"timed out after {self.status_timeout:g}s")
+        except StatusTooLarge as exc:
+            return parse_status_response(exc.status, NOT_JSON, f"the status answer is larger than {MAX_STATUS_BODY} "
+                                                               "bytes")
+        except StatusUnanswered as exc:
+            return parse_status_response(None, None, str(exc))
+        except OSError as exc:  # no connection; socket.gaierror: no address
+            why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+            return parse_status_response(None, None, f"cannot connect to {target.host}:{target.port}: {why}")
+        return await self._observe(endpoint, status, raw)
+
+    async def _status_through_session(self, endpoint: str) -> RuntimeObservation:
         try:
             async with self.session.get(self._status_url(endpoint), timeout=self._status_timeout,
                                         headers=self._headers(endpoint), allow_redirects=False) as response:
-                if 300 <= response.status < 400:
-                    return parse_status_response(response.status, None)
                 length = response.content_length
                 if length is not None and length <= MAX_STATUS_BODY and "Content-Encoding" not in response.headers:
                     raw = await response.read()  # no more than the length it announced (not decompressed)
@@ -227,30 +262,36 @@ class RuntimeClient:
                                 response.status, NOT_JSON, f"the status answer is larger than {MAX_STATUS_BODY} bytes")
                         chunks.append(chunk)
                     raw = b"".join(chunks)
-                last = self._last_status.get(endpoint)
-                if last is not None and last[0] == response.status and last[1] == raw:
-                    return last[2]
-                try:
-                    if not raw:
-                        body = None
-                    elif len(raw) < _PARSE_IN_THREAD:
-                        body = decode_json(raw)
-                    else:
-                        body = await asyncio.to_thread(decode_json, raw)
-                except TooDeep as exc:
-                    return parse_status_response(response.status, NOT_JSON, f"the status answer is {exc}")
-                except ValueError:
-                    body = NOT_JSON
-                observed = parse_status_response(response.status, body, "")
-                if len(raw) <= _STATUS_MEMO_BYTES:
-                    if len(self._last_status) >= _STATUS_MEMO_LIMIT:
-                        self._last_status.clear()
-                    self._last_status[endpoint] = (response.status, raw, observed)
-                return observed
+                return await self._observe(endpoint, response.status, raw)
         except TimeoutError:
             return parse_status_response(None, None, f"timed out after {self.status_timeout:g}s")
         except aiohttp.ClientError as exc:
             return parse_status_response(None, None, f"{type(exc).__name__}: {exc}")
+
+    async def _observe(self, endpoint: str, status: int, raw: bytes) -> RuntimeObservation:
+        """What one answer to ``GET /status`` says."""
+        if 300 <= status < 400:
+            return parse_status_response(status, None)
+        last = self._last_status.get(endpoint)
+        if last is not None and last[0] == status and last[1] == raw:
+            return last[2]
+        try:
+            if not raw:
+                body = None
+            elif len(raw) < _PARSE_IN_THREAD:
+                body = decode_json(raw)
+            else:
+                body = await asyncio.to_thread(decode_json, raw)
+        except TooDeep as exc:
+            return parse_status_response(status, NOT_JSON, f"the status answer is {exc}")
+        except ValueError:
+            body = NOT_JSON
+        observed = parse_status_response(status, body, "")
+        if len(raw) <= _STATUS_MEMO_BYTES:
+            if len(self._last_status) >= _STATUS_MEMO_LIMIT:
+                self._last_status.clear()
+            self._last_status[endpoint] = (status, raw, observed)
+        return observed
 
     async def _call(self, method: str, endpoint: str, path: str) -> bool:
         """One action; a redirect is a failure (never followed, never sent again elsewhere)."""

@@ -1,0 +1,198 @@
+"""The status polls' HTTP (status_http.py), against servers that answer at the byte level: kept-alive
+connections and when they are not reused, a pipeline that closes its end between polls or answers
+something that is not HTTP, bodies framed every way HTTP/1.1 allows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from pipeline_operator import status_http
+from pipeline_operator.core.lifecycle import RuntimeObservation, RuntimeProbe, RuntimeStatus
+from pipeline_operator.runtime_client import RuntimeClient
+
+BODY = json.dumps({"runtime_status": "Running", "runtime_desired_status": "Running"}).encode()
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+
+CLOSE = object()  # an answer of Server: close the connection without answering
+
+
+class Server:
+    """A loopback server that records every connection's requests and answers each with ``answer(n, request)``:
+    bytes to send, ``(bytes, True)`` to send and then close the connection, or :data:`CLOSE`."""
+
+    def __init__(self, answer: Callable[[int, bytes], Any]) -> None:
+        self.answer = answer  # n: the request's number on its connection, from 1
+        self.connections: list[list[bytes]] = []
+        self.closed_by_client = 0
+        self.url = ""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests: list[bytes] = []
+        self.connections.append(requests)
+        try:
+            while True:
+                try:
+                    request = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    self.closed_by_client += 1
+                    return
+                requests.append(request)
+                answer = self.answer(len(requests), request)
+                if answer is CLOSE:
+                    return
+                data, close = answer if isinstance(answer, tuple) else (answer, False)
+                writer.write(data)
+                await writer.drain()
+                if close:
+                    return
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def serving(answer: Callable[[int, bytes], Any]) -> AsyncIterator[Server]:
+    server = Server(answer)
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    server.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    try:
+        yield server
+    finally:
+        listener.close()
+
+
+def run(answer: Callable[[int, bytes], Any], count: int, pause: float = 0.0,
+        token: str | None = None) -> tuple[list[RuntimeObservation], Server]:
+    """``count`` polls, ``pause`` seconds apart, of a server answering with ``answer``."""
+    async def scenario() -> tuple[list[RuntimeObservation], Server]:
+        async with serving(answer) as server:
+            client = RuntimeClient(status_timeout=5.0, token_for=lambda _: token)
+            try:
+                seen = []
+                for _ in range(count):
+                    seen.append(await client.status(server.url))
+                    await asyncio.sleep(pause)
+                return seen, server
+            finally:
+                await client.close()
+    return asyncio.run(scenario())
+
+
+def test_polls_share_one_kept_alive_connection_and_send_the_token():
+    seen, server = run(lambda n, request: OK, 5, token="secret")
+    assert [o.probe for o in seen] == [RuntimeProbe.OK] * 5
+    assert len(server.connections) == 1 and len(server.connections[0]) == 5
+    request = server.connections[0][0]
+    assert request.startswith(b"GET /status HTTP/1.1\r\n")
+    assert b"\r\nAuthorization: Bearer secret\r\n" in request
+    assert f"\r\nHost: {server.url.removeprefix('http://')}\r\n".encode() in request
+
+
+def test_a_connection_the_pipeline_closes_between_polls_is_replaced_without_a_failure():
+    # Each connection answers one request and is then closed by the pipeline while unused (its keep-alive
+    # timeout): the next poll finds it closed, before or after writing on it, and must still get its answer.
+    seen, server = run(lambda n, request: OK if n == 1 else CLOSE, 4, pause=0.05)
+    assert [o.probe for o in seen] == [RuntimeProbe.OK] * 4, seen
+    assert len(server.connections) >= 4
+
+
+def test_an_answer_that_asks_to_close_the_connection_is_not_reused():
+    closing = OK.replace(b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 OK\r\nConnection: close\r\n")
+    seen, server = run(lambda n, request: closing, 3)
+    assert [o.probe for o in seen] == [RuntimeProbe.OK] * 3
+    assert [len(requests) for requests in server.connections] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("answer", [
+    # no length: the body ends with the connection (HTTP/1.0 and HTTP/1.1 alike)
+    (b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + BODY, True),
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + BODY, True),
+    # chunked, in three chunks
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+        b"%x\r\n%s\r\n" % (len(part), part) for part in (BODY[:5], BODY[5:20], BODY[20:])) + b"0\r\n\r\n",
+], ids=["http1.0-until-close", "http1.1-until-close", "chunked"])
+def test_every_framing_of_the_body_is_read(answer):
+    seen, server = run(lambda n, request: answer, 3)
+    for observation in seen:
+        assert observation.probe is RuntimeProbe.OK and observation.runtime_status is RuntimeStatus.RUNNING
+    assert len(server.connections) == (3 if isinstance(answer, tuple) else 1)
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "not valid HTTP"),
+    ((b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"runtime", True), "before its answer was complete"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 20\r\n\r\n0123456789", "not valid HTTP"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "not valid HTTP"),
+], ids=["not-http", "cut-short", "two-lengths", "bad-chunk"])
+def test_what_is_not_a_complete_http_answer_is_unreachable_and_the_connection_is_dropped(answer, reason):
+    answers = iter([answer, OK])
+    (first, second), server = run(lambda n, request: next(answers), 2)
+    assert first.probe is RuntimeProbe.UNREACHABLE and reason in first.reason, first
+    assert second.probe is RuntimeProbe.OK, second
+    assert [len(requests) for requests in server.connections] == [1, 1]  # the failed connection was dropped
+
+
+def test_a_pipeline_that_closes_a_new_connection_without_answering_is_unreachable():
+    seen, server = run(lambda n, request: CLOSE, 1)
+    assert seen[0].probe is RuntimeProbe.UNREACHABLE
+    assert "closed the connection without answering" in seen[0].reason
+    assert len(server.connections) == 1  # a new connection's failure is the answer: not sent again
+
+
+def test_a_refused_connection_names_the_address():
+    async def scenario() -> RuntimeObservation:
+        listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        listener.close()
+        await listener.wait_closed()
+        client = RuntimeClient()
+        try:
+            return await client.status(f"http://127.0.0.1:{port}")
+        finally:
+            await client.close()
+
+    observed = asyncio.run(scenario())
+    assert observed.probe is RuntimeProbe.UNREACHABLE and "cannot connect to 127.0.0.1:" in observed.reason
+    assert "refused" in observed.reason.lower()
+
+
+def test_a_token_that_would_add_a_header_is_not_sent():
+    seen, server = run(lambda n, request: OK, 1, token="secret\r\nX-Injected: 1")
+    assert seen[0].probe is RuntimeProbe.UNREACHABLE and "token" in seen[0].reason
+    assert server.connections == []
+
+
+def test_unused_connections_are_closed(monkeypatch):
+    monkeypatch.setattr(status_http, "KEEPALIVE", 0.2)
+
+    async def scenario() -> Server:
+        async with serving(lambda n, request: OK) as server:
+            client = RuntimeClient()
+            try:
+                assert (await client.status(server.url)).probe is RuntimeProbe.OK
+                await asyncio.sleep(0.3)
+                # The next poll, of any pipeline, closes what has not been used for KEEPALIVE seconds.
+                async with serving(lambda n, request: OK) as other:
+                    assert (await client.status(other.url)).probe is RuntimeProbe.OK
+                for _ in range(50):
+                    if server.closed_by_client:
+                        break
+                    await asyncio.sleep(0.02)
+                return server
+            finally:
+                await client.close()
+
+    server = asyncio.run(scenario())
+    assert server.closed_by_client == 1 and len(server.connections) == 1
+
+
+def test_a_redirect_is_not_followed():
+    redirect = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://elsewhere/status\r\nContent-Length: 0\r\n\r\n"
+    seen, server = run(lambda n, request: redirect, 1)
+    assert seen[0].probe is RuntimeProbe.FATAL and "redirect" in seen[0].error.message
+    assert len(server.connections) == 1 and len(server.connections[0]) == 1
