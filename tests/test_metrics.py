@@ -18,6 +18,7 @@ from pipeline_operator.api.metrics import Metrics, PipelineSample
 from pipeline_operator.core.lifecycle import PipelineState
 from pipeline_operator.models import ErrorResponse, ResourcesStatus, RuntimeStatus
 
+from .operator_harness import wait_for
 from .test_operator_lifecycle import spec
 
 MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
@@ -97,6 +98,11 @@ def test_a_lifecycle_shows_in_metrics_and_the_dashboard_and_alerts_query_only_ex
     assert value(text, "pipeline_operator_monitor_events_total", kind="status") > 0
     assert value(text, "pipeline_operator_event_recording_seconds_count") > 0
     assert value(text, "pipeline_operator_event_store_appended_total") > 0
+    # The lifecycle's Kubernetes Events: posted, none left waiting once the poster has caught up.
+    queued = "pipeline_operator_kubernetes_events_queued"
+    caught_up = wait_for("the Kubernetes Events to be posted",
+                         lambda: value(t := scrape(op.api_url), queued) == 0 and t, 30, operator=op)
+    assert value(caught_up, "pipeline_operator_kubernetes_events_posted_total") > 0
     assert value(text, "pipeline_operator_event_store_commit_seconds_count") > 0
     assert value(text, "pipeline_operator_api_requests_total", route="/v0/pipelines/{name}/events", code="200") == 1
     # Bounded labels: a pipeline's name is never a label value (the route template stands for it).

@@ -362,7 +362,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     poster = EventPoster(events_kube, settings.operator_name, requester=requester)
     poster.start()
     metrics = Metrics()
-    metrics.count_kubernetes_events(lambda: (poster.posted, poster.dropped))
+    metrics.count_kubernetes_events(lambda: (poster.posted, poster.dropped, poster.queued))
     metrics.watch_event_store(store.stats, store.commit_seconds)
     backend = make_backend(settings, kube, on_child_change=lambda uid: _wake(ctx, uid))
     recorder = Recorder(store, poster)

@@ -129,6 +129,11 @@ class EventPoster:
         self.posted = 0
         self.dropped = 0
 
+    @property
+    def queued(self) -> int:
+        """Events waiting to be posted."""
+        return sum(q.qsize() for q in self._queues)
+
     def start(self) -> None:
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._work(q), name=f"kubernetes-events-{i}")
@@ -141,7 +146,7 @@ class EventPoster:
         try:
             await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues)), timeout)
         except TimeoutError:
-            log.warning("%d Kubernetes Events not posted at shutdown", sum(q.qsize() for q in self._queues))
+            log.warning("%d Kubernetes Events not posted at shutdown", self.queued)
         for task in self._tasks:
             task.cancel()
 

@@ -115,8 +115,9 @@ class Metrics:
                 self.errors.labels(error.error_code).inc()
             prev = cur
 
-    def count_kubernetes_events(self, counts: Callable[[], tuple[int, int]]) -> None:
-        """Kubernetes Events posted and dropped (``counts`` returns them), read at each scrape."""
+    def count_kubernetes_events(self, counts: Callable[[], tuple[int, int, int]]) -> None:
+        """Kubernetes Events posted, dropped and waiting to be posted (``counts`` returns them), read at each
+        scrape."""
         self.registry.register(_KubernetesEvents(counts))
 
     def watch_event_store(self, stats: Callable[[], dict[str, int]],
@@ -190,12 +191,14 @@ class _EventStoreWriter(Collector):
 
 
 class _KubernetesEvents(Collector):
-    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+    def __init__(self, counts: Callable[[], tuple[int, int, int]]) -> None:
         self.counts = counts
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        posted, dropped = self.counts()
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        posted, dropped, queued = self.counts()
         yield CounterMetricFamily("pipeline_operator_kubernetes_events_posted", "Kubernetes Events posted",
                                   value=posted)
         yield CounterMetricFamily("pipeline_operator_kubernetes_events_dropped", "Kubernetes Events dropped "
                                   "(the API server refused them, or too many were waiting)", value=dropped)
+        yield GaugeMetricFamily("pipeline_operator_kubernetes_events_queued", "Kubernetes Events waiting to be "
+                                "posted", value=queued)
