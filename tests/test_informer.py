@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from pipeline_operator.informer import ADDED, DELETED, MODIFIED, SHARED, Informer, identity, projection
+from pipeline_operator.informer import ADDED, DELETED, MODIFIED, SHARED, Informer, names_and_versions, projection
 from pipeline_operator_dev import controlplane
 
 pytestmark = pytest.mark.apiserver
@@ -138,7 +138,7 @@ def test_additions_changes_and_deletions_arrive_on_the_loop_with_the_cache_updat
 
 def test_a_transform_decides_what_is_delivered_and_keep_what_is_held(cluster, namespace):
     """client-go's transform: the listed and the watched objects alike are delivered as the projection
-    keeps them (strings of SHARED parts interned across objects); ``keep`` holds only their identity."""
+    keeps them (strings of SHARED parts interned across objects); ``keep`` holds only their names and versions."""
     cluster.apply(configmap("listed", namespace, big="x" * 20_000))
     shape = {"metadata": {"name": True, "namespace": True, "uid": True, "resourceVersion": True, "labels": SHARED}}
 
@@ -147,7 +147,7 @@ def test_a_transform_decides_what_is_delivered_and_keep_what_is_held(cluster, na
 
         def seen(kind, obj):
             delivered.setdefault(obj["metadata"]["name"], []).append((kind, obj))
-        informer = informer_for(client, [namespace], transform=projection(shape), keep=identity)
+        informer = informer_for(client, [namespace], transform=projection(shape), keep=names_and_versions)
         informer.on_change = seen
         await informer.start()
         try:

@@ -1,6 +1,8 @@
 """The status polls' HTTP (status_http.py), against servers that answer at the byte level: kept-alive
 connections and when they are not reused, a pipeline that closes its end between polls or answers
-something that is not HTTP, bodies framed every way HTTP/1.1 allows."""
+something that is not HTTP, bodies framed every way HTTP/1.1 allows. Every test runs on both event
+loops the operator can run on (``--event-loop``): their transports report a closed connection
+differently."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import uvloop
 
 from pipeline_operator import status_http
 from pipeline_operator.core.lifecycle import RuntimeObservation, RuntimeProbe, RuntimeStatus
@@ -18,6 +21,22 @@ from pipeline_operator.runtime_client import RuntimeClient
 
 BODY = json.dumps({"runtime_status": "Running", "runtime_desired_status": "Running"}).encode()
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+
+LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+_loop_factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+
+
+@pytest.fixture(autouse=True, params=sorted(LOOPS))
+def event_loop_kind(request: pytest.FixtureRequest) -> str:
+    global _loop_factory
+    _loop_factory = LOOPS[request.param]
+    return str(request.param)
+
+
+def run_on_loop(coroutine: Any) -> Any:
+    with asyncio.Runner(loop_factory=_loop_factory) as runner:
+        return runner.run(coroutine)
+
 
 CLOSE = object()  # an answer of Server: close the connection without answering
 
@@ -80,7 +99,7 @@ def run(answer: Callable[[int, bytes], Any], count: int, pause: float = 0.0,
                 return seen, server
             finally:
                 await client.close()
-    return asyncio.run(scenario())
+    return run_on_loop(scenario())
 
 
 def test_polls_share_one_kept_alive_connection_and_send_the_token():
@@ -156,7 +175,7 @@ def test_a_refused_connection_names_the_address():
         finally:
             await client.close()
 
-    observed = asyncio.run(scenario())
+    observed = run_on_loop(scenario())
     assert observed.probe is RuntimeProbe.UNREACHABLE and "cannot connect to 127.0.0.1:" in observed.reason
     assert "refused" in observed.reason.lower()
 
@@ -187,7 +206,7 @@ def test_unused_connections_are_closed(monkeypatch):
             finally:
                 await client.close()
 
-    server = asyncio.run(scenario())
+    server = run_on_loop(scenario())
     assert server.closed_by_client == 1 and len(server.connections) == 1
 
 

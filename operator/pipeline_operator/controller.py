@@ -36,7 +36,7 @@ from .backends.local import LocalBackend
 from .compiler import Compiler
 from .core.lifecycle import ComputeState
 from .identity import PipelineKey
-from .informer import Informer, identity
+from .informer import Informer, names_and_versions
 from .kube import Conflict, Forbidden, Gone, Kube
 from .kube_events import EventPoster, requester_of
 from .leader import LeaderElector, LeaseTiming
@@ -378,7 +378,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     watch = Informer(kubernetes.client.ApiClient(kube.api_client.configuration),
                      path=f"/apis/{API_GROUP}/{API_VERSION}", resource=PLURAL,
                      namespaces=None if settings.all_namespaces else list(settings.namespaces),
-                     on_change=cache.on_change, name="pipelines", keep=identity)
+                     on_change=cache.on_change, name="pipelines", keep=names_and_versions)
 
     ctx.monitors.on_add.append(lambda monitor: cache.loop_started(monitor.key.namespace, monitor.key.name))
     ctx.monitors.on_remove.append(

@@ -139,8 +139,8 @@ class Informer:
         self.transform: Transform = transform or _trimmed
         # What the cache itself holds of each (transformed) object, when ``on_change`` is its only reader and
         # keeps what it needs: get() and list() then answer with this. The object's metadata name, namespace,
-        # uid and resourceVersion must stay (see :func:`identity`).
-        self.keep: Transform | None = keep
+        # uid and resourceVersion must stay (see :func:`names_and_versions`). By default, all of it.
+        self.keep: Transform = keep or _as_is
         scopes: list[str | None] = list(dict.fromkeys(namespaces)) if namespaces is not None else [None]
         self._streams = {scope: _Stream(scope) for scope in scopes}
         self._objects: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> name -> object
@@ -190,7 +190,7 @@ class Informer:
         bucket = self._objects.setdefault(str(meta.get("namespace") or ""), {})
         held = bucket.get(str(meta.get("name")))
         if held is None or not _older(_version(obj), _version(held)):
-            bucket[str(meta.get("name"))] = self.keep(obj) if self.keep is not None else obj
+            bucket[str(meta.get("name"))] = self.keep(obj)
 
     def stats(self) -> dict[str, int]:
         """Lists (complete) and their pages, watches started, events received, bookmarks, relists after 410 Gone,
@@ -404,7 +404,7 @@ class Informer:
                 return
             del bucket[name]
         else:
-            bucket[name] = self.keep(obj) if self.keep is not None else obj
+            bucket[name] = self.keep(obj)
             if held is not None and _version(held) == _version(obj):
                 return  # the version remember() wrote through: nothing changed
         self._notify(kind, obj)
@@ -424,10 +424,10 @@ class Informer:
             bucket = self._objects.setdefault(namespace, {})
             current = bucket.get(name)
             if current is None:
-                bucket[name] = self.keep(obj) if self.keep is not None else obj
+                bucket[name] = self.keep(obj)
                 self._notify(ADDED, obj)
             elif _version(current) != _version(obj) and not _older(_version(obj), _version(current)):
-                bucket[name] = self.keep(obj) if self.keep is not None else obj
+                bucket[name] = self.keep(obj)
                 self._notify(MODIFIED, obj)
         if stream.problem is not None and stream.synced:
             log.info("%s in %s are listed and watched again", self.resource, self._where(stream.namespace))
@@ -485,10 +485,14 @@ def projection(shape: Mapping[str, Shape]) -> Transform:
     return lambda obj: project(obj, shape)
 
 
-def identity(obj: dict[str, Any]) -> dict[str, Any]:
+def names_and_versions(obj: dict[str, Any]) -> dict[str, Any]:
     """Only what names the object and its version (a ``keep`` for a cache whose reader is ``on_change``)."""
     meta = obj.get("metadata") or {}
     return {"metadata": {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion") if key in meta}}
+
+
+def _as_is(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj
 
 
 def _trimmed(obj: dict[str, Any]) -> dict[str, Any]:

@@ -108,8 +108,8 @@ class PipelineCache:
                 del self._by_name[where]
                 cached.see(None)
             return
-        if self.monitored is not None and self.monitored(*where) and (cached is None or not cached.waiting):
-            if cached is not None:  # an answer waiting on it (asked before the loop started) keeps it
+        if self._held_by_a_loop(where, cached):
+            if cached is not None:
                 del self._by_name[where]
             return
         if cached is None or cached.key.uid != meta.get("uid"):  # new, or deleted and created again
@@ -119,9 +119,16 @@ class PipelineCache:
     def loop_started(self, namespace: str, name: str) -> None:
         """A loop of this replica holds the Pipeline now (the leader's loops start, after a takeover too): its
         copy here goes, unless an answer is waiting on it."""
-        cached = self._by_name.get((namespace, name))
-        if cached is not None and not cached.waiting and self.monitored is not None and self.monitored(namespace, name):
-            del self._by_name[(namespace, name)]
+        where = (namespace, name)
+        cached = self._by_name.get(where)
+        if cached is not None and self._held_by_a_loop(where, cached):
+            del self._by_name[where]
+
+    def _held_by_a_loop(self, where: tuple[str, str], cached: CachedPipeline | None) -> bool:
+        """Whether a loop of this replica holds the Pipeline, so that the cache keeps no copy of it: not while an
+        answer is waiting on the copy (asked before the loop started)."""
+        return (self.monitored is not None and self.monitored(*where)
+                and (cached is None or not cached.waiting))
 
     def loop_ended(self, obj: Mapping[str, Any] | None, watched: Mapping[str, Any] | None) -> None:
         """The loop that held a Pipeline ended, leaving ``obj``, its newest version, while the watch still holds
