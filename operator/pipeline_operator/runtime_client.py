@@ -26,7 +26,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
-from yarl import URL
 
 from .core.lifecycle import NOT_JSON, RuntimeObservation, parse_status_response
 from .models import SpecRuntimeDesiredStatus
@@ -39,6 +38,7 @@ MAX_JSON_DEPTH = 64  # levels of nesting of a pipeline's JSON answer (Feldera's 
 _PARSE_IN_THREAD = 64 * 1024  # bytes of a body from which decoding leaves the event loop
 RESOLVER_THREADS = 16  # name lookups of pipelines' addresses at once (a lookup of an unknown name waits for DNS)
 _STATUS_MEMO_BYTES = 16 * 1024  # a /status answer up to this size is kept, to recognise the next one as the same
+_TOO_LARGE = f"the status answer is larger than {MAX_STATUS_BODY} bytes"
 _STATUS_MEMO_LIMIT = 100_000  # endpoints remembered (then forgotten all at once: endpoints of deleted pipelines)
 
 # JSON strings (with their escapes), removed before brackets are counted: a bracket inside a string nests nothing.
@@ -171,7 +171,6 @@ class RuntimeClient:
         self._polls: StatusConnections | None = None
         self._resolver: _Resolver | None = None
         self._status_timeout = aiohttp.ClientTimeout(total=status_timeout)
-        self._status_urls: dict[str, URL] = {}
         # endpoint -> (HTTP status, body, observation) of its last answer (observations are immutable)
         self._last_status: dict[str, tuple[int, bytes, RuntimeObservation]] = {}
 
@@ -212,15 +211,6 @@ class RuntimeClient:
         token = self.token_for(endpoint) if self.token_for is not None else None
         return {"Authorization": f"Bearer {token}"} if token else {}
 
-    def _status_url(self, endpoint: str) -> URL:
-        """``{endpoint}/status``, parsed once per endpoint (parsing a URL is a tenth of a poll's work)."""
-        url = self._status_urls.get(endpoint)
-        if url is None:
-            if len(self._status_urls) >= _STATUS_MEMO_LIMIT:
-                self._status_urls.clear()
-            url = self._status_urls[endpoint] = URL(f"{endpoint}/status")
-        return url
-
     async def status(self, endpoint: str) -> RuntimeObservation:
         """``GET {endpoint}/status`` with Feldera's 5 s timeout, read as Feldera's runner reads it.
 
@@ -237,8 +227,7 @@ class RuntimeClient:
         except TimeoutError:
             return parse_status_response(None, None, f"timed out after {self.status_timeout:g}s")
         except StatusTooLarge as exc:
-            return parse_status_response(exc.status, NOT_JSON, f"the status answer is larger than {MAX_STATUS_BODY} "
-                                                               "bytes")
+            return parse_status_response(exc.status, NOT_JSON, _TOO_LARGE)
         except StatusUnanswered as exc:
             return parse_status_response(None, None, str(exc))
         except OSError as exc:  # no connection; socket.gaierror: no address
@@ -248,7 +237,7 @@ class RuntimeClient:
 
     async def _status_through_session(self, endpoint: str) -> RuntimeObservation:
         try:
-            async with self.session.get(self._status_url(endpoint), timeout=self._status_timeout,
+            async with self.session.get(f"{endpoint}/status", timeout=self._status_timeout,
                                         headers=self._headers(endpoint), allow_redirects=False) as response:
                 length = response.content_length
                 if length is not None and length <= MAX_STATUS_BODY and "Content-Encoding" not in response.headers:
@@ -258,8 +247,7 @@ class RuntimeClient:
                     async for chunk in response.content.iter_chunked(64 * 1024):
                         size += len(chunk)
                         if size > MAX_STATUS_BODY:
-                            return parse_status_response(
-                                response.status, NOT_JSON, f"the status answer is larger than {MAX_STATUS_BODY} bytes")
+                            return parse_status_response(response.status, NOT_JSON, _TOO_LARGE)
                         chunks.append(chunk)
                     raw = b"".join(chunks)
                 return await self._observe(endpoint, response.status, raw)
