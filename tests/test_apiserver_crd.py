@@ -95,6 +95,28 @@ def test_printer_columns_and_short_name_work_in_kubectl(crd_installed: Cluster, 
      "spec.deployment.allowIngressFrom[0].podSelector.matchExpressions[0]", "values must be non-empty"),
     ({"deployment": {"allowIngressFrom": [{"namespaceSelector": {"matchLabels": {"team": "no spaces"}}}]}},
      "spec.deployment.allowIngressFrom[0].namespaceSelector.matchLabels.team", "should match"),
+    ({"tags": ["x" * 257]}, "spec.tags[0]", "Too long"),
+    ({"runtimeConfig": {"workers": -1}}, "spec.runtimeConfig.workers", "greater than or equal to 0"),
+    ({"runtimeConfig": {"workers": 70000}}, "spec.runtimeConfig.workers", "less than or equal to 65535"),
+    ({"runtimeConfig": {"workers": "eight"}}, "spec.runtimeConfig.workers", "must be of type integer"),
+    ({"runtimeConfig": {"storage": {"compression": "zstd"}}}, "spec.runtimeConfig.storage.compression",
+     "Unsupported value"),
+    ({"runtimeConfig": {"storage": {"backend": {"name": "object", "config": {"region": "x"}}}}},
+     "spec.runtimeConfig.storage.backend", "the object backend needs config.url"),
+    ({"runtimeConfig": {"storage": {"backend": {"name": "file"}}}}, "spec.runtimeConfig.storage.backend",
+     "config is required"),
+    ({"runtimeConfig": {"env": {"RUST_LOG": "debug"}}}, "spec.runtimeConfig.env", "reserved names"),
+    ({"runtimeConfig": {"env": {"A": "x" * 5000}}}, "spec.runtimeConfig.env.A", "Too long"),
+    ({"runtimeConfig": {"fault_tolerance": {"model": "twice"}}}, "spec.runtimeConfig.fault_tolerance.model",
+     "Unsupported value"),
+    ({"runtimeConfig": {"dev_tweaks": {"adaptive_joins": "yes"}}},
+     "spec.runtimeConfig.dev_tweaks.adaptive_joins", "must be of type boolean"),
+    ({"runtimeConfig": {"dev_tweaks": {"adaptive_joins": {"a": {"a": {}}}}}},
+     "spec.runtimeConfig.dev_tweaks.adaptive_joins", "unknown field"),
+    ({"runtimeConfig": {"init_containers": [{"image": "busybox"}]}}, "spec.runtimeConfig.init_containers[0].name",
+     "Required value"),
+    ({"programConfig": {"profile": "fastest"}}, "spec.programConfig.profile", "Unsupported value"),
+    ({"programConfig": {"cache": "yes"}}, "spec.programConfig.cache", "must be of type boolean"),
 ])
 def test_invalid_pipeline_is_rejected_naming_the_field(crd_installed: Cluster, namespace: str, spec, field, detail):
     res = crd_installed.apply(pipeline("bad", namespace, spec), check=False)
@@ -108,6 +130,68 @@ def test_unknown_spec_fields_are_rejected_by_strict_validation(crd_installed: Cl
     obj = pipeline("typo", namespace, {"desiredStatuss": "Provisioned"})
     res = crd_installed.kubectl("apply", "--validate=strict", "-f", "-", input=json.dumps(obj), check=False)
     assert res.returncode != 0 and "desiredStatuss" in res.stderr
+
+
+def test_unknown_configuration_fields_are_rejected_by_strict_validation(crd_installed: Cluster, namespace: str):
+    """runtimeConfig and programConfig are Feldera's schemas, not free-form: a key Feldera does not know
+    (or a tweak it would pass on to the runtime) is refused, named."""
+    obj = pipeline("typo", namespace, {"runtimeConfig": {"wokers": 4, "dev_tweaks": {"some_tweak": True}},
+                                       "programConfig": {"profil": "dev"}})
+    res = crd_installed.kubectl("apply", "--validate=strict", "-f", "-", input=json.dumps(obj), check=False)
+    assert res.returncode != 0
+    for field in ("spec.runtimeConfig.wokers", "spec.runtimeConfig.dev_tweaks.some_tweak", "spec.programConfig.profil"):
+        assert field in res.stderr, res.stderr
+
+
+def test_feldera_configurations_are_accepted_with_feldera_defaults(crd_installed: Cluster, namespace: str):
+    """The keys the operator reads and Feldera's others, as Feldera writes them; what is left out gets
+    Feldera's default, and an explicit null (no storage, no periodic checkpoints) stays null."""
+    runtime = {"workers": 4, "provisioning_timeout_secs": 120, "max_rss_mb": 4096,
+               "resources": {"cpu_cores_min": 1, "cpu_cores_max": 2.5, "memory_mb_max": 8192, "storage_class": "fast"},
+               "fault_tolerance": {"model": "at_least_once", "checkpoint_interval_secs": None},
+               "storage": {"backend": {"name": "file", "config": {"sync": {
+                   "bucket": "s3://pipelines/standby", "provider": "Minio", "start_from_checkpoint": "latest",
+                   "flags": ["--s3-no-check-bucket"]}}}, "compression": "snappy", "cache_mib": 512},
+               "env": {"APP_MODE": "prod"}, "dev_tweaks": {"adaptive_joins": True, "merger": "push_merger"},
+               "pin_cpus": [0, 1], "logging": "info", "clock_resolution_usecs": None,
+               "init_containers": [{"name": "side", "image": "busybox:1", "args": ["sleep", "1d"],
+                                    "resources": {"limits": {"memory": "64Mi"}}}]}
+    program = {"profile": "optimized", "cache": False, "runtime_version": "v0.305.0"}
+    def server_side_apply(obj: dict) -> None:  # kubectl's client-side apply drops nulls (a merge patch's "remove")
+        crd_installed.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(obj))
+
+    server_side_apply(pipeline("feldera", namespace, {"runtimeConfig": runtime, "programConfig": program}))
+    spec = crd_installed.get("pipeline", "feldera", namespace)["spec"]
+    stored = spec["runtimeConfig"]
+    for key, value in runtime.items():
+        if key not in ("storage", "fault_tolerance"):
+            assert stored[key] == value, key
+    assert stored["fault_tolerance"] == {"model": "at_least_once", "checkpoint_interval_secs": None}
+    assert stored["storage"]["backend"]["config"]["sync"]["pull_interval"] == 10  # Feldera's default
+    assert stored["hosts"] == 1 and stored["tracing"] is False and stored["cpu_profiler"] is True
+    assert spec["programConfig"] == program
+    server_side_apply(pipeline("objects", namespace, {"runtimeConfig": {"storage": None, "fault_tolerance": {}}}))
+    stored = crd_installed.get("pipeline", "objects", namespace)["spec"]["runtimeConfig"]
+    assert stored["storage"] is None and stored["fault_tolerance"] == {"model": "exactly_once",
+                                                                      "checkpoint_interval_secs": 60}
+    crd_installed.apply(pipeline("s3", namespace, {"runtimeConfig": {"storage": {"backend": {
+        "name": "object", "config": {"url": "s3://bucket/path", "region": "eu-west-1", "access_key_id": "AKIA"}}}}}))
+
+
+def test_a_deeply_nested_spec_is_rejected(crd_installed: Cluster, namespace: str):
+    """1,200 objects deep, where the schema allows a boolean or nothing at all: refused, naming the field.
+    Without strict validation an unknown key is dropped, so nothing deep is stored either."""
+    from .hostile_specs import deep_runtime_config_pipeline, pipeline_json
+    typed = pipeline_json("deep", namespace, {}, deep_at=("runtimeConfig", "dev_tweaks", "adaptive_joins"))
+    res = crd_installed.kubectl("create", "-f", "-", input=typed, check=False)
+    assert res.returncode != 0 and "spec.runtimeConfig.dev_tweaks.adaptive_joins" in res.stderr, res.stderr[-2000:]
+    res = crd_installed.kubectl("create", "-f", "-", input=deep_runtime_config_pipeline("deep", namespace),
+                                check=False)
+    assert res.returncode != 0 and "spec.runtimeConfig.dev_tweaks.x_deep" in res.stderr, res.stderr[-2000:]
+    crd_installed.kubectl("create", "--validate=false", "-f", "-",
+                          input=deep_runtime_config_pipeline("deep", namespace))
+    stored = crd_installed.get("pipeline", "deep", namespace)["spec"]["runtimeConfig"]
+    assert stored["dev_tweaks"] == {} and len(json.dumps(stored)) < 2000
 
 
 def test_status_is_a_subresource(crd_installed: Cluster, namespace: str):

@@ -123,3 +123,59 @@ def test_network_policy_peers_are_typed_and_described():
     assert set(peer["properties"]["ipBlock"]["properties"]) == {"cidr", "except"}
     for name in ("podSelector", "namespaceSelector", "ipBlock"):
         assert peer["properties"][name]["description"], name
+
+
+def _unbounded(path: str, node: dict) -> list[str]:
+    """What lets a value of this node be as large or as deep as a client likes."""
+    problems = []
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        problems.append(f"{path}: free-form (x-kubernetes-preserve-unknown-fields): no bound on depth or size")
+    kind = "int-or-string" if node.get("x-kubernetes-int-or-string") else node.get("type")
+    if kind == "object":
+        if "additionalProperties" in node:
+            rules = " ".join(r["rule"] for r in node.get("x-kubernetes-validations") or [])
+            if "maxProperties" not in node:
+                problems.append(f"{path}: a map without maxProperties")
+            if "size(k)" not in rules:
+                problems.append(f"{path}: a map whose keys have no bound on their length")
+        elif "properties" not in node:
+            problems.append(f"{path}: an object with neither properties nor a bound")
+    elif kind in ("string", "int-or-string") and "enum" not in node and "maxLength" not in node:
+        problems.append(f"{path}: a string without maxLength")
+    elif kind == "array" and "maxItems" not in node:
+        problems.append(f"{path}: an array without maxItems")
+    elif kind is None:
+        problems.append(f"{path}: no type")
+    return problems
+
+
+def test_no_field_of_the_spec_is_unbounded():
+    """Every object of the spec is closed (its properties; unknown fields are dropped or, with strict
+    validation, refused) or a map with maxProperties and bounded keys; every string has maxLength (or an
+    enum), every array maxItems; nothing is free-form. So the API server bounds every Pipeline a tenant
+    writes in size and in depth (no deeper than the schema)."""
+    spec = crd.render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    nodes = list(_schema_nodes(spec, "spec"))
+    assert len(nodes) > 200
+    # The options of an int-or-string (path|0, path|1) are bounded by the node itself.
+    assert [p for path, node in nodes if "|" not in path for p in _unbounded(path, node)] == []
+    assert max(path.count(".") + path.count("[]") + path.count("{}") for path, _ in nodes) < 16
+
+
+def test_the_bound_check_finds_free_form_and_unbounded_fields():
+    assert _unbounded("x", {"x-kubernetes-preserve-unknown-fields": True})
+    assert _unbounded("x", {"type": "object", "additionalProperties": {"type": "string", "maxLength": 1}})
+    assert _unbounded("x", {"type": "object", "maxProperties": 3, "additionalProperties": {"type": "string"}})
+    assert _unbounded("x", {"type": "object"})
+    assert _unbounded("x", {"type": "string"}) and _unbounded("x", {"type": "array", "items": {}})
+    assert not _unbounded("x", {"type": "string", "enum": ["a"]})
+
+
+def test_status_is_free_form_only_in_the_details_the_operator_bounds():
+    """The status is written by the operator alone; its free-form fields are the details a pipeline reports
+    and its error's details, which the operator caps in size and depth before it writes them
+    (core.lifecycle.cap_details)."""
+    status = crd.render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    free = {path for path, node in _schema_nodes(status, "status") if node.get("x-kubernetes-preserve-unknown-fields")}
+    assert free == {"status.deploymentResourcesStatusDetails", "status.deploymentRuntimeStatusDetails",
+                    "status.storageStatusDetails", "status.programError", "status.deploymentError.details"}

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
+import re
 import uuid
 from importlib import resources
 from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 
+from pipeline_operator import feldera_config as fc
 from pipeline_operator import models as m
 from pipeline_operator.core.emission import UuidV7
 
@@ -251,3 +255,147 @@ def test_network_policy_peers_round_trip_with_kubernetes_spelling():
     with pytest.raises(ValueError, match="operator"):
         m.PipelineSpec.model_validate({"deployment": {"allowIngressFrom": [
             {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}]}})
+
+
+# -- Feldera's runtime_config and program_config ---------------------------------------------------------
+
+CONFIG_OPENAPI = json.loads((Path(__file__).parent / "data" / "feldera-openapi-config.json").read_text())
+CONFIG_SCHEMAS = CONFIG_OPENAPI["components"]["schemas"]
+# Where the CRD says more than Feldera's OpenAPI, from Feldera's Rust types (crates/feldera-types/src/config.rs).
+RUST_DEFAULTS = {"RuntimeConfig.fault_tolerance.checkpoint_interval_secs": 60}
+
+
+def _feldera_node(node: dict) -> dict:
+    """A property's schema with utoipa's ``allOf: [$ref]`` resolved (its siblings kept)."""
+    if "allOf" in node:
+        (ref,) = node["allOf"]
+        target = CONFIG_SCHEMAS[ref["$ref"].rsplit("/", 1)[-1]]
+        return {**target, **{k: v for k, v in node.items() if k != "allOf"}}
+    if "$ref" in node:
+        return {**CONFIG_SCHEMAS[node["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _compare_schema(feldera: dict, ours: dict, path: str) -> list[str]:
+    """Differences between one of Feldera's schemas and the CRD's node for it: properties, types, enums,
+    defaults, minima, nullability (an explicit null Feldera reads differently from a missing field)."""
+    feldera = _feldera_node(feldera)
+    problems = []
+    if "oneOf" in feldera:  # StorageBackendConfig and FtConfig.model are checked on their own
+        return problems
+    kind = feldera.get("type")
+    if kind is not None and ours.get("type") != kind and not (kind == "integer" and ours.get("type") == "integer"):
+        problems.append(f"{path}: type {ours.get('type')} instead of Feldera's {kind}")
+    if "enum" in feldera and ours.get("enum") != feldera["enum"]:
+        problems.append(f"{path}: enum {ours.get('enum')} instead of Feldera's {feldera['enum']}")
+    if feldera.get("minimum") is not None and ours.get("minimum") != feldera["minimum"]:
+        problems.append(f"{path}: minimum {ours.get('minimum')} instead of Feldera's {feldera['minimum']}")
+    default = _without_nulls(feldera.get("default"))
+    expected_default = RUST_DEFAULTS.get(path, default)
+    if expected_default is not None and ours.get("default") != expected_default:
+        problems.append(f"{path}: default {ours.get('default')!r} instead of Feldera's {expected_default!r}")
+    if expected_default is not None and feldera.get("nullable") and not ours.get("nullable"):
+        problems.append(f"{path}: not nullable (Feldera reads null as 'none', unlike the default)")
+    if kind == "array" and "items" in feldera:
+        problems += _compare_schema(feldera["items"], ours.get("items") or {}, f"{path}[]")
+    for name, prop in (feldera.get("properties") or {}).items():
+        if name not in (ours.get("properties") or {}):
+            problems.append(f"{path}.{name}: missing")
+            continue
+        problems += _compare_schema(prop, ours["properties"][name], f"{path}.{name}")
+    for name in (ours.get("properties") or {}):
+        if name not in (feldera.get("properties") or {}) and feldera.get("properties") is not None:
+            problems.append(f"{path}.{name}: not a field of Feldera's")
+    if set(feldera.get("required") or []) != set(ours.get("required") or []):
+        problems.append(f"{path}: required {ours.get('required')} instead of Feldera's {feldera.get('required')}")
+    return problems
+
+
+def _crd_spec() -> dict:
+    from pipeline_operator import crd
+    return crd.render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+
+
+@pytest.mark.parametrize(("schema", "field"), [("RuntimeConfig", "runtimeConfig"), ("ProgramConfig", "programConfig")])
+def test_crd_configurations_are_feldera_schemas(schema, field):
+    """The CRD's runtimeConfig and programConfig against Feldera's OpenAPI (v0.305): a field Feldera adds,
+    drops or changes fails here. Known differences, each checked below: storage backends in one object,
+    dev_tweaks closed, init_containers typed."""
+    ours = copy.deepcopy(_crd_spec()[field])
+    if schema == "RuntimeConfig":
+        ours["properties"].pop("init_containers")
+        ours["properties"]["storage"]["properties"].pop("backend")
+    problems = _compare_schema(CONFIG_SCHEMAS[schema], ours, schema)
+    if schema == "RuntimeConfig":  # init_containers: any JSON in Feldera's OpenAPI
+        problems = [p for p in problems if not p.startswith(("RuntimeConfig.init_containers",
+                                                            "RuntimeConfig.storage.backend"))]
+    assert problems == []
+
+
+def test_crd_storage_backends_are_feldera_backends():
+    backend = _crd_spec()["runtimeConfig"]["properties"]["storage"]["properties"]["backend"]
+    variants = CONFIG_SCHEMAS["StorageBackendConfig"]["oneOf"]
+    assert backend["properties"]["name"]["enum"] == [v["properties"]["name"]["enum"][0] for v in variants]
+    assert backend["default"] == CONFIG_SCHEMAS["StorageOptions"]["properties"]["backend"]["default"]
+    options = backend["properties"]["config"]
+    file_options = copy.deepcopy(options)
+    file_options["properties"] = {k: v for k, v in options["properties"].items()
+                                  if k in CONFIG_SCHEMAS["FileBackendConfig"]["properties"]}
+    assert _compare_schema(CONFIG_SCHEMAS["FileBackendConfig"], file_options, "FileBackendConfig") == []
+    # The object store: Feldera's url and string options (its additionalProperties), each bounded.
+    objects = CONFIG_SCHEMAS["ObjectStorageConfig"]
+    assert objects["additionalProperties"]["type"] == "string" and objects["required"] == ["url"]
+    for name in ("url", *fc.OBJECT_STORE_OPTIONS):
+        assert options["properties"][name]["type"] == "string" and options["properties"][name]["maxLength"], name
+    documented = set(re.findall(r"`([a-z_]+)`: ", objects["additionalProperties"]["description"]))
+    assert documented <= set(fc.OBJECT_STORE_OPTIONS)
+
+
+def test_crd_fault_tolerance_model_is_feldera_none_as_string():
+    model = _crd_spec()["runtimeConfig"]["properties"]["fault_tolerance"]["properties"]["model"]
+    feldera = CONFIG_SCHEMAS["FtConfig"]["properties"]["model"]
+    assert model["enum"] == CONFIG_SCHEMAS["FtModel"]["enum"] + feldera["oneOf"][1]["enum"]
+    assert model["default"] == feldera["default"]
+
+
+def test_crd_dev_tweaks_are_this_versions_and_closed():
+    """Feldera's DevTweaks also passes any other key on to the runtime (any JSON): the CRD does not."""
+    ours = _crd_spec()["runtimeConfig"]["properties"]["dev_tweaks"]
+    assert set(ours["properties"]) == set(CONFIG_SCHEMAS["DevTweaks"]["properties"])
+    assert "additionalProperties" not in ours and not ours.get("x-kubernetes-preserve-unknown-fields")
+
+
+@pytest.mark.parametrize(("given", "read"), [
+    ({"storage": True}, {"storage": {}}),
+    ({"storage": False}, {"storage": None}),
+    ({"fault_tolerance": None}, {"fault_tolerance": fc.FT_DISABLED}),
+    ({"fault_tolerance": "initial_state"}, {"fault_tolerance": {}}),
+    ({"fault_tolerance": {"model": "NONE"}}, {"fault_tolerance": {"model": "none"}}),
+    ({"workers": 4, "unknown_to_feldera": {"a": 1}}, {"workers": 4}),
+])
+def test_runtime_config_reads_what_feldera_reads(given, read):
+    assert fc.RuntimeConfig.model_validate(given).model_dump(mode="json", exclude_unset=True) == read
+
+
+@pytest.mark.parametrize(("given", "field"), [
+    ({"workers": 70000}, "workers"),
+    ({"workers": "many"}, "workers"),
+    ({"storage": {"compression": "zstd"}}, "storage.compression"),
+    ({"storage": {"backend": {"name": "object", "config": {"url": "s3://b", "sync": {"bucket": "b"}}}}},
+     "storage.backend"),
+    ({"storage": {"backend": {"name": "file"}}}, "storage.backend"),
+    ({"env": {"FELDERA_X": "1"}}, "env"),
+    ({"fault_tolerance": {"model": "twice"}}, "fault_tolerance.model"),
+    ({"storage": {"backend": {"name": "file", "config": {"sync": {"bucket": "b", "transfers": 300}}}}},
+     "storage.backend.config.sync.transfers"),
+])
+def test_runtime_config_refuses_what_feldera_refuses(given, field):
+    with pytest.raises(ValidationError) as caught:
+        fc.RuntimeConfig.model_validate(given)
+    assert field in {".".join(str(p) for p in e["loc"]) for e in caught.value.errors()}

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipeline_operator.core.emission import EmissionKind
-from pipeline_operator.core.lifecycle import DETAILS_LIMIT, cap_details, parse_status_response
+from pipeline_operator.core.lifecycle import (
+    DETAILS_DEPTH_LIMIT,
+    DETAILS_LIMIT,
+    cap_details,
+    cap_error,
+    parse_status_response,
+)
 from pipeline_operator.core.reasons import describe
 from pipeline_operator.models import (
     ErrorResponse,
@@ -88,3 +96,17 @@ def test_small_details_are_kept_and_huge_ones_replaced_by_a_marker():
     obs = parse_status_response(200, {"runtime_status": "Running", "runtime_desired_status": "Running",
                                       "runtime_status_details": huge, "storage_status_details": huge})
     assert obs.runtime_status_details["truncated"] and obs.storage_status_details["truncated"]
+
+
+def test_deep_details_are_replaced_by_a_marker_within_the_size_limit():
+    """Small but deep details (an error's details too) would make the Pipeline too deep for its readers."""
+    deep: dict = {}
+    for _ in range(DETAILS_DEPTH_LIMIT - 1):
+        deep = {"a": deep}
+    assert cap_details(deep) is deep  # DETAILS_DEPTH_LIMIT objects, one inside the other
+    deeper = {"a": deep, "b": 1}
+    capped = cap_details(deeper)
+    assert capped["truncated"] is True and capped["depth_limit"] == DETAILS_DEPTH_LIMIT
+    assert len(json.dumps(deeper)) < DETAILS_LIMIT
+    error = cap_error(ErrorResponse(message="m", error_code="E", details=[deeper]))
+    assert error.details["truncated"] is True

@@ -30,8 +30,8 @@ from .models import (
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
 DEFAULT_PATH = Path("crds") / f"{CRD_NAME}.yaml"
 
-_KEEP = ("type", "format", "description", "default", "enum", "pattern", "minimum", "maximum",
-         "minLength", "maxLength", "minItems", "maxItems", "required")
+_KEEP = ("type", "format", "description", "default", "nullable", "enum", "pattern", "minimum", "maximum",
+         "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "required")
 _EXTENSIONS = ("x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string",
                "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-validations")
 
@@ -46,8 +46,8 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if node.get("x-kubernetes-int-or-string"):
-            out: dict[str, Any] = {k: node[k] for k in ("description", "default", "pattern", "x-kubernetes-validations")
-                   if k in node}
+            out: dict[str, Any] = {k: node[k] for k in ("description", "default", "pattern", "maxLength",
+                                                        "x-kubernetes-validations") if k in node}
             out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
             out["x-kubernetes-int-or-string"] = True
             return out
@@ -57,7 +57,7 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
         # Sibling keys (description, default, bounds) apply to the single remaining option.
         for key in (*_KEEP, *_EXTENSIONS):
             if key in node and node[key] is not None:
-                inner[key] = node[key]
+                inner[key] = copy.deepcopy(node[key])
         if node.get("default", "missing") is None:
             inner.pop("default", None)
         return inner

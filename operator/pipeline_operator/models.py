@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.alias_generators import to_camel
 
+from .feldera_config import ProgramConfig, RuntimeConfig
+
 API_GROUP = "dataflow.dev"
 API_VERSION = "v1alpha1"
 KIND = "Pipeline"
@@ -39,6 +41,7 @@ MAX_ERROR_MESSAGE = 8192
 MAX_UDF_LENGTH = 32 * 1024
 MAX_DESCRIPTION = 4096
 MAX_TAGS = 32
+MAX_TAG = 256
 
 # --------------------------------------------------------------------------------------
 # Feldera's enums (values exactly as in Feldera's OpenAPI document)
@@ -391,12 +394,11 @@ CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 Quantity = Annotated[int | str, Field(json_schema_extra={
     "x-kubernetes-int-or-string": True,
     "pattern": QUANTITY_PATTERN,  # applies to strings only
+    "maxLength": 64,
     "x-kubernetes-validations": [{"rule": "type(self) != int || self >= 0",
                                   "message": "must not be negative"}],
 })]
 FreeForm = Annotated[Any, Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
-FreeFormObject = Annotated[dict[str, Any] | None, Field(json_schema_extra={
-    "type": "object", "x-kubernetes-preserve-unknown-fields": True})]
 
 
 class CamelModel(BaseModel):
@@ -463,9 +465,15 @@ class LabelSelectorRequirement(CamelModel):
                                             description="The label values (In and NotIn only).")
 
 
+MAX_LABEL_KEY = 317  # a prefix (a DNS subdomain, 253) and "/" and a name (63)
+
+
 class LabelSelector(CamelModel):
     match_labels: dict[str, LabelValue] | None = Field(
-        None, max_length=MAX_SELECTOR_ITEMS, description="Labels an object must have (all of them).")
+        None, max_length=MAX_SELECTOR_ITEMS, description="Labels an object must have (all of them).",
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": f"self.all(k, size(k) >= 1 && size(k) <= {MAX_LABEL_KEY})",
+             "message": f"label keys are 1 to {MAX_LABEL_KEY} characters"}]})
     match_expressions: list[LabelSelectorRequirement] | None = Field(
         None, max_length=MAX_SELECTOR_ITEMS, description="Requirements an object's labels must meet (all of them).")
 
@@ -553,14 +561,14 @@ class PipelineSpec(CamelModel):
                     "AwaitingApproval for an approval, Allow bootstraps at once, Reject fails the start "
                     "(Feldera's /start?bootstrap_policy=). Used at the next start.")
     description: str | None = Field(None, max_length=MAX_DESCRIPTION, description="Feldera's pipeline description.")
-    tags: list[str] | None = Field(None, max_length=MAX_TAGS,
-                            description="Feldera's pipeline tags (free-form labels).",
-                            json_schema_extra={"items": {"type": "string", "maxLength": 256}})
-    runtime_config: FreeFormObject = Field(
-        None, description="Feldera's runtime_config, kept as given. The operator uses "
-                          "provisioning_timeout_secs (unless deployment.provisioningTimeoutSeconds is set) and "
-                          "storage.backend (Standby needs a file backend with sync configured).")
-    program_config: FreeFormObject = Field(None, description="Feldera's program_config, kept as given.")
+    tags: list[Annotated[str, Field(max_length=MAX_TAG)]] | None = Field(
+        None, max_length=MAX_TAGS, description="Feldera's pipeline tags (free-form labels).")
+    runtime_config: RuntimeConfig | None = Field(
+        None, description="Feldera's runtime_config, with Feldera's keys (snake_case), types and defaults. The "
+                          "operator uses provisioning_timeout_secs (unless deployment.provisioningTimeoutSeconds is "
+                          "set) and storage.backend (Standby needs a file backend with sync configured).")
+    program_config: ProgramConfig | None = Field(
+        None, description="Feldera's program_config, with Feldera's keys (snake_case), types and defaults.")
     program: ProgramSpec = Field(default_factory=ProgramSpec)
     deployment: DeploymentSpec = Field(default_factory=DeploymentSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)

@@ -185,33 +185,36 @@ def key_of(body: Mapping[str, Any]) -> PipelineKey:
     return PipelineKey(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
 
 
-def _runtime_config(spec: PipelineSpec, *path: str) -> Any:
-    value: Any = spec.runtime_config
-    for key in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
 def spec_digest(spec: PipelineSpec) -> str:
-    """The spec without its client metadata (description, tags)."""
-    lifecycle = spec.model_dump(mode="json", exclude={"description", "tags"}, exclude_none=True)
+    """The spec without its client metadata (description, tags). Feldera's configurations count by what
+    they say: a field at its default is the same as a field left out (the API server fills in defaults)."""
+    lifecycle = spec.model_dump(mode="json", exclude={"description", "tags", "runtime_config", "program_config"},
+                                exclude_none=True)
     program = lifecycle.get("program") or {}
     for empty in [k for k in ("udfRust", "udf_rust", "udfToml", "udf_toml") if program.get(k) == ""]:
         del program[empty]  # Feldera's empty values are the same as none
-    for empty in [k for k in ("runtime_config", "program_config") if lifecycle.get(k) == {}]:
-        del lifecycle[empty]
+    for name in ("runtime_config", "program_config"):
+        config = getattr(spec, name)
+        given = config.model_dump(mode="json", exclude_defaults=True) if config is not None else None
+        if given:
+            lifecycle[name] = given
     return hashlib.sha256(json.dumps(lifecycle, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _standby_allowed(spec: PipelineSpec) -> bool:
+    """Feldera: Standby needs a file storage backend with sync configured."""
+    storage = spec.runtime_config.storage if spec.runtime_config is not None else None
+    backend = storage.backend if storage is not None else None
+    return backend is not None and backend.name == "file" and backend.config is not None \
+        and backend.config.sync is not None
 
 
 def desired_of(body: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
     spec = PipelineSpec.model_validate(body.get("spec") or {})
     annotations = (body.get("metadata") or {}).get("annotations") or {}
     timeout = spec.deployment.provisioning_timeout_seconds
-    if timeout is None and isinstance(_runtime_config(spec, "provisioning_timeout_secs"), int) \
-            and _runtime_config(spec, "provisioning_timeout_secs") > 0:
-        timeout = _runtime_config(spec, "provisioning_timeout_secs")
+    if timeout is None and spec.runtime_config is not None and spec.runtime_config.provisioning_timeout_secs:
+        timeout = spec.runtime_config.provisioning_timeout_secs
     desired = Desired(
         generation=int(body["metadata"].get("generation") or 1),
         resources_desired_status=spec.desired_status,
@@ -221,8 +224,7 @@ def desired_of(body: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
         program_digest=program_digest(spec.program.sql),
         provisioning_timeout=float(timeout) if timeout else None,
         bootstrap_policy=spec.bootstrap_policy,
-        standby_allowed=_runtime_config(spec, "storage", "backend", "name") == "file"
-        and _runtime_config(spec, "storage", "backend", "config", "sync") is not None,
+        standby_allowed=_standby_allowed(spec),
         spec_digest=spec_digest(spec),
         start=annotations.get(ANNOTATION_START),
         clear_storage=annotations.get(ANNOTATION_CLEAR_STORAGE),

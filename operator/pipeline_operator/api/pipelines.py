@@ -21,9 +21,11 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from ..core import resource
 from ..core.lifecycle import PipelineState, delete_refusal, update_refusal
+from ..feldera_config import ProgramConfig, RuntimeConfig
 from ..kube import FieldConflict, Forbidden, Rejected
 from ..kube_events import ANNOTATION_REQUESTED_BY
 from ..models import (
@@ -65,6 +67,52 @@ _NOT_FELDERA = {"program_digest"}  # ours, not a field of Feldera's pipeline
 _REQUIRED_SINCE = ("deployment_resources_status_since", "deployment_resources_desired_status_since",
                    "program_status_since")
 _SELECTORS = ("all", "status", "status_with_connectors")
+
+
+# Feldera's configurations: validated as Feldera's manager does, with its error codes.
+CONFIGS: dict[str, tuple[type[BaseModel], str]] = {
+    "runtime_config": (RuntimeConfig, "InvalidRuntimeConfig"),
+    "program_config": (ProgramConfig, "InvalidProgramConfig"),
+}
+_MAX_REPORTED_ERRORS = 10
+
+
+def _field_path(field: str, loc: tuple[int | str, ...]) -> str:
+    path = field
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def checked_config(field: str, value: Any) -> dict[str, Any]:
+    """``runtime_config`` or ``program_config`` as Feldera reads it: malformed is 400 with Feldera's code
+    (``InvalidRuntimeConfig``, ``InvalidProgramConfig``) naming each field; keys Feldera does not know are
+    dropped (Feldera ignores them and does not store them), Feldera's legacy forms are written in the
+    current form, and what was not given is left for the API server to fill in with Feldera's defaults."""
+    model, code = CONFIGS[field]
+    try:
+        parsed = model.model_validate(value)
+    except ValidationError as exc:
+        problems = [{"field": _field_path(field, e["loc"]), "message": e["msg"][:300]}
+                    for e in exc.errors()[:_MAX_REPORTED_ERRORS]]
+        said = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        raise ApiError(400, code, f"JSON for '{field}' field is not valid due to: {said}",
+                       {"field": problems[0]["field"], "errors": problems}) from None
+    return parsed.model_dump(mode="json", exclude_unset=True)
+
+
+def same_value(field: str, a: Any, b: Any) -> bool:
+    """Whether two values of a Feldera field say the same (a configuration: the same once read, so a
+    default the API server filled in is no change)."""
+    if a == b:
+        return True
+    if field not in CONFIGS:
+        return False
+    model = CONFIGS[field][0]
+    try:
+        return bool(model.model_validate(a or {}) == model.model_validate(b or {}))
+    except ValidationError:
+        return False
 
 
 def _get(spec: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -118,6 +166,9 @@ def _body_fields(raw: Any, *, partial: bool) -> dict[str, Any]:
         value = raw[field]
         if value is None:
             value = empty
+        if field in CONFIGS:
+            fields[field] = checked_config(field, value)
+            continue
         kind = type(empty)
         if not isinstance(value, kind) or (kind is list and not all(isinstance(t, str) for t in value)):
             names: dict[type, str] = {str: "a string", dict: "an object", list: "a list of strings"}
@@ -337,7 +388,7 @@ class Pipelines:
         if existing is not None:
             current = feldera_fields(existing.get("spec") or {})
             merged = {**current, **fields}
-            changed = {f for f in FIELDS if merged[f] != current[f]}
+            changed = {f for f in FIELDS if not same_value(f, merged[f], current[f])}
             if changed - METADATA_FIELDS:
                 refusal = update_refusal(self._state(namespace, name, existing))
                 if refusal is not None:

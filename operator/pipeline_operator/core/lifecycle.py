@@ -349,13 +349,32 @@ def parse_status_response(http_status: int | None, body: Any, failure: str = "")
 
 
 DETAILS_LIMIT = 16 * 1024  # bytes of JSON; larger details are replaced by a marker
+DETAILS_DEPTH_LIMIT = 32  # levels of nesting; deeper details are replaced by a marker (Feldera's have fewer than 10)
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects deeper than ``limit`` levels (without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def cap_details(value: Any, limit: int = DETAILS_LIMIT) -> Any:
-    """Details as the pipeline reported them, unless their JSON is larger than ``limit`` bytes:
-    then a marker saying so, so that no pipeline can bloat the event store or the resource."""
+    """Details as the pipeline reported them, unless their JSON is larger than ``limit`` bytes or nests
+    deeper than :data:`DETAILS_DEPTH_LIMIT` levels: then a marker saying so, so that no pipeline can bloat
+    the event store or the resource, nor make a Pipeline too deep for its readers to decode."""
     if value is None:
         return None
+    if isinstance(value, (dict, list)) and _depth_over(value, DETAILS_DEPTH_LIMIT):
+        return {"truncated": True, "depth_limit": DETAILS_DEPTH_LIMIT,
+                "reason": f"details nested deeper than {DETAILS_DEPTH_LIMIT} levels are not recorded"}
     try:
         size = len(json.dumps(value, separators=(",", ":"), default=str))
     except (TypeError, ValueError, RecursionError):

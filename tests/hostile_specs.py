@@ -1,0 +1,41 @@
+"""Hostile Pipeline objects that tests (and the chaos runs) create to show the operator survives them.
+
+The objects are JSON text, not Python values: Python's ``json`` module cannot even encode an
+object nested deeper than its recursion limit.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# Deeper than Python's default recursion limit (1000) lets json.loads decode.
+DEEP = 1200
+
+
+def nested_json(depth: int = DEEP, key: str = "a") -> str:
+    """``{"a":{"a":...{}...}}``: ``depth`` objects, one inside the other, as JSON text."""
+    opening = json.dumps(key) + ":{"
+    return "{" + opening * (depth - 1) + "}" * depth
+
+
+def pipeline_json(name: str, namespace: str, spec: dict[str, Any], *, deep_at: tuple[str, ...] = (),
+                  depth: int = DEEP) -> str:
+    """A Pipeline as JSON text; with ``deep_at`` (a path of keys in the spec, camelCase), the value
+    there is :func:`nested_json` of ``depth`` objects. ``spec`` must not hold that path already."""
+    marker = "__DEEP_VALUE__"
+    target = spec = json.loads(json.dumps(spec))
+    if deep_at:
+        for key in deep_at[:-1]:
+            target = target.setdefault(key, {})
+        target[deep_at[-1]] = marker
+    text = json.dumps({"apiVersion": "dataflow.dev/v1alpha1", "kind": "Pipeline",
+                       "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    return text.replace(json.dumps(marker), nested_json(depth), 1) if deep_at else text
+
+
+def deep_runtime_config_pipeline(name: str, namespace: str, depth: int = DEEP,
+                                 spec: dict[str, Any] | None = None) -> str:
+    """A Pipeline whose ``spec.runtimeConfig.dev_tweaks.x_deep`` nests ``depth`` objects: valid for a
+    free-form ``runtimeConfig``, and deeper than Python's JSON decoder goes by default."""
+    return pipeline_json(name, namespace, spec or {}, deep_at=("runtimeConfig", "dev_tweaks", "x_deep"), depth=depth)
