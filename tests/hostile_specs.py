@@ -39,3 +39,26 @@ def deep_runtime_config_pipeline(name: str, namespace: str, depth: int = DEEP,
     """A Pipeline whose ``spec.runtimeConfig.dev_tweaks.x_deep`` nests ``depth`` objects: valid for a
     free-form ``runtimeConfig``, and deeper than Python's JSON decoder goes by default."""
     return pipeline_json(name, namespace, spec or {}, deep_at=("runtimeConfig", "dev_tweaks", "x_deep"), depth=depth)
+
+
+def deep_managed_fields_pipeline(name: str, namespace: str, depth: int = DEEP,
+                                 spec: dict[str, Any] | None = None) -> str:
+    """A Pipeline whose ``metadata.managedFields`` (server-side apply's bookkeeping, which whoever may create
+    or update the object can write) nests ``depth`` levels: the API server stores it whatever the CRD says."""
+    fields = '{"f:metadata":' + nested_json(depth, "f:a") + "}"
+    marker = "__DEEP_VALUE__"
+    obj = {"apiVersion": "dataflow.dev/v1alpha1", "kind": "Pipeline",
+           "metadata": {"name": name, "namespace": namespace, "managedFields": [{
+               "manager": "hostile", "operation": "Update", "apiVersion": "dataflow.dev/v1alpha1",
+               "fieldsType": "FieldsV1", "fieldsV1": marker}]},
+           "spec": spec or {}}
+    return json.dumps(obj).replace(json.dumps(marker), fields, 1)
+
+
+def free_form_crd(crd: dict[str, Any]) -> dict[str, Any]:
+    """The Pipeline CRD as it was before it typed Feldera's configurations: ``runtimeConfig`` free-form
+    (to store, in a test, a Pipeline that the typed CRD refuses)."""
+    crd = json.loads(json.dumps(crd))
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["properties"]["runtimeConfig"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return crd

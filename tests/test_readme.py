@@ -46,6 +46,8 @@ README_BLOCKS: dict[str, tuple[str, str]] = {
         (RUN, "test_readme_run_command_runs_the_example_pipeline_and_the_sdk_snippet"),
     'plain: The Pipeline "orders" is invalid:':
         (RUN, "test_invalid_spec_is_rejected_with_the_readme_message"),
+    "yaml: runtimeConfig:":
+        (RUN, "test_readme_feldera_configurations_are_accepted_with_feldera_defaults"),
     "make image":
         (ELSEWHERE, "tests/test_container_image.py::test_make_image_as_the_readme_prints_it"),
     "kind load image-archive dist/image/pipeline-operator-0.1.0.tar":
@@ -313,6 +315,24 @@ def _answers(url: str) -> bool:
 
 
 @pytest.mark.apiserver
+def test_readme_feldera_configurations_are_accepted_with_feldera_defaults(crd_installed, namespace):
+    """The README's runtimeConfig and programConfig, in the README's Pipeline: stored as written, with
+    Feldera's defaults for what they leave out."""
+    configs = yaml.safe_load(readme_item("yaml: runtimeConfig:").text)
+    pipeline = yaml.safe_load(readme_item("yaml: apiVersion: dataflow.dev/v1alpha1").text)
+    pipeline["spec"] |= configs
+    pipeline["spec"].pop("deployment", None)  # its provisioningTimeoutSeconds would hide the configuration's
+    crd_installed.kubectl("apply", "--validate=strict", "-n", namespace, "-f", "-", input=json.dumps(pipeline))
+    stored = crd_installed.get("pipeline", pipeline["metadata"]["name"], namespace)["spec"]
+    assert stored["runtimeConfig"]["workers"] == configs["runtimeConfig"]["workers"]
+    assert stored["runtimeConfig"]["storage"]["backend"] == configs["runtimeConfig"]["storage"]["backend"] | {
+        "config": {"sync": configs["runtimeConfig"]["storage"]["backend"]["config"]["sync"] | {
+            "fail_if_no_checkpoint": False, "pull_interval": 10, "retention_min_age": 30,
+            "retention_min_count": 10, "standby": False}}}
+    assert stored["runtimeConfig"]["fault_tolerance"] == {"model": "exactly_once", "checkpoint_interval_secs": 60}
+    assert stored["programConfig"] == configs["programConfig"] | {"cache": True}
+
+
 def test_invalid_spec_is_rejected_with_the_readme_message(crd_installed, namespace):
     """The README's Pipeline with the invalid value the README's error names: kubectl prints the README's text."""
     message = readme_item('plain: The Pipeline "orders" is invalid:').text

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import json
 import logging
 import signal
 import threading
@@ -25,9 +26,10 @@ from typing import Any
 
 import kopf
 import kubernetes
+from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import watching as kopf_watching
 
-from . import kube_events, memory
+from . import jsondepth, kube_events, memory
 from .api import ApiDeps, ApiServer, Metrics
 from .api.follow import FollowLimits
 from .backends import Backend as BackendProtocol
@@ -90,6 +92,65 @@ def strip_managed_fields_in_kopf_watches() -> None:
             yield event
     continuous_watch.strips_managed_fields = True  # type: ignore[attr-defined]
     kopf_watching.continuous_watch = continuous_watch
+
+
+_DECODE_IN_THREAD = 64 * 1024  # bytes of an answer from which Kopf's decoding leaves the event loop
+
+
+class _BoundedJson:
+    """Kopf's ``json`` module as its API client sees it: ``loads`` (a watch stream's lines) decodes
+    without a depth limit's failure (:func:`jsondepth.decode_objects`), the rest is ``json``'s."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(json, name)
+
+    @staticmethod
+    def loads(text: str | bytes, **_: Any) -> Any:
+        return jsondepth.decode_objects(text)
+
+
+class _BoundedJsonAnswer:
+    """An answer of Kopf's ``request`` whose ``json()`` (a list, an object, a patch's result) is decoded
+    by :func:`jsondepth.decode_objects`, off the event loop when it is large."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._response, name)
+
+    async def __aenter__(self) -> _BoundedJsonAnswer:
+        await self._response.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._response.__aexit__(*exc)
+
+    async def json(self, **_: Any) -> Any:
+        raw = await self._response.read()
+        if len(raw) < _DECODE_IN_THREAD:
+            return jsondepth.decode_objects(raw)
+        return await asyncio.to_thread(jsondepth.decode_objects, raw)
+
+
+def bound_json_depth_in_kopf() -> None:
+    """Kopf decodes the API server's answers with ``json.loads``, which gives up with a RecursionError past
+    about a thousand levels of nesting: one Pipeline nested that deep (stored before the CRD bounded every
+    field, or with its validation bypassed) failed the whole list or watch, and the operator stopped. Kopf's
+    API client (``kopf._cogs.clients.api``: its ``request``, through which every call goes, and its ``json``
+    module, which decodes a watch stream's lines) is made to decode with :func:`jsondepth.decode_objects`:
+    such an object comes through marked (:func:`jsondepth.undecodable`), its deep values cut, and is
+    reported and skipped by its loop while every other Pipeline goes on. Done once per process;
+    tests/test_hostile_specs.py checks Kopf still has what this replaces."""
+    if getattr(kopf_api.request, "bounds_json_depth", False):
+        return
+    original = kopf_api.request
+
+    async def request(*args: Any, **kwargs: Any) -> Any:
+        return _BoundedJsonAnswer(await original(*args, **kwargs))
+    request.bounds_json_depth = True  # type: ignore[attr-defined]
+    kopf_api.request = request
+    setattr(kopf_api, "json", _BoundedJson())  # noqa: B010 (the module's own name for json, not exported)
 
 
 def _trigger(body: dict[str, Any]) -> tuple[Any, ...]:
@@ -505,6 +566,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
             log.info("pipeline-operator watching pipelines.%s in %s with the %s backend (event loop: %s)", API_GROUP,
                      where, settings.backend.value, type(asyncio.get_running_loop()).__module__.partition(".")[0])
             strip_managed_fields_in_kopf_watches()
+            bound_json_depth_in_kopf()
             await kopf.operator(registry=registry, standalone=True, clusterwide=settings.all_namespaces,
                                 namespaces=settings.namespaces, ready_flag=ready_flag, stop_flag=stopping,
                                 memo=kopf.Memo())

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic.config import JsonValue
+from pydantic_core import to_jsonable_python
 
 # Limits of Feldera's Rust integer types (u64 and usize: Kubernetes' integers are int64 anyway).
 U8, U16, U32 = 2**8 - 1, 2**16 - 1, 2**32 - 1
@@ -415,6 +416,28 @@ class RuntimeConfig(FelderaModel):
         if problem is not None:
             raise ValueError(problem)
         return value
+
+
+def given(config: BaseModel) -> dict[str, Any]:
+    """What a configuration read from a client says, as JSON to store: the fields it gave (keys Feldera does
+    not know are gone, legacy forms are in the current form), without the nulls that say no more than a
+    missing field (the API server would refuse them where the schema is not nullable)."""
+    out: dict[str, Any] = {}
+    fields = type(config).model_fields
+    for name in sorted(config.model_fields_set, key=list(fields).index):
+        info = fields[name]
+        value = getattr(config, name)
+        if value is None:
+            if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("nullable"):
+                out[info.alias or name] = None
+            continue
+        if isinstance(value, BaseModel):
+            out[info.alias or name] = given(value)
+        elif isinstance(value, list):
+            out[info.alias or name] = [given(v) if isinstance(v, BaseModel) else to_jsonable_python(v) for v in value]
+        else:
+            out[info.alias or name] = to_jsonable_python(value)
+    return out
 
 
 class ProgramConfig(FelderaModel):

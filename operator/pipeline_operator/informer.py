@@ -41,6 +41,8 @@ from urllib.parse import quote
 import kubernetes
 import urllib3
 
+from . import jsondepth
+
 log = logging.getLogger(__name__)
 
 ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
@@ -304,7 +306,7 @@ class Informer:
             if token:
                 query.append(("continue", token))
             with self._open(stream, query, LIST_READ_TIMEOUT) as response:
-                page = json.loads(response.read())
+                page = jsondepth.decode_objects(response.read())
             self._count("pages")
             items.extend(self.transform(o) for o in page.get("items") or [])
             meta = page.get("metadata") or {}
@@ -323,7 +325,7 @@ class Informer:
         with self._open(stream, query, seconds + WATCH_READ_SLACK) as response:
             self._count("watches")
             for line in _lines(response):
-                event = json.loads(line)
+                event = jsondepth.decode_objects(line)
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     if obj.get("code") == 410:

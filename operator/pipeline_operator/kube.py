@@ -18,6 +18,7 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from . import jsondepth
 from .models import API_GROUP, API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,30 @@ def load_config() -> kubernetes.client.Configuration:
     return configuration
 
 
+_JSON_CONTENT = re.compile(r"^application/(json|[\w!#$&.+\-^_]+\+json)\s*(;|$)", re.IGNORECASE)
+
+
+class ApiClient(kubernetes.client.ApiClient):
+    """The ``kubernetes`` client, decoding the API server's JSON answers with
+    :func:`jsondepth.decode_objects`: a Pipeline nested deeper than Python's decoder goes comes back
+    marked (:func:`jsondepth.undecodable`) instead of failing the call with a RecursionError."""
+
+    def deserialize(self, response_text: str, response_type: str, content_type: str | None) -> Any:
+        if response_text and (content_type is None or _JSON_CONTENT.match(content_type)):
+            try:
+                data = jsondepth.decode_objects(response_text)
+            except ValueError:
+                if content_type is not None:
+                    raise
+                data = response_text
+            return getattr(self, "_ApiClient__deserialize")(data, response_type)  # noqa: B009 (the client's own step)
+        return super().deserialize(response_text, response_type, content_type)
+
+
 class Kube:
     def __init__(self, configuration: kubernetes.client.Configuration | None = None,
                  field_manager: str = "pipeline-operator", workers: int = 16) -> None:
-        self.api_client = kubernetes.client.ApiClient(configuration or load_config())
+        self.api_client: Any = ApiClient(configuration or load_config())
         self.custom = kubernetes.client.CustomObjectsApi(self.api_client)
         self.core = kubernetes.client.CoreV1Api(self.api_client)
         self.apps = kubernetes.client.AppsV1Api(self.api_client)

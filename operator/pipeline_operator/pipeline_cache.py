@@ -14,14 +14,18 @@ its own loop on the leader.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from . import jsondepth
 from .core import resource
 from .core.lifecycle import PipelineState
 from .identity import PipelineKey
 from .models import PipelineStatus
 from .reconciler import NewestVersion, PipelineRegistry, _rv, key_of
+
+log = logging.getLogger(__name__)
 
 
 class CachedPipeline:
@@ -110,6 +114,12 @@ class PipelineCache:
             return
         if self._held_by_a_loop(where, cached):
             if cached is not None:
+                del self._by_name[where]
+            return
+        problem = jsondepth.undecodable(obj)
+        if problem is not None:  # reported by the leader's loop (an Event, a condition); kept out of what is served
+            log.warning("%s/%s: the Pipeline cannot be decoded (%s); not served until it is corrected", *where, problem)
+            if cached is not None and cached.key.uid == meta.get("uid"):
                 del self._by_name[where]
             return
         if cached is None or cached.key.uid != meta.get("uid"):  # new, or deleted and created again

@@ -22,8 +22,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
+from . import jsondepth
 from .backends import Backend
 from .compiler import Compiler
 from .core import resource
@@ -40,12 +42,14 @@ from .core.lifecycle import (
     StorageObservation,
     decide,
 )
+from .core.resource import READY, RECONCILING, STALLED
 from .identity import PipelineKey
 from .kube import Conflict, Forbidden, Gone, Kube, Unavailable
 from .models import (
     DETAILS_FIELDS,
     BootstrapPolicy,
     Condition,
+    ConditionStatus,
     ErrorResponse,
     HistoryEntry,
     MonitorEvent,
@@ -74,6 +78,21 @@ UNAVAILABLE_RETRY = 5.0  # seconds between passes while the API server cannot be
 _QUICK_REPOLL = 0.3  # after forwarding an action to the pipeline, look again soon (Feldera's notify)
 
 
+REASON_INVALID = "InvalidPipeline"  # Event and condition reason of a Pipeline the operator cannot read
+INVALID_RETRY = 60.0  # seconds between looks at an invalid Pipeline (a new generation wakes the loop at once)
+
+
+class InvalidPipeline(Exception):
+    """The Pipeline as the API server serves it cannot be read: nested deeper than the operator decodes, or
+    its spec or status does not fit the schema (stored before the CRD bounded it, or with its validation
+    bypassed). The loop reports it and leaves the pipeline as it is until it is corrected."""
+
+
+def _validation_problem(what: str, exc: ValidationError) -> str:
+    said = "; ".join(f"{'.'.join((what, *(str(p) for p in e['loc'])))}: {e['msg'][:200]}" for e in exc.errors()[:5])
+    return f"its {what} is not valid: {said}"
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -99,6 +118,10 @@ class EventSink:
         return 0
 
     async def forget(self, key: PipelineKey) -> None:
+        return None
+
+    async def warn(self, key: PipelineKey, reason: str, message: str) -> None:
+        """A Warning Event about the pipeline (not a monitor event)."""
         return None
 
 
@@ -357,6 +380,7 @@ class PipelineMonitor:
         self.unreachable = False  # the last pass failed because the API server could not be reached
         # What an idle pass would compute again, kept from the last one (see ``_desired_of`` and ``record``).
         self._desired: tuple[str | None, Desired, PipelineSpec] | None = None
+        self._invalid: tuple[str | None, str] | None = None  # the version reported invalid, and why
         self._recorded: tuple[Desired, PipelineState, str | None] | None = None
 
     @property
@@ -404,8 +428,14 @@ class PipelineMonitor:
         """Observe, decide, record, act. Returns the seconds until the next pass."""
         obj = self.obj
         assert obj is not None
+        problem = jsondepth.undecodable(obj)
+        if problem is not None:
+            raise InvalidPipeline(f"the Pipeline cannot be decoded: {problem}")
         if self.state is None:
-            self._load(obj)
+            try:
+                self._load(obj)
+            except ValidationError as exc:
+                raise InvalidPipeline(_validation_problem("status", exc)) from None
         assert self.state is not None
         generation = self.ctx.sink.generation()
         if self._seeded != generation:
@@ -460,9 +490,53 @@ class PipelineMonitor:
         rv = _rv(obj)
         if self._desired is not None and rv is not None and self._desired[0] == rv:
             return self._desired[1], self._desired[2]
-        desired, spec = desired_of(obj)
+        try:
+            desired, spec = desired_of(obj)
+        except ValidationError as exc:
+            raise InvalidPipeline(_validation_problem("spec", exc)) from None
         self._desired = (rv, desired, spec)
+        self._invalid = None
         return desired, spec
+
+    async def _report_invalid(self, problem: str) -> float:
+        """Say once per version of the Pipeline why it cannot be read (a log line, a Warning Event, and the
+        Ready and Stalled conditions when its status can be written), and leave the pipeline as it is."""
+        obj = self.obj
+        assert obj is not None
+        rv = _rv(obj)
+        if self._invalid == (rv, problem):
+            return INVALID_RETRY
+        self._invalid = (rv, problem)
+        log.warning("%s: %s; left as it is until the Pipeline is corrected", self.key, problem)
+        await self.ctx.sink.warn(self.key, REASON_INVALID, problem)
+        raw = obj.get("status") or {}
+        if (jsondepth.undecodable(obj) or "").startswith("status"):
+            return INVALID_RETRY  # the status itself holds what was cut: nothing of it can be written back
+        try:
+            status = PipelineStatus.model_validate(raw)
+        except ValidationError:
+            return INVALID_RETRY  # nothing of it can be written back
+        now = self.ctx.clock()
+        generation = int((obj.get("metadata") or {}).get("generation") or 1)
+        wanted = {READY: ConditionStatus.FALSE, RECONCILING: ConditionStatus.FALSE, STALLED: ConditionStatus.TRUE}
+        before = {c.type: c for c in status.conditions}
+        conditions = [Condition(type=ctype, status=value, reason=REASON_INVALID, message=problem[:1024],
+                                last_transition_time=before[ctype].last_transition_time
+                                if ctype in before and before[ctype].status is value else now,
+                                observed_generation=generation) for ctype, value in wanted.items()]
+        body = status.model_copy(update={"conditions": conditions, "observed_generation": generation}).model_dump(
+            mode="json", by_alias=True, exclude_none=True)
+        try:
+            updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name, str(rv), body)
+        except (Conflict, Gone):
+            return 0.0  # a newer version: look at it at once
+        except Exception as exc:  # noqa: BLE001 - the log line and the Event said it already
+            log.info("%s: could not write the %s condition: %s", self.key, REASON_INVALID, exc)
+            return INVALID_RETRY
+        self.adopt(updated)
+        self._invalid = (_rv(updated), problem)
+        self.state = None  # read the status again once the Pipeline is valid
+        return INVALID_RETRY
 
     async def _blocked(self, desired: Desired, problem: str) -> float:
         """The operator lacks a permission: say so in a Stalled condition and in the log, and retry."""
@@ -658,6 +732,8 @@ class PipelineMonitor:
                 backoff.success()
             except asyncio.CancelledError:
                 raise
+            except InvalidPipeline as exc:
+                delay = await self._report_invalid(str(exc))
             except Unavailable as exc:
                 # Nothing is concluded from a failed read or write: compute stays as it is, and the
                 # loop tries again soon, so that it catches up quickly once the API server is back.

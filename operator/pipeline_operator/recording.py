@@ -87,6 +87,13 @@ class Recorder(EventSink):
             self._posting.add(task)
             task.add_done_callback(self._posting.discard)
 
+    async def warn(self, key: PipelineKey, reason: str, message: str) -> None:
+        if self.poster is not None:  # in the background, as above
+            task = asyncio.create_task(post_event(self.poster.kube, self.poster.component, key, "Warning",
+                                                  reason, message))
+            self._posting.add(task)
+            task.add_done_callback(self._posting.discard)
+
     async def latest(self, key: PipelineKey) -> MonitorEvent | None:
         """The newest event known for the pipeline, without waiting for the writer: what this
         operator appended since it started, else a bounded read of the store (None if that is slow

@@ -15,10 +15,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import json
 import logging
 import os
-import re
 import socket
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -27,7 +25,9 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from . import jsondepth
 from .core.lifecycle import NOT_JSON, RuntimeObservation, parse_status_response
+from .jsondepth import TooDeep
 from .models import SpecRuntimeDesiredStatus
 from .status_http import StatusConnections, StatusTooLarge, StatusUnanswered
 
@@ -41,18 +41,10 @@ _STATUS_MEMO_BYTES = 16 * 1024  # a /status answer up to this size is kept, to r
 _TOO_LARGE = f"the status answer is larger than {MAX_STATUS_BODY} bytes"
 _STATUS_MEMO_LIMIT = 100_000  # endpoints remembered (then forgotten all at once: endpoints of deleted pipelines)
 
-# JSON strings (with their escapes), removed before brackets are counted: a bracket inside a string nests nothing.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_INNERMOST = re.compile(rb"\[\]|\{\}")  # one level per pass (two plain replaces could take "{[]}" at once)
 
 
 CONNECT_TIMEOUT = 10.0  # seconds to connect to a pipeline for a passed-through request
 CHUNK = 64 * 1024  # bytes of a passed-through body read at once
-
-
-class TooDeep(ValueError):
-    """A JSON document nested deeper than allowed."""
 
 
 class PipelineUnreachable(Exception):
@@ -101,34 +93,10 @@ class Answer:
                                       "the pipeline stopped sending its answer (read timeout)") from exc
 
 
-def _too_deep(raw: bytes, limit: int) -> bool:
-    """Whether the brackets of a JSON document (already known to be valid) nest deeper than ``limit``.
-
-    Without a Python loop per byte: strings are removed, then everything but brackets, then the
-    innermost pairs one level at a time; whatever is left after ``limit`` levels is deeper."""
-    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    for _ in range(limit):
-        if not brackets:
-            return False
-        shorter = _INNERMOST.sub(b"", brackets)
-        if len(shorter) == len(brackets):
-            return False  # not balanced: cannot happen for valid JSON
-        brackets = shorter
-    return bool(brackets)
-
-
 def decode_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``raw`` decoded as JSON, nested at most ``max_depth`` levels.
-
-    Raises ValueError when it is not JSON, :class:`TooDeep` when it nests deeper (CPython's decoder
-    gives up with a RecursionError past about a thousand levels; fewer still break serialising it)."""
-    try:
-        value = json.loads(raw)
-    except RecursionError:
-        raise TooDeep(f"nested deeper than {max_depth} levels") from None
-    if isinstance(value, (dict, list)) and _too_deep(raw, max_depth):
-        raise TooDeep(f"nested deeper than {max_depth} levels")
-    return value
+    """A pipeline's answer decoded as JSON (:func:`jsondepth.decode_json`): ValueError when it is not
+    JSON, :class:`TooDeep` when it nests deeper than ``max_depth``."""
+    return jsondepth.decode_json(raw, max_depth)
 
 
 class _Resolver(AbstractResolver):

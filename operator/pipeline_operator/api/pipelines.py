@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import re
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from .. import jsondepth
 from ..core import resource
 from ..core.lifecycle import PipelineState, delete_refusal, update_refusal
-from ..feldera_config import ProgramConfig, RuntimeConfig
+from ..feldera_config import ProgramConfig, RuntimeConfig, given
 from ..kube import FieldConflict, Forbidden, Rejected
 from ..kube_events import ANNOTATION_REQUESTED_BY
 from ..models import (
@@ -46,6 +48,8 @@ from .server import PIPELINE, VERSION
 
 if TYPE_CHECKING:
     from .server import ApiServer
+
+log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 63
@@ -98,7 +102,7 @@ def checked_config(field: str, value: Any) -> dict[str, Any]:
         said = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         raise ApiError(400, code, f"JSON for '{field}' field is not valid due to: {said}",
                        {"field": problems[0]["field"], "errors": problems}) from None
-    return parsed.model_dump(mode="json", exclude_unset=True)
+    return given(parsed)
 
 
 def same_value(field: str, a: Any, b: Any) -> bool:
@@ -207,6 +211,10 @@ class Pipelines:
         """Feldera's ``PipelineSelectedInfo``: the spec's Feldera fields, the state's Feldera fields
         (as :class:`models.PipelineDeployment` declares them) and the combined statuses."""
         meta = obj.get("metadata") or {}
+        problem = jsondepth.undecodable(obj)
+        if problem is not None:
+            raise ApiError(500, "InvalidPipeline", f"Pipeline '{meta.get('name')}' cannot be read: {problem}; "
+                                                   "correct or delete it", {"pipeline_name": meta.get("name")})
         status = PipelineStatus.model_validate(obj.get("status") or {})
         state = state or resource.from_status(status)
         created = meta.get("creationTimestamp") or format_timestamp(dt.datetime.now(dt.UTC))
@@ -277,8 +285,16 @@ class Pipelines:
         await self.server.authorize(request, "list", namespace)
         selector = self._selector(request)
         found = [(m.obj, m.state) for m in self.deps.pipelines.in_namespace(namespace)]
-        return web.json_response([await self.info(obj, state, selector) for obj, state in found if obj is not None],
-                                 headers={"Cache-Control": "no-cache"})
+        answer = []
+        for obj, state in found:
+            if obj is None:
+                continue
+            try:
+                answer.append(await self.info(obj, state, selector))
+            except (ValidationError, ApiError) as exc:  # one Pipeline that cannot be read does not hide the others
+                log.warning("%s/%s: not listed, its status cannot be read: %s", namespace,
+                            (obj.get("metadata") or {}).get("name"), str(exc)[:300])
+        return web.json_response(answer, headers={"Cache-Control": "no-cache"})
 
     async def get(self, request: web.Request) -> web.Response:
         monitor = await self.server.pipeline(request, "get")
