@@ -14,6 +14,8 @@ import json
 import kubernetes
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import fetching as kopf_fetching
 
@@ -33,6 +35,40 @@ from .operator_harness import wait_for
 from .test_operator_lifecycle import spec
 
 # -- the decoding layer ---------------------------------------------------------------------------------------
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.integers() | st.text(alphabet='[]{}"\\ab,:'),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet='[]{}"ab', max_size=3), inner, max_size=3),
+    max_leaves=40)
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def _cut(value: object, limit: int, depth: int = 1) -> object:
+    """What cut_deep must make of a decoded value, walked the plain (recursive) way."""
+    if isinstance(value, (dict, list)) and depth > limit:
+        return jsondepth.TOO_DEEP
+    if isinstance(value, dict):
+        return {k: _cut(v, limit, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut(v, limit, depth + 1) for v in value]
+    return value
+
+
+@given(_JSON_VALUES, st.integers(min_value=1, max_value=6))
+def test_depth_is_judged_and_cut_as_a_plain_walk_would(value: object, limit: int) -> None:
+    """too_deep and cut_deep count brackets in C (a running sum), never a bracket inside a string."""
+    raw = json.dumps(value).encode()
+    assert jsondepth.too_deep(raw, limit) == (_depth(value) > limit)
+    assert json.loads(jsondepth.cut_deep(raw, limit)) == _cut(value, limit)
+
 
 
 def _list_of(*items: str) -> bytes:

@@ -15,21 +15,24 @@ CRD bounded every field, or with the CRD's validation bypassed), a request to th
   ``metadata.managedFields`` (server-side apply's bookkeeping, which whoever may update an object can
   write, and which the operator never reads) is dropped instead: that object is served as usual.
 
-Both cost one C-speed decode and a few regular-expression passes over a document of normal depth;
-only a document nested too deep is cut, by a scan of its brackets.
+Both cost one C-speed decode and a few passes in C over the document (its strings removed, its
+brackets counted), linear in its size whatever its shape; only a document nested too deep is cut,
+likewise in linear time, and decoded once cut.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import re
 from typing import Any
 
 # JSON strings (with their escapes), removed before brackets are counted: a bracket inside a string nests nothing.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_INNERMOST = re.compile(rb"\[\]|\{\}")  # one level per pass (two plain replaces could take "{[]}" at once)
-_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)  # a string, or a bracket outside strings
+# An opening bracket as 2 and a closing one as 0: one less than each is its step of depth.
+_STEPS = bytes(2 if b in b"[{" else 0 if b in b"]}" else 1 for b in range(256))
 
 MAX_OBJECT_DEPTH = 96  # levels of a Kubernetes API answer (a Pipeline nests about 20, a list or an event 1-2 more)
 TOO_DEEP = "\u0000nested too deep"  # what replaces a list or an object nested deeper than allowed
@@ -45,17 +48,15 @@ class TooDeep(ValueError):
 def too_deep(raw: bytes, limit: int) -> bool:
     """Whether the brackets of a JSON document (already known to be valid) nest deeper than ``limit``.
 
-    Without a Python loop per byte: strings are removed, then everything but brackets, then the
-    innermost pairs one level at a time; whatever is left after ``limit`` levels is deeper."""
+    In time linear in the document's size and without a Python loop per byte: strings are removed,
+    then everything but brackets; each opening bracket counts +1 and each closing one -1, and the
+    running sum (``itertools.accumulate``, in C) is the depth. A document of n brackets nests at most
+    n/2 levels, so most answers are judged by their length alone."""
     brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    for _ in range(limit):
-        if not brackets:
-            return False
-        shorter = _INNERMOST.sub(b"", brackets)
-        if len(shorter) == len(brackets):
-            return False  # not balanced: cannot happen for valid JSON
-        brackets = shorter
-    return bool(brackets)
+    if len(brackets) <= 2 * limit:
+        return False
+    steps = brackets.translate(_STEPS)
+    return max(itertools.accumulate(map(operator.sub, steps, itertools.repeat(1)))) > limit
 
 
 def _as_bytes(raw: bytes | str) -> bytes:
@@ -75,22 +76,30 @@ def decode_json(raw: bytes | str, max_depth: int) -> Any:
     return value
 
 
+def _blank_strings(raw: bytes) -> bytes:
+    """``raw`` with the inside of each JSON string blanked, of the same length: its brackets are where
+    they were, and only those that nest are left."""
+    return _JSON_STRING.sub(lambda m: b'"' + b" " * (len(m[0]) - 2) + b'"', raw)
+
+
 def cut_deep(raw: bytes, limit: int) -> bytes:
     """The JSON document ``raw`` with each list or object nested deeper than ``limit`` levels replaced
-    by the string :data:`TOO_DEEP` (one scan of its strings and brackets)."""
+    by the string :data:`TOO_DEEP`.
+
+    Linear, with no Python loop per byte or bracket: the depth after each byte (a running sum, as in
+    :func:`too_deep`, over the document with its strings blanked) is capped at ``limit + 1``, and each
+    run of bytes at that cap is a value to cut: it starts with the bracket that went deeper than
+    ``limit`` and ends just before the bracket that closes it."""
+    cap = limit + 1
+    if cap > 255:
+        raise ValueError(f"a depth limit of at most 254 levels, not {limit}")
+    depths = itertools.accumulate(map(operator.sub, _blank_strings(raw).translate(_STEPS), itertools.repeat(1)))
+    capped = bytes(map(min, depths, itertools.repeat(cap)))
     out: list[bytes] = []
-    depth, kept, cut_at = 0, 0, -1
-    for match in _TOKEN.finditer(raw):
-        first = raw[match.start()]
-        if first in b"[{":
-            depth += 1
-            if depth == limit + 1:
-                cut_at = match.start()
-        elif first in b"]}":
-            if depth == limit + 1:
-                out += (raw[kept:cut_at], _TOO_DEEP_JSON)
-                kept = match.end()
-            depth -= 1
+    kept = 0
+    for run in re.finditer(re.escape(bytes([cap])) + b"+", capped):
+        out += (raw[kept:run.start()], _TOO_DEEP_JSON)
+        kept = run.end() + 1  # past the closing bracket
     out.append(raw[kept:])
     return b"".join(out)
 
@@ -132,14 +141,10 @@ def decode_objects(raw: bytes | str, max_depth: int = MAX_OBJECT_DEPTH) -> Any:
     Raises ValueError only when it is not JSON. A list or an object nested deeper than ``max_depth``
     is replaced by :data:`TOO_DEEP`, and each object of the answer that held one is marked:
     :func:`undecodable` says where."""
-    try:
-        value = json.loads(raw)
-    except RecursionError:
-        value = None
-    else:
-        if not isinstance(value, (dict, list)) or not too_deep(_as_bytes(raw), max_depth):
-            return value
-    value = json.loads(cut_deep(_as_bytes(raw), max_depth))
+    data = _as_bytes(raw)
+    if not too_deep(data, max_depth):  # judged before decoding: a document is decoded once
+        return json.loads(data)
+    value = json.loads(cut_deep(data, max_depth))
     for obj in _objects_of(value):
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
