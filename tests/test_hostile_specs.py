@@ -39,7 +39,8 @@ from .test_operator_lifecycle import spec
 
 _JSON_VALUES = st.recursive(
     st.none() | st.integers() | st.text(alphabet='[]{}"\\ab,:'),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet='[]{}"ab', max_size=3), inner, max_size=3),
+    lambda inner: (st.lists(inner, max_size=3)
+                   | st.dictionaries(st.text(alphabet='[]{}"ab', max_size=3), inner, max_size=3)),
     max_leaves=40)
 
 
