@@ -56,7 +56,8 @@ def too_deep(raw: bytes, limit: int) -> bool:
     if len(brackets) <= 2 * limit:
         return False
     steps = brackets.translate(_STEPS)
-    return max(itertools.accumulate(map(operator.sub, steps, itertools.repeat(1)))) > limit
+    deepest: int = max(itertools.accumulate(map(operator.sub, steps, itertools.repeat(1))))
+    return deepest > limit
 
 
 def _as_bytes(raw: bytes | str) -> bytes:
