@@ -24,6 +24,7 @@ from pipeline_operator.leader import LeaderElector, LeaseTiming, lease_now, leas
 
 from .operator_harness import wait_for
 from .test_operator_lifecycle import FAST_PIPELINE, SQL
+from .test_status_http import listening
 
 pytestmark = pytest.mark.apiserver
 FAST_LEASE = LeaseTiming(duration=3.0, renew_deadline=2.0, retry_period=0.25)
@@ -208,12 +209,10 @@ class SilentApiServer:
 
     @contextlib.asynccontextmanager
     async def serving(self):
-        listener = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
         try:
-            yield self
+            async with listening(self):
+                yield self
         finally:
-            listener.close()
             for writer in self._writers:
                 writer.close()
 

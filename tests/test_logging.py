@@ -14,6 +14,7 @@ from pipeline_operator.cli import EscapingFormatter, escape_controls
 
 from .operator_harness import wait_for
 from .test_api import http_json
+from .test_api_hardening import ready
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 HOSTILE = "a\nFAKE LINE\r\x1b[2J\x00\x7f\x85\x9b\u2028\u2029\tz"
@@ -95,13 +96,7 @@ def test_a_pipeline_name_with_a_newline_is_one_audit_line(operators, namespace):
     """GET /v0/pipelines/a%0aFAKE%20LINE and the like: the name is decoded from the path and audited as it is
     asked for; the plain-text log gets one line for it, with the line break escaped."""
     op = operators(namespace, "--api-auth", "none", "--api-default-namespace", namespace)
-
-    def ready() -> bool:
-        try:
-            return http_json(f"{op.api_url}/readyz")[0] == 200
-        except OSError:  # not listening yet
-            return False
-    wait_for("the API", ready, 60, operator=op)
+    ready(op)
     status, body = http_json(f"{op.api_url}/v0/pipelines/a%0aFAKE%20LINE%0d%e2%80%a8X%c2%85Y/start", "POST")
     assert status == 404 and body["error_code"] == "UnknownPipelineName", body
 

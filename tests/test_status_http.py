@@ -7,11 +7,12 @@ differently."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 import uvloop
@@ -75,15 +76,28 @@ class Server:
             writer.close()
 
 
+class Serves(Protocol):
+    url: str
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None: ...
+
+
+Served = TypeVar("Served", bound=Serves)
+
+
 @asynccontextmanager
-async def serving(answer: Callable[[int, bytes], Any]) -> AsyncIterator[Server]:
-    server = Server(answer)
+async def listening(server: Served) -> AsyncIterator[Served]:
+    """``server`` (its ``handle``) on a loopback port, its ``url`` set, until the block ends."""
     listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
     server.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
     try:
         yield server
     finally:
         listener.close()
+
+
+def serving(answer: Callable[[int, bytes], Any]) -> contextlib.AbstractAsyncContextManager[Server]:
+    return listening(Server(answer))
 
 
 def run(answer: Callable[[int, bytes], Any], count: int, pause: float = 0.0,
@@ -248,15 +262,8 @@ class Endless:
             writer.close()
 
 
-@asynccontextmanager
-async def serving_endless(head: bytes, piece: bytes) -> AsyncIterator[Endless]:
-    server = Endless(head, piece)
-    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-    server.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
-    try:
-        yield server
-    finally:
-        listener.close()
+def serving_endless(head: bytes, piece: bytes) -> contextlib.AbstractAsyncContextManager[Endless]:
+    return listening(Endless(head, piece))
 
 
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(BODY), BODY)
