@@ -3,6 +3,7 @@ the real API server and a real operator with real pipeline processes (local back
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import queue
@@ -33,10 +34,11 @@ def env_for(kubeconfig: Path) -> dict[str, str]:
     return {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{SCRIPTS}{os.pathsep}{os.environ['PATH']}"}
 
 
-def plugin(cluster, *args: str, kubeconfig: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def plugin(cluster, *args: str, kubeconfig: Path | None = None, timeout: float = 120,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``kubectl pipeline ARGS``: kubectl finds the plugin on the PATH, as a user's shell would."""
     return subprocess.run([str(cluster.binaries.kubectl), "pipeline", *args], capture_output=True, text=True,
-                          env=env_for(kubeconfig or cluster.kubeconfig), timeout=timeout)
+                          env={**env_for(kubeconfig or cluster.kubeconfig), **(env or {})}, timeout=timeout)
 
 
 def table(stdout: str) -> list[list[str]]:
@@ -248,3 +250,100 @@ def test_errors_rbac_and_completion(crd_installed, pipelines, namespace, cluster
     commands = subprocess.run([str(SCRIPTS / "kubectl_complete-pipeline"), "st"], capture_output=True, text=True,
                               env=env_for(cluster.kubeconfig), timeout=60)
     assert commands.stdout.splitlines() == ["status", "start", "stop", ":4"]
+
+
+class Recorder(http.server.ThreadingHTTPServer):
+    """A loopback HTTP server that records every request's line and headers, and answers each with ``answer``
+    (status, headers); with none given it answers an empty list of events."""
+
+    def __init__(self, answer: tuple[int, dict[str, str]] | None = None) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.connections = 0
+        self.answer = answer
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                recorder.connections += 1
+                super().setup()
+
+            def do_GET(self) -> None:  # noqa: N802
+                recorder.requests.append((self.requestline, dict(self.headers)))
+                status, headers = recorder.answer or (200, {"Content-Type": "application/json"})
+                body = b"[]" if status == 200 else b""
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("http://127.0.0.1:8080", True), ("http://127.9.9.9", True), ("http://[::1]:8080/", True),
+    ("http://localhost:8080", True), ("http://LocalHost.", True), ("https://operator.example", True),
+    ("https://192.0.2.10:8443", True),
+    ("http://192.0.2.10:8080", False), ("http://operator.invalid", False), ("http://[2001:db8::1]:8080", False),
+    ("http://127.0.0.1.example", False), ("http://localhost.example", False), ("http://0.0.0.0:8080", False),
+    ("ftp://127.0.0.1", False), ("127.0.0.1:8080", False), ("http://[::1", False),
+])
+def test_which_api_addresses_may_have_the_token(url, allowed):
+    from pipeline_operator.kubectl_plugin import api_url_refusal
+    assert (api_url_refusal(url) is None) is allowed, api_url_refusal(url)
+
+
+def test_the_token_goes_over_plain_http_only_to_a_loopback_address(crd_installed, pipelines, namespace):
+    """Plain http:// (the kubeconfig's token in the clear) is refused unless the address is this machine's
+    own, before any connection is made. Here every plain-http connection goes to a loopback proxy (as with
+    ``http_proxy`` set): before the refusal, the token reached it; a loopback address is not sent through
+    a proxy at all."""
+    cluster = crd_installed
+    pipelines.create("orders", {"program": {"sql": SQL}})
+    with Recorder() as proxy, Recorder() as api:
+        env = {"http_proxy": proxy.url, "HTTP_PROXY": proxy.url, "no_proxy": "", "NO_PROXY": ""}
+        far = "http://192.0.2.10:8080"  # TEST-NET-1: not this machine (nothing is sent to it in any case)
+        refused = plugin(cluster, "events", "orders", "-n", namespace, "--api", far, env=env)
+        assert refused.returncode == 1 and refused.stdout == "", refused
+        assert refused.stderr.splitlines() == [
+            f"error: --api {far}: plain http:// would send the kubeconfig's token in the clear: use https://, "
+            "or plain http:// to a loopback address only (127.0.0.0/8, ::1, localhost)"], refused.stderr
+        assert proxy.connections == 0 and proxy.requests == []
+
+        near = plugin(cluster, "events", "orders", "-n", namespace, "--api", api.url, "-o", "json", env=env)
+        assert near.returncode == 0 and json.loads(near.stdout) == [], near.stderr
+        assert proxy.connections == 0  # straight to the loopback address
+        assert [line for line, _ in api.requests] == ["GET /v0/pipelines/orders/events?selector=all HTTP/1.1"]
+        assert api.requests[0][1]["Authorization"].startswith("Bearer ")
+
+
+def test_a_redirect_of_the_api_is_not_followed(crd_installed, pipelines, namespace):
+    """The operator's API answering a redirect: the token would go wherever it points. Not followed: one line
+    and exit code 1; the redirect's target sees nothing."""
+    cluster = crd_installed
+    pipelines.create("orders", {"program": {"sql": SQL}})
+    with Recorder() as target, Recorder() as api:
+        location = f"{target.url}/v0/pipelines/orders/events?selector=all"
+        for status in (302, 307):
+            api.answer = (status, {"Location": location})
+            redirected = plugin(cluster, "events", "orders", "-n", namespace, "--api", api.url)
+            assert redirected.returncode == 1 and redirected.stdout == "", redirected
+            assert redirected.stderr.splitlines() == [
+                f"error: the operator's API at {api.url} answered a redirect (HTTP {status} to {location}), which is "
+                "not followed (it would take the kubeconfig's token along): give --api the address it redirects to"
+            ], redirected.stderr
+        assert len(api.requests) == 2 and all("Authorization" in headers for _, headers in api.requests)
+        assert target.connections == 0 and target.requests == []

@@ -6,7 +6,9 @@ Lease), and operators as replicas (`--leader-election`): one reconciles, the oth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import signal
 import threading
 import time
@@ -14,12 +16,15 @@ import urllib.error
 import urllib.request
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
-from pipeline_operator.kube import Fenced, Kube
-from pipeline_operator.leader import LeaderElector, LeaseTiming
+from pipeline_operator import kube as kube_module
+from pipeline_operator.kube import Fenced, Kube, Unavailable
+from pipeline_operator.leader import LeaderElector, LeaseTiming, lease_now, lease_record
 
 from .operator_harness import wait_for
 from .test_operator_lifecycle import FAST_PIPELINE, SQL
+from .test_status_http import listening
 
 pytestmark = pytest.mark.apiserver
 FAST_LEASE = LeaseTiming(duration=3.0, renew_deadline=2.0, retry_period=0.25)
@@ -176,6 +181,146 @@ def test_a_leader_stopping_on_its_own_stops_renewing_before_it_releases(cluster,
         finally:
             await kube.close()
     asyncio.run(scenario())
+
+
+class SilentApiServer:
+    """A stand-in for an API server that reads requests and never answers one: it counts what arrives,
+    and can fence a client the moment a request does (the leader gives up while that request waits)."""
+
+    def __init__(self, on_request=None, answer: bytes = b"") -> None:
+        self.requests: list[tuple[float, str]] = []  # (monotonic time, request line)
+        self.on_request = on_request
+        self.answer = answer  # sent to every request, when given
+        self.url = ""
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                self.requests.append((time.monotonic(), head.split(b"\r\n", 1)[0].decode()))
+                if self.on_request is not None:
+                    self.on_request()
+                if self.answer:
+                    writer.write(self.answer)
+
+    @contextlib.asynccontextmanager
+    async def serving(self):
+        try:
+            async with listening(self):
+                yield self
+        finally:
+            for writer in self._writers:
+                writer.close()
+
+
+def silent_kube(server: SilentApiServer) -> Kube:
+    import kubernetes
+    configuration = kubernetes.client.Configuration()
+    configuration.host = server.url
+    return Kube(configuration, workers=1)
+
+
+QUICK = (1.0, 0.2)  # seconds to connect, and to wait for an answer that never comes
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "POST"])
+def test_a_write_that_gets_no_answer_is_never_sent_again(method, monkeypatch):
+    """urllib3 retries a request whose answer did not come in time (PUT and DELETE among them) up to three
+    times: a leader's write would leave again after the fence, up to several request timeouts later. A write
+    is sent once."""
+    import kubernetes
+    monkeypatch.setattr(kube_module, "REQUEST_TIMEOUT", QUICK)
+
+    async def scenario() -> list[tuple[float, str]]:
+        async with SilentApiServer().serving() as server:
+            kube = silent_kube(server)
+            leases = kubernetes.client.CoordinationV1Api(kube.api_client)
+            body = {"metadata": {"name": "l"}, "spec": lease_record("me", 15, 0, lease_now())}
+            write = {"PUT": lambda: kube.call(leases.replace_namespaced_lease, "l", "ns", body),
+                     "DELETE": lambda: kube.delete_pipeline("ns", "p"),
+                     "PATCH": lambda: kube.write_status("ns", "p", "1", {}),
+                     "POST": lambda: kube.call(leases.create_namespaced_lease, "ns", body)}[method]
+            try:
+                with pytest.raises(Unavailable, match="timed out"):
+                    await write()
+                await asyncio.sleep(QUICK[1] * 2)  # a retry would have come by now
+                return server.requests
+            finally:
+                await kube.close()
+
+    requests = asyncio.run(scenario())
+    assert [line.split()[0] for _, line in requests] == [method], requests
+
+
+def test_a_write_answered_try_later_is_not_sent_again():
+    """urllib3 also sends a PUT or DELETE again when the answer is a 429 or 503 with Retry-After (the API
+    server's priority and fairness): for a write, that answer is the answer."""
+    import kubernetes
+    too_many = (b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 2\r\n\r\n{}")
+
+    async def scenario() -> list[tuple[float, str]]:
+        async with SilentApiServer(answer=too_many).serving() as server:
+            kube = silent_kube(server)
+            leases = kubernetes.client.CoordinationV1Api(kube.api_client)
+            body = {"metadata": {"name": "l"}, "spec": lease_record("me", 15, 0, lease_now())}
+            try:
+                with pytest.raises(ApiException) as answer:
+                    await kube.call(leases.replace_namespaced_lease, "l", "ns", body, _request_timeout=QUICK)
+                assert answer.value.status == 429
+                return server.requests
+            finally:
+                await kube.close()
+
+    requests = asyncio.run(scenario())
+    assert len(requests) == 1, requests
+
+
+def test_nothing_is_sent_again_once_fenced_and_reads_are_retried_until_then(monkeypatch):
+    """A read whose answer does not come is tried again (urllib3's retries: a kept-alive connection the API
+    server closed is no failure), but not once the client is fenced, even in the middle of a call."""
+    monkeypatch.setattr(kube_module, "REQUEST_TIMEOUT", QUICK)
+
+    async def scenario() -> tuple[int, list[tuple[float, str]], float]:
+        async with SilentApiServer().serving() as server:
+            kube = silent_kube(server)
+            try:
+                with pytest.raises(Unavailable):
+                    await kube.get_pipeline("ns", "p")
+                unfenced = len(server.requests)
+                server.requests.clear()
+                server.on_request = lambda: kube.fence("testing")  # the leader gives up while the read waits
+                with pytest.raises(Unavailable):
+                    await kube.get_pipeline("ns", "p")
+                fenced_at = time.monotonic()
+                await asyncio.sleep(QUICK[1] * 2)
+                return unfenced, server.requests, fenced_at
+            finally:
+                await kube.close()
+
+    unfenced, requests, fenced_at = asyncio.run(scenario())
+    assert unfenced == 4  # once, and urllib3's three retries
+    assert len(requests) == 1 and requests[0][0] < fenced_at, requests
+
+
+def test_the_written_lease_duration_is_rounded_up():
+    """leaseDurationSeconds is a whole number: a standby must not wait less than the leader's duration (a
+    shorter wait eats into the margin between the leader's renew deadline and the Lease's end)."""
+    import kubernetes
+    assert lease_record("me", 10.2, 0, lease_now())["leaseDurationSeconds"] == 11
+    assert lease_record("me", 15, 0, lease_now())["leaseDurationSeconds"] == 15
+    assert lease_record("me", 0.3, 0, lease_now())["leaseDurationSeconds"] == 1
+    kube = Kube(kubernetes.client.Configuration(), workers=1)
+    try:
+        elector = LeaderElector(kube, "ns", "l", "me", LeaseTiming(duration=10.4, renew_deadline=10.0,
+                                                                   retry_period=2.0))
+        assert elector._record("me", 0, lease_now())["leaseDurationSeconds"] == 11
+    finally:
+        asyncio.run(kube.close())
 
 
 # --- operators as replicas ------------------------------------------------------------------------

@@ -7,17 +7,19 @@ differently."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 import uvloop
 
 from pipeline_operator import status_http
 from pipeline_operator.core.lifecycle import RuntimeObservation, RuntimeProbe, RuntimeStatus
-from pipeline_operator.runtime_client import RuntimeClient
+from pipeline_operator.runtime_client import MAX_HEAD_LINE, PipelineUnreachable, RuntimeClient
 
 BODY = json.dumps({"runtime_status": "Running", "runtime_desired_status": "Running"}).encode()
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
@@ -74,9 +76,18 @@ class Server:
             writer.close()
 
 
+class Serves(Protocol):
+    url: str
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None: ...
+
+
+Served = TypeVar("Served", bound=Serves)
+
+
 @asynccontextmanager
-async def serving(answer: Callable[[int, bytes], Any]) -> AsyncIterator[Server]:
-    server = Server(answer)
+async def listening(server: Served) -> AsyncIterator[Served]:
+    """``server`` (its ``handle``) on a loopback port, its ``url`` set, until the block ends."""
     listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
     server.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
     try:
@@ -85,16 +96,21 @@ async def serving(answer: Callable[[int, bytes], Any]) -> AsyncIterator[Server]:
         listener.close()
 
 
+def serving(answer: Callable[[int, bytes], Any]) -> contextlib.AbstractAsyncContextManager[Server]:
+    return listening(Server(answer))
+
+
 def run(answer: Callable[[int, bytes], Any], count: int, pause: float = 0.0,
-        token: str | None = None) -> tuple[list[RuntimeObservation], Server]:
-    """``count`` polls, ``pause`` seconds apart, of a server answering with ``answer``."""
+        token: str | None = None, through: str = "//") -> tuple[list[RuntimeObservation], Server]:
+    """``count`` polls, ``pause`` seconds apart, of a server answering with ``answer`` (``through="//user@"``:
+    through aiohttp, as an endpoint that is not plain ``http://``)."""
     async def scenario() -> tuple[list[RuntimeObservation], Server]:
         async with serving(answer) as server:
             client = RuntimeClient(status_timeout=5.0, token_for=lambda _: token)
             try:
                 seen = []
                 for _ in range(count):
-                    seen.append(await client.status(server.url))
+                    seen.append(await client.status(server.url.replace("//", through)))
                     await asyncio.sleep(pause)
                 return seen, server
             finally:
@@ -215,3 +231,145 @@ def test_a_redirect_is_not_followed():
     seen, server = run(lambda n, request: redirect, 1)
     assert seen[0].probe is RuntimeProbe.FATAL and "redirect" in seen[0].error.message
     assert len(server.connections) == 1 and len(server.connections[0]) == 1
+
+
+class Endless:
+    """A loopback server that answers every request with ``head`` and then ``piece`` over and over, until the
+    client closes the connection (or ``seconds`` pass): ``sent`` counts the bytes it got out. Its send buffer is
+    small, so that what it sent is close to what the client read."""
+
+    def __init__(self, head: bytes, piece: bytes, seconds: float = 15.0) -> None:
+        self.head, self.piece, self.seconds = head, piece, seconds
+        self.sent = 0
+        self.stopped_by_client = False
+        self.url = ""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            data = self.head
+            while loop.time() < deadline:
+                writer.write(data)
+                await writer.drain()
+                self.sent += len(data)
+                data = self.piece
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.stopped_by_client = True
+        finally:
+            writer.close()
+
+
+def serving_endless(head: bytes, piece: bytes) -> contextlib.AbstractAsyncContextManager[Endless]:
+    return listening(Endless(head, piece))
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(BODY), BODY)
+ENDLESS = {
+    "header-lines": (b"HTTP/1.1 200 OK\r\n", b"X-a: " + b"a" * 58 + b"\r\n"),
+    "header-line": (b"HTTP/1.1 200 OK\r\nX-a: ", b"a" * 4096),
+    "status-line": (b"HTTP/1.1 200 ", b"a" * 4096),
+    "trailer-lines": (CHUNKED + b"0\r\n", b"X-a: " + b"a" * 58 + b"\r\n"),
+    "trailer-line": (CHUNKED + b"0\r\nX-a: ", b"a" * 4096),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ENDLESS))
+def test_a_head_that_never_ends_is_an_invalid_answer_read_no_further_than_the_bound(case):
+    """Header fields (or trailers) sent for ever, or one line that never ends: the client stops reading near
+    MAX_HEAD bytes, closes the connection and reports the answer as invalid, at once (not at the timeout)."""
+    head, piece = ENDLESS[case]
+
+    async def scenario() -> tuple[RuntimeObservation, Endless, float]:
+        async with serving_endless(head, piece) as server:
+            client = RuntimeClient(status_timeout=5.0)
+            try:
+                started = asyncio.get_running_loop().time()
+                observed = await client.status(server.url)
+                took = asyncio.get_running_loop().time() - started
+                for _ in range(100):
+                    if server.stopped_by_client:
+                        break
+                    await asyncio.sleep(0.02)
+                return observed, server, took
+            finally:
+                await client.close()
+
+    observed, server, took = run_on_loop(scenario())
+    assert observed.probe is RuntimeProbe.UNREACHABLE, observed
+    assert f"larger than {status_http.MAX_HEAD} bytes" in observed.reason, observed
+    assert took < 2.0
+    assert server.stopped_by_client
+    # What the server got out: what the client read (the bound and at most a read or two past it) and what
+    # the sockets' buffers hold.
+    assert server.sent < status_http.MAX_HEAD + 1024 * 1024, server.sent
+
+
+def test_more_header_fields_than_the_bound_is_an_invalid_answer():
+    fields = b"".join(b"X-%d: 1\r\n" % n for n in range(status_http.MAX_FIELDS + 1))
+    answers = iter([OK.replace(b"\r\n\r\n", b"\r\n" + fields + b"\r\n", 1), OK])
+    (first, second), server = run(lambda n, request: next(answers), 2)
+    assert first.probe is RuntimeProbe.UNREACHABLE and f"{status_http.MAX_FIELDS} fields" in first.reason, first
+    assert second.probe is RuntimeProbe.OK, second
+    assert [len(requests) for requests in server.connections] == [1, 1]
+
+
+def test_more_header_fields_than_the_bound_is_an_invalid_answer_through_aiohttp_too():
+    fields = b"".join(b"X-%d: 1\r\n" % n for n in range(status_http.MAX_FIELDS + 1))
+    seen, server = run(lambda n, request: OK.replace(b"\r\n\r\n", b"\r\n" + fields + b"\r\n", 1), 1,
+                       through="//someone@")
+    assert seen[0].probe is RuntimeProbe.UNREACHABLE and "Too many headers" in seen[0].reason, seen
+
+
+def test_a_head_just_within_the_bounds_is_read():
+    fields = status_http.MAX_FIELDS - 2  # with Content-Type and Content-Length
+    value = b"a" * ((status_http.MAX_HEAD - 200) // fields - 12)
+    head = b"".join(b"X-%02d: %s\r\n" % (n, value) for n in range(fields))
+    seen, server = run(lambda n, request: OK.replace(b"\r\n\r\n", b"\r\n" + head + b"\r\n", 1), 2)
+    assert [o.probe for o in seen] == [RuntimeProbe.OK] * 2, seen
+    assert len(server.connections) == 1
+
+
+@pytest.mark.parametrize("extra", [
+    b"HTTP/1.1 2",  # the start of another answer
+    OK,  # a whole other answer
+    b"junk",
+], ids=["partial-answer", "second-answer", "junk"])
+def test_a_connection_with_bytes_after_a_complete_answer_is_not_reused(extra):
+    seen, server = run(lambda n, request: OK + extra, 3)
+    assert [o.probe for o in seen] == [RuntimeProbe.OK] * 3, seen
+    assert [len(requests) for requests in server.connections] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("case", sorted(ENDLESS))
+def test_through_aiohttp_a_head_that_never_ends_is_refused_too(case):
+    """What does not go through status_http goes through aiohttp, whose bounds the runtime client states: a
+    status poll of an endpoint that is not plain ``http://`` (here, one with a user name), and a request the
+    HTTP API passes through to the pipeline (RuntimeClient.exchange)."""
+    head, piece = ENDLESS[case]
+
+    async def scenario() -> tuple[RuntimeObservation, str, list[Endless]]:
+        async with serving_endless(head, piece) as polled, serving_endless(head, piece) as passed:
+            client = RuntimeClient(status_timeout=5.0)
+            try:
+                observed = await client.status(polled.url.replace("//", "//someone@"))
+                with pytest.raises(PipelineUnreachable) as failure:
+                    async with asyncio.timeout(5.0), client.exchange(passed.url, "GET", "/stats") as answer:
+                        async for _ in answer.chunks():  # trailers come after the body
+                            pass
+                for _ in range(100):
+                    if polled.stopped_by_client and passed.stopped_by_client:
+                        break
+                    await asyncio.sleep(0.02)
+                return observed, str(failure.value), [polled, passed]
+            finally:
+                await client.close()
+
+    observed, failure, servers = run_on_loop(scenario())
+    bounds = (f"more than {MAX_HEAD_LINE} bytes", "Too many headers")  # aiohttp's words
+    assert observed.probe is RuntimeProbe.UNREACHABLE and any(b in observed.reason for b in bounds), observed
+    assert any(b in failure for b in bounds), failure
+    for server in servers:
+        assert server.stopped_by_client and server.sent < status_http.MAX_HEAD + 1024 * 1024, server.sent

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import click
@@ -122,15 +125,83 @@ def load_settings(**given: Any) -> OperatorSettings:
         raise click.UsageError(f"invalid settings: {problems}") from None
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# C0 (tab, line feed and carriage return included), DEL, C1 (NEL among them), and Unicode's line and paragraph
+# separators: what a terminal or a log reader takes for a line break or a command.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    c = match.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``, ``\\u2028``): what a
+    log line quotes cannot end the line, start another or drive a terminal. A backslash stays as it is."""
+    return _CONTROLS.sub(_escape, text)
+
+
+def _escape_lines(text: str) -> str:
+    """:func:`escape_controls` on each line of ``text``, whose line breaks stay."""
+    return "\n".join(escape_controls(line) for line in text.split("\n"))
+
+
+def _escape_quoted(exception: traceback.TracebackException) -> None:
+    """Escape what a traceback quotes of an exception before it is formatted: its message (``_str``, what
+    every Python since 3.5 formats it from), a syntax error's, and its notes."""
+    for quoted in ("_str", "msg"):
+        value = getattr(exception, quoted, None)
+        if isinstance(value, str):
+            setattr(exception, quoted, escape_controls(value))
+    notes = getattr(exception, "__notes__", None)
+    if isinstance(notes, list | tuple):
+        exception.__notes__ = [escape_controls(str(note)) for note in notes]
+
+
+class EscapingFormatter(logging.Formatter):
+    """The plain-text log: one record, one line. The formatted line (message with its arguments, logger name)
+    has its control characters escaped; a traceback or stack keeps its line breaks, so that it stays readable,
+    with the rest of its control characters, and every line break within an exception's message or note,
+    escaped: no line of it can pass for a record."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802
+        exc_type: type[BaseException] | None = ei[0]
+        exc: BaseException | None = ei[1]
+        tb: TracebackType | None = ei[2]
+        if exc_type is None or exc is None:
+            return super().formatException(ei)
+        formatted = traceback.TracebackException(exc_type, exc, tb, compact=True)
+        pending, seen = [formatted], set()
+        while pending:  # every exception of the chain (causes, contexts, groups)
+            node = pending.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            _escape_quoted(node)
+            pending += [n for n in (node.__cause__, node.__context__) if n is not None]
+            pending += list(getattr(node, "exceptions", None) or [])
+        return _escape_lines("".join(formatted.format()).removesuffix("\n"))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return _escape_lines(stack_info)
+
+
 def setup_logging(settings: OperatorSettings) -> None:
+    """Log lines to stderr: plain text (:class:`EscapingFormatter`) or JSON objects (``--log-format json``,
+    where JSON's own escapes keep every record on one line)."""
     level = logging.DEBUG if settings.verbose else logging.INFO
+    handler = logging.StreamHandler()
     if settings.log_format == "json":
         from pythonjsonlogger.json import JsonFormatter
-        handler = logging.StreamHandler()
         handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        logging.basicConfig(level=level, handlers=[handler], force=True)
     else:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
+        handler.setFormatter(EscapingFormatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("kopf.objects", "kopf._core", "kopf._cogs", "aiohttp.access", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not settings.verbose else logging.DEBUG)
     # The client library's own retries (three per call) say nothing the operator's line about the
@@ -220,7 +291,9 @@ def pipeline_process(host: str, port: int, port_file: Path | None, storage: Path
                      initial: str, bootstrap_policy: str, marker: str, debug_routes: bool) -> None:
     """Run the reference pipeline process (the pipeline side of Feldera's runtime contract)."""
     from .pipeline_process import serve
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     asyncio.run(serve(host, port, storage, program, initial.capitalize(), port_file, bootstrap_policy,
                       debug_routes=debug_routes))
 

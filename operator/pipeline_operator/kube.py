@@ -3,6 +3,12 @@
 The official ``kubernetes`` client is blocking, so every call runs in a dedicated thread pool
 and never on the asyncio loop. Status writes are JSON patches guarded by a ``test`` of
 ``metadata.resourceVersion``: a write based on a stale object fails instead of overwriting.
+
+A :class:`Kube` can be fenced (its replica lost the leadership): no call is sent after that, and no
+write is ever sent twice. urllib3, under the client, tries a request again when its answer did not
+come or said to try later (up to three times, PUT and DELETE among them, each after a whole request
+timeout or the answer's Retry-After), which could send a leader's write well after its fence; here
+urllib3 tries again only reads, and only while the ``Kube`` is not fenced (:class:`_Retries`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import concurrent.futures
 import json
 import logging
 import re
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any, cast
 
 import kubernetes
@@ -46,6 +54,34 @@ class Fenced(Unavailable):
 
 
 REQUEST_TIMEOUT = (5.0, 30.0)  # seconds to connect, and to wait for an answer: a hung API server fails the call
+_READS = frozenset({"GET", "HEAD"})
+
+
+class _Retries(urllib3.util.Retry):
+    """urllib3's retries (its default: three) for a read; none for a write (whatever failed, the API server
+    may have the request: sent again, it could leave after the fence, when another replica leads), and
+    none for anything once ``fenced()`` says so. Nor is a redirect followed for a write."""
+
+    def __init__(self, *args: Any, fenced: Callable[[], bool] = lambda: False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fenced = fenced
+
+    def new(self, **kw: Any) -> _Retries:
+        return super().new(fenced=self.fenced, **kw)
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        """An answer asking to try again later (429 or 503 with Retry-After) is the answer, for a write."""
+        return method.upper() in _READS and not self.fenced() and super().is_retry(method, status_code,
+                                                                                   has_retry_after)
+
+    def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
+                  error: Exception | None = None, _pool: Any = None, _stacktrace: TracebackType | None = None) -> Any:
+        if (method or "").upper() not in _READS or self.fenced():
+            if error is not None:
+                raise error.with_traceback(_stacktrace)
+            raise urllib3.exceptions.MaxRetryError(_pool, url or "", urllib3.exceptions.ResponseError(
+                "not followed: a write is sent once, and nothing after the fence"))
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
 def load_config() -> kubernetes.client.Configuration:
@@ -89,6 +125,9 @@ class Kube:
         self.authz = kubernetes.client.AuthorizationV1Api(self.api_client)
         self.field_manager = field_manager
         self.fenced: str | None = None
+        # Every connection pool of this client takes its retries from here (pools are made on first use).
+        self.api_client.rest_client.pool_manager.connection_pool_kw["retries"] = _Retries(
+            3, fenced=lambda: self.fenced is not None)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
 
     def fence(self, reason: str) -> None:

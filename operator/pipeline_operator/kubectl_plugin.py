@@ -5,7 +5,9 @@ runs the same. It talks to the Kubernetes API as the user, with the user's kubec
 and namespace (so RBAC applies exactly as to ``kubectl get`` and ``kubectl patch``), and makes the
 same changes a user would make by hand: spec fields and one-shot annotations, as a merge patch
 with the field manager ``kubectl-pipeline``. Monitor events come from ``status.history``, or
-from the operator's HTTP API (``--api``) for the full retained history.
+from the operator's HTTP API (``--api``) for the full retained history, to which the kubeconfig's
+token goes only over https, or over plain http to a loopback address, and never on to where a
+redirect points (:func:`api_url_refusal`, :func:`api_opener`).
 
 The ``kubernetes`` client is blocking, which suits a command that does one thing at a time.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import ipaddress
 import json
 import os
 import sys
@@ -189,18 +192,69 @@ def history_events(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return events
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost`` or an address of 127.0.0.0/8 or ::1, as written (no name is looked up: a name could
+    point anywhere)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_url_refusal(api: str) -> str | None:
+    """Why the kubeconfig's token may not be sent to ``api``, or None: only https, or plain http to a
+    loopback address (a ``kubectl port-forward``), where nothing crosses a network in the clear."""
+    try:
+        parts = urllib.parse.urlsplit(api)
+        host = parts.hostname or ""
+    except ValueError:
+        return f"--api {api}: not a URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return f"--api {api}: give an https:// URL (or http:// to a loopback address)"
+    if parts.scheme == "http" and not is_loopback(host):
+        return (f"--api {api}: plain http:// would send the kubeconfig's token in the clear: use https://, "
+                "or plain http:// to a loopback address only (127.0.0.0/8, ::1, localhost)")
+    return None
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, never followed: urllib would take every header along, the token too."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        return None
+
+
+def api_opener(api: str) -> urllib.request.OpenerDirector:
+    """What reads the operator's API: no redirect followed; for plain http (a loopback address only), no
+    proxy either (``http_proxy`` would carry the token in the clear, off this machine)."""
+    handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
+    if urllib.parse.urlsplit(api).scheme == "http":
+        handlers.append(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener(*handlers)
+
+
 def api_events(api: str, connection: Connection, name: str, selector: str) -> list[dict[str, Any]] | None:
     """The full retained history from the operator's HTTP API; None when it cannot be reached."""
+    refusal = api_url_refusal(api)
+    if refusal is not None:
+        raise PluginError(refusal)
     url = f"{api.rstrip('/')}/v0/pipelines/{urllib.parse.quote(name)}/events?selector={selector}"
     headers = {"Feldera-Tenant": connection.namespace, "Accept": "application/json"}
     token = connection.bearer_token
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=API_TIMEOUT) as answer:
+        with api_opener(api).open(urllib.request.Request(url, headers=headers), timeout=API_TIMEOUT) as answer:
             events: list[dict[str, Any]] = json.load(answer)
             return events
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            raise PluginError(f"the operator's API at {api} answered a redirect (HTTP {exc.code} to "
+                              f"{exc.headers.get('Location') or '?'}), which is not followed (it would take the "
+                              "kubeconfig's token along): give --api the address it redirects to") from None
         try:
             body = json.loads(exc.read() or b"{}")
         except ValueError:
@@ -274,8 +328,11 @@ def print_events(events: list[dict[str, Any]], output: str) -> None:
 
 
 def cmd_events(args: argparse.Namespace, connection: Connection) -> int:
-    obj = connection.get(args.name)
     api = args.api or os.environ.get(API_ENV)
+    refusal = api_url_refusal(api) if api else None
+    if refusal is not None:  # before any connection
+        raise PluginError(refusal)
+    obj = connection.get(args.name)
     events = api_events(api, connection, args.name, args.selector) if api else None
     if events is None:
         events = history_events(obj)
@@ -636,8 +693,10 @@ def parser() -> argparse.ArgumentParser:
     events.add_argument("--follow", "-f", action="store_true", help="Print new events as they are recorded "
                                                                     "(until Ctrl-C).")
     events.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
-    events.add_argument("--api", help=f"The operator's HTTP API (e.g. http://127.0.0.1:8080; also ${API_ENV}) "
-                                      "for the full retained history instead of status.history.")
+    events.add_argument("--api", help=f"The operator's HTTP API (https://, or http:// to a loopback address such as "
+                                      f"http://127.0.0.1:8080; also ${API_ENV}) for the full retained history "
+                                      "instead of status.history. The kubeconfig's token is sent to it; a redirect "
+                                      "is not followed.")
 
     status = commands.add_parser("status", parents=[common], help="A pipeline on one screen.")
     status.add_argument("name", metavar="NAME")

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import math
 import os
 import socket
 import threading
@@ -63,9 +64,13 @@ def lease_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def lease_record(holder: str, seconds: int, transitions: int, acquired: str) -> dict[str, Any]:
-    """A Lease's ``spec`` as this holder writes it, renewed now (leader election and namespace claims alike)."""
-    return {"holderIdentity": holder, "leaseDurationSeconds": seconds, "acquireTime": acquired,
+def lease_record(holder: str, duration: float, transitions: int, acquired: str) -> dict[str, Any]:
+    """A Lease's ``spec`` as this holder writes it, renewed now (leader election and namespace claims alike).
+
+    ``leaseDurationSeconds`` is a whole number of seconds: ``duration`` rounded up, never down, so that
+    another replica never waits less than the holder counts on (a leader stops acting at its renew deadline,
+    a margin before the Lease ends)."""
+    return {"holderIdentity": holder, "leaseDurationSeconds": max(1, math.ceil(duration)), "acquireTime": acquired,
             "renewTime": lease_now(), "leaseTransitions": transitions}
 
 
@@ -104,7 +109,7 @@ class LeaderElector:
         return (min(2.0, self.timing.retry_period), self.timing.retry_period * 2)
 
     def _record(self, holder: str, transitions: int, acquired: str) -> dict[str, Any]:
-        return lease_record(holder, max(1, int(round(self.timing.duration))), transitions, acquired)
+        return lease_record(holder, self.timing.duration, transitions, acquired)
 
     async def try_acquire_or_renew(self) -> bool:
         """One attempt (client-go's ``tryAcquireOrRenew``): True when this candidate holds the Lease

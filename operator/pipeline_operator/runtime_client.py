@@ -1,7 +1,9 @@
 """Talking to a pipeline process over Feldera's runtime HTTP contract.
 
-Whatever a pipeline answers is bounded before it is used: a body is read up to
-:data:`MAX_STATUS_BODY` bytes, a JSON body nested deeper than :data:`MAX_JSON_DEPTH` levels is an
+Whatever a pipeline answers is bounded before it is used: an answer's head (status line, header fields and
+trailers) is bounded as it arrives (by status_http for the status polls; for everything else by aiohttp,
+to :data:`MAX_HEAD_LINE` bytes a line and :data:`~pipeline_operator.status_http.MAX_FIELDS` fields), a body
+is read up to :data:`MAX_STATUS_BODY` bytes, a JSON body nested deeper than :data:`MAX_JSON_DEPTH` levels is an
 invalid answer (never a RecursionError), redirects are never followed (they could carry the
 control token, or the operator's requests, to another address), and every string of an
 observation is capped by :func:`~pipeline_operator.core.lifecycle.parse_status_response`.
@@ -29,7 +31,7 @@ from . import jsondepth
 from .core.lifecycle import NOT_JSON, RuntimeObservation, parse_status_response
 from .jsondepth import TooDeep
 from .models import SpecRuntimeDesiredStatus
-from .status_http import StatusConnections, StatusTooLarge, StatusUnanswered
+from .status_http import MAX_FIELDS, StatusConnections, StatusHeadTooLarge, StatusTooLarge, StatusUnanswered
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,10 @@ _STATUS_MEMO_LIMIT = 100_000  # endpoints remembered (then forgotten all at once
 
 
 
+# aiohttp's bounds of an answer's head (its defaults but for the fields, stated so that they stay): its status
+# line and each header field or trailer at most MAX_HEAD_LINE bytes, at most MAX_FIELDS fields (trailers
+# included); past either, the answer is a ClientResponseError and its connection is closed.
+MAX_HEAD_LINE = 8190
 CONNECT_TIMEOUT = 10.0  # seconds to connect to a pipeline for a passed-through request
 CHUNK = 64 * 1024  # bytes of a passed-through body read at once
 
@@ -162,7 +168,8 @@ class RuntimeClient:
             # looking through one on every answer is work on every status poll.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=256, limit_per_host=4, resolver=self._resolver),
-                cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+                cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, max_line_size=MAX_HEAD_LINE,
+                max_field_size=MAX_HEAD_LINE, max_headers=MAX_FIELDS)
         return self._session
 
     async def close(self) -> None:
@@ -196,6 +203,8 @@ class RuntimeClient:
             return parse_status_response(None, None, f"timed out after {self.status_timeout:g}s")
         except StatusTooLarge as exc:
             return parse_status_response(exc.status, NOT_JSON, _TOO_LARGE)
+        except StatusHeadTooLarge as exc:
+            return parse_status_response(exc.status or None, NOT_JSON, str(exc))
         except StatusUnanswered as exc:
             return parse_status_response(None, None, str(exc))
         except OSError as exc:  # no connection; socket.gaierror: no address
@@ -221,6 +230,8 @@ class RuntimeClient:
                 return await self._observe(endpoint, response.status, raw)
         except TimeoutError:
             return parse_status_response(None, None, f"timed out after {self.status_timeout:g}s")
+        except aiohttp.ClientResponseError as exc:  # not HTTP, or a head past the bounds
+            return parse_status_response(None, None, _failure(exc))
         except aiohttp.ClientError as exc:
             return parse_status_response(None, None, f"{type(exc).__name__}: {exc}")
 

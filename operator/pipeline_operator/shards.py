@@ -207,7 +207,7 @@ class NamespaceClaims:
 
     def _record(self, transitions: int, acquired: str) -> dict[str, Any]:
         # Rounded up: another shard waits at least as long as this one counts on.
-        return lease_record(self.shard, max(1, math.ceil(self.duration)), transitions, acquired)
+        return lease_record(self.shard, self.duration, transitions, acquired)
 
     # -- outcomes --------------------------------------------------------------------------------
 

@@ -9,10 +9,13 @@ the answer is parsed by httptools (llhttp, Node.js's parser, as uvicorn uses it)
 
 Only what a status poll needs is done: HTTP/1.1 over TCP, GET, the answer's body bounded while it
 arrives (``limit``), a compressed body decompressed within the same bound (a pipeline is not asked to
-compress, but may), no redirect followed (the caller sees the 3xx). As aiohttp does, a request that
-finds its kept-alive connection closed by the pipeline before any answer (the pipeline's keep-alive
-timeout raced the poll) is sent once more on a new connection; any other failure closes the
-connection, so a connection is reused only after a complete, well-formed answer that allows it.
+compress, but may), no redirect followed (the caller sees the 3xx). The answer's head (status line and
+header fields, with the trailers of a chunked answer) is bounded too, in bytes (:data:`MAX_HEAD`) and in
+fields (:data:`MAX_FIELDS`), also while a line of it has not ended (llhttp keeps no bound of its own, and
+httptools gathers an unfinished field in memory). As aiohttp does, a request that finds its kept-alive
+connection closed by the pipeline before any answer (the pipeline's keep-alive timeout raced the poll)
+is sent once more on a new connection; any other failure closes the connection, so a connection is
+reused only after a complete, well-formed answer that allows it, with no byte after it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import httptools
 from yarl import URL
 
 KEEPALIVE = 15.0  # seconds an unused connection stays open (aiohttp's default)
+MAX_HEAD = 64 * 1024  # bytes of an answer's status line and header fields, its trailers included
+MAX_FIELDS = 100  # header fields of an answer, its trailers included
 _TARGETS_LIMIT = 100_000  # endpoints remembered (then forgotten all at once: endpoints of deleted pipelines)
 
 # (host, port) -> addresses to try, in order: a name lookup (in threads of its own, see runtime_client)
@@ -45,6 +50,20 @@ class StatusTooLarge(Exception):
         self.status = status
 
 
+class StatusHeadTooLarge(Exception):
+    """The answer's head (status line and header fields, with its trailers) is larger than :data:`MAX_HEAD`
+    bytes or has more than :data:`MAX_FIELDS` fields: the rest of it is not read."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the status answer's head (status line, header fields and trailers) is larger than "
+                         f"{MAX_HEAD} bytes or has more than {MAX_FIELDS} fields")
+        self.status = status  # 0: not known
+
+
+class _Stop(Exception):
+    """Raised in a parser's callback to stop it: what to do is decided once it returned."""
+
+
 class _Retry(Exception):
     """A kept-alive connection was closed before any byte of its answer: the request was not seen."""
 
@@ -61,7 +80,8 @@ class _Connection(asyncio.Protocol):
     """One connection to one pipeline; one request at a time."""
 
     __slots__ = ("parser", "transport", "closed", "idle_since", "limit", "answer", "started", "chunks", "size",
-                 "too_large", "encoding", "framed", "headers_done")
+                 "too_large", "encoding", "framed", "headers_done", "head", "fields", "unfinished", "head_too_large",
+                 "result", "more")
 
     def __init__(self, limit: int) -> None:
         self.parser = httptools.HttpResponseParser(self)
@@ -80,6 +100,12 @@ class _Connection(asyncio.Protocol):
         self.encoding = b""
         self.framed = False  # Content-Length or Transfer-Encoding: the end is not the connection's end
         self.headers_done = False
+        self.head = 0  # bytes of the status line and of the header fields (trailers too) parsed so far
+        self.fields = 0  # header fields and trailers parsed so far
+        self.unfinished = 0  # bytes received since the parser last finished a field or read body bytes
+        self.head_too_large = False
+        self.result: tuple[int, bytes, bool] | BaseException | None = None  # the complete answer's
+        self.more = False  # bytes came after the complete answer
 
     def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes, bool]]:
         """Write ``request``: its answer's (status, body, whether the connection may be used again)."""
@@ -114,29 +140,63 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.started = True
+        self.unfinished += len(data)
+        failure: BaseException | None = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._settle(None, StatusUnanswered("the pipeline switched protocols"))
+            failure = StatusUnanswered("the pipeline switched protocols")
         except httptools.HttpParserError as exc:
-            self._settle(None, StatusUnanswered(f"the pipeline's answer is not valid HTTP ({exc})"))
-        if self.too_large:
+            failure = StatusUnanswered(f"the pipeline's answer is not valid HTTP ({exc})")
+        result = self.result
+        if result is not None:  # complete; whatever followed it (bytes, a failure) only closes the connection
+            if isinstance(result, BaseException):
+                self._settle(None, result)
+            else:
+                self._settle(result if not (self.more or failure) else (result[0], result[1], False))
+                if self.more or failure:
+                    self.close()
+        elif self.head_too_large or (not self.too_large and self.unfinished > MAX_HEAD):
+            self._settle(None, StatusHeadTooLarge(self.parser.get_status_code()))
+        elif self.too_large:
             self._settle(None, StatusTooLarge(self.parser.get_status_code()))
+        elif failure is not None:
+            self._settle(None, failure)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.answer is None:
             return
         if self.headers_done and not self.framed:  # a body that ends with the connection: it ended
-            self._finish(keep_alive=False)
+            result = self._finish(keep_alive=False)
+            self._settle(*((None, result) if isinstance(result, BaseException) else (result, None)))
         elif not self.started:
             self._settle(None, _Retry())
         else:
             self._settle(None, StatusUnanswered("the pipeline closed the connection before its answer was complete"))
 
-    # httptools callbacks
+    # httptools callbacks (an exception raised in one stops the parser; httptools raises its own instead)
+
+    def on_message_begin(self) -> None:
+        if self.result is not None:  # another answer after the one asked for
+            self.more = True
+            raise _Stop
+
+    def on_status(self, status: bytes) -> None:
+        self.head += len(status)  # the reason phrase; the status line's other bytes are few
+        if self.head > MAX_HEAD:
+            self.head_too_large = True
+            raise _Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.unfinished = 0
+        self.fields += 1
+        self.head += len(name) + len(value) + 4  # ": " and CRLF
+        if self.fields > MAX_FIELDS or self.head > MAX_HEAD:
+            self.head_too_large = True
+            raise _Stop
+        if self.headers_done:  # a trailer: it does not say how the body is sent
+            return
         name = name.lower()
         if name == b"content-encoding":
             self.encoding = value.strip().lower()
@@ -144,36 +204,35 @@ class _Connection(asyncio.Protocol):
             self.framed = True
 
     def on_headers_complete(self) -> None:
+        self.unfinished = 0
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
+        self.unfinished = 0
         self.size += len(body)
         if self.size > self.limit:
-            self.too_large = True  # settled after the parser returns (an exception here would only be wrapped)
+            self.too_large = True  # settled after the parser returns
             self.chunks = []
         elif not self.too_large:
             self.chunks.append(body)
 
     def on_message_complete(self) -> None:
-        self._finish(keep_alive=self.parser.should_keep_alive())
+        self.unfinished = 0
+        self.result = self._finish(keep_alive=self.parser.should_keep_alive())
 
-    def _finish(self, keep_alive: bool) -> None:
-        if self.answer is None:  # an answer to nothing that was asked
-            self.close()
-            return
+    def _finish(self, keep_alive: bool) -> tuple[int, bytes, bool] | BaseException:
+        """The complete answer: (status, body, whether the connection may be used again), or why it is refused."""
         status = self.parser.get_status_code()
         if self.too_large:
-            self._settle(None, StatusTooLarge(status))
-            return
+            return StatusTooLarge(status)
         body = b"".join(self.chunks)
         self.chunks = []
         if self.encoding and self.encoding != b"identity":
             try:
                 body = _decompress(self.encoding, body, self.limit)
             except StatusTooLarge:
-                self._settle(None, StatusTooLarge(status))
-                return
-        self._settle((status, body, keep_alive and not self.closed))
+                return StatusTooLarge(status)
+        return status, body, keep_alive and not self.closed
 
 
 def _decompress(encoding: bytes, body: bytes, limit: int) -> bytes:
