@@ -3,15 +3,16 @@ through to the pipeline (``/stats``, ``/metrics``, ``/checkpoint``, ``/checkpoin
 ``/checkpoint/sync``, ``/checkpoint/sync_status``, ``/ingress/{table_name}``, ``/egress/{table_name}``,
 ``/query``).
 
-Each passed-through request is authorised as Feldera's RBAC classifies it (a read is ``get``, every
-other is ``patch``, the verb of the lifecycle actions), refused by the pure core's
+Each passed-through request is authorised as Feldera's RBAC classifies it (a read is ``get``, every other is
+``patch``, the verb of the lifecycle actions), refused by the pure core's
 :func:`~pipeline_operator.core.lifecycle.interaction_refusal` exactly as the actions are
-(``PipelineInteractionNotDeployed``, ``PipelineUnavailable``), then sent to the pipeline with the
-same path and query, Feldera's timeout for that route, and the pipeline's token. Nothing is held in
-memory: the client's body goes up as it arrives (``/ingress`` at most :data:`MAX_INGRESS_BYTES`,
-else 413 ``PayloadTooLarge``), the pipeline's answer comes down as it arrives, with its status and
-content type and nothing else of its headers. No answer is Feldera's ``PipelineInteractionUnreachable``
-(503, with the request and what went wrong in ``details``); a redirect, which is never followed,
+(``PipelineInteractionNotDeployed``, ``PipelineUnavailable``), then sent to the pipeline with the same path,
+the query string exactly as the client sent it (never decoded and encoded again), Feldera's timeout for that
+route, and the pipeline's token. Nothing is held in memory: the client's body goes up as it arrives
+(``/ingress`` at most :data:`MAX_INGRESS_BYTES`, else 413 ``PayloadTooLarge``), the pipeline's answer comes
+down as it arrives, with its status and content type and nothing else of its headers. No answer is Feldera's
+``PipelineInteractionUnreachable`` (503, with the request and what went wrong in ``details``); a redirect,
+which is never followed,
 ``PipelineInteractionInvalidResponse`` (500).
 
 ``GET /v0/pipelines/{name}/logs`` streams the pipeline's log as Feldera's runner does (``text/plain``,
@@ -170,7 +171,8 @@ class Interaction:
                     return too_large(route.max_body, route.path)
                 headers["Content-Length"] = str(request.content_length)
             body = BoundedBody(request.content, route.max_body)
-        query = request.query_string
+        # As the client wrote it: decoded, ``%25`` would arrive as ``%`` and ``%23`` would end the query.
+        query = request.rel_url.raw_query_string
         described = f"{route.method} {path}" + (f"?{query[:200]}" if query else "")
         try:
             async with self.deps.runtime.exchange(endpoint, route.method, path, query, body=body, headers=headers,
