@@ -24,8 +24,10 @@ body comes with ``X-Content-Type-Options: nosniff`` and ``Content-Security-Polic
 the recent past first, then new lines while the pipeline runs, ``Logs have ended`` last) from the
 backend: the process's log file (local backend) or the pod's log through the Kubernetes API.
 
-The open-ended streams (logs, egress, ad-hoc queries) are bounded per client address and overall
-(429 ``TooManyStreams``) and end within a second when the API stops.
+The open-ended streams (logs, egress, ad-hoc queries) are bounded per client address, user, namespace and
+overall (429 ``TooManyStreams``) and end within a second when the API stops. Neither they nor uploads
+(``/ingress``, which have slots of their own, shared fairly: :data:`UPLOADS`) hold one of the API's request
+slots, so slow clients of a pipeline's data cannot take the slots every other call needs.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from ..core.lifecycle import PipelineState, interaction_refusal
 from ..models import ResourcesStatus
 from ..runtime_client import InvalidAnswer, PipelineUnreachable
 from .errors import ApiError
-from .slots import StreamSlots
+from .slots import FairSlots, StreamSlots, share
 
 if TYPE_CHECKING:
     from .server import ApiDeps, ApiServer, ServedPipeline
@@ -55,7 +57,8 @@ log = logging.getLogger(__name__)
 MAX_INGRESS_BYTES = 64 * 1024 * 1024  # one /ingress request's body (send more data in more requests)
 MAX_EGRESS_BODY = 64 * 1024  # an /egress request's body: a connector configuration
 STREAMS = 32  # open-ended streams (logs, egress, ad-hoc queries) open at once
-STREAMS_PER_CLIENT = 4  # ... from one client address
+STREAMS_PER_CLIENT = 4  # ... from one client address (and a quarter of them per user and per namespace)
+UPLOADS = 32  # uploads (/ingress) under way at once, a quarter of them per user and per namespace
 CLOSING_CHECK_SECONDS = 1.0  # how often a quiet stream looks whether the API is stopping
 LOGS_END = b"Logs have ended\n"  # the last line of Feldera's log stream
 # Whatever a pipeline answers is served with these: a browser neither guesses another type for the body (a
@@ -92,6 +95,7 @@ class Route:
     timeout: float | None        # seconds until the answer starts, and of every wait for more (None: none)
     max_body: int = 0            # bytes of the client's body passed on (0: none is)
     stream: bool = False         # an open-ended answer: counted against the stream limits
+    upload: bool = False         # a body as large as a pipeline takes: counted against the upload slots
     notify: bool = False         # the monitoring loop looks at the pipeline again at once (Feldera's notify)
     answers: tuple[str, ...] = (JSON,)  # the content types Feldera's pipeline answers it with (besides errors)
 
@@ -107,7 +111,7 @@ ROUTES = (
     Route("GET", "checkpoint_status", "get", 10.0, notify=True),
     Route("POST", "checkpoint/sync", "patch", 120.0),
     Route("GET", "checkpoint/sync_status", "get", 10.0),
-    Route("POST", "ingress/{table_name}", "patch", 30.0, max_body=MAX_INGRESS_BYTES),
+    Route("POST", "ingress/{table_name}", "patch", 30.0, max_body=MAX_INGRESS_BYTES, upload=True),
     Route("POST", "egress/{table_name}", "patch", None, max_body=MAX_EGRESS_BODY, stream=True),
     Route("GET", "query", "patch", None, stream=True, answers=("text/plain", JSON, OPAQUE)),
 )
@@ -165,11 +169,17 @@ class Interaction:
         self.deps = server.deps
         self.slots = StreamSlots(STREAMS, STREAMS_PER_CLIENT, "log, egress and query streams",
                                  "close one and try again")
+        self.uploads = FairSlots(UPLOADS, {"identity": share(UPLOADS, None), "namespace": share(UPLOADS, None)},
+                                 server.queue_timeout, "uploads to pipelines (/ingress)",
+                                 refused=lambda scope: server.metrics.busy.labels("uploads", scope).inc())
 
     def routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/v0/pipelines/{name}/logs", self.logs)
+        self.server.unpooled_routes.add("/v0/pipelines/{name}/logs")
         for route in ROUTES:
-            r.add_route(route.method, f"/v0/pipelines/{{name}}/{route.path}", self._handler(route))
+            path = f"/v0/pipelines/{{name}}/{route.path}"
+            r.add_route(route.method, path, self._handler(route))
+            (self.server.unpooled_routes if route.stream or route.upload else self.server.long_routes).add(path)
 
     # -- passed through ---------------------------------------------------------------------------
 
@@ -180,8 +190,12 @@ class Interaction:
                                                  f"pipeline: send GET /{route.path} as a plain HTTP request")
             monitor = await self.server.pipeline(request, route.verb)
             state = await self.server.actions.served_state(monitor)
+            identity, namespace = self.server.identity(request), monitor.key.namespace
             if route.stream:
-                with self.slots.slot(request.remote or ""):
+                with self.slots.slot(request.remote or "", identity, namespace):
+                    return await self._pass(request, route, monitor, state)
+            if route.upload:
+                async with self.uploads.slot({"identity": identity, "namespace": namespace}):
                     return await self._pass(request, route, monitor, state)
             return await self._pass(request, route, monitor, state)
         return handler
@@ -244,7 +258,7 @@ class Interaction:
             raise ApiError(501, "NotServed", "This operator's backend does not serve pipeline logs")
         state = monitor.state
         follow = state is not None and state.deployment_resources_status is not ResourcesStatus.STOPPED
-        with self.slots.slot(request.remote or ""):
+        with self.slots.slot(request.remote or "", self.server.identity(request), monitor.key.namespace):
             async with contextlib.AsyncExitStack() as stack:
                 try:
                     chunks = await stack.enter_async_context(self.deps.logs(monitor.key, follow))

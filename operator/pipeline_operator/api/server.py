@@ -18,6 +18,17 @@ own bounded capacity (``auth_concurrency`` under way, as many waiting, then 503
 ``TooManyRequests``): unknown tokens cannot starve the monitoring loops. Probes and metrics are
 served outside the request limit, so a busy API never fails a liveness probe.
 
+Requests are served from slots shared fairly among tenants (:class:`.slots.FairSlots`), so that one
+user or one namespace cannot hang everyone's calls: an authenticated user has at most
+``max_per_identity`` requests under way (from the moment its token is known: a create whose body
+arrives slowly counts), an authorised request holds one of the ``max_concurrency`` slots, of which
+one namespace holds at most ``max_per_namespace`` and the requests that wait for a pipeline or for
+the monitoring loop (actions, writes, deletes, the passed-through requests) at most half, so reads
+always find room. A request waits for a slot at most ``queue_timeout`` seconds, then 503 ``ApiBusy``
+with ``Retry-After``. Open-ended streams (logs, egress, queries, followed events) and uploads to a
+pipeline (``/ingress``) hold no request slot: they have bounds of their own, per client address,
+identity and namespace.
+
 Every mutating request is written to the audit log (logger ``pipeline_operator.audit``), and the
 change it makes carries the requester in the annotation ``dataflow.dev/requested-by``.
 """
@@ -68,6 +79,7 @@ from ..store import StoreUnavailable
 from .errors import ApiError, bool_param, unknown_pipeline
 from .follow import FollowHub, FollowLimits
 from .metrics import Metrics, PipelineSample
+from .slots import UNBOUNDED, FairSlots, share
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("pipeline_operator.audit")
@@ -88,6 +100,7 @@ EVENTS_ROUTE = "/v0/pipelines/{name}/events"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # What a request that changes a Pipeline asks for, by method (CRUD) or by its last path segment (actions).
 CRUD_ACTIONS = {"POST": "create", "PUT": "create_or_replace", "PATCH": "update", "DELETE": "delete"}
+QUEUE_TIMEOUT_SECONDS = 10.0  # the longest a request waits for a slot before 503 ApiBusy
 # Errors of the Kubernetes client other than an API answer: the API server is away, not a bug here.
 KUBE_UNAVAILABLE: tuple[type[BaseException], ...] = (ApiException, urllib3.exceptions.HTTPError, ConnectionError,
                                                      TimeoutError)
@@ -185,6 +198,19 @@ NAMESPACE = web.RequestKey("namespace", str)
 PIPELINE = web.RequestKey("pipeline", str)
 
 
+@dataclass
+class _Held:
+    """The slots one request holds (released when it ends): its identity's from authentication on, one of the
+    shared slots from authorization on."""
+    stack: contextlib.AsyncExitStack[bool | None]
+    long: bool  # it waits for a pipeline or for the monitoring loop
+    identity: bool = False
+    shared: bool = False
+
+
+HELD = web.RequestKey("held", _Held)
+
+
 class RateLimiter:
     """A token bucket per client address: ``rate`` per second, bursts of ``burst``.
 
@@ -245,7 +271,8 @@ class ApiServer:
                  max_concurrency: int = 64, *, audience: str = "pipeline-operator", auth_concurrency: int = 8,
                  auth_rate: float = 10.0, tls_cert: Path | None = None, tls_key: Path | None = None,
                  review_timeout: float = REVIEW_TIMEOUT_SECONDS, ui_enabled: bool = True,
-                 follow_limits: FollowLimits | None = None) -> None:
+                 follow_limits: FollowLimits | None = None, max_per_identity: int | None = None,
+                 max_per_namespace: int | None = None, queue_timeout: float = QUEUE_TIMEOUT_SECONDS) -> None:
         from .actions import Actions
         from .pipelines import Pipelines
         if (tls_cert is None) != (tls_key is None):
@@ -264,7 +291,19 @@ class ApiServer:
         self._access: TTLCache[tuple[User, str, str, str], bool] = TTLCache(maxsize=50_000, ttl=AUTH_CACHE_SECONDS)
         # Concurrent requests with the same unknown token (an SDK's parallel calls) share one check.
         self._flights: dict[Any, asyncio.Task[Any]] = {}
-        self._limit = asyncio.Semaphore(max_concurrency)
+        self.queue_timeout = queue_timeout
+        # Every request of one user (from authentication on), and the shared slots (from authorization on).
+        def refused(scope: str) -> None:
+            self.metrics.busy.labels("requests", scope).inc()
+        self._identities = FairSlots(UNBOUNDED, {"identity": share(max_concurrency, max_per_identity)},
+                                     queue_timeout, "requests", refused)
+        self._shared = FairSlots(max_concurrency, {"namespace": share(max_concurrency, max_per_namespace),
+                                                   "long": max(1, max_concurrency // 2)}, queue_timeout, "requests",
+                                 refused)
+        # Routes served outside the request slots (streams, uploads: bounded on their own) and routes whose
+        # requests wait for a pipeline (passed through); set by the routes' owners as they add them.
+        self.unpooled_routes: set[str] = set()
+        self.long_routes: set[str] = set()
         self._auth_limit = asyncio.Semaphore(auth_concurrency)
         self._auth_queue = auth_concurrency  # checks that may wait for a slot; beyond: 503
         self._auth_waiting = 0
@@ -337,16 +376,14 @@ class ApiServer:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         started = time.perf_counter()
         try:
-            if request.path in PROBES or (route == EVENTS_ROUTE and "follow" in request.query):
-                # Probes never wait for a request slot; event streams are long and have their own bounds.
+            if request.path in PROBES or route in self.unpooled_routes or (
+                    route == EVENTS_ROUTE and request.query.get("follow", "").lower() in ("true", "1")):
+                # Probes never wait for a request slot; streams and uploads are long and have their own bounds.
                 response = await handler(request)
             else:
-                async with self._limit:
-                    self.metrics.in_flight.inc()
-                    try:
-                        response = await handler(request)
-                    finally:
-                        self.metrics.in_flight.dec()
+                async with contextlib.AsyncExitStack() as stack:  # the slots it takes on its way, given back
+                    request[HELD] = _Held(stack, long=request.method in MUTATING or route in self.long_routes)
+                    response = await handler(request)
         except ApiError as exc:
             response = exc.response()
         except web.HTTPException as exc:
@@ -405,6 +442,7 @@ class ApiServer:
             return found
         if self.auth == "none":
             request[USER] = ANONYMOUS
+            await self._hold_identity(request)
             return ANONYMOUS
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer ") or len(header) > MAX_TOKEN_BYTES:
@@ -429,7 +467,35 @@ class ApiServer:
                 raise ApiError(401, "Unauthorized", f"The bearer token is not valid{why}: get one with "
                                                     f"{self._token_hint()}")
         request[USER] = user
+        await self._hold_identity(request)
         return user
+
+    def identity(self, request: web.Request) -> str:
+        """Whose request this is, for the fair shares: the authenticated user (without authentication, the
+        client's address)."""
+        user: User | None = request.get(USER)
+        if self.auth == "none" or user is None:
+            return f"{ANONYMOUS.username}@{request.remote or ''}"
+        return user.username
+
+    async def _hold_identity(self, request: web.Request) -> None:
+        """Take one of the user's slots for this request (once; not for probes, streams and uploads)."""
+        held = request.get(HELD)
+        if held is not None and not held.identity:
+            held.identity = True
+            await held.stack.enter_async_context(self._identities.slot({"identity": self.identity(request)}))
+
+    async def _hold_shared(self, request: web.Request, namespace: str) -> None:
+        """Take one of the shared slots for this authorised request (once), within its namespace's share and,
+        for a request that waits for a pipeline or the loop, the long-running requests' share."""
+        held = request.get(HELD)
+        if held is None or held.shared:
+            return
+        held.shared = True
+        keys = {"namespace": namespace, **({"long": ""} if held.long else {})}
+        await held.stack.enter_async_context(self._shared.slot(keys))
+        self.metrics.in_flight.inc()
+        held.stack.callback(self.metrics.in_flight.dec)
 
     async def authorize(self, request: web.Request, verb: str, namespace: str, name: str | None = None) -> None:
         """May the requester ``verb`` pipelines in ``namespace`` (the one called ``name``, if given,
@@ -437,6 +503,7 @@ class ApiServer:
         request[VERB], request[NAMESPACE] = verb, namespace
         user = await self.authenticate(request)
         if self.auth == "none":
+            await self._hold_shared(request, namespace)
             return
         key = (user, verb, namespace, name or "")
         allowed = self._access.get(key)
@@ -450,6 +517,7 @@ class ApiServer:
             raise ApiError(403, "Forbidden", f"User '{user.username}' may not {verb} {what} in namespace "
                                              f"'{namespace}': ask an administrator for a Role that allows "
                                              f"'{verb}' on pipelines.{API_GROUP} there")
+        await self._hold_shared(request, namespace)
 
     def requested_by(self, request: web.Request, action: str) -> str:
         """The value of the ``dataflow.dev/requested-by`` annotation for a change this request makes."""
@@ -623,7 +691,7 @@ class ApiServer:
         monitor = await self.pipeline(request, "get")
         selector = _selector(request)
         if bool_param(request.query, "follow", False):
-            return await self.follow.stream(request, monitor.key, selector.value)
+            return await self.follow.stream(request, monitor.key, selector.value, self.identity(request))
         body = await asyncio.to_thread(self.deps.events.list_json, monitor.key.uid, selector.value)
         return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-cache"})
 
