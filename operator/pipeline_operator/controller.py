@@ -398,7 +398,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                                                    settings.api_follow_queue),
                         max_per_identity=settings.api_max_concurrency_per_identity or None,
                         max_per_namespace=settings.api_max_concurrency_per_namespace or None,
-                        queue_timeout=settings.api_queue_timeout)
+                        queue_timeout=settings.api_queue_timeout, metrics_auth=settings.metrics_auth)
         recorder.listeners.append(api.follow.published)  # live streams hear of each event as it is recorded
         await api.start(host.strip("[]"), int(port))
     ready_flag = ready_flag or asyncio.Event()

@@ -157,6 +157,11 @@ class OperatorSettings(BaseSettings):
                                       "SubjectAccessReviews under way at once for the API.")
     api_auth_rate: float = Field(10.0, gt=0, description="Token checks per second one client address may "
                                  "cause (uncached tokens; a burst of twice as many is allowed).")
+    metrics_auth: str = Field("kubernetes", pattern="^(kubernetes|none)$", description="`/metrics`: "
+                              "`kubernetes` serves it to a bearer token (checked with a TokenReview for the API "
+                              "server's audiences, e.g. Prometheus's service account token) that RBAC allows "
+                              "`get` on the non-resource URL `/metrics` (the ClusterRole "
+                              "`pipeline-operator-metrics-reader`); `none` serves it to anyone who reaches the port.")
     api_follow_streams: int = Field(100, ge=1, le=100_000, description="Live event streams "
                                     "(`events?follow=true`) open at once; beyond: 429 `TooManyStreams`.")
     api_follow_streams_per_client: int = Field(4, ge=1, le=10_000, description="Live event streams one "

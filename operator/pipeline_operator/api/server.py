@@ -16,7 +16,10 @@ The checks share the operator's Kubernetes thread pool with reconciliation, so t
 own bounded capacity (``auth_concurrency`` under way, as many waiting, then 503
 ``AuthenticationBusy``) and every client address its own rate of uncached token checks (429
 ``TooManyRequests``): unknown tokens cannot starve the monitoring loops. Probes and metrics are
-served outside the request limit, so a busy API never fails a liveness probe.
+served outside the request limit, so a busy API never fails a liveness probe. ``/metrics`` is served
+only to a bearer whom RBAC allows ``get`` on the non-resource URL ``/metrics`` (``--metrics-auth
+kubernetes``, the default; ``none`` serves it to anyone), and the event store's size it shows is
+counted in the background at most every ``store_count_seconds``, never by a scrape.
 
 Requests are served from slots shared fairly among tenants (:class:`.slots.FairSlots`), so that one
 user or one namespace cannot hang everyone's calls: an authenticated user has at most
@@ -40,6 +43,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import math
 import re
 import ssl
 import time
@@ -100,7 +104,9 @@ EVENTS_ROUTE = "/v0/pipelines/{name}/events"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # What a request that changes a Pipeline asks for, by method (CRUD) or by its last path segment (actions).
 CRUD_ACTIONS = {"POST": "create", "PUT": "create_or_replace", "PATCH": "update", "DELETE": "delete"}
-QUEUE_TIMEOUT_SECONDS = 10.0  # the longest a request waits for a slot before 503 ApiBusy
+QUEUE_TIMEOUT_SECONDS = 10.0
+STORE_COUNT_SECONDS = 30.0  # the event store's size (a count of its rows) is taken at most this often
+METRICS_PATH = "/metrics"  # the longest a request waits for a slot before 503 ApiBusy
 # Errors of the Kubernetes client other than an API answer: the API server is away, not a bug here.
 KUBE_UNAVAILABLE: tuple[type[BaseException], ...] = (ApiException, urllib3.exceptions.HTTPError, ConnectionError,
                                                      TimeoutError)
@@ -272,7 +278,8 @@ class ApiServer:
                  auth_rate: float = 10.0, tls_cert: Path | None = None, tls_key: Path | None = None,
                  review_timeout: float = REVIEW_TIMEOUT_SECONDS, ui_enabled: bool = True,
                  follow_limits: FollowLimits | None = None, max_per_identity: int | None = None,
-                 max_per_namespace: int | None = None, queue_timeout: float = QUEUE_TIMEOUT_SECONDS) -> None:
+                 max_per_namespace: int | None = None, queue_timeout: float = QUEUE_TIMEOUT_SECONDS,
+                 metrics_auth: str = "kubernetes", store_count_seconds: float = STORE_COUNT_SECONDS) -> None:
         from .actions import Actions
         from .pipelines import Pipelines
         if (tls_cert is None) != (tls_key is None):
@@ -285,13 +292,18 @@ class ApiServer:
         self.review_timeout = review_timeout
         self.ui_enabled = ui_enabled  # off: /ui is not routed (404)
         self.metrics = deps.metrics
-        # Keyed by a digest of the token: a cache of 10 000 tokens of 16 KiB would be 160 MiB.
-        self._tokens: TTLCache[bytes, User] = TTLCache(maxsize=10_000, ttl=AUTH_CACHE_SECONDS)
-        self._rejected: TTLCache[bytes, str] = TTLCache(maxsize=10_000, ttl=REJECTED_CACHE_SECONDS)
+        # Keyed by the audience asked for and a digest of the token: a cache of 10 000 tokens of 16 KiB would
+        # be 160 MiB.
+        self._tokens: TTLCache[tuple[str, bytes], User] = TTLCache(maxsize=10_000, ttl=AUTH_CACHE_SECONDS)
+        self._rejected: TTLCache[tuple[str, bytes], str] = TTLCache(maxsize=10_000, ttl=REJECTED_CACHE_SECONDS)
         self._access: TTLCache[tuple[User, str, str, str], bool] = TTLCache(maxsize=50_000, ttl=AUTH_CACHE_SECONDS)
         # Concurrent requests with the same unknown token (an SDK's parallel calls) share one check.
         self._flights: dict[Any, asyncio.Task[Any]] = {}
         self.queue_timeout = queue_timeout
+        self.metrics_auth = metrics_auth  # "kubernetes": /metrics needs a token allowed to get it; "none": open
+        self.store_count_seconds = store_count_seconds
+        self._store_count: asyncio.Task[None] | None = None  # the event store's count under way
+        self._store_counted_at = -math.inf
         # Every request of one user (from authentication on), and the shared slots (from authorization on).
         def refused(scope: str) -> None:
             self.metrics.busy.labels("requests", scope).inc()
@@ -366,6 +378,8 @@ class ApiServer:
         return context
 
     async def stop(self) -> None:
+        if self._store_count is not None:
+            self._store_count.cancel()
         await self.follow.close()  # open streams end first: the runner's cleanup would wait for them
         if self._runner is not None:
             await self._runner.cleanup()
@@ -444,31 +458,35 @@ class ApiServer:
             request[USER] = ANONYMOUS
             await self._hold_identity(request)
             return ANONYMOUS
+        request[USER] = await self._bearer(request, self.audience, self._token_hint())
+        await self._hold_identity(request)
+        return request[USER]
+
+    async def _bearer(self, request: web.Request, audience: str, hint: str) -> User:
+        """The user of the request's bearer token, for ``audience`` (empty: the API server's own audiences):
+        from the cache, or a TokenReview (rate-limited per client address, bounded with the other checks).
+        401, saying how to ``hint`` at a valid token, without one."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer ") or len(header) > MAX_TOKEN_BYTES:
             raise ApiError(401, "Unauthorized", "A bearer token is required (Authorization: Bearer <token>); "
-                                                f"get one with {self._token_hint()}")
+                                                f"get one with {hint}")
         token = header[len("Bearer "):].strip()
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        user = self._tokens.get(digest)
-        if user is None:
-            why = self._rejected.get(digest)
-            if why is None:
-                flight = self._flights.get(("token", digest))
-                if flight is None:
-                    self._charge(request)  # only a check this request causes counts against its client
-                    flight = self._fly(("token", digest), self._check_token(token, digest))
-                user_or_why: User | str = await asyncio.shield(flight)
-                if isinstance(user_or_why, User):
-                    user = user_or_why
-                else:
-                    why = user_or_why
-            if user is None:
-                raise ApiError(401, "Unauthorized", f"The bearer token is not valid{why}: get one with "
-                                                    f"{self._token_hint()}")
-        request[USER] = user
-        await self._hold_identity(request)
-        return user
+        key = (audience, digest)
+        user = self._tokens.get(key)
+        if user is not None:
+            return user
+        why = self._rejected.get(key)
+        if why is None:
+            flight = self._flights.get(("token", key))
+            if flight is None:
+                self._charge(request)  # only a check this request causes counts against its client
+                flight = self._fly(("token", key), self._check_token(token, key))
+            user_or_why: User | str = await asyncio.shield(flight)
+            if isinstance(user_or_why, User):
+                return user_or_why
+            why = user_or_why
+        raise ApiError(401, "Unauthorized", f"The bearer token is not valid{why}: get one with {hint}")
 
     def identity(self, request: web.Request) -> str:
         """Whose request this is, for the fair shares: the authenticated user (without authentication, the
@@ -505,19 +523,23 @@ class ApiServer:
         if self.auth == "none":
             await self._hold_shared(request, namespace)
             return
-        key = (user, verb, namespace, name or "")
-        allowed = self._access.get(key)
-        if allowed is None:
-            flight = self._flights.get(("access", key))
-            if flight is None:
-                flight = self._fly(("access", key), self._check_access(user, verb, namespace, name))
-            allowed = await asyncio.shield(flight)
-        if not allowed:
+        if not await self._allowed(user, verb, namespace, name or ""):
             what = f"pipeline '{name}'" if name else f"pipelines.{API_GROUP}"
             raise ApiError(403, "Forbidden", f"User '{user.username}' may not {verb} {what} in namespace "
                                              f"'{namespace}': ask an administrator for a Role that allows "
                                              f"'{verb}' on pipelines.{API_GROUP} there")
         await self._hold_shared(request, namespace)
+
+    async def _allowed(self, user: User, verb: str, namespace: str, name: str) -> bool:
+        """A SubjectAccessReview's answer (:meth:`_check_access`), cached; one check for concurrent requests."""
+        key = (user, verb, namespace, name)
+        allowed = self._access.get(key)
+        if allowed is None:
+            flight = self._flights.get(("access", key))
+            if flight is None:
+                flight = self._fly(("access", key), self._check_access(user, verb, namespace, name))
+            allowed = bool(await asyncio.shield(flight))
+        return allowed
 
     def requested_by(self, request: web.Request, action: str) -> str:
         """The value of the ``dataflow.dev/requested-by`` annotation for a change this request makes."""
@@ -573,11 +595,12 @@ class ApiServer:
             self.metrics.auth_in_flight.dec()
             self._auth_limit.release()
 
-    async def _check_token(self, token: str, digest: bytes) -> User | str:
+    async def _check_token(self, token: str, key: tuple[str, bytes]) -> User | str:
         """The user, or why the token was refused (cached briefly, unless the review itself failed)."""
+        audience = key[0]
         spec: dict[str, Any] = {"token": token}
-        if self.audience:
-            spec["audiences"] = [self.audience]
+        if audience:
+            spec["audiences"] = [audience]
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
         review = await self._review(self.deps.kube.auth.create_token_review, body, "AuthenticationUnavailable",
                                     "Cannot check the token now")
@@ -586,16 +609,16 @@ class ApiServer:
             if status is not None and status.error:
                 log.info("TokenReview refused a token: %s", str(status.error)[:300])
                 return ""  # an error of the authenticator may pass: not remembered
-            self._rejected[digest] = ""
+            self._rejected[key] = ""
             return ""
-        if self.audience and self.audience not in (status.audiences or []):
-            why = f" for the audience '{self.audience}'"
-            self._rejected[digest] = why
+        if audience and audience not in (status.audiences or []):
+            why = f" for the audience '{audience}'"
+            self._rejected[key] = why
             return why
         extra = tuple(sorted((str(k), tuple(str(v) for v in (vs or ())))
                              for k, vs in (status.user.extra or {}).items()))
         user = User(status.user.username or "", tuple(status.user.groups or ()), status.user.uid or "", extra)
-        self._tokens[digest] = user
+        self._tokens[key] = user
         return user
 
     async def _review(self, create: Any, body: dict[str, Any], error_code: str, cannot: str) -> Any:
@@ -611,11 +634,16 @@ class ApiServer:
                                                 "try again") from exc
 
     async def _check_access(self, user: User, verb: str, namespace: str, name: str | None) -> bool:
-        attributes = {"group": API_GROUP, "resource": PLURAL, "verb": verb, "namespace": namespace}
-        if name:
-            attributes["name"] = name
-        spec: dict[str, Any] = {"user": user.username, "groups": list(user.groups), "uid": user.uid,
-                                "resourceAttributes": attributes}
+        """Whether ``user`` may ``verb`` pipelines in ``namespace`` (the one called ``name``), or, with an empty
+        ``namespace``, the non-resource URL ``name`` (``/metrics``)."""
+        spec: dict[str, Any] = {"user": user.username, "groups": list(user.groups), "uid": user.uid}
+        if namespace:
+            attributes = {"group": API_GROUP, "resource": PLURAL, "verb": verb, "namespace": namespace}
+            if name:
+                attributes["name"] = name
+            spec["resourceAttributes"] = attributes
+        else:
+            spec["nonResourceAttributes"] = {"path": name, "verb": verb}
         if user.extra:
             spec["extra"] = {k: list(v) for k, v in user.extra}
         body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
@@ -657,6 +685,19 @@ class ApiServer:
         return web.json_response({"status": "ready"})
 
     async def metrics_page(self, request: web.Request) -> web.Response:
+        """``/metrics``. With ``metrics_auth`` "kubernetes" (the default), as controller-runtime's secure metrics
+        serving and kube-rbac-proxy do: a bearer token checked by a TokenReview (for the API server's own
+        audiences: a scraper sends its service account's token), then a SubjectAccessReview that the user may
+        ``get`` the non-resource URL ``/metrics``, both cached and bounded as the API's own checks are; 401 or
+        403 otherwise, so the series (which name namespaces) are not anyone's to read."""
+        if self.metrics_auth == "kubernetes":
+            user = await self._bearer(request, "", "the scraper's service account token (a ServiceMonitor's "
+                                                   "bearerTokenFile or authorization)")
+            if not await self._allowed(user, "get", "", METRICS_PATH):
+                raise ApiError(403, "Forbidden", f"User '{user.username}' may not get {METRICS_PATH}: bind it a "
+                                                 "ClusterRole that allows get on the non-resource URL "
+                                                 f"{METRICS_PATH} (deploy/monitoring's pipeline-operator-metrics-"
+                                                 "reader, the chart's pipeline-operator-metrics-reader-NAMESPACE)")
         counts: dict[str, int] = {}
         samples: list[PipelineSample] = []
         for monitor in self.deps.pipelines.all():
@@ -670,12 +711,29 @@ class ApiServer:
         self.metrics.sample_pipelines(samples)
         for status in ("Stopped", "Provisioning", "Provisioned", "Stopping"):
             self.metrics.pipelines.labels(status).set(counts.get(status, 0))
+        self._count_store()
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _count_store(self) -> None:
+        """Count the event store's events in the background, at most once every ``store_count_seconds`` and one
+        count at a time: a scrape never waits for it (it shows the last count), and scrapes, however many,
+        cost the store one count per period."""
+        now = time.monotonic()
+        if self._store_count is not None or now - self._store_counted_at < self.store_count_seconds:
+            return
+        self._store_counted_at = now
+        self._store_count = asyncio.ensure_future(self._counted())
+
+    async def _counted(self) -> None:
         try:  # the metrics of a store that cannot be read now are what /metrics is for: still served
             self.metrics.store_events.set(await asyncio.to_thread(self.deps.events.count))
         except StoreUnavailable as exc:
             log.debug("/metrics: the event store's size is not known now: %s", exc)
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        except Exception:  # noqa: BLE001 - a failed count is logged; the next scrape counts again
+            log.exception("/metrics: counting the event store's events failed")
+        finally:
+            self._store_count = None
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi.document())
