@@ -28,6 +28,7 @@ from pipeline_operator.models import ErrorResponse, ResourcesStatus, RuntimeStat
 from .operator_harness import wait_for
 from .test_api import http_json
 from .test_api_fairness import Reviews
+from .test_api_hardening import ready
 from .test_api_unit import Registry
 from .test_operator_lifecycle import spec
 
@@ -134,13 +135,7 @@ def test_metrics_are_served_only_to_a_bearer_that_rbac_allows_to_get_them(operat
     """As controller-runtime's secure metrics serving: a token the API server knows (TokenReview), then RBAC
     on the non-resource URL /metrics (SubjectAccessReview), granted by deploy/monitoring's ClusterRole."""
     op = operators(namespace)
-
-    def ready() -> bool:
-        try:
-            return http_json(f"{op.api_url}/readyz")[0] == 200
-        except OSError:  # not listening yet
-            return False
-    wait_for("the API", ready, 60, operator=op)
+    ready(op)
     url = f"{op.api_url}/metrics"
     status, body = http_json(url)
     assert (status, body["error_code"]) == (401, "Unauthorized") and "bearerTokenFile" in body["message"]

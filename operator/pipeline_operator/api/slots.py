@@ -27,6 +27,16 @@ _WHERE = {"identity": "for user '{}'", "namespace": "in namespace '{}'", "long":
           "for the operator to act{}", "all": "in all{}"}
 
 
+def _count(counts: dict[Key, int], keys: tuple[Key, ...], step: int) -> None:
+    """Add ``step`` (1 or -1) to the count of each key; a count that reaches 0 is forgotten."""
+    for key in keys:
+        left = counts.get(key, 0) + step
+        if left:
+            counts[key] = left
+        else:
+            del counts[key]
+
+
 def share(total: int, given: int | None) -> int:
     """A per-tenant cap: as given, else a quarter of ``total`` (at least 1)."""
     return given if given else max(1, total // 4)
@@ -61,17 +71,11 @@ class FairSlots:
 
     def _take(self, keys: tuple[Key, ...]) -> None:
         self.held += 1
-        for key in keys:
-            self.counts[key] = self.counts.get(key, 0) + 1
+        _count(self.counts, keys, 1)
 
     def _give_back(self, keys: tuple[Key, ...]) -> None:
         self.held -= 1
-        for key in keys:
-            left = self.counts[key] - 1
-            if left:
-                self.counts[key] = left
-            else:
-                del self.counts[key]
+        _count(self.counts, keys, -1)
         # The slot goes to the longest-waiting request that may have it: a tenant at its own cap waits for
         # its own slots and never holds up another tenant's request behind it.
         for waiter in list(self._waiters):
@@ -84,12 +88,7 @@ class FairSlots:
 
     def _unqueue(self, waiter: _Waiter) -> None:
         self._waiters.remove(waiter)
-        for key in waiter.keys:
-            left = self.waiting[key] - 1
-            if left:
-                self.waiting[key] = left
-            else:
-                del self.waiting[key]
+        _count(self.waiting, waiter.keys, -1)
 
     @contextlib.asynccontextmanager
     async def slot(self, keys: Mapping[str, str]) -> AsyncIterator[None]:
@@ -113,8 +112,7 @@ class FairSlots:
             raise self._busy(queued or full, waited=0.0)
         waiter = _Waiter(keys)
         self._waiters.append(waiter)
-        for key in keys:
-            self.waiting[key] = self.waiting.get(key, 0) + 1
+        _count(self.waiting, keys, 1)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -177,15 +175,9 @@ class StreamSlots:
             raise ApiError(429, "TooManyStreams", f"Too many {self.what} are open {where}: at most {limit}; "
                                                   f"{self.advice}", {"limit": limit}, retry_after=5)
         self.open += 1
-        for key in keys:
-            self.counts[key] = self.counts.get(key, 0) + 1
+        _count(self.counts, keys, 1)
         try:
             yield
         finally:
             self.open -= 1
-            for key in keys:
-                left = self.counts[key] - 1
-                if left:
-                    self.counts[key] = left
-                else:
-                    del self.counts[key]
+            _count(self.counts, keys, -1)
