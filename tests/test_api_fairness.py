@@ -261,6 +261,36 @@ def test_a_queue_of_waiting_requests_is_bounded_too():
     assert statuses == [503] and took < 0.1 and waiting == {} and held == 0
 
 
+def test_a_freed_slot_goes_to_the_longest_waiter_allowed_to_have_it():
+    """2 slots, 1 per user: alice (at her cap) waits first, carol second; bob's slot, freed, goes to carol, not
+    to alice; alice's, freed, goes to her own next request."""
+    async def scenario() -> list[str]:
+        slots = FairSlots(2, {"identity": 1}, 5.0, "requests")
+        got: list[str] = []
+        ends = {name: asyncio.Event() for name in ("alice", "bob", "alice-again", "carol")}
+
+        async def use(name: str, identity: str) -> None:
+            async with slots.slot({"identity": identity}):
+                got.append(name)
+                await ends[name].wait()
+        tasks = [asyncio.ensure_future(use("alice", "alice")), asyncio.ensure_future(use("bob", "bob"))]
+        await until(lambda: len(got) == 2, "both slots to be taken")
+        tasks.append(asyncio.ensure_future(use("alice-again", "alice")))
+        await until(lambda: len(slots.waiting) == 1, "alice's second request to wait")
+        tasks.append(asyncio.ensure_future(use("carol", "carol")))
+        await until(lambda: slots.waiting.get(("identity", "carol")), "carol to wait")
+        ends["bob"].set()
+        await until(lambda: len(got) == 3, "bob's slot to be given")
+        ends["alice"].set()
+        await until(lambda: len(got) == 4, "alice's slot to be given")
+        for end in ends.values():
+            end.set()
+        await asyncio.gather(*tasks)
+        assert slots.held == 0 and slots.counts == {} and slots.waiting == {}
+        return got
+    assert asyncio.run(scenario()) == ["alice", "bob", "carol", "alice-again"]
+
+
 async def _hold(slots: FairSlots, identity: str) -> None:
     async with slots.slot({"identity": identity}):
         await asyncio.Event().wait()

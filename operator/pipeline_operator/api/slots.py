@@ -45,6 +45,7 @@ def share(total: int, given: int | None) -> int:
 @dataclass
 class _Waiter:
     keys: tuple[Key, ...]
+    order: int  # when it began to wait
     granted: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -60,7 +61,9 @@ class FairSlots:
         self.held = 0
         self.counts: dict[Key, int] = {}
         self.waiting: dict[Key, int] = {}
-        self._waiters: list[_Waiter] = []
+        self._waiters: dict[int, _Waiter] = {}  # in the order they began to wait
+        self._queues: dict[Key, dict[int, _Waiter]] = {}  # the same, by key
+        self._arrivals = 0
 
     def _full(self, keys: tuple[Key, ...]) -> tuple[str, str] | None:
         """The scope that has no slot for ``keys`` now (kind, value), or None when one is free."""
@@ -74,11 +77,18 @@ class FairSlots:
         _count(self.counts, keys, 1)
 
     def _give_back(self, keys: tuple[Key, ...]) -> None:
+        was_full = self.held >= self.total
         self.held -= 1
         _count(self.counts, keys, -1)
         # The slot goes to the longest-waiting request that may have it: a tenant at its own cap waits for
-        # its own slots and never holds up another tenant's request behind it.
-        for waiter in list(self._waiters):
+        # its own slots and never holds up another tenant's request behind it. Unless the pool was full, only
+        # a request that shares a key with this one can have it now (the others wait for a key of theirs).
+        if was_full:
+            candidates = list(self._waiters.values())
+        else:
+            candidates = [w for _, w in sorted({n: w for key in keys for n, w in self._queues.get(key, {}).items()}
+                                               .items())]
+        for waiter in candidates:
             if self.held >= self.total:
                 break
             if self._full(waiter.keys) is None:
@@ -87,7 +97,12 @@ class FairSlots:
                 waiter.granted.set_result(None)
 
     def _unqueue(self, waiter: _Waiter) -> None:
-        self._waiters.remove(waiter)
+        del self._waiters[waiter.order]
+        for key in waiter.keys:
+            queue = self._queues[key]
+            del queue[waiter.order]
+            if not queue:
+                del self._queues[key]
         _count(self.waiting, waiter.keys, -1)
 
     @contextlib.asynccontextmanager
@@ -110,8 +125,11 @@ class FairSlots:
         queued = next((key for key in keys if self.waiting.get(key, 0) >= self.caps[key[0]]), None)
         if queued is not None or len(self._waiters) >= self.total:
             raise self._busy(queued or full, waited=0.0)
-        waiter = _Waiter(keys)
-        self._waiters.append(waiter)
+        self._arrivals += 1
+        waiter = _Waiter(keys, self._arrivals)
+        self._waiters[waiter.order] = waiter
+        for key in keys:
+            self._queues.setdefault(key, {})[waiter.order] = waiter
         _count(self.waiting, keys, 1)
         loop = asyncio.get_running_loop()
         started = loop.time()
