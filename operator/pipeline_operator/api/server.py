@@ -104,9 +104,9 @@ EVENTS_ROUTE = "/v0/pipelines/{name}/events"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # What a request that changes a Pipeline asks for, by method (CRUD) or by its last path segment (actions).
 CRUD_ACTIONS = {"POST": "create", "PUT": "create_or_replace", "PATCH": "update", "DELETE": "delete"}
-QUEUE_TIMEOUT_SECONDS = 10.0
+QUEUE_TIMEOUT_SECONDS = 10.0  # the longest a request waits for a slot before 503 ApiBusy
 STORE_COUNT_SECONDS = 30.0  # the event store's size (a count of its rows) is taken at most this often
-METRICS_PATH = "/metrics"  # the longest a request waits for a slot before 503 ApiBusy
+METRICS_PATH = "/metrics"
 # Errors of the Kubernetes client other than an API answer: the API server is away, not a bug here.
 KUBE_UNAVAILABLE: tuple[type[BaseException], ...] = (ApiException, urllib3.exceptions.HTTPError, ConnectionError,
                                                      TimeoutError)
