@@ -391,7 +391,8 @@ class Bench:
                "--backend", "kubernetes", "--dev-endpoint-overrides", str(self.kubelet.overrides),
                "--pipeline-image", "registry.example/pipeline:1", "--pipeline-image-prefix", "registry.example/",
                "--state-dir", str(self.workdir / name), "--event-store", self.event_store,
-               "--api-listen", f"127.0.0.1:{port}", *extra]
+               # /metrics without a TokenReview per scrape: the API server's requests are what is measured.
+               "--api-listen", f"127.0.0.1:{port}", "--metrics-auth", "none", *extra]
         source = {"PYTHONPATH": str(self.args.operator_source / "operator")} if self.args.operator_source else {}
         return self.start(name, cmd, POD_NAME=name, **source), port
 

@@ -177,7 +177,10 @@ def test_health_readiness_and_metrics(running, cluster, namespace):
     assert call(f"{running.api_url}/healthz")[0] == 200
     assert call(f"{running.api_url}/readyz")[0] == 200
     call(f"{running.api_url}/v0/pipelines/orders/events", cluster.plane.users["alice"].token, namespace)
-    with urllib.request.urlopen(f"{running.api_url}/metrics", timeout=10) as r:
+    # /metrics needs a token allowed to get it (an administrator's here; tests/test_metrics.py checks RBAC).
+    metrics = urllib.request.Request(f"{running.api_url}/metrics",
+                                     headers={"Authorization": f"Bearer {cluster.plane.users['admin'].token}"})
+    with urllib.request.urlopen(metrics, timeout=10) as r:
         text = r.read().decode()
     for metric in ("pipeline_operator_api_requests_total", "pipeline_operator_monitoring_pass_seconds_bucket",
                    "pipeline_operator_monitor_events_total",

@@ -15,6 +15,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -56,14 +57,6 @@ async def until(condition, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def metric(url: str, name: str) -> float | None:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return None
-
-
 def raw_request(port: int, data: bytes) -> tuple[int, dict, bytes]:
     """Send bytes as they are (no client library would send these) and read the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
@@ -102,32 +95,47 @@ def api(operators, namespace, cluster):
     return op
 
 
-# -- 1. probes never wait -------------------------------------------------------------------------------
+# -- 1. one user cannot hang the others; probes never wait -------------------------------------------------
 
 
 @pytest.mark.apiserver
-def test_probes_answer_while_every_request_slot_is_taken(api, cluster, namespace):
-    token = cluster.plane.users["alice"].token
+def test_a_user_holding_requests_cannot_hang_others_and_probes_answer(operators, cluster, namespace):
+    op = operators(namespace, "--log-format", "json", "--api-max-concurrency-per-identity", "4",
+                   "--api-queue-timeout", "1")
+    grant(cluster, namespace, "alice", "get,list,patch,create,update,delete")
+    grant(cluster, namespace, "bob", "get,list")
+    ready(op)
+    alice, bob = cluster.plane.users["alice"].token, cluster.plane.users["bob"].token
+    url = f"{op.api_url}/v0/pipelines"
     held = []
     try:
-        # 64 authenticated creates whose bodies never arrive: each holds one of the 64 slots.
-        for _ in range(64):
-            s = socket.create_connection(("127.0.0.1", api.api_port), timeout=30)
-            s.sendall(f"POST /v0/pipelines HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        # Authenticated creates whose bodies never arrive: alice's whole share (the old limit was one pool of
+        # 64 for everyone, with a queue without end behind it).
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", op.api_port), timeout=30)
+            s.sendall(f"POST /v0/pipelines HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n"
                       f"Feldera-Tenant: {namespace}\r\nContent-Type: application/json\r\n"
                       "Content-Length: 1000\r\n\r\n{".encode())
             held.append(s)
-        wait_for("all 64 request slots to be taken",
-                 lambda: metric(api.api_url, "pipeline_operator_api_requests_in_flight") == 64, 60, operator=api)
-        assert call(f"{api.api_url}/healthz") == (200, {"status": "ok"})
-        assert call(f"{api.api_url}/readyz")[0] == 200
-        assert metric(api.api_url, "pipeline_operator_api_requests_in_flight") == 64  # still all taken
+        # Her next request waits for one of hers, at most a second, then 503 ApiBusy.
+        status, headers, body = wait_for("alice's share to be taken", lambda: (
+            answer := raw_request(op.api_port, f"GET /v0/pipelines HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                                                f"{alice}\r\nFeldera-Tenant: {namespace}\r\nConnection: close\r\n"
+                                                "\r\n".encode()))[0] == 503 and answer, 60, operator=op)
+        error = feldera_error(body)
+        assert error["error_code"] == "ApiBusy" and error["details"]["scope"] == "identity", error
+        assert int(headers["retry-after"]) >= 1
+        # Everyone else is served at once, and so are the probes.
+        started = time.monotonic()
+        assert call(url, bob, namespace) == (200, [])
+        assert time.monotonic() - started < 1
+        assert call(f"{op.api_url}/healthz") == (200, {"status": "ok"})
+        assert call(f"{op.api_url}/readyz")[0] == 200
     finally:
         for s in held:
             s.close()
-    wait_for("the slots to be free again",
-             lambda: metric(api.api_url, "pipeline_operator_api_requests_in_flight") == 0, 60, operator=api)
-    assert call(f"{api.api_url}/v0/config")[0] == 200
+    wait_for("alice to be served again", lambda: call(url, alice, namespace)[0] == 200, 60, operator=op)
+    op.assert_alive()
 
 
 # -- 2. authentication cannot starve reconciliation ----------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
+import yarl
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 from feldera import FelderaClient, Pipeline
@@ -165,6 +166,97 @@ def test_each_route_is_passed_through_with_the_pipelines_token_its_query_and_its
     assert answers["query?sql=select+1&format=text"][:1] == (400,)
     assert answers["query?sql=select+1&format=text"][2]["error_code"] == "AdHocQueryError"
     assert answers["pokes"][0] == 2  # /checkpoint and /checkpoint_status: the loop looks again (Feldera's notify)
+
+
+# Query strings as clients send them, percent-encoded: each must reach the pipeline byte for byte.
+HOSTILE_QUERIES = [
+    # The ad-hoc query of the issue: %25 must not arrive as %, %23 must not end the query (and lose format=json).
+    urllib.parse.urlencode({"sql": "SELECT * FROM t WHERE s LIKE '%abc%' OR s = 'x#y'", "format": "json"}),
+    urllib.parse.urlencode({"sql": "SELECT * FROM t WHERE s LIKE '%abc%' OR s = 'x#y'", "format": "json"},
+                           quote_via=urllib.parse.quote),
+    "a=%00&b=+&c=%2B&d=%20&a=again&a=",  # NUL, a plus and an encoded plus, a space, repeated and empty keys
+    "x=%FF%FE%C3&y=%e9",  # percent-escapes that are not UTF-8 (upper and lower case)
+    "x=%zz&y=%&z=%2",  # malformed escapes, passed on as they are
+    "flag&k=v;w&%26=%3D&?=/",  # a key without a value, a semicolon, an encoded & and =, a literal ? and /
+]
+
+
+def test_a_passed_through_query_string_reaches_the_pipeline_exactly_as_the_client_sent_it():
+    """An echoing pipeline answers the raw path and query it received; every passed-through route, asked
+    through the API with hostile query strings, must have received exactly what the client sent."""
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"received": request.raw_path})
+
+    async def scenario() -> list[tuple[str, str, int, Any]]:
+        pipeline = web.Application()
+        pipeline.router.add_route("*", "/{tail:.*}", echo)
+        seen = []
+        async with serving(pipeline) as url, serving(api(url).app()) as base, ClientSession() as session:
+            for method, route in PASSED_THROUGH:
+                path = route.split("?")[0]
+                for query in HOSTILE_QUERIES:
+                    target = yarl.URL(f"{base}/v0/pipelines/p/{path}?{query}", encoded=True)
+                    async with session.request(method, target, data=b"1" if path.startswith("ingress") else None
+                                               ) as response:
+                        seen.append((f"/{path}", query, response.status, await response.json()))
+        return seen
+
+    for path, query, status, body in asyncio.run(scenario()):
+        assert status == 200, (path, query, body)
+        assert body == {"received": f"{path}?{query}"}, (path, query)
+
+
+SCRIPT = b"<html><script>fetch('/v0/pipelines', {method: 'DELETE'})</script></html>"
+
+
+def test_a_hostile_pipelines_answer_cannot_script_the_apis_origin():
+    """A pipeline answers whatever content type it is asked for (``?type=``), with a script as its body: only the
+    types Feldera's pipeline answers on that route are kept, anything else is an opaque download, and every
+    passed-through answer (forwarded actions too) tells the browser not to sniff and not to run anything."""
+    async def hostile(request: web.Request) -> web.Response:
+        # A forwarded action's query is the operator's own: those answer a refusal, in HTML or JSON.
+        query = {"/pause": {"type": "text/html", "status": "400"},
+                 "/activate": {"type": "application/json", "status": "400"}}.get(request.path, request.query)
+        headers = {"Content-Type": query["type"]} if "type" in query else {}
+        return web.Response(status=int(query.get("status", "200")), body=SCRIPT, headers=headers)
+
+    cases = [  # (method, route, the pipeline's content type, its status, what the client gets)
+        ("GET", "stats", "text/html", 200, "application/octet-stream"),
+        ("GET", "stats", "text/html; charset=utf-8", 400, "application/octet-stream"),
+        ("GET", "stats", "text/plain", 200, "application/octet-stream"),  # /stats answers JSON
+        ("GET", "stats", "text/plain; charset=utf-8", 400, "text/plain; charset=utf-8"),  # an error as actix's
+        ("GET", "stats", "application/json; charset=UTF-8", 200, "application/json; charset=utf-8"),
+        ("GET", "stats", None, 200, "application/octet-stream"),
+        ("GET", "metrics", "text/plain; version=0.0.4; charset=utf-8", 200, "text/plain; charset=utf-8"),
+        ("GET", "metrics", "image/svg+xml", 200, "application/octet-stream"),
+        ("GET", "metrics", "text/plain; charset=utf-7", 200, "text/plain"),
+        ("POST", "checkpoint", "application/xhtml+xml", 200, "application/octet-stream"),
+        ("POST", "ingress/orders", "text/javascript", 200, "application/octet-stream"),
+        ("POST", "egress/total", "text/event-stream", 200, "application/octet-stream"),
+        ("GET", "query", "text/html", 200, "application/octet-stream"),
+        ("GET", "query", "application/octet-stream", 200, "application/octet-stream"),
+        ("GET", "query", "text/plain", 200, "text/plain"),
+        ("POST", "pause", "text/html", 400, "application/octet-stream"),  # a forwarded action
+        ("POST", "activate", "application/json", 400, "application/json"),
+    ]
+
+    async def scenario() -> list[tuple[int, str, dict[str, str], bytes]]:
+        pipeline = web.Application()
+        pipeline.router.add_route("*", "/{tail:.*}", hostile)
+        answers = []
+        async with serving(pipeline) as url, through(api(url)) as client:
+            for method, route, content_type, status, _ in cases:
+                query = {"status": str(status), **({"type": content_type} if content_type else {})}
+                response = await client.request(method, f"/v0/pipelines/p/{route}", params=query)
+                answers.append((response.status, response.headers.get("Content-Type", ""), dict(response.headers),
+                                await response.read()))
+        return answers
+
+    for case, (status, content_type, headers, body) in zip(cases, asyncio.run(scenario()), strict=True):
+        assert (status, content_type) == (case[3], case[4]), case
+        assert headers["X-Content-Type-Options"] == "nosniff", case
+        assert headers["Content-Security-Policy"] == "default-src 'none'; sandbox", case
+        assert body == SCRIPT, case  # the body itself is passed on as it is
 
 
 def test_a_pipeline_not_deployed_or_unavailable_is_refused_with_felderas_errors():

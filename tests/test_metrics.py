@@ -3,22 +3,33 @@ labels, and every metric the dashboard and the alerts query is one the operator 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import re
+import threading
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from pipeline_operator.api import ApiDeps, ApiServer
 from pipeline_operator.api.metrics import Metrics, PipelineSample
 from pipeline_operator.core.lifecycle import PipelineState
 from pipeline_operator.models import ErrorResponse, ResourcesStatus, RuntimeStatus
 
 from .operator_harness import wait_for
+from .test_api import http_json
+from .test_api_fairness import Reviews
+from .test_api_hardening import ready
+from .test_api_unit import Registry
 from .test_operator_lifecycle import spec
 
 MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
@@ -28,8 +39,10 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), 
 METRIC = re.compile(r"\bpipeline_operator_[a-z0-9_]+\b")
 
 
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+def scrape(url: str, token: str | None = None) -> str:
+    """The operator's /metrics, as a scraper with ``token`` (none: an operator run with --metrics-auth none)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/metrics", headers=headers), timeout=10) as r:
         return r.read().decode()
 
 
@@ -68,7 +81,7 @@ def alert_queries() -> list[str]:
 @pytest.mark.apiserver
 def test_a_lifecycle_shows_in_metrics_and_the_dashboard_and_alerts_query_only_exported_metrics(
         operators, pipelines, namespace):
-    op = operators(namespace, "--api-auth", "none", "--api-default-namespace", namespace)
+    op = operators(namespace, "--api-auth", "none", "--api-default-namespace", namespace, "--metrics-auth", "none")
     pipelines.create("orders", spec())
     pipelines.create("broken", spec(program={"sql": "CREATE TABLE t (x INT);\nCREATE VIEW v AS SELEC FROM t;"}))
     pipelines.wait_status("orders", op, deploymentStatus="Running")
@@ -115,6 +128,125 @@ def test_a_lifecycle_shows_in_metrics_and_the_dashboard_and_alerts_query_only_ex
             used = set(METRIC.findall(expr))
             assert used, f"{where}: {expr!r} queries no metric of the operator"
             assert used <= exported, f"{where}: {expr!r} uses {sorted(used - exported)}, not exported"
+
+
+@pytest.mark.apiserver
+def test_metrics_are_served_only_to_a_bearer_that_rbac_allows_to_get_them(operators, namespace, cluster):
+    """As controller-runtime's secure metrics serving: a token the API server knows (TokenReview), then RBAC
+    on the non-resource URL /metrics (SubjectAccessReview), granted by deploy/monitoring's ClusterRole."""
+    op = operators(namespace)
+    ready(op)
+    url = f"{op.api_url}/metrics"
+    status, body = http_json(url)
+    assert (status, body["error_code"]) == (401, "Unauthorized") and "bearerTokenFile" in body["message"]
+    status, body = http_json(url, headers={"Authorization": f"Bearer {cluster.plane.users['bob'].token}"})
+    assert (status, body["error_code"]) == (403, "Forbidden") and "pipeline-operator-metrics-reader" in body["message"]
+    # Prometheus's way: its service account's own token (the API server's audience), the ClusterRole bound to it.
+    binding = f"metrics-reader-{namespace}"[:63]
+    cluster.kubectl("apply", "-f", str(MONITORING / "metrics-reader.yaml"))
+    cluster.kubectl("create", "serviceaccount", "scraper", "-n", namespace)
+    cluster.kubectl("create", "clusterrolebinding", binding, "--clusterrole=pipeline-operator-metrics-reader",
+                    f"--serviceaccount={namespace}:scraper")
+    try:
+        token = cluster.kubectl("create", "token", "scraper", "-n", namespace).stdout.strip()
+
+        def allowed() -> str | None:
+            try:
+                return scrape(op.api_url, token)
+            except urllib.error.HTTPError as exc:  # 403 until RBAC has the binding
+                assert exc.code == 403, exc
+                return None
+        text = wait_for("the scraper to be allowed", allowed, 30, operator=op)
+        assert value(text, "pipeline_operator_api_requests_total", route="/metrics", code="401") >= 1
+        assert value(text, "pipeline_operator_api_requests_total", route="/metrics", code="403") >= 1
+        assert "pipeline_operator_event_store_events" in exported_names(text)
+    finally:
+        cluster.kubectl("delete", "clusterrolebinding", binding)
+    op.assert_alive()
+
+
+def test_metrics_auth_asks_for_the_apiservers_audience_and_get_on_the_metrics_url():
+    reviews = Reviews({"t-scraper": ("scraper", ""), "t-bob": ("bob", "b")},
+                      allow=lambda user, attributes: user == "scraper" and attributes == {"path": "/metrics",
+                                                                                          "verb": "get"})
+    server = ApiServer(ApiDeps(pipelines=Registry({}), events=Counted(), kube=reviews,  # type: ignore[arg-type]
+                               endpoint=lambda key: None, runtime=None, artifact=lambda d: None),  # type: ignore[arg-type]
+                       default_namespace="ns")
+
+    async def scenario() -> list[tuple[int, str]]:
+        async with TestClient(TestServer(server.app())) as client:
+            answers = []
+            for token in (None, "not-a-token", "t-bob", "t-scraper"):
+                r = await client.get("/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
+                answers.append((r.status, await r.text()))
+            return answers
+
+    (none, unknown, bob, scraper) = asyncio.run(scenario())
+    assert (none[0], json.loads(none[1])["error_code"]) == (401, "Unauthorized")
+    assert (unknown[0], json.loads(unknown[1])["error_code"]) == (401, "Unauthorized")
+    assert (bob[0], json.loads(bob[1])["error_code"]) == (403, "Forbidden")
+    assert scraper[0] == 200 and "pipeline_operator_api_requests_total" in scraper[1]
+    tokens = [r["spec"] for r in reviews.reviews if r["kind"] == "TokenReview"]
+    assert tokens and all("audiences" not in spec for spec in tokens)  # a pod's own token is for the API server
+    accesses = [r["spec"] for r in reviews.reviews if r["kind"] == "SubjectAccessReview"]
+    assert {(a["user"], json.dumps(a["nonResourceAttributes"], sort_keys=True)) for a in accesses} == {
+        ("bob", '{"path": "/metrics", "verb": "get"}'), ("scraper", '{"path": "/metrics", "verb": "get"}')}
+
+
+class Counted:
+    """An event store whose count takes as long as the test wants, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+        self.release.set()
+
+    def count(self, uid: str | None = None) -> int:
+        self.calls += 1
+        self.release.wait(30)
+        return 42
+
+
+def test_a_scrape_never_counts_the_event_store_itself():
+    """The store's size is counted in the background, one count at a time and at most once a period, however
+    many scrapes come and however slow the count is: a scrape shows the last count and never waits for one."""
+    store = Counted()
+    server = ApiServer(ApiDeps(pipelines=Registry({}), events=store, kube=None, endpoint=lambda key: None,  # type: ignore[arg-type]
+                               runtime=None, artifact=lambda d: None), auth="none", metrics_auth="none",  # type: ignore[arg-type]
+                       store_count_seconds=60)
+
+    async def scenario() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with TestClient(TestServer(server.app())) as client:
+            async def scraped() -> str:
+                r = await client.get("/metrics")
+                assert r.status == 200
+                return await r.text()
+            store.release.clear()  # the store is slow: the first count takes until it is let go
+            started = time.monotonic()
+            texts = [await scraped() for _ in range(20)]
+            shown = value(texts[-1], "pipeline_operator_event_store_events")
+            out["slow"] = (time.monotonic() - started, store.calls, shown)
+            store.release.set()
+            deadline = time.monotonic() + 10
+            while value(await scraped(), "pipeline_operator_event_store_events") != 42:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            out["counted"] = store.calls
+            for _ in range(5):
+                await scraped()
+            out["within the period"] = store.calls
+            server._store_counted_at -= 60  # a period later, the next scrape counts again (once)
+            for _ in range(5):
+                await scraped()
+            await asyncio.sleep(0.1)
+            out["again"] = store.calls
+        return out
+
+    out = asyncio.run(scenario())
+    took, calls, shown = out["slow"]
+    assert took < 5 and calls == 1 and shown == 0  # 20 scrapes during one slow count: not one waited, none counted
+    assert out["counted"] == out["within the period"] == 1 and out["again"] == 2
 
 
 def test_dashboard_covers_every_lifecycle_metric():

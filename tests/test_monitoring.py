@@ -203,6 +203,32 @@ def test_chart_renders_monitoring_only_when_enabled(binaries, tmp_path):
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["honorLabels"] is True and "scheme" not in endpoint
+    # /metrics needs a token (--metrics-auth kubernetes): Prometheus's own, allowed by the metrics reader role.
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    reader = next(o for o in objects if o["kind"] == "ClusterRole" and "metrics-reader" in o["metadata"]["name"])
+    assert reader["metadata"]["name"] == "pipeline-operator-metrics-reader-ops"
+    assert reader["rules"] == yaml.safe_load((MONITORING / "metrics-reader.yaml").read_text())["rules"] == [
+        {"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    assert not [o for o in objects if o["kind"] == "ClusterRoleBinding" and "metrics-reader" in o["metadata"]["name"]]
+    subject = {"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}
+    bound = helm_template(binaries, tmp_path, *ENABLED,
+                          "--set", "monitoring.metricsReader.subjects[0].kind=ServiceAccount",
+                          "--set", "monitoring.metricsReader.subjects[0].name=prometheus-k8s",
+                          "--set", "monitoring.metricsReader.subjects[0].namespace=monitoring",
+                          "--set", "monitoring.serviceMonitor.authorization.credentials.name=prom-token",
+                          "--set", "monitoring.serviceMonitor.authorization.credentials.key=token")
+    binding = next(o for o in bound if o["kind"] == "ClusterRoleBinding" and "metrics-reader" in o["metadata"]["name"])
+    assert binding["subjects"] == [subject] and binding["roleRef"]["name"] == reader["metadata"]["name"]
+    (endpoint,) = next(o for o in bound if o["kind"] == "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["authorization"] == {"credentials": {"name": "prom-token", "key": "token"}}
+    assert "bearerTokenFile" not in endpoint
+    # Served to anyone (--metrics-auth none): no token sent, no role rendered.
+    plain = helm_template(binaries, tmp_path, *ENABLED, "--set", "api.metricsAuth=none")
+    (endpoint,) = next(o for o in plain if o["kind"] == "ServiceMonitor")["spec"]["endpoints"]
+    assert "bearerTokenFile" not in endpoint and "authorization" not in endpoint
+    assert not [o for o in plain if "metrics-reader" in o["metadata"]["name"]]
+    assert "--metrics-auth=none" in next(o for o in plain if o["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
 
     tls = helm_template(binaries, tmp_path, *ENABLED, "--set", "api.tls.secretName=operator-tls",
                         "--set", "monitoring.serviceMonitor.tlsConfig.insecureSkipVerify=true")
@@ -215,7 +241,10 @@ def test_kustomize_renders_the_same_monitoring_objects(binaries):
     res = run(binaries.kubectl, "kustomize", MONITORING)
     assert res.returncode == 0, res.stderr
     objects = {o["kind"]: o for o in yaml.safe_load_all(res.stdout) if o}
-    assert set(objects) == {"PrometheusRule", "ServiceMonitor", "ConfigMap"}
+    assert set(objects) == {"PrometheusRule", "ServiceMonitor", "ConfigMap", "ClusterRole"}
+    assert objects["ClusterRole"]["metadata"]["name"] == "pipeline-operator-metrics-reader"
+    assert objects["ServiceMonitor"]["spec"]["endpoints"][0]["bearerTokenFile"] == \
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
     assert objects["PrometheusRule"]["spec"] == rule_spec()
     board = objects["ConfigMap"]
     assert board["metadata"]["labels"]["grafana_dashboard"] == "1"

@@ -52,7 +52,7 @@ def server_back(postgres_server):
 def api_reads(store) -> tuple[int, dict, str | None, int]:
     """What the HTTP API answers for KEY's events (and /metrics' status) from this store."""
     monitor = types.SimpleNamespace(key=KEY, obj={"metadata": {"name": KEY.name}}, wake=asyncio.Event(), state=None)
-    server = ApiServer(deps({(KEY.namespace, KEY.name): monitor}, store), auth="none",
+    server = ApiServer(deps({(KEY.namespace, KEY.name): monitor}, store), auth="none", metrics_auth="none",
                        default_namespace=KEY.namespace)
 
     async def scenario():

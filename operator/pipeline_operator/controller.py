@@ -456,7 +456,10 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                         auth_concurrency=settings.api_auth_concurrency, auth_rate=settings.api_auth_rate,
                         tls_cert=settings.api_tls_cert, tls_key=settings.api_tls_key, ui_enabled=settings.api_ui,
                         follow_limits=FollowLimits(settings.api_follow_streams, settings.api_follow_streams_per_client,
-                                                   settings.api_follow_queue))
+                                                   settings.api_follow_queue),
+                        max_per_identity=settings.api_max_concurrency_per_identity or None,
+                        max_per_namespace=settings.api_max_concurrency_per_namespace or None,
+                        queue_timeout=settings.api_queue_timeout, metrics_auth=settings.metrics_auth)
         recorder.listeners.append(api.follow.published)  # live streams hear of each event as it is recorded
         await api.start(host.strip("[]"), int(port))
     ready_flag = ready_flag or asyncio.Event()

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from . import jsondepth
 from .core.lifecycle import NOT_JSON, RuntimeObservation, parse_status_response
@@ -68,6 +69,15 @@ def timeout_message(seconds: float) -> str:
     return (f"timeout ({seconds:g}s) was reached: this means the pipeline took too long to respond -- this can simply "
             "be because the request was too difficult to process in time, or other reasons (e.g., deadlock): the "
             "pipeline logs might contain additional information")
+
+
+def pipeline_url(endpoint: str, path: str, query: str = "") -> URL:
+    """``endpoint`` + ``path`` + ``?query``, with ``path`` and ``query`` sent exactly as given (already
+    percent-encoded: a client's query string passed through keeps its ``%25``, ``%23``, ``+`` and ``%2B``
+    as the client wrote them; nothing is decoded or encoded again)."""
+    base = URL(endpoint)
+    return URL.build(scheme=base.scheme, authority=base.raw_authority, path=base.raw_path.rstrip("/") + path,
+                     query_string=query, encoded=True)
 
 
 def _failure(exc: BaseException) -> str:
@@ -286,7 +296,7 @@ class RuntimeClient:
 
         The body is passed on as bytes, never decoded here (so its nesting does not matter), and no
         header of the client's is passed on: the pipeline sees only the operator's token."""
-        url = f"{endpoint}{path}" + (f"?{query}" if query else "")
+        url = pipeline_url(endpoint, path, query)
         try:
             async with self.session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout),
                                             headers=self._headers(endpoint), allow_redirects=False) as response:
@@ -314,8 +324,9 @@ class RuntimeClient:
         bound, as Feldera's for egress and ad-hoc queries), ``read_timeout`` every wait for more of it.
         The pipeline gets ``headers`` (the caller chooses which of its client's to pass on), its token,
         and ``Accept-Encoding: identity`` (a compressed stream arrives in bursts); a redirect is
-        :class:`InvalidAnswer`, never followed; no answer is :class:`PipelineUnreachable`."""
-        url = f"{endpoint}{path}" + (f"?{query}" if query else "")
+        :class:`InvalidAnswer`, never followed; no answer is :class:`PipelineUnreachable`. ``path`` and
+        ``query`` are sent as given (:func:`pipeline_url`)."""
+        url = pipeline_url(endpoint, path, query)
         sent = {k: v for k, v in (headers or {}).items() if k.lower() not in ("authorization", "accept-encoding")}
         sent.update(self._headers(endpoint))
         sent["Accept-Encoding"] = "identity"

@@ -142,11 +142,26 @@ class OperatorSettings(BaseSettings):
                                       "certificate (PEM; a mounted Secret).")
     api_tls_key: Path | None = Field(None, description="The private key of `--api-tls-cert` (PEM).")
     api_max_concurrency: int = Field(64, ge=1, le=10_000, description="API requests served at once "
-                                     "(probes and metrics are not counted).")
+                                     "(probes, metrics, streams and uploads are not counted); at most half of "
+                                     "them may wait for a pipeline or for the monitoring loop (actions, writes, "
+                                     "deletes, checkpoints, passed-through requests).")
+    api_max_concurrency_per_identity: int = Field(0, ge=0, le=10_000, description="API requests one user may "
+                                                  "have under way at once (0: a quarter of "
+                                                  "`--api-max-concurrency`); more wait for one of theirs.")
+    api_max_concurrency_per_namespace: int = Field(0, ge=0, le=10_000, description="API requests served at once "
+                                                   "for one namespace (0: a quarter of `--api-max-concurrency`); "
+                                                   "more wait for one of the namespace's.")
+    api_queue_timeout: float = Field(10.0, gt=0, le=600, description="Seconds an API request (or an upload) "
+                                     "waits for a slot; then 503 `ApiBusy` with `Retry-After`.")
     api_auth_concurrency: int = Field(8, ge=1, le=1000, description="TokenReviews and "
                                       "SubjectAccessReviews under way at once for the API.")
     api_auth_rate: float = Field(10.0, gt=0, description="Token checks per second one client address may "
                                  "cause (uncached tokens; a burst of twice as many is allowed).")
+    metrics_auth: str = Field("kubernetes", pattern="^(kubernetes|none)$", description="`/metrics`: "
+                              "`kubernetes` serves it to a bearer token (checked with a TokenReview for the API "
+                              "server's audiences, e.g. Prometheus's service account token) that RBAC allows "
+                              "`get` on the non-resource URL `/metrics` (the ClusterRole "
+                              "`pipeline-operator-metrics-reader`); `none` serves it to anyone who reaches the port.")
     api_follow_streams: int = Field(100, ge=1, le=100_000, description="Live event streams "
                                     "(`events?follow=true`) open at once; beyond: 429 `TooManyStreams`.")
     api_follow_streams_per_client: int = Field(4, ge=1, le=10_000, description="Live event streams one "

@@ -34,7 +34,7 @@ from ..reconciler import (
 )
 from . import writes
 from .errors import ApiError, bool_param
-from .interaction import reachable_endpoint
+from .interaction import ERROR_TYPES, JSON, PASSED_THROUGH_HEADERS, reachable_endpoint, served_content_type
 
 if TYPE_CHECKING:
     from .server import ApiServer, ServedPipeline
@@ -179,8 +179,12 @@ class Actions:
         return answer
 
     @staticmethod
-    def _answer(status: int, body: bytes, content_type: str) -> web.Response:
-        return web.Response(status=status, body=body, content_type=content_type or "application/json")
+    def _answer(status: int, body: bytes, media_type: str) -> web.Response:
+        """The pipeline's answer to a forwarded action, served as a passed-through answer is (Feldera's pipeline
+        answers these with JSON; any other type, but plain text for an error, is an opaque body)."""
+        allowed = (JSON, *ERROR_TYPES) if status >= 400 else (JSON,)
+        return web.Response(status=status, body=body, headers={
+            **PASSED_THROUGH_HEADERS, "Content-Type": served_content_type(media_type, None, allowed)})
 
     async def _runtime_desired(self, request: web.Request, monitor: ServedPipeline, state: PipelineState,
                                method: str, path: str, target: str, query: str = "") -> web.Response:

@@ -72,11 +72,13 @@ class FollowReader(Protocol):
 
 @dataclass(frozen=True)
 class FollowLimits:
-    """Bounds of the live streams: open at once overall and per client address, and the events a
-    stream may hold for a client that has not read them yet."""
+    """Bounds of the live streams: open at once overall, per client address, per user and per namespace
+    (None: a quarter of ``streams``), and the events a stream may hold for a client that has not read them yet."""
     streams: int = 100
     streams_per_client: int = 4
     queue: int = 1000
+    streams_per_identity: int | None = None
+    streams_per_namespace: int | None = None
 
 
 class Subscriber:
@@ -133,7 +135,8 @@ class FollowHub:
         self._feeds: dict[str, _Feed] = {}
         self._recent: TTLCache[str, deque[MonitorEvent]] = TTLCache(maxsize=10_000, ttl=RECENT_SECONDS)
         self._slots = StreamSlots(self.limits.streams, self.limits.streams_per_client, "event streams",
-                                  "close one, or read the events without follow=true")
+                                  "close one, or read the events without follow=true",
+                                  self.limits.streams_per_identity, self.limits.streams_per_namespace)
         self._ending: set[asyncio.Task[Any]] = set()  # the streams open now: their handlers' tasks
         self.closing = False
 
@@ -199,23 +202,25 @@ class FollowHub:
                 feed.task.cancel()
 
     @contextlib.asynccontextmanager
-    async def _slot(self, client: str) -> AsyncIterator[None]:
-        """One of the bounded stream slots, overall and for the client's address; else 429 at once."""
+    async def _slot(self, client: str, identity: str, namespace: str) -> AsyncIterator[None]:
+        """One of the bounded stream slots, overall and for the client's address, user and namespace; else 429
+        at once."""
         if self.closing:
             raise ApiError(503, "ShuttingDown", "The operator is stopping; follow the events again in a few seconds",
                            retry_after=5)
-        with self._slots.slot(client):
+        with self._slots.slot(client, identity, namespace):
             yield
 
     # -- a stream ---------------------------------------------------------------------------------
 
-    async def stream(self, request: web.Request, key: PipelineKey, selector: str) -> web.StreamResponse:
-        """Serve one follow request (authorised already)."""
+    async def stream(self, request: web.Request, key: PipelineKey, selector: str,
+                     identity: str = "") -> web.StreamResponse:
+        """Serve one follow request (authorised already) of ``identity``."""
         sse = SSE in request.headers.get("Accept", "")
         after = _after(request, sse)
         client = request.remote or ""
         subscriber = Subscriber(self.limits.queue)
-        async with self._slot(client):
+        async with self._slot(client, identity, key.namespace):
             feed = await self._attach(key.uid, subscriber)
             try:
                 # Attached first, read second: whatever the feed delivers from now on is queued, and

@@ -3,23 +3,31 @@ through to the pipeline (``/stats``, ``/metrics``, ``/checkpoint``, ``/checkpoin
 ``/checkpoint/sync``, ``/checkpoint/sync_status``, ``/ingress/{table_name}``, ``/egress/{table_name}``,
 ``/query``).
 
-Each passed-through request is authorised as Feldera's RBAC classifies it (a read is ``get``, every
-other is ``patch``, the verb of the lifecycle actions), refused by the pure core's
+Each passed-through request is authorised as Feldera's RBAC classifies it (a read is ``get``, every other is
+``patch``, the verb of the lifecycle actions), refused by the pure core's
 :func:`~pipeline_operator.core.lifecycle.interaction_refusal` exactly as the actions are
-(``PipelineInteractionNotDeployed``, ``PipelineUnavailable``), then sent to the pipeline with the
-same path and query, Feldera's timeout for that route, and the pipeline's token. Nothing is held in
-memory: the client's body goes up as it arrives (``/ingress`` at most :data:`MAX_INGRESS_BYTES`,
-else 413 ``PayloadTooLarge``), the pipeline's answer comes down as it arrives, with its status and
-content type and nothing else of its headers. No answer is Feldera's ``PipelineInteractionUnreachable``
-(503, with the request and what went wrong in ``details``); a redirect, which is never followed,
-``PipelineInteractionInvalidResponse`` (500).
+(``PipelineInteractionNotDeployed``, ``PipelineUnavailable``), then sent to the pipeline with the same path,
+the query string exactly as the client sent it (never decoded and encoded again), Feldera's timeout for that
+route, and the pipeline's token. Nothing is held in memory: the client's body goes up as it arrives
+(``/ingress`` at most :data:`MAX_INGRESS_BYTES`, else 413 ``PayloadTooLarge``), the pipeline's answer comes
+down as it arrives, with its status and nothing else of its headers. No answer is Feldera's
+``PipelineInteractionUnreachable`` (503, with the request and what went wrong in ``details``); a redirect,
+which is never followed, ``PipelineInteractionInvalidResponse`` (500).
+
+A pipeline's answer is served from the API's origin, so it must not be able to script it: its content type is
+kept only when it is one that Feldera's pipeline answers on that route (:func:`served_content_type`), anything
+else (``text/html``, ``image/svg+xml``, ...) is served as ``application/octet-stream``, and every passed-through
+body comes with ``X-Content-Type-Options: nosniff`` and ``Content-Security-Policy: default-src 'none'; sandbox``
+(:data:`PASSED_THROUGH_HEADERS`).
 
 ``GET /v0/pipelines/{name}/logs`` streams the pipeline's log as Feldera's runner does (``text/plain``,
 the recent past first, then new lines while the pipeline runs, ``Logs have ended`` last) from the
 backend: the process's log file (local backend) or the pod's log through the Kubernetes API.
 
-The open-ended streams (logs, egress, ad-hoc queries) are bounded per client address and overall
-(429 ``TooManyStreams``) and end within a second when the API stops.
+The open-ended streams (logs, egress, ad-hoc queries) are bounded per client address, user, namespace and
+overall (429 ``TooManyStreams``) and end within a second when the API stops. Neither they nor uploads
+(``/ingress``, which have slots of their own, shared fairly: :data:`UPLOADS`) hold one of the API's request
+slots, so slow clients of a pipeline's data cannot take the slots every other call needs.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from ..core.lifecycle import PipelineState, interaction_refusal
 from ..models import ResourcesStatus
 from ..runtime_client import InvalidAnswer, PipelineUnreachable
 from .errors import ApiError
-from .slots import StreamSlots
+from .slots import FairSlots, StreamSlots, share
 
 if TYPE_CHECKING:
     from .server import ApiDeps, ApiServer, ServedPipeline
@@ -49,11 +57,33 @@ log = logging.getLogger(__name__)
 MAX_INGRESS_BYTES = 64 * 1024 * 1024  # one /ingress request's body (send more data in more requests)
 MAX_EGRESS_BODY = 64 * 1024  # an /egress request's body: a connector configuration
 STREAMS = 32  # open-ended streams (logs, egress, ad-hoc queries) open at once
-STREAMS_PER_CLIENT = 4  # ... from one client address
+STREAMS_PER_CLIENT = 4  # ... from one client address (and a quarter of them per user and per namespace)
+UPLOADS = 32  # uploads (/ingress) under way at once, a quarter of them per user and per namespace
 CLOSING_CHECK_SECONDS = 1.0  # how often a quiet stream looks whether the API is stopping
 LOGS_END = b"Logs have ended\n"  # the last line of Feldera's log stream
-LOG_HEADERS = {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff",
-               "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Whatever a pipeline answers is served with these: a browser neither guesses another type for the body (a
+# text/plain answer holding HTML stays text) nor lets it run anything, load anything or act as the API's origin.
+PASSED_THROUGH_HEADERS = {"X-Content-Type-Options": "nosniff",
+                          "Content-Security-Policy": "default-src 'none'; sandbox", "Cache-Control": "no-cache"}
+LOG_HEADERS = {**PASSED_THROUGH_HEADERS, "Content-Type": "text/plain; charset=utf-8", "X-Accel-Buffering": "no"}
+JSON = "application/json"
+# The error answers of every route: Feldera's ErrorResponse, or actix's own plain-text errors (a query
+# parameter it cannot parse).
+ERROR_TYPES = (JSON, "text/plain")
+OPAQUE = "application/octet-stream"  # what any other content type is served as
+
+
+def served_content_type(media_type: str, charset: str | None, allowed: tuple[str, ...]) -> str:
+    """The Content-Type the API serves a pipeline's answer with: its media type when ``allowed`` has it (with
+    ``charset=utf-8`` if the pipeline said so; no other parameter is kept), else ``application/octet-stream``.
+
+    Served, not refused: an API client (the SDK, curl) still gets the body as the pipeline sent it, while a
+    browser downloads it instead of rendering it, so a hostile pipeline's ``text/html`` cannot run a script
+    in the API's origin. Refusing would also refuse a newer pipeline's answer in a format added since."""
+    media_type = media_type.lower()
+    if media_type not in allowed:
+        return OPAQUE
+    return f"{media_type}; charset=utf-8" if (charset or "").lower() == "utf-8" else media_type
 
 
 @dataclass(frozen=True)
@@ -65,21 +95,25 @@ class Route:
     timeout: float | None        # seconds until the answer starts, and of every wait for more (None: none)
     max_body: int = 0            # bytes of the client's body passed on (0: none is)
     stream: bool = False         # an open-ended answer: counted against the stream limits
+    upload: bool = False         # a body as large as a pipeline takes: counted against the upload slots
     notify: bool = False         # the monitoring loop looks at the pipeline again at once (Feldera's notify)
+    answers: tuple[str, ...] = (JSON,)  # the content types Feldera's pipeline answers it with (besides errors)
 
 
 # Feldera's forward_http_request_to_pipeline_by_name (10 s, or 120 s for checkpoints) and
-# forward_streaming_http_request_to_pipeline_by_name (30 s for ingress; none for egress and queries).
+# forward_streaming_http_request_to_pipeline_by_name (30 s for ingress; none for egress and queries). What
+# Feldera's pipeline answers (crates/adapters/src/server.rs, adhoc.rs, transport/http/output.rs): JSON,
+# except the Prometheus text of /metrics and an ad-hoc query's text, JSON, Arrow IPC or Parquet results.
 ROUTES = (
     Route("GET", "stats", "get", 10.0),
-    Route("GET", "metrics", "get", 10.0),
+    Route("GET", "metrics", "get", 10.0, answers=("text/plain", JSON)),
     Route("POST", "checkpoint", "patch", 120.0, notify=True),
     Route("GET", "checkpoint_status", "get", 10.0, notify=True),
     Route("POST", "checkpoint/sync", "patch", 120.0),
     Route("GET", "checkpoint/sync_status", "get", 10.0),
-    Route("POST", "ingress/{table_name}", "patch", 30.0, max_body=MAX_INGRESS_BYTES),
+    Route("POST", "ingress/{table_name}", "patch", 30.0, max_body=MAX_INGRESS_BYTES, upload=True),
     Route("POST", "egress/{table_name}", "patch", None, max_body=MAX_EGRESS_BODY, stream=True),
-    Route("GET", "query", "patch", None, stream=True),
+    Route("GET", "query", "patch", None, stream=True, answers=("text/plain", JSON, OPAQUE)),
 )
 
 
@@ -135,11 +169,17 @@ class Interaction:
         self.deps = server.deps
         self.slots = StreamSlots(STREAMS, STREAMS_PER_CLIENT, "log, egress and query streams",
                                  "close one and try again")
+        self.uploads = FairSlots(UPLOADS, {"identity": share(UPLOADS, None), "namespace": share(UPLOADS, None)},
+                                 server.queue_timeout, "uploads to pipelines (/ingress)",
+                                 refused=lambda scope: server.metrics.busy.labels("uploads", scope).inc())
 
     def routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/v0/pipelines/{name}/logs", self.logs)
+        self.server.unpooled_routes.add("/v0/pipelines/{name}/logs")
         for route in ROUTES:
-            r.add_route(route.method, f"/v0/pipelines/{{name}}/{route.path}", self._handler(route))
+            path = f"/v0/pipelines/{{name}}/{route.path}"
+            r.add_route(route.method, path, self._handler(route))
+            (self.server.unpooled_routes if route.stream or route.upload else self.server.long_routes).add(path)
 
     # -- passed through ---------------------------------------------------------------------------
 
@@ -150,8 +190,12 @@ class Interaction:
                                                  f"pipeline: send GET /{route.path} as a plain HTTP request")
             monitor = await self.server.pipeline(request, route.verb)
             state = await self.server.actions.served_state(monitor)
+            identity, namespace = self.server.identity(request), monitor.key.namespace
             if route.stream:
-                with self.slots.slot(request.remote or ""):
+                with self.slots.slot(request.remote or "", identity, namespace):
+                    return await self._pass(request, route, monitor, state)
+            if route.upload:
+                async with self.uploads.slot({"identity": identity, "namespace": namespace}):
                     return await self._pass(request, route, monitor, state)
             return await self._pass(request, route, monitor, state)
         return handler
@@ -170,7 +214,8 @@ class Interaction:
                     return too_large(route.max_body, route.path)
                 headers["Content-Length"] = str(request.content_length)
             body = BoundedBody(request.content, route.max_body)
-        query = request.query_string
+        # As the client wrote it: decoded, ``%25`` would arrive as ``%`` and ``%23`` would end the query.
+        query = request.rel_url.raw_query_string
         described = f"{route.method} {path}" + (f"?{query[:200]}" if query else "")
         try:
             async with self.deps.runtime.exchange(endpoint, route.method, path, query, body=body, headers=headers,
@@ -178,9 +223,10 @@ class Interaction:
                                                   read_timeout=route.timeout) as answer:
                 if route.notify:
                     monitor.poke()  # Feldera's notify: the storage status is looked at again at once
-                response = web.StreamResponse(status=answer.status, headers={"Cache-Control": "no-cache"})
-                if answer.response.headers.get("Content-Type"):
-                    response.headers["Content-Type"] = answer.response.headers["Content-Type"]
+                allowed = route.answers + ERROR_TYPES if answer.status >= 400 else route.answers
+                response = web.StreamResponse(status=answer.status, headers={
+                    **PASSED_THROUGH_HEADERS, "Content-Type": served_content_type(
+                        answer.response.content_type, answer.response.charset, allowed)})
                 try:
                     await response.prepare(request)
                     ended = await self._copy(answer.chunks(), response)
@@ -212,7 +258,7 @@ class Interaction:
             raise ApiError(501, "NotServed", "This operator's backend does not serve pipeline logs")
         state = monitor.state
         follow = state is not None and state.deployment_resources_status is not ResourcesStatus.STOPPED
-        with self.slots.slot(request.remote or ""):
+        with self.slots.slot(request.remote or "", self.server.identity(request), monitor.key.namespace):
             async with contextlib.AsyncExitStack() as stack:
                 try:
                     chunks = await stack.enter_async_context(self.deps.logs(monitor.key, follow))

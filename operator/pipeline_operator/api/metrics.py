@@ -44,8 +44,12 @@ class Metrics:
                                 registry=self.registry)
         self.request_seconds = Histogram("pipeline_operator_api_request_seconds", "HTTP API request duration",
                                          ["route"], registry=self.registry)
-        self.in_flight = Gauge("pipeline_operator_api_requests_in_flight", "HTTP API requests being served "
-                               "(probes and metrics are not counted)", registry=self.registry)
+        self.in_flight = Gauge("pipeline_operator_api_requests_in_flight", "HTTP API requests holding one of the "
+                               "shared request slots (probes, metrics, streams and uploads hold none)",
+                               registry=self.registry)
+        self.busy = Counter("pipeline_operator_api_busy", "Requests refused with 503 ApiBusy: no slot within the "
+                            "wait bound, by pool (requests, uploads) and by the scope that had none (identity, "
+                            "namespace, long, all)", ["pool", "scope"], registry=self.registry)
         self.auth_in_flight = Gauge("pipeline_operator_api_auth_checks_in_flight", "TokenReviews and "
                                     "SubjectAccessReviews under way for the HTTP API", registry=self.registry)
         self.auth_refused = Counter("pipeline_operator_api_auth_refused", "Requests refused before a token "

@@ -16,7 +16,21 @@ The checks share the operator's Kubernetes thread pool with reconciliation, so t
 own bounded capacity (``auth_concurrency`` under way, as many waiting, then 503
 ``AuthenticationBusy``) and every client address its own rate of uncached token checks (429
 ``TooManyRequests``): unknown tokens cannot starve the monitoring loops. Probes and metrics are
-served outside the request limit, so a busy API never fails a liveness probe.
+served outside the request limit, so a busy API never fails a liveness probe. ``/metrics`` is served
+only to a bearer whom RBAC allows ``get`` on the non-resource URL ``/metrics`` (``--metrics-auth
+kubernetes``, the default; ``none`` serves it to anyone), and the event store's size it shows is
+counted in the background at most every ``store_count_seconds``, never by a scrape.
+
+Requests are served from slots shared fairly among tenants (:class:`.slots.FairSlots`), so that one
+user or one namespace cannot hang everyone's calls: an authenticated user has at most
+``max_per_identity`` requests under way (from the moment its token is known: a create whose body
+arrives slowly counts), an authorised request holds one of the ``max_concurrency`` slots, of which
+one namespace holds at most ``max_per_namespace`` and the requests that wait for a pipeline or for
+the monitoring loop (actions, writes, deletes, the passed-through requests) at most half, so reads
+always find room. A request waits for a slot at most ``queue_timeout`` seconds, then 503 ``ApiBusy``
+with ``Retry-After``. Open-ended streams (logs, egress, queries, followed events) and uploads to a
+pipeline (``/ingress``) hold no request slot: they have bounds of their own, per client address,
+identity and namespace.
 
 Every mutating request is written to the audit log (logger ``pipeline_operator.audit``), and the
 change it makes carries the requester in the annotation ``dataflow.dev/requested-by``.
@@ -29,6 +43,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import math
 import re
 import ssl
 import time
@@ -68,6 +83,7 @@ from ..store import StoreUnavailable
 from .errors import ApiError, bool_param, unknown_pipeline
 from .follow import FollowHub, FollowLimits
 from .metrics import Metrics, PipelineSample
+from .slots import UNBOUNDED, FairSlots, share
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("pipeline_operator.audit")
@@ -88,6 +104,9 @@ EVENTS_ROUTE = "/v0/pipelines/{name}/events"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # What a request that changes a Pipeline asks for, by method (CRUD) or by its last path segment (actions).
 CRUD_ACTIONS = {"POST": "create", "PUT": "create_or_replace", "PATCH": "update", "DELETE": "delete"}
+QUEUE_TIMEOUT_SECONDS = 10.0  # the longest a request waits for a slot before 503 ApiBusy
+STORE_COUNT_SECONDS = 30.0  # the event store's size (a count of its rows) is taken at most this often
+METRICS_PATH = "/metrics"
 # Errors of the Kubernetes client other than an API answer: the API server is away, not a bug here.
 KUBE_UNAVAILABLE: tuple[type[BaseException], ...] = (ApiException, urllib3.exceptions.HTTPError, ConnectionError,
                                                      TimeoutError)
@@ -185,6 +204,19 @@ NAMESPACE = web.RequestKey("namespace", str)
 PIPELINE = web.RequestKey("pipeline", str)
 
 
+@dataclass
+class _Held:
+    """The slots one request holds (released when it ends): its identity's from authentication on, one of the
+    shared slots from authorization on."""
+    stack: contextlib.AsyncExitStack[bool | None]
+    long: bool  # it waits for a pipeline or for the monitoring loop
+    identity: bool = False
+    shared: bool = False
+
+
+HELD = web.RequestKey("held", _Held)
+
+
 class RateLimiter:
     """A token bucket per client address: ``rate`` per second, bursts of ``burst``.
 
@@ -245,7 +277,9 @@ class ApiServer:
                  max_concurrency: int = 64, *, audience: str = "pipeline-operator", auth_concurrency: int = 8,
                  auth_rate: float = 10.0, tls_cert: Path | None = None, tls_key: Path | None = None,
                  review_timeout: float = REVIEW_TIMEOUT_SECONDS, ui_enabled: bool = True,
-                 follow_limits: FollowLimits | None = None) -> None:
+                 follow_limits: FollowLimits | None = None, max_per_identity: int | None = None,
+                 max_per_namespace: int | None = None, queue_timeout: float = QUEUE_TIMEOUT_SECONDS,
+                 metrics_auth: str = "kubernetes", store_count_seconds: float = STORE_COUNT_SECONDS) -> None:
         from .actions import Actions
         from .pipelines import Pipelines
         if (tls_cert is None) != (tls_key is None):
@@ -258,13 +292,30 @@ class ApiServer:
         self.review_timeout = review_timeout
         self.ui_enabled = ui_enabled  # off: /ui is not routed (404)
         self.metrics = deps.metrics
-        # Keyed by a digest of the token: a cache of 10 000 tokens of 16 KiB would be 160 MiB.
-        self._tokens: TTLCache[bytes, User] = TTLCache(maxsize=10_000, ttl=AUTH_CACHE_SECONDS)
-        self._rejected: TTLCache[bytes, str] = TTLCache(maxsize=10_000, ttl=REJECTED_CACHE_SECONDS)
+        # Keyed by the audience asked for and a digest of the token: a cache of 10 000 tokens of 16 KiB would
+        # be 160 MiB.
+        self._tokens: TTLCache[tuple[str, bytes], User] = TTLCache(maxsize=10_000, ttl=AUTH_CACHE_SECONDS)
+        self._rejected: TTLCache[tuple[str, bytes], str] = TTLCache(maxsize=10_000, ttl=REJECTED_CACHE_SECONDS)
         self._access: TTLCache[tuple[User, str, str, str], bool] = TTLCache(maxsize=50_000, ttl=AUTH_CACHE_SECONDS)
         # Concurrent requests with the same unknown token (an SDK's parallel calls) share one check.
         self._flights: dict[Any, asyncio.Task[Any]] = {}
-        self._limit = asyncio.Semaphore(max_concurrency)
+        self.queue_timeout = queue_timeout
+        self.metrics_auth = metrics_auth  # "kubernetes": /metrics needs a token allowed to get it; "none": open
+        self.store_count_seconds = store_count_seconds
+        self._store_count: asyncio.Task[None] | None = None  # the event store's count under way
+        self._store_counted_at = -math.inf
+        # Every request of one user (from authentication on), and the shared slots (from authorization on).
+        def refused(scope: str) -> None:
+            self.metrics.busy.labels("requests", scope).inc()
+        self._identities = FairSlots(UNBOUNDED, {"identity": share(max_concurrency, max_per_identity)},
+                                     queue_timeout, "requests", refused)
+        self._shared = FairSlots(max_concurrency, {"namespace": share(max_concurrency, max_per_namespace),
+                                                   "long": max(1, max_concurrency // 2)}, queue_timeout, "requests",
+                                 refused)
+        # Routes served outside the request slots (streams, uploads: bounded on their own) and routes whose
+        # requests wait for a pipeline (passed through); set by the routes' owners as they add them.
+        self.unpooled_routes: set[str] = set()
+        self.long_routes: set[str] = set()
         self._auth_limit = asyncio.Semaphore(auth_concurrency)
         self._auth_queue = auth_concurrency  # checks that may wait for a slot; beyond: 503
         self._auth_waiting = 0
@@ -327,6 +378,8 @@ class ApiServer:
         return context
 
     async def stop(self) -> None:
+        if self._store_count is not None:
+            self._store_count.cancel()
         await self.follow.close()  # open streams end first: the runner's cleanup would wait for them
         if self._runner is not None:
             await self._runner.cleanup()
@@ -337,16 +390,14 @@ class ApiServer:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         started = time.perf_counter()
         try:
-            if request.path in PROBES or (route == EVENTS_ROUTE and "follow" in request.query):
-                # Probes never wait for a request slot; event streams are long and have their own bounds.
+            if request.path in PROBES or route in self.unpooled_routes or (
+                    route == EVENTS_ROUTE and request.query.get("follow", "").lower() in ("true", "1")):
+                # Probes never wait for a request slot; streams and uploads are long and have their own bounds.
                 response = await handler(request)
             else:
-                async with self._limit:
-                    self.metrics.in_flight.inc()
-                    try:
-                        response = await handler(request)
-                    finally:
-                        self.metrics.in_flight.dec()
+                async with contextlib.AsyncExitStack() as stack:  # the slots it takes on its way, given back
+                    request[HELD] = _Held(stack, long=request.method in MUTATING or route in self.long_routes)
+                    response = await handler(request)
         except ApiError as exc:
             response = exc.response()
         except web.HTTPException as exc:
@@ -405,31 +456,64 @@ class ApiServer:
             return found
         if self.auth == "none":
             request[USER] = ANONYMOUS
+            await self._hold_identity(request)
             return ANONYMOUS
+        request[USER] = await self._bearer(request, self.audience, self._token_hint())
+        await self._hold_identity(request)
+        return request[USER]
+
+    async def _bearer(self, request: web.Request, audience: str, hint: str) -> User:
+        """The user of the request's bearer token, for ``audience`` (empty: the API server's own audiences):
+        from the cache, or a TokenReview (rate-limited per client address, bounded with the other checks).
+        401, saying how to ``hint`` at a valid token, without one."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer ") or len(header) > MAX_TOKEN_BYTES:
             raise ApiError(401, "Unauthorized", "A bearer token is required (Authorization: Bearer <token>); "
-                                                f"get one with {self._token_hint()}")
+                                                f"get one with {hint}")
         token = header[len("Bearer "):].strip()
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        user = self._tokens.get(digest)
-        if user is None:
-            why = self._rejected.get(digest)
-            if why is None:
-                flight = self._flights.get(("token", digest))
-                if flight is None:
-                    self._charge(request)  # only a check this request causes counts against its client
-                    flight = self._fly(("token", digest), self._check_token(token, digest))
-                user_or_why: User | str = await asyncio.shield(flight)
-                if isinstance(user_or_why, User):
-                    user = user_or_why
-                else:
-                    why = user_or_why
-            if user is None:
-                raise ApiError(401, "Unauthorized", f"The bearer token is not valid{why}: get one with "
-                                                    f"{self._token_hint()}")
-        request[USER] = user
-        return user
+        key = (audience, digest)
+        user = self._tokens.get(key)
+        if user is not None:
+            return user
+        why = self._rejected.get(key)
+        if why is None:
+            flight = self._flights.get(("token", key))
+            if flight is None:
+                self._charge(request)  # only a check this request causes counts against its client
+                flight = self._fly(("token", key), self._check_token(token, key))
+            user_or_why: User | str = await asyncio.shield(flight)
+            if isinstance(user_or_why, User):
+                return user_or_why
+            why = user_or_why
+        raise ApiError(401, "Unauthorized", f"The bearer token is not valid{why}: get one with {hint}")
+
+    def identity(self, request: web.Request) -> str:
+        """Whose request this is, for the fair shares: the authenticated user (without authentication, the
+        client's address)."""
+        user: User | None = request.get(USER)
+        if self.auth == "none" or user is None:
+            return f"{ANONYMOUS.username}@{request.remote or ''}"
+        return user.username
+
+    async def _hold_identity(self, request: web.Request) -> None:
+        """Take one of the user's slots for this request (once; not for probes, streams and uploads)."""
+        held = request.get(HELD)
+        if held is not None and not held.identity:
+            held.identity = True
+            await held.stack.enter_async_context(self._identities.slot({"identity": self.identity(request)}))
+
+    async def _hold_shared(self, request: web.Request, namespace: str) -> None:
+        """Take one of the shared slots for this authorised request (once), within its namespace's share and,
+        for a request that waits for a pipeline or the loop, the long-running requests' share."""
+        held = request.get(HELD)
+        if held is None or held.shared:
+            return
+        held.shared = True
+        keys = {"namespace": namespace, **({"long": ""} if held.long else {})}
+        await held.stack.enter_async_context(self._shared.slot(keys))
+        self.metrics.in_flight.inc()
+        held.stack.callback(self.metrics.in_flight.dec)
 
     async def authorize(self, request: web.Request, verb: str, namespace: str, name: str | None = None) -> None:
         """May the requester ``verb`` pipelines in ``namespace`` (the one called ``name``, if given,
@@ -437,19 +521,25 @@ class ApiServer:
         request[VERB], request[NAMESPACE] = verb, namespace
         user = await self.authenticate(request)
         if self.auth == "none":
+            await self._hold_shared(request, namespace)
             return
-        key = (user, verb, namespace, name or "")
+        if not await self._allowed(user, verb, namespace, name or ""):
+            what = f"pipeline '{name}'" if name else f"pipelines.{API_GROUP}"
+            raise ApiError(403, "Forbidden", f"User '{user.username}' may not {verb} {what} in namespace "
+                                             f"'{namespace}': ask an administrator for a Role that allows "
+                                             f"'{verb}' on pipelines.{API_GROUP} there")
+        await self._hold_shared(request, namespace)
+
+    async def _allowed(self, user: User, verb: str, namespace: str, name: str) -> bool:
+        """A SubjectAccessReview's answer (:meth:`_check_access`), cached; one check for concurrent requests."""
+        key = (user, verb, namespace, name)
         allowed = self._access.get(key)
         if allowed is None:
             flight = self._flights.get(("access", key))
             if flight is None:
                 flight = self._fly(("access", key), self._check_access(user, verb, namespace, name))
-            allowed = await asyncio.shield(flight)
-        if not allowed:
-            what = f"pipeline '{name}'" if name else f"pipelines.{API_GROUP}"
-            raise ApiError(403, "Forbidden", f"User '{user.username}' may not {verb} {what} in namespace "
-                                             f"'{namespace}': ask an administrator for a Role that allows "
-                                             f"'{verb}' on pipelines.{API_GROUP} there")
+            allowed = bool(await asyncio.shield(flight))
+        return allowed
 
     def requested_by(self, request: web.Request, action: str) -> str:
         """The value of the ``dataflow.dev/requested-by`` annotation for a change this request makes."""
@@ -505,11 +595,12 @@ class ApiServer:
             self.metrics.auth_in_flight.dec()
             self._auth_limit.release()
 
-    async def _check_token(self, token: str, digest: bytes) -> User | str:
+    async def _check_token(self, token: str, key: tuple[str, bytes]) -> User | str:
         """The user, or why the token was refused (cached briefly, unless the review itself failed)."""
+        audience = key[0]
         spec: dict[str, Any] = {"token": token}
-        if self.audience:
-            spec["audiences"] = [self.audience]
+        if audience:
+            spec["audiences"] = [audience]
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
         review = await self._review(self.deps.kube.auth.create_token_review, body, "AuthenticationUnavailable",
                                     "Cannot check the token now")
@@ -518,16 +609,16 @@ class ApiServer:
             if status is not None and status.error:
                 log.info("TokenReview refused a token: %s", str(status.error)[:300])
                 return ""  # an error of the authenticator may pass: not remembered
-            self._rejected[digest] = ""
+            self._rejected[key] = ""
             return ""
-        if self.audience and self.audience not in (status.audiences or []):
-            why = f" for the audience '{self.audience}'"
-            self._rejected[digest] = why
+        if audience and audience not in (status.audiences or []):
+            why = f" for the audience '{audience}'"
+            self._rejected[key] = why
             return why
         extra = tuple(sorted((str(k), tuple(str(v) for v in (vs or ())))
                              for k, vs in (status.user.extra or {}).items()))
         user = User(status.user.username or "", tuple(status.user.groups or ()), status.user.uid or "", extra)
-        self._tokens[digest] = user
+        self._tokens[key] = user
         return user
 
     async def _review(self, create: Any, body: dict[str, Any], error_code: str, cannot: str) -> Any:
@@ -543,11 +634,16 @@ class ApiServer:
                                                 "try again") from exc
 
     async def _check_access(self, user: User, verb: str, namespace: str, name: str | None) -> bool:
-        attributes = {"group": API_GROUP, "resource": PLURAL, "verb": verb, "namespace": namespace}
-        if name:
-            attributes["name"] = name
-        spec: dict[str, Any] = {"user": user.username, "groups": list(user.groups), "uid": user.uid,
-                                "resourceAttributes": attributes}
+        """Whether ``user`` may ``verb`` pipelines in ``namespace`` (the one called ``name``), or, with an empty
+        ``namespace``, the non-resource URL ``name`` (``/metrics``)."""
+        spec: dict[str, Any] = {"user": user.username, "groups": list(user.groups), "uid": user.uid}
+        if namespace:
+            attributes = {"group": API_GROUP, "resource": PLURAL, "verb": verb, "namespace": namespace}
+            if name:
+                attributes["name"] = name
+            spec["resourceAttributes"] = attributes
+        else:
+            spec["nonResourceAttributes"] = {"path": name, "verb": verb}
         if user.extra:
             spec["extra"] = {k: list(v) for k, v in user.extra}
         body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
@@ -589,6 +685,19 @@ class ApiServer:
         return web.json_response({"status": "ready"})
 
     async def metrics_page(self, request: web.Request) -> web.Response:
+        """``/metrics``. With ``metrics_auth`` "kubernetes" (the default), as controller-runtime's secure metrics
+        serving and kube-rbac-proxy do: a bearer token checked by a TokenReview (for the API server's own
+        audiences: a scraper sends its service account's token), then a SubjectAccessReview that the user may
+        ``get`` the non-resource URL ``/metrics``, both cached and bounded as the API's own checks are; 401 or
+        403 otherwise, so the series (which name namespaces) are not anyone's to read."""
+        if self.metrics_auth == "kubernetes":
+            user = await self._bearer(request, "", "the scraper's service account token (a ServiceMonitor's "
+                                                   "bearerTokenFile or authorization)")
+            if not await self._allowed(user, "get", "", METRICS_PATH):
+                raise ApiError(403, "Forbidden", f"User '{user.username}' may not get {METRICS_PATH}: bind it a "
+                                                 "ClusterRole that allows get on the non-resource URL "
+                                                 f"{METRICS_PATH} (deploy/monitoring's pipeline-operator-metrics-"
+                                                 "reader, the chart's pipeline-operator-metrics-reader-NAMESPACE)")
         counts: dict[str, int] = {}
         samples: list[PipelineSample] = []
         for monitor in self.deps.pipelines.all():
@@ -602,12 +711,29 @@ class ApiServer:
         self.metrics.sample_pipelines(samples)
         for status in ("Stopped", "Provisioning", "Provisioned", "Stopping"):
             self.metrics.pipelines.labels(status).set(counts.get(status, 0))
+        self._count_store()
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _count_store(self) -> None:
+        """Count the event store's events in the background, at most once every ``store_count_seconds`` and one
+        count at a time: a scrape never waits for it (it shows the last count), and scrapes, however many,
+        cost the store one count per period."""
+        now = time.monotonic()
+        if self._store_count is not None or now - self._store_counted_at < self.store_count_seconds:
+            return
+        self._store_counted_at = now
+        self._store_count = asyncio.ensure_future(self._counted())
+
+    async def _counted(self) -> None:
         try:  # the metrics of a store that cannot be read now are what /metrics is for: still served
             self.metrics.store_events.set(await asyncio.to_thread(self.deps.events.count))
         except StoreUnavailable as exc:
             log.debug("/metrics: the event store's size is not known now: %s", exc)
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        except Exception:  # noqa: BLE001 - a failed count is logged; the next scrape counts again
+            log.exception("/metrics: counting the event store's events failed")
+        finally:
+            self._store_count = None
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi.document())
@@ -623,7 +749,7 @@ class ApiServer:
         monitor = await self.pipeline(request, "get")
         selector = _selector(request)
         if bool_param(request.query, "follow", False):
-            return await self.follow.stream(request, monitor.key, selector.value)
+            return await self.follow.stream(request, monitor.key, selector.value, self.identity(request))
         body = await asyncio.to_thread(self.deps.events.list_json, monitor.key.uid, selector.value)
         return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-cache"})
 
