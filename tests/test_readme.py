@@ -333,6 +333,7 @@ def test_readme_feldera_configurations_are_accepted_with_feldera_defaults(crd_in
     assert stored["programConfig"] == configs["programConfig"] | {"cache": True}
 
 
+@pytest.mark.apiserver
 def test_invalid_spec_is_rejected_with_the_readme_message(crd_installed, namespace):
     """The README's Pipeline with the invalid value the README's error names: kubectl prints the README's text."""
     message = readme_item('plain: The Pipeline "orders" is invalid:').text
