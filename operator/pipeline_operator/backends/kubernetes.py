@@ -499,7 +499,7 @@ def owned_digest(kind: str, obj: Mapping[str, Any]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-_MAPS = ("labels", "data", "binaryData", "selector")  # maps named as a whole, not by their keys
+_MAPS = ("labels", "data", "binaryData", "selector", "matchLabels")  # maps named as a whole, not by their keys
 
 
 def _differences(a: Any, b: Any, path: str = "", depth: int = 4) -> list[str]:
