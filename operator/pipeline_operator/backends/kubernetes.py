@@ -67,6 +67,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -493,10 +494,10 @@ def owned_part(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
     return part
 
 
-def owned_digest(kind: str, obj: Mapping[str, Any]) -> str:
-    """A digest of :func:`owned_part` (what the caches keep instead of the fields themselves)."""
+def owned_digest(kind: str, obj: Mapping[str, Any]) -> int:
+    """A digest of :func:`owned_part` (what the caches keep instead of the fields themselves): 64 bits."""
     text = json.dumps(owned_part(kind, obj), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
 _MAPS = ("labels", "data", "binaryData", "selector", "matchLabels")  # maps named as a whole, not by their keys
@@ -517,11 +518,12 @@ def _differences(a: Any, b: Any, path: str = "", depth: int = 4) -> list[str]:
 
 # What the caches keep of each child: the fields the backend reads and the digest of the owned part, nothing
 # else (client-go's transform). A StatefulSet's pod template, a ConfigMap's program, a Secret's token, a pod's
-# spec, annotations and managedFields are most of what the API server sends, and none of it is kept. Of the
-# labels, only the two the backend reads; of the owner references, who controls the object.
+# spec, labels, annotations, owner references and managedFields are most of what the API server sends, and
+# none of it is kept: of the labels and owner references, only whose the object says it is (see cached()).
 _METADATA: dict[str, Shape] = {"name": True, "namespace": SHARED, "uid": True, "resourceVersion": True,
-                    "deletionTimestamp": True, "labels": {UID_LABEL: SHARED, RETAINED_LABEL: SHARED},
-                    "ownerReferences": {"uid": SHARED, "kind": SHARED, "controller": True}}
+                               "deletionTimestamp": True}
+PIPELINE_KEY, CONTROLLER_KEY = "pipeline", "controller"  # in a cached child: its uid label, its controller's uid
+RETAINED_KEY, OWNERS_KEY = "retained", "owners"  # in a cached claim: its RETAINED_LABEL, its owner references' number
 _CONDITIONS: Shape = {"type": SHARED, "status": SHARED, "reason": SHARED, "message": True}
 CACHED_FIELDS: dict[str, Mapping[str, Shape]] = {
     "statefulset": {"metadata": _METADATA, "status": {"readyReplicas": True}},
@@ -529,8 +531,7 @@ CACHED_FIELDS: dict[str, Mapping[str, Shape]] = {
     "configmap": {"metadata": _METADATA},
     "secret": {"metadata": _METADATA},
     "networkpolicy": {"metadata": _METADATA},
-    # A released claim is patched with its owner references less the Pipeline's: they are kept whole.
-    "pvc": {"metadata": {**_METADATA, "creationTimestamp": True, "ownerReferences": SHARED},
+    "pvc": {"metadata": {**_METADATA, "creationTimestamp": True},
             "status": {"phase": SHARED, "conditions": _CONDITIONS}},
     # pod_problem(): the kubelet's and scheduler's words, and the container's image and memory limit;
     # endpoint(): where the pod answers, and whether it is on the host's network.
@@ -544,11 +545,46 @@ CACHED_FIELDS: dict[str, Mapping[str, Shape]] = {
 
 
 def cached(kind: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The transform of the cache of ``kind``: :data:`CACHED_FIELDS`, and the owned part's digest."""
+    """The transform of the cache of ``kind``: :data:`CACHED_FIELDS`; whose the object says it is (its
+    :data:`UID_LABEL` and its controller's uid, interned: a pipeline's children share one string); and the owned
+    part's digest. A claim also keeps its :data:`RETAINED_LABEL` and how many owner references it has."""
     shape = CACHED_FIELDS[kind]
-    if kind not in OWNED_FIELDS:
-        return lambda obj: project(obj, shape)
-    return lambda obj: {**project(obj, shape), OWNED_KEY: owned_digest(kind, obj)}
+
+    def transform(obj: dict[str, Any]) -> dict[str, Any]:
+        kept: dict[str, Any] = project(obj, shape)
+        meta = obj.get("metadata") or {}
+        pipeline, controller = _pipeline_of(obj), _controller_of(obj)
+        if pipeline is not None:
+            kept[PIPELINE_KEY] = sys.intern(pipeline)
+        if controller is not None:
+            kept[CONTROLLER_KEY] = sys.intern(controller)
+        if kind == "pvc":
+            retained = (meta.get("labels") or {}).get(RETAINED_LABEL)
+            if retained is not None:
+                kept[RETAINED_KEY] = sys.intern(str(retained))
+            kept[OWNERS_KEY] = len(meta.get("ownerReferences") or [])
+        if kind in OWNED_FIELDS:
+            kept[OWNED_KEY] = owned_digest(kind, obj)
+        return kept
+    return transform
+
+
+def _pipeline_of(obj: Mapping[str, Any]) -> str | None:
+    """The :data:`UID_LABEL` of a child, from the API server's object or the cache's."""
+    if PIPELINE_KEY in obj:
+        return str(obj[PIPELINE_KEY])
+    value = ((obj.get("metadata") or {}).get("labels") or {}).get(UID_LABEL)
+    return str(value) if value is not None else None
+
+
+def _controller_of(obj: Mapping[str, Any]) -> str | None:
+    """The uid its controller reference names, from the API server's object or the cache's."""
+    if CONTROLLER_KEY in obj:
+        return str(obj[CONTROLLER_KEY])
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("uid"):
+            return str(ref["uid"])
+    return None
 
 
 @dataclasses.dataclass(slots=True)
@@ -556,7 +592,7 @@ class _Owned:
     """What the operator wrote for one pipeline's compute, to put it back: the owned part's digest of each
     child, and what rebuilds them. Made by provisioning; after an operator restart, from the Pipeline alone
     (``deployment`` None: only the Service and the claim's labels)."""
-    digests: dict[str, str]
+    digests: dict[str, int]
     claim: str
     deployment: DeploymentSpec | None = None
     program: str = ""  # program.json as written
@@ -652,7 +688,7 @@ class KubernetesBackend:
                               f"operator's view of the pipelines' {WATCHED[kind][1]} may be stale ({problem.message})")
 
     def _child_changed(self, kind: str, obj: dict[str, Any]) -> None:
-        uid = ((obj.get("metadata") or {}).get("labels") or {}).get(UID_LABEL)
+        uid = _pipeline_of(obj)
         if uid and self.on_child_change is not None:
             self.on_child_change(uid)
 
@@ -769,10 +805,7 @@ class KubernetesBackend:
     @staticmethod
     def _ours(obj: dict[str, Any] | None, key: PipelineKey) -> bool:
         """Labelled with the Pipeline's uid AND controlled by it (a label alone proves nothing)."""
-        meta = (obj or {}).get("metadata") or {}
-        if (meta.get("labels") or {}).get(UID_LABEL) != key.uid:
-            return False
-        return any(ref.get("controller") and ref.get("uid") == key.uid for ref in meta.get("ownerReferences") or [])
+        return obj is not None and _pipeline_of(obj) == key.uid and _controller_of(obj) == key.uid
 
     async def _remember_token(self, key: PipelineKey, secret: dict[str, Any] | None = None) -> bool:
         """Learn the pipeline's control token from its Secret (read it unless given); whether it was."""
@@ -799,7 +832,7 @@ class KubernetesBackend:
         if claim is not None:
             return claim
         for candidate in self._informers["pvc"].list(key.namespace):
-            if ((candidate.get("metadata") or {}).get("labels") or {}).get(UID_LABEL) == key.uid:
+            if _pipeline_of(candidate) == key.uid:
                 return candidate
         return None
 
@@ -812,8 +845,7 @@ class KubernetesBackend:
         if several were (a name re-created and deleted more than once with Retain)."""
         value = retained_from(key.name)
         found = [c for c in self._informers["pvc"].list(key.namespace)
-                 if ((c.get("metadata") or {}).get("labels") or {}).get(RETAINED_LABEL) == value
-                 and not (c.get("metadata") or {}).get("ownerReferences") and not _deleting(c)]
+                 if c.get(RETAINED_KEY) == value and not c.get(OWNERS_KEY) and not _deleting(c)]
         return max(found, key=lambda c: c["metadata"].get("creationTimestamp") or "", default=None)
 
     async def _adopt_retained(self, key: PipelineKey) -> str | None:
@@ -840,6 +872,10 @@ class KubernetesBackend:
         The other labels stay, so the claim stays in the operator's cache, where the next Pipeline looks."""
         await self._cached(key.namespace, "pvc")
         claim = self._claim(key)
+        if claim is None or not self._ours(claim, key) or _deleting(claim):
+            return
+        # Read: the cache keeps no owner references, and those of others stay.
+        claim = await self._read("pvc", key.namespace, claim["metadata"]["name"])
         if claim is None or not self._ours(claim, key) or _deleting(claim):
             return
         meta = claim["metadata"]
@@ -935,7 +971,7 @@ class KubernetesBackend:
         claim_name = claim["metadata"]["name"] if claim is not None else await self._adopt_retained(key)
         objects = build_objects(key, spec, artifact, initial, self.options, bootstrap_policy, claim_name)
         objects["secret"] = token_secret(key, self._tokens.get(key.uid))
-        digests: dict[str, str] = {}
+        digests: dict[str, int] = {}
         # Storage first (it outlives compute), then the token, the program, the Service, the
         # NetworkPolicy (before the pod can serve) and the StatefulSet.
         for kind in ("pvc", "secret", "configmap", "service", "networkpolicy", "statefulset"):
@@ -968,7 +1004,7 @@ class KubernetesBackend:
                 if key.uid not in self._tokens and not await self._remember_token(key, existing):
                     return
                 # The token is the Secret's (adopted, or made now): what is put back is that Secret.
-                digests[kind] = str(existing.get(OWNED_KEY) or owned_digest(kind, existing))
+                digests[kind] = existing[OWNED_KEY] if OWNED_KEY in existing else owned_digest(kind, existing)
             else:
                 digests[kind] = owned_digest(kind, body)
         self._owned[key.uid] = _Owned(digests=digests, claim=claim_name or f"{child_name(key)}-storage",
@@ -1053,7 +1089,7 @@ class KubernetesBackend:
         objects["configmap"]["data"]["program.json"] = owned.program
         return objects.get(kind)
 
-    async def _put_back(self, key: PipelineKey, kind: str, name: str, owned: _Owned, expected: str) -> None:
+    async def _put_back(self, key: PipelineKey, kind: str, name: str, owned: _Owned, expected: int) -> None:
         ns = key.namespace
         body = self._rebuild(key, kind, owned)
         if body is None:
@@ -1127,12 +1163,7 @@ class KubernetesBackend:
         sts, pod = self._cache("statefulset", key.namespace, name), self._cache("pod", key.namespace, f"{name}-0")
         if sts is None or pod is None or not self._ours(sts, key):
             return None
-        meta = pod.get("metadata") or {}
-        if (meta.get("labels") or {}).get(UID_LABEL) != key.uid:
-            return None
-        controller = [r for r in meta.get("ownerReferences") or [] if r.get("controller")]
-        if len(controller) != 1 or controller[0].get("kind") != "StatefulSet" \
-                or controller[0].get("uid") != sts["metadata"].get("uid"):
+        if _pipeline_of(pod) != key.uid or _controller_of(pod) != sts["metadata"].get("uid"):
             return None
         return pod
 
