@@ -329,6 +329,21 @@ def test_a_pipeline_on_the_api_server_is_reached_at_its_pods_ip(stand, running):
     assert stand.pipelines.status("target")["deploymentStatus"] == "Running"
 
 
+def with_backend(stand: Stand, fn: Any) -> Any:
+    """``fn(backend)`` on a backend of the operator's own credentials (not started), closed afterwards."""
+    async def main() -> Any:
+        configuration = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(str(stand.op.kubeconfig), client_configuration=configuration)
+        kube = Kube(configuration)
+        backend = KubernetesBackend(kube, KubernetesOptions(default_image="x"), [stand.namespace])
+        try:
+            return await fn(backend)
+        finally:
+            await backend.close()
+            await kube.close()
+    return asyncio.run(main())
+
+
 # -- fencing ----------------------------------------------------------------------------------------------------
 
 
@@ -345,38 +360,22 @@ def test_a_delete_with_a_stale_uid_is_refused_by_the_api_server(stand, running):
     new_uid = stand.get("configmap", name)["metadata"]["uid"]
     assert new_uid != old_uid
 
-    async def go() -> tuple[bool, bool]:
-        configuration = kubernetes.client.Configuration()
-        kubernetes.config.load_kube_config(str(stand.op.kubeconfig), client_configuration=configuration)
-        kube = Kube(configuration)
-        backend = KubernetesBackend(kube, KubernetesOptions(default_image="x"), [stand.namespace])
-        try:
-            stale = await backend._delete("configmap", stand.namespace, name, old_uid)
-            current = await backend._delete("configmap", stand.namespace, name, new_uid)
-            return stale, current
-        finally:
-            await backend.close()
-            await kube.close()
-    stale, current = asyncio.run(go())
+    async def go(backend: KubernetesBackend) -> tuple[bool, bool]:
+        stale = await backend._delete("configmap", stand.namespace, name, old_uid)
+        current = await backend._delete("configmap", stand.namespace, name, new_uid)
+        return stale, current
+    stale, current = with_backend(stand, go)
     assert stale is False and current is True
     assert stand.get("configmap", name) is None or stand.get("configmap", name)["metadata"]["uid"] == new_uid
 
 
 def test_the_caches_keep_a_digest_of_the_owned_part_not_the_spec_nor_the_token(stand, running):
-    async def go() -> dict[str, Any]:
-        configuration = kubernetes.client.Configuration()
-        kubernetes.config.load_kube_config(str(stand.op.kubeconfig), client_configuration=configuration)
-        kube = Kube(configuration)
-        backend = KubernetesBackend(kube, KubernetesOptions(default_image="x"), [stand.namespace])
-        try:
-            await backend.start()
-            return {kind: backend._cache(kind, stand.namespace, token_secret_name(running) if kind == "secret"
-                                         else child_name(running))
-                    for kind in ("statefulset", "configmap", "secret", "networkpolicy", "service")}
-        finally:
-            await backend.close()
-            await kube.close()
-    cached = asyncio.run(go())
+    async def go(backend: KubernetesBackend) -> dict[str, Any]:
+        await backend.start()
+        return {kind: backend._cache(kind, stand.namespace, token_secret_name(running) if kind == "secret"
+                                     else child_name(running))
+                for kind in ("statefulset", "configmap", "secret", "networkpolicy", "service")}
+    cached = with_backend(stand, go)
     token = _token(stand, running)
     for kind, obj in cached.items():
         assert obj is not None and 0 <= obj[OWNED_KEY] < 2**64, kind

@@ -730,21 +730,29 @@ class KubernetesBackend:
                 raise Forbidden(f"the operator may not get {resource} in {namespace}") from exc
             raise
 
-    async def _create(self, kind: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """The created object; None if one of that name exists already (the caller checks that it is ours)."""
-        create, resource = self._method("create", kind)
-        namespace = body["metadata"]["namespace"]
-        self._calls["creates"] += 1
+    async def _write(self, verb: str, kind: str, body: dict[str, Any], gone: tuple[int, ...]) -> dict[str, Any] | None:
+        """``<verb>_namespaced_<kind>`` of ``body``: the object the API server answers, or None for a status in
+        ``gone``; :class:`Forbidden` (403), :class:`Invalid` (422)."""
+        call, resource = self._method(verb, kind)
+        meta = body["metadata"]
+        namespace = meta["namespace"]
+        args = (namespace, body) if verb == "create" else (meta["name"], namespace, body)
+        self._calls[f"{verb}s"] += 1
         try:
-            return self._json(await self.kube.call(create, namespace, body, field_manager=self.kube.field_manager))
+            return self._json(await self.kube.call(call, *args, field_manager=self.kube.field_manager))
         except ApiException as exc:
-            if exc.status == 409:
+            if exc.status in gone:
                 return None
             if exc.status == 403:
-                raise Forbidden(f"the operator may not create {resource} in {namespace}") from exc
+                raise Forbidden(f"the operator may not {'update' if verb == 'replace' else verb} {resource} "
+                                f"in {namespace}") from exc
             if exc.status == 422:
                 raise Invalid(_reason(exc)) from exc
             raise
+
+    async def _create(self, kind: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The created object; None if one of that name exists already (the caller checks that it is ours)."""
+        return await self._write("create", kind, body, gone=(409,))
 
     async def _delete(self, kind: str, namespace: str, name: str, uid: str) -> bool:
         """Delete ``name`` if it is still the object ``uid`` (the one the operator verified as its own): the
@@ -772,20 +780,7 @@ class KubernetesBackend:
         """A PUT of ``body`` (guarded by its ``resourceVersion``); the object after it, or None when it is gone or
         changed meanwhile (the next pass looks again). :class:`Invalid` if the API server refuses it (422: an
         immutable field)."""
-        replace, resource = self._method("replace", kind)
-        meta = body["metadata"]
-        self._calls["replaces"] += 1
-        try:
-            return self._json(await self.kube.call(replace, meta["name"], meta["namespace"], body,
-                                                   field_manager=self.kube.field_manager))
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                return None
-            if exc.status == 403:
-                raise Forbidden(f"the operator may not update {resource} in {meta['namespace']}") from exc
-            if exc.status == 422:
-                raise Invalid(_reason(exc)) from exc
-            raise
+        return await self._write("replace", kind, body, gone=(404, 409))
 
     async def _patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """A JSON merge patch (guarded by the ``resourceVersion`` the body names, if any); the object after
