@@ -38,7 +38,7 @@ from pipeline_operator.models import BootstrapPolicy, PipelineSpec, RuntimeDesir
 from .fake_kubelet import FakeKubelet, allocate_pod_ip, release_pod_ip
 from .operator_harness import OperatorProcess, Pipelines, wait_for
 from .test_api import http_json
-from .test_kubernetes_backend import RBAC, key_of, operator_kubeconfig
+from .test_kubernetes_backend import RBAC, in_process, key_of, operator_kubeconfig  # noqa: F401
 from .test_operator_lifecycle import FAST_PIPELINE, SQL
 
 pytestmark = pytest.mark.apiserver
@@ -399,3 +399,29 @@ def test_provisioning_remembers_what_it_wrote(tmp_path):
         assert owned_digest(kind, backend._rebuild(key, kind, owned)) == owned_digest(kind, objects[kind]), kind
     asyncio.run(backend.close())
     asyncio.run(kube.close())
+
+
+def test_a_child_someone_else_made_by_that_name_is_left_alone_and_not_read_on_every_pass(
+        in_process, pipelines, cluster, namespace):  # noqa: F811
+    backend = in_process()
+    key = key_of(pipelines.create("crowded", running_spec()))
+    name = child_name(key)
+    spec = PipelineSpec.model_validate(running_spec())
+
+    async def go(b: KubernetesBackend) -> tuple[int, int, int]:
+        await b.provision(key, spec, {"sql": SQL}, RuntimeDesiredStatus.RUNNING, BootstrapPolicy.AWAIT_APPROVAL)
+        # The pipeline's Service deleted, and one of the same name made by someone else (not labelled as ours).
+        await asyncio.to_thread(cluster.kubectl, "delete", "service", name, "-n", namespace)
+        await asyncio.to_thread(cluster.apply, {"apiVersion": "v1", "kind": "Service", "metadata": {
+            "name": name, "namespace": namespace}, "spec": {"ports": [{"port": 80}], "selector": {"app": "other"}}})
+        for _ in range(600):  # the watch delivers the deletion (and nothing of the other: not labelled)
+            if b._cache("service", namespace, name) is None:
+                break
+            await asyncio.sleep(0.05)
+        before = b.stats()["reads"]
+        for _ in range(10):
+            await b.observe_compute(key)
+        return before, b.stats()["reads"], b.stats()["restored"]
+    before, after, restored = backend.run(go)
+    assert after - before == 1 and restored == 0  # read once, found someone else's, left alone
+    assert backend.get("service", name)["spec"]["selector"] == {"app": "other"}

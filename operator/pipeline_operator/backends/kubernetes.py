@@ -1097,6 +1097,7 @@ class KubernetesBackend:
             try:
                 created = await self._create(kind, body)
             except Invalid as exc:
+                owned.digests.pop(kind, None)  # not tried on every pass
                 log.warning("%s: %s was deleted and cannot be created again: %s", key, what, exc)
                 return
             if created is None:
@@ -1104,7 +1105,12 @@ class KubernetesBackend:
             self._informers[kind].remember(created)
             self._restored(key, f"{what} was deleted; created again")
             return
-        if not self._ours(fresh, key) or _deleting(fresh):
+        if _deleting(fresh):
+            return
+        if not self._ours(fresh, key):  # someone else's by that name (never touched): not read on every pass
+            owned.digests.pop(kind, None)
+            log.warning("%s: %s is not the pipeline's (no controller reference to it, or no %s label); it is left "
+                        "as it is and not put back", key, what, UID_LABEL)
             return
         changed = _differences(owned_part(kind, fresh), owned_part(kind, body))
         result: dict[str, Any] | None = fresh
