@@ -22,6 +22,7 @@ from typing import Any
 import kubernetes
 import pytest
 
+from pipeline_operator.backends import LogsUnavailable
 from pipeline_operator.backends.kubernetes import (
     OWNED_KEY,
     KubernetesBackend,
@@ -425,3 +426,33 @@ def test_a_child_someone_else_made_by_that_name_is_left_alone_and_not_read_on_ev
     before, after, restored = backend.run(go)
     assert after - before == 1 and restored == 0  # read once, found someone else's, left alone
     assert backend.get("service", name)["spec"]["selector"] == {"app": "other"}
+
+
+def test_the_log_of_a_pod_the_pipelines_statefulset_does_not_control_is_not_read(
+        in_process, pipelines, cluster, namespace):  # noqa: F811
+    backend = in_process()
+    key = key_of(pipelines.create("impostor", running_spec()))
+    name = child_name(key)
+    spec = PipelineSpec.model_validate(running_spec())
+
+    async def go(b: KubernetesBackend) -> tuple[list[bytes], str]:
+        await b.provision(key, spec, {"sql": SQL}, RuntimeDesiredStatus.RUNNING, BootstrapPolicy.AWAIT_APPROVAL)
+        async with b.logs(key, follow=False) as chunks:  # no pod yet: an empty log
+            empty = [chunk async for chunk in chunks]
+        # A pod by the name the StatefulSet's pod would have, labelled as the pipeline's, made by someone else.
+        await asyncio.to_thread(cluster.apply, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": f"{name}-0", "namespace": namespace, "labels": labels(key)},
+            "spec": {"containers": [{"name": "pipeline", "image": "registry.example/other:1"}]}})
+        for _ in range(600):
+            if b._cache("pod", namespace, f"{name}-0") is not None:
+                break
+            await asyncio.sleep(0.05)
+        try:
+            async with b.logs(key, follow=False) as chunks:
+                return empty, f"read: {[chunk async for chunk in chunks]}"
+        except LogsUnavailable as exc:
+            return empty, str(exc)
+    empty, refused = backend.run(go)
+    assert empty == []
+    assert refused == (f"pod {namespace}/{name}-0 is not the one the pipeline's StatefulSet controls; the operator "
+                       "does not read its log")
