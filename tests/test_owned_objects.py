@@ -255,10 +255,10 @@ def test_an_untouched_pipeline_is_never_put_back(stand):
 # -- the endpoint: only the operator's own pod, at its own IP ----------------------------------------------------
 
 
-def _planted(tmp_path: Path) -> tuple[KubernetesBackend, Kube]:
+def _planted(tmp_path: Path, **options: Any) -> tuple[KubernetesBackend, Kube]:
     """A backend whose caches the test fills (nothing is listed: no API server is asked)."""
     kube = Kube(kubernetes.client.Configuration(host="http://127.0.0.1:9"))
-    return KubernetesBackend(kube, KubernetesOptions(default_image="x"), ["ns"]), kube
+    return KubernetesBackend(kube, KubernetesOptions(default_image="x", **options), ["ns"]), kube
 
 
 def _children(key: PipelineKey, ip: str, **pod_changes: Any) -> tuple[dict, dict]:
@@ -387,16 +387,15 @@ def test_the_caches_keep_a_digest_of_the_owned_part_not_the_spec_nor_the_token(s
 
 def test_provisioning_remembers_what_it_wrote(tmp_path):
     """What a put-back rebuilds is what provisioning wrote, from what it remembers (not the current spec)."""
-    backend, kube = _planted(tmp_path)
+    backend, kube = _planted(tmp_path, network_policies=True, operator_pod_labels={"app": "operator"})
     key = PipelineKey("ns", "a", "0123456789abcdef")
     spec = PipelineSpec.model_validate({"program": {"sql": SQL}, "deployment": TRICKY})
     from pipeline_operator.backends.kubernetes import _Owned, build_objects, owned_digest
     objects = build_objects(key, spec, {"sql": SQL}, RuntimeDesiredStatus.PAUSED, backend.options,
                             BootstrapPolicy.ALLOW)
-    owned = _Owned(digests={}, claim=f"{child_name(key)}-storage", deployment=spec.deployment,
-                   program=objects["configmap"]["data"]["program.json"], initial=RuntimeDesiredStatus.PAUSED,
-                   policy=BootstrapPolicy.ALLOW)
-    for kind in ("statefulset", "configmap", "service"):
+    owned = _Owned.of({}, f"{child_name(key)}-storage", spec.deployment, objects["configmap"]["data"]["program.json"],
+                      RuntimeDesiredStatus.PAUSED, BootstrapPolicy.ALLOW)
+    for kind in ("statefulset", "configmap", "networkpolicy", "service"):
         assert owned_digest(kind, backend._rebuild(key, kind, owned)) == owned_digest(kind, objects[kind]), kind
     asyncio.run(backend.close())
     asyncio.run(kube.close())

@@ -39,7 +39,7 @@ spec lets in (``spec.deployment.allowIngressFrom``), and is put back like every 
 a digest of the part of each child the operator sets (:data:`OWNED_FIELDS`: labels, a Service's type,
 selector and ports, a StatefulSet's replicas and pod template, a ConfigMap's data, a Secret's type and
 data, a NetworkPolicy's spec, a claim's labels) and what rebuilds it (the spec's ``deployment``, the
-program as written, the start parameters). Each cache keeps that digest of its objects (computed in the
+program as written, the start parameters, compressed). Each cache keeps that digest of its objects (computed in the
 watch's thread), not their specs; a child whose digest differs is written back (read, then replaced,
 guarded by its resourceVersion) and the put-back is a Kubernetes Event ``ChildRestored`` on the
 Pipeline naming the fields; a child deleted while the compute runs is created again (the token Secret
@@ -69,6 +69,7 @@ import logging
 import secrets
 import sys
 import threading
+import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -590,14 +591,31 @@ def _controller_of(obj: Mapping[str, Any]) -> str | None:
 @dataclasses.dataclass(slots=True)
 class _Owned:
     """What the operator wrote for one pipeline's compute, to put it back: the owned part's digest of each
-    child, and what rebuilds them. Made by provisioning; after an operator restart, from the Pipeline alone
-    (``deployment`` None: only the Service and the claim's labels)."""
+    child, and what rebuilds them (:meth:`of`). Made by provisioning; after an operator restart, from the
+    Pipeline alone (no ``recipe``: only the Service and the claim's labels)."""
     digests: dict[str, int]
     claim: str
-    deployment: DeploymentSpec | None = None
-    program: str = ""  # program.json as written
-    initial: RuntimeDesiredStatus = RuntimeDesiredStatus.RUNNING
-    policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL
+    # The spec's deployment, the program as written and the start parameters, as compressed JSON: a few
+    # hundred bytes a pipeline (the spec it came from is parsed again by every pass that writes status).
+    recipe: bytes = b""
+
+    @classmethod
+    def of(cls, digests: dict[str, int], claim: str, deployment: DeploymentSpec, program: str,
+           initial: RuntimeDesiredStatus, policy: BootstrapPolicy) -> _Owned:
+        recipe = {"deployment": deployment.model_dump(mode="json", by_alias=True, exclude_none=True),
+                  "program": program, "initial": initial.value, "policy": policy.value}
+        return cls(digests, claim, zlib.compress(json.dumps(recipe, separators=(",", ":")).encode()))
+
+    def rebuild(self, key: PipelineKey, options: KubernetesOptions) -> dict[str, dict[str, Any]] | None:
+        """The children as provisioning built them (:func:`build_objects`), or None without a recipe."""
+        if not self.recipe:
+            return None
+        recipe = json.loads(zlib.decompress(self.recipe))
+        spec = PipelineSpec.model_construct(deployment=DeploymentSpec.model_validate(recipe["deployment"]))
+        objects = build_objects(key, spec, {}, RuntimeDesiredStatus(recipe["initial"]), options,
+                                BootstrapPolicy(recipe["policy"]), self.claim)
+        objects["configmap"]["data"]["program.json"] = recipe["program"]
+        return objects
 
 
 def _deleting(obj: dict[str, Any]) -> bool:
@@ -1002,9 +1020,8 @@ class KubernetesBackend:
                 digests[kind] = existing[OWNED_KEY] if OWNED_KEY in existing else owned_digest(kind, existing)
             else:
                 digests[kind] = owned_digest(kind, body)
-        self._owned[key.uid] = _Owned(digests=digests, claim=claim_name or f"{child_name(key)}-storage",
-                                      deployment=spec.deployment, program=objects["configmap"]["data"]["program.json"],
-                                      initial=initial, policy=bootstrap_policy)
+        self._owned[key.uid] = _Owned.of(digests, claim_name or f"{child_name(key)}-storage", spec.deployment,
+                                         objects["configmap"]["data"]["program.json"], initial, bootstrap_policy)
         self._unfinished.discard(key.uid)
         self._problems.pop(key.uid, None)
 
@@ -1077,12 +1094,8 @@ class KubernetesBackend:
         if kind == "secret":
             token = self._tokens.get(key.uid)
             return token_secret(key, token) if token else None
-        if owned.deployment is None:
-            return None
-        spec = PipelineSpec.model_construct(deployment=owned.deployment)
-        objects = build_objects(key, spec, {}, owned.initial, self.options, owned.policy, owned.claim)
-        objects["configmap"]["data"]["program.json"] = owned.program
-        return objects.get(kind)
+        objects = owned.rebuild(key, self.options)
+        return objects.get(kind) if objects is not None else None
 
     async def _put_back(self, key: PipelineKey, kind: str, name: str, owned: _Owned, expected: int) -> None:
         ns = key.namespace
