@@ -39,15 +39,15 @@ spec lets in (``spec.deployment.allowIngressFrom``), and is put back like every 
 a digest of the part of each child the operator sets (:data:`OWNED_FIELDS`: labels, a Service's type,
 selector and ports, a StatefulSet's replicas and pod template, a ConfigMap's data, a Secret's type and
 data, a NetworkPolicy's spec, a claim's labels) and what rebuilds it (the spec's ``deployment``, the
-program as written, the start parameters, compressed). Each cache keeps that digest of its objects (computed in the
-watch's thread), not their specs; a child whose digest differs is written back (read, then replaced,
-guarded by its resourceVersion) and the put-back is a Kubernetes Event ``ChildRestored`` on the
-Pipeline naming the fields; a child deleted while the compute runs is created again (the token Secret
-with the token the pod was started with). Only fields the operator sets are compared, normalised as the
-API server stores them (quantities in canonical form, empty values dropped), so the API server's
-defaults (a Service's clusterIP and sessionAffinity, a pod template's dnsPolicy...) never differ.
-What is remembered is in memory: after an operator restart or a takeover, the Service and the claim's
-labels (which depend only on the Pipeline) are guarded at once, the StatefulSet, ConfigMap, Secret and
+program as written, the start parameters, compressed). Each cache keeps that digest of its objects
+(computed in the watch's thread), not their specs; a child whose digest differs is written back (read,
+then replaced, guarded by its resourceVersion) and the put-back is a Kubernetes Event ``ChildRestored``
+on the Pipeline naming the fields; a child deleted while the compute runs is created again (the token
+Secret with the token the pod was started with). Only fields the operator sets are compared, normalised
+as the API server stores them (quantities in canonical form, empty values dropped), so the API server's
+defaults (a Service's clusterIP and sessionAffinity, a pod template's dnsPolicy...) never differ. What
+is remembered is in memory: after an operator restart or a takeover, the Service and the claim's labels
+(which depend only on the Pipeline) are guarded at once, the StatefulSet, ConfigMap, Secret and
 NetworkPolicy (which depend on the spec and start parameters of the start that made them) from the
 pipeline's next start.
 
