@@ -455,3 +455,29 @@ def test_the_log_of_a_pod_the_pipelines_statefulset_does_not_control_is_not_read
     assert empty == []
     assert refused == (f"pod {namespace}/{name}-0 is not the one the pipeline's StatefulSet controls; the operator "
                        "does not read its log")
+
+
+def test_after_a_restart_the_service_and_the_claims_labels_are_guarded_at_once(
+        in_process, pipelines, cluster, namespace):  # noqa: F811
+    """What a restarted operator knows without the start's parameters: the Service and the claim's labels (the
+    StatefulSet, ConfigMap, Secret and NetworkPolicy are guarded again from the pipeline's next start)."""
+    backend = in_process()
+    key = key_of(pipelines.create("restarted", running_spec()))
+    name = child_name(key)
+    backend.provision(key, running_spec())  # then the backend is gone, as after an operator restart
+    cluster.kubectl("patch", "service", name, "-n", namespace, "--type", "merge", "-p",
+                    json.dumps({"spec": {"selector": {"app": "decoy"}}}))
+    cluster.kubectl("patch", "persistentvolumeclaim", f"{name}-storage", "-n", namespace, "--type", "merge", "-p",
+                    json.dumps({"metadata": {"labels": {"app.kubernetes.io/part-of": "other"}}}))
+    cluster.kubectl("patch", "configmap", name, "-n", namespace, "--type", "merge", "-p",
+                    json.dumps({"data": {"extra": "kept"}}))
+    restored: list[str] = []
+
+    async def go(b: KubernetesBackend) -> None:
+        for _ in range(3):
+            await b.observe_compute(key)
+    backend.run(go, on_restored=lambda k, message: restored.append(message))
+    assert sorted(restored) == [f"PersistentVolumeClaim {name}-storage metadata.labels was changed; put back",
+                                f"Service {name} spec.selector was changed; put back"]
+    assert backend.get("service", name)["spec"]["selector"]["app.kubernetes.io/instance"] == name
+    assert backend.get("configmap", name)["data"]["extra"] == "kept"
