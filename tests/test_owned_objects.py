@@ -401,23 +401,33 @@ def test_provisioning_remembers_what_it_wrote(tmp_path):
     asyncio.run(kube.close())
 
 
+async def _provision(backend: KubernetesBackend, key: PipelineKey) -> None:
+    await backend.provision(key, PipelineSpec.model_validate(running_spec()), {"sql": SQL},
+                            RuntimeDesiredStatus.RUNNING, BootstrapPolicy.AWAIT_APPROVAL)
+
+
+async def _until(what: str, probe: Any) -> None:
+    for _ in range(600):
+        if probe():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def test_a_child_someone_else_made_by_that_name_is_left_alone_and_not_read_on_every_pass(
         in_process, pipelines, cluster, namespace):  # noqa: F811
     backend = in_process()
     key = key_of(pipelines.create("crowded", running_spec()))
     name = child_name(key)
-    spec = PipelineSpec.model_validate(running_spec())
 
     async def go(b: KubernetesBackend) -> tuple[int, int, int]:
-        await b.provision(key, spec, {"sql": SQL}, RuntimeDesiredStatus.RUNNING, BootstrapPolicy.AWAIT_APPROVAL)
+        await _provision(b, key)
         # The pipeline's Service deleted, and one of the same name made by someone else (not labelled as ours).
         await asyncio.to_thread(cluster.kubectl, "delete", "service", name, "-n", namespace)
         await asyncio.to_thread(cluster.apply, {"apiVersion": "v1", "kind": "Service", "metadata": {
             "name": name, "namespace": namespace}, "spec": {"ports": [{"port": 80}], "selector": {"app": "other"}}})
-        for _ in range(600):  # the watch delivers the deletion (and nothing of the other: not labelled)
-            if b._cache("service", namespace, name) is None:
-                break
-            await asyncio.sleep(0.05)
+        # The watch delivers the deletion (and nothing of the other: it is not labelled as the operator's).
+        await _until("the deletion in the cache", lambda: b._cache("service", namespace, name) is None)
         before = b.stats()["reads"]
         for _ in range(10):
             await b.observe_compute(key)
@@ -432,20 +442,16 @@ def test_the_log_of_a_pod_the_pipelines_statefulset_does_not_control_is_not_read
     backend = in_process()
     key = key_of(pipelines.create("impostor", running_spec()))
     name = child_name(key)
-    spec = PipelineSpec.model_validate(running_spec())
 
     async def go(b: KubernetesBackend) -> tuple[list[bytes], str]:
-        await b.provision(key, spec, {"sql": SQL}, RuntimeDesiredStatus.RUNNING, BootstrapPolicy.AWAIT_APPROVAL)
+        await _provision(b, key)
         async with b.logs(key, follow=False) as chunks:  # no pod yet: an empty log
             empty = [chunk async for chunk in chunks]
         # A pod by the name the StatefulSet's pod would have, labelled as the pipeline's, made by someone else.
         await asyncio.to_thread(cluster.apply, {"apiVersion": "v1", "kind": "Pod", "metadata": {
             "name": f"{name}-0", "namespace": namespace, "labels": labels(key)},
             "spec": {"containers": [{"name": "pipeline", "image": "registry.example/other:1"}]}})
-        for _ in range(600):
-            if b._cache("pod", namespace, f"{name}-0") is not None:
-                break
-            await asyncio.sleep(0.05)
+        await _until("the pod in the cache", lambda: b._cache("pod", namespace, f"{name}-0") is not None)
         try:
             async with b.logs(key, follow=False) as chunks:
                 return empty, f"read: {[chunk async for chunk in chunks]}"
