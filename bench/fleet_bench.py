@@ -7,7 +7,7 @@ Everything runs on this machine: its own etcd + kube-apiserver, PostgreSQL (as t
 pipeline (``pipeline_process.Fleet``), and a stand-in kubelet for it (tests/fake_kubelet.py
 ``FleetKubelet``): the operator (``pipeline-operator run --backend kubernetes``, default intervals)
 creates each pipeline's StatefulSet, PVC, ConfigMap, Service and Secret as in a cluster, and reaches
-the pipeline at the fleet's address through ``--dev-endpoint-overrides``.
+the pipeline at its pod's IP: the loopback address the fleet serves it at.
 
 Phases, in one run:
 
@@ -388,8 +388,8 @@ class Bench:
         port = controlplane.free_port()
         assert self.kubelet is not None
         cmd = [sys.executable, "-m", "pipeline_operator.cli", "run", "--namespace", NAMESPACE,
-               "--backend", "kubernetes", "--dev-endpoint-overrides", str(self.kubelet.overrides),
-               "--pipeline-image", "registry.example/pipeline:1", "--pipeline-image-prefix", "registry.example/",
+               "--backend", "kubernetes", "--pipeline-image", "registry.example/pipeline:1",
+               "--pipeline-image-prefix", "registry.example/",
                "--state-dir", str(self.workdir / name), "--event-store", self.event_store,
                # /metrics without a TokenReview per scrape: the API server's requests are what is measured.
                "--api-listen", f"127.0.0.1:{port}", "--metrics-auth", "none", *extra]

@@ -8,8 +8,10 @@ directory standing for the volume), reports the pod's status and ``readyReplicas
 process listens, and restarts a process that exits, counting restarts and reporting
 CrashLoopBackOff, as the kubelet does; it binds PersistentVolumeClaims (except those of a StorageClass named
 ``unavailable``, which stay Pending, as with no provisioner); it removes the pvc-protection
-finalizer of a deleted claim no process uses. The operator reaches the processes through its
-``--dev-endpoint-overrides`` file, which this writes.
+finalizer of a deleted claim no process uses. As a kubelet does, it gives each pod an IP of its own
+(``status.podIP``: a loopback address ``127.a.b.c`` unique on this machine, since Linux routes all of
+127.0.0.0/8 to the loopback interface) and runs the container's process bound to that IP on the
+container's port (8080), where the operator reaches it as it would in a cluster.
 
 By default a container's command runs as a process of this test environment's Python; with a
 ``runtime`` (tests/oci.py) it runs in a container of the operator's image instead.
@@ -18,10 +20,13 @@ By default a container's command runs as a process of this test environment's Py
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +37,40 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-_ENDPOINTS_LOCK = threading.Lock()
+_POD_IPS_LOCK = threading.Lock()
+_POD_IPS: set[str] = set()  # pod IPs given out by the kubelets of this process and not released
+POD_PORT = 8080  # the pipeline container's port (backends/kubernetes.py PORT)
+
+
+def allocate_pod_ip(port: int = POD_PORT) -> str:
+    """A loopback address for a pod, none of this process's pods has and on which nothing on this machine
+    listens on ``port`` (other test runs on the same machine pick theirs at random too). Never 127.0.0.x
+    (where the test's own servers listen)."""
+    with _POD_IPS_LOCK:
+        while True:
+            ip = f"127.{random.randint(2, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+            if ip in _POD_IPS:
+                continue
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                probe.bind((ip, port))  # without SO_REUSEADDR: fails if anything has (or had) it
+            except OSError:
+                continue
+            finally:
+                probe.close()
+            _POD_IPS.add(ip)
+            return ip
+
+
+def release_pod_ip(ip: str | None) -> None:
+    with _POD_IPS_LOCK:
+        _POD_IPS.discard(ip or "")
+
+
+def pod_ip_of(address: str) -> str:
+    """The IP of ``http://<ip>:<port>``."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return str(ipaddress.ip_address(host))
 
 
 class ContainerRuntime:
@@ -63,13 +101,11 @@ class FakeKubelet(threading.Thread):
         self.core = kubernetes.client.CoreV1Api(client)
         self.namespace = namespace
         self.workdir = workdir
-        self.overrides = workdir / "endpoints.json"
-        self.overrides.parent.mkdir(parents=True, exist_ok=True)
-        self.overrides.write_text("{}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.processes: dict[str, subprocess.Popen] = {}  # StatefulSet name -> process
         self.restarts: dict[str, int] = {}
         self.ready: set[str] = set()
-        self.endpoints: dict[str, str] = {}
+        self.pod_ips: dict[str, str] = {}  # StatefulSet name -> its pod's IP
         self.stop_flag = threading.Event()
         self.errors: list[str] = []
         self.runtime = runtime or ContainerRuntime()
@@ -90,6 +126,8 @@ class FakeKubelet(threading.Thread):
         self.join(10)
         for proc in self.processes.values():
             self.runtime.kill(proc)
+        for ip in self.pod_ips.values():
+            release_pod_ip(ip)
 
     def kill_pod(self, sts_name: str) -> None:
         """The pod's process dies (like a node failure); the StatefulSet reports 0 ready."""
@@ -114,9 +152,6 @@ class FakeKubelet(threading.Thread):
             port_file = self.workdir / "pods" / name / "port"
             alive = proc.poll() is None
             if alive and port_file.exists() and name not in self.ready:
-                pipeline = sts.metadata.owner_references[0].name
-                self.endpoints[f"{ns}/{pipeline}"] = f"http://127.0.0.1:{port_file.read_text().strip()}"
-                self._write_endpoints()
                 self._set_ready(sts, 1)
                 self._pod_status(name, ready=True)
                 self.ready.add(name)
@@ -143,6 +178,7 @@ class FakeKubelet(threading.Thread):
         self.kill_pod(name)
         self.ready.discard(name)
         self.restarts.pop(name, None)
+        release_pod_ip(self.pod_ips.pop(name, None))
         try:
             self.core.delete_namespaced_pod(f"{name}-0", self.namespace, grace_period_seconds=0)
         except ApiException as exc:
@@ -150,6 +186,8 @@ class FakeKubelet(threading.Thread):
                 raise
 
     def _create_pod(self, sts: Any) -> None:
+        if sts.metadata.name not in self.pod_ips:
+            self.pod_ips[sts.metadata.name] = allocate_pod_ip()
         template = self.apps.api_client.sanitize_for_serialization(sts.spec.template)
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": f"{sts.metadata.name}-0", "namespace": self.namespace,
@@ -174,7 +212,8 @@ class FakeKubelet(threading.Thread):
                                  "message": f"back-off restarting failed container pipeline (exit code {exit_code})"}}
         else:
             state = {"waiting": {"reason": "ContainerCreating"}}
-        status = {"phase": "Running" if ready else "Pending",
+        ip = self.pod_ips.get(sts_name)
+        status = {"phase": "Running" if ready else "Pending", "podIP": ip, "podIPs": [{"ip": ip}] if ip else None,
                   "conditions": [{"type": "Ready", "status": "True" if ready else "False",
                                   "lastTransitionTime": now}],
                   "containerStatuses": [{"name": "pipeline", "ready": ready, "restartCount": restarts,
@@ -195,20 +234,6 @@ class FakeKubelet(threading.Thread):
                 return False
             raise
         return pvc.status is not None and pvc.status.phase == "Bound"
-
-    def _write_endpoints(self) -> None:
-        with _ENDPOINTS_LOCK:  # kubelets of several namespaces may share one file
-            self._merge_endpoints()
-
-    def _merge_endpoints(self) -> None:
-        try:
-            merged = json.loads(self.overrides.read_text())
-        except (OSError, ValueError):
-            merged = {}
-        merged.update(self.endpoints)
-        tmp = self.overrides.with_suffix(f".{self.namespace}.tmp")
-        tmp.write_text(json.dumps(merged))
-        tmp.replace(self.overrides)
 
     def _set_ready(self, sts: Any, ready: int) -> None:
         status = {"replicas": 1, "readyReplicas": ready, "availableReplicas": ready, "currentReplicas": 1,
@@ -262,10 +287,8 @@ class FakeKubelet(threading.Thread):
                 rewritten.append(flag)
                 continue
             value = next(it)
-            if flag == "--host":
-                value = "127.0.0.1"
-            elif flag == "--port":
-                value = "0"
+            if flag == "--host":  # the pod's IP (its network namespace has no other interface)
+                value = self.pod_ips[name]
             elif flag == "--storage":
                 value = str(storage)
             elif flag == "--program":
@@ -300,7 +323,7 @@ class FakeKubelet(threading.Thread):
 class FleetKubelet(FakeKubelet):
     """The same stand-in, for many pipelines served by one fleet process (``pipeline_process.Fleet``):
     a pod's container is a registration with the fleet, killing it is unregistering it, and the
-    operator reaches the pipeline at the loopback address the fleet gave it (``http://127.1.x.y:<port>``).
+    pod's IP is the loopback address the fleet serves its pipeline at (``http://127.a.b.c:8080``).
 
     It writes what :class:`FakeKubelet` writes (the pod, its status, ``readyReplicas``, the claim's
     binding, the pvc-protection finalizer's removal), and scales to a thousand StatefulSets: a round is
@@ -424,10 +447,9 @@ class FleetKubelet(FakeKubelet):
         for name, key, started in pool.map(lambda item: (item[0], item[2], self._start_fleet(*item)), to_start):
             if started:
                 self._registered(name, key)
-        listening = [(key, address) for _, _, key, address, _ in to_report if address is not None]
-        if listening:  # a Service's name resolves before its pod is ready: the address first, then readiness
-            self.endpoints.update(listening)
-            self._write_endpoints()
+        for name, _, _, address, _ in to_report:
+            if address is not None:  # the pod's IP: the loopback address the fleet serves the pipeline at
+                self.pod_ips[name] = pod_ip_of(address)
         for name, ready, restart in pool.map(lambda item: self._report(*item), to_report):
             if ready:
                 self.ready.add(name)

@@ -207,8 +207,8 @@ def test_operator_from_the_image_takes_a_pipeline_to_running_with_deploys_rbac(
     kubelet.start()
 
     # deploy/'s arguments and environment, but for one namespace (other tests share this API server),
-    # an API port of its own (the container shares this machine's network), and the endpoints of the
-    # pods the kubelet stand-in runs (their pod IPs do not exist here).
+    # and an API port of its own (the container shares this machine's network, where the kubelet stand-in's
+    # pods listen at their pod IPs).
     port = controlplane.free_port()
     args = []
     for arg in container_spec["args"]:
@@ -217,7 +217,6 @@ def test_operator_from_the_image_takes_a_pipeline_to_running_with_deploys_rbac(
         elif arg.startswith("--api-listen="):
             arg = f"--api-listen=127.0.0.1:{port}"
         args.append(arg)
-    args.append(f"--dev-endpoint-overrides={kubelet.overrides}")
     env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": cluster.plane.server.rsplit(":", 1)[1]}
     for e in container_spec.get("env", []):
         if "value" in e:

@@ -156,9 +156,8 @@ def test_the_operator_runs_several_pipelines_on_one_fleet_process(cluster, crd_i
     kubelet = FleetKubelet(cluster.kubeconfig, namespace, tmp_path / "kubelet", process.url, interval=0.2)
     kubelet.start()
     try:
-        op = operators(namespace, "--backend", "kubernetes", "--dev-endpoint-overrides", str(kubelet.overrides),
-                       "--pipeline-image", "registry.example/pipeline:1", "--pipeline-image-prefix",
-                       "registry.example/")
+        op = operators(namespace, "--backend", "kubernetes", "--pipeline-image", "registry.example/pipeline:1",
+                       "--pipeline-image-prefix", "registry.example/")
         env = [{"name": k, "value": v} for k, v in QUICK.items()]
         for name in ("alpha", "beta", "gamma"):
             pipelines.create(name, {"desiredStatus": "Provisioned", "program": {"sql": "CREATE TABLE t (x INT);"},

@@ -39,8 +39,8 @@ def api(op, path: str, method: str = "GET", body: dict | None = None) -> tuple[i
 @pytest.fixture
 def two_replicas(operators, cluster, namespace, kubelet, postgres_url):
     kubeconfig = operator_kubeconfig(cluster, namespace, rbac_with_the_lease())
-    args = ["--backend", "kubernetes", "--dev-endpoint-overrides", str(kubelet.overrides),
-            "--pipeline-image", "registry.example/pipeline:1", "--pipeline-image-prefix", "registry.example/",
+    args = ["--backend", "kubernetes", "--pipeline-image", "registry.example/pipeline:1",
+            "--pipeline-image-prefix", "registry.example/",
             "--pipeline-debug-routes", "--event-store", postgres_url, "--api-auth", "none",
             "--api-default-namespace", namespace, "--leader-election", "--leader-election-namespace", namespace,
             *LEASE_ARGS]

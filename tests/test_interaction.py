@@ -700,23 +700,21 @@ def test_the_kubernetes_backend_streams_the_pods_log_through_the_api_server(
         assert (code, error_code) == (503, "RunnerInteractionUnreachable") and \
             f"could not read the logs of pod {namespace}/{pod}" in message, message
 
-        # The container ends: so does the log the SDK follows.
-        client.stop_pipeline("orders", force=True, timeout_s=60)
-        assert list(logs)[-1] == "Logs have ended"
-        assert list(client.get_pipeline_logs("orders")) == ["Logs have ended"]  # no pod: nothing to read
-
         # The operator may not read pods/log: as clear.
         cluster.apply({**role, "metadata": {**role["metadata"], "namespace": namespace},
                        "rules": [r for r in role["rules"] if "pods/log" not in r["resources"]]})
 
         def refused() -> Any:
-            try:
-                answer = raw(op, cluster, namespace, "GET", "logs")
-            except ValueError:  # not refused yet (RBAC takes a moment): the log's text, which has ended
-                return None
-            return answer if answer[0] == 503 else None
+            answer = raw(op, cluster, namespace, "GET", "logs")
+            return answer if answer[0] == 503 and "may not get pods/log" in answer[1]["message"] else None
         status, body = wait_for("RBAC to refuse pods/log", refused, 10, operator=op)
-        assert body["error_code"] == "RunnerInteractionUnreachable" and "may not get pods/log" in body["message"]
+        assert body["error_code"] == "RunnerInteractionUnreachable"
+        cluster.apply({**role, "metadata": {**role["metadata"], "namespace": namespace}})
+
+        # The container ends: so does the log the SDK follows.
+        client.stop_pipeline("orders", force=True, timeout_s=60)
+        assert list(logs)[-1] == "Logs have ended"
+        assert list(client.get_pipeline_logs("orders")) == ["Logs have ended"]  # no pod: nothing to read
         op.assert_alive()
         assert "Traceback" not in op.log()
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 from pathlib import Path
 
 import kubernetes
@@ -50,9 +49,8 @@ def operator_kubeconfig(cluster, namespace: str, role_text: str) -> Path:
 def k8s_operator(operators, cluster, namespace, kubelet):
     def start(role_text: str | None = None, *args: str):
         kubeconfig = operator_kubeconfig(cluster, namespace, role_text or (RBAC / "role.yaml").read_text())
-        return operators(namespace, "--backend", "kubernetes", "--dev-endpoint-overrides", str(kubelet.overrides),
-                         "--pipeline-image", "registry.example/pipeline:1", "--pipeline-image-prefix",
-                         "registry.example/", *args, kubeconfig=kubeconfig)
+        return operators(namespace, "--backend", "kubernetes", "--pipeline-image", "registry.example/pipeline:1",
+                         "--pipeline-image-prefix", "registry.example/", *args, kubeconfig=kubeconfig)
     return start
 
 
@@ -246,15 +244,12 @@ def test_all_namespaces_with_the_cluster_role(binaries, tmp_path):
                         "--serviceaccount=pipeline-operator-system:pipeline-operator")
         token = cluster.kubectl("create", "token", "pipeline-operator", "-n", "pipeline-operator-system").stdout.strip()
         kubeconfig = controlplane.write_kubeconfig(tmp_path / "kubeconfig-op", plane.server, token, plane.ca_file)
-        overrides = tmp_path / "endpoints.json"
         for ns in ("team-a", "team-b"):
             cluster.kubectl("create", "namespace", ns)
             kubelet = FakeKubelet(plane.kubeconfig, ns, tmp_path / f"kubelet-{ns}")
-            kubelet.overrides = overrides  # one file for both namespaces
             kubelet.start()
             kubelets.append(kubelet)
-        op = OperatorProcess(None, None, tmp_path / "state", ["--backend", "kubernetes", "--dev-endpoint-overrides",
-                                                                str(overrides)], kubeconfig).start()
+        op = OperatorProcess(None, None, tmp_path / "state", ["--backend", "kubernetes"], kubeconfig).start()
         for ns in ("team-a", "team-b"):
             Pipelines(cluster, ns).create("orders", spec())
         for ns in ("team-a", "team-b"):
@@ -284,13 +279,14 @@ class InProcess:
         self.kubeconfig = kubeconfig
         self.options = KubernetesOptions(default_image="registry.example/pipeline:1", **options)
 
-    def run(self, fn, options: KubernetesOptions | None = None, on_child_change=None):
+    def run(self, fn, options: KubernetesOptions | None = None, on_child_change=None, on_restored=None):
         """``fn(backend)`` on a fresh, started backend (as after an operator restart), closed afterwards."""
         async def main():
             configuration = kubernetes.client.Configuration()
             kubernetes.config.load_kube_config(str(self.kubeconfig), client_configuration=configuration)
             kube = Kube(configuration)
-            backend = KubernetesBackend(kube, options or self.options, [self.namespace], on_child_change)
+            backend = KubernetesBackend(kube, options or self.options, [self.namespace], on_child_change,
+                                        on_restored)
             try:
                 await backend.start()
                 return await fn(backend)
@@ -303,7 +299,7 @@ class InProcess:
         async def go(backend):
             await backend.provision(key, PipelineSpec.model_validate(spec_dict), {"sql": SQL},
                                     RuntimeDesiredStatus.RUNNING, BootstrapPolicy.AWAIT_APPROVAL)
-            return await backend.observe_compute(key), backend.control_token(backend.endpoint(key))
+            return await backend.observe_compute(key), backend.token(key)
         return self.run(go, options)
 
     def deprovision(self, key: PipelineKey) -> None:
@@ -314,7 +310,7 @@ class InProcess:
     def token(self, key: PipelineKey) -> str | None:
         async def go(backend):
             await backend.observe_compute(key)
-            return backend.control_token(backend.endpoint(key))
+            return backend.token(key)
         return self.run(go)
 
     def get(self, kind: str, name: str) -> dict | None:
@@ -537,15 +533,14 @@ def test_the_rbac_rules_grant_what_the_backend_uses_and_no_events_k8s_io():
     watched = {(path.split("/")[2] if path.startswith("/apis/") else "", resource)
                for path, resource in WATCHED.values()}
     assert watched == {("apps", "statefulsets"), ("", "services"), ("", "configmaps"), ("", "persistentvolumeclaims"),
-                       ("", "pods")}
+                       ("", "secrets"), ("networking.k8s.io", "networkpolicies"), ("", "pods")}
+    # update: a child someone changed is put back.
     for group, resource in watched - {("", "pods"), ("", "persistentvolumeclaims")}:
-        assert granted[(group, resource)] == {"get", "list", "watch", "create", "delete"}, resource
-    # patch: a retained claim is released from its deleted Pipeline and adopted by the next one of that name.
+        assert granted[(group, resource)] == {"get", "list", "watch", "create", "update", "delete"}, resource
+    # patch: a retained claim is released from its deleted Pipeline and adopted by the next one of that name, and
+    # its labels are put back.
     assert granted[("", "persistentvolumeclaims")] == {"get", "list", "watch", "create", "delete", "patch"}
     assert granted[("", "pods")] == {"list", "watch"}  # never written, never read one by one
-    # Secrets are read one by one and never listed or watched: the tokens are credentials.
-    assert granted[("", "secrets")] == {"get", "create", "delete"}
-    assert granted[("networking.k8s.io", "networkpolicies")] == {"get", "create", "delete"}
 
 
 def test_a_monitoring_pass_reads_nothing_from_the_api_and_a_childs_change_names_its_pipeline(in_process, pipelines):
@@ -567,15 +562,17 @@ def test_a_monitoring_pass_reads_nothing_from_the_api_and_a_childs_change_names_
         return after_provisioning, first, b.stats()
     after_provisioning, first, after_passes = backend.run(go, on_child_change=woken.append)
     assert first.state is ComputeState.PENDING and "PersistentVolumeClaim" in first.message, first
-    assert after_provisioning["creates"] == 5 and after_provisioning["reads"] == 1  # the token Secret, once
+    assert after_provisioning["creates"] == 5 and after_provisioning["reads"] == 0
     assert after_passes["reads"] == after_provisioning["reads"]
     assert after_passes["creates"] == after_provisioning["creates"]
     assert {name: figures["lists"] for name, figures in after_passes["informers"].items()} == {
-        "statefulsets": 1, "services": 1, "configmaps": 1, "persistentvolumeclaims": 1, "pods": 1}
+        "statefulsets": 1, "services": 1, "configmaps": 1, "persistentvolumeclaims": 1, "secrets": 1,
+        "networkpolicies": 1, "pods": 1}
+    assert after_passes["restored"] == 0
     assert key.uid in woken  # its children's ADDED events
 
 
-def test_an_existing_child_the_cache_has_not_seen_is_checked_with_one_read_and_adopted(
+def test_an_existing_child_the_cache_has_not_seen_is_checked_with_one_read_adopted_and_put_back(
         in_process, pipelines, cluster, namespace):
     backend = in_process()
     key = key_of(pipelines.create("adopting", spec()))
@@ -593,11 +590,16 @@ def test_an_existing_child_the_cache_has_not_seen_is_checked_with_one_read_and_a
         first = b.stats()
         await b.provision(key, body, {"sql": SQL}, RuntimeDesiredStatus.RUNNING, BootstrapPolicy.AWAIT_APPROVAL)
         return first, b.stats(), await b.observe_compute(key)
-    first, second, observed = backend.run(go)
-    assert first["reads"] == 2  # the token Secret, and the ConfigMap whose create was answered 409
+    restored: list[str] = []
+    first, second, observed = backend.run(go, on_restored=lambda k, message: restored.append(message))
+    assert first["reads"] == 1  # the ConfigMap whose create was answered 409
     assert second["reads"] == first["reads"] and second["creates"] == first["creates"]  # remembered
     assert observed.state is not ComputeState.FAILED, observed
-    assert backend.get("configmap", name)["data"] == {"kept": "yes"}
+    # Adopted (it is the pipeline's), then put back as the operator writes it: the program, its labels.
+    configmap = backend.get("configmap", name)
+    assert set(configmap["data"]) == {"program.json", "runtime.json"}
+    assert configmap["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "pipeline-operator"
+    assert restored == [f"ConfigMap {name} data, metadata.labels were changed; put back"]
 
 
 def test_an_api_server_outage_makes_observing_unavailable_not_a_conclusion(binaries):
@@ -647,36 +649,3 @@ def test_an_api_server_outage_makes_observing_unavailable_not_a_conclusion(binar
         asyncio.run(go())
     finally:
         plane.stop()
-
-
-def test_the_endpoint_overrides_file_is_parsed_again_only_when_it_changes(tmp_path, monkeypatch):
-    overrides = tmp_path / "endpoints.json"
-    overrides.write_text(json.dumps({"ns/a": "http://127.0.0.1:1001"}))
-    kube = Kube(kubernetes.client.Configuration(host="http://127.0.0.1:9"))
-    backend = KubernetesBackend(kube, KubernetesOptions(default_image="x", endpoint_overrides=overrides), ["ns"])
-    parsed: list[str] = []
-    loads = json.loads
-    monkeypatch.setattr(json, "loads", lambda text, *a, **k: parsed.append(text) or loads(text, *a, **k))
-    key = PipelineKey("ns", "a", "0123456789abcdef")
-    assert [backend.endpoint(key) for _ in range(100)] == ["http://127.0.0.1:1001"] * 100
-    assert len(parsed) == 1
-    stats: list[Path] = []
-    real_stat = Path.stat
-    monkeypatch.setattr(Path, "stat", lambda self, *a, **k: stats.append(self) or real_stat(self, *a, **k))
-    assert [backend.endpoint(key) for _ in range(100)] == ["http://127.0.0.1:1001"] * 100
-    assert stats.count(overrides) <= 1  # looked at no more than once a second
-    monkeypatch.setattr(KubernetesBackend, "OVERRIDES_RECHECK", 0.0)  # from here on, every call looks
-    overrides.write_text(json.dumps({"ns/a": "http://127.0.0.1:2002"}))  # another size: a change
-    assert backend.endpoint(key) == "http://127.0.0.1:2002" and len(parsed) == 2
-    replacement = tmp_path / "endpoints.json.tmp"  # the same size, replaced by a rename (as tests/fake_kubelet.py does)
-    replacement.write_text(json.dumps({"ns/a": "http://127.0.0.1:3003"}))
-    replacement.replace(overrides)
-    assert backend.endpoint(key) == "http://127.0.0.1:3003" and len(parsed) == 3
-    before = overrides.stat().st_mtime_ns
-    overrides.write_text(json.dumps({"ns/a": "http://127.0.0.1:4004"}))  # the same size, in place, a later mtime
-    os.utime(overrides, ns=(before + 10**9, before + 10**9))
-    assert backend.endpoint(key) == "http://127.0.0.1:4004" and len(parsed) == 4
-    overrides.unlink()
-    assert backend.endpoint(key) == f"http://{child_name(key)}.ns.svc:8080"
-    asyncio.run(backend.close())
-    asyncio.run(kube.close())

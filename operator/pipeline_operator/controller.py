@@ -33,7 +33,7 @@ from . import jsondepth, kube_events, memory
 from .api import ApiDeps, ApiServer, Metrics
 from .api.follow import FollowLimits
 from .backends import Backend as BackendProtocol
-from .backends.kubernetes import KubernetesBackend
+from .backends.kubernetes import REASON_RESTORED, KubernetesBackend
 from .backends.local import LocalBackend
 from .compiler import Compiler
 from .core.lifecycle import ComputeState
@@ -381,14 +381,11 @@ def _timestamp(value: Any) -> dt.datetime | None:
         return None
 
 
-def make_backend(settings: OperatorSettings, kube: Kube,
-                 on_child_change: Callable[[str], None] | None = None) -> BackendProtocol:
+def make_backend(settings: OperatorSettings, kube: Kube, on_child_change: Callable[[str], None] | None = None,
+                 on_restored: Callable[[PipelineKey, str], None] | None = None) -> BackendProtocol:
     if settings.backend is Backend.LOCAL:
         return LocalBackend(settings.state_dir, settings.pipeline_command, debug_routes=settings.pipeline_debug_routes)
-    if settings.dev_endpoint_overrides is not None:
-        log.warning("--dev-endpoint-overrides is set: pipelines are reached at the addresses in %s, not "
-                    "through their Services (tests and local development only)", settings.dev_endpoint_overrides)
-    return KubernetesBackend.from_settings(kube, settings, on_child_change=on_child_change)
+    return KubernetesBackend.from_settings(kube, settings, on_child_change=on_child_change, on_restored=on_restored)
 
 
 def _wake(ctx: Context, uid: str) -> None:
@@ -425,7 +422,16 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     metrics = Metrics()
     metrics.count_kubernetes_events(lambda: (poster.posted, poster.dropped, poster.queued))
     metrics.watch_event_store(store.stats, store.commit_seconds)
-    backend = make_backend(settings, kube, on_child_change=lambda uid: _wake(ctx, uid))
+    restorations: set[asyncio.Task[bool]] = set()
+
+    def restored(key: PipelineKey, message: str) -> None:
+        """A child of the Pipeline was changed or deleted by someone and put back: a Warning Event says so."""
+        task = asyncio.create_task(post_event(events_kube, settings.operator_name, key, "Warning", REASON_RESTORED,
+                                              message))
+        restorations.add(task)
+        task.add_done_callback(restorations.discard)
+
+    backend = make_backend(settings, kube, on_child_change=lambda uid: _wake(ctx, uid), on_restored=restored)
     recorder = Recorder(store, poster)
     ctx = Context(settings=settings, kube=kube, backend=backend,
                   compiler=Compiler(settings.state_dir / "programs"),

@@ -80,6 +80,7 @@ import hmac
 import json
 import logging
 import os
+import random
 import re
 import resource
 import signal
@@ -736,14 +737,16 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
 # -- fleet mode ------------------------------------------------------------------------------------
 
 
-FLEET_NETWORK = "127.1"  # pipelines get loopback addresses 127.1.x.y (Linux routes all of 127/8 to lo)
+FLEET_PIPELINE_PORT = 8080  # each pipeline's port, on its own address (a pipeline container's port)
 FLEET_API_PATTERN = re.compile(r"/fleet/pipelines/([^/]+)/([^/]+)")
 
 
 class Fleet:
     """Many reference pipelines in one process, each with the routes, token, storage, faults and knobs
-    it would have as a process of its own, and an address of its own: ``http://127.1.x.y:<port>``, one
-    loopback address per pipeline (as each pod has its own IP), all on the fleet's port.
+    it would have as a process of its own, and an address of its own: ``http://127.a.b.c:8080``, one
+    loopback address per pipeline (as each pod has its own IP; Linux routes all of 127.0.0.0/8 to the
+    loopback interface), on the port of a pipeline's container. The addresses are drawn at random among
+    those where nothing on this machine listens on that port (other fleets may run beside this one).
 
     It exists so that a benchmark can run a thousand pipelines on a small machine: a stand-in kubelet
     "starts a pod" by registering its pipeline and "kills" it by unregistering. Giving each pipeline
@@ -755,7 +758,7 @@ class Fleet:
       "initial": "running|paused|standby", "bootstrap_policy": "allow|await_approval|reject",
       "debug_routes": false, "env": {"PIPELINE_CONTROL_TOKEN": "...", ...}}``: the pod's arguments and
       environment. A pipeline registered again is replaced (its old instance ends as if killed) and
-      keeps its address. 201 with ``{"address": "http://127.1.x.y:<port>"}``.
+      keeps its address. 201 with ``{"address": "http://127.a.b.c:8080"}``.
     - ``DELETE /fleet/pipelines/<namespace>/<name>``: the pod is killed. 204, or 404 when unknown.
     - ``GET /fleet/pipelines``: ``{"<namespace>/<name>": {"address": ..., "listening": bool,
       "exit_code": int|null}}`` for every pipeline registered, including those that exited (the
@@ -765,9 +768,10 @@ class Fleet:
     address refuses connections again and the connections it had are closed without an answer.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", pipeline_port: int = FLEET_PIPELINE_PORT) -> None:
         self.host = host
         self.port = 0
+        self.pipeline_port = pipeline_port
         self.runner: web.AppRunner | None = None
         self.pipelines: dict[str, ReferencePipeline] = {}  # "namespace/name" -> the running instance
         self.apps: dict[str, web.Application] = {}  # its routes, resolved per request
@@ -793,7 +797,23 @@ class Fleet:
             await self.runner.cleanup()
 
     def url(self, key: str) -> str:
-        return f"http://{self.addresses[key]}:{self.port}"
+        return f"http://{self.addresses[key]}:{self.pipeline_port}"
+
+    def _free_address(self) -> str:
+        """A loopback address (never 127.0.x.x) that no pipeline of this fleet has and where nothing listens
+        on the pipelines' port."""
+        while True:
+            address = f"127.{random.randint(2, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+            if address in self.keys:
+                continue
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                probe.bind((address, self.pipeline_port))  # without SO_REUSEADDR: fails if anything has it
+            except OSError:
+                continue
+            finally:
+                probe.close()
+            return address
 
     async def register(self, key: str, config: dict[str, Any]) -> None:
         """Start the pipeline ``key`` ("namespace/name") as its pod's command line and environment say."""
@@ -806,8 +826,7 @@ class Fleet:
             str(config.get("bootstrap_policy", "allow")), bool(config.get("debug_routes", False)), env,
             exit=lambda code: self._exited(key, pipeline, code))
         if key not in self.addresses:
-            n = len(self.addresses)
-            self.addresses[key] = f"{FLEET_NETWORK}.{n // 254}.{n % 254 + 1}"
+            self.addresses[key] = self._free_address()
             self.keys[self.addresses[key]] = key
         self.pipelines[key] = pipeline
         self.apps[key] = pipeline.app()
@@ -816,7 +835,7 @@ class Fleet:
     async def _listen(self, key: str, pipeline: ReferencePipeline, env: Mapping[str, str]) -> None:
         await asyncio.sleep(float(env.get("PIPELINE_BIND_DELAY_SECONDS", "0")))
         assert self.runner is not None
-        site = web.SockSite(self.runner, _bound_socket(self.addresses[key], self.port))
+        site = web.SockSite(self.runner, _bound_socket(self.addresses[key], self.pipeline_port))
         await site.start()
         self.sites[key] = site
         pipeline.start()
@@ -891,8 +910,8 @@ async def serve_fleet(host: str, port: int, port_file: Path | None = None) -> No
     """Run a fleet (see :class:`Fleet`) until SIGTERM or SIGINT."""
     fleet = Fleet(host)
     bound = await fleet.start(port, port_file)
-    log.info("reference pipeline fleet listening on %s:%s (pipelines on %s.x.y:%s)", host, bound, FLEET_NETWORK,
-             bound)
+    log.info("reference pipeline fleet listening on %s:%s (pipelines on 127.a.b.c:%s)", host, bound,
+             fleet.pipeline_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -122,10 +122,6 @@ class OperatorSettings(BaseSettings):
     event_store_queue_limit: int = Field(100_000, ge=100, description="Monitor events waiting to be "
                                          "written to the event store; beyond it new events are dropped "
                                          "(counted in `/metrics`) instead of growing memory without bound.")
-    dev_endpoint_overrides: Path | None = Field(None, description="Tests and local development only: a "
-                                                "JSON file mapping `namespace/name` to the address of a "
-                                                "pipeline, instead of its Service. Off by default: it lets "
-                                                "the file's author choose where the operator sends requests.")
     api_listen: str = Field(default_factory=lambda: "0.0.0.0:8080" if os.environ.get("KUBERNETES_SERVICE_HOST")
                             else "127.0.0.1:8080", pattern=r"^(off|[^\s:]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5})$",
                             description="Address of the HTTP API (`host:port`), or `off`. Default: "

@@ -23,10 +23,36 @@ deprovisioning deletes it with the StatefulSet. A stopped pipeline leaves no cre
 every start gets a fresh token; the operator reads the token back from the Secret (after a restart
 too), so the token it sends is always the one the pod was started with.
 
-A pipeline is reached through its Service (``http://<service>.<namespace>.svc:8080``). For tests
-and local development only, ``--dev-endpoint-overrides FILE`` maps ``namespace/name`` to another
-address; it is off by default, because letting anyone choose where the operator sends requests
-would be a request-forgery hole.
+A pipeline is reached at its pod's IP (``http://<pod IP>:8080``), never through its Service or any
+name: the address comes only from objects the operator owns and has checked. The pod, in the pod cache,
+must be ``<child>-0``, labelled with the Pipeline's uid, controlled by the StatefulSet the operator owns
+(its controller reference names that StatefulSet's uid), not on the host's network, Running and Ready,
+and its ``status.podIP`` (written by the kubelet, which a tenant cannot write) a valid address that no
+other pipeline's pod claims in the cache. A Service can be changed by anyone who may edit Services in
+the namespace (an ``ExternalName``, another selector, other ports) and a DNS name resolves to whatever
+it says, so the operator's polls, its forwarded actions and the HTTP API's passed-through requests
+(with the pipeline's control token) would go wherever a tenant chose; a pod IP needs no DNS and no
+object the tenant can redirect. The Service stays, for the StatefulSet's pod DNS and for the peers a
+spec lets in (``spec.deployment.allowIngressFrom``), and is put back like every other child.
+
+**Owned objects are put back** (controller-runtime's ``Owns()``): provisioning remembers, per pipeline,
+a digest of the part of each child the operator sets (:data:`OWNED_FIELDS`: labels, a Service's type,
+selector and ports, a StatefulSet's replicas and pod template, a ConfigMap's data, a Secret's type and
+data, a NetworkPolicy's spec, a claim's labels) and what rebuilds it (the spec's ``deployment``, the
+program as written, the start parameters, compressed). Each cache keeps that digest of its objects
+(computed in the watch's thread), not their specs; a child whose digest differs is written back (read,
+then replaced, guarded by its resourceVersion) and the put-back is a Kubernetes Event ``ChildRestored``
+on the Pipeline naming the fields; a child deleted while the compute runs is created again (the token
+Secret with the token the pod was started with). Only fields the operator sets are compared, normalised
+as the API server stores them (quantities in canonical form, empty values dropped), so the API server's
+defaults (a Service's clusterIP and sessionAffinity, a pod template's dnsPolicy...) never differ. What
+is remembered is in memory: after an operator restart or a takeover, the Service and the claim's labels
+(which depend only on the Pipeline) are guarded at once, the StatefulSet, ConfigMap, Secret and
+NetworkPolicy (which depend on the spec and start parameters of the start that made them) from the
+pipeline's next start.
+
+**Deletes are fenced**: every delete carries a uid precondition, the uid of the object the operator
+verified as its own, so a same-named object someone made in its place is never deleted.
 """
 
 from __future__ import annotations
@@ -37,13 +63,14 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import logging
 import secrets
+import sys
 import threading
-import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -53,9 +80,9 @@ from kubernetes.utils import parse_quantity
 
 from ..core.lifecycle import ComputeObservation, ComputeState
 from ..identity import PipelineKey
-from ..informer import SHARED, Informer, Shape, projection
+from ..informer import SHARED, Informer, Shape, project
 from ..kube import Forbidden, Kube, Unavailable
-from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
+from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, DeploymentSpec, PipelineSpec, RuntimeDesiredStatus
 from ..settings import OperatorSettings
 from . import LogsUnavailable
 
@@ -143,7 +170,6 @@ class KubernetesOptions:
     operator_namespace: str = ""
     operator_pod_labels: dict[str, str] = dataclasses.field(default_factory=dict)
     debug_routes: bool = False
-    endpoint_overrides: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: OperatorSettings) -> KubernetesOptions:
@@ -156,7 +182,7 @@ class KubernetesOptions:
                    default_limits=present(cpu=settings.pipeline_cpu_limit, memory=settings.pipeline_memory_limit),
                    network_policies=settings.network_policies, operator_namespace=settings.operator_namespace,
                    operator_pod_labels=parse_labels(settings.operator_pod_labels),
-                   debug_routes=settings.pipeline_debug_routes, endpoint_overrides=settings.dev_endpoint_overrides)
+                   debug_routes=settings.pipeline_debug_routes)
 
 
 def labels(key: PipelineKey) -> dict[str, str]:
@@ -227,6 +253,14 @@ def retained_from(name: str) -> str:
     return name if len(name) <= 63 else f"h{hashlib.sha256(name.encode()).hexdigest()[:40]}"
 
 
+def service_object(key: PipelineKey) -> dict[str, Any]:
+    """The pipeline's Service (for its pod's DNS name and for peers; the operator itself never uses it)."""
+    name = child_name(key)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(key, name),
+            "spec": {"type": "ClusterIP", "selector": {"app.kubernetes.io/instance": name, UID_LABEL: key.uid},
+                     "ports": [{"name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP"}]}}
+
+
 def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any], initial: RuntimeDesiredStatus,
                   options: KubernetesOptions,
                   bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL,
@@ -241,9 +275,7 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
     configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(key, name),
                  "data": {"program.json": json.dumps(artifact),
                           "runtime.json": json.dumps({"pipeline": key.name, "initial": initial.value})}}
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(key, name),
-               "spec": {"type": "ClusterIP", "selector": selector,
-                        "ports": [{"name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP"}]}}
+    service = service_object(key)
     command = ["pipeline-operator", "pipeline-process", "--host", "0.0.0.0", "--port", str(PORT),
                "--storage", "/storage", "--program", "/config/program.json",
                "--initial", initial.value.lower(), "--bootstrap-policy", bootstrap_policy.feldera,
@@ -303,9 +335,10 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
     return objects
 
 
-def token_secret(key: PipelineKey) -> dict[str, Any]:
-    """A new control token (the pod gets it as ``$PIPELINE_CONTROL_TOKEN``, the operator sends it)."""
-    token = base64.b64encode(secrets.token_urlsafe(32).encode()).decode()
+def token_secret(key: PipelineKey, token: str | None = None) -> dict[str, Any]:
+    """A new control token (the pod gets it as ``$PIPELINE_CONTROL_TOKEN``, the operator sends it), or the
+    Secret of ``token`` (put back as it was)."""
+    token = base64.b64encode((token or secrets.token_urlsafe(32)).encode()).decode()
     return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(key, token_secret_name(key)),
             "type": "Opaque", "immutable": True, "data": {TOKEN_KEY: token}}
 
@@ -387,27 +420,202 @@ WATCHED = {"statefulset": ("/apis/apps/v1", "statefulsets"),
            "service": ("/api/v1", "services"),
            "configmap": ("/api/v1", "configmaps"),
            "pvc": ("/api/v1", "persistentvolumeclaims"),
+           "secret": ("/api/v1", "secrets"),
+           "networkpolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
            "pod": ("/api/v1", "pods")}
-COMPUTE_KINDS = ("statefulset", "service", "configmap", "pod", "pvc")
-# What the caches keep of each child: the fields the backend reads, nothing else (client-go's transform). A
-# StatefulSet's pod template, a ConfigMap's program, a pod's spec and their managedFields are most of what the
-# API server sends (about 55 KB a pipeline as Python objects; about 15 KB kept).
-_METADATA: Shape = {"name": True, "namespace": SHARED, "uid": True, "resourceVersion": True,
-                    "creationTimestamp": True, "deletionTimestamp": True,
-                    "labels": SHARED, "annotations": SHARED, "ownerReferences": SHARED}
+COMPUTE_KINDS = ("statefulset", "service", "configmap", "secret", "networkpolicy", "pod", "pvc")
+KIND_NAMES = {"statefulset": "StatefulSet", "service": "Service", "configmap": "ConfigMap", "secret": "Secret",
+              "networkpolicy": "NetworkPolicy", "pvc": "PersistentVolumeClaim"}
+REASON_RESTORED = "ChildRestored"
+
+# -- what the operator owns in each child ------------------------------------------------------------------
+#
+# The fields the operator sets in each kind of child, as informer shapes: what a put-back compares (by digest)
+# and writes back. Every field listed is compared whether or not the operator sets it, so a few fields it
+# leaves empty are listed too, to notice them being set (a pod template's hostNetwork, an added container or
+# volume, a Service's externalName). Fields the API server fills in (a Service's clusterIP, a template's
+# dnsPolicy, a probe's timeoutSeconds...) are not listed: they would differ from what the operator writes.
+_OWNED_LABELS: Shape = {"labels": dict.fromkeys(labels(PipelineKey("ns", "p", "00000000")), True)}
+_CONTAINER_OWNED: Shape = {
+    **dict.fromkeys(("name", "image", "imagePullPolicy", "command", "args", "workingDir", "ports", "env", "envFrom",
+                     "volumeMounts", "volumeDevices", "securityContext", "lifecycle", "livenessProbe",
+                     "startupProbe"), True),
+    "resources": {"requests": True, "limits": True},
+    "readinessProbe": dict.fromkeys(("tcpSocket", "httpGet", "exec", "grpc", "periodSeconds"), True)}
+_POD_OWNED: Shape = {
+    **dict.fromkeys(("automountServiceAccountToken", "enableServiceLinks", "securityContext", "initContainers",
+                     "hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace", "serviceAccountName", "nodeName",
+                     "runtimeClassName", "hostAliases"), True),
+    "containers": _CONTAINER_OWNED,
+    "volumes": {"name": True, "configMap": {"name": True, "items": True}, "persistentVolumeClaim": True,
+                **dict.fromkeys(("emptyDir", "hostPath", "secret", "projected", "csi", "nfs", "ephemeral"), True)}}
+OWNED_FIELDS: dict[str, Mapping[str, Shape]] = {
+    "statefulset": {"metadata": _OWNED_LABELS, "spec": {
+        **dict.fromkeys(("replicas", "serviceName", "selector", "podManagementPolicy", "minReadySeconds", "ordinals"),
+                        True),
+        "template": {"metadata": {"labels": True}, "spec": _POD_OWNED}}},
+    "service": {"metadata": _OWNED_LABELS, "spec": {
+        "type": True, "selector": True, "externalName": True, "externalIPs": True,
+        "ports": dict.fromkeys(("name", "port", "targetPort", "protocol", "nodePort"), True)}},
+    "configmap": {"metadata": _OWNED_LABELS, "data": True, "binaryData": True, "immutable": True},
+    "secret": {"metadata": _OWNED_LABELS, "type": True, "data": True},
+    "networkpolicy": {"metadata": _OWNED_LABELS, "spec": True},
+    "pvc": {"metadata": _OWNED_LABELS},
+}
+OWNED_KEY = "owned"  # in a cached child: owned_digest() of it
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` without empty strings, maps, lists and nulls (the API server leaves them out), recursively."""
+    if isinstance(value, dict):
+        kept = {k: _canonical(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not None and v != "" and v != {} and v != []}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _quantity(value: Any) -> Any:
+    try:
+        return format(parse_quantity(value).normalize(), "f")
+    except (ValueError, TypeError, ArithmeticError):
+        return value
+
+
+def owned_part(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator sets in ``obj`` (a child of ``kind``), as the API server stores it: the fields of
+    :data:`OWNED_FIELDS`, empty values dropped, resource quantities in canonical form ("0.5" and "500m",
+    "1024Mi" and "1Gi" are the same)."""
+    part: dict[str, Any] = _canonical(project(dict(obj), OWNED_FIELDS[kind]))
+    if kind == "statefulset":
+        for container in (((part.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []:
+            for values in (container.get("resources") or {}).values():
+                if isinstance(values, dict):
+                    values.update({k: _quantity(v) for k, v in values.items()})
+    return part
+
+
+def owned_digest(kind: str, obj: Mapping[str, Any]) -> int:
+    """A digest of :func:`owned_part` (what the caches keep instead of the fields themselves): 64 bits."""
+    text = json.dumps(owned_part(kind, obj), sort_keys=True, separators=(",", ":"), default=str)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+_MAPS = ("labels", "data", "binaryData", "selector", "matchLabels")  # maps named as a whole, not by their keys
+
+
+def _differences(a: Any, b: Any, path: str = "", depth: int = 4) -> list[str]:
+    """The fields (``spec.type``, ``metadata.labels``, ``spec.template.spec.containers``) in which ``a`` and
+    ``b`` differ."""
+    if a == b:
+        return []
+    if depth == 0 or not isinstance(a, dict) or not isinstance(b, dict) or path.rpartition(".")[2] in _MAPS:
+        return [path or "(all)"]
+    out: list[str] = []
+    for k in sorted(set(a) | set(b)):
+        out += _differences(a.get(k), b.get(k), f"{path}.{k}" if path else k, depth - 1)
+    return out
+
+
+# What the caches keep of each child: the fields the backend reads and the digest of the owned part, nothing
+# else (client-go's transform). A StatefulSet's pod template, a ConfigMap's program, a Secret's token, a pod's
+# spec, labels, annotations, owner references and managedFields are most of what the API server sends, and
+# none of it is kept: of the labels and owner references, only whose the object says it is (see cached()).
+_METADATA: dict[str, Shape] = {"name": True, "namespace": SHARED, "uid": True, "resourceVersion": True,
+                               "deletionTimestamp": True}
+PIPELINE_KEY, CONTROLLER_KEY = "pipeline", "controller"  # in a cached child: its uid label, its controller's uid
+RETAINED_KEY, OWNERS_KEY = "retained", "owners"  # in a cached claim: its RETAINED_LABEL, its owner references' number
 _CONDITIONS: Shape = {"type": SHARED, "status": SHARED, "reason": SHARED, "message": True}
 CACHED_FIELDS: dict[str, Mapping[str, Shape]] = {
     "statefulset": {"metadata": _METADATA, "status": {"readyReplicas": True}},
     "service": {"metadata": _METADATA},
     "configmap": {"metadata": _METADATA},
-    "pvc": {"metadata": _METADATA, "status": {"phase": SHARED, "conditions": _CONDITIONS}},
-    # pod_problem(): the kubelet's and scheduler's words, and the container's image and memory limit.
+    "secret": {"metadata": _METADATA},
+    "networkpolicy": {"metadata": _METADATA},
+    "pvc": {"metadata": {**_METADATA, "creationTimestamp": True},
+            "status": {"phase": SHARED, "conditions": _CONDITIONS}},
+    # pod_problem(): the kubelet's and scheduler's words, and the container's image and memory limit;
+    # endpoint(): where the pod answers, and whether it is on the host's network.
     "pod": {"metadata": _METADATA,
-            "spec": {"containers": {"name": True, "image": True, "resources": {"limits": {"memory": True}}}},
-            "status": {"phase": SHARED, "reason": True, "message": True, "conditions": _CONDITIONS,
+            "spec": {"hostNetwork": True,
+                     "containers": {"name": True, "image": True, "resources": {"limits": {"memory": True}}}},
+            "status": {"phase": SHARED, "reason": True, "message": True, "conditions": _CONDITIONS, "podIP": True,
                        "containerStatuses": {key: True for key in ("name", "image", "state", "lastState",
                                                                    "restartCount")}}},
 }
+
+
+def cached(kind: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The transform of the cache of ``kind``: :data:`CACHED_FIELDS`; whose the object says it is (its
+    :data:`UID_LABEL` and its controller's uid, interned: a pipeline's children share one string); and the owned
+    part's digest. A claim also keeps its :data:`RETAINED_LABEL` and how many owner references it has."""
+    shape = CACHED_FIELDS[kind]
+
+    def transform(obj: dict[str, Any]) -> dict[str, Any]:
+        kept: dict[str, Any] = project(obj, shape)
+        meta = obj.get("metadata") or {}
+        pipeline, controller = _pipeline_of(obj), _controller_of(obj)
+        if pipeline is not None:
+            kept[PIPELINE_KEY] = sys.intern(pipeline)
+        if controller is not None:
+            kept[CONTROLLER_KEY] = sys.intern(controller)
+        if kind == "pvc":
+            retained = (meta.get("labels") or {}).get(RETAINED_LABEL)
+            if retained is not None:
+                kept[RETAINED_KEY] = sys.intern(str(retained))
+            kept[OWNERS_KEY] = len(meta.get("ownerReferences") or [])
+        if kind in OWNED_FIELDS:
+            kept[OWNED_KEY] = owned_digest(kind, obj)
+        return kept
+    return transform
+
+
+def _pipeline_of(obj: Mapping[str, Any]) -> str | None:
+    """The :data:`UID_LABEL` of a child, from the API server's object or the cache's."""
+    if PIPELINE_KEY in obj:
+        return str(obj[PIPELINE_KEY])
+    value = ((obj.get("metadata") or {}).get("labels") or {}).get(UID_LABEL)
+    return str(value) if value is not None else None
+
+
+def _controller_of(obj: Mapping[str, Any]) -> str | None:
+    """The uid its controller reference names, from the API server's object or the cache's."""
+    if CONTROLLER_KEY in obj:
+        return str(obj[CONTROLLER_KEY])
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("uid"):
+            return str(ref["uid"])
+    return None
+
+
+@dataclasses.dataclass(slots=True)
+class _Owned:
+    """What the operator wrote for one pipeline's compute, to put it back: the owned part's digest of each
+    child, and what rebuilds them (:meth:`of`). Made by provisioning; after an operator restart, from the
+    Pipeline alone (no ``recipe``: only the Service and the claim's labels)."""
+    digests: dict[str, int]
+    claim: str
+    # The spec's deployment, the program as written and the start parameters, as compressed JSON: a few
+    # hundred bytes a pipeline (the spec it came from is parsed again by every pass that writes status).
+    recipe: bytes = b""
+
+    @classmethod
+    def of(cls, digests: dict[str, int], claim: str, deployment: DeploymentSpec, program: str,
+           initial: RuntimeDesiredStatus, policy: BootstrapPolicy) -> _Owned:
+        recipe = {"deployment": deployment.model_dump(mode="json", by_alias=True, exclude_none=True),
+                  "program": program, "initial": initial.value, "policy": policy.value}
+        return cls(digests, claim, zlib.compress(json.dumps(recipe, separators=(",", ":")).encode()))
+
+    def rebuild(self, key: PipelineKey, options: KubernetesOptions) -> dict[str, dict[str, Any]] | None:
+        """The children as provisioning built them (:func:`build_objects`), or None without a recipe."""
+        if not self.recipe:
+            return None
+        recipe = json.loads(zlib.decompress(self.recipe))
+        spec = PipelineSpec.model_construct(deployment=DeploymentSpec.model_validate(recipe["deployment"]))
+        objects = build_objects(key, spec, {}, RuntimeDesiredStatus(recipe["initial"]), options,
+                                BootstrapPolicy(recipe["policy"]), self.claim)
+        objects["configmap"]["data"]["program.json"] = recipe["program"]
+        return objects
 
 
 def _deleting(obj: dict[str, Any]) -> bool:
@@ -419,20 +627,18 @@ class KubernetesBackend:
     over the operator's namespaces, of the objects labelled as the operator's), so it makes no API
     call; the API server pushes what changes, and ``on_child_change(uid)`` says whose child it was.
 
-    Two kinds are not watched: Secrets (the tokens are credentials, and a cluster has many Secrets)
-    and NetworkPolicies (only created and deleted). Each is read when provisioning or deprovisioning
-    needs it, and what was found is remembered until the next change of direction, so that repeated
-    passes of one provisioning or one stop read it once.
+    The Secrets' cache keeps no token (only who owns each Secret and a digest of its owned part): the
+    token is read from the Secret when provisioning or after a restart, and kept in memory for as long as
+    the compute lives. ``on_restored(key, message)`` is told of each child put back.
     """
 
-    OVERRIDES_RECHECK = 1.0  # seconds between looks at the --dev-endpoint-overrides file
-
     def __init__(self, kube: Kube, options: KubernetesOptions, namespaces: Sequence[str] | None = None,
-                 on_child_change: Callable[[str], None] | None = None) -> None:
+                 on_child_change: Callable[[str], None] | None = None,
+                 on_restored: Callable[[PipelineKey, str], None] | None = None) -> None:
         self.kube = kube
         self.options = options
-        self.endpoint_overrides = options.endpoint_overrides
         self.on_child_change = on_child_change
+        self.on_restored = on_restored
         self._clients = {"apps": kube.apps, "core": kube.core,
                          "networking": kubernetes.client.NetworkingV1Api(kube.api_client)}
         # The watches get a client of their own (the same Configuration), not Kube's threads: a watch
@@ -443,32 +649,30 @@ class KubernetesBackend:
         self._watch_client = kubernetes.client.ApiClient(configuration)
         self._informers = {kind: Informer(self._watch_client, path=path, resource=resource, namespaces=namespaces,
                                           label_selector=MANAGED_BY_SELECTOR, on_change=self._child_changed,
-                                          name=resource, transform=projection(CACHED_FIELDS[kind]))
+                                          name=resource, transform=cached(kind))
                            for kind, (path, resource) in WATCHED.items()}
         self._starting: asyncio.Future[None] | None = None
-        self._calls = {"reads": 0, "creates": 0, "deletes": 0, "patches": 0}  # API calls the backend made itself
+        self._calls = {"reads": 0, "creates": 0, "deletes": 0, "patches": 0, "replaces": 0, "restored": 0}
         self._problems: dict[str, str] = {}  # pipeline uid -> why a child could not be adopted or created
         self._tokens: dict[str, str] = {}  # pipeline uid -> its control token (the Secret's)
         self._token_read: set[str] = set()  # pipeline uids whose Secret was read since their last provisioning
-        self._endpoint_uids: dict[str, str] = {}  # what endpoint() returned -> pipeline uid
+        # What endpoint() answered: pipeline uid -> endpoint, and endpoint -> the pipeline it was answered for.
+        self._endpoints: dict[str, str] = {}
+        self._endpoint_keys: dict[str, PipelineKey] = {}
         # Pipelines whose provisioning began here and has not got as far as its StatefulSet (a create was
         # refused, the API server went away): their other children are not a StatefulSet deleted by someone.
         self._unfinished: set[str] = set()
         # pipeline uid -> watched kinds whose deletion the backend asked for: the cache shows such a child
         # until the watch delivers its deletion, and it is terminating, not "deleted outside the operator".
         self._deleted: dict[str, set[str]] = {}
-        # pipeline uid -> unwatched kind -> True: in place and ours (provisioning need not read it again),
-        # False: gone, being deleted or not ours (deprovisioning need not read it again).
-        self._settled: dict[str, dict[str, bool]] = {}
-        self._overrides: dict[str, Any] = {}
-        self._overrides_version: tuple[int, int, int] | None = None  # the file's (inode, mtime, size) when parsed
-        self._overrides_checked = 0.0  # time.monotonic() of the last look at the file
+        self._owned: dict[str, _Owned] = {}  # pipeline uid -> what its children must be (see _Owned)
 
     @classmethod
     def from_settings(cls, kube: Kube, settings: OperatorSettings,
-                      on_child_change: Callable[[str], None] | None = None) -> KubernetesBackend:
+                      on_child_change: Callable[[str], None] | None = None,
+                      on_restored: Callable[[PipelineKey, str], None] | None = None) -> KubernetesBackend:
         namespaces = None if settings.all_namespaces else settings.namespaces
-        return cls(kube, KubernetesOptions.from_settings(settings), namespaces, on_child_change)
+        return cls(kube, KubernetesOptions.from_settings(settings), namespaces, on_child_change, on_restored)
 
     # -- the caches ------------------------------------------------------------------------------
 
@@ -502,7 +706,7 @@ class KubernetesBackend:
                               f"operator's view of the pipelines' {WATCHED[kind][1]} may be stale ({problem.message})")
 
     def _child_changed(self, kind: str, obj: dict[str, Any]) -> None:
-        uid = ((obj.get("metadata") or {}).get("labels") or {}).get(UID_LABEL)
+        uid = _pipeline_of(obj)
         if uid and self.on_child_change is not None:
             self.on_child_change(uid)
 
@@ -544,33 +748,57 @@ class KubernetesBackend:
                 raise Forbidden(f"the operator may not get {resource} in {namespace}") from exc
             raise
 
-    async def _create(self, kind: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """The created object; None if one of that name exists already (the caller checks that it is ours)."""
-        create, resource = self._method("create", kind)
-        namespace = body["metadata"]["namespace"]
-        self._calls["creates"] += 1
+    async def _write(self, verb: str, kind: str, body: dict[str, Any], gone: tuple[int, ...]) -> dict[str, Any] | None:
+        """``<verb>_namespaced_<kind>`` of ``body``: the object the API server answers, or None for a status in
+        ``gone``; :class:`Forbidden` (403), :class:`Invalid` (422)."""
+        call, resource = self._method(verb, kind)
+        meta = body["metadata"]
+        namespace = meta["namespace"]
+        args = (namespace, body) if verb == "create" else (meta["name"], namespace, body)
+        self._calls[f"{verb}s"] += 1
         try:
-            return self._json(await self.kube.call(create, namespace, body, field_manager=self.kube.field_manager))
+            return self._json(await self.kube.call(call, *args, field_manager=self.kube.field_manager))
         except ApiException as exc:
-            if exc.status == 409:
+            if exc.status in gone:
                 return None
             if exc.status == 403:
-                raise Forbidden(f"the operator may not create {resource} in {namespace}") from exc
+                raise Forbidden(f"the operator may not {'update' if verb == 'replace' else verb} {resource} "
+                                f"in {namespace}") from exc
             if exc.status == 422:
                 raise Invalid(_reason(exc)) from exc
             raise
 
-    async def _delete(self, kind: str, namespace: str, name: str) -> None:
+    async def _create(self, kind: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The created object; None if one of that name exists already (the caller checks that it is ours)."""
+        return await self._write("create", kind, body, gone=(409,))
+
+    async def _delete(self, kind: str, namespace: str, name: str, uid: str) -> bool:
+        """Delete ``name`` if it is still the object ``uid`` (the one the operator verified as its own): the
+        API server refuses the delete of a same-named object someone made in its place (409). Whether it is
+        deleted or gone."""
         delete, resource = self._method("delete", kind)
         self._calls["deletes"] += 1
+        options = kubernetes.client.V1DeleteOptions(propagation_policy="Background",
+                                                    preconditions=kubernetes.client.V1Preconditions(uid=uid))
         try:
-            await self.kube.call(delete, name, namespace, propagation_policy="Background")
+            await self.kube.call(delete, name, namespace, body=options)
         except ApiException as exc:
             if exc.status == 404:
-                return
+                return True
+            if exc.status == 409:
+                log.warning("%s %s/%s was not deleted: it is no longer the object the operator verified as its own "
+                            "(uid %s): %s", KIND_NAMES.get(kind, kind), namespace, name, uid, _reason(exc))
+                return False
             if exc.status == 403:
                 raise Forbidden(f"the operator may not delete {resource} in {namespace}") from exc
             raise
+        return True
+
+    async def _replace(self, kind: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A PUT of ``body`` (guarded by its ``resourceVersion``); the object after it, or None when it is gone or
+        changed meanwhile (the next pass looks again). :class:`Invalid` if the API server refuses it (422: an
+        immutable field)."""
+        return await self._write("replace", kind, body, gone=(404, 409))
 
     async def _patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """A JSON merge patch (guarded by the ``resourceVersion`` the body names, if any); the object after
@@ -590,10 +818,7 @@ class KubernetesBackend:
     @staticmethod
     def _ours(obj: dict[str, Any] | None, key: PipelineKey) -> bool:
         """Labelled with the Pipeline's uid AND controlled by it (a label alone proves nothing)."""
-        meta = (obj or {}).get("metadata") or {}
-        if (meta.get("labels") or {}).get(UID_LABEL) != key.uid:
-            return False
-        return any(ref.get("controller") and ref.get("uid") == key.uid for ref in meta.get("ownerReferences") or [])
+        return obj is not None and _pipeline_of(obj) == key.uid and _controller_of(obj) == key.uid
 
     async def _remember_token(self, key: PipelineKey, secret: dict[str, Any] | None = None) -> bool:
         """Learn the pipeline's control token from its Secret (read it unless given); whether it was."""
@@ -620,7 +845,7 @@ class KubernetesBackend:
         if claim is not None:
             return claim
         for candidate in self._informers["pvc"].list(key.namespace):
-            if ((candidate.get("metadata") or {}).get("labels") or {}).get(UID_LABEL) == key.uid:
+            if _pipeline_of(candidate) == key.uid:
                 return candidate
         return None
 
@@ -633,8 +858,7 @@ class KubernetesBackend:
         if several were (a name re-created and deleted more than once with Retain)."""
         value = retained_from(key.name)
         found = [c for c in self._informers["pvc"].list(key.namespace)
-                 if ((c.get("metadata") or {}).get("labels") or {}).get(RETAINED_LABEL) == value
-                 and not (c.get("metadata") or {}).get("ownerReferences") and not _deleting(c)]
+                 if c.get(RETAINED_KEY) == value and not c.get(OWNERS_KEY) and not _deleting(c)]
         return max(found, key=lambda c: c["metadata"].get("creationTimestamp") or "", default=None)
 
     async def _adopt_retained(self, key: PipelineKey) -> str | None:
@@ -661,6 +885,10 @@ class KubernetesBackend:
         The other labels stay, so the claim stays in the operator's cache, where the next Pipeline looks."""
         await self._cached(key.namespace, "pvc")
         claim = self._claim(key)
+        if claim is None or not self._ours(claim, key) or _deleting(claim):
+            return
+        # Read: the cache keeps no owner references, and those of others stay.
+        claim = await self._read("pvc", key.namespace, claim["metadata"]["name"])
         if claim is None or not self._ours(claim, key) or _deleting(claim):
             return
         meta = claim["metadata"]
@@ -705,6 +933,8 @@ class KubernetesBackend:
                                       message=f"StatefulSet {ns}/{name} is gone (deleted outside the operator)")
         if _deleting(sts) or "statefulset" in deleted:
             return ComputeObservation(state=ComputeState.TERMINATING, message=f"StatefulSet {name} is being deleted")
+        if self._ours(sts, key) and key.uid not in self._unfinished:
+            await self._guard(key)
         if ((sts.get("status") or {}).get("readyReplicas") or 0) >= 1:
             return ComputeObservation(state=ComputeState.READY)
         return self._why_not_ready(key, name)
@@ -748,21 +978,23 @@ class KubernetesBackend:
                              "chart value pipelines.imagePrefixes)"))
             return
         ns = key.namespace
-        await self._cached(ns, "pvc", "configmap", "service", "statefulset")
+        await self._cached(ns, "pvc", "secret", "configmap", "service", "networkpolicy", "statefulset")
         self._unfinished.add(key.uid)
         claim = self._claim(key)
         claim_name = claim["metadata"]["name"] if claim is not None else await self._adopt_retained(key)
         objects = build_objects(key, spec, artifact, initial, self.options, bootstrap_policy, claim_name)
-        objects["secret"] = token_secret(key)
-        settled = self._settled.setdefault(key.uid, {})
+        objects["secret"] = token_secret(key, self._tokens.get(key.uid))
+        digests: dict[str, int] = {}
         # Storage first (it outlives compute), then the token, the program, the Service, the
         # NetworkPolicy (before the pod can serve) and the StatefulSet.
         for kind in ("pvc", "secret", "configmap", "service", "networkpolicy", "statefulset"):
             body = objects.get(kind)
-            if body is None or settled.get(kind):
+            if body is None:
                 continue
             name = body["metadata"]["name"]
-            existing = self._cache(kind, ns, name) if kind in WATCHED else await self._read(kind, ns, name)
+            existing = self._cache(kind, ns, name)
+            if kind == "secret" and existing is not None and key.uid not in self._tokens:
+                existing = await self._read(kind, ns, name)  # the cache keeps no token: learn it
             fetched = existing is None
             if existing is None:
                 try:
@@ -774,16 +1006,22 @@ class KubernetesBackend:
                 if existing is None:  # it exists, but the cache has not seen it yet: whose is it?
                     existing = await self._read(kind, ns, name)
             if existing is None:
-                continue  # deleted right after: the next pass creates it
+                return  # deleted right after: the next pass creates it
             if not self._ours(existing, key):
                 self._fail(key, f"{body['kind']} {ns}/{name} exists and does not belong to this pipeline "
                                 "(no controller reference to it); delete or rename it")
                 return
-            if kind in WATCHED:
-                if fetched:  # seen before the watch delivers it: the next pass sees a complete set of children
-                    self._informers[kind].remember(existing)
-            elif kind != "secret" or await self._remember_token(key, existing):
-                settled[kind] = True
+            if fetched:  # seen before the watch delivers it: the next pass sees a complete set of children
+                self._informers[kind].remember(existing)
+            if kind == "secret":
+                if key.uid not in self._tokens and not await self._remember_token(key, existing):
+                    return
+                # The token is the Secret's (adopted, or made now): what is put back is that Secret.
+                digests[kind] = existing[OWNED_KEY] if OWNED_KEY in existing else owned_digest(kind, existing)
+            else:
+                digests[kind] = owned_digest(kind, body)
+        self._owned[key.uid] = _Owned.of(digests, claim_name or f"{child_name(key)}-storage", spec.deployment,
+                                         objects["configmap"]["data"]["program.json"], initial, bootstrap_policy)
         self._unfinished.discard(key.uid)
         self._problems.pop(key.uid, None)
 
@@ -793,23 +1031,17 @@ class KubernetesBackend:
         self._tokens.pop(key.uid, None)
         self._token_read.discard(key.uid)
         self._unfinished.discard(key.uid)
-        await self._cached(key.namespace, "statefulset", "service", "configmap")
+        self._owned.pop(key.uid, None)
+        await self._cached(key.namespace, "statefulset", "service", "configmap", "networkpolicy", "secret")
         deleted = self._deleted.setdefault(key.uid, set())
-        settled = self._settled.setdefault(key.uid, {})
         for kind, child in (("statefulset", name), ("service", name), ("configmap", name),
                             ("networkpolicy", name), ("secret", token_secret_name(key))):
-            if kind in deleted or settled.get(kind) is False:
+            if kind in deleted:
                 continue
-            if kind in WATCHED:
-                existing = self._cache(kind, key.namespace, child)
-            else:
-                existing = await self._read(kind, key.namespace, child)
-            if existing is not None and self._ours(existing, key) and not _deleting(existing):
-                await self._delete(kind, key.namespace, child)
-                if kind in WATCHED:
-                    deleted.add(kind)
-            if kind not in WATCHED:
-                settled[kind] = False
+            existing = self._cache(kind, key.namespace, child)
+            if existing is not None and self._ours(existing, key) and not _deleting(existing) \
+                    and await self._delete(kind, key.namespace, child, existing["metadata"]["uid"]):
+                deleted.add(kind)
 
     async def storage_exists(self, key: PipelineKey) -> bool:
         await self._cached(key.namespace, "pvc")
@@ -819,11 +1051,118 @@ class KubernetesBackend:
         """Delete the claim, under either deletion policy: clearing is an explicit request to drop the data."""
         await self._cached(key.namespace, "pvc")
         existing = self._claim(key)
-        name = self._claim_name(key)
         deleted = self._deleted.setdefault(key.uid, set())
-        if existing is not None and "pvc" not in deleted and self._ours(existing, key) and not _deleting(existing):
-            await self._delete("pvc", key.namespace, name)
+        if existing is not None and "pvc" not in deleted and self._ours(existing, key) and not _deleting(existing) \
+                and await self._delete("pvc", key.namespace, existing["metadata"]["name"], existing["metadata"]["uid"]):
             deleted.add("pvc")
+
+    # -- putting back what the operator owns --------------------------------------------------------
+
+    def _child_names(self, key: PipelineKey, owned: _Owned) -> dict[str, str]:
+        name = child_name(key)
+        return {"statefulset": name, "service": name, "configmap": name, "networkpolicy": name,
+                "secret": token_secret_name(key), "pvc": owned.claim}
+
+    async def _guard(self, key: PipelineKey) -> None:
+        """Put back each of the pipeline's children whose owned part is not what the operator wrote (its
+        digest in the cache differs), and create again one deleted while the compute stands. After an operator
+        restart, what is known without the start's parameters is guarded: the Service and the claim's labels."""
+        owned = self._owned.get(key.uid)
+        if owned is None:
+            owned = self._owned[key.uid] = _Owned(
+                digests={"service": owned_digest("service", service_object(key)),
+                         "pvc": owned_digest("pvc", {"metadata": {"labels": labels(key)}})},
+                claim=self._claim_name(key))
+        for kind, name in self._child_names(key, owned).items():
+            expected = owned.digests.get(kind)
+            if expected is None:
+                continue
+            live = self._claim(key) if kind == "pvc" else self._cache(kind, key.namespace, name)
+            if live is not None and (live.get(OWNED_KEY) == expected or _deleting(live)
+                                     or not self._ours(live, key)):
+                continue  # as written; or going; or someone else's object, which is never touched
+            if live is None and kind in ("statefulset", "pvc"):
+                continue  # a StatefulSet deleted is a failure (observe_compute); a claim is never made again here
+            await self._put_back(key, kind, name, owned, expected)
+
+    def _rebuild(self, key: PipelineKey, kind: str, owned: _Owned) -> dict[str, Any] | None:
+        """The child as the operator wrote it; None when it cannot be known (see :meth:`_guard`)."""
+        if kind == "service":
+            return service_object(key)
+        if kind == "pvc":
+            return {"metadata": _meta(key, owned.claim)}
+        if kind == "secret":
+            token = self._tokens.get(key.uid)
+            return token_secret(key, token) if token else None
+        objects = owned.rebuild(key, self.options)
+        return objects.get(kind) if objects is not None else None
+
+    async def _put_back(self, key: PipelineKey, kind: str, name: str, owned: _Owned, expected: int) -> None:
+        ns = key.namespace
+        body = self._rebuild(key, kind, owned)
+        if body is None:
+            return
+        fresh = await self._read(kind, ns, name)
+        what = f"{KIND_NAMES[kind]} {name}"
+        if fresh is None:
+            if kind == "pvc":
+                return
+            try:
+                created = await self._create(kind, body)
+            except Invalid as exc:
+                owned.digests.pop(kind, None)  # not tried on every pass
+                log.warning("%s: %s was deleted and cannot be created again: %s", key, what, exc)
+                return
+            if created is None:
+                return  # made meanwhile: the next pass looks at it
+            self._informers[kind].remember(created)
+            self._restored(key, f"{what} was deleted; created again")
+            return
+        if _deleting(fresh):
+            return
+        if not self._ours(fresh, key):  # someone else's by that name (never touched): not read on every pass
+            owned.digests.pop(kind, None)
+            log.warning("%s: %s is not the pipeline's (no controller reference to it, or no %s label); it is left "
+                        "as it is and not put back", key, what, UID_LABEL)
+            return
+        changed = _differences(owned_part(kind, fresh), owned_part(kind, body))
+        result: dict[str, Any] | None = fresh
+        if changed:  # written back (the cache may only have been behind: then it is remembered as it is)
+            meta = fresh["metadata"]
+            if kind == "pvc":
+                result = await self._patch(kind, ns, name, {"metadata": {"resourceVersion": meta["resourceVersion"],
+                                                                         "labels": labels(key)}})
+            else:
+                replacement = {k: v for k, v in fresh.items() if k != "status"}
+                replacement["metadata"] = {**{k: v for k, v in meta.items() if k != "managedFields"},
+                                           "labels": {**(meta.get("labels") or {}), **labels(key)}}
+                for field in ("spec", "data", "binaryData", "type"):
+                    replacement.pop(field, None)
+                    if field in body:
+                        replacement[field] = body[field]
+                try:
+                    result = await self._replace(kind, replacement)
+                except Invalid:  # an immutable field (a Secret's token, a ConfigMap made immutable): made anew
+                    if not await self._delete(kind, ns, name, meta["uid"]):
+                        return
+                    result = await self._create(kind, body)
+        if result is None:
+            return  # changed or gone meanwhile: the next pass looks again
+        self._informers[kind].remember(result)
+        if changed:
+            fields = ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "")
+            self._restored(key, f"{what} {fields} {'was' if len(changed) == 1 else 'were'} changed; put back")
+        if owned_digest(kind, result) != expected:  # never a put-back on every pass: what was written differs
+            owned.digests.pop(kind, None)
+            log.error("%s: %s as the API server stores it differs from what the operator writes (%s); it is no "
+                      "longer put back", key, what, ", ".join(_differences(owned_part(kind, result),
+                                                                           owned_part(kind, body))) or "?")
+
+    def _restored(self, key: PipelineKey, message: str) -> None:
+        self._calls["restored"] += 1
+        log.warning("%s: %s", key, message)
+        if self.on_restored is not None:
+            self.on_restored(key, message)
 
     def describe_compute(self, key: PipelineKey) -> str:
         return f"StatefulSet {key.namespace}/{child_name(key)}"
@@ -831,43 +1170,67 @@ class KubernetesBackend:
     def describe_storage(self, key: PipelineKey) -> str:
         return f"PersistentVolumeClaim {key.namespace}/{self._claim_name(key)}"
 
-    def _endpoint_mapping(self, path: Path) -> dict[str, Any]:
-        """The ``--dev-endpoint-overrides`` file, looked at no more than every :attr:`OVERRIDES_RECHECK` seconds
-        and parsed again only when it was replaced or its mtime or size changed (it is asked for on every pass
-        of every pipeline: a thousand stat() calls a second otherwise)."""
-        now = time.monotonic()
-        if self._overrides_version is not None and now - self._overrides_checked < self.OVERRIDES_RECHECK:
-            return self._overrides
-        self._overrides_checked = now
+    def _pod(self, key: PipelineKey) -> dict[str, Any] | None:
+        """The pipeline's pod from the cache, if it is the one its StatefulSet (the operator's own, by uid)
+        controls: a pod of that name made by anyone else is not it."""
+        name = child_name(key)
+        sts, pod = self._cache("statefulset", key.namespace, name), self._cache("pod", key.namespace, f"{name}-0")
+        if sts is None or pod is None or not self._ours(sts, key):
+            return None
+        if _pipeline_of(pod) != key.uid or _controller_of(pod) != sts["metadata"].get("uid"):
+            return None
+        return pod
+
+    def _address(self, key: PipelineKey) -> str | None:
+        """Where the pipeline's pod answers (``status.podIP``, written by its kubelet), if it is the operator's
+        (:meth:`_pod`), not on the host's network, Running and Ready."""
+        pod = self._pod(key)
+        if pod is None or (pod.get("spec") or {}).get("hostNetwork"):
+            return None
+        status = pod.get("status") or {}
+        if status.get("phase") != "Running" or not any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
+            return None
         try:
-            stat = path.stat()
-        except OSError:
-            self._overrides, self._overrides_version = {}, None
-            return self._overrides
-        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if version != self._overrides_version:
-            try:
-                mapping = json.loads(path.read_text())
-            except (OSError, ValueError):
-                return {}  # being written, perhaps: parsed again at the next call
-            self._overrides = mapping if isinstance(mapping, dict) else {}
-            self._overrides_version = version
-        return self._overrides
+            ip = ipaddress.ip_address(str(status.get("podIP") or ""))
+        except ValueError:
+            return None
+        if ip.is_unspecified or ip.is_multicast:
+            return None
+        return f"[{ip}]" if ip.version == 6 else str(ip)
 
     def endpoint(self, key: PipelineKey) -> str | None:
-        if self.endpoint_overrides is not None:
-            found = self._endpoint_mapping(self.endpoint_overrides).get(f"{key.namespace}/{key.name}")
-            if found:
-                self._endpoint_uids[str(found)] = key.uid
-                return str(found)
-        endpoint = f"http://{child_name(key)}.{key.namespace}.svc:{PORT}"
-        self._endpoint_uids[endpoint] = key.uid
+        """``http://<pod IP>:8080`` of the pipeline's own pod (see the module's docstring), or None while there
+        is none, or while another pipeline's pod has the same address in the cache (one of them is gone, and
+        the watch has not said which yet: a token is never sent to the wrong one)."""
+        address = self._address(key)
+        endpoint = f"http://{address}:{PORT}" if address is not None else None
+        previous = self._endpoints.get(key.uid)
+        if previous is not None and previous != endpoint:
+            del self._endpoints[key.uid]
+            if self._endpoint_keys.get(previous) == key:
+                del self._endpoint_keys[previous]
+        if endpoint is None:
+            return None
+        other = self._endpoint_keys.get(endpoint)
+        if other is not None and other.uid != key.uid:
+            if self._address(other) == address:
+                log.warning("%s: its pod and that of %s both have the address %s in the operator's cache; neither "
+                            "is reached until the cache says which is gone", key, other, address)
+                return None
+            self._endpoints.pop(other.uid, None)
+        self._endpoints[key.uid] = endpoint
+        self._endpoint_keys[endpoint] = key
         return endpoint
 
     def control_token(self, endpoint: str) -> str | None:
         """The control token of the pipeline ``endpoint()`` last answered ``endpoint`` for."""
-        uid = self._endpoint_uids.get(endpoint)
-        return self._tokens.get(uid) if uid is not None else None
+        key = self._endpoint_keys.get(endpoint)
+        return self.token(key) if key is not None else None
+
+    def token(self, key: PipelineKey) -> str | None:
+        """The control token the operator knows for the pipeline (the one its pod was started with)."""
+        return self._tokens.get(key.uid)
 
     async def learn_token(self, key: PipelineKey) -> None:
         """Read the pipeline's control token from its Secret unless it is known (a replica that took over,
@@ -881,10 +1244,11 @@ class KubernetesBackend:
         self._tokens.pop(key.uid, None)
         self._token_read.discard(key.uid)
         self._deleted.pop(key.uid, None)
-        self._settled.pop(key.uid, None)
+        self._owned.pop(key.uid, None)
         self._unfinished.discard(key.uid)
-        for endpoint in [e for e, uid in self._endpoint_uids.items() if uid == key.uid]:
-            del self._endpoint_uids[endpoint]
+        endpoint = self._endpoints.pop(key.uid, None)
+        if endpoint is not None and self._endpoint_keys.get(endpoint) == key:
+            del self._endpoint_keys[endpoint]
 
     async def close(self) -> None:
         """Stop the watches (their threads end at once) and close their client."""
@@ -900,15 +1264,25 @@ class KubernetesBackend:
         the pod's kubelet): its last ``tail_lines`` lines (as many as Feldera's runner keeps), then, with
         ``follow``, what the container writes until it ends.
 
-        The pod is asked for, not looked up in the caches: a standby serving the API has none. The blocking
-        client reads the stream in a thread of its own, with an API client of its own (a log stream holds its
-        connection for as long as it is read, which must starve neither the monitoring loops' pool nor the
-        watches), and hands the chunks to the event loop through a queue of a few chunks: a reader that does
-        not keep up slows the stream down, nothing piles up. Leaving the ``async with`` shuts the connection
-        down, which ends a read blocked in the thread. No pod is an empty log, a container that has not
-        started one line saying why; a stream the API server does not open within ``open_timeout`` seconds,
-        or refuses otherwise, is :class:`LogsUnavailable`."""
+        Only the pipeline's own pod is read: the one in the cache that its StatefulSet controls (a pod of that
+        name made by someone else is refused). The blocking client reads the stream in a thread of its own,
+        with an API client of its own (a log stream holds its connection for as long as it is read, which must
+        starve neither the monitoring loops' pool nor the watches), and hands the chunks to the event loop
+        through a queue of a few chunks: a reader that does not keep up slows the stream down, nothing piles
+        up. Leaving the ``async with`` shuts the connection down, which ends a read blocked in the thread. No
+        pod is an empty log, a container that has not started one line saying why; a stream the API server
+        does not open within ``open_timeout`` seconds, or refuses otherwise, is :class:`LogsUnavailable`."""
         namespace, pod = key.namespace, f"{child_name(key)}-0"
+        try:
+            await self._cached(namespace, "statefulset", "pod")
+        except (Unavailable, Forbidden) as exc:
+            raise LogsUnavailable(str(exc)) from exc
+        if self._cache("pod", namespace, pod) is None:
+            yield self._empty()  # no pod (not yet, or no more): nothing to read
+            return
+        if self._pod(key) is None:
+            raise LogsUnavailable(f"pod {namespace}/{pod} is not the one the pipeline's StatefulSet controls; the "
+                                  "operator does not read its log")
         loop = asyncio.get_running_loop()
         client = kubernetes.client.ApiClient(copy.deepcopy(self.kube.api_client.configuration))
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -1000,3 +1374,8 @@ class KubernetesBackend:
                 with contextlib.suppress(Exception):
                     response.shutdown()  # ends a read blocked in the thread
             await asyncio.to_thread(client.close)
+
+    @staticmethod
+    async def _empty() -> AsyncIterator[bytes]:
+        return
+        yield b""  # an async generator that yields nothing
