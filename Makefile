@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Processes running the test suite (`make test TEST_WORKERS=1` runs it in one).
+TEST_WORKERS ?= 2
 
 .PHONY: test demo image lock crd lint-imports clean
 
@@ -20,7 +22,9 @@ test: $(VENV)/.installed
 	$(BIN)/pipeline-operator crd --check --output crds/pipelines.dataflow.dev.yaml
 	$(BIN)/pipeline-operator crd --check --output deploy/base/crd/pipelines.dataflow.dev.yaml
 	@# pytest exits 5 when it collected no tests: this project always has tests, so that is a failure.
-	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	@# The suite runs in $(TEST_WORKERS) processes (pytest-xdist), each with its own control plane, one
+	@# test file at a time (--dist loadfile): most tests wait on processes and watches, not on the CPU.
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the run" >&2; exit 1; fi; exit $$rc
 
 # The main job in one command: an embedded control plane (unless KUBECONFIG is set), the CRD,

@@ -155,6 +155,11 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, **kwargs)
 
 
+# apt-get waiting (up to ten minutes) for another apt-get or dpkg to finish instead of failing at once:
+# the tests run in several processes, and two of them may install packages at the same time.
+APT_GET = ("apt-get", "-o", "DPkg::Lock::Timeout=600")
+
+
 def ensure_debian_packages(commands: dict[str, str]) -> None:
     """Each command on PATH, or its Debian package installed with apt-get (as root); else a clear error."""
     missing = sorted({package for command, package in commands.items() if shutil.which(command) is None})
@@ -164,9 +169,10 @@ def ensure_debian_packages(commands: dict[str, str]) -> None:
         sys.exit(f"error: {', '.join(missing)} not installed; as root: apt-get install {' '.join(missing)}")
     step(f"installing {', '.join(missing)} from Debian's packages")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env).returncode:
-        run(["apt-get", "update", "-q"], env=env)
-        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env)
+    install = [*APT_GET, "install", "-y", "-q", "--no-install-recommends", *missing]
+    if subprocess.run(install, env=env).returncode:
+        run([*APT_GET, "update", "-q"], env=env)
+        run(install, env=env)
 
 
 def host_mirrors() -> list[str]:

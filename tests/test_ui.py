@@ -31,6 +31,8 @@ from .test_api_unit import deps
 from .test_operator_lifecycle import debug_fail, spec
 
 CHROMIUM_TIMEOUT = 60.0
+# Waiting for another apt-get or dpkg (the suite runs in several processes; as image/build_image.py does).
+APT_GET = ("apt-get", "-o", "DPkg::Lock::Timeout=600")
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +43,9 @@ def chromium() -> str:
     found = shutil.which("chromium")
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+        install = [*APT_GET, "install", "-y", "-q", "--no-install-recommends", "chromium"]
         if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=900)
+            subprocess.run([*APT_GET, "update", "-q"], env=env, capture_output=True, timeout=900)
             subprocess.run(install, env=env, capture_output=True, timeout=900)
         found = shutil.which("chromium")
     if found is None:
