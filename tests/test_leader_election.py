@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import signal
 import threading
@@ -19,6 +20,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from pipeline_operator import kube as kube_module
+from pipeline_operator.controller import KeepRetrying
 from pipeline_operator.kube import Fenced, Kube, Unavailable
 from pipeline_operator.leader import LeaderElector, LeaseTiming, lease_now, lease_record
 
@@ -305,6 +307,52 @@ def test_nothing_is_sent_again_once_fenced_and_reads_are_retried_until_then(monk
     unfenced, requests, fenced_at = asyncio.run(scenario())
     assert unfenced == 4  # once, and urllib3's three retries
     assert len(requests) == 1 and requests[0][0] < fenced_at, requests
+
+
+class _KopfContext:
+    """What Kopf's ``request`` uses of its authenticated context: the server and an aiohttp session."""
+
+    def __init__(self, server: str, session) -> None:
+        self.server, self.session = server, session
+
+    def add_response(self, response) -> None:
+        pass
+
+
+def test_no_request_of_kopfs_leaves_after_the_fence():
+    """Kopf's own requests (its finalizer's and annotations' patches) retry for ever (KeepRetrying: an API
+    server outage never ends the operator), each attempt after a delay: once the operator's client is fenced,
+    the next attempt is not sent, nor is any new request."""
+    import aiohttp
+    import kopf
+    from kopf._cogs.clients import api as kopf_api
+
+    unavailable = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: 2\r\n\r\n{}")
+    fence: list[str] = []
+
+    async def scenario() -> list[tuple[float, str]]:
+        async with SilentApiServer(answer=unavailable, on_request=lambda: fence.append("lost")).serving() as server:
+            settings = kopf.OperatorSettings()
+            settings.networking.error_backoffs = KeepRetrying(fenced=lambda: fence[0] if fence else None)
+            async with aiohttp.ClientSession() as session:
+                context = _KopfContext(server.url, session)
+                with pytest.raises(Fenced):  # after its first delay (1 s), not retried for ever
+                    await asyncio.wait_for(kopf_api.request(
+                        "patch", "/apis/dataflow.dev/v1alpha1/namespaces/ns/pipelines/p", payload={},
+                        settings=settings, context=context, logger=logging.getLogger("kopf-request")), 10)
+                with pytest.raises(Fenced):  # a new request after the fence
+                    await kopf_api.request("get", "/api", settings=settings, context=context,
+                                           logger=logging.getLogger("kopf-request"))
+            return server.requests
+
+    requests = asyncio.run(scenario())
+    assert [line.split()[0] for _, line in requests] == ["PATCH"], requests
+
+
+def test_kopfs_delays_never_run_out_before_a_fence():
+    delays = iter(KeepRetrying())
+    assert [next(delays) for _ in range(10)] == [1, 1, 2, 3, 5, 8, 10.0, 10.0, 10.0, 10.0]
 
 
 def test_the_written_lease_duration_is_rounded_up():

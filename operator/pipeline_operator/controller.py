@@ -39,7 +39,7 @@ from .compiler import Compiler
 from .core.lifecycle import ComputeState
 from .identity import PipelineKey
 from .informer import Informer, names_and_versions
-from .kube import Conflict, Forbidden, Gone, Kube
+from .kube import Conflict, Fenced, Forbidden, Gone, Kube
 from .kube_events import EventPoster, requester_of
 from .leader import LeaderElector, LeaseTiming
 from .models import API_GROUP, API_VERSION, PLURAL, StorageDeletionPolicy
@@ -65,11 +65,22 @@ KOPF_PREFIX = "operator.dataflow.dev"
 class KeepRetrying:
     """Kopf's delays between retries of a failed API request, never used up: by default Kopf gives
     up after about a minute and its watch fails, which ends the operator during a longer API server
-    outage (an upgrade, an etcd restart). Iterable again for every request; not Sized (no count)."""
+    outage (an upgrade, an etcd restart). Iterable again for every request; not Sized (no count).
+
+    Kopf takes the next delay before each attempt of a request, the first one included; once the
+    operator's client is fenced (``fenced()`` names why: this replica lost the leadership), that
+    raises :class:`Fenced` instead, so no request of Kopf's (a finalizer's patch, a retried write)
+    leaves after the fence either."""
+
+    def __init__(self, fenced: Callable[[], str | None] = lambda: None) -> None:
+        self.fenced = fenced
 
     def __iter__(self) -> Iterator[float]:
-        yield from (1, 1, 2, 3, 5, 8)
-        yield from itertools.repeat(10.0)
+        for delay in itertools.chain((1, 1, 2, 3, 5, 8), itertools.repeat(10.0)):
+            reason = self.fenced()
+            if reason is not None:
+                raise Fenced(f"no request of Kopf's to the Kubernetes API: {reason}")
+            yield delay
 
 
 def strip_managed_fields_in_kopf_watches() -> None:
@@ -189,7 +200,8 @@ def build_registry(ctx: Context, claims: NamespaceClaims | None = None) -> kopf.
         settings.watching.client_timeout = 150
         settings.watching.connect_timeout = 5
         settings.networking.request_timeout = 30
-        settings.networking.error_backoffs = KeepRetrying()  # an API server outage never ends the operator
+        # An API server outage never ends the operator; nothing of Kopf's leaves after the fence.
+        settings.networking.error_backoffs = KeepRetrying(fenced=lambda: ctx.kube.fenced)
         settings.scanning.disabled = True  # exact namespaces only: no need to list CRDs or namespaces
         settings.background.cancellation_polling = 5
 
