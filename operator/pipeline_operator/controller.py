@@ -15,6 +15,7 @@ and ignores labels and annotations it does not own, so GitOps tools see no churn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import logging
@@ -237,6 +238,35 @@ async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
         tries += 1
         log.debug("%s: deleting, try %d: %s; next try in %.0fs", key, tries, problem, delay)
         await asyncio.sleep(delay)
+
+
+async def wait_until_pipelines_are_served(kube: Kube, stopping: asyncio.Event) -> bool:
+    """Wait until the API server serves the Pipelines (its discovery names them); False if told to stop first.
+
+    Kopf finds out once, as it starts, which resources the API server serves (its scan of the CRDs
+    is off: the operator need not list them) and never watches one it did not find then. A
+    kube-apiserver that has just started answers before it serves the CRDs again (for a second or
+    two), so an operator started in that moment (with the API server after an outage or an upgrade)
+    would run without ever seeing a Pipeline. It waits instead, and says so once."""
+    backoff = Backoff(initial=1.0, maximum=10.0)
+    waiting = False
+    while not stopping.is_set():
+        try:
+            served = await kube.call(kube.custom.get_api_resources, API_GROUP, API_VERSION)
+            if any(r.name == PLURAL for r in served.resources or []):
+                if waiting:
+                    log.info("the API server serves %s.%s/%s now: watching them", PLURAL, API_GROUP, API_VERSION)
+                return True
+            why = f"{API_GROUP}/{API_VERSION} does not list {PLURAL}"
+        except Exception as exc:  # noqa: BLE001 - not served yet (404), or the API server is away: tried again
+            why = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+        if not waiting:
+            log.warning("the API server does not serve %s.%s/%s (yet: %s); the operator waits for it before "
+                        "watching Pipelines (is the CRD installed?)", PLURAL, API_GROUP, API_VERSION, why)
+            waiting = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), backoff.failure() or 10.0)
+    return False
 
 
 def _retains_storage(obj: dict[str, Any]) -> bool:
@@ -505,9 +535,10 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
             log.info("pipeline-operator watching pipelines.%s in %s with the %s backend (event loop: %s)", API_GROUP,
                      where, settings.backend.value, type(asyncio.get_running_loop()).__module__.partition(".")[0])
             strip_managed_fields_in_kopf_watches()
-            await kopf.operator(registry=registry, standalone=True, clusterwide=settings.all_namespaces,
-                                namespaces=settings.namespaces, ready_flag=ready_flag, stop_flag=stopping,
-                                memo=kopf.Memo())
+            if await wait_until_pipelines_are_served(kube, stopping):
+                await kopf.operator(registry=registry, standalone=True, clusterwide=settings.all_namespaces,
+                                    namespaces=settings.namespaces, ready_flag=ready_flag, stop_flag=stopping,
+                                    memo=kopf.Memo())
     except Exception as exc:
         if not stopping.is_set():
             raise
