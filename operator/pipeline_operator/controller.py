@@ -3,9 +3,10 @@
 - one daemon per Pipeline runs its monitoring loop (level-based reconciliation);
 - a low-level event handler hands every new version of a Pipeline to its loop and wakes it
   at once when the spec (generation) or a one-shot annotation changed;
-- a delete handler stops the pipeline, clears its storage and forgets its events before the
-  finalizer is removed; a deletion that cannot finish says so (``DeletionStuck``) and can be
-  released by an administrator (``dataflow.dev/release-finalizer: "true"``);
+- a delete handler stops the pipeline and clears its storage before the finalizer is removed, and
+  queues the removal of its events (the event store is not waited for: the leader's sweep,
+  :mod:`.event_sweep`, removes what such a removal missed); a deletion that cannot finish says so
+  (``DeletionStuck``) and can be released by an administrator (``dataflow.dev/release-finalizer: "true"``);
 - shutdown (SIGTERM) stops Kopf through a flag of its own and never touches pipelines' compute.
 
 Kopf's own bookkeeping uses this operator's prefix and finalizer, never ``kopf.zalando.org``,
@@ -36,6 +37,7 @@ from .backends.kubernetes import KubernetesBackend
 from .backends.local import LocalBackend
 from .compiler import Compiler
 from .core.lifecycle import ComputeState
+from .event_sweep import keep_sweeping
 from .identity import PipelineKey
 from .informer import Informer, names_and_versions
 from .kube import Conflict, Forbidden, Gone, Kube
@@ -177,11 +179,14 @@ def build_registry(ctx: Context, claims: NamespaceClaims | None = None) -> kopf.
 
 async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
     """Stop a deleted Pipeline's compute, clear its storage (or, with ``spec.storage.deletionPolicy:
-    Retain``, release it for the next Pipeline of the same name) and forget its events, retrying with a
-    growing delay (1 s up to 30 s) until that is done. After ``deletion_timeout`` seconds (counted
-    from the deletion) the Pipeline says so: a ``Stalled`` condition (reason ``DeletionStuck``)
-    naming what is left, and one Warning Event. The annotation ``dataflow.dev/release-finalizer:
-    "true"`` releases the finalizer deliberately, leaving what is left behind (logged and posted)."""
+    Retain``, release it for the next Pipeline of the same name), retrying with a growing delay (1 s up
+    to 30 s) until that is done, then queue the removal of its events: the event store is not waited
+    for (read-only, full or away, it would hold the deletion for as long as that lasts), and what the
+    removal misses (the operator stopped before the store took it) the sweep removes later. After
+    ``deletion_timeout`` seconds (counted from the deletion) the Pipeline says so: a ``Stalled``
+    condition (reason ``DeletionStuck``) naming what is left, and one Warning Event. The annotation
+    ``dataflow.dev/release-finalizer: "true"`` releases the finalizer deliberately, leaving what is
+    left behind (logged and posted)."""
     key = key_of(body)
     started = _timestamp((body.get("metadata") or {}).get("deletionTimestamp")) or dt.datetime.now(dt.UTC)
     backoff = Backoff(initial=1.0, maximum=DELETE_RETRY_MAX)
@@ -216,8 +221,8 @@ async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
             await ctx.backend.forget(key)
             await ctx.sink.forget(key)
             storage = "retained" if _retains_storage(obj) else "cleared"
-            log.info("%s: pipeline deleted: compute stopped, storage %s, events removed; releasing the "
-                     "finalizer", key, storage)
+            log.info("%s: pipeline deleted: compute stopped, storage %s, removal of its events queued; "
+                     "releasing the finalizer", key, storage)
             return
         waited = (dt.datetime.now(dt.UTC) - started).total_seconds()
         if problem != last_problem:
@@ -339,7 +344,7 @@ async def _release(ctx: Context, key: PipelineKey, left: str) -> None:
     await post_event(ctx.kube, ctx.settings.operator_name, key, "Warning", REASON_FINALIZER_RELEASED, message)
     try:
         await ctx.sink.forget(key)
-    except Exception as exc:  # noqa: BLE001 - the events are pruned with the store; the release goes on
+    except Exception as exc:  # noqa: BLE001 - the sweep removes the events later; the release goes on
         log.warning("%s: could not remove its monitor events (%s)", key, exc)
 
 
@@ -473,6 +478,21 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                 api.ready = True
             await asyncio.sleep(1.0)
 
+    async def sweep_events(claims: NamespaceClaims | None) -> None:
+        """The leader removes the events of Pipelines that no longer exist (docs/operations.md, Deleting
+        pipelines), once its watch of the Pipelines has listed them."""
+        await watch.wait_synced()
+
+        def known() -> set[str]:
+            return ({monitor.key.uid for monitor in ctx.monitors.all()}
+                    | {(obj.get("metadata") or {}).get("uid", "") for obj in watch.list()})
+
+        def in_scope(namespace: str) -> bool:
+            return ((settings.all_namespaces or namespace in settings.namespaces)
+                    and (claims is None or claims.holds(namespace)))
+        await keep_sweeping(store, kube.get_pipeline, known=known, in_scope=in_scope,
+                            interval=settings.events_sweep_interval)
+
     async def follow_stop_flag(flag: asyncio.Event) -> None:
         await flag.wait()
         stopping.set()
@@ -532,6 +552,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                 await claims.start()
                 helpers.append(asyncio.create_task(claims.run()))
                 helpers.append(asyncio.create_task(report_refusals(claims)))
+            helpers.append(asyncio.create_task(sweep_events(claims)))
             log.info("pipeline-operator watching pipelines.%s in %s with the %s backend (event loop: %s)", API_GROUP,
                      where, settings.backend.value, type(asyncio.get_running_loop()).__module__.partition(".")[0])
             strip_managed_fields_in_kopf_watches()
