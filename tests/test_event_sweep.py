@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 
 import pytest
 
@@ -84,6 +85,21 @@ def test_a_sweep_looks_up_a_bounded_number_of_pipelines(store):
     assert len(run_sweep(store, api)) == 1  # the next sweep goes on with the rest
     assert store.flush(10)
     assert store.pipeline_uids() == [RUNNING.uid, LISTED.uid, ELSEWHERE.uid]
+
+
+def test_a_removal_that_waits_for_the_store_is_not_queued_again(store, monkeypatch):
+    real = store._commit
+
+    def read_only(conn, batches):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+    monkeypatch.setattr(store, "_commit", read_only)
+    api = ApiServer({("ns", "exists"): EXISTS.uid, ("ns", "again"): RECREATED.uid})
+    assert run_sweep(store, api) == [GONE]
+    assert store.forgetting() == {GONE.uid}
+    assert run_sweep(store, api) == [] and api.looked_up.count("gone") == 1  # still stored, but on its way
+    monkeypatch.setattr(store, "_commit", real)
+    assert store.flush(10)
+    assert store.forgetting() == set() and GONE.uid not in store.pipeline_uids()
 
 
 def test_the_loop_sweeps_at_once_and_again_after_a_failure(store, caplog):

@@ -43,8 +43,8 @@ async def sweep(store: EventStorage, get_pipeline: GetPipeline, *, known: Callab
     have now (left alone without a lookup); ``in_scope(namespace)``: this operator acts on that
     namespace; ``get_pipeline(namespace, name)``: the Pipeline from the API server, None when there is
     none. A failed lookup (the API server away, no permission) ends the sweep; the next one tries again."""
-    alive = known()
-    uids = [uid for uid in await asyncio.to_thread(store.pipeline_uids) if uid not in alive]
+    skip = known() | store.forgetting()  # a removal already queued is not queued again while it waits
+    uids = [uid for uid in await asyncio.to_thread(store.pipeline_uids) if uid not in skip]
     gone: list[PipelineKey] = []
     for uid in uids:
         if lookups <= 0:

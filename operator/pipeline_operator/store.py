@@ -163,6 +163,8 @@ class EventStorage(Protocol):
 
     def forget(self, key: PipelineKey) -> None: ...
 
+    def forgetting(self) -> frozenset[str]: ...
+
     def newest(self, uid: str) -> MonitorEvent | None: ...
 
     @property
@@ -250,6 +252,7 @@ class QueuedEventStore:
         """Advances whenever the store lost events (recovered file, dropped events): pipelines re-seed."""
         self.recovery: Recovery | None = None
         self._newest: dict[str, MonitorEvent] = {}
+        self._forgetting: set[str] = set()  # uids whose removal is queued and not committed yet
         self._dropping = False  # events are being dropped (the queue is full) until writes succeed again
         self._queued = 0  # events queued or held by the writer, not yet committed
         self._pending = 0
@@ -276,7 +279,12 @@ class QueuedEventStore:
     def forget(self, key: PipelineKey) -> None:
         """Queue the removal of every event of a pipeline (after what is queued before it); returns at once."""
         self._newest.pop(key.uid, None)
+        self._forgetting.add(key.uid)
         self._enqueue(_Batch(key, [], forget=True))
+
+    def forgetting(self) -> frozenset[str]:
+        """The pipelines whose removal is queued and not written yet (the store cannot be written now)."""
+        return frozenset(self._forgetting)
 
     def newest(self, uid: str) -> MonitorEvent | None:
         """The newest event appended since start (in memory: never waits for the writer or the store)."""
@@ -364,6 +372,7 @@ class QueuedEventStore:
         with self._idle:
             self._pending -= len(held)
             self._queued -= sum(len(b.events) for b in held)
+            self._forgetting.difference_update(b.key.uid for b in held if b.forget)
             self._idle.notify_all()
 
     def _recovered(self, what: str) -> None:
