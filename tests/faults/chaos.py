@@ -61,6 +61,16 @@ EVENTS_SECONDS = 30.0  # the store catches up with the statuses (and forgets del
 SWEEP_SECONDS = 2.0  # the operator's --events-sweep-interval here: what a deletion's removal missed goes soon
 
 
+def until_empty(probe: Callable[[], dict[str, set[str]]], seconds: float) -> dict[str, set[str]]:
+    """Poll ``probe`` until it finds nothing, at most ``seconds``; what it found last."""
+    deadline = time.monotonic() + seconds
+    found = probe()
+    while found and time.monotonic() < deadline:
+        time.sleep(0.5)
+        found = probe()
+    return found
+
+
 class Finding(Exception):
     """What a fault run found, said in one sentence: a deletion that never finished, a step the API server
     refused. It ends the run's steps; the run reports it in its outcome (the verdict), not as a traceback."""
@@ -494,11 +504,7 @@ class Chaos:
                 if uid in live and (lost := ids - now.get(uid, set()) - self._pruned(uid, ids)):
                     gaps.setdefault(uid, set()).update(lost)
             return gaps
-        deadline = time.monotonic() + 30
-        gaps = missing()
-        while gaps and time.monotonic() < deadline:
-            time.sleep(0.5)
-            gaps = missing()
+        gaps = until_empty(missing, EVENTS_SECONDS)
         for uid, lost in gaps.items():
             o.events_lost += len(lost)
             o.problems.append(f"{live[uid].name if uid in live else uid}: {len(lost)} events missing from the "
@@ -525,12 +531,7 @@ class Chaos:
             stored = self.store_ids()
             self.remember(stored)
             return {uid: stored[uid] for uid in self.retired_uids if stored.get(uid)}
-        deadline = time.monotonic() + EVENTS_SECONDS
-        leftovers = left()
-        while leftovers and time.monotonic() < deadline:
-            time.sleep(0.5)
-            leftovers = left()
-        for uid, ids in leftovers.items():
+        for uid, ids in until_empty(left, EVENTS_SECONDS).items():
             o.events_of_deleted += len(ids)
             o.problems.append(f"deleted pipeline {uid}: {len(ids)} events still in the store after "
                               f"{EVENTS_SECONDS:.0f}s")
@@ -750,7 +751,9 @@ class Chaos:
                 with immutable(store, files[1], self.store_dir):
                     # While it lasts, the pipelines keep changing: events the operator cannot store.
                     target = self.rng.choice(list(self.targets.values()))
-                    self.apply_step(target, self.choose_step(target))
+                    step = self.choose_step(target)
+                    self.say(f"[seed {self.seed}] store read-only: meanwhile {step} {target.name} ({target.state})")
+                    self.apply_step(target, step)
                     time.sleep(seconds)  # the length of the outage is the fault
         return self.run(f"store {mode}", inject, reference="store" if mode == "read-only" else "history")
 
