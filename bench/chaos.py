@@ -351,7 +351,8 @@ def main() -> int:
         print(r.verdict())
     failed = [r.seed for r in results if not r.ok]
     seconds = sum(r.seconds for r in results)
-    print(f"overall: {'FAILED' if failed else 'PASSED'}: {len(results)} seeds ({', '.join(map(str, seeds))}), "
+    print(f"overall: {'FAILED' if failed else 'PASSED'}: {len(results)} seed{'s' if len(results) != 1 else ''} "
+          f"({', '.join(map(str, seeds))}), "
           f"{len(failed)} failed{(' (' + ', '.join(map(str, failed)) + ')') if failed else ''}; {seconds:.0f} s")
     return 1 if failed else 0
 
