@@ -5,14 +5,17 @@ again on the same address with the same certificates and tokens)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
+from .conftest import _kill_pipeline_processes_under
 from .operator_harness import wait_for
 from .test_operator_lifecycle import spec
 
 pytestmark = pytest.mark.apiserver
 OUTAGE = 25.0  # seconds without an API server (the 60 s outage is bench/chaos.py's)
+CRD = Path(__file__).resolve().parent.parent / "crds" / "pipelines.dataflow.dev.yaml"
 
 
 def test_an_api_server_outage_leaves_compute_alone_and_the_operator_catches_up(
@@ -63,3 +66,34 @@ def test_an_etcd_restart_is_ridden_out(operators, pipelines, namespace, cluster,
     pipelines.wait_status("stored", op, deploymentStatus="Stopped", timeout=90)
     op.assert_alive()
     assert "Traceback" not in op.log()
+
+
+def test_an_operator_started_before_the_api_server_serves_the_crd_waits_for_it(binaries, tmp_path):
+    """Kopf looks up the served resources once, as it starts: an operator started while the API server
+    does not serve the CRD (yet: a kube-apiserver that has just started) must not run without ever
+    watching Pipelines. A control plane of its own, without the CRD at first, stands for that moment."""
+    from pipeline_operator_dev import controlplane
+
+    from .conftest import Cluster
+    from .operator_harness import OperatorProcess, Pipelines
+    plane = controlplane.ControlPlane(binaries).start()
+    op = None
+    try:
+        cluster = Cluster(binaries, plane)
+        plane.kubectl("create", "namespace", "early")
+        op = OperatorProcess(cluster, "early", tmp_path / "state", []).start()
+        # It has looked: it says it waits (or, as Kopf said before it waited, that it cannot serve them).
+        wait_for("the operator to find the CRD not served",
+                 lambda: any(m in op.log() for m in ("does not serve pipelines.dataflow.dev/v1alpha1",
+                                                     "Unresolved resources cannot be served")), 30, operator=op)
+        plane.kubectl("apply", "-f", str(CRD))
+        controlplane.wait_established(plane.kubectl)
+        Pipelines(cluster, "early").create("first", spec())
+        Pipelines(cluster, "early").wait_status("first", op, deploymentStatus="Running", timeout=60)
+        assert "the operator waits for it before watching Pipelines (is the CRD installed?)" in op.log()
+        assert "Traceback" not in op.log()
+    finally:
+        if op is not None and op.proc is not None and op.proc.poll() is None:
+            op.stop()
+        _kill_pipeline_processes_under(tmp_path)
+        plane.stop()

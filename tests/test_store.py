@@ -219,6 +219,19 @@ def test_forget_removes_a_pipeline_after_the_events_queued_before_it(store):
     assert store.count(KEY.uid) == 0 and store.count(OTHER.uid) == 1 and store.newest(KEY.uid) is None
 
 
+def test_the_store_names_the_pipelines_it_holds_events_of(store):
+    third = PipelineKey("other-ns", "audit", "uid-0")
+    assert store.pipeline_uids() == [] and store.pipeline_key(KEY.uid) is None
+    for key, n in ((KEY, 30), (OTHER, 1), (third, 2)):
+        store.append(key, events(n))
+    assert store.flush(10)
+    assert store.pipeline_uids() == ["uid-0", "uid-1", "uid-2"]  # each once, however many events
+    assert [store.pipeline_key(uid) for uid in store.pipeline_uids()] == [third, KEY, OTHER]
+    store.forget(OTHER)
+    assert store.flush(10)
+    assert store.pipeline_uids() == ["uid-0", "uid-1"] and store.pipeline_key(OTHER.uid) is None
+
+
 def test_append_after_close_is_an_error(open_store):
     s = open_store()
     s.close()

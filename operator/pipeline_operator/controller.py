@@ -3,9 +3,10 @@
 - one daemon per Pipeline runs its monitoring loop (level-based reconciliation);
 - a low-level event handler hands every new version of a Pipeline to its loop and wakes it
   at once when the spec (generation) or a one-shot annotation changed;
-- a delete handler stops the pipeline, clears its storage and forgets its events before the
-  finalizer is removed; a deletion that cannot finish says so (``DeletionStuck``) and can be
-  released by an administrator (``dataflow.dev/release-finalizer: "true"``);
+- a delete handler stops the pipeline and clears its storage before the finalizer is removed, and
+  queues the removal of its events (the event store is not waited for: the leader's sweep,
+  :mod:`.event_sweep`, removes what such a removal missed); a deletion that cannot finish says so
+  (``DeletionStuck``) and can be released by an administrator (``dataflow.dev/release-finalizer: "true"``);
 - shutdown (SIGTERM) stops Kopf through a flag of its own and never touches pipelines' compute.
 
 Kopf's own bookkeeping uses this operator's prefix and finalizer, never ``kopf.zalando.org``,
@@ -15,6 +16,7 @@ and ignores labels and annotations it does not own, so GitOps tools see no churn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -37,6 +39,7 @@ from .backends.kubernetes import REASON_RESTORED, KubernetesBackend
 from .backends.local import LocalBackend
 from .compiler import Compiler
 from .core.lifecycle import ComputeState
+from .event_sweep import keep_sweeping
 from .identity import PipelineKey
 from .informer import Informer, names_and_versions
 from .kube import Conflict, Fenced, Forbidden, Gone, Kube
@@ -249,11 +252,14 @@ def build_registry(ctx: Context, claims: NamespaceClaims | None = None) -> kopf.
 
 async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
     """Stop a deleted Pipeline's compute, clear its storage (or, with ``spec.storage.deletionPolicy:
-    Retain``, release it for the next Pipeline of the same name) and forget its events, retrying with a
-    growing delay (1 s up to 30 s) until that is done. After ``deletion_timeout`` seconds (counted
-    from the deletion) the Pipeline says so: a ``Stalled`` condition (reason ``DeletionStuck``)
-    naming what is left, and one Warning Event. The annotation ``dataflow.dev/release-finalizer:
-    "true"`` releases the finalizer deliberately, leaving what is left behind (logged and posted)."""
+    Retain``, release it for the next Pipeline of the same name), retrying with a growing delay (1 s up
+    to 30 s) until that is done, then queue the removal of its events: the event store is not waited
+    for (read-only, full or away, it would hold the deletion for as long as that lasts), and what the
+    removal misses (the operator stopped before the store took it) the sweep removes later. After
+    ``deletion_timeout`` seconds (counted from the deletion) the Pipeline says so: a ``Stalled``
+    condition (reason ``DeletionStuck``) naming what is left, and one Warning Event. The annotation
+    ``dataflow.dev/release-finalizer: "true"`` releases the finalizer deliberately, leaving what is
+    left behind (logged and posted)."""
     key = key_of(body)
     started = _timestamp((body.get("metadata") or {}).get("deletionTimestamp")) or dt.datetime.now(dt.UTC)
     backoff = Backoff(initial=1.0, maximum=DELETE_RETRY_MAX)
@@ -288,8 +294,8 @@ async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
             await ctx.backend.forget(key)
             await ctx.sink.forget(key)
             storage = "retained" if _retains_storage(obj) else "cleared"
-            log.info("%s: pipeline deleted: compute stopped, storage %s, events removed; releasing the "
-                     "finalizer", key, storage)
+            log.info("%s: pipeline deleted: compute stopped, storage %s, removal of its events queued; "
+                     "releasing the finalizer", key, storage)
             return
         waited = (dt.datetime.now(dt.UTC) - started).total_seconds()
         if problem != last_problem:
@@ -310,6 +316,35 @@ async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
         tries += 1
         log.debug("%s: deleting, try %d: %s; next try in %.0fs", key, tries, problem, delay)
         await asyncio.sleep(delay)
+
+
+async def wait_until_pipelines_are_served(kube: Kube, stopping: asyncio.Event) -> bool:
+    """Wait until the API server serves the Pipelines (its discovery names them); False if told to stop first.
+
+    Kopf finds out once, as it starts, which resources the API server serves (its scan of the CRDs
+    is off: the operator need not list them) and never watches one it did not find then. A
+    kube-apiserver that has just started answers before it serves the CRDs again (for a second or
+    two), so an operator started in that moment (with the API server after an outage or an upgrade)
+    would run without ever seeing a Pipeline. It waits instead, and says so once."""
+    backoff = Backoff(initial=1.0, maximum=10.0)
+    waiting = False
+    while not stopping.is_set():
+        try:
+            served = await kube.call(kube.custom.get_api_resources, API_GROUP, API_VERSION)
+            if any(r.name == PLURAL for r in served.resources or []):
+                if waiting:
+                    log.info("the API server serves %s.%s/%s now: watching them", PLURAL, API_GROUP, API_VERSION)
+                return True
+            why = f"{API_GROUP}/{API_VERSION} does not list {PLURAL}"
+        except Exception as exc:  # noqa: BLE001 - not served yet (404), or the API server is away: tried again
+            why = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+        if not waiting:
+            log.warning("the API server does not serve %s.%s/%s (yet: %s); the operator waits for it before "
+                        "watching Pipelines (is the CRD installed?)", PLURAL, API_GROUP, API_VERSION, why)
+            waiting = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), backoff.failure() or 10.0)
+    return False
 
 
 def _retains_storage(obj: dict[str, Any]) -> bool:
@@ -382,7 +417,7 @@ async def _release(ctx: Context, key: PipelineKey, left: str) -> None:
     await post_event(ctx.kube, ctx.settings.operator_name, key, "Warning", REASON_FINALIZER_RELEASED, message)
     try:
         await ctx.sink.forget(key)
-    except Exception as exc:  # noqa: BLE001 - the events are pruned with the store; the release goes on
+    except Exception as exc:  # noqa: BLE001 - the sweep removes the events later; the release goes on
         log.warning("%s: could not remove its monitor events (%s)", key, exc)
 
 
@@ -525,6 +560,21 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                 api.ready = True
             await asyncio.sleep(1.0)
 
+    async def sweep_events(claims: NamespaceClaims | None) -> None:
+        """The leader removes the events of Pipelines that no longer exist (docs/operations.md, Deleting
+        pipelines), once its watch of the Pipelines has listed them."""
+        await watch.wait_synced()
+
+        def known() -> set[str]:
+            return ({monitor.key.uid for monitor in ctx.monitors.all()}
+                    | {(obj.get("metadata") or {}).get("uid", "") for obj in watch.list()})
+
+        def in_scope(namespace: str) -> bool:
+            return ((settings.all_namespaces or namespace in settings.namespaces)
+                    and (claims is None or claims.holds(namespace)))
+        await keep_sweeping(store, kube.get_pipeline, known=known, in_scope=in_scope,
+                            interval=settings.events_sweep_interval)
+
     async def follow_stop_flag(flag: asyncio.Event) -> None:
         await flag.wait()
         stopping.set()
@@ -584,13 +634,15 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                 await claims.start()
                 helpers.append(asyncio.create_task(claims.run()))
                 helpers.append(asyncio.create_task(report_refusals(claims)))
+            helpers.append(asyncio.create_task(sweep_events(claims)))
             log.info("pipeline-operator watching pipelines.%s in %s with the %s backend (event loop: %s)", API_GROUP,
                      where, settings.backend.value, type(asyncio.get_running_loop()).__module__.partition(".")[0])
             strip_managed_fields_in_kopf_watches()
             bound_json_depth_in_kopf()
-            await kopf.operator(registry=registry, standalone=True, clusterwide=settings.all_namespaces,
-                                namespaces=settings.namespaces, ready_flag=ready_flag, stop_flag=stopping,
-                                memo=kopf.Memo())
+            if await wait_until_pipelines_are_served(kube, stopping):
+                await kopf.operator(registry=registry, standalone=True, clusterwide=settings.all_namespaces,
+                                    namespaces=settings.namespaces, ready_flag=ready_flag, stop_flag=stopping,
+                                    memo=kopf.Memo())
     except Exception as exc:
         if not stopping.is_set():
             raise

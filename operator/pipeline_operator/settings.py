@@ -50,6 +50,10 @@ class OperatorSettings(BaseSettings):
                                   "in the event store (approximately, as Feldera).")
     events_prune_interval: float = Field(30.0, gt=0, le=3600, description="Seconds between prunings of "
                                          "the event store down to the retention.")
+    events_sweep_interval: float = Field(300.0, gt=0, le=86400, description="Seconds between sweeps of the "
+                                         "event store for the events of Pipelines that no longer exist (a "
+                                         "deletion queues their removal and does not wait for the store; the "
+                                         "sweep removes what such a removal missed). One sweep runs at start.")
     history_limit: int = Field(20, ge=0, le=MAX_HISTORY_ITEMS, description="Newest events kept in each "
                                "Pipeline's `status.history`.")
     provisioning_timeout: float = Field(300.0, gt=0, description="Seconds Provisioning may take when the "

@@ -44,11 +44,13 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from .identity import PipelineKey
 from .models import MonitorEvent, project_event
 from .retry import Backoff
 from .store import (
     DEFAULT_QUEUE_LIMIT,
     PRUNE_INTERVAL,
+    STORED_UIDS,
     QueuedEventStore,
     StoreUnavailable,
     _Batch,
@@ -303,6 +305,15 @@ class PostgresEventStore(QueuedEventStore):
         """Rows changed by one statement, outside the writer (tests and tools)."""
         with self._pooled() as conn:
             return conn.execute(query, args).rowcount
+
+    def pipeline_uids(self) -> list[str]:
+        """The uid of every pipeline with events in the store (for the sweep of deleted pipelines' events)."""
+        return [row[0] for row in self._read(STORED_UIDS, ())]
+
+    def pipeline_key(self, uid: str) -> PipelineKey | None:
+        """The namespace and name stored with a pipeline's events; None if it has none."""
+        rows = self._read("SELECT namespace, name FROM monitor_event WHERE pipeline_uid = %s LIMIT 1", (uid,))
+        return PipelineKey(rows[0][0], rows[0][1], uid) if rows else None
 
     def list(self, uid: str, limit: int | None = None) -> list[MonitorEvent]:
         """Newest first (``recorded_at`` then ``event_id``)."""

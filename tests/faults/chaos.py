@@ -8,7 +8,13 @@ at a time, waits for the system to settle, and checks what must hold after any f
 - every Pipeline converges to its spec (desired vs. status);
 - no event id twice in the store, and no event content stored under two ids;
 - every ``status.history`` entry is in the store;
-- no event present before the fault is missing afterwards (except those pruned by retention).
+- no event present before the fault is missing afterwards (except those pruned by retention);
+- no event of a deleted Pipeline is left in the store, and a Pipeline created again under a deleted
+  one's name is served only its own events (by the operator's HTTP API).
+
+A name is used again only once its deleted Pipeline is gone (the API server answers 404, or the name
+holds another uid): a deletion that does not finish within :data:`DELETION_SECONDS` is a
+:class:`Finding`, reported in the fault's outcome like a broken invariant, never a traceback.
 
 Every random choice comes from one seeded ``random.Random``: a run is replayed by its seed. The
 random delay before a fault *is* the fault's timing (where in a lifecycle step it lands); waits
@@ -47,7 +53,41 @@ FAST_PIPELINE = [{"name": "PIPELINE_INIT_SECONDS", "value": "0.3"},
 # A settled Pipeline: what its status says for each target the chaos gives it.
 RUNNING, PAUSED, STOPPED, CLEARED, DELETED = "Running", "Paused", "Stopped", "Cleared", "Deleted"
 STEPS = ("start", "pause", "stop", "clear", "spec change", "delete")
+PIPELINE_FAULTS = ("kill", "sigstop", "hang", "garbage", "nested")
+STORE_FAULTS = ("delete", "truncate", "read-only")
 SETTLE_SECONDS = 120.0
+DELETION_SECONDS = 120.0  # a deleted Pipeline must be gone within this before its name is used again
+EVENTS_SECONDS = 30.0  # the store catches up with the statuses (and forgets deleted pipelines) within this
+SWEEP_SECONDS = 2.0  # the operator's --events-sweep-interval here: what a deletion's removal missed goes soon
+
+
+def until_empty(probe: Callable[[], dict[str, set[str]]], seconds: float) -> dict[str, set[str]]:
+    """Poll ``probe`` until it finds nothing, at most ``seconds``; what it found last."""
+    deadline = time.monotonic() + seconds
+    found = probe()
+    while found and time.monotonic() < deadline:
+        time.sleep(0.5)
+        found = probe()
+    return found
+
+
+class Finding(Exception):
+    """What a fault run found, said in one sentence: a deletion that never finished, a step the API server
+    refused. It ends the run's steps; the run reports it in its outcome (the verdict), not as a traceback."""
+
+
+@contextlib.contextmanager
+def findings(problems: list[str]) -> Iterator[None]:
+    """Add a :class:`Finding`, a failed ``kubectl`` or an API server that did not answer to ``problems``."""
+    try:
+        yield
+    except Finding as exc:
+        problems.append(str(exc))
+    except subprocess.CalledProcessError as exc:
+        args = " ".join(str(a) for a in exc.cmd[1:4]) if isinstance(exc.cmd, list) else str(exc.cmd)
+        problems.append(f"kubectl {args} ... failed: {(exc.stderr or exc.stdout or '').strip()[:300]}")
+    except ConnectionError as exc:
+        problems.append(f"the API server did not answer: {exc}")
 
 
 def seed_from_env(default: int | None = None) -> int:
@@ -76,12 +116,14 @@ class Outcome:
     workloads_duplicated: int = 0
     events_lost: int = 0
     events_duplicated: int = 0
+    events_of_deleted: int = 0  # left in the store, or served for a Pipeline created again under the name
     seconds: float = 0.0
     problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.converged and not (self.workloads_duplicated or self.events_lost or self.events_duplicated)
+        return self.converged and not (self.workloads_duplicated or self.events_lost or self.events_duplicated
+                                       or self.events_of_deleted)
 
 
 @dataclasses.dataclass
@@ -92,6 +134,7 @@ class Tally:
     workloads_duplicated: int = 0
     events_lost: int = 0
     events_duplicated: int = 0
+    events_of_deleted: int = 0
     seconds: float = 0.0
 
     def add(self, o: Outcome) -> None:
@@ -100,21 +143,23 @@ class Tally:
         self.workloads_duplicated += o.workloads_duplicated
         self.events_lost += o.events_lost
         self.events_duplicated += o.events_duplicated
+        self.events_of_deleted += o.events_of_deleted
         self.seconds += o.seconds
 
     @property
     def ok(self) -> bool:
         return self.converged == self.runs and not (
-            self.workloads_duplicated or self.events_lost or self.events_duplicated)
+            self.workloads_duplicated or self.events_lost or self.events_duplicated or self.events_of_deleted)
 
     def line(self) -> str:
         return (f"{self.kind:<22} {self.runs:>4} {self.converged:>9} {self.workloads_duplicated:>20} "
-                f"{self.events_lost:>11} {self.events_duplicated:>17} {self.seconds:>8.1f}")
+                f"{self.events_lost:>11} {self.events_duplicated:>17} {self.events_of_deleted:>17} "
+                f"{self.seconds:>8.1f}")
 
     @staticmethod
     def header() -> str:
         return (f"{'kind':<22} {'runs':>4} {'converged':>9} {'workloads_duplicated':>20} {'events_lost':>11} "
-                f"{'events_duplicated':>17} {'seconds':>8}")
+                f"{'events_duplicated':>17} {'events_of_deleted':>17} {'seconds':>8}")
 
 
 # --------------------------------------------------------------------------------------
@@ -146,7 +191,7 @@ def read_store(path: Path) -> tuple[dict[str, list[StoredEvent]], str | None]:
     for uid, event_id, recorded_at, event in rows:
         try:
             body = json.loads(event)
-            body.pop("id", None)
+            body.pop("event_id", None)  # Feldera's name of the id (the rest is the event's content)
             content = json.dumps(body, sort_keys=True)
         except (ValueError, AttributeError):
             content = event
@@ -213,10 +258,14 @@ class Chaos:
         self.store_dir = state_dir / "store"
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.op = OperatorProcess(cluster, namespace, state_dir,
-                                  [*operator_args, "--event-store", str(self.store_path)])
+                                  ["--events-sweep-interval", str(SWEEP_SECONDS), *operator_args,
+                                   "--event-store", str(self.store_path)])
         self.targets: dict[str, Target] = {}
         self.retired_uids: set[str] = set()  # uids of deleted Pipelines: never a workload again
+        self.retired_ids: set[str] = set()  # ids of their events: never served for a Pipeline again
+        self.seen_ids: dict[str, set[str]] = {}  # every event id seen in the store or a history, by uid
         self.operator_crashes = 0
+        self.deletion_seconds = DELETION_SECONDS
 
     @property
     def store_path(self) -> Path:
@@ -232,7 +281,7 @@ class Chaos:
             self._create(target)
         problems = self.wait_settled()
         if problems:
-            raise AssertionError(f"the pipelines did not start (seed {self.seed}): {problems}\n{self.op.log()[-3000:]}")
+            raise Finding(f"the pipelines did not start (seed {self.seed}): {problems}\n{self.op.log()[-3000:]}")
 
     def close(self) -> None:
         if self.op.proc is not None and self.op.proc.poll() is None:
@@ -249,6 +298,18 @@ class Chaos:
             self.op.kill()
         self.op.start()
 
+    def operator_rss(self) -> float | None:
+        """The operator's resident memory now (MB), None if it is not running."""
+        if self.op.proc is None or self.op.proc.poll() is not None:
+            return None
+        try:
+            for line in Path(f"/proc/{self.op.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
     # -- Pipelines -------------------------------------------------------------------------
 
     def spec(self, target: Target) -> dict[str, Any]:
@@ -261,9 +322,45 @@ class Chaos:
         return spec
 
     def _create(self, target: Target) -> None:
-        target.state = RUNNING
-        target.clear_value = ""
-        target.uid = self.pipelines.create(target.name, self.spec(target))["metadata"]["uid"]
+        """Create the Pipeline again under a deleted one's name, once that one is gone."""
+        self.wait_gone(target)
+        fresh = dataclasses.replace(target, state=RUNNING, clear_value="")
+        target.uid = self.pipelines.create(target.name, self.spec(fresh))["metadata"]["uid"]
+        target.state, target.clear_value = RUNNING, ""
+
+    def wait_gone(self, target: Target) -> None:
+        """Wait until a deleted Pipeline is gone: the API server answers 404, or its name holds another
+        uid. One that is still there after :attr:`deletion_seconds` is a :class:`Finding` (saying what
+        holds it), and its name is not used again."""
+        if not target.uid:
+            return
+        timeout = self.deletion_seconds
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                obj = self._get(target.name)
+            except ConnectionError as exc:
+                why = f"the API server did not answer ({exc})"
+            else:
+                if obj is None or obj["metadata"]["uid"] != target.uid:
+                    return
+                why = self._deleting(obj)
+            if time.monotonic() > deadline:
+                raise Finding(f"{target.name}: the deletion of uid {target.uid} did not finish within "
+                              f"{timeout:.0f}s ({why}); not created again")
+            time.sleep(0.3)
+
+    @staticmethod
+    def _deleting(obj: dict[str, Any]) -> str:
+        """What holds a Pipeline whose deletion has not finished: its finalizers, and why, if it says."""
+        meta = obj["metadata"]
+        if not meta.get("deletionTimestamp"):
+            return "it was never deleted"
+        why = f"finalizers {meta.get('finalizers') or []}"
+        for c in (obj.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "Stalled" and c.get("status") == "True":
+                why += f"; {c.get('reason')}: {c.get('message', '')[:300]}"
+        return why
 
     def choose_step(self, target: Target) -> str:
         if target.state == DELETED:
@@ -275,29 +372,25 @@ class Chaos:
         return self.rng.choice(allowed)
 
     def apply_step(self, target: Target, step: str) -> None:
-        """Change a Pipeline's spec (or delete it) and return at once: the operator acts on it later."""
+        """Change a Pipeline's spec (or delete it, or create it again) and return at once: the operator
+        acts on it later. The target changes only once the API server has accepted the change. Creating
+        a Pipeline again first waits for the deleted one to be gone (:meth:`wait_gone`)."""
         if step == "start" and target.state == DELETED:
             self._create(target)
-            return
-        if step == "start":
-            target.state = RUNNING
-        elif step == "pause":
-            target.state = PAUSED
-        elif step == "stop":
-            target.state = STOPPED
-        elif step == "spec change":
-            target.program += 1
         elif step == "clear":
-            target.state = CLEARED
-            target.clear_value = f"c{self.rng.randrange(10**9)}"
-            self.pipelines.annotate(target.name, "dataflow.dev/clear-storage", target.clear_value)
-            return
+            value = f"c{self.rng.randrange(10**9)}"
+            self.pipelines.annotate(target.name, "dataflow.dev/clear-storage", value)
+            target.state, target.clear_value = CLEARED, value
         elif step == "delete":
+            self.retired_ids |= self.seen_ids.get(target.uid, set()) | self.store_ids().get(target.uid, set())
+            self.cluster.kubectl("delete", "pipeline", target.name, "-n", self.namespace, "--wait=false")
             target.state = DELETED
             self.retired_uids.add(target.uid)
-            self.cluster.kubectl("delete", "pipeline", target.name, "-n", self.namespace, "--wait=false")
-            return
-        self.pipelines.patch_spec(target.name, self.spec(target))
+        else:
+            state = {"start": RUNNING, "pause": PAUSED, "stop": STOPPED}.get(step, target.state)
+            changed = dataclasses.replace(target, state=state, program=target.program + (step == "spec change"))
+            self.pipelines.patch_spec(target.name, self.spec(changed))
+            target.state, target.program = changed.state, changed.program
 
     # -- convergence ------------------------------------------------------------------------
 
@@ -411,11 +504,7 @@ class Chaos:
                 if uid in live and (lost := ids - now.get(uid, set()) - self._pruned(uid, ids)):
                     gaps.setdefault(uid, set()).update(lost)
             return gaps
-        deadline = time.monotonic() + 30
-        gaps = missing()
-        while gaps and time.monotonic() < deadline:
-            time.sleep(0.5)
-            gaps = missing()
+        gaps = until_empty(missing, EVENTS_SECONDS)
         for uid, lost in gaps.items():
             o.events_lost += len(lost)
             o.problems.append(f"{live[uid].name if uid in live else uid}: {len(lost)} events missing from the "
@@ -430,8 +519,59 @@ class Chaos:
             if dup:
                 o.events_duplicated += dup
                 o.problems.append(f"{uid}: {dup} events stored twice")
+        self.check_deleted(o, live)
         o.seconds = time.monotonic() - started
         return o
+
+    def check_deleted(self, o: Outcome, live: dict[str, Target]) -> None:
+        """Deleted Pipelines' events leave the store (the deletion queues their removal; what it missed,
+        the operator's sweep removes), and a Pipeline created under a deleted one's name is served none
+        of them by the operator's HTTP API."""
+        def left() -> dict[str, set[str]]:
+            stored = self.store_ids()
+            self.remember(stored)
+            return {uid: stored[uid] for uid in self.retired_uids if stored.get(uid)}
+        for uid, ids in until_empty(left, EVENTS_SECONDS).items():
+            o.events_of_deleted += len(ids)
+            o.problems.append(f"deleted pipeline {uid}: {len(ids)} events still in the store after "
+                              f"{EVENTS_SECONDS:.0f}s")
+        for target in live.values():
+            try:
+                served = self.served_ids(target.name)
+            except Finding as exc:
+                o.converged = False
+                o.problems.append(str(exc))
+                continue
+            if inherited := served & self.retired_ids:
+                o.events_of_deleted += len(inherited)
+                o.problems.append(f"{target.name} (uid {target.uid}): served {len(inherited)} events of a deleted "
+                                  f"Pipeline of that name, e.g. {sorted(inherited)[:3]}")
+
+    def served_ids(self, name: str, timeout: float = EVENTS_SECONDS) -> set[str]:
+        """The ids of the events the operator's HTTP API serves for a Pipeline (as an administrator); a
+        :class:`Finding` if it answers no list within ``timeout`` (restarting, the store unreadable)."""
+        token = self.cluster.plane.users["admin"].token
+        req = urllib.request.Request(f"{self.op.api_url}/v0/pipelines/{name}/events",
+                                     headers={"Authorization": f"Bearer {token}", "Feldera-Tenant": self.namespace})
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return {str(e["event_id"]) for e in json.loads(r.read())}
+            except urllib.error.HTTPError as exc:
+                why = f"{exc.code} {exc.read()[:300].decode(errors='replace')}"
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # no answer, or not a list of events
+                why = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise Finding(f"{name}: the operator's HTTP API did not serve its events within {timeout:.0f}s "
+                              f"(last: {why})")
+            time.sleep(0.5)
+
+    def remember(self, stored: dict[str, set[str]]) -> None:
+        """Keep every event id seen by uid (the ids of a Pipeline deleted later are known even once its
+        events are removed)."""
+        for uid, ids in stored.items():
+            self.seen_ids.setdefault(uid, set()).update(ids)
 
     def _pruned(self, uid: str, ids: set[str]) -> set[str]:
         """Events retention may have removed: older than the oldest event still stored for that pipeline."""
@@ -449,7 +589,9 @@ class Chaos:
         """The stored events now (to compare after the fault), with their times (for retention)."""
         stored, _ = read_store(self.store_path)
         self._before_times = ({e.event_id: e.recorded_at for events in stored.values() for e in events}, None)
-        return {uid: {e.event_id for e in events} for uid, events in stored.items()}
+        ids = {uid: {e.event_id for e in events} for uid, events in stored.items()}
+        self.remember(ids)
+        return ids
 
     # -- faults -----------------------------------------------------------------------------
 
@@ -468,9 +610,11 @@ class Chaos:
         step = self.choose_step(target)
         before = self.snapshot() if reference == "store" else self.histories_as_sets()
         self.say(f"[seed {self.seed}] {kind}: {step} {target.name} ({target.state})")
-        self.apply_step(target, step)
-        inject()
-        problems = self.wait_settled()
+        problems: list[str] = []
+        with findings(problems):
+            self.apply_step(target, step)
+            inject()
+        problems += self.wait_settled()
         outcome = self.check(kind, before, started, problems, reference)
         if not outcome.ok:
             self.say(f"[seed {self.seed}] {kind} after {step} of {target.name}: " + "; ".join(outcome.problems))
@@ -495,7 +639,8 @@ class Chaos:
     def debug_fail(self, target: Target, mode: str) -> int:
         """``POST /debug/fail?mode=`` on the pipeline process, with its control token when it has one."""
         folder = self.pipeline_folder(target)
-        assert folder is not None, f"{target.name} has no pipeline folder"
+        if folder is None:
+            raise Finding(f"{target.name} has no pipeline folder: the fault could not be injected")
         port = int((folder / "port").read_text())
         headers = {}
         if (folder / "token").exists():
@@ -507,6 +652,9 @@ class Chaos:
                 return int(r.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)
+        except OSError as exc:  # no answer at all (urllib's URLError, a timeout)
+            raise Finding(f"{target.name}: its pipeline process does not answer /debug/fail?mode={mode} "
+                          f"({getattr(exc, 'reason', exc)}): the fault could not be injected") from None
 
     def recover(self, target: Target) -> None:
         """A pipeline the system stopped with an error waits for the user (Feldera): dismiss and start."""
@@ -525,61 +673,63 @@ class Chaos:
         start must bring it back to its spec.
         """
         started = time.monotonic()
-        target = self.pick_running()
-        if target is None:
-            target = next(iter(self.targets.values()))
-            self.apply_step(target, "start")
-            self.wait_settled()
-        before = self.snapshot()
-        self.say(f"[seed {self.seed}] pipeline {mode}: {target.name}")
-        pids = self.op.pipeline_processes(target.uid)
         problems: list[str] = []
-        self._fault_delay(1.0)
-        if mode == "kill":
-            for pid in pids:
-                os.kill(pid, signal.SIGKILL)
-        elif mode == "sigstop":
-            for pid in pids:
-                os.kill(pid, signal.SIGSTOP)
-            time.sleep(hang_seconds)  # the length of the hang is the fault
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
-        else:
-            code = self.debug_fail(target, mode)
-            if code != 202:
-                problems.append(f"the pipeline process refused /debug/fail?mode={mode} with {code}: the fault "
-                                "could not be injected")
-        # The fault's effect: stopped by the system with an error (Feldera stops a pipeline whose
-        # process is gone), or Unavailable (Feldera's runtime status while /status cannot be read or
-        # understood: no answer, garbage, nesting too deep), or, for a short SIGSTOP, nothing at all.
-        deadline = time.monotonic() + SETTLE_SECONDS
-        seen = ""
-        while time.monotonic() < deadline and not problems:
-            obj = self._get(target.name) or {}
-            st = obj.get("status") or {}
-            if "deploymentError" in st and st.get("deploymentStatus") == STOPPED:
-                seen = "stopped with an error"
-                break
-            if mode in ("hang", "garbage", "nested") and st.get("deploymentStatus") == "Unavailable":
-                seen = "Unavailable"
-                break
-            if mode == "sigstop" and self.unsettled(target) is None:
-                break
-            time.sleep(0.3)
-        if mode in ("hang", "garbage", "nested") and not problems and not seen:
-            problems.append(f"pipeline {mode}: the status showed neither Unavailable nor an error within "
-                            f"{SETTLE_SECONDS:.0f}s")
-        if seen == "Unavailable" and mode in ("garbage", "nested"):
-            self.debug_fail(target, "available")  # the pipeline answers properly again: it must come back
-        elif seen == "Unavailable" and mode == "hang":
-            # A hung process answers nothing, not even /debug (nor the /suspend of a graceful stop):
-            # the user force-stops it (which kills the process) and starts it again.
-            target.force_stop = True
-            self.apply_step(target, "stop")
-            problems += self.wait_settled()
-            self.apply_step(target, "start")
-        self.recover(target)
+        before: dict[str, set[str]] = {}
+        with findings(problems):
+            target = self.pick_running()
+            if target is None:
+                target = next(iter(self.targets.values()))
+                self.apply_step(target, "start")
+                self.wait_settled()
+            before = self.snapshot()
+            self.say(f"[seed {self.seed}] pipeline {mode}: {target.name}")
+            pids = self.op.pipeline_processes(target.uid)
+            self._fault_delay(1.0)
+            if mode == "kill":
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+            elif mode == "sigstop":
+                for pid in pids:
+                    os.kill(pid, signal.SIGSTOP)
+                time.sleep(hang_seconds)  # the length of the hang is the fault
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+            else:
+                code = self.debug_fail(target, mode)
+                if code != 202:
+                    problems.append(f"the pipeline process refused /debug/fail?mode={mode} with {code}: the fault "
+                                    "could not be injected")
+            # The fault's effect: stopped by the system with an error (Feldera stops a pipeline whose
+            # process is gone), or Unavailable (Feldera's runtime status while /status cannot be read or
+            # understood: no answer, garbage, nesting too deep), or, for a short SIGSTOP, nothing at all.
+            deadline = time.monotonic() + SETTLE_SECONDS
+            seen = ""
+            while time.monotonic() < deadline and not problems:
+                obj = self._get(target.name) or {}
+                st = obj.get("status") or {}
+                if "deploymentError" in st and st.get("deploymentStatus") == STOPPED:
+                    seen = "stopped with an error"
+                    break
+                if mode in ("hang", "garbage", "nested") and st.get("deploymentStatus") == "Unavailable":
+                    seen = "Unavailable"
+                    break
+                if mode == "sigstop" and self.unsettled(target) is None:
+                    break
+                time.sleep(0.3)
+            if mode in ("hang", "garbage", "nested") and not problems and not seen:
+                problems.append(f"pipeline {mode}: the status showed neither Unavailable nor an error within "
+                                f"{SETTLE_SECONDS:.0f}s")
+            if seen == "Unavailable" and mode in ("garbage", "nested"):
+                self.debug_fail(target, "available")  # the pipeline answers properly again: it must come back
+            elif seen == "Unavailable" and mode == "hang":
+                # A hung process answers nothing, not even /debug (nor the /suspend of a graceful stop):
+                # the user force-stops it (which kills the process) and starts it again.
+                target.force_stop = True
+                self.apply_step(target, "stop")
+                problems += self.wait_settled()
+                self.apply_step(target, "start")
+            self.recover(target)
         problems += self.wait_settled()
         return self.check(f"pipeline {mode}", before, started, problems)
 
@@ -601,7 +751,9 @@ class Chaos:
                 with immutable(store, files[1], self.store_dir):
                     # While it lasts, the pipelines keep changing: events the operator cannot store.
                     target = self.rng.choice(list(self.targets.values()))
-                    self.apply_step(target, self.choose_step(target))
+                    step = self.choose_step(target)
+                    self.say(f"[seed {self.seed}] store read-only: meanwhile {step} {target.name} ({target.state})")
+                    self.apply_step(target, step)
                     time.sleep(seconds)  # the length of the outage is the fault
         return self.run(f"store {mode}", inject, reference="store" if mode == "read-only" else "history")
 

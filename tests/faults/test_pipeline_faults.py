@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from .chaos import Chaos
+from .chaos import PIPELINE_FAULTS, Chaos
 
 pytestmark = [pytest.mark.faults, pytest.mark.apiserver]
 
 
-@pytest.mark.parametrize("mode", ["kill", "sigstop", "hang", "garbage", "nested"])
+@pytest.mark.parametrize("mode", PIPELINE_FAULTS)
 def test_a_failing_pipeline_process_settles_and_recovers(chaos_factory, mode):
     chaos: Chaos = chaos_factory(2)
     outcome = chaos.pipeline_fault(mode)
