@@ -76,6 +76,9 @@ class Served:
     def poke(self) -> None:
         pass
 
+    def forwarding(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
     async def wait_until(self, predicate: Any, timeout: float) -> bool:  # noqa: ASYNC109
         return True
 

@@ -46,6 +46,10 @@ class FleetProcess:
                                    json.dumps(body).encode())
         assert status == 201, answer
         self.addresses[key] = answer["address"]
+        # The fleet answers once the pipeline is registered; it binds its address just after (as a pod's
+        # process starts listening after the kubelet started it).
+        if "PIPELINE_BIND_DELAY_SECONDS" not in env:
+            wait_for(f"{key} to listen", lambda: self.served()[key]["listening"], 30)
 
     def call(self, key: str, route: str, method: str = "GET", token: str | None = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

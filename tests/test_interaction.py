@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -85,6 +86,9 @@ class Served:
 
     def poke(self) -> None:
         self.pokes += 1
+
+    def forwarding(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     async def wait_until(self, predicate: Any, timeout: float) -> bool:  # noqa: ASYNC109
         return self.state is not None
@@ -720,3 +724,72 @@ def test_the_kubernetes_backend_streams_the_pods_log_through_the_api_server(
     finally:
         node_kubelet.close()
         core.delete_node(node)
+
+
+def test_a_forwarded_runtime_action_holds_the_loop_until_the_spec_names_it():
+    """/pause and /resume are forwarded to the pipeline, then kept in the spec (runtimeDesiredStatus) so that the
+    loop holds the pipeline there. Between the two the pipeline already reports the new status while the spec
+    still names the old one: the loop, woken by the forward, must not put it back. The API holds the loop's own
+    forwarding (``forwarding()``) from before the forward until the spec's write is adopted."""
+    served = Served(RUNNING)
+    held = 0
+    seen: list[tuple[str, int]] = []
+
+    @contextlib.contextmanager
+    def forwarding() -> Iterator[None]:
+        nonlocal held
+        held += 1
+        try:
+            yield
+        finally:
+            held -= 1
+    served.forwarding = forwarding  # type: ignore[method-assign]
+
+    class Kube:
+        async def merge_patch_pipeline(self, namespace: str, name: str, body: dict, manager: str) -> dict:
+            seen.append((f"spec {body['spec']['runtimeDesiredStatus']}", held))
+            return served.obj
+
+    async def pause(request: web.Request) -> web.Response:
+        seen.append((request.path, held))
+        return web.json_response({"message": "pausing"}, status=202)
+
+    async def scenario() -> int:
+        pipeline = web.Application()
+        pipeline.router.add_get("/pause", pause)
+        async with serving(pipeline) as url:
+            server = api(url)
+            server.deps.pipelines = Registry({("ns", "p"): served})  # type: ignore[assignment]
+            server.deps.kube = Kube()  # type: ignore[assignment]
+            async with through(server) as client:
+                return (await client.post("/v0/pipelines/p/pause")).status
+
+    assert asyncio.run(scenario()) == 202
+    assert seen == [("/pause", 1), ("spec Paused", 1)] and held == 0
+
+
+def test_the_loop_forwards_no_runtime_desired_status_while_the_api_forwards_one():
+    from pipeline_operator.core.lifecycle import Action, ActionKind
+    from pipeline_operator.models import SpecRuntimeDesiredStatus
+    from pipeline_operator.reconciler import PipelineMonitor
+
+    sent: list[str] = []
+
+    class Runtime:
+        async def set_runtime_desired(self, endpoint: str, target: Any, activate: bool) -> bool:
+            sent.append(target.value)
+            return True
+
+    ctx = types.SimpleNamespace(backend=types.SimpleNamespace(endpoint=lambda key: "http://127.0.0.1:1"),
+                                runtime=Runtime())
+    monitor = PipelineMonitor(ctx, KEY)  # type: ignore[arg-type]
+    pause = [Action(kind=ActionKind.SET_RUNTIME_DESIRED, target=SpecRuntimeDesiredStatus.PAUSED)]
+
+    async def scenario() -> None:
+        with monitor.forwarding():
+            await monitor.act(pause, None, None)  # type: ignore[arg-type]
+        assert sent == []
+        await monitor.act(pause, None, None)  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+    assert sent == ["Paused"]

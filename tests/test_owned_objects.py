@@ -71,7 +71,7 @@ class Stand:
         kubeconfig = operator_kubeconfig(cluster, namespace, (RBAC / "role.yaml").read_text())
         self.op = OperatorProcess(cluster, namespace, workdir / "state", [
             "--backend", "kubernetes", "--pipeline-image", "registry.example/pipeline:1",
-            "--pipeline-image-prefix", "registry.example/", "--api-auth", "none",
+            "--pipeline-image-prefix", "registry.example/", "--api-auth", "none", "--metrics-auth", "none",
             "--api-default-namespace", namespace], kubeconfig).start()
 
     def get(self, kind: str, name: str) -> dict | None:

@@ -14,6 +14,7 @@ its own loop on the leader.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -66,6 +67,10 @@ class CachedPipeline:
 
     def poke(self) -> None:
         """Nothing to wake here: the leader's watch delivers the change to its loop."""
+
+    def forwarding(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to hold here: no loop of this replica acts on the pipeline."""
+        return contextlib.nullcontext()
 
     # The timeout is part of the contract (answer False after it, never raise): not a cancel scope for the caller.
     async def wait_until(self, predicate: Callable[[dict[str, Any], PipelineState], bool],

@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -382,6 +382,7 @@ class PipelineMonitor:
         self._desired: tuple[str | None, Desired, PipelineSpec] | None = None
         self._invalid: tuple[str | None, str] | None = None  # the version reported invalid, and why
         self._recorded: tuple[Desired, PipelineState, str | None] | None = None
+        self._forwarding = 0  # runtime actions the HTTP API is forwarding now (see ``forwarding``)
 
     @property
     def history(self) -> list[HistoryEntry]:
@@ -667,6 +668,10 @@ class PipelineMonitor:
                 quick |= await ctx.runtime.suspend(endpoint)
             elif kind is ActionKind.SET_RUNTIME_DESIRED:
                 assert action.target is not None
+                if self._forwarding:
+                    log.debug("%s: the API is forwarding a runtime action; the spec's %s waits for its write",
+                              self.key, action.target.value)
+                    continue
                 quick |= await ctx.runtime.set_runtime_desired(endpoint, action.target, action.activate)
             elif kind is ActionKind.APPROVE:
                 quick |= await ctx.runtime.approve(endpoint)
@@ -693,6 +698,18 @@ class PipelineMonitor:
     def poke(self) -> None:
         """Look at the pipeline again at once (a change was made or forwarded)."""
         self.wake.set()
+
+    @contextlib.contextmanager
+    def forwarding(self) -> Iterator[None]:
+        """While the HTTP API forwards a runtime action (/pause, /resume, /activate) to the pipeline and then
+        keeps its target in the spec, this loop forwards no runtime desired status of its own: the pipeline
+        already answers with the new one while the spec still names the old one, and holding it there would
+        undo the user's action until the spec's write arrives."""
+        self._forwarding += 1
+        try:
+            yield
+        finally:
+            self._forwarding -= 1
 
     # The timeout is part of the contract (answer False after it, never raise): not a cancel scope for the caller.
     async def wait_until(self, predicate: Callable[[dict[str, Any], PipelineState], bool],

@@ -188,12 +188,15 @@ class Actions:
 
     async def _runtime_desired(self, request: web.Request, monitor: ServedPipeline, state: PipelineState,
                                method: str, path: str, target: str, query: str = "") -> web.Response:
-        status, body, content_type = await self._forward(monitor, state, method, path, query)
-        if status < 300:
-            # Kept in the spec so that the monitoring loop holds the pipeline there (level-based).
-            action = path.strip("/") if path != "/start" else "resume"
-            await writes.patch(self.deps.kube, monitor, {"runtimeDesiredStatus": target},
-                               requested_by=self.server.requested_by(request, action))
+        # The loop holds the pipeline at the spec's runtime desired status: until the spec names the new
+        # one, it must not put the pipeline back (forwarding()).
+        with monitor.forwarding():
+            status, body, content_type = await self._forward(monitor, state, method, path, query)
+            if status < 300:
+                # Kept in the spec so that the monitoring loop holds the pipeline there (level-based).
+                action = path.strip("/") if path != "/start" else "resume"
+                await writes.patch(self.deps.kube, monitor, {"runtimeDesiredStatus": target},
+                                   requested_by=self.server.requested_by(request, action))
         return self._answer(status, body, content_type)
 
     async def pause(self, request: web.Request, monitor: ServedPipeline, state: PipelineState) -> web.Response:

@@ -137,6 +137,10 @@ class ServedPipeline(Protocol):
 
     def poke(self) -> None: ...
 
+    def forwarding(self) -> contextlib.AbstractContextManager[None]:
+        """While the API forwards a runtime action and keeps it in the spec (see :meth:`Actions._runtime_desired`)."""
+        ...
+
     async def wait_until(self, predicate: Callable[[dict[str, Any], PipelineState], bool],
                          timeout: float) -> bool: ...  # noqa: ASYNC109
 
