@@ -10,16 +10,21 @@ each at a random moment of a random lifecycle step (start, pause, stop, clear, s
 - ``--iterations`` SIGKILLs of the operator, each followed by a restart;
 - then ``--repeats`` rounds of: a kube-apiserver outage of ``--apiserver-outage`` seconds (60 by
   default), an etcd restart, pipeline processes killed (SIGKILL), stopped (SIGSTOP), hung, answering
-  garbage and answering too deeply nested JSON, and the event store deleted, truncated and made read-only;
+  garbage, answering too deeply nested JSON and answering a head that never ends (``endless-header``:
+  the operator's memory may rise by 50 MB at most meanwhile), a tenant's Pipelines nested 1,200 levels
+  deep (``deep spec``: refused, run, or reported and deleted), and the event store deleted, truncated and
+  made read-only;
 - last, a storm of ``--requests`` unauthenticated and malformed API requests (concurrency 100) while a
-  pipeline is paused and resumed, measuring the reconciliation latency (spec change to status).
+  pipeline is paused and resumed, measuring the reconciliation latency (spec change to status), beside a
+  hostile tenant's Pipelines (one answering a head that never ends, two nested too deep).
 
 After each fault it checks the invariants of ``tests/faults/chaos.py`` (one workload per Pipeline, every
 Pipeline at its spec, no event lost or stored twice, no event of a deleted Pipeline left in the store or
 served under its name again). It prints one line per fault kind (``kind runs converged
-workloads_duplicated events_lost events_duplicated events_of_deleted seconds``), then a verdict per
-seed (with the operator's resident memory at the start and at the end, and the duration) and an
-overall one, and exits 1 if any invariant broke. What a run finds (a deletion that never finishes, a
+workloads_duplicated events_lost events_duplicated events_of_deleted seconds rss_growth_mb``, the last
+the most the operator's resident memory rose during one run of that kind, sampled every 0.1 s), then a
+verdict per seed (with the operator's resident memory at the start and at the end, and the duration) and
+an overall one, and exits 1 if any invariant broke. What a run finds (a deletion that never finishes, a
 fault that could not be injected) is part of its verdict, not a traceback. ``--only`` runs some kinds
 (``--only "store read-only"``, ``--only store``).
 
@@ -105,8 +110,13 @@ def store_fault(mode: str, run: Run) -> Outcome:
     return run.chaos.store_fault(mode)
 
 
+def deep_spec(run: Run) -> Outcome:
+    return run.chaos.deep_spec_fault()
+
+
 def request_storm(run: Run) -> Outcome:
-    """The request storm; meanwhile, pause and resume one pipeline and time each change to its status."""
+    """The request storm beside a hostile tenant's Pipelines (:meth:`Chaos.hostile_neighbours`); meanwhile,
+    pause and resume one pipeline and time each change to its status."""
     chaos = run.chaos
     started = time.monotonic()
     problems: list[str] = []
@@ -117,16 +127,18 @@ def request_storm(run: Run) -> Outcome:
             chaos.apply_step(target, "start")
             chaos.wait_settled()
         before = chaos.snapshot()
-        thread, result = start_storm(chaos.op.api_url, storm_requests(
-            chaos.rng, chaos.cluster.plane.users["admin"].token, run.args.requests), concurrency=100)
-        while thread.is_alive():
-            step = "pause" if target.state == "Running" else "start"
-            changed = time.monotonic()
-            chaos.apply_step(target, step)
-            if chaos.wait_settled():
-                break
-            run.latencies.append(time.monotonic() - changed)
-        thread.join()
+        with chaos.hostile_neighbours() as hostile:
+            thread, result = start_storm(chaos.op.api_url, storm_requests(
+                chaos.rng, chaos.cluster.plane.users["admin"].token, run.args.requests, also=tuple(hostile)),
+                concurrency=100)
+            while thread.is_alive():
+                step = "pause" if target.state == "Running" else "start"
+                changed = time.monotonic()
+                chaos.apply_step(target, step)
+                if chaos.wait_settled():
+                    break
+                run.latencies.append(time.monotonic() - changed)
+            thread.join()
         run.statuses.update(result.statuses)
         if result.server_errors or 500 in result.statuses:
             problems.append(f"server errors: {result.server_errors[:5]}")
@@ -148,6 +160,7 @@ FAULTS: list[Fault] = [
     Fault("apiserver outage", apiserver_outage),
     Fault("etcd restart", etcd_restart),
     *(Fault(f"pipeline {mode}", functools.partial(pipeline_fault, mode)) for mode in PIPELINE_FAULTS),
+    Fault("deep spec", deep_spec),
     *(Fault(f"store {mode}", functools.partial(store_fault, mode),
             unavailable=can_make_immutable if mode == "read-only" else lambda work: None) for mode in STORE_FAULTS),
     Fault("request storm", request_storm, times=lambda args: 1),
@@ -204,6 +217,8 @@ class SeedResult:
 
     def record(self, o: Outcome) -> None:
         self.tallies.setdefault(o.kind, Tally(o.kind)).add(o)
+        if o.rss is not None and o.rss.peak is not None:
+            self.rss_peak = max(self.rss_peak, o.rss.peak)
         if not o.ok:
             self.failures.append(f"{o.kind}: {'; '.join(o.problems)}")
 
@@ -261,7 +276,10 @@ def run_seed(seed: int, args: argparse.Namespace, binaries: controlplane.Binarie
                         print(f"{fault.kind}: not run ({why})", flush=True)
                         result.skipped.append(fault.kind)
                         continue
-                    result.record(fault.run(run))
+                    with chaos.watch_rss() as rss:
+                        outcome = fault.run(run)
+                    outcome.rss = outcome.rss or rss
+                    result.record(outcome)
                     result.sample_rss(chaos)
                 result.rss_end = chaos.operator_rss()
                 if chaos.operator_crashes:

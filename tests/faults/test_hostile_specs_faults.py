@@ -1,5 +1,5 @@
-"""What the chaos found with a tenant's Pipelines nested 1,200 levels deep: the report of a Pipeline the operator
-cannot read that met a newer version."""
+"""A tenant's Pipelines nested 1,200 levels deep while the other Pipelines go through their lifecycle; and what
+the chaos found there: the report of a Pipeline the operator cannot read that met a newer version."""
 
 from __future__ import annotations
 
@@ -15,8 +15,25 @@ from pipeline_operator.kube import Conflict
 from pipeline_operator.reconciler import Context, PipelineMonitor
 
 from ..hostile_specs import pipeline_json
+from .chaos import Chaos
 
 pytestmark = [pytest.mark.faults]
+
+
+@pytest.mark.apiserver
+def test_pipelines_nested_too_deep_are_refused_or_reported_while_the_others_go_on(chaos_factory):
+    """A deep spec.runtimeConfig is refused naming the field; deep managedFields run as usual; a deep spec stored
+    under the free-form CRD is reported (Warning Event InvalidPipeline, within chaos.REPORT_SECONDS) and its
+    deletion completes; a Pipeline created after them reaches Running; every invariant holds for the others
+    (chaos.Chaos.deep_spec_fault)."""
+    chaos: Chaos = chaos_factory(2)
+    outcome = chaos.deep_spec_fault()
+    assert outcome.ok, f"seed {chaos.seed}: deep spec: {outcome.problems}"
+    assert chaos.operator_crashes == 0, f"seed {chaos.seed}: the operator exited on its own"
+    log = chaos.op.log()
+    assert "RecursionError" not in log, log[-3000:]
+    assert f"{chaos.namespace}/deep-legacy: the Pipeline cannot be decoded" in log or \
+        f"{chaos.namespace}/deep-legacy: its spec is not valid" in log, log[-3000:]
 
 
 class OneConflict:
