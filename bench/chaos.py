@@ -16,7 +16,8 @@ each at a random moment of a random lifecycle step (start, pause, stop, clear, s
   made read-only;
 - last, a storm of ``--requests`` unauthenticated and malformed API requests (concurrency 100) while a
   pipeline is paused and resumed, measuring the reconciliation latency (spec change to status), beside a
-  hostile tenant's Pipelines (one answering a head that never ends, two nested too deep).
+  hostile tenant's Pipelines (one answering a head that never ends, two nested too deep; not with
+  ``--storm-alone``).
 
 After each fault it checks the invariants of ``tests/faults/chaos.py`` (one workload per Pipeline, every
 Pipeline at its spec, no event lost or stored twice, no event of a deleted Pipeline left in the store or
@@ -35,6 +36,7 @@ fault, and one row of :data:`FAULTS`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import shutil
@@ -127,7 +129,8 @@ def request_storm(run: Run) -> Outcome:
             chaos.apply_step(target, "start")
             chaos.wait_settled()
         before = chaos.snapshot()
-        with chaos.hostile_neighbours() as hostile:
+        neighbours = contextlib.nullcontext([]) if run.args.storm_alone else chaos.hostile_neighbours()
+        with neighbours as hostile:
             thread, result = start_storm(chaos.op.api_url, storm_requests(
                 chaos.rng, chaos.cluster.plane.users["admin"].token, run.args.requests, also=tuple(hostile)),
                 concurrency=100)
@@ -354,6 +357,8 @@ def main() -> int:
     parser.add_argument("--apiserver-outage", type=float, default=60.0, help="seconds the API server is away")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of the fault kinds other than SIGKILL")
     parser.add_argument("--requests", type=int, default=10_000, help="requests of the storm")
+    parser.add_argument("--storm-alone", action="store_true",
+                        help="the storm without the hostile tenant's Pipelines beside it (to compare)")
     parser.add_argument("--only", help="run only these fault kinds (comma-separated; a first word names several)")
     parser.add_argument("--keep", action="store_true", help="keep the state folder (operator logs, event store)")
     args = parser.parse_args()
