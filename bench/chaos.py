@@ -10,16 +10,22 @@ each at a random moment of a random lifecycle step (start, pause, stop, clear, s
 - ``--iterations`` SIGKILLs of the operator, each followed by a restart;
 - then ``--repeats`` rounds of: a kube-apiserver outage of ``--apiserver-outage`` seconds (60 by
   default), an etcd restart, pipeline processes killed (SIGKILL), stopped (SIGSTOP), hung, answering
-  garbage and answering too deeply nested JSON, and the event store deleted, truncated and made read-only;
+  garbage, answering too deeply nested JSON and answering a head that never ends (``endless-header``:
+  the operator's memory may rise by 50 MB at most meanwhile), a tenant's Pipelines nested 1,200 levels
+  deep (``deep spec``: refused, run, or reported and deleted), and the event store deleted, truncated and
+  made read-only;
 - last, a storm of ``--requests`` unauthenticated and malformed API requests (concurrency 100) while a
-  pipeline is paused and resumed, measuring the reconciliation latency (spec change to status).
+  pipeline is paused and resumed, measuring the reconciliation latency (spec change to status), beside a
+  hostile tenant's Pipelines (one answering a head that never ends, two nested too deep; not with
+  ``--storm-alone``).
 
 After each fault it checks the invariants of ``tests/faults/chaos.py`` (one workload per Pipeline, every
 Pipeline at its spec, no event lost or stored twice, no event of a deleted Pipeline left in the store or
 served under its name again). It prints one line per fault kind (``kind runs converged
-workloads_duplicated events_lost events_duplicated events_of_deleted seconds``), then a verdict per
-seed (with the operator's resident memory at the start and at the end, and the duration) and an
-overall one, and exits 1 if any invariant broke. What a run finds (a deletion that never finishes, a
+workloads_duplicated events_lost events_duplicated events_of_deleted seconds rss_growth_mb``, the last
+the most the operator's resident memory rose during one run of that kind, sampled every 0.1 s), then a
+verdict per seed (with the operator's resident memory at the start and at the end, and the duration) and
+an overall one, and exits 1 if any invariant broke. What a run finds (a deletion that never finishes, a
 fault that could not be injected) is part of its verdict, not a traceback. ``--only`` runs some kinds
 (``--only "store read-only"``, ``--only store``).
 
@@ -30,6 +36,7 @@ fault, and one row of :data:`FAULTS`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import shutil
@@ -105,8 +112,13 @@ def store_fault(mode: str, run: Run) -> Outcome:
     return run.chaos.store_fault(mode)
 
 
+def deep_spec(run: Run) -> Outcome:
+    return run.chaos.deep_spec_fault()
+
+
 def request_storm(run: Run) -> Outcome:
-    """The request storm; meanwhile, pause and resume one pipeline and time each change to its status."""
+    """The request storm beside a hostile tenant's Pipelines (:meth:`Chaos.hostile_neighbours`); meanwhile,
+    pause and resume one pipeline and time each change to its status."""
     chaos = run.chaos
     started = time.monotonic()
     problems: list[str] = []
@@ -117,16 +129,19 @@ def request_storm(run: Run) -> Outcome:
             chaos.apply_step(target, "start")
             chaos.wait_settled()
         before = chaos.snapshot()
-        thread, result = start_storm(chaos.op.api_url, storm_requests(
-            chaos.rng, chaos.cluster.plane.users["admin"].token, run.args.requests), concurrency=100)
-        while thread.is_alive():
-            step = "pause" if target.state == "Running" else "start"
-            changed = time.monotonic()
-            chaos.apply_step(target, step)
-            if chaos.wait_settled():
-                break
-            run.latencies.append(time.monotonic() - changed)
-        thread.join()
+        neighbours = contextlib.nullcontext([]) if run.args.storm_alone else chaos.hostile_neighbours()
+        with neighbours as hostile:
+            thread, result = start_storm(chaos.op.api_url, storm_requests(
+                chaos.rng, chaos.cluster.plane.users["admin"].token, run.args.requests, also=tuple(hostile)),
+                concurrency=100)
+            while thread.is_alive():
+                step = "pause" if target.state == "Running" else "start"
+                changed = time.monotonic()
+                chaos.apply_step(target, step)
+                if chaos.wait_settled():
+                    break
+                run.latencies.append(time.monotonic() - changed)
+            thread.join()
         run.statuses.update(result.statuses)
         if result.server_errors or 500 in result.statuses:
             problems.append(f"server errors: {result.server_errors[:5]}")
@@ -148,6 +163,7 @@ FAULTS: list[Fault] = [
     Fault("apiserver outage", apiserver_outage),
     Fault("etcd restart", etcd_restart),
     *(Fault(f"pipeline {mode}", functools.partial(pipeline_fault, mode)) for mode in PIPELINE_FAULTS),
+    Fault("deep spec", deep_spec),
     *(Fault(f"store {mode}", functools.partial(store_fault, mode),
             unavailable=can_make_immutable if mode == "read-only" else lambda work: None) for mode in STORE_FAULTS),
     Fault("request storm", request_storm, times=lambda args: 1),
@@ -204,6 +220,8 @@ class SeedResult:
 
     def record(self, o: Outcome) -> None:
         self.tallies.setdefault(o.kind, Tally(o.kind)).add(o)
+        if o.rss is not None and o.rss.peak is not None:
+            self.rss_peak = max(self.rss_peak, o.rss.peak)
         if not o.ok:
             self.failures.append(f"{o.kind}: {'; '.join(o.problems)}")
 
@@ -261,7 +279,10 @@ def run_seed(seed: int, args: argparse.Namespace, binaries: controlplane.Binarie
                         print(f"{fault.kind}: not run ({why})", flush=True)
                         result.skipped.append(fault.kind)
                         continue
-                    result.record(fault.run(run))
+                    with chaos.watch_rss() as rss:
+                        outcome = fault.run(run)
+                    outcome.rss = outcome.rss or rss
+                    result.record(outcome)
                     result.sample_rss(chaos)
                 result.rss_end = chaos.operator_rss()
                 if chaos.operator_crashes:
@@ -336,6 +357,8 @@ def main() -> int:
     parser.add_argument("--apiserver-outage", type=float, default=60.0, help="seconds the API server is away")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of the fault kinds other than SIGKILL")
     parser.add_argument("--requests", type=int, default=10_000, help="requests of the storm")
+    parser.add_argument("--storm-alone", action="store_true",
+                        help="the storm without the hostile tenant's Pipelines beside it (to compare)")
     parser.add_argument("--only", help="run only these fault kinds (comma-separated; a first word names several)")
     parser.add_argument("--keep", action="store_true", help="keep the state folder (operator logs, event store)")
     args = parser.parse_args()

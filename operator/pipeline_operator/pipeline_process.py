@@ -49,7 +49,11 @@ HTTP and on disk, as a Feldera pipeline does through its lifecycle:
   - ``unavailable``: ``/status`` answers 503 ``PipelineBusy``;
   - ``garbage``: ``/status`` answers 200 with bytes that are not JSON (nor even UTF-8);
   - ``nested``: ``/status`` answers 200 with JSON nested 100,000 levels deep;
-  - ``available``: ends ``panic``, ``unavailable``, ``garbage``, ``nested`` and ``broken``;
+  - ``endless-header``: ``/status`` answers a status line and then one header field whose value never
+    ends: bytes are sent, as fast as the client reads them, until it closes the connection (or the
+    fault ends);
+  - ``available``: ends ``panic``, ``unavailable``, ``garbage``, ``nested``, ``endless-header`` and
+    ``broken``;
   - ``hang``: from the answer to this request on, the process answers nothing at all (it still
     accepts connections; requests on them, and on connections already open, wait forever) until
     it is stopped or killed;
@@ -108,6 +112,10 @@ MAX_REQUEST_BODY = 64 * 1024  # no route reads a body; a larger one is refused b
 MAX_SHOWN_PARAMETER = 40  # characters of a query parameter repeated in an error message
 NESTED_DEPTH = 100_000  # levels of the ``nested`` fault's answer
 GARBAGE = b"\xff\xfe\x00{\"runtime_status\": \xc3\x28 this is not JSON"  # invalid UTF-8, then not JSON
+# The ``endless-header`` fault's answer: this head, then ENDLESS_PIECE over and over (one field that never ends).
+ENDLESS_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Endless: "
+ENDLESS_PIECE = b"a" * 16 * 1024
+ENDLESS_BUFFERED = 64 * 1024  # bytes left unsent in the transport before the fault waits for the client
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -147,7 +155,7 @@ class ReferencePipeline:
         self.bootstrap_policy = bootstrap_policy
         self.control_token = control_token.encode() if control_token else None
         self.debug_routes = debug_routes
-        self.status_fault: str | None = None  # "garbage" or "nested": what /status answers instead
+        self.status_fault: str | None = None  # "garbage", "nested" or "endless-header": what /status answers instead
         self.hung = False  # the "hang" fault: no request is answered any more
         self.broken = False  # the "broken" fault: every route but /debug answers bytes that are not HTTP
         self.exit = exit  # how the process "exits" with a code (in a fleet: only this pipeline ends)
@@ -366,10 +374,28 @@ class ReferencePipeline:
             return web.Response(body=GARBAGE, content_type="application/json")
         if self.status_fault == "nested":
             return web.Response(body=b"[" * NESTED_DEPTH + b"]" * NESTED_DEPTH, content_type="application/json")
+        if self.status_fault == "endless-header":
+            return await self._endless_header(request)
         if self.panic is not None:
             body = {k: v for k, v in self.panic.items() if k != "http_status"}
             return web.json_response(body, status=self.panic.get("http_status", 500))
         return web.json_response(self.status_body())
+
+    async def _endless_header(self, request: web.Request) -> web.Response:
+        """The ``endless-header`` fault: a head that never ends, written on the connection itself (aiohttp
+        writes a head only once it is complete), at the pace the client reads it, until the client closes
+        the connection, the fault ends or the pipeline goes; then the connection is dropped."""
+        transport = request.transport
+        if transport is None:
+            return _drop_connection(request)
+        transport.write(ENDLESS_HEAD)
+        while not transport.is_closing() and self.status_fault == "endless-header" and not self.gone.is_set():
+            if transport.get_write_buffer_size() > ENDLESS_BUFFERED:
+                await asyncio.sleep(0.005)  # the client reads no faster (or not at all): wait for it
+            else:
+                transport.write(ENDLESS_PIECE)
+                await asyncio.sleep(0)  # the loop goes on serving the other requests meanwhile
+        return _drop_connection(request)
 
     def _may_transition_to(self, target: str) -> bool:
         """Feldera's ``may_transition_to``: same -> same, Standby -> Paused|Running,
@@ -625,7 +651,7 @@ class ReferencePipeline:
             self.panic = {"message": "The pipeline is busy (reference pipeline told to be unavailable)",
                           "error_code": "PipelineBusy", "details": None, "http_status": 503}
             return web.json_response(None, status=202)
-        if mode in ("garbage", "nested"):
+        if mode in ("garbage", "nested", "endless-header"):
             self.status_fault = mode
             return web.json_response(None, status=202)
         if mode == "available":
@@ -640,7 +666,8 @@ class ReferencePipeline:
             self.hung = True  # this answer is the last one
             return web.json_response(None, status=202)
         if mode != "panic":
-            return _error(400, "mode must be panic, exit, unavailable, garbage, nested, broken, available or hang",
+            return _error(400, "mode must be panic, exit, unavailable, garbage, nested, endless-header, broken, "
+                               "available or hang",
                           "InvalidParameter")
         self.panic = {"message": "A worker thread panicked: reference pipeline told to fail",
                       "error_code": "WorkerPanic", "details": {"worker": 0}}

@@ -530,7 +530,12 @@ class PipelineMonitor:
         try:
             updated = await self.ctx.kube.write_status(self.key.namespace, self.key.name, str(rv), body)
         except (Conflict, Gone):
-            return 0.0  # a newer version: look at it at once
+            # A newer version: look at it at once, as read now (the watch may not have brought it yet, and
+            # the version in hand was just reported: the next pass would find nothing new until INVALID_RETRY).
+            fresh = await self.ctx.kube.get_pipeline(self.key.namespace, self.key.name)
+            if fresh is not None:
+                self.adopt(fresh)
+            return 0.0
         except Exception as exc:  # noqa: BLE001 - the log line and the Event said it already
             log.info("%s: could not write the %s condition: %s", self.key, REASON_INVALID, exc)
             return INVALID_RETRY

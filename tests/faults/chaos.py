@@ -32,6 +32,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -42,7 +43,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..conftest import Cluster
+import yaml
+
+from ..conftest import CRD_FILE, Cluster
+from ..hostile_specs import (
+    DEEP,
+    deep_managed_fields_pipeline,
+    deep_runtime_config_pipeline,
+    free_form_crd,
+    pipeline_json,
+)
 from ..operator_harness import OperatorProcess, Pipelines
 
 SEED_ENV = "PIPELINE_FAULTS_SEED"
@@ -53,7 +63,16 @@ FAST_PIPELINE = [{"name": "PIPELINE_INIT_SECONDS", "value": "0.3"},
 # A settled Pipeline: what its status says for each target the chaos gives it.
 RUNNING, PAUSED, STOPPED, CLEARED, DELETED = "Running", "Paused", "Stopped", "Cleared", "Deleted"
 STEPS = ("start", "pause", "stop", "clear", "spec change", "delete")
-PIPELINE_FAULTS = ("kill", "sigstop", "hang", "garbage", "nested")
+PIPELINE_FAULTS = ("kill", "sigstop", "hang", "garbage", "nested", "endless-header")
+# The pipeline faults whose /status answer the operator cannot read (not JSON, nested too deep, a head that
+# never ends): the pipeline is shown Unavailable, then answers properly again when told ``mode=available``.
+INVALID_ANSWERS = ("garbage", "nested", "endless-header")
+RSS_MARGIN_MB = 50.0  # how much the operator's memory may grow during a fault that targets it
+ENDLESS_PROBE_BYTES = 8 * 1024 * 1024  # of a head that never ends, read to see that it goes on
+HEAD_END = b"\r\n\r\n"
+INVALID_PIPELINE = "InvalidPipeline"  # the reason (Event, conditions) of a Pipeline the operator cannot read
+# A Pipeline the operator cannot read is reported within this (it looks again at such a one every 60 s only).
+REPORT_SECONDS = 30.0
 STORE_FAULTS = ("delete", "truncate", "read-only")
 SETTLE_SECONDS = 120.0
 DELETION_SECONDS = 120.0  # a deleted Pipeline must be gone within this before its name is used again
@@ -119,11 +138,30 @@ class Outcome:
     events_of_deleted: int = 0  # left in the store, or served for a Pipeline created again under the name
     seconds: float = 0.0
     problems: list[str] = dataclasses.field(default_factory=list)
+    rss: RssWatch | None = None  # the operator's memory during the fault, where it was watched
+    memory_grew: bool = False  # by more than RSS_MARGIN_MB, in a fault that targets the operator's memory
 
     @property
     def ok(self) -> bool:
         return self.converged and not (self.workloads_duplicated or self.events_lost or self.events_duplicated
-                                       or self.events_of_deleted)
+                                       or self.events_of_deleted or self.memory_grew)
+
+
+@dataclasses.dataclass
+class RssWatch:
+    """The operator's resident memory (MB) before a stretch of a run, at its highest during it (sampled every
+    :data:`RSS_SAMPLE_SECONDS`) and after it; of one process (a restarted operator is not sampled)."""
+    before: float | None = None
+    peak: float | None = None
+    after: float | None = None
+
+    @property
+    def growth(self) -> float | None:
+        """How far the peak rose above the memory before (MB); None if either is not known."""
+        return None if self.before is None or self.peak is None else self.peak - self.before
+
+
+RSS_SAMPLE_SECONDS = 0.1
 
 
 @dataclasses.dataclass
@@ -136,6 +174,7 @@ class Tally:
     events_duplicated: int = 0
     events_of_deleted: int = 0
     seconds: float = 0.0
+    rss_growth: float | None = None  # the most the operator's memory rose during one run (MB)
 
     def add(self, o: Outcome) -> None:
         self.runs += 1
@@ -145,6 +184,8 @@ class Tally:
         self.events_duplicated += o.events_duplicated
         self.events_of_deleted += o.events_of_deleted
         self.seconds += o.seconds
+        if o.rss is not None and (growth := o.rss.growth) is not None:
+            self.rss_growth = growth if self.rss_growth is None else max(self.rss_growth, growth)
 
     @property
     def ok(self) -> bool:
@@ -152,14 +193,15 @@ class Tally:
             self.workloads_duplicated or self.events_lost or self.events_duplicated or self.events_of_deleted)
 
     def line(self) -> str:
-        return (f"{self.kind:<22} {self.runs:>4} {self.converged:>9} {self.workloads_duplicated:>20} "
+        growth = "-" if self.rss_growth is None else f"{self.rss_growth:+.1f}"
+        return (f"{self.kind:<24} {self.runs:>4} {self.converged:>9} {self.workloads_duplicated:>20} "
                 f"{self.events_lost:>11} {self.events_duplicated:>17} {self.events_of_deleted:>17} "
-                f"{self.seconds:>8.1f}")
+                f"{self.seconds:>8.1f} {growth:>13}")
 
     @staticmethod
     def header() -> str:
-        return (f"{'kind':<22} {'runs':>4} {'converged':>9} {'workloads_duplicated':>20} {'events_lost':>11} "
-                f"{'events_duplicated':>17} {'events_of_deleted':>17} {'seconds':>8}")
+        return (f"{'kind':<24} {'runs':>4} {'converged':>9} {'workloads_duplicated':>20} {'events_lost':>11} "
+                f"{'events_duplicated':>17} {'events_of_deleted':>17} {'seconds':>8} {'rss_growth_mb':>13}")
 
 
 # --------------------------------------------------------------------------------------
@@ -219,6 +261,17 @@ def immutable(*paths: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["chattr", "-i", *map(str, present)], check=False, capture_output=True)
+
+
+def rss_of(pid: int) -> float | None:
+    """A process's resident memory (MB, ``VmRSS`` of ``/proc/<pid>/status``); None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def can_make_immutable(folder: Path) -> str | None:
@@ -302,13 +355,29 @@ class Chaos:
         """The operator's resident memory now (MB), None if it is not running."""
         if self.op.proc is None or self.op.proc.poll() is not None:
             return None
+        return rss_of(self.op.proc.pid)
+
+    @contextlib.contextmanager
+    def watch_rss(self) -> Iterator[RssWatch]:
+        """Sample the operator's memory while the block runs (from a thread of its own): its
+        :class:`RssWatch`, complete once the block is left."""
+        pid = self.op.proc.pid if self.op.proc is not None and self.op.proc.poll() is None else None
+        watch = RssWatch(before=rss_of(pid) if pid else None)
+        watch.peak = watch.before
+        stop = threading.Event()
+
+        def sample() -> None:
+            while pid and not stop.wait(RSS_SAMPLE_SECONDS):
+                if (rss := rss_of(pid)) is not None:
+                    watch.peak = max(watch.peak or 0.0, rss)
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
         try:
-            for line in Path(f"/proc/{self.op.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            return None
-        return None
+            yield watch
+        finally:
+            stop.set()
+            thread.join()
+            watch.after = rss_of(pid) if pid else None
 
     # -- Pipelines -------------------------------------------------------------------------
 
@@ -394,14 +463,22 @@ class Chaos:
 
     # -- convergence ------------------------------------------------------------------------
 
-    def _get(self, name: str) -> dict[str, Any] | None:
-        res = self.cluster.kubectl("get", "pipeline", name, "-n", self.namespace, "-o", "json",
+    def _get(self, name: str, output: str = "json") -> dict[str, Any] | None:
+        """The Pipeline as the API server serves it; None if there is none. One nested deeper than Python's
+        JSON decoder goes (a hostile spec) is its metadata and status only, which the operator writes."""
+        res = self.cluster.kubectl("get", "pipeline", name, "-n", self.namespace, "-o", output,
                                    "--request-timeout=10s", check=False)
         if res.returncode != 0:
             if "NotFound" in res.stderr:
                 return None
             raise ConnectionError(res.stderr.strip())
-        obj: dict[str, Any] = json.loads(res.stdout)
+        try:
+            obj: dict[str, Any] = json.loads(res.stdout.strip() or "{}")  # jsonpath of nothing: nothing
+        except RecursionError:
+            if output != "json":
+                raise
+            parts = [self._get(name, f"jsonpath={{.{part}}}") for part in ("metadata", "status")]
+            return None if parts[0] is None else {"metadata": parts[0], "status": parts[1]}
         return obj
 
     def unsettled(self, target: Target) -> str | None:
@@ -656,6 +733,30 @@ class Chaos:
             raise Finding(f"{target.name}: its pipeline process does not answer /debug/fail?mode={mode} "
                           f"({getattr(exc, 'reason', exc)}): the fault could not be injected") from None
 
+    def endless_head(self, target: Target, enough: int = ENDLESS_PROBE_BYTES) -> str | None:
+        """Read ``GET /status`` of a pipeline told ``mode=endless-header`` as a client without bounds would:
+        None if ``enough`` bytes came with no end to the answer's head (then the connection is closed), else
+        what came instead."""
+        folder = self.pipeline_folder(target)
+        if folder is None:
+            return f"{target.name} has no pipeline folder"
+        port = int((folder / "port").read_text())
+        received, tail = 0, b""  # bytes counted; the last three kept (an end of the head may span two reads)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(b"GET /status HTTP/1.1\r\nHost: pipeline\r\n\r\n")
+                while received < enough:
+                    data = conn.recv(1 << 20)
+                    if not data:
+                        return f"the answer ended after {received} bytes"
+                    if HEAD_END in tail + data:
+                        return f"the answer's head ended within {received + len(data)} bytes"
+                    received += len(data)
+                    tail = (tail + data)[-3:]
+        except OSError as exc:
+            return f"/status could not be read ({exc})"
+        return None
+
     def recover(self, target: Target) -> None:
         """A pipeline the system stopped with an error waits for the user (Feldera): dismiss and start."""
         obj = self._get(target.name)
@@ -666,16 +767,19 @@ class Chaos:
         self.pipelines.annotate(target.name, "dataflow.dev/start", stamp)
 
     def pipeline_fault(self, mode: str, hang_seconds: float = 8.0) -> Outcome:
-        """A pipeline process killed, stopped (SIGSTOP), hung or answering garbage.
+        """A pipeline process killed, stopped (SIGSTOP), hung, or answering what cannot be read (garbage,
+        JSON nested too deep, a head that never ends: :data:`INVALID_ANSWERS`).
 
         The operator may stop a failed pipeline with an error (Feldera does, and then waits for the
         user): the invariants are checked once it settles either way, then the user's dismiss and
-        start must bring it back to its spec.
+        start must bring it back to its spec. The operator's memory is watched meanwhile; in the
+        ``endless-header`` fault, which aims at it, it may rise by :data:`RSS_MARGIN_MB` at most, and
+        the status must say why the answer was refused (its head).
         """
         started = time.monotonic()
         problems: list[str] = []
         before: dict[str, set[str]] = {}
-        with findings(problems):
+        with self.watch_rss() as rss, findings(problems):
             target = self.pick_running()
             if target is None:
                 target = next(iter(self.targets.values()))
@@ -702,25 +806,33 @@ class Chaos:
                                     "could not be injected")
             # The fault's effect: stopped by the system with an error (Feldera stops a pipeline whose
             # process is gone), or Unavailable (Feldera's runtime status while /status cannot be read or
-            # understood: no answer, garbage, nesting too deep), or, for a short SIGSTOP, nothing at all.
+            # understood: no answer, garbage, nesting too deep, a head that never ends), or, for a short
+            # SIGSTOP, nothing at all.
             deadline = time.monotonic() + SETTLE_SECONDS
             seen = ""
+            st: dict[str, Any] = {}
             while time.monotonic() < deadline and not problems:
                 obj = self._get(target.name) or {}
                 st = obj.get("status") or {}
                 if "deploymentError" in st and st.get("deploymentStatus") == STOPPED:
                     seen = "stopped with an error"
                     break
-                if mode in ("hang", "garbage", "nested") and st.get("deploymentStatus") == "Unavailable":
+                if mode in ("hang", *INVALID_ANSWERS) and st.get("deploymentStatus") == "Unavailable":
                     seen = "Unavailable"
                     break
                 if mode == "sigstop" and self.unsettled(target) is None:
                     break
                 time.sleep(0.3)
-            if mode in ("hang", "garbage", "nested") and not problems and not seen:
+            if mode in ("hang", *INVALID_ANSWERS) and not problems and not seen:
                 problems.append(f"pipeline {mode}: the status showed neither Unavailable nor an error within "
                                 f"{SETTLE_SECONDS:.0f}s")
-            if seen == "Unavailable" and mode in ("garbage", "nested"):
+            reason = str((st.get("deploymentRuntimeStatusDetails") or {}).get("reason", ""))
+            if seen == "Unavailable" and mode == "endless-header":
+                if "head" not in reason:
+                    problems.append(f"pipeline endless-header: Unavailable, but not for its answer's head: {reason!r}")
+                if why := self.endless_head(target):
+                    problems.append(f"pipeline endless-header: {why}")
+            if seen == "Unavailable" and mode in INVALID_ANSWERS:
                 self.debug_fail(target, "available")  # the pipeline answers properly again: it must come back
             elif seen == "Unavailable" and mode == "hang":
                 # A hung process answers nothing, not even /debug (nor the /suspend of a graceful stop):
@@ -731,7 +843,13 @@ class Chaos:
                 self.apply_step(target, "start")
             self.recover(target)
         problems += self.wait_settled()
-        return self.check(f"pipeline {mode}", before, started, problems)
+        outcome = self.check(f"pipeline {mode}", before, started, problems)
+        outcome.rss = rss
+        if mode == "endless-header" and (growth := rss.growth) is not None and growth > RSS_MARGIN_MB:
+            outcome.memory_grew = True
+            outcome.problems.append(f"pipeline endless-header: the operator's memory rose by {growth:.0f} MB "
+                                    f"({rss.before:.0f} -> {rss.peak:.0f} MB), more than {RSS_MARGIN_MB:.0f} MB")
+        return outcome
 
     def store_fault(self, mode: str, seconds: float = 5.0) -> Outcome:
         """The event store deleted, truncated, or made read-only while the operator runs."""
@@ -757,14 +875,183 @@ class Chaos:
                     time.sleep(seconds)  # the length of the outage is the fault
         return self.run(f"store {mode}", inject, reference="store" if mode == "read-only" else "history")
 
+    # -- a hostile tenant's Pipelines ----------------------------------------------------------
+
+    def deep_spec_fault(self) -> Outcome:
+        """A tenant's Pipelines nested :data:`~tests.hostile_specs.DEEP` levels deep, while a random lifecycle
+        step of the others goes on:
+
+        - a ``spec.runtimeConfig`` that deep is refused by the API server, which names the field (an unknown key,
+          with kubectl's strict field validation; a typed key, even without it);
+        - ``metadata.managedFields`` that deep (which no CRD can refuse) is stored: that Pipeline runs as any;
+        - a spec that deep stored while the CRD left ``runtimeConfig`` free-form (as it did before it typed
+          it: the CRD as it was, for a moment) is reported (a Warning Event ``InvalidPipeline``, Ready False,
+          Stalled True) and left alone: no pipeline process;
+        - a Pipeline created after them in the namespace reaches Running;
+
+        then the three are deleted, and each deletion completes. A step that does not happen is a
+        :class:`Finding`."""
+        def inject() -> None:
+            self._fault_delay(1.0)
+            self.refuse_deep_runtime_config("deep-refused")
+            with self.extras() as made:
+                made["deep-fields"] = self.create_deep_managed_fields("deep-fields")
+                made["deep-legacy"] = self.store_deep_spec("deep-legacy")
+                made["deep-after"] = self._create_text(pipeline_json("deep-after", self.namespace,
+                                                                     self.spec(Target("deep-after"))))
+                for name in ("deep-fields", "deep-after"):
+                    self.wait_extra(f"{name} to be Running", lambda name=name: self.extra_running(name, made[name]))
+                self.wait_extra("deep-legacy to be reported InvalidPipeline",
+                                lambda: self.reported_invalid("deep-legacy", made["deep-legacy"]), REPORT_SECONDS)
+                if pids := self.op.pipeline_processes(made["deep-legacy"]):
+                    raise Finding(f"deep-legacy, which cannot be read, has pipeline processes {pids}")
+        return self.run("deep spec", inject)
+
+    @contextlib.contextmanager
+    def hostile_neighbours(self) -> Iterator[list[str]]:
+        """A hostile tenant's Pipelines beside the chaos's own while the block runs: ``hostile-endless``, whose
+        process answers ``/status`` with a head that never ends, ``deep-fields`` (managedFields nested too
+        deep) and ``deep-legacy`` (a spec nested too deep, stored under the free-form CRD). Yields their
+        names. On leaving: the operator must have read the endless head (its reason is in the status) and
+        reported ``deep-legacy``; then the three are deleted and gone (:class:`Finding` otherwise)."""
+        endless = Target("hostile-endless")
+        with self.extras() as made:
+            made[endless.name] = endless.uid = self._create_text(
+                pipeline_json(endless.name, self.namespace, self.spec(endless)))
+            made["deep-fields"] = self.create_deep_managed_fields("deep-fields")
+            made["deep-legacy"] = self.store_deep_spec("deep-legacy")
+            self.wait_extra(f"{endless.name} to be Running", lambda: self.extra_running(endless.name, endless.uid))
+            if (code := self.debug_fail(endless, "endless-header")) != 202:
+                raise Finding(f"{endless.name}: /debug/fail?mode=endless-header answered {code}")
+            yield list(made)
+
+            def head_refused() -> bool:
+                st = (self._get(endless.name) or {}).get("status") or {}
+                return "head" in str((st.get("deploymentRuntimeStatusDetails") or {}).get("reason", ""))
+            self.wait_extra(f"{endless.name}'s status to say its answer's head was refused", head_refused)
+            self.wait_extra("deep-legacy to be reported InvalidPipeline",
+                            lambda: self.reported_invalid("deep-legacy", made["deep-legacy"]), REPORT_SECONDS)
+
+    def _create_text(self, text: str, *args: str) -> str:
+        """Create a Pipeline given as JSON text (kubectl's own validation, unless ``args`` say otherwise): its uid."""
+        return self.cluster.kubectl("create", *args, "-f", "-", "-o", "jsonpath={.metadata.uid}",
+                                    input=text).stdout.strip()
+
+    def refuse_deep_runtime_config(self, name: str) -> None:
+        """A spec.runtimeConfig nested too deep is refused, naming the field (a :class:`Finding` otherwise)."""
+        spec = self.spec(Target(name))
+        typed = ("runtimeConfig", "dev_tweaks", "adaptive_joins")  # a boolean in the CRD
+        for text, args, field in (
+                (deep_runtime_config_pipeline(name, self.namespace, spec=spec), (),
+                 "spec.runtimeConfig.dev_tweaks.x_deep"),
+                (pipeline_json(name, self.namespace, spec, deep_at=typed), ("--validate=false",),
+                 "spec.runtimeConfig.dev_tweaks.adaptive_joins")):
+            res = self.cluster.kubectl("create", *args, "-f", "-", input=text, check=False)
+            if res.returncode == 0:
+                self.cluster.kubectl("delete", "pipeline", name, "-n", self.namespace, "--wait=false", check=False)
+                raise Finding(f"the API server stored {name}, whose {field} nests {DEEP} levels")
+            if field not in res.stderr:
+                raise Finding(f"the API server refused {name} without naming {field}: {res.stderr.strip()[:300]}")
+
+    def create_deep_managed_fields(self, name: str) -> str:
+        """A Pipeline (running) whose metadata.managedFields nests too deep, stored as written: its uid."""
+        uid = self._create_text(deep_managed_fields_pipeline(name, self.namespace, spec=self.spec(Target(name))))
+        shown = self.cluster.kubectl("get", "pipeline", name, "-n", self.namespace, "-o", "json",
+                                     "--show-managed-fields").stdout
+        if shown.count('"f:a"') < DEEP - 1:
+            raise Finding(f"the API server did not store {name}'s managedFields {DEEP} levels deep: the fault "
+                          "could not be injected")
+        return uid
+
+    def store_deep_spec(self, name: str) -> str:
+        """A Pipeline whose spec.runtimeConfig nests too deep, stored as it could be before the CRD typed
+        runtimeConfig: the CRD free-form there for as long as it takes, then as it was. Its uid."""
+        crd = yaml.safe_load(CRD_FILE.read_text())
+        text = pipeline_json(name, self.namespace, self.spec(Target(name)),
+                             deep_at=("runtimeConfig", "dev_tweaks", "adaptive_joins"))
+        self._apply_crd(free_form_crd(crd))
+        try:
+            deadline = time.monotonic() + 30
+            while True:  # until the API server serves the free-form CRD
+                res = self.cluster.kubectl("create", "-f", "-", "-o", "jsonpath={.metadata.uid}", input=text,
+                                           check=False)
+                if res.returncode == 0:
+                    return res.stdout.strip()
+                if time.monotonic() > deadline:
+                    raise Finding(f"{name} could not be stored under the free-form CRD: {res.stderr.strip()[:300]}")
+                time.sleep(0.3)
+        finally:
+            self._apply_crd(crd)
+
+    def _apply_crd(self, crd: dict[str, Any]) -> None:
+        from pipeline_operator_dev import controlplane
+        self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(crd))
+        controlplane.wait_established(self.cluster.kubectl)
+
+    def wait_extra(self, what: str, probe: Callable[[], object], timeout: float = SETTLE_SECONDS) -> None:
+        """Poll until ``probe`` holds; a :class:`Finding` after ``timeout``, or as soon as the operator exits
+        (:meth:`wait_settled` counts that and starts it again)."""
+        deadline = time.monotonic() + timeout
+        while not probe():
+            if self.op.proc is not None and self.op.proc.poll() is not None:
+                raise Finding(f"the operator exited ({self.op.proc.returncode}) while waiting for {what}")
+            if time.monotonic() > deadline:
+                raise Finding(f"waited {timeout:.0f}s for {what}")
+            time.sleep(0.3)
+
+    def extra_running(self, name: str, uid: str) -> bool:
+        obj = self._get(name)
+        return (obj is not None and obj["metadata"]["uid"] == uid
+                and (obj.get("status") or {}).get("deploymentStatus") == RUNNING
+                and len(self.op.pipeline_processes(uid)) == 1)
+
+    def reported_invalid(self, name: str, uid: str) -> bool:
+        """Whether the operator reported the Pipeline as one it cannot read: a Warning Event InvalidPipeline
+        about it (this uid), and its Ready False and Stalled True for that reason."""
+        obj = self._get(name)
+        if obj is None or obj["metadata"]["uid"] != uid:
+            return False
+        conditions = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
+        if not (conditions.get("Stalled", {}).get("status") == "True"
+                and conditions["Stalled"].get("reason") == INVALID_PIPELINE
+                and conditions.get("Ready", {}).get("status") == "False"):
+            return False
+        events = json.loads(self.cluster.kubectl("get", "events", "-n", self.namespace, "-o", "json",
+                                                 "--field-selector", f"involvedObject.uid={uid}").stdout)["items"]
+        return any(e.get("type") == "Warning" and e.get("reason") == INVALID_PIPELINE for e in events)
+
+    @contextlib.contextmanager
+    def extras(self) -> Iterator[dict[str, str]]:
+        """Pipelines that are not targets, made in the block (name -> uid): removed on leaving it
+        (:meth:`remove_extras`); after a failure, as far as possible, and the failure is what is said."""
+        made: dict[str, str] = {}
+        try:
+            yield made
+        except BaseException:
+            with contextlib.suppress(Finding, subprocess.CalledProcessError, ConnectionError):
+                self.remove_extras(made)
+            raise
+        self.remove_extras(made)
+
+    def remove_extras(self, made: dict[str, str]) -> None:
+        """Delete Pipelines that are not targets (name -> uid); each must be gone, with no process left."""
+        for name in made:
+            self.cluster.kubectl("delete", "pipeline", name, "-n", self.namespace, "--wait=false", check=False)
+        for name, uid in made.items():
+            self.wait_gone(Target(name, state=DELETED, uid=uid))
+            self.wait_extra(f"the pipeline processes of deleted {name} to end", lambda uid=uid: not
+                            self.op.pipeline_processes(uid), timeout=30)
+
 
 # --------------------------------------------------------------------------------------
 # The request storm
 # --------------------------------------------------------------------------------------
 
-def storm_requests(rng: random.Random, admin_token: str, count: int) -> list[tuple[str, str, dict[str, str], bytes]]:
-    """``count`` unauthenticated or malformed requests: (method, encoded path, headers, body)."""
-    names = ["chaos-0", "chaos-1", "nope", "%ff%fe", "a" * 300, "..%2f..%2fetc%2fpasswd"]
+def storm_requests(rng: random.Random, admin_token: str, count: int,
+                   also: tuple[str, ...] = ()) -> list[tuple[str, str, dict[str, str], bytes]]:
+    """``count`` unauthenticated or malformed requests: (method, encoded path, headers, body); ``also``: more
+    pipeline names the paths name (a hostile tenant's, :meth:`Chaos.hostile_neighbours`)."""
+    names = ["chaos-0", "chaos-1", "nope", "%ff%fe", "a" * 300, "..%2f..%2fetc%2fpasswd", *also]
     out = []
     for _ in range(count):
         kind = rng.randrange(9)
