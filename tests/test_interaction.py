@@ -793,3 +793,59 @@ def test_the_loop_forwards_no_runtime_desired_status_while_the_api_forwards_one(
 
     asyncio.run(scenario())
     assert sent == ["Paused"]
+
+
+def test_a_pipeline_the_operator_cannot_read_is_refused_with_invalid_pipeline_not_a_server_error():
+    """A Pipeline nested deeper than the operator decodes (marked by jsondepth), or whose stored spec its schema
+    now refuses (stored before the CRD bounded it), is reported by its loop and left alone: the API shows and
+    does nothing with it but says why (409 InvalidPipeline), never a 500."""
+    from pipeline_operator import jsondepth
+
+    deep, legacy = Served(RUNNING), Served(RUNNING)
+    deep.obj = {"metadata": {"name": "p", "uid": KEY.uid, jsondepth.UNDECODABLE: "spec.runtimeConfig.a.a: too deep"},
+                "spec": {}, "status": {}}
+    legacy.obj = {"metadata": {"name": "p", "uid": KEY.uid}, "spec": {"runtimeConfig": {"workers": "many"}},
+                  "status": {}}
+
+    async def scenario(served: Served) -> list[tuple[int, str]]:
+        server = api("http://127.0.0.1:1")
+        server.deps.pipelines = Registry({("ns", "p"): served})  # type: ignore[assignment]
+        answers = []
+        async with through(server) as client:
+            for method, path in (("GET", "/v0/pipelines/p"), ("POST", "/v0/pipelines/p/start"),
+                                 ("POST", "/v0/pipelines/p/pause")):
+                response = await client.request(method, path)
+                answers.append((response.status, (await response.json())["error_code"]))
+        return answers
+
+    for served, shown in ((deep, "spec.runtimeConfig.a.a"), (legacy, "spec.runtimeConfig.workers")):
+        assert asyncio.run(scenario(served)) == [(409, "InvalidPipeline")] * 3, shown
+
+
+def test_a_refusal_of_the_kubernetes_api_server_is_a_502_naming_it_not_a_silence():
+    """The API server answered (here a 500 to a server-side apply of an object it stored before its CRD was
+    typed): the client learns what it said, as a 502 KubernetesError, not 503 'did not answer'."""
+    from kubernetes.client.exceptions import ApiException
+
+    class Kube:
+        async def merge_patch_pipeline(self, namespace: str, name: str, body: dict, manager: str) -> dict:
+            refusal = ApiException(status=500, reason="Internal Server Error")
+            refusal.body = json.dumps({"kind": "Status", "message": "failed to create typed patch object"})
+            raise refusal
+
+    async def pause(request: web.Request) -> web.Response:
+        return web.json_response({}, status=202)
+
+    async def scenario() -> tuple[int, dict]:
+        pipeline = web.Application()
+        pipeline.router.add_get("/pause", pause)
+        async with serving(pipeline) as url:
+            server = api(url)
+            server.deps.kube = Kube()  # type: ignore[assignment]
+            async with through(server) as client:
+                response = await client.post("/v0/pipelines/p/pause")
+                return response.status, await response.json()
+
+    status, body = asyncio.run(scenario())
+    assert (status, body["error_code"], body["details"]) == (502, "KubernetesError", {"status": 500})
+    assert "failed to create typed patch object" in body["message"]

@@ -33,7 +33,7 @@ from ..reconciler import (
     desired_of,
 )
 from . import writes
-from .errors import ApiError, bool_param
+from .errors import ApiError, bool_param, unreadable_pipeline
 from .interaction import ERROR_TYPES, JSON, PASSED_THROUGH_HEADERS, reachable_endpoint, served_content_type
 
 if TYPE_CHECKING:
@@ -75,6 +75,9 @@ class Actions:
     def _handler(self, action: str) -> Any:
         async def handler(request: web.Request) -> web.StreamResponse:
             monitor = await self.server.pipeline(request, "patch")
+            unreadable = unreadable_pipeline(monitor.obj)
+            if unreadable is not None:
+                raise unreadable
             state = await self.served_state(monitor)
             result: web.StreamResponse = await getattr(self, action)(request, monitor, state)
             return result

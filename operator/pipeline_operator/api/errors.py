@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pydantic
 from aiohttp import web
 
+from .. import jsondepth
 from ..core.lifecycle import Refusal
-from ..models import ErrorResponse
+from ..models import ErrorResponse, PipelineSpec
 
 
 class ApiError(Exception):
@@ -33,6 +35,24 @@ class ApiError(Exception):
 def unknown_pipeline(name: str) -> ApiError:
     return ApiError(404, "UnknownPipelineName", f"Unknown pipeline name '{name[:253]}'",
                     {"pipeline_name": name[:253]})
+
+
+def unreadable_pipeline(obj: Any) -> ApiError | None:
+    """409 ``InvalidPipeline`` for a Pipeline the operator cannot read (nested deeper than it decodes, or a spec
+    stored before its CRD bounded every field that its schema now refuses), which its monitoring loop reports
+    and leaves alone: nothing can be shown or done with it but replacing or deleting it."""
+    meta = (obj.get("metadata") if isinstance(obj, dict) else None) or {}
+    problem = jsondepth.undecodable(obj)
+    if problem is None:
+        try:
+            PipelineSpec.model_validate(obj.get("spec") or {})
+        except pydantic.ValidationError as exc:
+            problem = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+    if problem is None:
+        return None
+    name = str(meta.get("name") or "")[:253]
+    return ApiError(409, "InvalidPipeline", f"Pipeline '{name}' cannot be read: {problem[:1000]}; correct it "
+                                            "(PUT, PATCH or kubectl) or delete it", {"pipeline_name": name})
 
 
 def bool_param(query: Any, name: str, default: bool) -> bool:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from .. import jsondepth
 from ..core import resource
 from ..core.lifecycle import PipelineState, delete_refusal, update_refusal
 from ..feldera_config import ProgramConfig, RuntimeConfig, given
@@ -43,7 +42,7 @@ from ..models import (
     json_value,
 )
 from . import writes
-from .errors import ApiError, unknown_pipeline
+from .errors import ApiError, unknown_pipeline, unreadable_pipeline
 from .server import PIPELINE, VERSION
 
 if TYPE_CHECKING:
@@ -211,10 +210,9 @@ class Pipelines:
         """Feldera's ``PipelineSelectedInfo``: the spec's Feldera fields, the state's Feldera fields
         (as :class:`models.PipelineDeployment` declares them) and the combined statuses."""
         meta = obj.get("metadata") or {}
-        problem = jsondepth.undecodable(obj)
-        if problem is not None:
-            raise ApiError(500, "InvalidPipeline", f"Pipeline '{meta.get('name')}' cannot be read: {problem}; "
-                                                   "correct or delete it", {"pipeline_name": meta.get("name")})
+        unreadable = unreadable_pipeline(obj)
+        if unreadable is not None:
+            raise unreadable
         status = PipelineStatus.model_validate(obj.get("status") or {})
         state = state or resource.from_status(status)
         created = meta.get("creationTimestamp") or format_timestamp(dt.datetime.now(dt.UTC))

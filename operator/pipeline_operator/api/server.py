@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import logging
 import math
 import re
@@ -410,10 +411,19 @@ class ApiServer:
         except asyncio.CancelledError:
             raise
         except KUBE_UNAVAILABLE as exc:
-            log.warning("HTTP API: %s %s: the Kubernetes API server did not answer: %s", request.method,
-                        request.path[:200], _describe(exc))
-            response = ApiError(503, "KubernetesUnavailable", "The Kubernetes API server did not answer the "
-                                "operator; try again shortly").response()
+            if isinstance(exc, ApiException) and exc.status and exc.status not in (502, 503, 504):
+                # An answer, not a silence: the API server refused what the operator asked for this request.
+                message = _api_server_message(exc)
+                log.warning("HTTP API: %s %s: the Kubernetes API server answered %s: %s", request.method,
+                            request.path[:200], exc.status, message)
+                response = ApiError(502, "KubernetesError", f"The Kubernetes API server refused the operator's "
+                                    f"request ({exc.status} {exc.reason}): {message}",
+                                    {"status": exc.status}).response()
+            else:
+                log.warning("HTTP API: %s %s: the Kubernetes API server did not answer: %s", request.method,
+                            request.path[:200], _describe(exc))
+                response = ApiError(503, "KubernetesUnavailable", "The Kubernetes API server did not answer the "
+                                    "operator; try again shortly").response()
         except StoreUnavailable as exc:  # either backend: the file or the database server, not this request
             log.warning("HTTP API: %s %s: %s", request.method, request.path[:200], exc)
             response = ApiError(503, "EventStoreUnavailable", "The operator's event store cannot be read now "
@@ -786,6 +796,15 @@ def action_of(request: web.Request) -> str:
     if route.startswith("/v0/pipelines/{name}/"):  # an action, or a data-plane route (ingress/{table_name})
         return route[len("/v0/pipelines/{name}/"):].split("/{")[0]
     return CRUD_ACTIONS.get(request.method, request.method.lower())
+
+
+def _api_server_message(exc: ApiException) -> str:
+    """The message of an API server's refusal (its Status object), or its reason."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason or "")[:500]
 
 
 def _describe(exc: BaseException) -> str:
