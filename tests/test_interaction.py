@@ -23,6 +23,7 @@ import threading
 import time
 import types
 import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -541,9 +542,12 @@ def test_feldera_sdk_reads_logs_stats_metrics_and_checkpoints_through_the_operat
     schema_validator("ControllerStatus", document()).validate(raw_stats)
     assert raw_stats["global_metrics"]["total_input_records"] == 0 and raw_stats["global_metrics"]["rss_bytes"] > 0
     # The SDK of this line reads no /metrics (fda's `metrics` does): read as fda reads it.
-    code, metrics = raw(op, cluster, namespace, "GET", "metrics")
-    assert code == 200 and b"process_resident_memory_bytes" in metrics and \
-        b'reference_pipeline_runtime_status{status="Running"} 1' in metrics
+    request = urllib.request.Request(f"{op.api_url}/v0/pipelines/orders/metrics", headers={
+        "Authorization": f"Bearer {cluster.plane.users['alice'].token}", "Feldera-Tenant": namespace})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert "process_resident_memory_bytes" in metrics and \
+        'reference_pipeline_runtime_status{status="Running"} 1' in metrics
     code, json_metrics = raw(op, cluster, namespace, "GET", "metrics?format=json")
     assert code == 200 and {m["key"] for m in json_metrics} >= {"storage_usage_bytes"}
 
