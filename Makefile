@@ -8,7 +8,7 @@ TEST_WORKERS ?= 2
 .PHONY: test demo image lock crd lint-imports clean
 
 # Install the project and its test extra into a local virtualenv, build or reuse the
-# control-plane binaries and promtool (cached under ~/.cache/pipeline-operator, with progress), run the static
+# control-plane binaries, promtool and Feldera's fda (cached under ~/.cache/pipeline-operator, with progress), run the static
 # checks (ruff, mypy, import-linter: any finding fails the run), then pytest.
 test: $(VENV)/.installed
 	@echo "==> ruff: lint operator, tests, bench and image"
@@ -19,6 +19,7 @@ test: $(VENV)/.installed
 	$(BIN)/lint-imports
 	$(BIN)/pipeline-operator control-plane fetch
 	$(BIN)/python -m pipeline_operator_dev.promtool
+	$(BIN)/python -m pipeline_operator_dev.fda
 	$(BIN)/pipeline-operator crd --check --output crds/pipelines.dataflow.dev.yaml
 	$(BIN)/pipeline-operator crd --check --output deploy/base/crd/pipelines.dataflow.dev.yaml
 	@# pytest exits 5 when it collected no tests: this project always has tests, so that is a failure.

@@ -26,6 +26,14 @@ def schema_validator_for_info():
     return schema_validator("PipelineSelectedInfo", document())
 
 
+def feldera_client(url: str, token: str | None, namespace: str, **kwargs: Any) -> FelderaClient:
+    """Feldera's SDK (0.306: it has no ``tenant`` argument) as a user in ``namespace``: the namespace goes in
+    Feldera's ``Feldera-Tenant`` header, which the client sends with every request from then on."""
+    client = FelderaClient(url, api_key=token, **kwargs)
+    client.http.headers["Feldera-Tenant"] = namespace
+    return client
+
+
 def grant(cluster, namespace: str, user: str, verbs: str) -> None:
     role = f"pipelines-{user}"
     cluster.kubectl("create", "role", role, "-n", namespace, f"--verb={verbs}", "--resource=pipelines.dataflow.dev")
@@ -73,7 +81,7 @@ def running(operators, pipelines, namespace, cluster, kstatus):
 
 def test_feldera_sdk_reads_the_events_the_store_holds(running, cluster, namespace, pipelines):
     token = cluster.plane.users["alice"].token
-    client = FelderaClient(running.api_url, api_key=token, tenant=namespace)
+    client = feldera_client(running.api_url, token, namespace)
     events = client.get_pipeline_events("orders", selector="status")
     full = client.get_pipeline_events("orders", selector="all")
     assert [e["event_id"] for e in events] == [e["event_id"] for e in full]
@@ -107,7 +115,7 @@ def test_feldera_sdk_reads_the_events_the_store_holds(running, cluster, namespac
 
 
 def test_feldera_sdk_drives_the_lifecycle(running, cluster, namespace, pipelines):
-    client = FelderaClient(running.api_url, api_key=cluster.plane.users["alice"].token, tenant=namespace)
+    client = feldera_client(running.api_url, cluster.plane.users["alice"].token, namespace)
     client.pause_pipeline("orders", timeout_s=30)
     assert pipelines.status("orders")["deploymentStatus"] == "Paused"
     client.resume_pipeline("orders", timeout_s=30)
@@ -148,7 +156,7 @@ def test_errors_are_feldera_error_responses(running, cluster, namespace):
         status, body = call(url, token, namespace)
         assert (status, body["error_code"]) == (code, error_code), url
         schema_validator("ErrorResponse").validate(body)
-    client = FelderaClient(running.api_url, api_key=token, tenant=namespace)
+    client = feldera_client(running.api_url, token, namespace)
     with pytest.raises(FelderaAPIError) as err:
         client.get_pipeline_events("nope")
     assert err.value.status_code == 404

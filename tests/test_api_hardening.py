@@ -24,7 +24,6 @@ from pathlib import Path
 import kubernetes
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from feldera import FelderaClient
 from feldera.enums import PipelineFieldSelector
 
 from pipeline_operator.api import ApiDeps, ApiServer, Metrics
@@ -32,7 +31,7 @@ from pipeline_operator.kube import Kube
 from pipeline_operator_dev.controlplane import free_port
 
 from .operator_harness import wait_for
-from .test_api import call, grant
+from .test_api import call, feldera_client, grant
 from .test_operator_lifecycle import FAST_PIPELINE, SQL
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -303,7 +302,7 @@ def test_tokens_must_be_minted_for_the_operators_audience(api, cluster, namespac
     status, body = call(f"{api.api_url}/v0/pipelines", for_kubernetes, namespace)
     assert status == 401 and body["error_code"] == "Unauthorized"
     assert "kubectl create token NAME --audience pipeline-operator" in body["message"]
-    client = FelderaClient(api.api_url, api_key=minted, tenant=namespace)
+    client = feldera_client(api.api_url, minted, namespace)
     assert client.pipelines() == []
 
 
@@ -334,7 +333,7 @@ def test_rbac_resource_names_limit_access_to_one_pipeline(api, cluster, namespac
     status, body = call(f"{api.api_url}/v0/pipelines/payroll", bob, namespace)
     assert status == 403 and "payroll" in body["message"]
     assert call(f"{api.api_url}/v0/pipelines", bob, namespace)[0] == 403  # listing is not getting one
-    client = FelderaClient(api.api_url, api_key=bob, tenant=namespace)
+    client = feldera_client(api.api_url, bob, namespace)
     assert client.get_pipeline("orders", PipelineFieldSelector.STATUS).name == "orders"
 
 
@@ -375,7 +374,7 @@ def test_tls_serves_https_with_the_given_certificate(operators, cluster, namespa
         except OSError:
             return False
     wait_for("the API over TLS", healthy, 30, operator=op)
-    client = FelderaClient(url, api_key=cluster.plane.users["alice"].token, tenant=namespace,
+    client = feldera_client(url, cluster.plane.users["alice"].token, namespace,
                            requests_verify=str(cert))
     assert client.pipelines() == []
     with pytest.raises(ssl.SSLError), warnings.catch_warnings():  # TLS 1.2 at least
@@ -396,7 +395,7 @@ def test_a_start_is_audited_and_its_events_name_the_requester(api, cluster, name
                                 "deployment": {"env": FAST_PIPELINE}})
     kstatus.track(namespace, "orders")
     pipelines.wait_status("orders", api, deploymentStatus="Stopped", programStatus="Success")
-    client = FelderaClient(api.api_url, api_key=cluster.plane.users["alice"].token, tenant=namespace)
+    client = feldera_client(api.api_url, cluster.plane.users["alice"].token, namespace)
     client.start_pipeline("orders", timeout_s=60)
     annotation = pipelines.get("orders")["metadata"]["annotations"]["dataflow.dev/requested-by"]
     user, action, at = annotation.split(" ")

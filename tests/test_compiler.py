@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from pipeline_operator.compiler import Compiler, SqlProblem, build_artifact, parse_program, sql_error_details
+from pipeline_operator.compiler import (
+    Compiler,
+    SqlProblem,
+    build_artifact,
+    parse_program,
+    snippet,
+    source_lines,
+    sql_error_details,
+)
 from pipeline_operator.models import ProgramStatus, program_digest
 
 GOOD = "CREATE TABLE t (x INT);\nCREATE MATERIALIZED VIEW v AS SELECT x FROM t;"
@@ -27,8 +35,51 @@ def test_sql_errors_name_line_and_column(sql, line):
     with pytest.raises(SqlProblem) as problem:
         parse_program(sql)
     assert problem.value.line == line and problem.value.column >= 1
-    message = sql_error_details(problem.value)["sql_compilation"]["messages"][0]
+    message = sql_error_details(problem.value, sql)["sql_compilation"]["messages"][0]
     assert message["start_line_number"] == line and message["message"]
+    assert f"{line:5d}|" in message["snippet"] and "^" in message["snippet"]
+
+
+# Feldera's own example of a message of its SQL compiler (SqlCompilerMessage in pipeline-manager's
+# db/types/program.rs at c44a2456a): the range, and the snippet its SourceFileContents.getFragment writes.
+FELDERA_PROGRAM = "CREATE TABLE t (\n   c INT PRIMARY KEY\n);\n"
+FELDERA_SNIPPET = "    2|   c INT PRIMARY KEY\n         ^^^^^\n    3|);\n"
+
+
+def test_the_snippet_is_the_one_felderas_compiler_writes():
+    assert snippet(source_lines(FELDERA_PROGRAM), 2, 4, 2, 8) == FELDERA_SNIPPET
+    lines = [f"line {i}" for i in range(1, 11)]
+    # The last line: the line before it too. An invalid range: no snippet.
+    assert snippet(lines, 10, 1, 10, 4) == "    9|line 9\n   10|line 10\n      ^^^^\n"
+    assert snippet(lines, 0, 0, 0, 0) == ""
+    # Several lines: each of them, numbered, without carets; more than five: the first two, "...", the last.
+    assert snippet(lines, 2, 3, 4, 1) == "    2|line 2\n    3|line 3\n    4|line 4\n"
+    assert snippet(lines, 1, 1, 8, 2) == "    1|line 1\n    2|line 2\n      ...\n    8|line 8\n"
+    # A range that ends on the line after the last ends on the last.
+    assert snippet(lines, 9, 1, 11, 1) == "    9|line 9\n   10|line 10\n"
+    # A very long line is cut.
+    long = snippet(["x" * 100_000], 1, 99_990, 1, 99_995)
+    assert len(long) < 2_000 and long.startswith("    1|xxx")
+
+
+def test_a_sql_error_has_felderas_message_shape_with_the_offending_lines():
+    sql = "CREATE TABLE t (id INT,\n  x INT PRIMARY\n);"
+    with pytest.raises(SqlProblem) as problem:
+        parse_program(sql)
+    details = sql_error_details(problem.value, sql)
+    assert details["rust_compilation"] is None and details["system_error"] is None
+    assert details["sql_compilation"] == {"exit_code": 1, "messages": [{
+        "start_line_number": 2, "start_column": 9, "end_line_number": 2, "end_column": 15, "warning": False,
+        "error_type": "SyntaxError", "message": "Expecting )",
+        "snippet": "    2|  x INT PRIMARY\n              ^^^^^^^\n    3|);\n"}]}
+    # A statement that is not a declaration: the whole statement.
+    sql = "CREATE TABLE t (x INT);\nSELECT 1\n  FROM t;"
+    with pytest.raises(SqlProblem) as problem:
+        parse_program(sql)
+    message = sql_error_details(problem.value, sql)["sql_compilation"]["messages"][0]
+    assert (message["start_line_number"], message["start_column"], message["end_line_number"],
+            message["end_column"]) == (2, 1, 3, 8)
+    assert message["snippet"] == "    2|SELECT 1\n    3|  FROM t;\n"
 
 
 def test_feldera_declarations_are_accepted():

@@ -5,8 +5,13 @@ API server and real pipeline processes. Every refusal is checked for Feldera's H
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from feldera import FelderaClient, PipelineBuilder
@@ -19,7 +24,8 @@ from pipeline_operator.backends.local import LocalBackend
 from pipeline_operator.identity import PipelineKey
 
 from .operator_harness import wait_for
-from .test_api import call, grant, schema_validator_for_info
+from .test_api import call, feldera_client, grant, http_json, schema_validator_for_info
+from .test_models import schema_validator
 from .test_operator_lifecycle import SQL
 
 pytestmark = pytest.mark.apiserver
@@ -34,7 +40,7 @@ def sdk(operators, cluster, namespace):
     grant(cluster, namespace, "alice", "get,list,watch,create,update,patch,delete")
     wait_for("the API", lambda: _ready(op.api_url), 30, operator=op)
     token = cluster.plane.users["alice"].token
-    client = FelderaClient(op.api_url, api_key=token, tenant=namespace, timeout=60,
+    client = feldera_client(op.api_url, token, namespace, timeout=60,
                            retry_config=RetryConfig(max_retries=0))
     client.operator = op  # type: ignore[attr-defined]
     return client
@@ -140,8 +146,10 @@ def test_refusals_answer_feldera_status_and_error_code(sdk, kstatus, namespace, 
     assert refusal(sdk.clear_storage, "guarded") == (400, "StorageStatusImmutableUnlessStopped")
     assert refusal(sdk.delete_pipeline, "guarded") == (400, "DeleteRestrictedToFullyStopped")
     assert refusal(sdk.patch_pipeline, "guarded", sql=SQL_V2) == (400, "UpdateRestrictedToStopped")
-    assert refusal(sdk.approve_pipeline, "guarded", silent_bootstrap=True, concurrent_bootstrap=True) == \
-        (400, "InvalidBootstrapConfig")
+    token, url = cluster.plane.users["alice"].token, f"{sdk.config.url}/v0/pipelines/guarded"
+    # (feldera 0.306's approve_pipeline has no concurrent_bootstrap: the raw API.)
+    assert _code(call(f"{url}/approve?silent_bootstrap=true&concurrent_bootstrap=true", token, namespace, "POST")) \
+        == (400, "InvalidBootstrapConfig")
     # A pipeline whose /status answers 503 is Unavailable: actions forwarded to it answer 503 too.
     _debug_fail(sdk, "guarded", "unavailable")
     wait_for("Unavailable", lambda: status(sdk, "guarded").deployment_status == "Unavailable", 30)
@@ -158,7 +166,6 @@ def test_refusals_answer_feldera_status_and_error_code(sdk, kstatus, namespace, 
     wait_for("SqlError", lambda: status(sdk, "guarded").program_status == "SqlError", 30)
     assert refusal(sdk.start_pipeline, "guarded", wait=False) == (400, "CannotStartWithCompilationError")
     # The raw API, for what the SDK does not send.
-    token, url = cluster.plane.users["alice"].token, f"{sdk.config.url}/v0/pipelines/guarded"
     assert _code(call(f"{url}/start?initial=sideways", token, namespace, "POST")) == (405, "UnsupportedPipelineAction")
     assert _code(call(f"{url}/start?bootstrap_policy=maybe", token, namespace, "POST"))[0] == 400
 
@@ -267,6 +274,122 @@ def test_put_does_not_overwrite_a_field_another_manager_owns(sdk, kstatus, names
     PipelineBuilder(sdk, "gitops", sql=SQL).create_or_replace()
 
 
+def test_a_sql_error_shows_the_compilers_message_and_snippet(sdk, kstatus, namespace):
+    """Feldera's SDK renders a SQL error as Feldera's compiler writes it: its type, message and the snippet of
+    the offending lines (it reads ``snippet`` from every message)."""
+    bad = "CREATE TABLE orders (id BIGINT NOT NULL,\n  amount DECIMAL(10, 2) PRIMARY\n);"
+    with pytest.raises(RuntimeError) as err:
+        PipelineBuilder(sdk, "broken", sql=bad).create_or_replace()
+    kstatus.track(namespace, "broken")
+    assert str(err.value) == ("Pipeline broken failed to compile:\nSyntaxError\nExpecting )\nCode snippet:\n"
+                              "    2|  amount DECIMAL(10, 2) PRIMARY\n"  # PRIMARY: columns 25 to 31
+                              + " " * (6 + 24) + "^" * len("PRIMARY") + "\n"
+                              + "    3|);\n")
+    with pytest.raises(RuntimeError, match=r"(?s)Code snippet:\n    1\|SELECT 1;\n      \^{8}\n$"):
+        sdk.create_pipeline(_inner("selects", "SELECT 1;"))
+    kstatus.track(namespace, "selects")
+
+
+PLATFORM = json.loads((Path(__file__).parent / "data" / "feldera-openapi-platform.json").read_text())
+
+
+class _FlakyProxy(ThreadingHTTPServer):
+    """A proxy in front of the API that answers the first request for ``flaky_path`` with a 502, as a load
+    balancer does while a backend restarts, and passes every other request on; it keeps what it answered."""
+
+    def __init__(self, upstream: str, flaky_path: str) -> None:
+        self.upstream, self.flaky_path = upstream, flaky_path
+        self.answered: list[tuple[str, int, bytes]] = []
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    server: _FlakyProxy
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        with self.server.lock:
+            first = self.path == self.server.flaky_path and not any(
+                path == self.path for path, _, _ in self.server.answered)
+        if first:
+            status, body, kind = 502, b"<html>502 Bad Gateway</html>", "text/html"
+        else:
+            headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "feldera-tenant")}
+            status, raw = http_json(self.server.upstream + self.path, headers=headers)
+            body, kind = (raw if isinstance(raw, bytes) else json.dumps(raw).encode()), "application/json"
+        with self.server.lock:
+            self.server.answered.append((self.path, status, body))
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_config_and_cluster_health_answer_felderas_schemas(sdk, namespace, cluster, caplog):
+    """``/v0/config`` answers Feldera's Configuration (every key of its schema, the Feldera version the SDK
+    expects: no warning of a mismatch); the cluster's health and events answer Feldera's shapes."""
+    token = cluster.plane.users["alice"].token
+    code, config = call(f"{sdk.config.url}/v0/config", token)
+    assert code == 200
+    schema_validator("Configuration", PLATFORM).validate(config)
+    assert set(config) == set(PLATFORM["components"]["schemas"]["Configuration"]["properties"])
+    assert (config["version"], config["edition"]) == ("0.306.0", "Open source")
+    assert config["revision"].startswith("c44a2456a") and config["build_source"].startswith("pipeline-operator ")
+    assert "pipeline-operator" in config["build_info"]["cargo_dependencies"]
+    with caplog.at_level(logging.WARNING, logger="feldera.rest.feldera_client"):
+        feldera_client(sdk.config.url, token, namespace)
+    assert not [r for r in caplog.records if "incompatibilities" in r.getMessage()]
+
+    # The cluster's health: healthy once the operator is ready and the API server answers it.
+    code, health = call(f"{sdk.config.url}/v0/cluster_healthz", token)
+    assert code == 200, health
+    schema_validator("HealthStatus", PLATFORM).validate(health)
+    assert health["all_healthy"] and all(health[s]["healthy"] for s in ("api", "compiler", "runner"))
+    assert "Kubernetes API server" in health["runner"]["message"]
+    events = sdk.get_cluster_events()
+    assert events and events[0]["all_healthy"]
+    for event in events:
+        schema_validator("ClusterMonitorEventSelectedInfo", PLATFORM).validate(event)
+        assert "api_self_info" not in event
+    latest = sdk.get_cluster_event("latest", selector="all")
+    schema_validator("ClusterMonitorEventSelectedInfo", PLATFORM).validate(latest)
+    assert latest["id"] == events[0]["id"] and latest["runner_self_info"] == health["runner"]["message"]
+    assert sdk.get_cluster_event(events[-1]["id"]) == events[-1]
+    assert refusal(sdk.get_cluster_event, str(uuid.uuid4())) == (404, "UnknownClusterMonitorEvent")
+    assert refusal(sdk.get_cluster_event, "not-a-uuid") == (400, "InvalidUuidParam")
+    assert call(f"{sdk.config.url}/v0/cluster_healthz")[0] == 401  # as every route, for a known user only
+
+
+def test_after_a_502_the_sdk_asks_the_clusters_health_and_retries_at_once(sdk, namespace, cluster, caplog):
+    """Behind a proxy that answers 502 once, Feldera's SDK asks ``/v0/cluster_healthz``, hears that all is
+    healthy and retries at once, instead of backing off (90 s by default, here 5 s) as from an unhealthy
+    cluster."""
+    token = cluster.plane.users["alice"].token
+    proxy = _FlakyProxy(sdk.config.url, "/v0/pipelines/broken?selector=status")
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        behind = feldera_client(proxy.url, token, namespace, retry_config=RetryConfig(unhealthy_backoff=5))
+        with pytest.raises(FelderaAPIError) as err, caplog.at_level(logging.INFO):
+            behind.get_pipeline("broken", PipelineFieldSelector.STATUS)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert err.value.status_code == 404  # after the retry, the API's own answer: no such pipeline
+    path = [(p, status) for p, status, _ in proxy.answered if p != "/v0/config"]
+    assert path == [("/v0/pipelines/broken?selector=status", 502), ("/v0/cluster_healthz", 200),
+                    ("/v0/pipelines/broken?selector=status", 404)], path
+    assert json.loads(proxy.answered[-2][2])["all_healthy"] is True
+    assert any("treating 502 as spurious" in r.getMessage() for r in caplog.records)
+
+
 def _ready(url: str) -> bool:
     try:
         return call(f"{url}/readyz")[0] == 200
@@ -288,7 +411,7 @@ def _debug_fail(client: FelderaClient, name: str, mode: str) -> None:
     keeps in the pipeline's folder (the operator under test serves the debug routes)."""
     op = client.operator  # type: ignore[attr-defined]
     p = status(client, name)
-    folder = LocalBackend(op.state_dir).folder(PipelineKey(client.config.tenant or "", name, p.id))
+    folder = LocalBackend(op.state_dir).folder(PipelineKey(client.http.headers["Feldera-Tenant"], name, p.id))
     port, token = int((folder / "port").read_text()), (folder / "token").read_text()
     code, body = call(f"http://127.0.0.1:{port}/debug/fail?mode={mode}", token, method="POST")
     assert code == 202, (code, body)

@@ -23,6 +23,7 @@ import threading
 import time
 import types
 import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -53,7 +54,7 @@ from pipeline_operator_dev.controlplane import free_port
 
 from .fake_kubelet import FakeKubelet
 from .operator_harness import wait_for
-from .test_api import grant, http_json
+from .test_api import feldera_client, grant, http_json
 from .test_api_unit import Registry
 from .test_kubernetes_backend import RBAC, k8s_operator  # noqa: F401 - k8s_operator: a fixture
 from .test_models import schema_validator
@@ -492,7 +493,7 @@ def test_the_local_backend_replays_the_tail_of_the_log_then_follows_it_until_the
 def sdk_client(op: Any, cluster: Any, namespace: str, user: str = "alice") -> FelderaClient:
     """Feldera's SDK as ``user``, failing at once (no retries of a 503: the tests check the first answer)."""
     wait_for("the API", lambda: http_json(f"{op.api_url}/readyz")[0] == 200, 30, operator=op)
-    return FelderaClient(op.api_url, api_key=cluster.plane.users[user].token, tenant=namespace, timeout=60,
+    return feldera_client(op.api_url, cluster.plane.users[user].token, namespace, timeout=60,
                          retry_config=RetryConfig(max_retries=0))
 
 
@@ -540,17 +541,23 @@ def test_feldera_sdk_reads_logs_stats_metrics_and_checkpoints_through_the_operat
     raw_stats = client.get_pipeline_stats("orders")
     schema_validator("ControllerStatus", document()).validate(raw_stats)
     assert raw_stats["global_metrics"]["total_input_records"] == 0 and raw_stats["global_metrics"]["rss_bytes"] > 0
-    metrics = pipeline.metrics()
-    assert "process_resident_memory_bytes" in metrics and 'reference_pipeline_runtime_status{status="Running"} 1' \
-        in metrics
-    assert {m["key"] for m in client.get_pipeline_metrics("orders", format="json")} >= {"storage_usage_bytes"}
+    # The SDK of this line reads no /metrics (fda's `metrics` does): read as fda reads it.
+    request = urllib.request.Request(f"{op.api_url}/v0/pipelines/orders/metrics", headers={
+        "Authorization": f"Bearer {cluster.plane.users['alice'].token}", "Feldera-Tenant": namespace})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert "process_resident_memory_bytes" in metrics and \
+        'reference_pipeline_runtime_status{status="Running"} 1' in metrics
+    code, json_metrics = raw(op, cluster, namespace, "GET", "metrics?format=json")
+    assert code == 200 and {m["key"] for m in json_metrics} >= {"storage_usage_bytes"}
 
-    checkpoint = client.checkpoint_pipeline_response("orders")
-    sequence = checkpoint["checkpoint_sequence_number"]
-    status = client.checkpoint_pipeline_status("orders", checkpoint["incarnation_uuid"])
-    assert status == {"success": sequence, "failure": None}
-    assert feldera_error(client.checkpoint_pipeline_status, "orders", str(uuid.uuid4()))[:2] == \
-        (400, "IncarnationUuidMismatch")
+    sequence = pipeline.checkpoint(wait=True, timeout_s=30)
+    assert client.checkpoint_pipeline_status("orders") == {"success": sequence, "failure": None}
+    incarnation = client.get_pipeline_stats("orders")["global_metrics"]["incarnation_uuid"]
+    assert raw(op, cluster, namespace, "GET", f"checkpoint_status?incarnation_uuid={incarnation}") == \
+        (200, {"success": sequence, "failure": None})
+    code, body = raw(op, cluster, namespace, "GET", f"checkpoint_status?incarnation_uuid={uuid.uuid4()}")
+    assert (code, body["error_code"]) == (400, "IncarnationUuidMismatch")
     folder = LocalBackend(op.state_dir).folder(PipelineKey(namespace, "orders", uid))
     assert len(list((folder / "storage" / "checkpoints").glob("*.json"))) == 1
     read_until(logs, f"checkpoint {sequence} written", seen)  # written after the log was asked for

@@ -287,9 +287,10 @@ def test_readme_run_command_runs_the_example_pipeline_and_the_sdk_snippet(crd_in
 
         # The README's SDK snippet, against this operator, as the admin user, in this namespace.
         snippet = readme_item("python: from feldera import FelderaClient").text
-        assert '"http://127.0.0.1:8080"' in snippet and 'tenant="data-team"' in snippet
+        tenant = 'client.http.headers["Feldera-Tenant"] = "data-team"'
+        assert '"http://127.0.0.1:8080"' in snippet and tenant in snippet
         snippet = snippet.replace('"http://127.0.0.1:8080"', repr(op.api_url)).replace(
-            'tenant="data-team"', f"tenant={namespace!r}")
+            tenant, f'client.http.headers["Feldera-Tenant"] = {namespace!r}')
         wait_for("the operator's API", lambda: _answers(f"{op.api_url}/readyz"), 10, operator=op)
         exec(compile(snippet, "README.md (python block)", "exec"), {"token": crd_installed.plane.users["admin"].token})
         pipelines.wait_status(name, op, timeout=30, deploymentStatus="Paused")

@@ -94,27 +94,31 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _run_with_progress(cmd: list[str], *, cwd: Path, env: dict[str, str], label: str,
-                       progress: Progress, every: float = 20.0) -> None:
+                       progress: Progress, every: float = 20.0, counting: str = "", unit: str = "packages") -> None:
     """Run a slow command, reporting how far it got every ``every`` seconds.
 
     ``go build -v`` prints one line per package it compiles; the count of those lines is
-    the progress figure.
+    the progress figure. With ``counting``, only the lines that start with it are counted (``cargo``
+    prints ``Compiling <crate>`` per crate among other lines).
     """
     started = time.monotonic()
     lines: list[str] = []
+    counted = 0
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     done = threading.Event()
 
     def report() -> None:
         while not done.wait(every):
-            progress(f"{label}: {len(lines)} packages, {time.monotonic() - started:.0f}s elapsed")
+            progress(f"{label}: {counted} {unit}, {time.monotonic() - started:.0f}s elapsed")
 
     reporter = threading.Thread(target=report, daemon=True)
     reporter.start()
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line.rstrip())
+        if line.lstrip().startswith(counting):
+            counted += 1
     rc = proc.wait()
     done.set()
     if rc != 0:

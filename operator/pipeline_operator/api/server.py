@@ -1,7 +1,7 @@
 """The aiohttp application: authentication, authorization, health, metrics and monitor events.
 
-Feldera's own SDK works against it unchanged: ``FelderaClient(url, api_key=token,
-tenant=namespace)``. Reads come from the event store and the operator's in-memory view of
+Feldera's own SDK works against it unchanged: ``FelderaClient(url, api_key=token)`` with the namespace in the
+``Feldera-Tenant`` header. Reads come from the event store and the operator's in-memory view of
 Pipelines (no API-server call per request beyond cached authentication checks); writes are
 changes of the Pipeline resource (:mod:`.pipelines`, :mod:`.actions`).
 
@@ -84,6 +84,7 @@ from ..store import StoreUnavailable
 from .errors import ApiError, bool_param, unknown_pipeline
 from .follow import FollowHub, FollowLimits
 from .metrics import Metrics, PipelineSample
+from .platform import CHECK_TIMEOUT, Check, ClusterMonitor, configuration, readyz_status
 from .slots import UNBOUNDED, FairSlots, share
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ NOT_SERVED = re.compile(
     r"^/v0/(pipelines/[^/]+/(time_series|time_series_stream|completion_status|checkpoints|checkpoints/remote"
     r"|tables/.+|views/.+|start_transaction|commit_transaction|clock/advance|rebalance"
     r"|start_compaction|samply_profile|heap_profile|circuit_profile|circuit_json_profile|dataflow_graph"
-    r"|support_bundle|diff|update_runtime|testing)|cluster/events.*|cluster_healthz|api_keys.*|tenants.*"
+    r"|support_bundle|diff|update_runtime|testing)|api_keys.*|tenants.*"
     r"|oidc_trust.*|validate_program|metrics)$")
 
 
@@ -325,13 +326,25 @@ class ApiServer:
         self._auth_queue = auth_concurrency  # checks that may wait for a slot; beyond: 503
         self._auth_waiting = 0
         self._rate = RateLimiter(auth_rate, 2 * auth_rate)
-        self.ready = False
+        self._ready = False
         self.not_ready = "The operator is starting"  # what /readyz says until ready
+        self.cluster = ClusterMonitor(self._check_cluster)  # Feldera's cluster health (platform.py)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.pipelines = Pipelines(self)
         self.actions = Actions(self)
         self.follow = FollowHub(deps.events, follow_limits)  # live event streams (events?follow=true)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the operator serves (``/readyz``); a change is checked at once by the cluster monitor."""
+        return self._ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        if value != self._ready:
+            self._ready = value
+            self.cluster.poke()
 
     # -- the application ------------------------------------------------------------------------
 
@@ -344,6 +357,9 @@ class ApiServer:
         r.add_get("/metrics", self.metrics_page)
         r.add_get("/v0/config", self.config)
         r.add_get("/v0/openapi.json", self.openapi)
+        r.add_get("/v0/cluster_healthz", self.cluster_health)
+        r.add_get("/v0/cluster/events", self.cluster_events)
+        r.add_get("/v0/cluster/events/{event_id}", self.cluster_event)
         self.pipelines.routes(r)
         r.add_get(EVENTS_ROUTE, self.list_events)
         r.add_get("/v0/pipelines/{name}/events/{event_id}", self.get_event)
@@ -364,6 +380,7 @@ class ApiServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=128, ssl_context=context)
         await site.start()
+        self.cluster.start()
         sockets = cast(asyncio.Server, site._server).sockets if site._server else []
         self.port = sockets[0].getsockname()[1] if sockets else port
         log.info("HTTP API listening on %s://%s:%s (auth: %s, audience: %s)", "https" if context else "http",
@@ -385,6 +402,7 @@ class ApiServer:
     async def stop(self) -> None:
         if self._store_count is not None:
             self._store_count.cancel()
+        await self.cluster.stop()
         await self.follow.close()  # open streams end first: the runner's cleanup would wait for them
         if self._runner is not None:
             await self._runner.cleanup()
@@ -753,11 +771,46 @@ class ApiServer:
         return web.json_response(openapi.document())
 
     async def config(self, request: web.Request) -> web.Response:
-        return web.json_response({
-            "version": VERSION, "revision": "", "edition": "Open source",
-            "telemetry": "", "changelog_url": "", "license_validity": None, "update_info": None,
-            "build_info": {"build_cpu": "", "build_os": "", "rust_version": ""},
-        })
+        return web.json_response(configuration(VERSION))
+
+    # -- the cluster's health, as Feldera's cluster monitor reports it (platform.py) -------------------------
+
+    async def cluster_health(self, request: web.Request) -> web.Response:
+        await self.authenticate(request)  # any authenticated user, as Feldera's
+        status, body = await self.cluster.health()
+        return web.json_response(body, status=status)
+
+    async def cluster_events(self, request: web.Request) -> web.Response:
+        await self.authenticate(request)
+        return web.json_response(await self.cluster.list(), headers={"Cache-Control": "no-cache"})
+
+    async def cluster_event(self, request: web.Request) -> web.Response:
+        await self.authenticate(request)
+        body = await self.cluster.get(request.match_info["event_id"], request.query.get("selector", "status"))
+        return web.json_response(body, headers={"Cache-Control": "no-cache"})
+
+    async def _check_cluster(self) -> Check:
+        """The operator's three services as Feldera's cluster monitor sees its own (platform.py): ready to
+        serve, and, for what runs the pipelines, the Kubernetes API server answering its ``/readyz``."""
+        if not self.ready:
+            reason = (False, f"The operator is not ready: {self.not_ready}")
+            return Check(api=reason, compiler=reason, runner=reason)
+        return Check(api=(True, "The operator's HTTP API is ready"),
+                     compiler=(True, "SQL programs are compiled by the operator (sqlglot); no Rust is compiled"),
+                     runner=await self._kubernetes_ready())
+
+    async def _kubernetes_ready(self) -> tuple[bool, str]:
+        kube = self.deps.kube
+        try:
+            status = await asyncio.wait_for(kube.call(readyz_status, kube.api_client), CHECK_TIMEOUT + 1)
+            problem = None if status == 200 else f"HTTP {status}"
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the pipelines cannot be run now
+            problem = _describe(exc)
+        if problem is not None:
+            log.warning("cluster health: the Kubernetes API server's /readyz does not answer the operator: %s",
+                        problem)
+            return False, "The Kubernetes API server is not ready for the operator (the operator's log says why)"
+        return True, "The operator's loops run pipelines through the Kubernetes API server, which is ready"
 
     async def list_events(self, request: web.Request) -> web.StreamResponse:
         monitor = await self.pipeline(request, "get")
