@@ -129,6 +129,30 @@ def test_dismissing_the_error_of_a_crashed_pipeline_starts_nothing(sdk, kstatus,
     assert (stalled["status"], stalled["reason"]) == ("True", "StoppedBySystem")
 
 
+def test_an_edit_through_the_api_after_a_crash_starts_nothing(sdk, kstatus, namespace):
+    PipelineBuilder(sdk, "edited", sql=SQL).create_or_replace()
+    kstatus.track(namespace, "edited")
+    sdk.start_pipeline("edited", timeout_s=60)
+    crash(sdk, "edited")
+    # Feldera: an edit leaves the desired status (Stopped, set by the system) and the error as they are.
+    sdk.create_or_update_pipeline(_inner("edited", SQL_V2, runtime_config={"min_batch_size_records": 10},
+                                         program_config={"profile": "dev"}))
+    sdk.patch_pipeline("edited", sql=SQL)
+    sdk.stop_pipeline("edited", force=True, timeout_s=30)  # a /stop keeps the error too
+    sdk.patch_pipeline("edited", description="looked again")  # answered once the operator has looked again
+    p = status(sdk, "edited")
+    assert (p.deployment_status, p.deployment_desired_status) == ("Stopped", "Stopped")
+    assert p.deployment_error["error_code"] == "RunnerCheckError" and p.program_version == 3
+    assert not sdk.operator.pipeline_processes(p.id)  # type: ignore[attr-defined]
+    # The SDK's create_or_replace (stop, clear, dismiss, then PUT) leaves it Stopped and without the error ...
+    pipeline = PipelineBuilder(sdk, "edited", sql=SQL_V2).create_or_replace()
+    p = status(sdk, "edited")
+    assert (p.deployment_status, p.deployment_desired_status, p.deployment_error) == ("Stopped", "Stopped", None)
+    # ... and a start starts it.
+    pipeline.start(timeout_s=60)
+    assert pipeline.status() is PipelineStatus.RUNNING
+
+
 def test_refusals_answer_feldera_status_and_error_code(sdk, kstatus, namespace, pipelines, cluster):
     PipelineBuilder(sdk, "guarded", sql=SQL).create_or_replace()
     kstatus.track(namespace, "guarded")
@@ -274,9 +298,10 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _inner(name: str, sql: str):
+def _inner(name: str, sql: str, runtime_config: dict | None = None, program_config: dict | None = None):
     from feldera.rest.pipeline import Pipeline as InnerPipeline
-    return InnerPipeline(name, sql=sql, udf_rust="", udf_toml="", program_config={}, runtime_config={})
+    return InnerPipeline(name, sql=sql, udf_rust="", udf_toml="", program_config=program_config or {},
+                         runtime_config=runtime_config or {})
 
 
 def _code(answer: tuple[int, dict]) -> tuple[int, str]:

@@ -495,6 +495,19 @@ def test_a_new_spec_generation_releases_the_hold_and_dismisses_the_error():
     assert sim.state.deployment_resources_status is R.PROVISIONING and d.actions[-1].initial is RDS.PAUSED
 
 
+def test_a_new_spec_generation_made_through_the_api_releases_nothing():
+    sim = _crashed()
+    sim.spec(program_digest="p2", spec_digest="edited", spec_by_api=True)  # a PUT through the HTTP API
+    sim.step(compiled("p2"))
+    sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE, spec_digest="stopped", spec_by_api=True)
+    d = sim.step()
+    assert sim.state.deployment_error is not None and sim.state.deployment_resources_desired_status is D.STOPPED
+    assert sim.state.deployment_resources_status is R.STOPPED and "Provision" not in kinds(d)
+    sim.spec(resources_desired_status=D.PROVISIONED, spec_digest="kubectl", spec_by_api=False)  # kubectl's
+    sim.step()
+    assert sim.state.deployment_error is None and sim.state.deployment_resources_status is R.PROVISIONING
+
+
 def test_start_parameters_are_kept_while_running_and_cleared_on_the_way_to_stopped():
     sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED,
                       bootstrap_policy=BootstrapPolicy.ALLOW))

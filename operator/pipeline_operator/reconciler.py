@@ -73,6 +73,12 @@ ANNOTATION_CLEAR_STORAGE = "dataflow.dev/clear-storage"
 ANNOTATION_DISMISS_ERROR = "dataflow.dev/dismiss-error"
 ANNOTATION_APPROVE = "dataflow.dev/approve"
 ONE_SHOT_ANNOTATIONS = (ANNOTATION_START, ANNOTATION_CLEAR_STORAGE, ANNOTATION_DISMISS_ERROR, ANNOTATION_APPROVE)
+# The spec the HTTP API wrote last (its spec_digest), in the same write as the change: by the actions' merge
+# patches, and by the CRUD's server-side apply (a key of its own: an apply conflicts with a field the same
+# manager wrote by an update). A spec that one of them names was changed through the API (Desired.spec_by_api).
+ANNOTATION_API_SPEC = "dataflow.dev/api-spec"
+ANNOTATION_API_APPLIED_SPEC = "dataflow.dev/api-applied-spec"
+API_SPEC_ANNOTATIONS = (ANNOTATION_API_SPEC, ANNOTATION_API_APPLIED_SPEC)
 DETAILS_KEYS = tuple(to_camel(f) for f in DETAILS_FIELDS)  # written with their event only
 UNAVAILABLE_RETRY = 5.0  # seconds between passes while the API server cannot be reached
 _QUICK_REPOLL = 0.3  # after forwarding an action to the pipeline, look again soon (Feldera's notify)
@@ -224,6 +230,15 @@ def spec_digest(spec: PipelineSpec) -> str:
     return hashlib.sha256(json.dumps(lifecycle, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def spec_marker(spec: Mapping[str, Any]) -> str | None:
+    """The value of an :data:`API_SPEC_ANNOTATIONS` annotation for a Pipeline whose spec will be ``spec``
+    (None if it is not a valid spec: then no marker, and the change counts as made outside the API)."""
+    try:
+        return spec_digest(PipelineSpec.model_validate(spec))
+    except ValidationError:
+        return None
+
+
 def _standby_allowed(spec: PipelineSpec) -> bool:
     """Feldera: Standby needs a file storage backend with sync configured."""
     storage = spec.runtime_config.storage if spec.runtime_config is not None else None
@@ -235,6 +250,7 @@ def _standby_allowed(spec: PipelineSpec) -> bool:
 def desired_of(body: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
     spec = PipelineSpec.model_validate(body.get("spec") or {})
     annotations = (body.get("metadata") or {}).get("annotations") or {}
+    digest = spec_digest(spec)
     timeout = spec.deployment.provisioning_timeout_seconds
     if timeout is None and spec.runtime_config is not None and spec.runtime_config.provisioning_timeout_secs:
         timeout = spec.runtime_config.provisioning_timeout_secs
@@ -248,7 +264,8 @@ def desired_of(body: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
         provisioning_timeout=float(timeout) if timeout else None,
         bootstrap_policy=spec.bootstrap_policy,
         standby_allowed=_standby_allowed(spec),
-        spec_digest=spec_digest(spec),
+        spec_digest=digest,
+        spec_by_api=any(annotations.get(k) == digest for k in API_SPEC_ANNOTATIONS),
         start=annotations.get(ANNOTATION_START),
         clear_storage=annotations.get(ANNOTATION_CLEAR_STORAGE),
         dismiss_error=annotations.get(ANNOTATION_DISMISS_ERROR),

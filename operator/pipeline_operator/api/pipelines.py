@@ -16,6 +16,7 @@ Feldera's fields map to the spec: ``program_code`` to ``program.sql``, ``udf_rus
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime as dt
 import logging
 import re
@@ -42,6 +43,7 @@ from ..models import (
     format_timestamp,
     json_value,
 )
+from ..reconciler import ANNOTATION_API_APPLIED_SPEC, spec_marker
 from . import writes
 from .errors import ApiError, unknown_pipeline
 from .server import PIPELINE, VERSION
@@ -144,6 +146,20 @@ def _spec_of(fields: dict[str, Any]) -> dict[str, Any]:
             target = target.setdefault(key, {})
         target[path[-1]] = value
     return spec
+
+
+def _with_fields(spec: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with Feldera's ``fields`` in place (what applying them makes of it)."""
+    out = copy.deepcopy(spec)
+    for field, value in fields.items():
+        path = FIELDS[field][0]
+        target = out
+        for key in path[:-1]:
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            target = target[key]
+        target[path[-1]] = value
+    return out
 
 
 def _since(*stamps: dt.datetime | None, default: str) -> str:
@@ -323,12 +339,19 @@ class Pipelines:
             return monitor.state
         return resource.from_status(PipelineStatus.model_validate(obj.get("status") or {}))
 
-    async def _apply(self, namespace: str, name: str, fields: dict[str, Any], requested_by: str) -> dict[str, Any]:
+    async def _apply(self, namespace: str, name: str, fields: dict[str, Any], requested_by: str,
+                     existing: dict[str, Any] | None) -> dict[str, Any]:
         # The requester is written by a merge patch right after the apply, never in the applied
         # configuration: the actions write the same annotation with merge patches (an "Update" of
         # this manager), and an apply of another value would conflict with it.
-        body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
-                "metadata": {"name": name, "namespace": namespace}, "spec": _spec_of(fields)}
+        applied = _spec_of(fields)
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        # The spec this apply makes, named in the same write: the monitoring loop then knows the change was
+        # made through the API, which starts nothing and dismisses nothing (Desired.spec_by_api).
+        marker = spec_marker(_with_fields((existing or {}).get("spec") or {}, fields))
+        if marker is not None:
+            metadata["annotations"] = {ANNOTATION_API_APPLIED_SPEC: marker}
+        body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "metadata": metadata, "spec": applied}
         try:
             applied = await self.deps.kube.apply_pipeline(namespace, name, body, writes.FIELD_MANAGER)
             patched = await self.deps.kube.merge_patch_pipeline(
@@ -411,7 +434,7 @@ class Pipelines:
                     raise ApiError.refused(refusal)
             fields = merged
         action = "create" if existing is None else "update"
-        obj = await self._apply(namespace, name, fields, self.server.requested_by(request, action))
+        obj = await self._apply(namespace, name, fields, self.server.requested_by(request, action), existing)
         obj, state = await self._settled(namespace, name, obj)
         return await self._answer(obj, state, status=201 if existing is None else 200)
 

@@ -84,6 +84,10 @@ class Desired(_Frozen):
     # Identifies the spec without its client metadata (description, tags): a new generation that
     # changes only those starts nothing and dismisses nothing (Feldera's metadata PATCH).
     spec_digest: str = ""
+    # The spec is exactly as the HTTP API last wrote it (its marker annotation names this spec): a change
+    # made through the API starts nothing and dismisses nothing, as Feldera's edits and /stop; only a
+    # change made otherwise (kubectl, a GitOps tool) releases the system's hold, as docs/gitops.md says.
+    spec_by_api: bool = False
     # Values of the one-shot annotations (any new value asks again).
     start: str | None = None
     clear_storage: str | None = None
@@ -692,8 +696,9 @@ def _desired_status(p: _Pass, desired: Desired) -> None:
 
 
 def _spec_changed_since(desired: Desired, state: PipelineState, generation: int | None) -> bool:
-    """A newer spec generation that changed more than the client metadata."""
-    return generation is not None and desired.generation > generation and (
+    """A newer spec generation that changed more than the client metadata, not through the HTTP API (an edit
+    or a /stop through the API leaves Feldera's desired status and error as they are)."""
+    return generation is not None and desired.generation > generation and not desired.spec_by_api and (
         not desired.spec_digest or desired.spec_digest != state.stop_spec_digest)
 
 
