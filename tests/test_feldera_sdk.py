@@ -176,6 +176,14 @@ def test_refusals_answer_feldera_status_and_error_code(sdk, kstatus, namespace, 
     wait_for("Running again", lambda: status(sdk, "guarded").deployment_status == "Running", 30)
     sdk.stop_pipeline("guarded", force=True, timeout_s=60)
     assert refusal(sdk.delete_pipeline, "guarded") == (400, "DeleteRestrictedToClearedStorage")
+    # Storage in use: the settings its checkpoint depends on stay as they are (Feldera's list, each named) ...
+    with pytest.raises(FelderaAPIError) as err:
+        sdk.patch_pipeline("guarded", runtime_config={"workers": 2, "hosts": 2, "min_batch_size_records": 5})
+    assert (err.value.status_code, err.value.error_code) == (400, "EditRestrictedToClearedStorage")
+    assert err.value.details == {"not_allowed": ["`runtime_config.workers`", "`runtime_config.hosts`"]}
+    # ... the others change.
+    sdk.patch_pipeline("guarded", runtime_config={"min_batch_size_records": 5})
+    assert sdk.get_pipeline("guarded", PipelineFieldSelector.ALL).runtime_config["min_batch_size_records"] == 5
     assert refusal(sdk.start_pipeline_as_standby, "guarded", wait=False) == (400, "InitialStandbyNotAllowed")
     # A program that does not compile.
     sdk.patch_pipeline("guarded", sql="CREATE TABLE broken (x INT")

@@ -440,9 +440,11 @@ from pipeline_operator.core.lifecycle import (  # noqa: E402
     clear_refusal,
     delete_refusal,
     dismiss_refusal,
+    edit_refusal,
     interaction_refusal,
     start_refusal,
 )
+from pipeline_operator.feldera_config import RuntimeConfig  # noqa: E402
 from pipeline_operator.models import BootstrapPolicy  # noqa: E402
 
 
@@ -506,6 +508,22 @@ def test_a_new_spec_generation_made_through_the_api_releases_nothing():
     sim.spec(resources_desired_status=D.PROVISIONED, spec_digest="kubectl", spec_by_api=False)  # kubectl's
     sim.step()
     assert sim.state.deployment_error is None and sim.state.deployment_resources_status is R.PROVISIONING
+
+
+def test_edits_the_storage_depends_on_wait_for_cleared_storage_as_feldera():
+    current = RuntimeConfig()
+    changed = RuntimeConfig.model_validate({"workers": 2, "hosts": 2, "fault_tolerance": {}, "tracing": True,
+                                            "resources": {"storage_mb_max": 10, "namespace": "x",
+                                                          "storage_class": "fast", "cpu_cores_max": 2}})
+    refusal = edit_refusal(PipelineState(storage_status=S.IN_USE), current, changed)
+    assert refusal is not None and refusal.error_code == "EditRestrictedToClearedStorage"
+    assert refusal.details == {"not_allowed": [
+        "`runtime_config.workers`", "`runtime_config.hosts`", "`runtime_config.fault_tolerance`",
+        "`runtime_config.resources.storage_mb_max`", "`runtime_config.resources.namespace`",
+        "`runtime_config.resources.storage_class`"]}
+    assert edit_refusal(PipelineState(storage_status=S.CLEARED), current, changed) is None
+    assert edit_refusal(PipelineState(storage_status=S.IN_USE), current,
+                        RuntimeConfig.model_validate({"workers": 8, "tracing": True})) is None
 
 
 def test_start_parameters_are_kept_while_running_and_cleared_on_the_way_to_stopped():

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from .. import jsondepth
 from ..core import resource
-from ..core.lifecycle import PipelineState, delete_refusal, update_refusal
+from ..core.lifecycle import PipelineState, delete_refusal, edit_refusal, update_refusal
 from ..feldera_config import ProgramConfig, RuntimeConfig, given
 from ..kube import FieldConflict, Forbidden, Rejected
 from ..kube_events import ANNOTATION_REQUESTED_BY
@@ -105,6 +105,14 @@ def checked_config(field: str, value: Any) -> dict[str, Any]:
         raise ApiError(400, code, f"JSON for '{field}' field is not valid due to: {said}",
                        {"field": problems[0]["field"], "errors": problems}) from None
     return given(parsed)
+
+
+def _runtime_config(value: Any) -> RuntimeConfig:
+    """A stored or given ``runtime_config`` as Feldera reads it (what is left out takes its default)."""
+    try:
+        return RuntimeConfig.model_validate(value or {})
+    except ValidationError:
+        return RuntimeConfig()  # stored before the schema bounded it: compared as the defaults
 
 
 def same_value(field: str, a: Any, b: Any) -> bool:
@@ -429,7 +437,9 @@ class Pipelines:
             merged = {**current, **fields}
             changed = {f for f in FIELDS if not same_value(f, merged[f], current[f])}
             if changed - METADATA_FIELDS:
-                refusal = update_refusal(self._state(namespace, name, existing))
+                recorded = self._state(namespace, name, existing)
+                refusal = update_refusal(recorded) or edit_refusal(
+                    recorded, _runtime_config(current["runtime_config"]), _runtime_config(merged["runtime_config"]))
                 if refusal is not None:
                     raise ApiError.refused(refusal)
             fields = merged

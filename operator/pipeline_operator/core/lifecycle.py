@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from ..feldera_config import RuntimeConfig
 from ..models import (
     EVENT_FIELDS,
     STATUS_FIELDS,
@@ -618,6 +619,30 @@ def update_refusal(state: PipelineState) -> Refusal | None:
         return Refusal(http_status=400, error_code="UpdateRestrictedToStopped", message=(
             "Pipeline can only be updated while stopped. Stop it first by invoking '/stop'."))
     return None
+
+
+def _storage_bound(config: RuntimeConfig) -> dict[str, Any]:
+    """The settings of ``runtime_config`` that Feldera keeps while storage is in use (its
+    ``update_pipeline``), by the names its error gives them."""
+    return {"`runtime_config.workers`": config.workers, "`runtime_config.hosts`": config.hosts,
+            "`runtime_config.fault_tolerance`": config.fault_tolerance,
+            "`runtime_config.resources.storage_mb_max`": config.resources.storage_mb_max,
+            "`runtime_config.resources.namespace`": config.resources.namespace,
+            "`runtime_config.resources.storage_class`": config.resources.storage_class}
+
+
+def edit_refusal(state: PipelineState, current: RuntimeConfig, new: RuntimeConfig) -> Refusal | None:
+    """Feldera's ``update_pipeline`` for edits that the pipeline's storage depends on: refused unless its
+    storage is Cleared (``EditRestrictedToClearedStorage``, naming each setting)."""
+    if state.storage_status is S.CLEARED:
+        return None
+    before, after = _storage_bound(current), _storage_bound(new)
+    not_allowed = [name for name in before if before[name] != after[name]]
+    if not not_allowed:
+        return None
+    return Refusal(http_status=400, error_code="EditRestrictedToClearedStorage",
+                   message="The following pipeline edits are not allowed while storage is not cleared: "
+                           + ", ".join(not_allowed), details={"not_allowed": not_allowed})
 
 
 def _handled(value: str, outcome: ActionOutcome, message: str = "", refusal: Refusal | None = None) -> HandledAction:
