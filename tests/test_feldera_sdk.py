@@ -269,14 +269,28 @@ def test_pipeline_crud_through_the_api(sdk, kstatus, namespace, cluster, pipelin
         f"{sdk.config.url}/v0/pipelines?selector=status", cluster.plane.users["alice"].token, namespace)[1][0])
     assert refusal(sdk.create_pipeline, _inner("crud", SQL)) == (409, "DuplicateName")
     assert refusal(sdk.create_pipeline, _inner("Bad_Name", SQL)) == (400, "NameDoesNotMatchPattern")
+    assert (created.version, created.program_version) == (1, 1)
+    sdk.start_pipeline("crud", timeout_s=60)
+    sdk.stop_pipeline("crud", force=True, timeout_s=60)
+    assert status(sdk, "crud").version == 1  # a start and a stop edit nothing (Feldera's version)
     sdk.patch_pipeline("crud", sql=SQL_V2, description="two views")
     after = sdk._wait_for_compilation("crud", timeout_s=60)
     assert after.program_code == SQL_V2 and after.description == "two views" and after.program_version == 2
     assert sorted(v.name for v in after.views) == sorted(["error_view", "total", "big"])
+    assert after.version == 2
+    # udf_rust, udf_toml and program_config are the program too: each change is a new program, compiled again.
+    sdk.patch_pipeline("crud", udf_toml="[dependencies]\n")
+    sdk._wait_for_compilation("crud", expected_program_version=3, timeout_s=60)
+    sdk.patch_pipeline("crud", program_config={"profile": "dev"})
+    after = sdk._wait_for_compilation("crud", expected_program_version=4, timeout_s=60)
+    assert (after.version, after.udf_toml, after.program_config["profile"]) == (4, "[dependencies]\n", "dev")
+    compiles = [e["program_status"] for e in sdk.get_pipeline_events("crud")].count("CompilingSql")
+    assert compiles == 4, sdk.get_pipeline_events("crud")
     managed = json.loads(cluster.kubectl("get", "pipeline", "crud", "-n", namespace, "-o", "json",
                                          "--show-managed-fields").stdout)["metadata"]["managedFields"]
     api = [m for m in managed if m["manager"] == "pipeline-operator-api" and m["operation"] == "Apply"]
     assert api and "f:sql" in json.dumps(api[0]["fieldsV1"])
+    sdk.clear_storage("crud")  # it ran: its storage is in use
     sdk.delete_pipeline("crud")
     assert refusal(sdk.get_pipeline, "crud", PipelineFieldSelector.STATUS) == (404, "UnknownPipelineName")
     assert json.loads(cluster.kubectl("get", "pipelines", "-n", namespace, "-o", "json").stdout)["items"] == []

@@ -34,6 +34,33 @@ def test_stopped_with_desired_stopped_remains_and_compiles():
     assert sim.state.observed_generation == 1
 
 
+def test_a_change_of_the_udfs_or_the_program_config_is_a_new_program_compiled_again():
+    sim = Sim(Desired(program_digest="p1", program_settings_digest="u1"))
+    sim.step(compiled("p1"))
+    assert (sim.state.program_status, sim.state.program_version) == (P.SUCCESS, 1)
+    sim.spec(program_settings_digest="u2")  # same SQL, another udf_rust, udf_toml or program_config
+    d = sim.step(compiled("p1"))
+    assert [s[3] for s in summary(d)] == ["Pending", "CompilingSql", "SqlCompiled", "CompilingRust", "Success"]
+    assert sim.state.program_version == 2
+    # A pipeline recorded before the settings were kept takes them as they are.
+    sim = Sim(Desired(program_digest="p1", program_settings_digest="u1"),
+              PipelineState(program_digest="p1", program_status=P.SUCCESS, program_version=5))
+    assert summary(sim.step(compiled("p1"))) == [] and sim.state.program_version == 5
+
+
+def test_feldera_version_counts_edits_not_starts_and_stops():
+    sim = Sim(Desired(program_digest="p1", edit_digest="e1"))
+    sim.step(compiled("p1"))
+    assert sim.state.version == 1
+    sim.start()
+    sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE)
+    sim.step()
+    assert sim.state.version == 1 and sim.desired.generation == 3
+    sim.spec(edit_digest="e2")
+    sim.step()
+    assert sim.state.version == 2
+
+
 def test_start_compiles_then_uses_storage_then_provisions_in_feldera_order():
     sim = Sim()
     sim.spec(resources_desired_status=D.PROVISIONED)

@@ -653,6 +653,11 @@ class OperatorState(CamelModel):
     runtime_desired_adopted: SpecRuntimeDesiredStatus | None = None
     runtime_desired_pending: SpecRuntimeDesiredStatus | None = None
     suspend_requested_at: dt.datetime | None = None
+    program_settings_digest: str | None = Field(None, max_length=64, description="udfRust, udfToml and "
+                                                "programConfig of the program the program status refers to.")
+    version: int | None = Field(None, ge=1, description="Feldera's version: one more for every change of the "
+                                "pipeline's Feldera fields (program, configurations, description, tags).")
+    version_digest: str | None = Field(None, max_length=64, description="Those fields when version was counted.")
 
 
 def _status_field(name: str) -> tuple[Any, Any]:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
 from . import jsondepth
@@ -214,6 +214,17 @@ def key_of(body: Mapping[str, Any]) -> PipelineKey:
     return PipelineKey(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
 
 
+def _digest_of(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _config_given(config: BaseModel | None) -> dict[str, Any] | None:
+    """A Feldera configuration by what it says: a field at its default is the same as a field left out
+    (the API server fills in defaults)."""
+    given = config.model_dump(mode="json", exclude_defaults=True) if config is not None else None
+    return given or None
+
+
 def spec_digest(spec: PipelineSpec) -> str:
     """The spec without its client metadata (description, tags). Feldera's configurations count by what
     they say: a field at its default is the same as a field left out (the API server fills in defaults)."""
@@ -223,11 +234,23 @@ def spec_digest(spec: PipelineSpec) -> str:
     for empty in [k for k in ("udfRust", "udf_rust", "udfToml", "udf_toml") if program.get(k) == ""]:
         del program[empty]  # Feldera's empty values are the same as none
     for name in ("runtime_config", "program_config"):
-        config = getattr(spec, name)
-        given = config.model_dump(mode="json", exclude_defaults=True) if config is not None else None
+        given = _config_given(getattr(spec, name))
         if given:
             lifecycle[name] = given
-    return hashlib.sha256(json.dumps(lifecycle, sort_keys=True).encode()).hexdigest()[:32]
+    return _digest_of(lifecycle)
+
+
+def program_settings_digest(spec: PipelineSpec) -> str:
+    """Feldera's program besides its SQL: ``udf_rust``, ``udf_toml`` and ``program_config`` (a change of
+    any is a new program version, compiled again)."""
+    return _digest_of([spec.program.udf_rust or "", spec.program.udf_toml or "", _config_given(spec.program_config)])
+
+
+def edit_digest(spec: PipelineSpec) -> str:
+    """The fields whose edits Feldera's ``version`` counts: the program, the configurations, the description
+    and the tags (not the lifecycle fields that /start, /stop and /pause write)."""
+    return _digest_of([spec.program.sql, program_settings_digest(spec), _config_given(spec.runtime_config),
+                       spec.description or "", spec.tags or []])
 
 
 def spec_marker(spec: Mapping[str, Any]) -> str | None:
@@ -261,6 +284,8 @@ def desired_of(body: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
         runtime_desired_status=spec.runtime_desired_status,
         stop_mode=spec.stop_mode,
         program_digest=program_digest(spec.program.sql),
+        program_settings_digest=program_settings_digest(spec),
+        edit_digest=edit_digest(spec),
         provisioning_timeout=float(timeout) if timeout else None,
         bootstrap_policy=spec.bootstrap_policy,
         standby_allowed=_standby_allowed(spec),

@@ -249,7 +249,7 @@ class Pipelines:
             refresh = int(meta.get("generation") or 1)
         info: dict[str, Any] = {
             "id": meta.get("uid"), "name": meta.get("name"), "created_at": created,
-            "version": int(meta.get("generation") or 1), "platform_version": VERSION,
+            "version": state.version or int(meta.get("generation") or 1), "platform_version": VERSION,
             "refresh_version": refresh, "deployment_id": None,
             **{k: v for k, v in fields.items() if selector == "all" or k not in _ALL_ONLY_SPEC},
         }

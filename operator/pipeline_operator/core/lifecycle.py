@@ -78,6 +78,10 @@ class Desired(_Frozen):
     runtime_desired_status: SpecRuntimeDesiredStatus | None = None
     stop_mode: StopMode = StopMode.GRACEFUL
     program_digest: str = ""
+    # The rest of Feldera's program (udf_rust, udf_toml, program_config): a change is a new program too.
+    program_settings_digest: str = ""
+    # Feldera's fields that its version counts (program, configurations, description, tags).
+    edit_digest: str = ""
     provisioning_timeout: float | None = None
     bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL
     # Feldera allows an initial Standby only with a file storage backend that has sync configured.
@@ -184,6 +188,9 @@ class PipelineState(PipelineDeployment, _Frozen):
     runtime_desired_adopted: SpecRuntimeDesiredStatus | None = None  # spec value in force
     runtime_desired_pending: SpecRuntimeDesiredStatus | None = None  # still to be forwarded
     suspend_requested_at: dt.datetime | None = None
+    program_settings_digest: str | None = None  # Desired.program_settings_digest of the program status
+    version: int | None = None         # Feldera's version (None: not counted yet)
+    version_digest: str | None = None  # Desired.edit_digest when the version was counted
     program_change_held: bool = False
     handled_start: HandledAction | None = None
     handled_clear_storage: HandledAction | None = None
@@ -486,6 +493,11 @@ def decide(desired: Desired, state: PipelineState, observation: Observation, now
     _approve(p, desired)
     if p.cur.observed_generation != desired.generation:
         p.cur = p.cur.model_copy(update={"observed_generation": desired.generation})
+    if p.cur.version_digest != desired.edit_digest:
+        # Feldera's version: one more for every edit of its fields (not for a start, a stop or a pause, which
+        # change the generation too). Counted from the generation for a pipeline that had no count yet.
+        version = desired.generation if p.cur.version is None else p.cur.version + 1
+        p.cur = p.cur.model_copy(update={"version": version, "version_digest": desired.edit_digest})
     return Decision(steps=tuple(p.steps), state=p.cur, actions=tuple(p.actions), notes=tuple(p.notes))
 
 
@@ -747,16 +759,21 @@ def _latch_error(p: _Pass, desired: Desired, error: ErrorResponse, reason: str) 
 
 def _program(p: _Pass, desired: Desired, observation: Observation) -> None:
     cur = p.cur
-    if cur.program_digest != desired.program_digest:
+    # A pipeline recorded before the settings were (None) takes them as they are: no new program.
+    settings_changed = cur.program_settings_digest not in (None, desired.program_settings_digest)
+    if cur.program_digest != desired.program_digest or settings_changed:
         if cur.deployment_resources_status is not R.STOPPED:
             if not cur.program_change_held:
                 p.note("program changed while the pipeline is not Stopped: held until it is Stopped")
             p.set("program change held", program_change_held=True)
             return
         p.set("program changed", program_status=P.PENDING, program_digest=desired.program_digest,
+              program_settings_digest=desired.program_settings_digest,
               program_version=cur.program_version + 1, program_error=None, program_change_held=False)
     elif cur.program_change_held:
         p.set("program change reverted", program_change_held=False)
+    if p.cur.program_settings_digest is None:
+        p.set("program settings recorded", program_settings_digest=desired.program_settings_digest)
     cur = p.cur
     seen = observation.program
     if seen is None or seen.program_digest != cur.program_digest:
