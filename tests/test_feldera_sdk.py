@@ -164,8 +164,6 @@ def test_refusals_answer_feldera_status_and_error_code(sdk, kstatus, namespace, 
     assert refusal(sdk.clear_storage, "guarded") == (400, "StorageStatusImmutableUnlessStopped")
     assert refusal(sdk.delete_pipeline, "guarded") == (400, "DeleteRestrictedToFullyStopped")
     assert refusal(sdk.patch_pipeline, "guarded", sql=SQL_V2) == (400, "UpdateRestrictedToStopped")
-    assert refusal(sdk.approve_pipeline, "guarded", silent_bootstrap=True, concurrent_bootstrap=True) == \
-        (400, "InvalidBootstrapConfig")
     # A pipeline whose /status answers 503 is Unavailable: actions forwarded to it answer 503 too.
     _debug_fail(sdk, "guarded", "unavailable")
     wait_for("Unavailable", lambda: status(sdk, "guarded").deployment_status == "Unavailable", 30)
@@ -250,9 +248,21 @@ def test_bootstrap_policy_on_start_and_approval(sdk, kstatus, namespace):
     with pytest.raises(RuntimeError):
         pipeline.start(bootstrap_policy=BootstrapPolicy.REJECT, timeout_s=60)
     assert status(sdk, "evolve").deployment_error["error_code"] == "BootstrapRejected"
-    # allow: it bootstraps without waiting.
-    assert sdk.start_pipeline("evolve", bootstrap_policy=BootstrapPolicy.ALLOW, timeout_s=60) is \
-        PipelineStatus.RUNNING
+    # allow: it bootstraps without waiting; silently (Feldera's silent_bootstrap), which is stored, read back,
+    # handed to the pipeline, and part of the bootstrap configuration a start cannot change while it runs.
+    assert sdk.start_pipeline("evolve", bootstrap_policy=BootstrapPolicy.ALLOW, silent_bootstrap=True,
+                              timeout_s=60) is PipelineStatus.RUNNING
+    p = status(sdk, "evolve")
+    assert (p.bootstrap_policy, p.silent_bootstrap) == ("allow", True)
+    op = sdk.operator  # type: ignore[attr-defined]
+    assert [b"--silent-bootstrap" in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            for pid in op.pipeline_processes(p.id)] == [True]
+    assert refusal(sdk.start_pipeline, "evolve", bootstrap_policy=BootstrapPolicy.ALLOW, wait=False) == \
+        (400, "BootstrapPolicyImmutableUnlessStopped")
+    sdk.start_pipeline("evolve", bootstrap_policy=BootstrapPolicy.ALLOW, silent_bootstrap=True, wait=False)
+    pipeline.stop(force=True, timeout_s=60)
+    p = status(sdk, "evolve")
+    assert (p.bootstrap_policy, p.silent_bootstrap) == (None, False)
 
 
 def test_pipeline_crud_through_the_api(sdk, kstatus, namespace, cluster, pipelines):

@@ -392,9 +392,10 @@ def test_provisioning_remembers_what_it_wrote(tmp_path):
     spec = PipelineSpec.model_validate({"program": {"sql": SQL}, "deployment": TRICKY})
     from pipeline_operator.backends.kubernetes import _Owned, build_objects, owned_digest
     objects = build_objects(key, spec, {"sql": SQL}, RuntimeDesiredStatus.PAUSED, backend.options,
-                            BootstrapPolicy.ALLOW)
+                            BootstrapPolicy.ALLOW, silent_bootstrap=True)
+    assert "--silent-bootstrap" in objects["statefulset"]["spec"]["template"]["spec"]["containers"][0]["command"]
     owned = _Owned.of({}, f"{child_name(key)}-storage", spec.deployment, objects["configmap"]["data"]["program.json"],
-                      RuntimeDesiredStatus.PAUSED, BootstrapPolicy.ALLOW)
+                      RuntimeDesiredStatus.PAUSED, BootstrapPolicy.ALLOW, True)
     for kind in ("statefulset", "configmap", "networkpolicy", "service"):
         assert owned_digest(kind, backend._rebuild(key, kind, owned)) == owned_digest(kind, objects[kind]), kind
     asyncio.run(backend.close())

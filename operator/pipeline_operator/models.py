@@ -265,6 +265,8 @@ class PipelineDeployment(BaseModel):
         None, description="Set by a start (Feldera's /start?initial=), cleared on the way to Stopped.")
     bootstrap_policy: BootstrapPolicy | None = Field(None, description="Set by a start, cleared on the way "
                                                                        "to Stopped.")
+    silent_bootstrap: bool = Field(False, description="Set by a start (Feldera's /start?silent_bootstrap=), "
+                                                      "cleared on the way to Stopped.")
     deployment_runtime_status: RuntimeStatus | None = None
     deployment_runtime_status_since: dt.datetime | None = None
     deployment_runtime_status_details: Any = None
@@ -560,6 +562,9 @@ class PipelineSpec(CamelModel):
         description="When the program changed since the pipeline's checkpoint: AwaitApproval waits in "
                     "AwaitingApproval for an approval, Allow bootstraps at once, Reject fails the start "
                     "(Feldera's /start?bootstrap_policy=). Used at the next start.")
+    silent_bootstrap: bool = Field(
+        False, description="Bootstrap with the output connectors disabled (Feldera's "
+                           "/start?silent_bootstrap=). Used at the next start.")
     description: str | None = Field(None, max_length=MAX_DESCRIPTION, description="Feldera's pipeline description.")
     tags: list[Annotated[str, Field(max_length=MAX_TAG)]] | None = Field(
         None, max_length=MAX_TAGS, description="Feldera's pipeline tags (free-form labels).")

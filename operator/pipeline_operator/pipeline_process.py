@@ -702,7 +702,8 @@ async def _listen(runner: web.AppRunner, host: str, port: int, port_file: Path |
 
 
 async def serve(host: str, port: int, storage: Path, program_file: Path | None, initial: str,
-                port_file: Path | None = None, bootstrap_policy: str = "allow", debug_routes: bool = False) -> None:
+                port_file: Path | None = None, bootstrap_policy: str = "allow", debug_routes: bool = False,
+                silent_bootstrap: bool = False) -> None:
     """Run the process until SIGTERM or SIGINT. ``debug_routes`` (or ``PIPELINE_DEBUG_ROUTES=1``) serves
     ``/debug/*``; ``PIPELINE_CONTROL_TOKEN`` is the token of the control routes."""
     # Start-up, before the server accepts a request: nothing else runs on the loop yet.
@@ -718,7 +719,8 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
     await asyncio.sleep(float(env.get("PIPELINE_BIND_DELAY_SECONDS", "0")))
     runner = web.AppRunner(pipeline.app(), access_log=None)
     bound = await _listen(runner, host, port, port_file)
-    log.info("reference pipeline listening on %s:%s (initial %s, storage %s)", host, bound, initial, storage)
+    log.info("reference pipeline listening on %s:%s (initial %s, bootstrap policy %s%s, storage %s)", host, bound,
+             initial, bootstrap_policy, ", silent bootstrap" if silent_bootstrap else "", storage)
     if env.get("PIPELINE_EXIT_AFTER_SECONDS"):
         asyncio.get_running_loop().call_later(float(env["PIPELINE_EXIT_AFTER_SECONDS"]), os._exit, 70)
     pipeline.start()

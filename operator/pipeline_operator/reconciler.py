@@ -288,6 +288,7 @@ def desired_of(body: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
         edit_digest=edit_digest(spec),
         provisioning_timeout=float(timeout) if timeout else None,
         bootstrap_policy=spec.bootstrap_policy,
+        silent_bootstrap=spec.silent_bootstrap,
         standby_allowed=_standby_allowed(spec),
         spec_digest=digest,
         spec_by_api=any(annotations.get(k) == digest for k in API_SPEC_ANNOTATIONS),
@@ -698,7 +699,8 @@ class PipelineMonitor:
                     log.warning("%s: compiled program %s is missing; cannot provision", self.key,
                                 action.program_digest[:8])
                     continue
-                await ctx.backend.provision(self.key, spec, artifact, action.initial, policy)
+                await ctx.backend.provision(self.key, spec, artifact, action.initial, policy,
+                                            silent_bootstrap=action.silent_bootstrap)
             elif kind is ActionKind.DEPROVISION:
                 await ctx.backend.deprovision(self.key)
             elif kind is ActionKind.CLEAR_STORAGE:

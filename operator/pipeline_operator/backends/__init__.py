@@ -28,7 +28,10 @@ class Backend(Protocol):
     async def observe_compute(self, key: PipelineKey) -> ComputeObservation: ...
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None: ...
+                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy,
+                        silent_bootstrap: bool = False) -> None:
+        """Create the compute (and storage) of a start with these start parameters (Feldera's ``--initial``,
+        ``--bootstrap-policy`` and ``--silent-bootstrap`` of the pipeline), or wait for it."""
 
     async def deprovision(self, key: PipelineKey) -> None: ...
 

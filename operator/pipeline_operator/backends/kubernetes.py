@@ -264,7 +264,7 @@ def service_object(key: PipelineKey) -> dict[str, Any]:
 def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any], initial: RuntimeDesiredStatus,
                   options: KubernetesOptions,
                   bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL,
-                  claim: str | None = None) -> dict[str, dict[str, Any]]:
+                  claim: str | None = None, silent_bootstrap: bool = False) -> dict[str, dict[str, Any]]:
     """The ConfigMap, Service, StatefulSet, PersistentVolumeClaim and NetworkPolicy of one pipeline
     (the token Secret is made apart: its content is created once and never rebuilt). ``claim`` names
     the PersistentVolumeClaim when it is not ``<child name>-storage``: one retained from a deleted
@@ -280,6 +280,8 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
                "--storage", "/storage", "--program", "/config/program.json",
                "--initial", initial.value.lower(), "--bootstrap-policy", bootstrap_policy.feldera,
                "--marker", key.uid]
+    if silent_bootstrap:
+        command.append("--silent-bootstrap")
     if options.debug_routes:
         command.append("--debug-routes")
     # The token comes last and from the Secret only, and debug routes only from the operator: a
@@ -601,9 +603,9 @@ class _Owned:
 
     @classmethod
     def of(cls, digests: dict[str, int], claim: str, deployment: DeploymentSpec, program: str,
-           initial: RuntimeDesiredStatus, policy: BootstrapPolicy) -> _Owned:
+           initial: RuntimeDesiredStatus, policy: BootstrapPolicy, silent: bool = False) -> _Owned:
         recipe = {"deployment": deployment.model_dump(mode="json", by_alias=True, exclude_none=True),
-                  "program": program, "initial": initial.value, "policy": policy.value}
+                  "program": program, "initial": initial.value, "policy": policy.value, "silent": silent}
         return cls(digests, claim, zlib.compress(json.dumps(recipe, separators=(",", ":")).encode()))
 
     def rebuild(self, key: PipelineKey, options: KubernetesOptions) -> dict[str, dict[str, Any]] | None:
@@ -613,7 +615,7 @@ class _Owned:
         recipe = json.loads(zlib.decompress(self.recipe))
         spec = PipelineSpec.model_construct(deployment=DeploymentSpec.model_validate(recipe["deployment"]))
         objects = build_objects(key, spec, {}, RuntimeDesiredStatus(recipe["initial"]), options,
-                                BootstrapPolicy(recipe["policy"]), self.claim)
+                                BootstrapPolicy(recipe["policy"]), self.claim, bool(recipe.get("silent")))
         objects["configmap"]["data"]["program.json"] = recipe["program"]
         return objects
 
@@ -967,7 +969,8 @@ class KubernetesBackend:
         log.warning("%s: %s", key, message)
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None:
+                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy,
+                        silent_bootstrap: bool = False) -> None:
         self._deleted.pop(key.uid, None)
         self._token_read.discard(key.uid)
         image = spec.deployment.image
@@ -982,7 +985,8 @@ class KubernetesBackend:
         self._unfinished.add(key.uid)
         claim = self._claim(key)
         claim_name = claim["metadata"]["name"] if claim is not None else await self._adopt_retained(key)
-        objects = build_objects(key, spec, artifact, initial, self.options, bootstrap_policy, claim_name)
+        objects = build_objects(key, spec, artifact, initial, self.options, bootstrap_policy, claim_name,
+                                silent_bootstrap)
         objects["secret"] = token_secret(key, self._tokens.get(key.uid))
         digests: dict[str, int] = {}
         # Storage first (it outlives compute), then the token, the program, the Service, the
@@ -1021,7 +1025,8 @@ class KubernetesBackend:
             else:
                 digests[kind] = owned_digest(kind, body)
         self._owned[key.uid] = _Owned.of(digests, claim_name or f"{child_name(key)}-storage", spec.deployment,
-                                         objects["configmap"]["data"]["program.json"], initial, bootstrap_policy)
+                                         objects["configmap"]["data"]["program.json"], initial, bootstrap_policy,
+                                         silent_bootstrap)
         self._unfinished.discard(key.uid)
         self._problems.pop(key.uid, None)
 

@@ -222,11 +222,12 @@ class LocalBackend:
         return ComputeObservation(state=ComputeState.FAILED, message=self._exit_message(key, record))
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None:
-        await asyncio.to_thread(self._provision, key, spec, artifact, initial, bootstrap_policy)
+                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy,
+                        silent_bootstrap: bool = False) -> None:
+        await asyncio.to_thread(self._provision, key, spec, artifact, initial, bootstrap_policy, silent_bootstrap)
 
     def _provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                   initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None:
+                   initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy, silent_bootstrap: bool) -> None:
         if self._read_record(key) is not None:
             return  # running (or failed, which the observation reports): never a second process
         folder = self.folder(key)
@@ -257,7 +258,7 @@ class LocalBackend:
         cmd = [*self.command, "--host", "127.0.0.1", "--port", "0", "--port-file", str(folder / "port"),
                "--storage", str(self.storage_dir(key)), "--program", str(program),
                "--initial", initial.value.lower(), "--bootstrap-policy", bootstrap_policy.feldera,
-               "--marker", key.uid]
+               "--marker", key.uid, *(["--silent-bootstrap"] if silent_bootstrap else [])]
         with open(folder / "process.log", "ab") as out:
             child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, cwd=folder, start_new_session=True)

@@ -84,6 +84,7 @@ class Desired(_Frozen):
     edit_digest: str = ""
     provisioning_timeout: float | None = None
     bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL
+    silent_bootstrap: bool = False
     # Feldera allows an initial Standby only with a file storage backend that has sync configured.
     standby_allowed: bool = False
     # Identifies the spec without its client metadata (description, tags): a new generation that
@@ -223,6 +224,7 @@ class Action(_Frozen):
     program_digest: str | None = None
     initial: RuntimeDesiredStatus | None = None
     bootstrap_policy: BootstrapPolicy | None = None
+    silent_bootstrap: bool = False
     target: SpecRuntimeDesiredStatus | None = None
     activate: bool = False  # SET_RUNTIME_DESIRED from Standby
 
@@ -523,7 +525,7 @@ _STOPPING_HINT = ("Cannot restart the pipeline while it is stopping. Wait until 
 
 def start_refusal(state: PipelineState, current_desired: ResourcesDesiredStatus, *,
                   initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy, error_after_dismissal: bool,
-                  standby_allowed: bool) -> Refusal | None:
+                  standby_allowed: bool, silent_bootstrap: bool = False) -> Refusal | None:
     """Feldera's checks of ``/start`` (``validate_resources_desired_status_transition``, then the start
     parameters), in Feldera's order: Illegal, Undismissed, Clearing, Compilation, Initial,
     BootstrapPolicy, Standby. ``current_desired`` is the effective desired status before the start;
@@ -551,7 +553,8 @@ def start_refusal(state: PipelineState, current_desired: ResourcesDesiredStatus,
     if state.deployment_initial is not None and state.deployment_initial is not initial:
         return Refusal(http_status=400, error_code="InitialImmutableUnlessStopped", message=(
             "Initial desired runtime status cannot be changed unless the pipeline is desired to become Stopped."))
-    if state.bootstrap_policy is not None and state.bootstrap_policy is not bootstrap_policy:
+    if state.bootstrap_policy is not None and (state.bootstrap_policy, state.silent_bootstrap) != (
+            bootstrap_policy, silent_bootstrap):  # Feldera's bootstrap configuration: the policy and the flag
         return Refusal(http_status=400, error_code="BootstrapPolicyImmutableUnlessStopped", message=(
             "Bootstrap policy cannot be changed unless the pipeline is desired to become Stopped."))
     if initial is RDS.STANDBY and not standby_allowed:
@@ -704,7 +707,7 @@ def _start_request(p: _Pass, desired: Desired) -> None:
     assert desired.start is not None
     initial = initial_runtime_desired(desired)
     refusal = start_refusal(cur, cur.deployment_resources_desired_status, initial=initial,
-                            bootstrap_policy=desired.bootstrap_policy,
+                            bootstrap_policy=desired.bootstrap_policy, silent_bootstrap=desired.silent_bootstrap,
                             error_after_dismissal=cur.deployment_error is not None,
                             standby_allowed=desired.standby_allowed)
     if refusal is not None:
@@ -728,8 +731,9 @@ def _desired_status(p: _Pass, desired: Desired) -> None:
         provisioned = target is ResourcesDesiredStatus.PROVISIONED
         initial = initial_runtime_desired(desired) if provisioned else None
         policy = desired.bootstrap_policy if provisioned else None
-        if (initial, policy) != (p.cur.deployment_initial, p.cur.bootstrap_policy):
-            p.set("start parameters", deployment_initial=initial, bootstrap_policy=policy)
+        silent = desired.silent_bootstrap and provisioned
+        if (initial, policy, silent) != (p.cur.deployment_initial, p.cur.bootstrap_policy, p.cur.silent_bootstrap):
+            p.set("start parameters", deployment_initial=initial, bootstrap_policy=policy, silent_bootstrap=silent)
 
 
 def _spec_changed_since(desired: Desired, state: PipelineState, generation: int | None) -> bool:
@@ -754,7 +758,7 @@ def _latch_error(p: _Pass, desired: Desired, error: ErrorResponse, reason: str) 
     """A start that fails while Stopped: desired Stopped by the system, then the error."""
     _hold_stopped(p, desired, reason)
     p.set(reason, deployment_error=error, error_generation=desired.generation, deployment_initial=None,
-          bootstrap_policy=None, stop_spec_digest=desired.spec_digest)
+          bootstrap_policy=None, silent_bootstrap=False, stop_spec_digest=desired.spec_digest)
 
 
 def _program(p: _Pass, desired: Desired, observation: Observation) -> None:
@@ -849,6 +853,7 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
         return
     initial = cur.deployment_initial or initial_runtime_desired(desired)
     policy = cur.bootstrap_policy or desired.bootstrap_policy
+    silent = cur.silent_bootstrap if cur.bootstrap_policy is not None else desired.silent_bootstrap
     if initial is RDS.STANDBY and not desired.standby_allowed:
         _latch_error(p, desired, _STANDBY_NOT_ALLOWED.error(),
                      "start failed: Standby needs a file storage backend with sync")
@@ -857,10 +862,12 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
         p.set("storage will be used by the pipeline", storage_status=S.IN_USE)
     p.set("provisioning compute and storage", deployment_resources_status=R.PROVISIONING,
           deployment_resources_status_details=None,
-          deployment_initial=initial, bootstrap_policy=policy, deployment_error=None, error_generation=None,
+          deployment_initial=initial, bootstrap_policy=policy, silent_bootstrap=silent, deployment_error=None,
+          error_generation=None,
           runtime_desired_adopted=desired.runtime_desired_status, runtime_desired_pending=None,
           **_RUNTIME_CLEARED)
-    p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=initial, bootstrap_policy=policy)
+    p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=initial, bootstrap_policy=policy,
+          silent_bootstrap=silent)
 
 
 def initial_runtime_desired(desired: Desired) -> RuntimeDesiredStatus:
@@ -880,7 +887,7 @@ def _stop(p: _Pass, desired: Desired, reason: str, error: ErrorResponse | None =
                                   stop_spec_digest=desired.spec_digest) if error else {}
     p.set(reason, deployment_resources_status=R.STOPPING, deployment_resources_status_details=details,
           deployment_initial=None,
-          bootstrap_policy=None, **errors, **_RUNTIME_CLEARED)
+          bootstrap_policy=None, silent_bootstrap=False, **errors, **_RUNTIME_CLEARED)
     p.act(ActionKind.DEPROVISION)
 
 
@@ -921,7 +928,7 @@ def _provisioning(p: _Pass, desired: Desired, observation: Observation, config: 
     if compute.state is ComputeState.PENDING and compute.message:
         p.set("compute is not ready", deployment_resources_status_details={"reason": compute.message})
     p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=cur.deployment_initial,
-          bootstrap_policy=cur.bootstrap_policy)
+          bootstrap_policy=cur.bootstrap_policy, silent_bootstrap=cur.silent_bootstrap)
 
 
 def _apply_runtime(p: _Pass, runtime: RuntimeObservation | None, config: LifecycleConfig,
