@@ -217,6 +217,26 @@ def test_start_while_stopping_after_a_fatal_error_is_illegal(sdk, kstatus, names
     assert status(sdk, "slow").storage_status == "Cleared"
 
 
+def test_a_graceful_stop_is_desired_suspended_and_a_start_meanwhile_is_accepted(sdk, kstatus, namespace, pipelines):
+    # A pipeline that takes a few seconds to suspend (its checkpoint), created as users of kubectl do.
+    pipelines.create("suspends", {"program": {"sql": SQL}, "deployment": {"env": [
+        {"name": "PIPELINE_SUSPEND_SECONDS", "value": "3"}]}})
+    kstatus.track(namespace, "suspends")
+    wait_for("compiled", lambda: compiled(sdk, "suspends"), 30)
+    sdk.start_pipeline("suspends", timeout_s=60)
+    sdk.stop_pipeline("suspends", force=False, wait=False)
+    # Feldera: desired Provisioned while it suspends, its runtime desired status Suspended.
+    p = wait_for("desired Suspended", lambda: (p := status(sdk, "suspends")).deployment_desired_status == "Suspended"
+                 and p, 30)
+    assert (p.deployment_status, p.deployment_resources_desired_status) == ("Running", "Provisioned")
+    # A start meanwhile is accepted, as Feldera accepts it (the pipeline is desired Provisioned) ...
+    sdk.start_pipeline("suspends", wait=False)
+    # ... and changes nothing: the suspension goes on, then the pipeline stops and stays Stopped.
+    p = wait_for("Stopped", lambda: (p := status(sdk, "suspends")).deployment_status == "Stopped" and p, 30)
+    assert (p.deployment_desired_status, p.deployment_error) == ("Stopped", None)
+    assert p.storage_status_details["checkpoints"], "the suspension wrote a checkpoint"
+
+
 def test_standby_then_activate(sdk, kstatus, namespace):
     synced = RuntimeConfig.from_dict({"storage": {"backend": {"name": "file", "config": {
         "sync": {"bucket": "s3://pipelines/standby", "provider": "Minio"}}}}})

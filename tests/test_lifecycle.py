@@ -145,10 +145,13 @@ def test_graceful_stop_suspends_then_stops_keeping_storage_and_checkpoint_detail
     sim.start()
     sim.spec(resources_desired_status=D.STOPPED)
     d = sim.step(running())
-    assert summary(d) == [("Provisioned", "Stopped", "Running", "Success", "InUse", False)]
-    assert kinds(d) == ["Suspend"]
+    # Feldera: the desired status stays Provisioned while the pipeline suspends (its runtime desired status,
+    # Suspended, says it): the combined desired status is Suspended.
+    assert summary(d) == [] and kinds(d) == ["Suspend"]
     d = sim.step(running(RS.RUNNING, RDS.SUSPENDED))
     assert kinds(d) == []  # the pipeline took the request; no second /suspend
+    assert summary(d) == [("Provisioned", "Provisioned", "Running", "Success", "InUse", False)]
+    assert sim.state.deployment_runtime_desired_status is RDS.SUSPENDED
     checkpoints = {"checkpoints": [{"uuid": "c1"}]}
     d = sim.step(running(RS.SUSPENDED, RDS.SUSPENDED, storage_status_details=checkpoints))
     assert summary(d)[-1] == ("Stopping", "Stopped", None, "Success", "InUse", False)
@@ -160,6 +163,52 @@ def test_graceful_stop_suspends_then_stops_keeping_storage_and_checkpoint_detail
     assert sim.state.storage_status_details == checkpoints and sim.state.deployment_error is None
 
 
+def test_a_start_while_suspending_is_accepted_and_the_pipeline_stops_as_in_feldera():
+    sim = Sim()
+    sim.start()
+    sim.spec(resources_desired_status=D.STOPPED)
+    sim.step(running())
+    sim.step(running(RS.RUNNING, RDS.SUSPENDED))
+    refusal = start_refusal(sim.state, current_desired(sim.desired, sim.state), initial=RDS.RUNNING,
+                            bootstrap_policy=BootstrapPolicy.AWAIT_APPROVAL, error_after_dismissal=False,
+                            standby_allowed=False)
+    assert refusal is None  # desired Provisioned: accepted, as Feldera's /start
+    sim.spec(resources_desired_status=D.PROVISIONED, start="s1")
+    d = sim.step(running(RS.RUNNING, RDS.SUSPENDED))
+    assert sim.state.handled_start.outcome is ActionOutcome.APPLIED and kinds(d) == []
+    d = sim.step(running(RS.SUSPENDED, RDS.SUSPENDED))
+    # The suspension it asked for goes on; then the system stops it and holds it Stopped.
+    assert summary(d)[-1] == ("Stopping", "Stopped", None, "Success", "InUse", False)
+    sim.step(Observation())
+    assert sim.state.deployment_resources_status is R.STOPPED and sim.state.system_stop_generation is not None
+
+
+def test_a_forced_stop_cancels_a_graceful_one():
+    sim = Sim()
+    sim.start()
+    sim.spec(resources_desired_status=D.STOPPED)
+    sim.step(running())
+    sim.step(running(RS.RUNNING, RDS.SUSPENDED))
+    sim.spec(stop_mode=StopMode.FORCE)
+    d = sim.step(running(RS.RUNNING, RDS.SUSPENDED))
+    assert summary(d)[-1][0] == "Stopping" and kinds(d) == ["Deprovision"]
+
+
+def test_a_spec_asking_provisioned_while_stopping_waits_for_stopped():
+    sim = Sim()
+    sim.start()
+    sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE)
+    sim.step(running())
+    assert sim.state.deployment_resources_status is R.STOPPING
+    sim.spec(resources_desired_status=D.PROVISIONED)
+    d = sim.step(Observation(compute=compute(ComputeState.TERMINATING)))
+    assert summary(d) == [] and sim.state.deployment_resources_desired_status is D.STOPPED
+    d = sim.step(Observation())
+    assert [s[:2] for s in summary(d)] == [("Stopped", "Stopped")]
+    d = sim.step(Observation())  # then the spec's Provisioned: it starts again
+    assert [s[:2] for s in summary(d)] == [("Stopped", "Provisioned"), ("Provisioning", "Provisioned")]
+
+
 def test_force_stop_deprovisions_at_once():
     sim = Sim()
     sim.start()
@@ -168,16 +217,14 @@ def test_force_stop_deprovisions_at_once():
     assert summary(d)[-1][0] == "Stopping" and kinds(d) == ["Deprovision"]
 
 
-def test_graceful_stop_that_never_suspends_is_finished_after_the_timeout():
-    sim = Sim(config=LifecycleConfig(graceful_stop_timeout=60))
+def test_a_graceful_stop_waits_for_the_suspension_without_a_time_limit():
+    sim = Sim()
     sim.start()
     sim.spec(resources_desired_status=D.STOPPED)
     sim.step(running())
-    assert sim.step(running(), after=60).state.deployment_resources_status is R.PROVISIONED
-    sim.step(running(), after=1)
-    assert sim.state.deployment_resources_status is R.STOPPING
+    d = sim.step(running(RS.RUNNING, RDS.SUSPENDED), after=3600)
+    assert sim.state.deployment_resources_status is R.PROVISIONED and kinds(d) == []
     assert sim.state.deployment_error is None
-    assert "did not suspend" in sim.state.deployment_resources_status_details["reason"]
 
 
 def test_graceful_stop_from_standby_stops_at_once():
@@ -465,6 +512,7 @@ def test_status_answers_are_read_as_feldera_reads_them(status, body, probe, runt
 from pipeline_operator.core.lifecycle import (  # noqa: E402
     PipelineState,
     clear_refusal,
+    current_desired,
     delete_refusal,
     dismiss_refusal,
     edit_refusal,

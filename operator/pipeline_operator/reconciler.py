@@ -162,8 +162,7 @@ class Context:
 
     @property
     def lifecycle(self) -> LifecycleConfig:
-        return LifecycleConfig(default_provisioning_timeout=self.settings.provisioning_timeout,
-                               graceful_stop_timeout=self.settings.graceful_stop_timeout)
+        return LifecycleConfig(default_provisioning_timeout=self.settings.provisioning_timeout)
 
     @property
     def rules(self) -> EmissionRules:

@@ -19,9 +19,9 @@ from aiohttp import web
 from ..core.lifecycle import (
     PipelineState,
     clear_refusal,
+    current_desired,
     dismiss_refusal,
     dismissal_pending,
-    effective_desired,
     start_refusal,
 )
 from ..models import ActionOutcome, BootstrapPolicy, HandledAction, RuntimeDesiredStatus
@@ -101,7 +101,7 @@ class Actions:
         assert monitor.obj is not None
         desired, _ = desired_of(monitor.obj)
         error_after = state.deployment_error is not None and not dismiss and not dismissal_pending(desired, state)
-        refusal = start_refusal(state, effective_desired(desired, state), initial=initial, bootstrap_policy=policy,
+        refusal = start_refusal(state, current_desired(desired, state), initial=initial, bootstrap_policy=policy,
                                 error_after_dismissal=error_after, standby_allowed=desired.standby_allowed,
                                 silent_bootstrap=silent)
         if refusal is not None:

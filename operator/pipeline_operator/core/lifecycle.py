@@ -56,9 +56,6 @@ class LifecycleConfig:
     provisioned_grace_period: float = 20.0
     # Used when the spec gives no deployment.provisioningTimeoutSeconds.
     default_provisioning_timeout: float = 300.0
-    # A graceful stop that has not reached Suspended by then is finished as a forced stop
-    # (Feldera's manager gives the pipeline's /suspend 120 s).
-    graceful_stop_timeout: float = 120.0
 
 
 class _Frozen(BaseModel):
@@ -477,6 +474,33 @@ def effective_desired(desired: Desired, state: PipelineState) -> ResourcesDesire
     return desired.resources_desired_status
 
 
+def suspending(desired: Desired, state: PipelineState) -> bool:
+    """Feldera's graceful stop (``/stop?force=false``) of a pipeline that can checkpoint: it is asked to suspend,
+    and its desired status stays Provisioned (its runtime desired status Suspended) until it has suspended;
+    then it stops. Once asked, it goes on whatever the spec says next (a ``/start`` meanwhile changes nothing,
+    as in Feldera), unless a forced stop cancels it."""
+    if state.deployment_resources_status is not R.PROVISIONED or state.system_stop_generation is not None \
+            or state.deployment_error is not None:
+        return False
+    stop = desired.resources_desired_status is ResourcesDesiredStatus.STOPPED
+    if stop and desired.stop_mode is StopMode.FORCE:
+        return False
+    if state.suspend_requested_at is not None or state.deployment_runtime_desired_status is RDS.SUSPENDED:
+        return True
+    return stop and state.deployment_runtime_status in _SUSPENDABLE
+
+
+def current_desired(desired: Desired, state: PipelineState) -> ResourcesDesiredStatus:
+    """Feldera's ``deployment_resources_desired_status`` for this spec and state: :func:`effective_desired`,
+    except that a graceful stop keeps Provisioned while the pipeline suspends (:func:`suspending`) and a
+    pipeline that is Stopping stays desired Stopped until it is Stopped (a start while Stopping is illegal)."""
+    if suspending(desired, state):
+        return ResourcesDesiredStatus.PROVISIONED
+    if state.deployment_resources_status is R.STOPPING:
+        return ResourcesDesiredStatus.STOPPED
+    return effective_desired(desired, state)
+
+
 def decide(desired: Desired, state: PipelineState, observation: Observation, now: dt.datetime,
            config: LifecycleConfig = LifecycleConfig()) -> Decision:
     """One monitoring pass: the status steps to commit and the actions to take."""
@@ -723,7 +747,7 @@ def _desired_status(p: _Pass, desired: Desired) -> None:
     if _spec_changed_since(desired, cur, cur.system_stop_generation):
         p.set(f"a new spec (generation {desired.generation}) releases the stop set by the system",
               system_stop_generation=None)
-    target = effective_desired(desired, p.cur)
+    target = current_desired(desired, p.cur)
     if target is not p.cur.deployment_resources_desired_status:
         p.set(f"desired status is {target.value}", deployment_resources_desired_status=target)
     if p.cur.deployment_resources_status is R.STOPPED:
@@ -980,30 +1004,21 @@ def _provisioned(p: _Pass, desired: Desired, observation: Observation, config: L
     if cur.deployment_runtime_status is RS.SUSPENDED:
         _stop(p, desired, "pipeline suspended")
         return
-    if cur.deployment_resources_desired_status is ResourcesDesiredStatus.STOPPED:
-        _stop_provisioned(p, desired, config)
+    if suspending(desired, cur):
+        # Asked until the pipeline says it suspends (no time limit, as in Feldera: a forced stop ends it).
+        if cur.suspend_requested_at is None:
+            p.set("graceful stop: suspending", suspend_requested_at=p.now)
+        if cur.deployment_runtime_desired_status is not RDS.SUSPENDED:
+            p.act(ActionKind.SUSPEND)
+        return
+    if effective_desired(desired, cur) is ResourcesDesiredStatus.STOPPED:
+        if desired.stop_mode is StopMode.FORCE:
+            _stop(p, desired, "desired status is Stopped (force)")
+        else:
+            shown = cur.deployment_runtime_status.value if cur.deployment_runtime_status else "unknown"
+            _stop(p, desired, f"desired status is Stopped; nothing to checkpoint while {shown}")
         return
     _forward_runtime_desired(p, desired)
-
-
-def _stop_provisioned(p: _Pass, desired: Desired, config: LifecycleConfig) -> None:
-    cur = p.cur
-    if desired.stop_mode is StopMode.FORCE:
-        _stop(p, desired, "desired status is Stopped (force)")
-        return
-    if cur.deployment_runtime_desired_status is not RDS.SUSPENDED and cur.deployment_runtime_status not in _SUSPENDABLE:
-        _stop(p, desired, f"desired status is Stopped; nothing to checkpoint while "
-                          f"{cur.deployment_runtime_status.value if cur.deployment_runtime_status else 'unknown'}")
-        return
-    if cur.suspend_requested_at is None:
-        p.set("graceful stop: suspending", suspend_requested_at=p.now)
-    elif p.elapsed(cur.suspend_requested_at) > config.graceful_stop_timeout:
-        _stop(p, desired, "graceful stop timed out", details={
-            "reason": f"The pipeline did not suspend within {config.graceful_stop_timeout:g}s; "
-                      "stopped without a new checkpoint"})
-        return
-    if p.cur.deployment_runtime_desired_status is not RDS.SUSPENDED:
-        p.act(ActionKind.SUSPEND)
 
 
 def _forward_runtime_desired(p: _Pass, desired: Desired) -> None:
