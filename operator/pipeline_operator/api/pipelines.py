@@ -156,6 +156,25 @@ def _spec_of(fields: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+# Feldera asks a pipeline for its connectors' errors only in these runtime statuses.
+_CONNECTOR_STATS_STATUSES = frozenset({"Bootstrapping", "Replaying", "Running", "Paused"})
+
+
+def connector_stats(state: PipelineState) -> dict[str, int] | None:
+    """Feldera's ``connectors`` (``ConnectorStats``: the errors of every connector, summed) from what the
+    pipeline last reported in its runtime status details (``connector_stats``), in the runtime statuses in
+    which Feldera asks for them; None otherwise, or when the pipeline reported nothing usable."""
+    runtime = state.deployment_runtime_status
+    if runtime is None or runtime.value not in _CONNECTOR_STATS_STATUSES:
+        return None
+    details = state.deployment_runtime_status_details
+    reported = details.get("connector_stats") if isinstance(details, dict) else None
+    errors = reported.get("num_errors") if isinstance(reported, dict) else None
+    if isinstance(errors, bool) or not isinstance(errors, int) or not 0 <= errors < 2**64:
+        return None
+    return {"num_errors": errors}
+
+
 def _with_fields(spec: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     """``spec`` with Feldera's ``fields`` in place (what applying them makes of it)."""
     out = copy.deepcopy(spec)
@@ -280,7 +299,9 @@ class Pipelines:
                                                       state.deployment_runtime_desired_status_since, default=created),
         }
         if selector == "status_with_connectors":
-            info["connectors"] = None
+            connectors = connector_stats(state)
+            if connectors is not None:  # Feldera leaves the field out when it has no figures
+                info["connectors"] = connectors
         return info
 
     async def _program_info(self, state: PipelineState) -> Any:
