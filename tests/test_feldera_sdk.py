@@ -19,7 +19,7 @@ from pipeline_operator.backends.local import LocalBackend
 from pipeline_operator.identity import PipelineKey
 
 from .operator_harness import wait_for
-from .test_api import call, grant, schema_validator_for_info
+from .test_api import call, grant, http_json, schema_validator_for_info
 from .test_operator_lifecycle import SQL
 
 pytestmark = pytest.mark.apiserver
@@ -298,7 +298,24 @@ def test_pipeline_crud_through_the_api(sdk, kstatus, namespace, cluster, pipelin
     assert ("program_code" in listed[0]) and ("program_code" not in call(
         f"{sdk.config.url}/v0/pipelines?selector=status", cluster.plane.users["alice"].token, namespace)[1][0])
     assert refusal(sdk.create_pipeline, _inner("crud", SQL)) == (409, "DuplicateName")
-    assert refusal(sdk.create_pipeline, _inner("Bad_Name", SQL)) == (400, "NameDoesNotMatchPattern")
+    # Names: Feldera's rules, in its order, then Kubernetes' (a Feldera name no Kubernetes object can have).
+    assert refusal(sdk.create_pipeline, _inner("", SQL)) == (400, "EmptyName")
+    assert refusal(sdk.create_pipeline, _inner("a" * 101, SQL)) == (400, "TooLongName")
+    assert refusal(sdk.create_pipeline, _inner("no spaces", SQL)) == (400, "NameDoesNotMatchPattern")
+    with pytest.raises(FelderaAPIError) as err:
+        sdk.create_pipeline(_inner("Bad_Name", SQL))
+    assert (err.value.status_code, err.value.error_code) == (400, "NameDoesNotMatchPattern")
+    assert "Kubernetes" in err.value.message
+    longest = "l" + "o" * 98 + "g"  # Feldera's maximum, 100: a Kubernetes name too
+    assert sdk.create_pipeline(_inner(longest, SQL), wait=False)
+    sdk.delete_pipeline(longest)
+    # Client metadata: the description's bound (a Kubernetes object's size), Feldera's rules for tags.
+    assert refusal(sdk.patch_pipeline, "crud", description="d" * 4097) == (400, "TooLongDescription")
+    url, token = f"{sdk.config.url}/v0/pipelines/crud", cluster.plane.users["alice"].token
+    for tags, code in ((["t"] * 51, "TooManyTags"), (["x" * 51], "InvalidTag"), (["no*star"], "InvalidTag")):
+        answer = http_json(url, "PATCH", {"Authorization": f"Bearer {token}", "Feldera-Tenant": namespace,
+                                          "Content-Type": "application/json"}, json.dumps({"tags": tags}).encode())
+        assert (answer[0], answer[1]["error_code"]) == (400, code), answer
     assert (created.version, created.program_version) == (1, 1)
     sdk.start_pipeline("crud", timeout_s=60)
     sdk.stop_pipeline("crud", force=True, timeout_s=60)

@@ -40,7 +40,7 @@ MAX_CONDITION_MESSAGE = 32768
 MAX_ERROR_MESSAGE = 8192
 MAX_UDF_LENGTH = 32 * 1024
 MAX_DESCRIPTION = 4096
-MAX_TAGS = 32
+MAX_TAGS = 50  # Feldera's maximum number of tags (the HTTP API checks its rules for each tag too)
 MAX_TAG = 256
 
 # --------------------------------------------------------------------------------------

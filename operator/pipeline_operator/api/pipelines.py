@@ -35,6 +35,7 @@ from ..models import (
     API_GROUP,
     API_VERSION,
     KIND,
+    MAX_DESCRIPTION,
     PipelineDeployment,
     PipelineSpec,
     PipelineStatus,
@@ -53,8 +54,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Feldera's names (its validate_name): 1 to 100 bytes of letters, digits, '_' and '-'.
+FELDERA_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+MAX_NAME = 100
+# Of those, the ones a Kubernetes object can have (a DNS subdomain without dots): lower case, no '_', starting
+# and ending with a letter or digit.
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-MAX_NAME = 63
+_SHOWN_NAME = 256  # characters of a refused name repeated in the answer
 # Feldera's request fields -> the spec (camelCase path) and the empty value Feldera fills in.
 FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
     "program_code": (("program", "sql"), ""),
@@ -194,18 +200,76 @@ def _since(*stamps: dt.datetime | None, default: str) -> str:
     return format_timestamp(max(known)) if known else default
 
 
+def _shown(name: str) -> str:
+    return name if len(name) <= _SHOWN_NAME else f"{name[:_SHOWN_NAME]}... ({len(name)} characters)"
+
+
 def _check_name(name: str) -> None:
-    if len(name) > MAX_NAME or not NAME_RE.match(name):
+    """Feldera's ``validate_name`` (``EmptyName``, ``TooLongName``, ``NameDoesNotMatchPattern``, in its order and
+    with its messages), then what Kubernetes adds: a Feldera name that no Kubernetes object can have is
+    ``NameDoesNotMatchPattern`` too, its message saying why."""
+    length = len(name.encode())
+    if not name:
+        raise ApiError(400, "EmptyName", "Name cannot be be empty")
+    if length > MAX_NAME:
+        raise ApiError(400, "TooLongName", f"Name '{_shown(name)}' is longer ({length}) than maximum allowed "
+                                           f"({MAX_NAME})", {"name": _shown(name), "length": length,
+                                                             "maximum": MAX_NAME})
+    if not FELDERA_NAME_RE.match(name):
         raise ApiError(400, "NameDoesNotMatchPattern",
-                       f"Name '{name[:80]}' is not a valid pipeline name here: a pipeline is a Kubernetes resource, "
-                       f"so its name is at most {MAX_NAME} lower-case letters, digits and '-', starting and ending "
-                       "with a letter or digit", {"name": name[:80], "pattern": NAME_RE.pattern})
+                       f"Name '{_shown(name)}' contains characters which are not lowercase (a-z), uppercase (A-Z), "
+                       "numbers (0-9), underscores (_) or hyphens (-)", {"name": _shown(name)})
+    if not NAME_RE.match(name):
+        raise ApiError(400, "NameDoesNotMatchPattern",
+                       f"Name '{name}' is a valid Feldera name, but not a valid name here: a pipeline is a "
+                       "Kubernetes resource, whose name has no upper-case letters and no underscores (_), and "
+                       "starts and ends with a lower-case letter or a digit (a-z, 0-9, and '-' in between)",
+                       {"name": name, "pattern": NAME_RE.pattern})
+
+
+# Feldera's rules for tags (the Feldera versions that have tags: v0.306 has none): at most 50 tags, each of
+# 1 to 50 characters among these.
+FELDERA_TAG_RE = re.compile(r"^[a-zA-Z0-9 ._/|\\:=-]+$")
+MAX_FELDERA_TAGS = 50
+MAX_FELDERA_TAG = 50
+
+
+def _check_client_metadata(raw: dict[str, Any]) -> None:
+    """The description's bound (Feldera v0.306 has none; a Pipeline is a Kubernetes object, whose size is
+    bounded: ``TooLongDescription``, the code of the Feldera versions that bound it) and Feldera's rules for tags
+    (``TooManyTags``, ``InvalidTag``, as the Feldera versions that have tags check them)."""
+    description, tags = raw.get("description"), raw.get("tags")
+    if isinstance(description, str) and len(description) > MAX_DESCRIPTION:
+        raise ApiError(400, "TooLongDescription",
+                       f"Description is longer ({len(description)}) than maximum allowed ({MAX_DESCRIPTION}): a "
+                       "pipeline is a Kubernetes resource, whose size is bounded",
+                       {"length": len(description), "maximum": MAX_DESCRIPTION})
+    if not isinstance(tags, list):
+        return
+    if len(tags) > MAX_FELDERA_TAGS:
+        raise ApiError(400, "TooManyTags", f"Pipeline has more tags ({len(tags)}) than the maximum allowed "
+                                           f"({MAX_FELDERA_TAGS})", {"count": len(tags), "maximum": MAX_FELDERA_TAGS})
+    for tag in tags:
+        if not isinstance(tag, str):
+            continue  # the type is refused with the other fields'
+        if not tag:
+            reason = "it cannot be empty"
+        elif len(tag) > MAX_FELDERA_TAG:
+            reason = f"it is {len(tag)} characters long, but the maximum is {MAX_FELDERA_TAG}"
+        elif not FELDERA_TAG_RE.match(tag):
+            reason = ("it may contain only ASCII letters (a-z, A-Z), numbers (0-9), or one of space, '.', '_', '/', "
+                      "'|', '\\', ':', '=' and '-'")
+        else:
+            continue
+        raise ApiError(400, "InvalidTag", f"Tag '{_shown(tag)}' is invalid: {reason}",
+                       {"tag": _shown(tag), "reason": reason})
 
 
 def _body_fields(raw: Any, *, partial: bool) -> dict[str, Any]:
     """Feldera's PostPutPipeline (or PatchPipeline with ``partial``), checked field by field."""
     if not isinstance(raw, dict):
         raise ApiError(400, "InvalidRequestBody", "The request body must be a JSON object")
+    _check_client_metadata(raw)
     fields: dict[str, Any] = {}
     for field, (_, empty) in FIELDS.items():
         if field not in raw or (raw[field] is None and partial):
@@ -348,13 +412,15 @@ class Pipelines:
 
     # -- writes -----------------------------------------------------------------------------------
 
-    async def _body(self, request: web.Request, partial: bool) -> tuple[dict[str, Any], Any]:
+    async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
             raw = await request.json()
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise ApiError(400, "InvalidRequestBody", "The request body is not valid JSON (a UTF-8 JSON object "
                                                       "with Feldera's pipeline fields)") from None
-        return _body_fields(raw, partial=partial), raw
+        if not isinstance(raw, dict):
+            raise ApiError(400, "InvalidRequestBody", "The request body must be a JSON object")
+        return raw
 
     async def _current(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -425,17 +491,18 @@ class Pipelines:
         namespace = self.server.namespace(request)
         await self.server.authenticate(request)  # before the body is read: strangers hold no slot with slow bodies
         name = request.match_info.get("name")
-        fields, raw = await self._body(request, partial=not replace)
+        raw = await self._body(request)
         if name is None:  # POST /v0/pipelines names the pipeline in the body
             name = raw.get("name") if isinstance(raw.get("name"), str) else None
             if name is None:
                 raise ApiError(400, "InvalidRequestBody", "Field 'name' is required (a string)", {"field": "name"})
         elif isinstance(raw.get("name"), str) and raw["name"] != name:
             raise ApiError(400, "CannotRenamePipeline",
-                           f"Cannot rename pipeline '{name}' to '{raw['name'][:80]}': a Pipeline is a Kubernetes "
+                           f"Cannot rename pipeline '{name}' to '{_shown(raw['name'])}': a Pipeline is a Kubernetes "
                            "resource, whose name cannot change; create a new one and delete this one",
                            {"pipeline_name": name})
-        _check_name(name)
+        _check_name(name)  # Feldera checks the name first, then the configurations
+        fields = _body_fields(raw, partial=not replace)
         request[PIPELINE] = name
         existing = await self._current(namespace, name)
         # As the API server does: ``create`` names no resource (RBAC's resourceNames cannot limit it).
