@@ -90,3 +90,21 @@ def test_connectors_come_from_the_runtime_details_the_pipeline_reported(runtime,
     from pipeline_operator.core.lifecycle import PipelineState
     state = PipelineState(deployment_runtime_status=runtime, deployment_runtime_status_details=details)
     assert connector_stats(state) == expected
+
+
+@pytest.mark.parametrize(("name", "code"), [
+    ("", "EmptyName"), ("a" * 101, "TooLongName"), ("é" * 51, "TooLongName"),  # bytes, as Feldera counts
+    ("a b", "NameDoesNotMatchPattern"), ("orders\n", "NameDoesNotMatchPattern"),
+    ("Orders", "NameDoesNotMatchPattern"), ("my_orders", "NameDoesNotMatchPattern"),
+    ("-orders", "NameDoesNotMatchPattern"),
+    ("orders", None), ("a" * 100, None), ("0rders-2", None),
+])
+def test_names_follow_felderas_rules_then_kubernetes(name, code):
+    from pipeline_operator.api.errors import ApiError
+    from pipeline_operator.api.pipelines import _check_name
+    if code is None:
+        _check_name(name)
+        return
+    with pytest.raises(ApiError) as err:
+        _check_name(name)
+    assert err.value.error_code == code

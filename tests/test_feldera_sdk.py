@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import urllib.request
 
 import pytest
 from feldera import FelderaClient, PipelineBuilder
@@ -156,6 +157,13 @@ def test_an_edit_through_the_api_after_a_crash_starts_nothing(sdk, kstatus, name
 def test_refusals_answer_feldera_status_and_error_code(sdk, kstatus, namespace, pipelines, cluster):
     PipelineBuilder(sdk, "guarded", sql=SQL).create_or_replace()
     kstatus.track(namespace, "guarded")
+    # A multihost pipeline is accepted, then its start fails as Feldera's community edition fails it.
+    sdk.create_pipeline(_inner("multihost", SQL, runtime_config={"hosts": 2}))
+    kstatus.track(namespace, "multihost")
+    sdk.start_pipeline("multihost", wait=False)
+    # Feldera's own checks of program_config (its RuntimeSelector).
+    assert refusal(sdk.patch_pipeline, "guarded", program_config={"runtime_version": "latest"}) == \
+        (400, "InvalidProgramConfig")
     assert refusal(sdk.pause_pipeline, "guarded") == (503, "PipelineInteractionNotDeployed")
     sdk.start_pipeline("guarded", timeout_s=60)
     assert refusal(sdk.start_pipeline_as_paused, "guarded", wait=False) == (400, "InitialImmutableUnlessStopped")
@@ -174,6 +182,9 @@ def test_refusals_answer_feldera_status_and_error_code(sdk, kstatus, namespace, 
     wait_for("Running again", lambda: status(sdk, "guarded").deployment_status == "Running", 30)
     sdk.stop_pipeline("guarded", force=True, timeout_s=60)
     assert refusal(sdk.delete_pipeline, "guarded") == (400, "DeleteRestrictedToClearedStorage")
+    p = wait_for("the multihost start to fail", lambda: (p := status(sdk, "multihost")).deployment_error and p, 30)
+    assert (p.deployment_status, p.deployment_error["error_code"]) == ("Stopped", "RunnerProvisionError")
+    assert "runtime_config.hosts is 2" in p.deployment_error["message"]
     # Storage in use: the settings its checkpoint depends on stay as they are (Feldera's list, each named) ...
     with pytest.raises(FelderaAPIError) as err:
         sdk.patch_pipeline("guarded", runtime_config={"workers": 2, "hosts": 2, "min_batch_size_records": 5})
@@ -217,13 +228,23 @@ def test_start_while_stopping_after_a_fatal_error_is_illegal(sdk, kstatus, names
     assert status(sdk, "slow").storage_status == "Cleared"
 
 
-def test_a_graceful_stop_is_desired_suspended_and_a_start_meanwhile_is_accepted(sdk, kstatus, namespace, pipelines):
-    # A pipeline that takes a few seconds to suspend (its checkpoint), created as users of kubectl do.
-    pipelines.create("suspends", {"program": {"sql": SQL}, "deployment": {"env": [
-        {"name": "PIPELINE_SUSPEND_SECONDS", "value": "3"}]}})
+def test_a_graceful_stop_is_desired_suspended_and_a_start_meanwhile_is_accepted(sdk, kstatus, namespace, cluster):
+    # A pipeline that takes a few seconds to suspend (its checkpoint): Feldera's runtime_config.env and workers
+    # reach the pipeline process (the local backend passes the PIPELINE_* names of the environment).
+    sdk.create_pipeline(_inner("suspends", SQL, runtime_config={
+        "workers": 3, "env": {"PIPELINE_SUSPEND_SECONDS": "3", "LD_PRELOAD": "/tmp/x.so"}}))
     kstatus.track(namespace, "suspends")
-    wait_for("compiled", lambda: compiled(sdk, "suspends"), 30)
     sdk.start_pipeline("suspends", timeout_s=60)
+    [pid] = sdk.operator.pipeline_processes(status(sdk, "suspends").id)  # type: ignore[attr-defined]
+    argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    assert argv[argv.index(b"--workers") + 1] == b"3"
+    assert b"PIPELINE_SUSPEND_SECONDS=3" in environ and not [e for e in environ if e.startswith(b"LD_PRELOAD=")]
+    request = urllib.request.Request(f"{sdk.config.url}/v0/pipelines/suspends/metrics", headers={
+        "Authorization": f"Bearer {cluster.plane.users['alice'].token}", "Feldera-Tenant": namespace})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert "reference_pipeline_workers 3" in metrics  # the process took them
     sdk.stop_pipeline("suspends", force=False, wait=False)
     # Feldera: desired Provisioned while it suspends, its runtime desired status Suspended.
     p = wait_for("desired Suspended", lambda: (p := status(sdk, "suspends")).deployment_desired_status == "Suspended"

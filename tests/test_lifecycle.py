@@ -80,6 +80,15 @@ def test_start_compiles_then_uses_storage_then_provisions_in_feldera_order():
     assert d.actions[0].initial is RDS.RUNNING and d.actions[0].program_digest == "p1"
 
 
+def test_a_multihost_pipeline_fails_its_provisioning_as_in_feldera_community_edition():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, hosts=2))
+    d = sim.step(compiled("p1"))
+    assert [s[0] for s in summary(d)][-2:] == ["Provisioning", "Stopping"] and "Provision" not in kinds(d)
+    assert sim.state.deployment_error.error_code == "RunnerProvisionError"
+    assert sim.state.deployment_error.details == {"error": "multihost deployment is not supported "
+                                                           "(runtime_config.hosts is 2; set it to 1)"}
+
+
 def test_provisioning_waits_then_becomes_provisioned_with_initializing_first():
     sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.PAUSED))
     sim.step(compiled("p1"))

@@ -571,7 +571,10 @@ class PipelineSpec(CamelModel):
     runtime_config: RuntimeConfig | None = Field(
         None, description="Feldera's runtime_config, with Feldera's keys (snake_case), types and defaults. The "
                           "operator uses provisioning_timeout_secs (unless deployment.provisioningTimeoutSeconds is "
-                          "set) and storage.backend (Standby needs a file backend with sync configured).")
+                          "set), storage.backend (Standby needs a file backend with sync configured), workers and "
+                          "env (the pipeline process's), resources (Kubernetes backend: the container's requests "
+                          "and limits and the storage's size and class, where deployment and storage say nothing) "
+                          "and hosts (more than 1 fails the start).")
     program_config: ProgramConfig | None = Field(
         None, description="Feldera's program_config, with Feldera's keys (snake_case), types and defaults.")
     program: ProgramSpec = Field(default_factory=ProgramSpec)

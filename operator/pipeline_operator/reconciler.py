@@ -286,6 +286,7 @@ def desired_of(body: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
         program_settings_digest=program_settings_digest(spec),
         edit_digest=edit_digest(spec),
         provisioning_timeout=float(timeout) if timeout else None,
+        hosts=spec.runtime_config.hosts if spec.runtime_config is not None else 1,
         bootstrap_policy=spec.bootstrap_policy,
         silent_bootstrap=spec.silent_bootstrap,
         standby_allowed=_standby_allowed(spec),

@@ -20,7 +20,7 @@ import copy
 import datetime as dt
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -87,6 +87,8 @@ CONFIGS: dict[str, tuple[type[BaseModel], str]] = {
     "program_config": (ProgramConfig, "InvalidProgramConfig"),
 }
 _MAX_REPORTED_ERRORS = 10
+# Feldera's RuntimeSelector: a released version or a commit of feldera/feldera.
+RUNTIME_VERSION_RE = re.compile(r"^([0-9a-f]{40}|v\d+\.\d+\.\d+)$")
 
 
 def _field_path(field: str, loc: tuple[int | str, ...]) -> str:
@@ -107,10 +109,20 @@ def checked_config(field: str, value: Any) -> dict[str, Any]:
     except ValidationError as exc:
         problems = [{"field": _field_path(field, e["loc"]), "message": e["msg"][:300]}
                     for e in exc.errors()[:_MAX_REPORTED_ERRORS]]
-        said = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        raise ApiError(400, code, f"JSON for '{field}' field is not valid due to: {said}",
-                       {"field": problems[0]["field"], "errors": problems}) from None
+        _invalid_config(field, code, problems)
+    if isinstance(parsed, ProgramConfig) and parsed.runtime_version is not None \
+            and not RUNTIME_VERSION_RE.fullmatch(parsed.runtime_version):
+        # Feldera's RuntimeSelector (checked here, not in the CRD: a Pipeline stored before stays readable).
+        _invalid_config(field, code, [{"field": f"{field}.runtime_version", "message": (
+            f"The requested runtime version '{parsed.runtime_version}' is neither a valid version (vX.Y.Z) nor a "
+            "valid git hash.")}])
     return given(parsed)
+
+
+def _invalid_config(field: str, code: str, problems: list[dict[str, str]]) -> NoReturn:
+    said = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    raise ApiError(400, code, f"JSON for '{field}' field is not valid due to: {said}",
+                   {"field": problems[0]["field"], "errors": problems}) from None
 
 
 def _runtime_config(value: Any) -> RuntimeConfig:
@@ -215,11 +227,11 @@ def _check_name(name: str) -> None:
         raise ApiError(400, "TooLongName", f"Name '{_shown(name)}' is longer ({length}) than maximum allowed "
                                            f"({MAX_NAME})", {"name": _shown(name), "length": length,
                                                              "maximum": MAX_NAME})
-    if not FELDERA_NAME_RE.match(name):
+    if not FELDERA_NAME_RE.fullmatch(name):
         raise ApiError(400, "NameDoesNotMatchPattern",
                        f"Name '{_shown(name)}' contains characters which are not lowercase (a-z), uppercase (A-Z), "
                        "numbers (0-9), underscores (_) or hyphens (-)", {"name": _shown(name)})
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ApiError(400, "NameDoesNotMatchPattern",
                        f"Name '{name}' is a valid Feldera name, but not a valid name here: a pipeline is a "
                        "Kubernetes resource, whose name has no upper-case letters and no underscores (_), and "
@@ -256,7 +268,7 @@ def _check_client_metadata(raw: dict[str, Any]) -> None:
             reason = "it cannot be empty"
         elif len(tag) > MAX_FELDERA_TAG:
             reason = f"it is {len(tag)} characters long, but the maximum is {MAX_FELDERA_TAG}"
-        elif not FELDERA_TAG_RE.match(tag):
+        elif not FELDERA_TAG_RE.fullmatch(tag):
             reason = ("it may contain only ASCII letters (a-z, A-Z), numbers (0-9), or one of space, '.', '_', '/', "
                       "'|', '\\', ':', '=' and '-'")
         else:
@@ -549,7 +561,7 @@ class Pipelines:
         namespace = self.server.namespace(request)
         name = request.match_info["name"]
         await self.server.authorize(request, "delete", namespace, name)
-        if len(name) > MAX_NAME or not NAME_RE.match(name):
+        if len(name) > MAX_NAME or not NAME_RE.fullmatch(name):
             raise unknown_pipeline(name)
         existing = await self._current(namespace, name)
         if existing is None:

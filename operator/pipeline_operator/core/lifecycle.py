@@ -80,6 +80,7 @@ class Desired(_Frozen):
     # Feldera's fields that its version counts (program, configurations, description, tags).
     edit_digest: str = ""
     provisioning_timeout: float | None = None
+    hosts: int = 1  # Feldera's runtime_config.hosts: a multihost pipeline cannot be provisioned here
     bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL
     silent_bootstrap: bool = False
     # Feldera allows an initial Standby only with a file storage backend that has sync configured.
@@ -890,6 +891,14 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
           error_generation=None,
           runtime_desired_adopted=desired.runtime_desired_status, runtime_desired_pending=None,
           **_RUNTIME_CLEARED)
+    if desired.hosts > 1:
+        # Feldera's community edition (its local runner) fails the provisioning so: multihost pipelines need
+        # the enterprise edition's coordinator, which this operator does not have.
+        cause = f"multihost deployment is not supported (runtime_config.hosts is {desired.hosts}; set it to 1)"
+        _stop(p, desired, "provisioning failed", ErrorResponse(
+            message=f"Pipeline provision failed: {cause}", error_code="RunnerProvisionError",
+            details={"error": cause}))
+        return
     p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=initial, bootstrap_policy=policy,
           silent_bootstrap=silent)
 
