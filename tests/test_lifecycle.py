@@ -172,12 +172,18 @@ def test_graceful_stop_suspends_then_stops_keeping_storage_and_checkpoint_detail
     assert sim.state.storage_status_details == checkpoints and sim.state.deployment_error is None
 
 
-def test_a_start_while_suspending_is_accepted_and_the_pipeline_stops_as_in_feldera():
+def _suspending() -> Sim:
+    """A running pipeline stopped gracefully: it was asked to suspend, and said it will."""
     sim = Sim()
     sim.start()
     sim.spec(resources_desired_status=D.STOPPED)
     sim.step(running())
     sim.step(running(RS.RUNNING, RDS.SUSPENDED))
+    return sim
+
+
+def test_a_start_while_suspending_is_accepted_and_the_pipeline_stops_as_in_feldera():
+    sim = _suspending()
     refusal = start_refusal(sim.state, current_desired(sim.desired, sim.state), initial=RDS.RUNNING,
                             bootstrap_policy=BootstrapPolicy.AWAIT_APPROVAL, error_after_dismissal=False,
                             standby_allowed=False)
@@ -193,11 +199,7 @@ def test_a_start_while_suspending_is_accepted_and_the_pipeline_stops_as_in_felde
 
 
 def test_a_forced_stop_cancels_a_graceful_one():
-    sim = Sim()
-    sim.start()
-    sim.spec(resources_desired_status=D.STOPPED)
-    sim.step(running())
-    sim.step(running(RS.RUNNING, RDS.SUSPENDED))
+    sim = _suspending()
     sim.spec(stop_mode=StopMode.FORCE)
     d = sim.step(running(RS.RUNNING, RDS.SUSPENDED))
     assert summary(d)[-1][0] == "Stopping" and kinds(d) == ["Deprovision"]
