@@ -549,7 +549,7 @@ class FleetKubelet(FakeKubelet):
         flags: dict[str, str] = {}
         it = iter(args[2:])
         for flag in it:
-            flags[flag] = "" if flag == "--debug-routes" else next(it)  # the one flag without a value
+            flags[flag] = "" if flag in ("--debug-routes", "--silent-bootstrap") else next(it)  # no value
         storage = self.workdir / "volumes" / self._claim_of(sts)
         self._fleet("PUT", f"/fleet/pipelines/{key}", {
             "storage": str(storage), "program": json.loads(configmap["data"]["program.json"]),

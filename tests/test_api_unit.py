@@ -73,3 +73,38 @@ def test_unexpected_failures_are_500_error_responses_without_a_trace(store):
     status, text = asyncio.run(scenario())
     assert status == 500 and "InternalServerError" in text
     assert "disk on fire" not in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize(("runtime", "details", "expected"), [
+    ("Running", {"connector_stats": {"num_errors": 3}}, {"num_errors": 3}),
+    ("Paused", {"connector_stats": {"num_errors": 0}, "reason": None}, {"num_errors": 0}),
+    (None, {"connector_stats": {"num_errors": 3}}, None),          # not Provisioned: Feldera asks nothing
+    ("Initializing", {"connector_stats": {"num_errors": 3}}, None),
+    ("Running", {"connector_stats": {"num_errors": -1}}, None),    # what a pipeline reports is not trusted
+    ("Running", {"connector_stats": {"num_errors": True}}, None),
+    ("Running", {"connector_stats": "many"}, None),
+    ("Running", "garbage", None),
+])
+def test_connectors_come_from_the_runtime_details_the_pipeline_reported(runtime, details, expected):
+    from pipeline_operator.api.pipelines import connector_stats
+    from pipeline_operator.core.lifecycle import PipelineState
+    state = PipelineState(deployment_runtime_status=runtime, deployment_runtime_status_details=details)
+    assert connector_stats(state) == expected
+
+
+@pytest.mark.parametrize(("name", "code"), [
+    ("", "EmptyName"), ("a" * 101, "TooLongName"), ("é" * 51, "TooLongName"),  # bytes, as Feldera counts
+    ("a b", "NameDoesNotMatchPattern"), ("orders\n", "NameDoesNotMatchPattern"),
+    ("Orders", "NameDoesNotMatchPattern"), ("my_orders", "NameDoesNotMatchPattern"),
+    ("-orders", "NameDoesNotMatchPattern"),
+    ("orders", None), ("a" * 100, None), ("0rders-2", None),
+])
+def test_names_follow_felderas_rules_then_kubernetes(name, code):
+    from pipeline_operator.api.errors import ApiError
+    from pipeline_operator.api.pipelines import _check_name
+    if code is None:
+        _check_name(name)
+        return
+    with pytest.raises(ApiError) as err:
+        _check_name(name)
+    assert err.value.error_code == code

@@ -55,7 +55,7 @@ def test_empty_spec_gets_every_default(crd_installed: Cluster, namespace: str):
     crd_installed.apply(obj)
     spec = crd_installed.get("pipeline", "bare", namespace)["spec"]
     assert spec == {"desiredStatus": "Stopped", "initialRuntimeStatus": "Running", "stopMode": "Graceful",
-                    "bootstrapPolicy": "AwaitApproval"}
+                    "bootstrapPolicy": "AwaitApproval", "silentBootstrap": False}
 
 
 def test_printer_columns_and_short_name_work_in_kubectl(crd_installed: Cluster, namespace: str):

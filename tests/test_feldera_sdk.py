@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import threading
+import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -135,9 +136,40 @@ def test_dismissing_the_error_of_a_crashed_pipeline_starts_nothing(sdk, kstatus,
     assert (stalled["status"], stalled["reason"]) == ("True", "StoppedBySystem")
 
 
+def test_an_edit_through_the_api_after_a_crash_starts_nothing(sdk, kstatus, namespace):
+    PipelineBuilder(sdk, "edited", sql=SQL).create_or_replace()
+    kstatus.track(namespace, "edited")
+    sdk.start_pipeline("edited", timeout_s=60)
+    crash(sdk, "edited")
+    # Feldera: an edit leaves the desired status (Stopped, set by the system) and the error as they are.
+    sdk.create_or_update_pipeline(_inner("edited", SQL_V2, runtime_config={"min_batch_size_records": 10},
+                                         program_config={"profile": "dev"}))
+    sdk.patch_pipeline("edited", sql=SQL)
+    sdk.stop_pipeline("edited", force=True, timeout_s=30)  # a /stop keeps the error too
+    sdk.patch_pipeline("edited", description="looked again")  # answered once the operator has looked again
+    p = status(sdk, "edited")
+    assert (p.deployment_status, p.deployment_desired_status) == ("Stopped", "Stopped")
+    assert p.deployment_error["error_code"] == "RunnerCheckError" and p.program_version == 3
+    assert not sdk.operator.pipeline_processes(p.id)  # type: ignore[attr-defined]
+    # The SDK's create_or_replace (stop, clear, dismiss, then PUT) leaves it Stopped and without the error ...
+    pipeline = PipelineBuilder(sdk, "edited", sql=SQL_V2).create_or_replace()
+    p = status(sdk, "edited")
+    assert (p.deployment_status, p.deployment_desired_status, p.deployment_error) == ("Stopped", "Stopped", None)
+    # ... and a start starts it.
+    pipeline.start(timeout_s=60)
+    assert pipeline.status() is PipelineStatus.RUNNING
+
+
 def test_refusals_answer_feldera_status_and_error_code(sdk, kstatus, namespace, pipelines, cluster):
     PipelineBuilder(sdk, "guarded", sql=SQL).create_or_replace()
     kstatus.track(namespace, "guarded")
+    # A multihost pipeline is accepted, then its start fails as Feldera's community edition fails it.
+    sdk.create_pipeline(_inner("multihost", SQL, runtime_config={"hosts": 2}))
+    kstatus.track(namespace, "multihost")
+    sdk.start_pipeline("multihost", wait=False)
+    # Feldera's own checks of program_config (its RuntimeSelector).
+    assert refusal(sdk.patch_pipeline, "guarded", program_config={"runtime_version": "latest"}) == \
+        (400, "InvalidProgramConfig")
     assert refusal(sdk.pause_pipeline, "guarded") == (503, "PipelineInteractionNotDeployed")
     sdk.start_pipeline("guarded", timeout_s=60)
     assert refusal(sdk.start_pipeline_as_paused, "guarded", wait=False) == (400, "InitialImmutableUnlessStopped")
@@ -146,10 +178,6 @@ def test_refusals_answer_feldera_status_and_error_code(sdk, kstatus, namespace, 
     assert refusal(sdk.clear_storage, "guarded") == (400, "StorageStatusImmutableUnlessStopped")
     assert refusal(sdk.delete_pipeline, "guarded") == (400, "DeleteRestrictedToFullyStopped")
     assert refusal(sdk.patch_pipeline, "guarded", sql=SQL_V2) == (400, "UpdateRestrictedToStopped")
-    token, url = cluster.plane.users["alice"].token, f"{sdk.config.url}/v0/pipelines/guarded"
-    # (feldera 0.306's approve_pipeline has no concurrent_bootstrap: the raw API.)
-    assert _code(call(f"{url}/approve?silent_bootstrap=true&concurrent_bootstrap=true", token, namespace, "POST")) \
-        == (400, "InvalidBootstrapConfig")
     # A pipeline whose /status answers 503 is Unavailable: actions forwarded to it answer 503 too.
     _debug_fail(sdk, "guarded", "unavailable")
     wait_for("Unavailable", lambda: status(sdk, "guarded").deployment_status == "Unavailable", 30)
@@ -160,12 +188,24 @@ def test_refusals_answer_feldera_status_and_error_code(sdk, kstatus, namespace, 
     wait_for("Running again", lambda: status(sdk, "guarded").deployment_status == "Running", 30)
     sdk.stop_pipeline("guarded", force=True, timeout_s=60)
     assert refusal(sdk.delete_pipeline, "guarded") == (400, "DeleteRestrictedToClearedStorage")
+    p = wait_for("the multihost start to fail", lambda: (p := status(sdk, "multihost")).deployment_error and p, 30)
+    assert (p.deployment_status, p.deployment_error["error_code"]) == ("Stopped", "RunnerProvisionError")
+    assert "runtime_config.hosts is 2" in p.deployment_error["message"]
+    # Storage in use: the settings its checkpoint depends on stay as they are (Feldera's list, each named) ...
+    with pytest.raises(FelderaAPIError) as err:
+        sdk.patch_pipeline("guarded", runtime_config={"workers": 2, "hosts": 2, "min_batch_size_records": 5})
+    assert (err.value.status_code, err.value.error_code) == (400, "EditRestrictedToClearedStorage")
+    assert err.value.details == {"not_allowed": ["`runtime_config.workers`", "`runtime_config.hosts`"]}
+    # ... the others change.
+    sdk.patch_pipeline("guarded", runtime_config={"min_batch_size_records": 5})
+    assert sdk.get_pipeline("guarded", PipelineFieldSelector.ALL).runtime_config["min_batch_size_records"] == 5
     assert refusal(sdk.start_pipeline_as_standby, "guarded", wait=False) == (400, "InitialStandbyNotAllowed")
     # A program that does not compile.
     sdk.patch_pipeline("guarded", sql="CREATE TABLE broken (x INT")
     wait_for("SqlError", lambda: status(sdk, "guarded").program_status == "SqlError", 30)
     assert refusal(sdk.start_pipeline, "guarded", wait=False) == (400, "CannotStartWithCompilationError")
     # The raw API, for what the SDK does not send.
+    token, url = cluster.plane.users["alice"].token, f"{sdk.config.url}/v0/pipelines/guarded"
     assert _code(call(f"{url}/start?initial=sideways", token, namespace, "POST")) == (405, "UnsupportedPipelineAction")
     assert _code(call(f"{url}/start?bootstrap_policy=maybe", token, namespace, "POST"))[0] == 400
 
@@ -192,6 +232,36 @@ def test_start_while_stopping_after_a_fatal_error_is_illegal(sdk, kstatus, names
     # Clearing storage of a Stopped pipeline with a latched error is allowed, as in Feldera.
     sdk.clear_storage("slow", timeout_s=30)
     assert status(sdk, "slow").storage_status == "Cleared"
+
+
+def test_a_graceful_stop_is_desired_suspended_and_a_start_meanwhile_is_accepted(sdk, kstatus, namespace, cluster):
+    # A pipeline that takes a few seconds to suspend (its checkpoint): Feldera's runtime_config.env and workers
+    # reach the pipeline process (the local backend passes the PIPELINE_* names of the environment).
+    sdk.create_pipeline(_inner("suspends", SQL, runtime_config={
+        "workers": 3, "env": {"PIPELINE_SUSPEND_SECONDS": "3", "LD_PRELOAD": "/tmp/x.so"}}))
+    kstatus.track(namespace, "suspends")
+    sdk.start_pipeline("suspends", timeout_s=60)
+    [pid] = sdk.operator.pipeline_processes(status(sdk, "suspends").id)  # type: ignore[attr-defined]
+    argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    assert argv[argv.index(b"--workers") + 1] == b"3"
+    assert b"PIPELINE_SUSPEND_SECONDS=3" in environ and not [e for e in environ if e.startswith(b"LD_PRELOAD=")]
+    request = urllib.request.Request(f"{sdk.config.url}/v0/pipelines/suspends/metrics", headers={
+        "Authorization": f"Bearer {cluster.plane.users['alice'].token}", "Feldera-Tenant": namespace})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert "reference_pipeline_workers 3" in metrics  # the process took them
+    sdk.stop_pipeline("suspends", force=False, wait=False)
+    # Feldera: desired Provisioned while it suspends, its runtime desired status Suspended.
+    p = wait_for("desired Suspended", lambda: (p := status(sdk, "suspends")).deployment_desired_status == "Suspended"
+                 and p, 30)
+    assert (p.deployment_status, p.deployment_resources_desired_status) == ("Running", "Provisioned")
+    # A start meanwhile is accepted, as Feldera accepts it (the pipeline is desired Provisioned) ...
+    sdk.start_pipeline("suspends", wait=False)
+    # ... and changes nothing: the suspension goes on, then the pipeline stops and stays Stopped.
+    p = wait_for("Stopped", lambda: (p := status(sdk, "suspends")).deployment_status == "Stopped" and p, 30)
+    assert (p.deployment_desired_status, p.deployment_error) == ("Stopped", None)
+    assert p.storage_status_details["checkpoints"], "the suspension wrote a checkpoint"
 
 
 def test_standby_then_activate(sdk, kstatus, namespace):
@@ -225,9 +295,21 @@ def test_bootstrap_policy_on_start_and_approval(sdk, kstatus, namespace):
     with pytest.raises(RuntimeError):
         pipeline.start(bootstrap_policy=BootstrapPolicy.REJECT, timeout_s=60)
     assert status(sdk, "evolve").deployment_error["error_code"] == "BootstrapRejected"
-    # allow: it bootstraps without waiting.
-    assert sdk.start_pipeline("evolve", bootstrap_policy=BootstrapPolicy.ALLOW, timeout_s=60) is \
-        PipelineStatus.RUNNING
+    # allow: it bootstraps without waiting; silently (Feldera's silent_bootstrap), which is stored, read back,
+    # handed to the pipeline, and part of the bootstrap configuration a start cannot change while it runs.
+    assert sdk.start_pipeline("evolve", bootstrap_policy=BootstrapPolicy.ALLOW, silent_bootstrap=True,
+                              timeout_s=60) is PipelineStatus.RUNNING
+    p = status(sdk, "evolve")
+    assert (p.bootstrap_policy, p.silent_bootstrap) == ("allow", True)
+    op = sdk.operator  # type: ignore[attr-defined]
+    assert [b"--silent-bootstrap" in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            for pid in op.pipeline_processes(p.id)] == [True]
+    assert refusal(sdk.start_pipeline, "evolve", bootstrap_policy=BootstrapPolicy.ALLOW, wait=False) == \
+        (400, "BootstrapPolicyImmutableUnlessStopped")
+    sdk.start_pipeline("evolve", bootstrap_policy=BootstrapPolicy.ALLOW, silent_bootstrap=True, wait=False)
+    pipeline.stop(force=True, timeout_s=60)
+    p = status(sdk, "evolve")
+    assert (p.bootstrap_policy, p.silent_bootstrap) == (None, False)
 
 
 def test_pipeline_crud_through_the_api(sdk, kstatus, namespace, cluster, pipelines):
@@ -243,15 +325,46 @@ def test_pipeline_crud_through_the_api(sdk, kstatus, namespace, cluster, pipelin
     assert ("program_code" in listed[0]) and ("program_code" not in call(
         f"{sdk.config.url}/v0/pipelines?selector=status", cluster.plane.users["alice"].token, namespace)[1][0])
     assert refusal(sdk.create_pipeline, _inner("crud", SQL)) == (409, "DuplicateName")
-    assert refusal(sdk.create_pipeline, _inner("Bad_Name", SQL)) == (400, "NameDoesNotMatchPattern")
+    # Names: Feldera's rules, in its order, then Kubernetes' (a Feldera name no Kubernetes object can have).
+    assert refusal(sdk.create_pipeline, _inner("", SQL)) == (400, "EmptyName")
+    assert refusal(sdk.create_pipeline, _inner("a" * 101, SQL)) == (400, "TooLongName")
+    assert refusal(sdk.create_pipeline, _inner("no spaces", SQL)) == (400, "NameDoesNotMatchPattern")
+    with pytest.raises(FelderaAPIError) as err:
+        sdk.create_pipeline(_inner("Bad_Name", SQL))
+    assert (err.value.status_code, err.value.error_code) == (400, "NameDoesNotMatchPattern")
+    assert "Kubernetes" in err.value.message
+    longest = "l" + "o" * 98 + "g"  # Feldera's maximum, 100: a Kubernetes name too
+    assert sdk.create_pipeline(_inner(longest, SQL), wait=False)
+    sdk.delete_pipeline(longest)
+    # Client metadata: the description's bound (a Kubernetes object's size), Feldera's rules for tags.
+    assert refusal(sdk.patch_pipeline, "crud", description="d" * 4097) == (400, "TooLongDescription")
+    url, token = f"{sdk.config.url}/v0/pipelines/crud", cluster.plane.users["alice"].token
+    for tags, code in ((["t"] * 51, "TooManyTags"), (["x" * 51], "InvalidTag"), (["no*star"], "InvalidTag")):
+        answer = http_json(url, "PATCH", {"Authorization": f"Bearer {token}", "Feldera-Tenant": namespace,
+                                          "Content-Type": "application/json"}, json.dumps({"tags": tags}).encode())
+        assert (answer[0], answer[1]["error_code"]) == (400, code), answer
+    assert (created.version, created.program_version) == (1, 1)
+    sdk.start_pipeline("crud", timeout_s=60)
+    sdk.stop_pipeline("crud", force=True, timeout_s=60)
+    assert status(sdk, "crud").version == 1  # a start and a stop edit nothing (Feldera's version)
     sdk.patch_pipeline("crud", sql=SQL_V2, description="two views")
     after = sdk._wait_for_compilation("crud", timeout_s=60)
     assert after.program_code == SQL_V2 and after.description == "two views" and after.program_version == 2
     assert sorted(v.name for v in after.views) == sorted(["error_view", "total", "big"])
+    assert after.version == 2
+    # udf_rust, udf_toml and program_config are the program too: each change is a new program, compiled again.
+    sdk.patch_pipeline("crud", udf_toml="[dependencies]\n")
+    sdk._wait_for_compilation("crud", expected_program_version=3, timeout_s=60)
+    sdk.patch_pipeline("crud", program_config={"profile": "dev"})
+    after = sdk._wait_for_compilation("crud", expected_program_version=4, timeout_s=60)
+    assert (after.version, after.udf_toml, after.program_config["profile"]) == (4, "[dependencies]\n", "dev")
+    compiles = [e["program_status"] for e in sdk.get_pipeline_events("crud")].count("CompilingSql")
+    assert compiles == 4, sdk.get_pipeline_events("crud")
     managed = json.loads(cluster.kubectl("get", "pipeline", "crud", "-n", namespace, "-o", "json",
                                          "--show-managed-fields").stdout)["metadata"]["managedFields"]
     api = [m for m in managed if m["manager"] == "pipeline-operator-api" and m["operation"] == "Apply"]
     assert api and "f:sql" in json.dumps(api[0]["fieldsV1"])
+    sdk.clear_storage("crud")  # it ran: its storage is in use
     sdk.delete_pipeline("crud")
     assert refusal(sdk.get_pipeline, "crud", PipelineFieldSelector.STATUS) == (404, "UnknownPipelineName")
     assert json.loads(cluster.kubectl("get", "pipelines", "-n", namespace, "-o", "json").stdout)["items"] == []
@@ -397,9 +510,10 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _inner(name: str, sql: str):
+def _inner(name: str, sql: str, runtime_config: dict | None = None, program_config: dict | None = None):
     from feldera.rest.pipeline import Pipeline as InnerPipeline
-    return InnerPipeline(name, sql=sql, udf_rust="", udf_toml="", program_config={}, runtime_config={})
+    return InnerPipeline(name, sql=sql, udf_rust="", udf_toml="", program_config=program_config or {},
+                         runtime_config=runtime_config or {})
 
 
 def _code(answer: tuple[int, dict]) -> tuple[int, str]:

@@ -16,6 +16,7 @@ from pipeline_operator.backends.kubernetes import (
     WATCHED,
     KubernetesBackend,
     KubernetesOptions,
+    build_objects,
     child_name,
     container_resources,
     image_allowed,
@@ -475,6 +476,31 @@ def test_default_resources_never_contradict_the_spec(resources, expected):
                                 default_limits={"memory": "2Gi"})
     assert container_resources(PipelineSpec.model_validate({"deployment": {"resources": resources}}),
                                options) == expected
+
+
+def test_felderas_runtime_config_sizes_and_configures_the_pod():
+    """runtime_config.resources (cores, MB) are the container's requests and limits where deployment.resources
+    says nothing, and the claim's size and class where spec.storage says nothing; runtime_config.env and workers
+    reach the process."""
+    options = KubernetesOptions(default_image="x", default_requests={"cpu": "250m", "memory": "512Mi"})
+    spec = PipelineSpec.model_validate({
+        "runtimeConfig": {"workers": 3, "env": {"FOO": "bar", "PIPELINE_CONTROL_TOKEN": "chosen"},
+                          "resources": {"cpu_cores_min": 0.5, "cpu_cores_max": 2, "memory_mb_min": 1024,
+                                        "memory_mb_max": 4096, "storage_mb_max": 20000, "storage_class": "fast"}},
+        "deployment": {"resources": {"limits": {"memory": "8Gi"}}, "env": [{"name": "FOO", "value": "kube"}]}})
+    assert container_resources(spec, options) == {"requests": {"cpu": "500m", "memory": "1024M"},
+                                                  "limits": {"cpu": "2", "memory": "8Gi"}}
+    key = PipelineKey("ns", "sized", "0123456789abcdef")
+    objects = build_objects(key, spec, {"sql": SQL}, RuntimeDesiredStatus.RUNNING, options)
+    container = objects["statefulset"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][container["command"].index("--workers") + 1] == "3"
+    assert [e for e in container["env"] if e["name"] == "FOO"] == [{"name": "FOO", "value": "kube"}]
+    assert [e["name"] for e in container["env"]].count("PIPELINE_CONTROL_TOKEN") == 1  # the Secret's only
+    assert objects["pvc"]["spec"]["resources"]["requests"]["storage"] == "20000M"
+    assert objects["pvc"]["spec"]["storageClassName"] == "fast"
+    plain = build_objects(key, PipelineSpec(), {"sql": SQL}, RuntimeDesiredStatus.RUNNING, options)
+    command = plain["statefulset"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--workers") + 1] == "8"  # Feldera's default
 
 
 def test_child_names_fit_a_statefulset_and_stay_stable():

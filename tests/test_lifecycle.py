@@ -34,6 +34,33 @@ def test_stopped_with_desired_stopped_remains_and_compiles():
     assert sim.state.observed_generation == 1
 
 
+def test_a_change_of_the_udfs_or_the_program_config_is_a_new_program_compiled_again():
+    sim = Sim(Desired(program_digest="p1", program_settings_digest="u1"))
+    sim.step(compiled("p1"))
+    assert (sim.state.program_status, sim.state.program_version) == (P.SUCCESS, 1)
+    sim.spec(program_settings_digest="u2")  # same SQL, another udf_rust, udf_toml or program_config
+    d = sim.step(compiled("p1"))
+    assert [s[3] for s in summary(d)] == ["Pending", "CompilingSql", "SqlCompiled", "CompilingRust", "Success"]
+    assert sim.state.program_version == 2
+    # A pipeline recorded before the settings were kept takes them as they are.
+    sim = Sim(Desired(program_digest="p1", program_settings_digest="u1"),
+              PipelineState(program_digest="p1", program_status=P.SUCCESS, program_version=5))
+    assert summary(sim.step(compiled("p1"))) == [] and sim.state.program_version == 5
+
+
+def test_feldera_version_counts_edits_not_starts_and_stops():
+    sim = Sim(Desired(program_digest="p1", edit_digest="e1"))
+    sim.step(compiled("p1"))
+    assert sim.state.version == 1
+    sim.start()
+    sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE)
+    sim.step()
+    assert sim.state.version == 1 and sim.desired.generation == 3
+    sim.spec(edit_digest="e2")
+    sim.step()
+    assert sim.state.version == 2
+
+
 def test_start_compiles_then_uses_storage_then_provisions_in_feldera_order():
     sim = Sim()
     sim.spec(resources_desired_status=D.PROVISIONED)
@@ -51,6 +78,15 @@ def test_start_compiles_then_uses_storage_then_provisions_in_feldera_order():
     ]
     assert kinds(d) == ["Provision"]
     assert d.actions[0].initial is RDS.RUNNING and d.actions[0].program_digest == "p1"
+
+
+def test_a_multihost_pipeline_fails_its_provisioning_as_in_feldera_community_edition():
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, hosts=2))
+    d = sim.step(compiled("p1"))
+    assert [s[0] for s in summary(d)][-2:] == ["Provisioning", "Stopping"] and "Provision" not in kinds(d)
+    assert sim.state.deployment_error.error_code == "RunnerProvisionError"
+    assert sim.state.deployment_error.details == {"error": "multihost deployment is not supported "
+                                                           "(runtime_config.hosts is 2; set it to 1)"}
 
 
 def test_provisioning_waits_then_becomes_provisioned_with_initializing_first():
@@ -118,10 +154,13 @@ def test_graceful_stop_suspends_then_stops_keeping_storage_and_checkpoint_detail
     sim.start()
     sim.spec(resources_desired_status=D.STOPPED)
     d = sim.step(running())
-    assert summary(d) == [("Provisioned", "Stopped", "Running", "Success", "InUse", False)]
-    assert kinds(d) == ["Suspend"]
+    # Feldera: the desired status stays Provisioned while the pipeline suspends (its runtime desired status,
+    # Suspended, says it): the combined desired status is Suspended.
+    assert summary(d) == [] and kinds(d) == ["Suspend"]
     d = sim.step(running(RS.RUNNING, RDS.SUSPENDED))
     assert kinds(d) == []  # the pipeline took the request; no second /suspend
+    assert summary(d) == [("Provisioned", "Provisioned", "Running", "Success", "InUse", False)]
+    assert sim.state.deployment_runtime_desired_status is RDS.SUSPENDED
     checkpoints = {"checkpoints": [{"uuid": "c1"}]}
     d = sim.step(running(RS.SUSPENDED, RDS.SUSPENDED, storage_status_details=checkpoints))
     assert summary(d)[-1] == ("Stopping", "Stopped", None, "Success", "InUse", False)
@@ -133,6 +172,54 @@ def test_graceful_stop_suspends_then_stops_keeping_storage_and_checkpoint_detail
     assert sim.state.storage_status_details == checkpoints and sim.state.deployment_error is None
 
 
+def _suspending() -> Sim:
+    """A running pipeline stopped gracefully: it was asked to suspend, and said it will."""
+    sim = Sim()
+    sim.start()
+    sim.spec(resources_desired_status=D.STOPPED)
+    sim.step(running())
+    sim.step(running(RS.RUNNING, RDS.SUSPENDED))
+    return sim
+
+
+def test_a_start_while_suspending_is_accepted_and_the_pipeline_stops_as_in_feldera():
+    sim = _suspending()
+    refusal = start_refusal(sim.state, current_desired(sim.desired, sim.state), initial=RDS.RUNNING,
+                            bootstrap_policy=BootstrapPolicy.AWAIT_APPROVAL, error_after_dismissal=False,
+                            standby_allowed=False)
+    assert refusal is None  # desired Provisioned: accepted, as Feldera's /start
+    sim.spec(resources_desired_status=D.PROVISIONED, start="s1")
+    d = sim.step(running(RS.RUNNING, RDS.SUSPENDED))
+    assert sim.state.handled_start.outcome is ActionOutcome.APPLIED and kinds(d) == []
+    d = sim.step(running(RS.SUSPENDED, RDS.SUSPENDED))
+    # The suspension it asked for goes on; then the system stops it and holds it Stopped.
+    assert summary(d)[-1] == ("Stopping", "Stopped", None, "Success", "InUse", False)
+    sim.step(Observation())
+    assert sim.state.deployment_resources_status is R.STOPPED and sim.state.system_stop_generation is not None
+
+
+def test_a_forced_stop_cancels_a_graceful_one():
+    sim = _suspending()
+    sim.spec(stop_mode=StopMode.FORCE)
+    d = sim.step(running(RS.RUNNING, RDS.SUSPENDED))
+    assert summary(d)[-1][0] == "Stopping" and kinds(d) == ["Deprovision"]
+
+
+def test_a_spec_asking_provisioned_while_stopping_waits_for_stopped():
+    sim = Sim()
+    sim.start()
+    sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE)
+    sim.step(running())
+    assert sim.state.deployment_resources_status is R.STOPPING
+    sim.spec(resources_desired_status=D.PROVISIONED)
+    d = sim.step(Observation(compute=compute(ComputeState.TERMINATING)))
+    assert summary(d) == [] and sim.state.deployment_resources_desired_status is D.STOPPED
+    d = sim.step(Observation())
+    assert [s[:2] for s in summary(d)] == [("Stopped", "Stopped")]
+    d = sim.step(Observation())  # then the spec's Provisioned: it starts again
+    assert [s[:2] for s in summary(d)] == [("Stopped", "Provisioned"), ("Provisioning", "Provisioned")]
+
+
 def test_force_stop_deprovisions_at_once():
     sim = Sim()
     sim.start()
@@ -141,16 +228,14 @@ def test_force_stop_deprovisions_at_once():
     assert summary(d)[-1][0] == "Stopping" and kinds(d) == ["Deprovision"]
 
 
-def test_graceful_stop_that_never_suspends_is_finished_after_the_timeout():
-    sim = Sim(config=LifecycleConfig(graceful_stop_timeout=60))
+def test_a_graceful_stop_waits_for_the_suspension_without_a_time_limit():
+    sim = Sim()
     sim.start()
     sim.spec(resources_desired_status=D.STOPPED)
     sim.step(running())
-    assert sim.step(running(), after=60).state.deployment_resources_status is R.PROVISIONED
-    sim.step(running(), after=1)
-    assert sim.state.deployment_resources_status is R.STOPPING
+    d = sim.step(running(RS.RUNNING, RDS.SUSPENDED), after=3600)
+    assert sim.state.deployment_resources_status is R.PROVISIONED and kinds(d) == []
     assert sim.state.deployment_error is None
-    assert "did not suspend" in sim.state.deployment_resources_status_details["reason"]
 
 
 def test_graceful_stop_from_standby_stops_at_once():
@@ -438,11 +523,14 @@ def test_status_answers_are_read_as_feldera_reads_them(status, body, probe, runt
 from pipeline_operator.core.lifecycle import (  # noqa: E402
     PipelineState,
     clear_refusal,
+    current_desired,
     delete_refusal,
     dismiss_refusal,
+    edit_refusal,
     interaction_refusal,
     start_refusal,
 )
+from pipeline_operator.feldera_config import RuntimeConfig  # noqa: E402
 from pipeline_operator.models import BootstrapPolicy  # noqa: E402
 
 
@@ -493,6 +581,35 @@ def test_a_new_spec_generation_releases_the_hold_and_dismisses_the_error():
     d = sim.step()
     assert sim.state.deployment_error is None
     assert sim.state.deployment_resources_status is R.PROVISIONING and d.actions[-1].initial is RDS.PAUSED
+
+
+def test_a_new_spec_generation_made_through_the_api_releases_nothing():
+    sim = _crashed()
+    sim.spec(program_digest="p2", spec_digest="edited", spec_by_api=True)  # a PUT through the HTTP API
+    sim.step(compiled("p2"))
+    sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE, spec_digest="stopped", spec_by_api=True)
+    d = sim.step()
+    assert sim.state.deployment_error is not None and sim.state.deployment_resources_desired_status is D.STOPPED
+    assert sim.state.deployment_resources_status is R.STOPPED and "Provision" not in kinds(d)
+    sim.spec(resources_desired_status=D.PROVISIONED, spec_digest="kubectl", spec_by_api=False)  # kubectl's
+    sim.step()
+    assert sim.state.deployment_error is None and sim.state.deployment_resources_status is R.PROVISIONING
+
+
+def test_edits_the_storage_depends_on_wait_for_cleared_storage_as_feldera():
+    current = RuntimeConfig()
+    changed = RuntimeConfig.model_validate({"workers": 2, "hosts": 2, "fault_tolerance": {}, "tracing": True,
+                                            "resources": {"storage_mb_max": 10, "namespace": "x",
+                                                          "storage_class": "fast", "cpu_cores_max": 2}})
+    refusal = edit_refusal(PipelineState(storage_status=S.IN_USE), current, changed)
+    assert refusal is not None and refusal.error_code == "EditRestrictedToClearedStorage"
+    assert refusal.details == {"not_allowed": [
+        "`runtime_config.workers`", "`runtime_config.hosts`", "`runtime_config.fault_tolerance`",
+        "`runtime_config.resources.storage_mb_max`", "`runtime_config.resources.namespace`",
+        "`runtime_config.resources.storage_class`"]}
+    assert edit_refusal(PipelineState(storage_status=S.CLEARED), current, changed) is None
+    assert edit_refusal(PipelineState(storage_status=S.IN_USE), current,
+                        RuntimeConfig.model_validate({"workers": 8, "tracing": True})) is None
 
 
 def test_start_parameters_are_kept_while_running_and_cleared_on_the_way_to_stopped():

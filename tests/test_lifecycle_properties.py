@@ -45,7 +45,7 @@ from .kstatus import expected_from_lifecycle
 from .test_transitions import FELDERA_PROGRAM, FELDERA_RESOURCES, FELDERA_STORAGE
 
 PROGRAMS = ["CREATE TABLE t (x INT);", "CREATE TABLE t (x INT, y INT);", "SELEC oops"]
-CONFIG = LifecycleConfig(provisioned_grace_period=20, default_provisioning_timeout=30, graceful_stop_timeout=40)
+CONFIG = LifecycleConfig(provisioned_grace_period=20, default_provisioning_timeout=30)
 
 spec_changes = st.fixed_dictionaries({}, optional={
     "resources_desired_status": st.sampled_from(ResourcesDesiredStatus),

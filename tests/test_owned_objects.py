@@ -389,12 +389,14 @@ def test_provisioning_remembers_what_it_wrote(tmp_path):
     """What a put-back rebuilds is what provisioning wrote, from what it remembers (not the current spec)."""
     backend, kube = _planted(tmp_path, network_policies=True, operator_pod_labels={"app": "operator"})
     key = PipelineKey("ns", "a", "0123456789abcdef")
-    spec = PipelineSpec.model_validate({"program": {"sql": SQL}, "deployment": TRICKY})
+    spec = PipelineSpec.model_validate({"program": {"sql": SQL}, "deployment": TRICKY, "runtimeConfig": {
+        "workers": 2, "env": {"OTHER": "1"}, "resources": {"cpu_cores_max": 1.5, "memory_mb_min": 100}}})
     from pipeline_operator.backends.kubernetes import _Owned, build_objects, owned_digest
     objects = build_objects(key, spec, {"sql": SQL}, RuntimeDesiredStatus.PAUSED, backend.options,
-                            BootstrapPolicy.ALLOW)
-    owned = _Owned.of({}, f"{child_name(key)}-storage", spec.deployment, objects["configmap"]["data"]["program.json"],
-                      RuntimeDesiredStatus.PAUSED, BootstrapPolicy.ALLOW)
+                            BootstrapPolicy.ALLOW, silent_bootstrap=True)
+    assert "--silent-bootstrap" in objects["statefulset"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    owned = _Owned.of({}, f"{child_name(key)}-storage", spec, objects["configmap"]["data"]["program.json"],
+                      RuntimeDesiredStatus.PAUSED, BootstrapPolicy.ALLOW, True)
     for kind in ("statefulset", "configmap", "networkpolicy", "service"):
         assert owned_digest(kind, backend._rebuild(key, kind, owned)) == owned_digest(kind, objects[kind]), kind
     asyncio.run(backend.close())

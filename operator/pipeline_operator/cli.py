@@ -284,18 +284,23 @@ def kubectl(args: tuple[str, ...]) -> None:
               show_default=True, help="Runtime status to start in (Feldera's /start?initial=).")
 @click.option("--bootstrap-policy", type=click.Choice(["await_approval", "allow", "reject"]), default="allow",
               show_default=True, help="What to do when the program changed since the checkpoint (Feldera's).")
+@click.option("--workers", default=8, show_default=True, type=click.IntRange(0, 65535),
+              help="Feldera's runtime_config.workers (this process runs no worker threads; it reports the number).")
+@click.option("--silent-bootstrap", is_flag=True, help="Bootstrap with the output connectors disabled "
+              "(Feldera's; this process has no connectors).")
 @click.option("--marker", default="", help="An identifier the operator uses to recognise the process.")
 @click.option("--debug-routes", is_flag=True, help="Serve /debug/* (fault injection for tests; also "
               "PIPELINE_DEBUG_ROUTES=1). Off by default.")
 def pipeline_process(host: str, port: int, port_file: Path | None, storage: Path, program: Path | None,
-                     initial: str, bootstrap_policy: str, marker: str, debug_routes: bool) -> None:
+                     initial: str, bootstrap_policy: str, workers: int, silent_bootstrap: bool, marker: str,
+                     debug_routes: bool) -> None:
     """Run the reference pipeline process (the pipeline side of Feldera's runtime contract)."""
     from .pipeline_process import serve
     handler = logging.StreamHandler()
     handler.setFormatter(EscapingFormatter(LOG_FORMAT))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     asyncio.run(serve(host, port, storage, program, initial.capitalize(), port_file, bootstrap_policy,
-                      debug_routes=debug_routes))
+                      debug_routes=debug_routes, silent_bootstrap=silent_bootstrap, workers=workers))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ MAX_CONDITION_MESSAGE = 32768
 MAX_ERROR_MESSAGE = 8192
 MAX_UDF_LENGTH = 32 * 1024
 MAX_DESCRIPTION = 4096
-MAX_TAGS = 32
+MAX_TAGS = 50  # Feldera's maximum number of tags (the HTTP API checks its rules for each tag too)
 MAX_TAG = 256
 
 # --------------------------------------------------------------------------------------
@@ -265,6 +265,8 @@ class PipelineDeployment(BaseModel):
         None, description="Set by a start (Feldera's /start?initial=), cleared on the way to Stopped.")
     bootstrap_policy: BootstrapPolicy | None = Field(None, description="Set by a start, cleared on the way "
                                                                        "to Stopped.")
+    silent_bootstrap: bool = Field(False, description="Set by a start (Feldera's /start?silent_bootstrap=), "
+                                                      "cleared on the way to Stopped.")
     deployment_runtime_status: RuntimeStatus | None = None
     deployment_runtime_status_since: dt.datetime | None = None
     deployment_runtime_status_details: Any = None
@@ -560,13 +562,19 @@ class PipelineSpec(CamelModel):
         description="When the program changed since the pipeline's checkpoint: AwaitApproval waits in "
                     "AwaitingApproval for an approval, Allow bootstraps at once, Reject fails the start "
                     "(Feldera's /start?bootstrap_policy=). Used at the next start.")
+    silent_bootstrap: bool = Field(
+        False, description="Bootstrap with the output connectors disabled (Feldera's "
+                           "/start?silent_bootstrap=). Used at the next start.")
     description: str | None = Field(None, max_length=MAX_DESCRIPTION, description="Feldera's pipeline description.")
     tags: list[Annotated[str, Field(max_length=MAX_TAG)]] | None = Field(
         None, max_length=MAX_TAGS, description="Feldera's pipeline tags (free-form labels).")
     runtime_config: RuntimeConfig | None = Field(
         None, description="Feldera's runtime_config, with Feldera's keys (snake_case), types and defaults. The "
                           "operator uses provisioning_timeout_secs (unless deployment.provisioningTimeoutSeconds is "
-                          "set) and storage.backend (Standby needs a file backend with sync configured).")
+                          "set), storage.backend (Standby needs a file backend with sync configured), workers and "
+                          "env (the pipeline process's), resources (Kubernetes backend: the container's requests "
+                          "and limits and the storage's size and class, where deployment and storage say nothing) "
+                          "and hosts (more than 1 fails the start).")
     program_config: ProgramConfig | None = Field(
         None, description="Feldera's program_config, with Feldera's keys (snake_case), types and defaults.")
     program: ProgramSpec = Field(default_factory=ProgramSpec)
@@ -653,6 +661,11 @@ class OperatorState(CamelModel):
     runtime_desired_adopted: SpecRuntimeDesiredStatus | None = None
     runtime_desired_pending: SpecRuntimeDesiredStatus | None = None
     suspend_requested_at: dt.datetime | None = None
+    program_settings_digest: str | None = Field(None, max_length=64, description="udfRust, udfToml and "
+                                                "programConfig of the program the program status refers to.")
+    version: int | None = Field(None, ge=1, description="Feldera's version: one more for every change of the "
+                                "pipeline's Feldera fields (program, configurations, description, tags).")
+    version_digest: str | None = Field(None, max_length=64, description="Those fields when version was counted.")
 
 
 def _status_field(name: str) -> tuple[Any, Any]:

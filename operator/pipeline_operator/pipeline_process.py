@@ -173,6 +173,7 @@ class ReferencePipeline:
         self.checkpoint_success: int | None = None
         self.checkpoint_failure: dict[str, Any] | None = None
         self.checkpoints_written = 0  # by this process: suspends and POST /checkpoint
+        self.workers = 8  # Feldera's runtime_config.workers, as the operator gave it (no worker threads run)
         self._storage_sample: tuple[float, int] | None = None  # (monotonic time, bytes) of the last read
         self._storage_mb_secs = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -531,6 +532,8 @@ class ReferencePipeline:
              [({}, figures["initial_start_time"])]),
             ("storage_usage_bytes", "gauge", "The number of bytes of storage currently in use",
              [({}, figures["storage_bytes"])]),
+            ("reference_pipeline_workers", "gauge", "Feldera's runtime_config.workers the process was given.",
+             [({}, self.workers)]),
             ("reference_pipeline_checkpoints_written_total", "counter",
              "Checkpoints this process wrote (suspends and POST /checkpoint).", [({}, self.checkpoints_written)]),
             ("reference_pipeline_runtime_status", "gauge", "1 for the runtime status the process is in.",
@@ -729,7 +732,8 @@ async def _listen(runner: web.AppRunner, host: str, port: int, port_file: Path |
 
 
 async def serve(host: str, port: int, storage: Path, program_file: Path | None, initial: str,
-                port_file: Path | None = None, bootstrap_policy: str = "allow", debug_routes: bool = False) -> None:
+                port_file: Path | None = None, bootstrap_policy: str = "allow", debug_routes: bool = False,
+                silent_bootstrap: bool = False, workers: int = 8) -> None:
     """Run the process until SIGTERM or SIGINT. ``debug_routes`` (or ``PIPELINE_DEBUG_ROUTES=1``) serves
     ``/debug/*``; ``PIPELINE_CONTROL_TOKEN`` is the token of the control routes."""
     # Start-up, before the server accepts a request: nothing else runs on the loop yet.
@@ -742,10 +746,12 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
                     "/query and /debug answer anyone who reaches this process (set it to require "
                     "'Authorization: Bearer <token>')", TOKEN_ENV)
     pipeline = pipeline_from_env(storage, program, initial, bootstrap_policy, debug_routes, env)
+    pipeline.workers = workers
     await asyncio.sleep(float(env.get("PIPELINE_BIND_DELAY_SECONDS", "0")))
     runner = web.AppRunner(pipeline.app(), access_log=None)
     bound = await _listen(runner, host, port, port_file)
-    log.info("reference pipeline listening on %s:%s (initial %s, storage %s)", host, bound, initial, storage)
+    log.info("reference pipeline listening on %s:%s (initial %s, %s workers, bootstrap policy %s%s, storage %s)",
+             host, bound, initial, workers, bootstrap_policy, ", silent bootstrap" if silent_bootstrap else "", storage)
     if env.get("PIPELINE_EXIT_AFTER_SECONDS"):
         asyncio.get_running_loop().call_later(float(env["PIPELINE_EXIT_AFTER_SECONDS"]), os._exit, 70)
     pipeline.start()

@@ -58,8 +58,6 @@ class OperatorSettings(BaseSettings):
                                "Pipeline's `status.history`.")
     provisioning_timeout: float = Field(300.0, gt=0, description="Seconds Provisioning may take when the "
                                         "spec sets no `deployment.provisioningTimeoutSeconds`.")
-    graceful_stop_timeout: float = Field(120.0, gt=0, description="Seconds a graceful stop waits for the "
-                                         "pipeline to suspend before stopping it without a new checkpoint.")
     status_timeout: float = Field(5.0, gt=0, description="Timeout of a pipeline's `GET /status` (seconds).")
     event_store: Path | str = Field(Path("pipeline-events.sqlite"), description="The durable monitor-event "
                                     "store: the path of an SQLite file (the embedded default, for one replica; "

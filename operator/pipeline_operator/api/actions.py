@@ -19,9 +19,9 @@ from aiohttp import web
 from ..core.lifecycle import (
     PipelineState,
     clear_refusal,
+    current_desired,
     dismiss_refusal,
     dismissal_pending,
-    effective_desired,
     start_refusal,
 )
 from ..models import ActionOutcome, BootstrapPolicy, HandledAction, RuntimeDesiredStatus
@@ -50,17 +50,10 @@ def _refused(handled: HandledAction | None, value: str) -> ApiError | None:
     return None
 
 
-def _bootstrap_flags(request: web.Request) -> str:
-    """``silent_bootstrap`` and ``concurrent_bootstrap`` as Feldera validates and forwards them."""
-    silent = bool_param(request.query, "silent_bootstrap", False)
-    concurrent = bool_param(request.query, "concurrent_bootstrap", False)
-    if silent and concurrent:
-        raise ApiError(400, "InvalidBootstrapConfig", "Invalid bootstrap configuration: silent_bootstrap and "
-                                                      "concurrent_bootstrap cannot both be set",
-                       {"reason": "silent_bootstrap and concurrent_bootstrap are mutually exclusive"})
-    flags = [name + "=true" for name, on in (("silent_bootstrap", silent), ("concurrent_bootstrap", concurrent))
-             if on]
-    return "&".join(flags)
+def _silent_bootstrap(request: web.Request) -> bool:
+    """``silent_bootstrap``, the one bootstrap flag Feldera's ``/start`` and ``/approve`` take (v0.306: a
+    ``concurrent_bootstrap`` is an unknown parameter, ignored as Feldera ignores it)."""
+    return bool_param(request.query, "silent_bootstrap", False)
 
 
 class Actions:
@@ -106,13 +99,14 @@ class Actions:
             policy = BootstrapPolicy.from_feldera(request.query.get("bootstrap_policy", "await_approval"))
         except ValueError as exc:
             raise ApiError(400, "InvalidQueryParameter", str(exc), {"parameter": "bootstrap_policy"}) from None
-        _bootstrap_flags(request)
+        silent = _silent_bootstrap(request)
         dismiss = bool_param(request.query, "dismiss_error", True)
         assert monitor.obj is not None
         desired, _ = desired_of(monitor.obj)
         error_after = state.deployment_error is not None and not dismiss and not dismissal_pending(desired, state)
-        refusal = start_refusal(state, effective_desired(desired, state), initial=initial, bootstrap_policy=policy,
-                                error_after_dismissal=error_after, standby_allowed=desired.standby_allowed)
+        refusal = start_refusal(state, current_desired(desired, state), initial=initial, bootstrap_policy=policy,
+                                error_after_dismissal=error_after, standby_allowed=desired.standby_allowed,
+                                silent_bootstrap=silent)
         if refusal is not None:
             raise ApiError.refused(refusal)
         start = writes.nonce()
@@ -123,7 +117,7 @@ class Actions:
         # spec.runtimeDesiredStatus) does not outlive it.
         await self._one_shot(request, monitor, "start", annotations, {
             "desiredStatus": "Provisioned", "initialRuntimeStatus": initial.value, "runtimeDesiredStatus": None,
-            "bootstrapPolicy": policy.value})
+            "bootstrapPolicy": policy.value, "silentBootstrap": silent})
         return web.json_response("Pipeline is starting", status=202)
 
     async def stop(self, request: web.Request, monitor: ServedPipeline, state: PipelineState) -> web.Response:
@@ -217,7 +211,7 @@ class Actions:
                                            f"initial={raw}")
 
     async def approve(self, request: web.Request, monitor: ServedPipeline, state: PipelineState) -> web.Response:
-        flags = _bootstrap_flags(request)
+        flags = "silent_bootstrap=true" if _silent_bootstrap(request) else ""
         status, body, content_type = await self._forward(monitor, state, "POST", "/approve", flags)
         if status < 300:
             # Nothing of the spec changes, but the Events of the bootstrap that follows are the approver's.

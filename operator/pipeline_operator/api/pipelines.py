@@ -16,16 +16,17 @@ Feldera's fields map to the spec: ``program_code`` to ``program.sql``, ``udf_rus
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime as dt
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ..core import resource
-from ..core.lifecycle import PipelineState, delete_refusal, update_refusal
+from ..core.lifecycle import PipelineState, delete_refusal, edit_refusal, update_refusal
 from ..feldera_config import ProgramConfig, RuntimeConfig, given
 from ..kube import FieldConflict, Forbidden, Rejected
 from ..kube_events import ANNOTATION_REQUESTED_BY
@@ -33,6 +34,7 @@ from ..models import (
     API_GROUP,
     API_VERSION,
     KIND,
+    MAX_DESCRIPTION,
     PipelineDeployment,
     PipelineSpec,
     PipelineStatus,
@@ -41,6 +43,7 @@ from ..models import (
     format_timestamp,
     json_value,
 )
+from ..reconciler import ANNOTATION_API_APPLIED_SPEC, spec_marker
 from . import writes
 from .errors import ApiError, unknown_pipeline, unreadable_pipeline
 from .server import PIPELINE, VERSION
@@ -50,8 +53,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Feldera's names (its validate_name): 1 to 100 bytes of letters, digits, '_' and '-'.
+FELDERA_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+MAX_NAME = 100
+# Of those, the ones a Kubernetes object can have (a DNS subdomain without dots): lower case, no '_', starting
+# and ending with a letter or digit.
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-MAX_NAME = 63
+_SHOWN_NAME = 256  # characters of a refused name repeated in the answer
 # Feldera's request fields -> the spec (camelCase path) and the empty value Feldera fills in.
 FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
     "program_code": (("program", "sql"), ""),
@@ -78,6 +86,8 @@ CONFIGS: dict[str, tuple[type[BaseModel], str]] = {
     "program_config": (ProgramConfig, "InvalidProgramConfig"),
 }
 _MAX_REPORTED_ERRORS = 10
+# Feldera's RuntimeSelector: a released version or a commit of feldera/feldera.
+RUNTIME_VERSION_RE = re.compile(r"^([0-9a-f]{40}|v\d+\.\d+\.\d+)$")
 
 
 def _field_path(field: str, loc: tuple[int | str, ...]) -> str:
@@ -98,10 +108,28 @@ def checked_config(field: str, value: Any) -> dict[str, Any]:
     except ValidationError as exc:
         problems = [{"field": _field_path(field, e["loc"]), "message": e["msg"][:300]}
                     for e in exc.errors()[:_MAX_REPORTED_ERRORS]]
-        said = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        raise ApiError(400, code, f"JSON for '{field}' field is not valid due to: {said}",
-                       {"field": problems[0]["field"], "errors": problems}) from None
+        _invalid_config(field, code, problems)
+    if isinstance(parsed, ProgramConfig) and parsed.runtime_version is not None \
+            and not RUNTIME_VERSION_RE.fullmatch(parsed.runtime_version):
+        # Feldera's RuntimeSelector (checked here, not in the CRD: a Pipeline stored before stays readable).
+        _invalid_config(field, code, [{"field": f"{field}.runtime_version", "message": (
+            f"The requested runtime version '{parsed.runtime_version}' is neither a valid version (vX.Y.Z) nor a "
+            "valid git hash.")}])
     return given(parsed)
+
+
+def _invalid_config(field: str, code: str, problems: list[dict[str, str]]) -> NoReturn:
+    said = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    raise ApiError(400, code, f"JSON for '{field}' field is not valid due to: {said}",
+                   {"field": problems[0]["field"], "errors": problems}) from None
+
+
+def _runtime_config(value: Any) -> RuntimeConfig:
+    """A stored or given ``runtime_config`` as Feldera reads it (what is left out takes its default)."""
+    try:
+        return RuntimeConfig.model_validate(value or {})
+    except ValidationError:
+        return RuntimeConfig()  # stored before the schema bounded it: compared as the defaults
 
 
 def same_value(field: str, a: Any, b: Any) -> bool:
@@ -145,23 +173,114 @@ def _spec_of(fields: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+# Feldera asks a pipeline for its connectors' errors only in these runtime statuses.
+_CONNECTOR_STATS_STATUSES = frozenset({"Bootstrapping", "Replaying", "Running", "Paused"})
+
+
+def connector_stats(state: PipelineState) -> dict[str, int] | None:
+    """Feldera's ``connectors`` (``ConnectorStats``: the errors of every connector, summed) from what the
+    pipeline last reported in its runtime status details (``connector_stats``), in the runtime statuses in
+    which Feldera asks for them; None otherwise, or when the pipeline reported nothing usable."""
+    runtime = state.deployment_runtime_status
+    if runtime is None or runtime.value not in _CONNECTOR_STATS_STATUSES:
+        return None
+    details = state.deployment_runtime_status_details
+    reported = details.get("connector_stats") if isinstance(details, dict) else None
+    errors = reported.get("num_errors") if isinstance(reported, dict) else None
+    if isinstance(errors, bool) or not isinstance(errors, int) or not 0 <= errors < 2**64:
+        return None
+    return {"num_errors": errors}
+
+
+def _with_fields(spec: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with Feldera's ``fields`` in place (what applying them makes of it)."""
+    out = copy.deepcopy(spec)
+    for field, value in fields.items():
+        path = FIELDS[field][0]
+        target = out
+        for key in path[:-1]:
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            target = target[key]
+        target[path[-1]] = value
+    return out
+
+
 def _since(*stamps: dt.datetime | None, default: str) -> str:
     known = [s for s in stamps if s is not None]
     return format_timestamp(max(known)) if known else default
 
 
+def _shown(name: str) -> str:
+    return name if len(name) <= _SHOWN_NAME else f"{name[:_SHOWN_NAME]}... ({len(name)} characters)"
+
+
 def _check_name(name: str) -> None:
-    if len(name) > MAX_NAME or not NAME_RE.match(name):
+    """Feldera's ``validate_name`` (``EmptyName``, ``TooLongName``, ``NameDoesNotMatchPattern``, in its order and
+    with its messages), then what Kubernetes adds: a Feldera name that no Kubernetes object can have is
+    ``NameDoesNotMatchPattern`` too, its message saying why."""
+    length = len(name.encode())
+    if not name:
+        raise ApiError(400, "EmptyName", "Name cannot be be empty")
+    if length > MAX_NAME:
+        raise ApiError(400, "TooLongName", f"Name '{_shown(name)}' is longer ({length}) than maximum allowed "
+                                           f"({MAX_NAME})", {"name": _shown(name), "length": length,
+                                                             "maximum": MAX_NAME})
+    if not FELDERA_NAME_RE.fullmatch(name):
         raise ApiError(400, "NameDoesNotMatchPattern",
-                       f"Name '{name[:80]}' is not a valid pipeline name here: a pipeline is a Kubernetes resource, "
-                       f"so its name is at most {MAX_NAME} lower-case letters, digits and '-', starting and ending "
-                       "with a letter or digit", {"name": name[:80], "pattern": NAME_RE.pattern})
+                       f"Name '{_shown(name)}' contains characters which are not lowercase (a-z), uppercase (A-Z), "
+                       "numbers (0-9), underscores (_) or hyphens (-)", {"name": _shown(name)})
+    if not NAME_RE.fullmatch(name):
+        raise ApiError(400, "NameDoesNotMatchPattern",
+                       f"Name '{name}' is a valid Feldera name, but not a valid name here: a pipeline is a "
+                       "Kubernetes resource, whose name has no upper-case letters and no underscores (_), and "
+                       "starts and ends with a lower-case letter or a digit (a-z, 0-9, and '-' in between)",
+                       {"name": name, "pattern": NAME_RE.pattern})
+
+
+# Feldera's rules for tags (the Feldera versions that have tags: v0.306 has none): at most 50 tags, each of
+# 1 to 50 characters among these.
+FELDERA_TAG_RE = re.compile(r"^[a-zA-Z0-9 ._/|\\:=-]+$")
+MAX_FELDERA_TAGS = 50
+MAX_FELDERA_TAG = 50
+
+
+def _check_client_metadata(raw: dict[str, Any]) -> None:
+    """The description's bound (Feldera v0.306 has none; a Pipeline is a Kubernetes object, whose size is
+    bounded: ``TooLongDescription``, the code of the Feldera versions that bound it) and Feldera's rules for tags
+    (``TooManyTags``, ``InvalidTag``, as the Feldera versions that have tags check them)."""
+    description, tags = raw.get("description"), raw.get("tags")
+    if isinstance(description, str) and len(description) > MAX_DESCRIPTION:
+        raise ApiError(400, "TooLongDescription",
+                       f"Description is longer ({len(description)}) than maximum allowed ({MAX_DESCRIPTION}): a "
+                       "pipeline is a Kubernetes resource, whose size is bounded",
+                       {"length": len(description), "maximum": MAX_DESCRIPTION})
+    if not isinstance(tags, list):
+        return
+    if len(tags) > MAX_FELDERA_TAGS:
+        raise ApiError(400, "TooManyTags", f"Pipeline has more tags ({len(tags)}) than the maximum allowed "
+                                           f"({MAX_FELDERA_TAGS})", {"count": len(tags), "maximum": MAX_FELDERA_TAGS})
+    for tag in tags:
+        if not isinstance(tag, str):
+            continue  # the type is refused with the other fields'
+        if not tag:
+            reason = "it cannot be empty"
+        elif len(tag) > MAX_FELDERA_TAG:
+            reason = f"it is {len(tag)} characters long, but the maximum is {MAX_FELDERA_TAG}"
+        elif not FELDERA_TAG_RE.fullmatch(tag):
+            reason = ("it may contain only ASCII letters (a-z, A-Z), numbers (0-9), or one of space, '.', '_', '/', "
+                      "'|', '\\', ':', '=' and '-'")
+        else:
+            continue
+        raise ApiError(400, "InvalidTag", f"Tag '{_shown(tag)}' is invalid: {reason}",
+                       {"tag": _shown(tag), "reason": reason})
 
 
 def _body_fields(raw: Any, *, partial: bool) -> dict[str, Any]:
     """Feldera's PostPutPipeline (or PatchPipeline with ``partial``), checked field by field."""
     if not isinstance(raw, dict):
         raise ApiError(400, "InvalidRequestBody", "The request body must be a JSON object")
+    _check_client_metadata(raw)
     fields: dict[str, Any] = {}
     for field, (_, empty) in FIELDS.items():
         if field not in raw or (raw[field] is None and partial):
@@ -223,7 +342,7 @@ class Pipelines:
             refresh = int(meta.get("generation") or 1)
         info: dict[str, Any] = {
             "id": meta.get("uid"), "name": meta.get("name"), "created_at": created,
-            "version": int(meta.get("generation") or 1), "platform_version": VERSION,
+            "version": state.version or int(meta.get("generation") or 1), "platform_version": VERSION,
             "refresh_version": refresh, "deployment_id": None,
             **{k: v for k, v in fields.items() if selector == "all" or k not in _ALL_ONLY_SPEC},
         }
@@ -254,7 +373,9 @@ class Pipelines:
                                                       state.deployment_runtime_desired_status_since, default=created),
         }
         if selector == "status_with_connectors":
-            info["connectors"] = None
+            connectors = connector_stats(state)
+            if connectors is not None:  # Feldera leaves the field out when it has no figures
+                info["connectors"] = connectors
         return info
 
     async def _program_info(self, state: PipelineState) -> Any:
@@ -301,13 +422,15 @@ class Pipelines:
 
     # -- writes -----------------------------------------------------------------------------------
 
-    async def _body(self, request: web.Request, partial: bool) -> tuple[dict[str, Any], Any]:
+    async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
             raw = await request.json()
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise ApiError(400, "InvalidRequestBody", "The request body is not valid JSON (a UTF-8 JSON object "
                                                       "with Feldera's pipeline fields)") from None
-        return _body_fields(raw, partial=partial), raw
+        if not isinstance(raw, dict):
+            raise ApiError(400, "InvalidRequestBody", "The request body must be a JSON object")
+        return raw
 
     async def _current(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -321,12 +444,19 @@ class Pipelines:
             return monitor.state
         return resource.from_status(PipelineStatus.model_validate(obj.get("status") or {}))
 
-    async def _apply(self, namespace: str, name: str, fields: dict[str, Any], requested_by: str) -> dict[str, Any]:
+    async def _apply(self, namespace: str, name: str, fields: dict[str, Any], requested_by: str,
+                     existing: dict[str, Any] | None) -> dict[str, Any]:
         # The requester is written by a merge patch right after the apply, never in the applied
         # configuration: the actions write the same annotation with merge patches (an "Update" of
         # this manager), and an apply of another value would conflict with it.
-        body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
-                "metadata": {"name": name, "namespace": namespace}, "spec": _spec_of(fields)}
+        applied = _spec_of(fields)
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        # The spec this apply makes, named in the same write: the monitoring loop then knows the change was
+        # made through the API, which starts nothing and dismisses nothing (Desired.spec_by_api).
+        marker = spec_marker(_with_fields((existing or {}).get("spec") or {}, fields))
+        if marker is not None:
+            metadata["annotations"] = {ANNOTATION_API_APPLIED_SPEC: marker}
+        body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "metadata": metadata, "spec": applied}
         try:
             applied = await self.deps.kube.apply_pipeline(namespace, name, body, writes.FIELD_MANAGER)
             patched = await self.deps.kube.merge_patch_pipeline(
@@ -371,17 +501,18 @@ class Pipelines:
         namespace = self.server.namespace(request)
         await self.server.authenticate(request)  # before the body is read: strangers hold no slot with slow bodies
         name = request.match_info.get("name")
-        fields, raw = await self._body(request, partial=not replace)
+        raw = await self._body(request)
         if name is None:  # POST /v0/pipelines names the pipeline in the body
             name = raw.get("name") if isinstance(raw.get("name"), str) else None
             if name is None:
                 raise ApiError(400, "InvalidRequestBody", "Field 'name' is required (a string)", {"field": "name"})
         elif isinstance(raw.get("name"), str) and raw["name"] != name:
             raise ApiError(400, "CannotRenamePipeline",
-                           f"Cannot rename pipeline '{name}' to '{raw['name'][:80]}': a Pipeline is a Kubernetes "
+                           f"Cannot rename pipeline '{name}' to '{_shown(raw['name'])}': a Pipeline is a Kubernetes "
                            "resource, whose name cannot change; create a new one and delete this one",
                            {"pipeline_name": name})
-        _check_name(name)
+        _check_name(name)  # Feldera checks the name first, then the configurations
+        fields = _body_fields(raw, partial=not replace)
         request[PIPELINE] = name
         existing = await self._current(namespace, name)
         # As the API server does: ``create`` names no resource (RBAC's resourceNames cannot limit it).
@@ -404,12 +535,14 @@ class Pipelines:
             merged = {**current, **fields}
             changed = {f for f in FIELDS if not same_value(f, merged[f], current[f])}
             if changed - METADATA_FIELDS:
-                refusal = update_refusal(self._state(namespace, name, existing))
+                recorded = self._state(namespace, name, existing)
+                refusal = update_refusal(recorded) or edit_refusal(
+                    recorded, _runtime_config(current["runtime_config"]), _runtime_config(merged["runtime_config"]))
                 if refusal is not None:
                     raise ApiError.refused(refusal)
             fields = merged
         action = "create" if existing is None else "update"
-        obj = await self._apply(namespace, name, fields, self.server.requested_by(request, action))
+        obj = await self._apply(namespace, name, fields, self.server.requested_by(request, action), existing)
         obj, state = await self._settled(namespace, name, obj)
         return await self._answer(obj, state, status=201 if existing is None else 200)
 
@@ -426,7 +559,7 @@ class Pipelines:
         namespace = self.server.namespace(request)
         name = request.match_info["name"]
         await self.server.authorize(request, "delete", namespace, name)
-        if len(name) > MAX_NAME or not NAME_RE.match(name):
+        if len(name) > MAX_NAME or not NAME_RE.fullmatch(name):
             raise unknown_pipeline(name)
         existing = await self._current(namespace, name)
         if existing is None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.lifecycle import PipelineState
 from ..kube import Forbidden, Kube
 from ..kube_events import ANNOTATION_REQUESTED_BY
+from ..reconciler import ANNOTATION_API_SPEC, spec_marker
 from .errors import ApiError, unknown_pipeline
 
 if TYPE_CHECKING:
@@ -27,6 +28,19 @@ def nonce() -> str:
     return uuid.uuid4().hex
 
 
+def merged(target: Any, patch: Any) -> Any:
+    """``target`` after the JSON merge patch ``patch`` (RFC 7386: objects merge, null removes a key)."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merged(out.get(key), value)
+    return out
+
+
 async def patch(kube: Kube, monitor: ServedPipeline, spec: dict[str, Any] | None = None,
                 annotations: dict[str, str] | None = None, *, requested_by: str | None = None) -> dict[str, Any]:
     """A merge patch of the Pipeline's spec and annotations; the loop gets the new object at once.
@@ -34,9 +48,14 @@ async def patch(kube: Kube, monitor: ServedPipeline, spec: dict[str, Any] | None
     ``requested_by`` (:meth:`ApiServer.requested_by`) goes into the same patch as the change, so
     the object that carries the change says who asked for it (and the Events that follow)."""
     body: dict[str, Any] = {}
+    annotations = dict(annotations or {})
     if spec:
         body["spec"] = spec
-    annotations = dict(annotations or {})
+        # The spec this write makes, named in the same write: the monitoring loop then knows the change was
+        # made through the API (it starts nothing and dismisses nothing; see Desired.spec_by_api).
+        marker = spec_marker(merged((monitor.obj or {}).get("spec") or {}, spec))
+        if marker is not None:
+            annotations[ANNOTATION_API_SPEC] = marker
     if requested_by is not None:
         annotations[ANNOTATION_REQUESTED_BY] = requested_by
     if annotations:

@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from ..core.lifecycle import ComputeObservation
+from ..feldera_config import RuntimeConfig
 from ..identity import PipelineKey
 from ..models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 
@@ -28,7 +29,10 @@ class Backend(Protocol):
     async def observe_compute(self, key: PipelineKey) -> ComputeObservation: ...
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None: ...
+                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy,
+                        silent_bootstrap: bool = False) -> None:
+        """Create the compute (and storage) of a start with these start parameters (Feldera's ``--initial``,
+        ``--bootstrap-policy`` and ``--silent-bootstrap`` of the pipeline), or wait for it."""
 
     async def deprovision(self, key: PipelineKey) -> None: ...
 
@@ -70,4 +74,24 @@ class Backend(Protocol):
         :class:`LogsUnavailable`, raised on opening."""
 
 
-__all__ = ["Backend", "LogsUnavailable", "PipelineKey"]
+# What of Feldera's runtime_config the backends use: its workers and env for the process, and (Kubernetes) its
+# resources for the container and the storage.
+RUNTIME_CONFIG_USED = {"workers", "env", "resources"}
+
+
+def workers(spec: PipelineSpec) -> int:
+    """Feldera's ``runtime_config.workers`` (its default, 8, when there is no runtime configuration)."""
+    return (spec.runtime_config or RuntimeConfig()).workers
+
+
+def pipeline_env(spec: PipelineSpec) -> dict[str, str]:
+    """The environment a spec gives the pipeline process: ``deployment.env``, then Feldera's
+    ``runtime_config.env`` for the names it leaves out (Feldera's reserved names are refused by the schema;
+    each backend drops the names it sets itself)."""
+    env = {var.name: var.value for var in spec.deployment.env}
+    for name, value in (spec.runtime_config.env if spec.runtime_config is not None else {}).items():
+        env.setdefault(name, value)
+    return env
+
+
+__all__ = ["RUNTIME_CONFIG_USED", "Backend", "LogsUnavailable", "PipelineKey", "pipeline_env", "workers"]

@@ -66,6 +66,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import math
 import secrets
 import sys
 import threading
@@ -79,12 +80,13 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
 
 from ..core.lifecycle import ComputeObservation, ComputeState
+from ..feldera_config import RuntimeConfig
 from ..identity import PipelineKey
 from ..informer import SHARED, Informer, Shape, project
 from ..kube import Forbidden, Kube, Unavailable
 from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, DeploymentSpec, PipelineSpec, RuntimeDesiredStatus
 from ..settings import OperatorSettings
-from . import LogsUnavailable
+from . import RUNTIME_CONFIG_USED, LogsUnavailable, pipeline_env, workers
 
 log = logging.getLogger(__name__)
 
@@ -216,14 +218,42 @@ def _less(a: str, b: str) -> bool:
         return False
 
 
+def _cpu(cores: float) -> str | None:
+    """Feldera's CPU cores as a Kubernetes quantity (``2``, ``500m``); None for what is not a number."""
+    if not math.isfinite(cores):
+        return None
+    millis = round(cores * 1000)
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def feldera_resources(spec: PipelineSpec) -> tuple[dict[str, str], dict[str, str]]:
+    """Feldera's ``runtime_config.resources`` as a container's requests and limits: ``cpu_cores_min`` and
+    ``memory_mb_min`` are requested, ``cpu_cores_max`` and ``memory_mb_max`` the limits (memory in MB)."""
+    config = spec.runtime_config.resources if spec.runtime_config is not None else None
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if config is None:
+        return requests, limits
+    for out, cpu, memory in ((requests, config.cpu_cores_min, config.memory_mb_min),
+                             (limits, config.cpu_cores_max, config.memory_mb_max)):
+        cores = _cpu(cpu) if cpu is not None else None
+        if cores is not None:
+            out["cpu"] = cores
+        if memory is not None:
+            out["memory"] = f"{memory}M"
+    return requests, limits
+
+
 def container_resources(spec: PipelineSpec, options: KubernetesOptions) -> dict[str, dict[str, str]]:
-    """The spec's requests and limits, each key the spec leaves out filled from the operator's
-    defaults. A default never contradicts the spec: a default request above the spec's limit becomes
-    the limit, and a default limit below the spec's request becomes the request (Kubernetes refuses a
-    request above its limit)."""
+    """The spec's requests and limits (``deployment.resources``, then what Feldera's
+    ``runtime_config.resources`` says of the keys it leaves out), each key both leave out filled from the
+    operator's defaults. A default never contradicts the spec: a default request above the spec's limit
+    becomes the limit, and a default limit below the spec's request becomes the request (Kubernetes refuses
+    a request above its limit)."""
     given = spec.deployment.resources
-    requests = _quantities(given.requests) if given is not None else {}
-    limits = _quantities(given.limits) if given is not None else {}
+    feldera_requests, feldera_limits = feldera_resources(spec)
+    requests = {**feldera_requests, **(_quantities(given.requests) if given is not None else {})}
+    limits = {**feldera_limits, **(_quantities(given.limits) if given is not None else {})}
     out_requests, out_limits = dict(requests), dict(limits)
     for k, default in options.default_requests.items():
         if k not in requests:
@@ -264,7 +294,7 @@ def service_object(key: PipelineKey) -> dict[str, Any]:
 def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any], initial: RuntimeDesiredStatus,
                   options: KubernetesOptions,
                   bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL,
-                  claim: str | None = None) -> dict[str, dict[str, Any]]:
+                  claim: str | None = None, silent_bootstrap: bool = False) -> dict[str, dict[str, Any]]:
     """The ConfigMap, Service, StatefulSet, PersistentVolumeClaim and NetworkPolicy of one pipeline
     (the token Secret is made apart: its content is created once and never rebuilt). ``claim`` names
     the PersistentVolumeClaim when it is not ``<child name>-storage``: one retained from a deleted
@@ -279,13 +309,15 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
     command = ["pipeline-operator", "pipeline-process", "--host", "0.0.0.0", "--port", str(PORT),
                "--storage", "/storage", "--program", "/config/program.json",
                "--initial", initial.value.lower(), "--bootstrap-policy", bootstrap_policy.feldera,
-               "--marker", key.uid]
+               "--workers", str(workers(spec)), "--marker", key.uid]
+    if silent_bootstrap:
+        command.append("--silent-bootstrap")
     if options.debug_routes:
         command.append("--debug-routes")
     # The token comes last and from the Secret only, and debug routes only from the operator: a
     # spec's variables of those names are dropped.
-    env: list[dict[str, Any]] = [{"name": e.name, "value": e.value} for e in spec.deployment.env
-                                 if e.name not in (TOKEN_ENV, DEBUG_ENV)]
+    env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in pipeline_env(spec).items()
+                                 if name not in (TOKEN_ENV, DEBUG_ENV)]
     env.append({"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": f"{name}-token", "key": TOKEN_KEY}}})
     container = {
         "name": "pipeline",
@@ -323,10 +355,14 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
             },
         },
     }
+    # The storage: spec.storage, else Feldera's runtime_config.resources (storage_mb_max, storage_class).
+    feldera = spec.runtime_config.resources if spec.runtime_config is not None else None
+    size = spec.storage.size or (f"{feldera.storage_mb_max}M" if feldera and feldera.storage_mb_max else None)
     pvc_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
-                                "resources": {"requests": {"storage": str(spec.storage.size or DEFAULT_STORAGE_SIZE)}}}
-    if spec.storage.storage_class_name:
-        pvc_spec["storageClassName"] = spec.storage.storage_class_name
+                                "resources": {"requests": {"storage": str(size or DEFAULT_STORAGE_SIZE)}}}
+    storage_class = spec.storage.storage_class_name or (feldera.storage_class if feldera else None)
+    if storage_class:
+        pvc_spec["storageClassName"] = storage_class
     pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(key, claim),
            "spec": pvc_spec}
     objects = {"configmap": configmap, "service": service, "statefulset": statefulset, "pvc": pvc}
@@ -600,10 +636,13 @@ class _Owned:
     recipe: bytes = b""
 
     @classmethod
-    def of(cls, digests: dict[str, int], claim: str, deployment: DeploymentSpec, program: str,
-           initial: RuntimeDesiredStatus, policy: BootstrapPolicy) -> _Owned:
-        recipe = {"deployment": deployment.model_dump(mode="json", by_alias=True, exclude_none=True),
-                  "program": program, "initial": initial.value, "policy": policy.value}
+    def of(cls, digests: dict[str, int], claim: str, spec: PipelineSpec, program: str,
+           initial: RuntimeDesiredStatus, policy: BootstrapPolicy, silent: bool = False) -> _Owned:
+        runtime = (spec.runtime_config.model_dump(mode="json", include=RUNTIME_CONFIG_USED, exclude_defaults=True)
+                   if spec.runtime_config is not None else None)
+        recipe = {"deployment": spec.deployment.model_dump(mode="json", by_alias=True, exclude_none=True),
+                  "runtime": runtime, "program": program, "initial": initial.value, "policy": policy.value,
+                  "silent": silent}
         return cls(digests, claim, zlib.compress(json.dumps(recipe, separators=(",", ":")).encode()))
 
     def rebuild(self, key: PipelineKey, options: KubernetesOptions) -> dict[str, dict[str, Any]] | None:
@@ -611,9 +650,12 @@ class _Owned:
         if not self.recipe:
             return None
         recipe = json.loads(zlib.decompress(self.recipe))
-        spec = PipelineSpec.model_construct(deployment=DeploymentSpec.model_validate(recipe["deployment"]))
+        runtime = recipe.get("runtime")
+        spec = PipelineSpec.model_construct(deployment=DeploymentSpec.model_validate(recipe["deployment"]),
+                                            runtime_config=None if runtime is None
+                                            else RuntimeConfig.model_validate(runtime))
         objects = build_objects(key, spec, {}, RuntimeDesiredStatus(recipe["initial"]), options,
-                                BootstrapPolicy(recipe["policy"]), self.claim)
+                                BootstrapPolicy(recipe["policy"]), self.claim, bool(recipe.get("silent")))
         objects["configmap"]["data"]["program.json"] = recipe["program"]
         return objects
 
@@ -967,7 +1009,8 @@ class KubernetesBackend:
         log.warning("%s: %s", key, message)
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None:
+                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy,
+                        silent_bootstrap: bool = False) -> None:
         self._deleted.pop(key.uid, None)
         self._token_read.discard(key.uid)
         image = spec.deployment.image
@@ -982,7 +1025,8 @@ class KubernetesBackend:
         self._unfinished.add(key.uid)
         claim = self._claim(key)
         claim_name = claim["metadata"]["name"] if claim is not None else await self._adopt_retained(key)
-        objects = build_objects(key, spec, artifact, initial, self.options, bootstrap_policy, claim_name)
+        objects = build_objects(key, spec, artifact, initial, self.options, bootstrap_policy, claim_name,
+                                silent_bootstrap)
         objects["secret"] = token_secret(key, self._tokens.get(key.uid))
         digests: dict[str, int] = {}
         # Storage first (it outlives compute), then the token, the program, the Service, the
@@ -1000,7 +1044,8 @@ class KubernetesBackend:
                 try:
                     existing = await self._create(kind, body)
                 except Invalid as exc:
-                    what = ("spec.deployment.allowIngressFrom" if kind == "networkpolicy" else "spec.deployment")
+                    what = ("spec.deployment.allowIngressFrom" if kind == "networkpolicy"
+                            else "spec.deployment or spec.runtimeConfig.resources")
                     self._fail(key, f"the API server refused {body['kind']} {ns}/{name}: {exc}; correct {what}")
                     return
                 if existing is None:  # it exists, but the cache has not seen it yet: whose is it?
@@ -1020,8 +1065,9 @@ class KubernetesBackend:
                 digests[kind] = existing[OWNED_KEY] if OWNED_KEY in existing else owned_digest(kind, existing)
             else:
                 digests[kind] = owned_digest(kind, body)
-        self._owned[key.uid] = _Owned.of(digests, claim_name or f"{child_name(key)}-storage", spec.deployment,
-                                         objects["configmap"]["data"]["program.json"], initial, bootstrap_policy)
+        self._owned[key.uid] = _Owned.of(digests, claim_name or f"{child_name(key)}-storage", spec,
+                                         objects["configmap"]["data"]["program.json"], initial, bootstrap_policy,
+                                         silent_bootstrap)
         self._unfinished.discard(key.uid)
         self._problems.pop(key.uid, None)
 

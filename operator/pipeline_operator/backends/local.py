@@ -49,7 +49,7 @@ from ..core.lifecycle import ComputeObservation, ComputeState
 from ..identity import PipelineKey
 from ..models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 from ..pipeline_process import DEBUG_ROUTES_ENV, TOKEN_ENV
-from . import LogsUnavailable
+from . import LogsUnavailable, pipeline_env, workers
 
 log = logging.getLogger(__name__)
 
@@ -222,11 +222,12 @@ class LocalBackend:
         return ComputeObservation(state=ComputeState.FAILED, message=self._exit_message(key, record))
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None:
-        await asyncio.to_thread(self._provision, key, spec, artifact, initial, bootstrap_policy)
+                        initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy,
+                        silent_bootstrap: bool = False) -> None:
+        await asyncio.to_thread(self._provision, key, spec, artifact, initial, bootstrap_policy, silent_bootstrap)
 
     def _provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                   initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy) -> None:
+                   initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy, silent_bootstrap: bool) -> None:
         if self._read_record(key) is not None:
             return  # running (or failed, which the observation reports): never a second process
         folder = self.folder(key)
@@ -243,13 +244,14 @@ class LocalBackend:
         self._tokens[key.uid] = token
         env = {k: os.environ[k] for k in PASSED_THROUGH_ENV if k in os.environ}
         ignored = []
-        for var in spec.deployment.env:
-            if var.name.startswith(ALLOWED_ENV_PREFIX) and var.name not in RESERVED_ENV:
-                env[var.name] = var.value
+        for name, value in pipeline_env(spec).items():
+            if name.startswith(ALLOWED_ENV_PREFIX) and name not in RESERVED_ENV:
+                env[name] = value
             else:
-                ignored.append(var.name)
+                ignored.append(name)
         if ignored:
-            log.warning("%s: local backend ignores deployment.env %s (only %s* names are passed, except %s)",
+            log.warning("%s: local backend ignores the environment variables %s of deployment.env and "
+                        "runtimeConfig.env (only %s* names are passed, except %s)",
                         key, ", ".join(ignored), ALLOWED_ENV_PREFIX, ", ".join(RESERVED_ENV))
         env[TOKEN_ENV] = token
         if self.debug_routes:
@@ -257,7 +259,8 @@ class LocalBackend:
         cmd = [*self.command, "--host", "127.0.0.1", "--port", "0", "--port-file", str(folder / "port"),
                "--storage", str(self.storage_dir(key)), "--program", str(program),
                "--initial", initial.value.lower(), "--bootstrap-policy", bootstrap_policy.feldera,
-               "--marker", key.uid]
+               "--workers", str(workers(spec)), "--marker", key.uid,
+               *(["--silent-bootstrap"] if silent_bootstrap else [])]
         with open(folder / "process.log", "ab") as out:
             child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, cwd=folder, start_new_session=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from ..feldera_config import RuntimeConfig
 from ..models import (
     EVENT_FIELDS,
     STATUS_FIELDS,
@@ -55,9 +56,6 @@ class LifecycleConfig:
     provisioned_grace_period: float = 20.0
     # Used when the spec gives no deployment.provisioningTimeoutSeconds.
     default_provisioning_timeout: float = 300.0
-    # A graceful stop that has not reached Suspended by then is finished as a forced stop
-    # (Feldera's manager gives the pipeline's /suspend 120 s).
-    graceful_stop_timeout: float = 120.0
 
 
 class _Frozen(BaseModel):
@@ -77,13 +75,23 @@ class Desired(_Frozen):
     runtime_desired_status: SpecRuntimeDesiredStatus | None = None
     stop_mode: StopMode = StopMode.GRACEFUL
     program_digest: str = ""
+    # The rest of Feldera's program (udf_rust, udf_toml, program_config): a change is a new program too.
+    program_settings_digest: str = ""
+    # Feldera's fields that its version counts (program, configurations, description, tags).
+    edit_digest: str = ""
     provisioning_timeout: float | None = None
+    hosts: int = 1  # Feldera's runtime_config.hosts: a multihost pipeline cannot be provisioned here
     bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL
+    silent_bootstrap: bool = False
     # Feldera allows an initial Standby only with a file storage backend that has sync configured.
     standby_allowed: bool = False
     # Identifies the spec without its client metadata (description, tags): a new generation that
     # changes only those starts nothing and dismisses nothing (Feldera's metadata PATCH).
     spec_digest: str = ""
+    # The spec is exactly as the HTTP API last wrote it (its marker annotation names this spec): a change
+    # made through the API starts nothing and dismisses nothing, as Feldera's edits and /stop; only a
+    # change made otherwise (kubectl, a GitOps tool) releases the system's hold, as docs/gitops.md says.
+    spec_by_api: bool = False
     # Values of the one-shot annotations (any new value asks again).
     start: str | None = None
     clear_storage: str | None = None
@@ -179,6 +187,9 @@ class PipelineState(PipelineDeployment, _Frozen):
     runtime_desired_adopted: SpecRuntimeDesiredStatus | None = None  # spec value in force
     runtime_desired_pending: SpecRuntimeDesiredStatus | None = None  # still to be forwarded
     suspend_requested_at: dt.datetime | None = None
+    program_settings_digest: str | None = None  # Desired.program_settings_digest of the program status
+    version: int | None = None         # Feldera's version (None: not counted yet)
+    version_digest: str | None = None  # Desired.edit_digest when the version was counted
     program_change_held: bool = False
     handled_start: HandledAction | None = None
     handled_clear_storage: HandledAction | None = None
@@ -211,6 +222,7 @@ class Action(_Frozen):
     program_digest: str | None = None
     initial: RuntimeDesiredStatus | None = None
     bootstrap_policy: BootstrapPolicy | None = None
+    silent_bootstrap: bool = False
     target: SpecRuntimeDesiredStatus | None = None
     activate: bool = False  # SET_RUNTIME_DESIRED from Standby
 
@@ -463,6 +475,33 @@ def effective_desired(desired: Desired, state: PipelineState) -> ResourcesDesire
     return desired.resources_desired_status
 
 
+def suspending(desired: Desired, state: PipelineState) -> bool:
+    """Feldera's graceful stop (``/stop?force=false``) of a pipeline that can checkpoint: it is asked to suspend,
+    and its desired status stays Provisioned (its runtime desired status Suspended) until it has suspended;
+    then it stops. Once asked, it goes on whatever the spec says next (a ``/start`` meanwhile changes nothing,
+    as in Feldera), unless a forced stop cancels it."""
+    if state.deployment_resources_status is not R.PROVISIONED or state.system_stop_generation is not None \
+            or state.deployment_error is not None:
+        return False
+    stop = desired.resources_desired_status is ResourcesDesiredStatus.STOPPED
+    if stop and desired.stop_mode is StopMode.FORCE:
+        return False
+    if state.suspend_requested_at is not None or state.deployment_runtime_desired_status is RDS.SUSPENDED:
+        return True
+    return stop and state.deployment_runtime_status in _SUSPENDABLE
+
+
+def current_desired(desired: Desired, state: PipelineState) -> ResourcesDesiredStatus:
+    """Feldera's ``deployment_resources_desired_status`` for this spec and state: :func:`effective_desired`,
+    except that a graceful stop keeps Provisioned while the pipeline suspends (:func:`suspending`) and a
+    pipeline that is Stopping stays desired Stopped until it is Stopped (a start while Stopping is illegal)."""
+    if suspending(desired, state):
+        return ResourcesDesiredStatus.PROVISIONED
+    if state.deployment_resources_status is R.STOPPING:
+        return ResourcesDesiredStatus.STOPPED
+    return effective_desired(desired, state)
+
+
 def decide(desired: Desired, state: PipelineState, observation: Observation, now: dt.datetime,
            config: LifecycleConfig = LifecycleConfig()) -> Decision:
     """One monitoring pass: the status steps to commit and the actions to take."""
@@ -481,6 +520,11 @@ def decide(desired: Desired, state: PipelineState, observation: Observation, now
     _approve(p, desired)
     if p.cur.observed_generation != desired.generation:
         p.cur = p.cur.model_copy(update={"observed_generation": desired.generation})
+    if p.cur.version_digest != desired.edit_digest:
+        # Feldera's version: one more for every edit of its fields (not for a start, a stop or a pause, which
+        # change the generation too). Counted from the generation for a pipeline that had no count yet.
+        version = desired.generation if p.cur.version is None else p.cur.version + 1
+        p.cur = p.cur.model_copy(update={"version": version, "version_digest": desired.edit_digest})
     return Decision(steps=tuple(p.steps), state=p.cur, actions=tuple(p.actions), notes=tuple(p.notes))
 
 
@@ -506,7 +550,7 @@ _STOPPING_HINT = ("Cannot restart the pipeline while it is stopping. Wait until 
 
 def start_refusal(state: PipelineState, current_desired: ResourcesDesiredStatus, *,
                   initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy, error_after_dismissal: bool,
-                  standby_allowed: bool) -> Refusal | None:
+                  standby_allowed: bool, silent_bootstrap: bool = False) -> Refusal | None:
     """Feldera's checks of ``/start`` (``validate_resources_desired_status_transition``, then the start
     parameters), in Feldera's order: Illegal, Undismissed, Clearing, Compilation, Initial,
     BootstrapPolicy, Standby. ``current_desired`` is the effective desired status before the start;
@@ -534,7 +578,8 @@ def start_refusal(state: PipelineState, current_desired: ResourcesDesiredStatus,
     if state.deployment_initial is not None and state.deployment_initial is not initial:
         return Refusal(http_status=400, error_code="InitialImmutableUnlessStopped", message=(
             "Initial desired runtime status cannot be changed unless the pipeline is desired to become Stopped."))
-    if state.bootstrap_policy is not None and state.bootstrap_policy is not bootstrap_policy:
+    if state.bootstrap_policy is not None and (state.bootstrap_policy, state.silent_bootstrap) != (
+            bootstrap_policy, silent_bootstrap):  # Feldera's bootstrap configuration: the policy and the flag
         return Refusal(http_status=400, error_code="BootstrapPolicyImmutableUnlessStopped", message=(
             "Bootstrap policy cannot be changed unless the pipeline is desired to become Stopped."))
     if initial is RDS.STANDBY and not standby_allowed:
@@ -616,6 +661,30 @@ def update_refusal(state: PipelineState) -> Refusal | None:
     return None
 
 
+def _storage_bound(config: RuntimeConfig) -> dict[str, Any]:
+    """The settings of ``runtime_config`` that Feldera keeps while storage is in use (its
+    ``update_pipeline``), by the names its error gives them."""
+    return {"`runtime_config.workers`": config.workers, "`runtime_config.hosts`": config.hosts,
+            "`runtime_config.fault_tolerance`": config.fault_tolerance,
+            "`runtime_config.resources.storage_mb_max`": config.resources.storage_mb_max,
+            "`runtime_config.resources.namespace`": config.resources.namespace,
+            "`runtime_config.resources.storage_class`": config.resources.storage_class}
+
+
+def edit_refusal(state: PipelineState, current: RuntimeConfig, new: RuntimeConfig) -> Refusal | None:
+    """Feldera's ``update_pipeline`` for edits that the pipeline's storage depends on: refused unless its
+    storage is Cleared (``EditRestrictedToClearedStorage``, naming each setting)."""
+    if state.storage_status is S.CLEARED:
+        return None
+    before, after = _storage_bound(current), _storage_bound(new)
+    not_allowed = [name for name in before if before[name] != after[name]]
+    if not not_allowed:
+        return None
+    return Refusal(http_status=400, error_code="EditRestrictedToClearedStorage",
+                   message="The following pipeline edits are not allowed while storage is not cleared: "
+                           + ", ".join(not_allowed), details={"not_allowed": not_allowed})
+
+
 def _handled(value: str, outcome: ActionOutcome, message: str = "", refusal: Refusal | None = None) -> HandledAction:
     if refusal is not None:
         return HandledAction(value=value, outcome=ActionOutcome.REFUSED, message=refusal.message[:1024],
@@ -663,7 +732,7 @@ def _start_request(p: _Pass, desired: Desired) -> None:
     assert desired.start is not None
     initial = initial_runtime_desired(desired)
     refusal = start_refusal(cur, cur.deployment_resources_desired_status, initial=initial,
-                            bootstrap_policy=desired.bootstrap_policy,
+                            bootstrap_policy=desired.bootstrap_policy, silent_bootstrap=desired.silent_bootstrap,
                             error_after_dismissal=cur.deployment_error is not None,
                             standby_allowed=desired.standby_allowed)
     if refusal is not None:
@@ -679,7 +748,7 @@ def _desired_status(p: _Pass, desired: Desired) -> None:
     if _spec_changed_since(desired, cur, cur.system_stop_generation):
         p.set(f"a new spec (generation {desired.generation}) releases the stop set by the system",
               system_stop_generation=None)
-    target = effective_desired(desired, p.cur)
+    target = current_desired(desired, p.cur)
     if target is not p.cur.deployment_resources_desired_status:
         p.set(f"desired status is {target.value}", deployment_resources_desired_status=target)
     if p.cur.deployment_resources_status is R.STOPPED:
@@ -687,13 +756,15 @@ def _desired_status(p: _Pass, desired: Desired) -> None:
         provisioned = target is ResourcesDesiredStatus.PROVISIONED
         initial = initial_runtime_desired(desired) if provisioned else None
         policy = desired.bootstrap_policy if provisioned else None
-        if (initial, policy) != (p.cur.deployment_initial, p.cur.bootstrap_policy):
-            p.set("start parameters", deployment_initial=initial, bootstrap_policy=policy)
+        silent = desired.silent_bootstrap and provisioned
+        if (initial, policy, silent) != (p.cur.deployment_initial, p.cur.bootstrap_policy, p.cur.silent_bootstrap):
+            p.set("start parameters", deployment_initial=initial, bootstrap_policy=policy, silent_bootstrap=silent)
 
 
 def _spec_changed_since(desired: Desired, state: PipelineState, generation: int | None) -> bool:
-    """A newer spec generation that changed more than the client metadata."""
-    return generation is not None and desired.generation > generation and (
+    """A newer spec generation that changed more than the client metadata, not through the HTTP API (an edit
+    or a /stop through the API leaves Feldera's desired status and error as they are)."""
+    return generation is not None and desired.generation > generation and not desired.spec_by_api and (
         not desired.spec_digest or desired.spec_digest != state.stop_spec_digest)
 
 
@@ -712,21 +783,26 @@ def _latch_error(p: _Pass, desired: Desired, error: ErrorResponse, reason: str) 
     """A start that fails while Stopped: desired Stopped by the system, then the error."""
     _hold_stopped(p, desired, reason)
     p.set(reason, deployment_error=error, error_generation=desired.generation, deployment_initial=None,
-          bootstrap_policy=None, stop_spec_digest=desired.spec_digest)
+          bootstrap_policy=None, silent_bootstrap=False, stop_spec_digest=desired.spec_digest)
 
 
 def _program(p: _Pass, desired: Desired, observation: Observation) -> None:
     cur = p.cur
-    if cur.program_digest != desired.program_digest:
+    # A pipeline recorded before the settings were (None) takes them as they are: no new program.
+    settings_changed = cur.program_settings_digest not in (None, desired.program_settings_digest)
+    if cur.program_digest != desired.program_digest or settings_changed:
         if cur.deployment_resources_status is not R.STOPPED:
             if not cur.program_change_held:
                 p.note("program changed while the pipeline is not Stopped: held until it is Stopped")
             p.set("program change held", program_change_held=True)
             return
         p.set("program changed", program_status=P.PENDING, program_digest=desired.program_digest,
+              program_settings_digest=desired.program_settings_digest,
               program_version=cur.program_version + 1, program_error=None, program_change_held=False)
     elif cur.program_change_held:
         p.set("program change reverted", program_change_held=False)
+    if p.cur.program_settings_digest is None:
+        p.set("program settings recorded", program_settings_digest=desired.program_settings_digest)
     cur = p.cur
     seen = observation.program
     if seen is None or seen.program_digest != cur.program_digest:
@@ -802,6 +878,7 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
         return
     initial = cur.deployment_initial or initial_runtime_desired(desired)
     policy = cur.bootstrap_policy or desired.bootstrap_policy
+    silent = cur.silent_bootstrap if cur.bootstrap_policy is not None else desired.silent_bootstrap
     if initial is RDS.STANDBY and not desired.standby_allowed:
         _latch_error(p, desired, _STANDBY_NOT_ALLOWED.error(),
                      "start failed: Standby needs a file storage backend with sync")
@@ -810,10 +887,20 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
         p.set("storage will be used by the pipeline", storage_status=S.IN_USE)
     p.set("provisioning compute and storage", deployment_resources_status=R.PROVISIONING,
           deployment_resources_status_details=None,
-          deployment_initial=initial, bootstrap_policy=policy, deployment_error=None, error_generation=None,
+          deployment_initial=initial, bootstrap_policy=policy, silent_bootstrap=silent, deployment_error=None,
+          error_generation=None,
           runtime_desired_adopted=desired.runtime_desired_status, runtime_desired_pending=None,
           **_RUNTIME_CLEARED)
-    p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=initial, bootstrap_policy=policy)
+    if desired.hosts > 1:
+        # Feldera's community edition (its local runner) fails the provisioning so: multihost pipelines need
+        # the enterprise edition's coordinator, which this operator does not have.
+        cause = f"multihost deployment is not supported (runtime_config.hosts is {desired.hosts}; set it to 1)"
+        _stop(p, desired, "provisioning failed", ErrorResponse(
+            message=f"Pipeline provision failed: {cause}", error_code="RunnerProvisionError",
+            details={"error": cause}))
+        return
+    p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=initial, bootstrap_policy=policy,
+          silent_bootstrap=silent)
 
 
 def initial_runtime_desired(desired: Desired) -> RuntimeDesiredStatus:
@@ -833,7 +920,7 @@ def _stop(p: _Pass, desired: Desired, reason: str, error: ErrorResponse | None =
                                   stop_spec_digest=desired.spec_digest) if error else {}
     p.set(reason, deployment_resources_status=R.STOPPING, deployment_resources_status_details=details,
           deployment_initial=None,
-          bootstrap_policy=None, **errors, **_RUNTIME_CLEARED)
+          bootstrap_policy=None, silent_bootstrap=False, **errors, **_RUNTIME_CLEARED)
     p.act(ActionKind.DEPROVISION)
 
 
@@ -874,7 +961,7 @@ def _provisioning(p: _Pass, desired: Desired, observation: Observation, config: 
     if compute.state is ComputeState.PENDING and compute.message:
         p.set("compute is not ready", deployment_resources_status_details={"reason": compute.message})
     p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=cur.deployment_initial,
-          bootstrap_policy=cur.bootstrap_policy)
+          bootstrap_policy=cur.bootstrap_policy, silent_bootstrap=cur.silent_bootstrap)
 
 
 def _apply_runtime(p: _Pass, runtime: RuntimeObservation | None, config: LifecycleConfig,
@@ -926,30 +1013,21 @@ def _provisioned(p: _Pass, desired: Desired, observation: Observation, config: L
     if cur.deployment_runtime_status is RS.SUSPENDED:
         _stop(p, desired, "pipeline suspended")
         return
-    if cur.deployment_resources_desired_status is ResourcesDesiredStatus.STOPPED:
-        _stop_provisioned(p, desired, config)
+    if suspending(desired, cur):
+        # Asked until the pipeline says it suspends (no time limit, as in Feldera: a forced stop ends it).
+        if cur.suspend_requested_at is None:
+            p.set("graceful stop: suspending", suspend_requested_at=p.now)
+        if cur.deployment_runtime_desired_status is not RDS.SUSPENDED:
+            p.act(ActionKind.SUSPEND)
+        return
+    if effective_desired(desired, cur) is ResourcesDesiredStatus.STOPPED:
+        if desired.stop_mode is StopMode.FORCE:
+            _stop(p, desired, "desired status is Stopped (force)")
+        else:
+            shown = cur.deployment_runtime_status.value if cur.deployment_runtime_status else "unknown"
+            _stop(p, desired, f"desired status is Stopped; nothing to checkpoint while {shown}")
         return
     _forward_runtime_desired(p, desired)
-
-
-def _stop_provisioned(p: _Pass, desired: Desired, config: LifecycleConfig) -> None:
-    cur = p.cur
-    if desired.stop_mode is StopMode.FORCE:
-        _stop(p, desired, "desired status is Stopped (force)")
-        return
-    if cur.deployment_runtime_desired_status is not RDS.SUSPENDED and cur.deployment_runtime_status not in _SUSPENDABLE:
-        _stop(p, desired, f"desired status is Stopped; nothing to checkpoint while "
-                          f"{cur.deployment_runtime_status.value if cur.deployment_runtime_status else 'unknown'}")
-        return
-    if cur.suspend_requested_at is None:
-        p.set("graceful stop: suspending", suspend_requested_at=p.now)
-    elif p.elapsed(cur.suspend_requested_at) > config.graceful_stop_timeout:
-        _stop(p, desired, "graceful stop timed out", details={
-            "reason": f"The pipeline did not suspend within {config.graceful_stop_timeout:g}s; "
-                      "stopped without a new checkpoint"})
-        return
-    if p.cur.deployment_runtime_desired_status is not RDS.SUSPENDED:
-        p.act(ActionKind.SUSPEND)
 
 
 def _forward_runtime_desired(p: _Pass, desired: Desired) -> None:
