@@ -307,4 +307,4 @@ def test_local_backend_passes_only_pipeline_env_to_the_process(operators, pipeli
     environ = dict(item.split(b"=", 1) for item in open(f"/proc/{pid}/environ", "rb").read().split(b"\0") if item)
     assert environ[b"PIPELINE_COLOR"] == b"blue"
     assert b"LD_PRELOAD" not in environ and b"PYTHONPATH" not in environ and b"KUBECONFIG" not in environ
-    assert "ignores deployment.env LD_PRELOAD, PYTHONPATH" in op.log()
+    assert "ignores the environment variables LD_PRELOAD, PYTHONPATH of deployment.env" in op.log()
