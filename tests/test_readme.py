@@ -271,7 +271,7 @@ def test_readme_run_command_runs_the_example_pipeline_and_the_sdk_snippet(crd_in
         event_store = cwd / OperatorSettings.model_fields["event_store"].default
         uid = pipelines.get(name)["metadata"]["uid"]
         folder = next((state_dir / "pipelines").glob(f"*__{uid}"))
-        assert (folder / "storage").is_dir() and (folder / "program.json").is_file()
+        assert (folder / "storage").is_dir() and (folder / "config.json").is_file()
         assert event_store.is_file() and event_store.stat().st_size > 0
         assert len(op.pipeline_processes(uid)) == 1
         from pipeline_operator.backends.local import processes_under
