@@ -88,21 +88,13 @@ def test_a_real_pipeline_compiles_runs_and_sums_rows(feldera_operator, pipelines
     status, body = _request("POST", f"{api}/v0/pipelines/orders/ingress/orders?format=json", rows)
     assert status == 200, body
     assert wait_for("the view's sum", lambda: _total(api) == 14.75 or str(_total(api)) == "14.75", 30)
-    # Pause and resume, through the API: Feldera's pipeline reports each.
-    status, body = _request("POST", f"{api}/v0/pipelines/orders/pause")
-    assert status == 202, body
-    pipelines.wait_status("orders", op, deploymentStatus="Paused", timeout=30)
-    status, body = _request("POST", f"{api}/v0/pipelines/orders/resume")
-    assert status == 202, body
-    pipelines.wait_status("orders", op, deploymentStatus="Running", timeout=30)
-    # A forced stop and a start: a new process of Feldera's binary, whose state starts empty (storage kept,
-    # no checkpoint: the community edition has none).
-    status, body = _request("POST", f"{api}/v0/pipelines/orders/stop?force=true")
-    assert status == 202, body
-    pipelines.wait_status("orders", op, deploymentStatus="Stopped", timeout=60)
-    status, body = _request("POST", f"{api}/v0/pipelines/orders/start")
-    assert status == 202, body
-    pipelines.wait_status("orders", op, deploymentStatus="Running", timeout=60)
+    # Pause and resume, through the API: Feldera's pipeline reports each. Then a forced stop and a start: a new
+    # process of Feldera's binary, whose state starts empty (no checkpoint: the community edition writes none).
+    for action, reached in (("pause", "Paused"), ("resume", "Running"), ("stop?force=true", "Stopped"),
+                            ("start", "Running")):
+        status, body = _request("POST", f"{api}/v0/pipelines/orders/{action}")
+        assert status == 202, (action, body)
+        pipelines.wait_status("orders", op, deploymentStatus=reached, timeout=60)
     status, body = _request("POST", f"{api}/v0/pipelines/orders/ingress/orders?format=json",
                             b'{"insert": {"id": 3, "amount": 1.25}}\n')
     assert status == 200, body

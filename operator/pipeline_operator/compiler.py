@@ -40,6 +40,7 @@ from sqlglot.schema import MappingSchema
 from sqlglot.tokenizer_core import Token
 
 from .core.lifecycle import ProgramObservation
+from .launch import file_sha256
 from .models import ProgramStatus, program_digest
 
 log = logging.getLogger(__name__)
@@ -949,19 +950,7 @@ class Compiler:
     async def _compile(self, digest: str, sql: str, job: _Job) -> None:
         async with self._limit:
             try:
-                self._set(digest, job, ProgramStatus.COMPILING_SQL)
-                try:
-                    statements = await asyncio.to_thread(parse_program, sql)
-                except SqlProblem as problem:
-                    log.info("program %s: SQL error at line %s, column %s: %s", digest[:8], problem.line,
-                             problem.column, problem)
-                    self._set(digest, job, ProgramStatus.SQL_ERROR, sql_error_details(problem, sql))
-                    return
-                self._set(digest, job, ProgramStatus.SQL_COMPILED)
-                self._set(digest, job, ProgramStatus.COMPILING_RUST)
-                await asyncio.to_thread(self._write_artifact, digest, build_artifact(sql, statements))
-                self._jobs.pop(digest, None)
-                self._notify(digest)
+                await self._stages(digest, sql, job)
             except Exception as exc:  # noqa: BLE001 - any failure is the program's SystemError
                 log.exception("program %s: compilation failed", digest[:8])
                 self._set(digest, job, ProgramStatus.SYSTEM_ERROR,
@@ -969,6 +958,25 @@ class Compiler:
                            "system_error": f"{type(exc).__name__}: {exc}"})
             finally:
                 self._listeners.pop(digest, None)
+
+    async def _stages(self, digest: str, sql: str, job: _Job) -> None:
+        """The compilation's stages, each status reported as it is reached; the artifact written at the end."""
+        self._set(digest, job, ProgramStatus.COMPILING_SQL)
+        try:
+            statements = await asyncio.to_thread(parse_program, sql)
+        except SqlProblem as problem:
+            log.info("program %s: SQL error at line %s, column %s: %s", digest[:8], problem.line,
+                     problem.column, problem)
+            self._set(digest, job, ProgramStatus.SQL_ERROR, sql_error_details(problem, sql))
+            return
+        self._set(digest, job, ProgramStatus.SQL_COMPILED)
+        self._set(digest, job, ProgramStatus.COMPILING_RUST)
+        await self._finish(digest, build_artifact(sql, statements))
+
+    async def _finish(self, digest: str, artifact: dict[str, Any]) -> None:
+        await asyncio.to_thread(self._write_artifact, digest, artifact)
+        self._jobs.pop(digest, None)
+        self._notify(digest)
 
     def _write_artifact(self, digest: str, artifact: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -999,14 +1007,6 @@ def compiler_messages(stderr: str) -> list[dict[str, Any]] | None:
     except ValueError:
         return None
     return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else None
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class FelderaCompiler(Compiler):
@@ -1057,62 +1057,51 @@ class FelderaCompiler(Compiler):
                     "(executable); then change the program or restart the operator to compile it again.")
         if not os.access(path, os.X_OK):
             return f"The pipeline binary {path} is not executable (chmod +x it)."
-        return path, _file_sha256(path)
+        return path, file_sha256(path)
 
-    async def _compile(self, digest: str, sql: str, job: _Job) -> None:
-        async with self._limit:
-            try:
-                self._set(digest, job, ProgramStatus.COMPILING_SQL)
-                code, stderr, work = await asyncio.to_thread(self._run_sql_compiler, digest, sql)
-                messages = compiler_messages(stderr)
-                if code != 0:
-                    if messages is None:
-                        self._set(digest, job, ProgramStatus.SYSTEM_ERROR, {
-                            "sql_compilation": None, "rust_compilation": None,
-                            "system_error": f"SQL compiler process returned with exit status code ({code}) and "
-                                            f"stderr which cannot be deserialized:\n{stderr[-4000:]}"})
-                    else:
-                        log.info("program %s: Feldera's SQL compiler reports %s message(s)", digest[:8], len(messages))
-                        self._set(digest, job, ProgramStatus.SQL_ERROR, {
-                            "sql_compilation": {"exit_code": code, "messages": messages},
-                            "rust_compilation": None, "system_error": None})
-                    return
-                schema = json.loads(await asyncio.to_thread((work / "schema.json").read_text))
-                dataflow = json.loads(await asyncio.to_thread((work / "dataflow.json").read_text))
-                connectors = [r.get("name") for kind in ("inputs", "outputs") for r in schema.get(kind) or []
-                              if isinstance(r, dict) and "connectors" in (r.get("properties") or {})]
-                if connectors:
-                    self._set(digest, job, ProgramStatus.SQL_ERROR, {"sql_compilation": {"exit_code": 1, "messages": [{
-                        "start_line_number": 0, "start_column": 0, "end_line_number": 0, "end_column": 0,
-                        "warning": False, "error_type": "ConnectorGenerationError",
-                        "message": f"connectors of {', '.join(map(str, connectors))}: this operator runs programs "
-                                   "without connectors (push data through /ingress)", "snippet": None}]},
-                        "rust_compilation": None, "system_error": None})
-                    return
-                self._set(digest, job, ProgramStatus.SQL_COMPILED)
-                self._set(digest, job, ProgramStatus.COMPILING_RUST)
-                binary = await asyncio.to_thread(self._binary, sql)
-                if isinstance(binary, str):
-                    log.info("program %s: %s", digest[:8], binary)
-                    self._set(digest, job, ProgramStatus.RUST_ERROR, {
-                        "sql_compilation": {"exit_code": 0, "messages": messages or []},
-                        "rust_compilation": {"exit_code": 1, "stdout": "", "stderr": binary}, "system_error": None})
-                    return
-                names = {kind: [str(r.get("name")) for r in schema.get(kind) or [] if isinstance(r, dict)]
-                         for kind in ("inputs", "outputs")}
-                artifact = {"digest": digest, "sql": sql, "tables": names["inputs"], "views": names["outputs"],
-                            "program_info": {"schema": schema, "udf_stubs": "", "input_connectors": {},
-                                             "output_connectors": {}},
-                            "dataflow": {"mir": dataflow.get("mir") or {}},
-                            "binary": {"path": str(binary[0]), "sha256": binary[1]},
-                            "feldera_version": self.feldera_version}
-                await asyncio.to_thread(self._write_artifact, digest, artifact)
-                self._jobs.pop(digest, None)
-                self._notify(digest)
-            except Exception as exc:  # noqa: BLE001 - any failure is the program's SystemError
-                log.exception("program %s: compilation failed", digest[:8])
-                self._set(digest, job, ProgramStatus.SYSTEM_ERROR,
-                          {"sql_compilation": None, "rust_compilation": None,
-                           "system_error": f"{type(exc).__name__}: {exc}"})
-            finally:
-                self._listeners.pop(digest, None)
+    async def _stages(self, digest: str, sql: str, job: _Job) -> None:
+        self._set(digest, job, ProgramStatus.COMPILING_SQL)
+        code, stderr, work = await asyncio.to_thread(self._run_sql_compiler, digest, sql)
+        messages = compiler_messages(stderr)
+        if code != 0:
+            if messages is None:
+                self._set(digest, job, ProgramStatus.SYSTEM_ERROR, {
+                    "sql_compilation": None, "rust_compilation": None,
+                    "system_error": f"SQL compiler process returned with exit status code ({code}) and "
+                                    f"stderr which cannot be deserialized:\n{stderr[-4000:]}"})
+            else:
+                log.info("program %s: Feldera's SQL compiler reports %s message(s)", digest[:8], len(messages))
+                self._set(digest, job, ProgramStatus.SQL_ERROR, {
+                    "sql_compilation": {"exit_code": code, "messages": messages},
+                    "rust_compilation": None, "system_error": None})
+            return
+        schema = json.loads(await asyncio.to_thread((work / "schema.json").read_text))
+        dataflow = json.loads(await asyncio.to_thread((work / "dataflow.json").read_text))
+        connectors = [r.get("name") for kind in ("inputs", "outputs") for r in schema.get(kind) or []
+                      if isinstance(r, dict) and "connectors" in (r.get("properties") or {})]
+        if connectors:
+            self._set(digest, job, ProgramStatus.SQL_ERROR, {"sql_compilation": {"exit_code": 1, "messages": [{
+                "start_line_number": 0, "start_column": 0, "end_line_number": 0, "end_column": 0,
+                "warning": False, "error_type": "ConnectorGenerationError",
+                "message": f"connectors of {', '.join(map(str, connectors))}: this operator runs programs "
+                           "without connectors (push data through /ingress)", "snippet": None}]},
+                "rust_compilation": None, "system_error": None})
+            return
+        self._set(digest, job, ProgramStatus.SQL_COMPILED)
+        self._set(digest, job, ProgramStatus.COMPILING_RUST)
+        binary = await asyncio.to_thread(self._binary, sql)
+        if isinstance(binary, str):
+            log.info("program %s: %s", digest[:8], binary)
+            self._set(digest, job, ProgramStatus.RUST_ERROR, {
+                "sql_compilation": {"exit_code": 0, "messages": messages or []},
+                "rust_compilation": {"exit_code": 1, "stdout": "", "stderr": binary}, "system_error": None})
+            return
+        names = {kind: [str(r.get("name")) for r in schema.get(kind) or [] if isinstance(r, dict)]
+                 for kind in ("inputs", "outputs")}
+        artifact = {"digest": digest, "sql": sql, "tables": names["inputs"], "views": names["outputs"],
+                    "program_info": {"schema": schema, "udf_stubs": "", "input_connectors": {},
+                                     "output_connectors": {}},
+                    "dataflow": {"mir": dataflow.get("mir") or {}},
+                    "binary": {"path": str(binary[0]), "sha256": binary[1]},
+                    "feldera_version": self.feldera_version}
+        await self._finish(digest, artifact)

@@ -25,6 +25,7 @@ import json
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from .feldera_config import RuntimeConfig
@@ -138,6 +139,15 @@ def deployment_id_of(token: str) -> str:
     stable across retries of the start and operator restarts, new with every start, and telling nothing
     about the token."""
     return str(uuid.UUID(bytes=hashlib.sha256(b"deployment-id:" + token.encode()).digest()[:16], version=4))
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in pieces (blocking: a pipeline binary is hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def reference_program(config: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -59,6 +58,7 @@ from ..launch import (
     CONFIG_YAML,
     PORT_FILE,
     config_files,
+    file_sha256,
     launch_args,
     new_deployment_id,
     pipeline_config,
@@ -108,14 +108,6 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_token(path: Path) -> str | None:
