@@ -770,9 +770,9 @@ async def serve(config_file: Path, bind_address: str, initial: str, deployment_i
     await asyncio.sleep(float(env.get("PIPELINE_BIND_DELAY_SECONDS", "0")))
     runner = web.AppRunner(pipeline.app(), access_log=None)
     bound = await _listen(runner, bind_address, default_port or 0, Path(PORT_FILE))
-    log.info("reference pipeline %s listening on %s:%s (initial %s, %s workers, bootstrap policy %s%s, storage %s, "
-             "deployment %s)", config.get("given_name"), bind_address, bound, initial, workers, bootstrap_policy,
-             ", silent bootstrap" if silent_bootstrap else "", storage, deployment_id)
+    log.info("reference pipeline listening on %s:%s (pipeline %s, initial %s, %s workers, bootstrap policy %s%s, "
+             "storage %s, deployment %s)", bind_address, bound, config.get("given_name"), initial, workers,
+             bootstrap_policy, ", silent bootstrap" if silent_bootstrap else "", storage, deployment_id)
     if env.get("PIPELINE_EXIT_AFTER_SECONDS"):
         asyncio.get_running_loop().call_later(float(env["PIPELINE_EXIT_AFTER_SECONDS"]), os._exit, 70)
     pipeline.start()
