@@ -128,3 +128,63 @@ def test_reference_process_takes_felderas_arguments_and_files(tmp_path: Path) ->
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _fake_sql_compiler(tmp_path: Path, schema: dict[str, Any], stderr: str = "", code: int = 0) -> Path:
+    """A stand-in for ``java -jar sql2dbsp.jar``: writes ``schema.json`` and ``dataflow.json`` where the real
+    one's arguments say (``-js``, ``--dataflow``), the given stderr, and exits with ``code``."""
+    script = tmp_path / "java"
+    script.write_text(f"""#!{sys.executable}
+import json, sys
+args = sys.argv[1:]
+open(args[args.index("-js") + 1], "w").write({json.dumps(json.dumps(schema))})
+open(args[args.index("--dataflow") + 1], "w").write('{{"mir": {{}}}}')
+sys.stderr.write({stderr!r})
+sys.exit({code})
+""")
+    script.chmod(0o755)
+    return script
+
+
+def _compile(tmp_path: Path, java: Path, binaries: Path) -> Any:
+    import asyncio
+
+    from pipeline_operator.compiler import FelderaCompiler
+    from pipeline_operator.models import ProgramStatus, program_digest
+
+    async def go() -> Any:
+        compiler = FelderaCompiler(tmp_path / "programs", tmp_path / "jar", str(java), binaries, "0.306.0")
+        digest = program_digest("CREATE TABLE t (x INT);")
+        compiler.ensure(digest, "CREATE TABLE t (x INT);", lambda: None)
+        for _ in range(500):
+            seen = compiler.observe(digest)
+            if seen.status in (ProgramStatus.SQL_ERROR, ProgramStatus.RUST_ERROR, ProgramStatus.SUCCESS,
+                               ProgramStatus.SYSTEM_ERROR):
+                return seen, compiler.artifact(digest)
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"still {seen.status}")
+    return asyncio.run(go())
+
+
+def test_a_program_with_connectors_is_refused_by_the_feldera_compiler_mode(tmp_path: Path) -> None:
+    """A connector would make the pipeline read or write what its URL or path names (a file on the operator's
+    machine, any host): such a program is a SqlError, never a pipeline."""
+    schema = {"inputs": [{"name": "t", "fields": [], "properties": {"connectors": {
+        "value": '[{"transport": {"name": "file_input", "config": {"path": "/etc/shadow"}}}]'}}}], "outputs": []}
+    seen, artifact = _compile(tmp_path, _fake_sql_compiler(tmp_path, schema), tmp_path)
+    assert seen.status.value == "SqlError" and artifact is None
+    (message,) = seen.error["sql_compilation"]["messages"]
+    assert message["error_type"] == "ConnectorGenerationError" and "connectors of t" in message["message"]
+
+
+def test_the_feldera_compiler_mode_reports_the_compilers_messages_and_a_missing_binary(tmp_path: Path) -> None:
+    messages = [{"start_line_number": 1, "start_column": 2, "end_line_number": 1, "end_column": 3, "warning": False,
+                 "error_type": "Error parsing SQL", "message": "boom", "snippet": "    1|x\n"}]
+    java = _fake_sql_compiler(tmp_path, {"inputs": [], "outputs": []}, "WARNING: jvm noise\n" + json.dumps(messages), 1)
+    seen, _ = _compile(tmp_path, java, tmp_path)
+    assert seen.status.value == "SqlError" and seen.error["sql_compilation"] == {"exit_code": 1, "messages": messages}
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    seen, _ = _compile(ok, _fake_sql_compiler(ok, {"inputs": [], "outputs": []}), ok / "binaries")
+    assert seen.status.value == "RustError"
+    assert "is missing" in seen.error["rust_compilation"]["stderr"]
