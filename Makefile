@@ -5,7 +5,11 @@ BIN    := $(VENV)/bin
 # Processes running the test suite (`make test TEST_WORKERS=1` runs it in one).
 TEST_WORKERS ?= 2
 
-.PHONY: test demo image lock crd lint-imports clean
+# Feldera's toolchain, built by hand outside this project (this project builds none of Feldera's code): the
+# SQL compiler jar, a Java runtime and pipeline binaries. The feldera tests need it.
+FELDERA_TOOLCHAIN ?= $(HOME)/.cache/pipeline-operator/feldera/0.306.0-c44a2456a
+
+.PHONY: test test-feldera demo image lock crd lint-imports clean
 
 # Install the project and its test extra into a local virtualenv, build or reuse the
 # control-plane binaries, promtool and Feldera's fda (cached under ~/.cache/pipeline-operator, with progress), run the static
@@ -22,11 +26,20 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pipeline_operator_dev.fda
 	$(BIN)/pipeline-operator crd --check --output crds/pipelines.dataflow.dev.yaml
 	$(BIN)/pipeline-operator crd --check --output deploy/base/crd/pipelines.dataflow.dev.yaml
+	@if [ -f "$(FELDERA_TOOLCHAIN)/sql2dbsp-jar-with-dependencies.jar" ]; then \
+	  echo "==> Feldera's toolchain found in $(FELDERA_TOOLCHAIN): the feldera tests (real pipelines) run"; \
+	else \
+	  echo "==> SKIPPED: the feldera tests (tests/test_feldera_engine.py): Feldera's toolchain is not in $(FELDERA_TOOLCHAIN)"; \
+	fi
 	@# pytest exits 5 when it collected no tests: this project always has tests, so that is a failure.
 	@# The suite runs in $(TEST_WORKERS) processes (pytest-xdist), each with its own control plane, one
 	@# test file at a time (--dist loadfile): most tests wait on processes and watches, not on the CPU.
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the run" >&2; exit 1; fi; exit $$rc
+
+# Only the tests that run Feldera's own SQL compiler and pipeline binaries (skipped, saying why, without them).
+test-feldera: $(VENV)/.installed
+	FELDERA_TOOLCHAIN=$(FELDERA_TOOLCHAIN) $(BIN)/pytest -m feldera tests/test_feldera_engine.py $(PYTEST_ARGS)
 
 # The main job in one command: an embedded control plane (unless KUBECONFIG is set), the CRD,
 # the operator and a sample Pipeline going to Running, with its monitor events; Ctrl-C to stop.

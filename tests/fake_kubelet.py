@@ -73,16 +73,37 @@ def pod_ip_of(address: str) -> str:
     return str(ipaddress.ip_address(host))
 
 
+def mounted_command(command: list[str], config: dict[str, str], pod: Path, storage: Path, pod_ip: str) -> list[str]:
+    """The container's command as this stand-in runs it, with what the kubelet would mount put on the host: the
+    ConfigMap's ``config.json``/``config.yaml`` written into the pod's folder (its storage path, the claim's
+    mount ``/storage``, pointing at the claim's folder) and ``--config-file`` naming them, the address to bind
+    the pod's IP (its network namespace has no other interface). The pod's folder is its working directory
+    (``/work``), where the process writes its ``port`` file."""
+    assert command[:2] == ["pipeline-operator", "pipeline-process"], command
+    assert "--config-file" in command and "--bind-address" in command, command
+    pipeline_config = json.loads(config["config.json"])
+    assert pipeline_config["storage_config"]["path"] == "/storage", pipeline_config["storage_config"]
+    pipeline_config["storage_config"]["path"] = str(storage)
+    (pod / "config.json").write_text(json.dumps(pipeline_config, indent=2))
+    (pod / "config.yaml").write_text(json.dumps(pipeline_config, indent=2) + "\n")
+    rewritten = list(command)
+    rewritten[rewritten.index("--config-file") + 1] = str(pod / "config.yaml")
+    rewritten[rewritten.index("--bind-address") + 1] = pod_ip
+    return rewritten
+
+
 class ContainerRuntime:
-    """How the kubelet starts and kills a container: ``start(argv, env, paths, log)`` runs the
-    container's command ``argv`` (``pipeline-operator pipeline-process ...``) with ``env``, the host
-    ``paths`` it uses (program, port file's folder, volume) made available at the same paths;
+    """How the kubelet starts and kills a container: ``start(argv, env, paths, log, cwd)`` runs the
+    container's command ``argv`` (``pipeline-operator pipeline-process ...``) with ``env`` in ``cwd``, the
+    host ``paths`` it uses (configuration and port file's folder, volume) made available at the same paths;
     ``kill(process)`` ends it at once."""
 
-    def start(self, argv: list[str], env: dict[str, str], paths: list[Path], log: Path) -> subprocess.Popen:
+    def start(self, argv: list[str], env: dict[str, str], paths: list[Path], log: Path,
+              cwd: Path | None = None) -> subprocess.Popen:
         rewritten = [sys.executable, "-m", "pipeline_operator.cli", *argv[1:]]
         with open(log, "ab") as out:
-            return subprocess.Popen(rewritten, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            return subprocess.Popen(rewritten, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    cwd=cwd)
 
     def kill(self, proc: subprocess.Popen) -> None:
         if proc.poll() is None:
@@ -274,31 +295,14 @@ class FakeKubelet(threading.Thread):
         container = template.containers[0]
         volumes = {v.name: v for v in template.volumes}
         cm = self.core.read_namespaced_config_map(volumes["config"].config_map.name, self.namespace)
-        (pod / "program.json").write_text(cm.data["program.json"])
         claim = volumes["storage"].persistent_volume_claim.claim_name
         storage = self.workdir / "volumes" / claim
         storage.mkdir(parents=True, exist_ok=True)
-        args = list(container.command)
-        assert args[:2] == ["pipeline-operator", "pipeline-process"], args
-        rewritten = args[:2]
-        it = iter(args[2:])
-        for flag in it:
-            if flag == "--debug-routes":  # the one flag without a value
-                rewritten.append(flag)
-                continue
-            value = next(it)
-            if flag == "--host":  # the pod's IP (its network namespace has no other interface)
-                value = self.pod_ips[name]
-            elif flag == "--storage":
-                value = str(storage)
-            elif flag == "--program":
-                value = str(pod / "program.json")
-            rewritten += [flag, value]
-        rewritten += ["--port-file", str(pod / "port")]
         env = self._env(container)
         if env is None:
             return None
-        return self.runtime.start(rewritten, env, [pod, storage], pod / "log")
+        argv = mounted_command(list(container.command), cm.data, pod, storage, self.pod_ips[name])
+        return self.runtime.start(argv, env, [pod, storage], pod / "log", cwd=pod)
 
     def _sync_claim(self, pvc: Any) -> None:
         name = pvc.metadata.name
@@ -549,12 +553,13 @@ class FleetKubelet(FakeKubelet):
         flags: dict[str, str] = {}
         it = iter(args[2:])
         for flag in it:
-            flags[flag] = "" if flag in ("--debug-routes", "--silent-bootstrap") else next(it)  # no value
+            flags[flag] = "" if flag == "--silent-bootstrap" else next(it)  # the one flag without a value
         storage = self.workdir / "volumes" / self._claim_of(sts)
+        from pipeline_operator.launch import reference_program
         self._fleet("PUT", f"/fleet/pipelines/{key}", {
-            "storage": str(storage), "program": json.loads(configmap["data"]["program.json"]),
+            "storage": str(storage), "program": reference_program(json.loads(configmap["data"]["config.json"])),
             "initial": flags.get("--initial", "running"), "bootstrap_policy": flags.get("--bootstrap-policy", "allow"),
-            "debug_routes": "--debug-routes" in flags, "env": env})
+            "debug_routes": env.get("PIPELINE_DEBUG_ROUTES") == "1", "env": env})
         return True
 
     def _sync_claim_json(self, pvc: dict[str, Any], in_use: set[str]) -> None:

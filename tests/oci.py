@@ -236,14 +236,15 @@ class RuncPods(ContainerRuntime):
         self.image = image
         self.containers: dict[int, Container] = {}
 
-    def start(self, argv: list[str], env: dict[str, str], paths: list[Path], log: Path) -> subprocess.Popen:
+    def start(self, argv: list[str], env: dict[str, str], paths: list[Path], log: Path,
+              cwd: Path | None = None) -> subprocess.Popen:
         for path in paths:
             for folder, _, files in os.walk(path):
                 for entry in [folder, *(os.path.join(folder, f) for f in files)]:
                     os.chown(entry, self.image.security.uid, self.image.security.gid)
         pod_env = {k: v for k, v in env.items() if k != "PATH"}
         container = self.image.container(argv, env=pod_env, binds=[(p, str(p), False) for p in paths],
-                                         writable=["/tmp"], cwd="/", name="pipeline")
+                                         writable=["/tmp"], cwd=str(cwd) if cwd else "/", name="pipeline")
         container.log = log
         proc = container.start().proc
         assert proc is not None

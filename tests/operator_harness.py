@@ -82,7 +82,8 @@ class OperatorProcess:
         assert self.proc is not None and self.proc.poll() is None, f"operator exited:\n{self.log()[-4000:]}"
 
     def pipeline_processes(self, uid: str) -> list[int]:
-        """Live reference-pipeline processes of one pipeline (found by their --marker)."""
+        """Live pipeline processes of one pipeline (found by their configuration file, in the pipeline's
+        folder, whose name holds its uid)."""
         found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -92,7 +93,7 @@ class OperatorProcess:
                 state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
-            if b"pipeline-process" in cmdline and uid.encode() in cmdline and state != "Z":
+            if b"--config-file" in cmdline and any(uid.encode() in arg for arg in cmdline) and state != "Z":
                 found.append(int(entry.name))
         return found
 

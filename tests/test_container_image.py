@@ -156,11 +156,17 @@ def test_version_runs_as_the_charts_user_without_capabilities_on_a_read_only_roo
                                 "Read-only file system"], out
 
 
-def test_pipeline_process_from_the_image_answers_status(image):
+def test_pipeline_process_from_the_image_answers_status(image, tmp_path):
+    from pipeline_operator.launch import config_files, launch_args, new_deployment_id, pipeline_config
+    from pipeline_operator.models import BootstrapPolicy, RuntimeDesiredStatus
     port = controlplane.free_port()
-    container = image.container(["pipeline-operator", "pipeline-process", "--host", "127.0.0.1", "--port",
-                                 str(port), "--storage", "/tmp/storage"], env={"PIPELINE_INIT_SECONDS": "0.5"},
-                                name="pipeline").start()
+    # Feldera's launch contract, as the Kubernetes backend runs it: the config mounted, a writable working directory.
+    for name, text in config_files(pipeline_config("0", "image", None, "/tmp/storage", {"digest": "d"})).items():
+        (tmp_path / name).write_text(text)
+    args = launch_args("/config/config.yaml", "127.0.0.1", RuntimeDesiredStatus.RUNNING, new_deployment_id(),
+                       BootstrapPolicy.ALLOW, False, default_port=port)
+    container = image.container(["pipeline-operator", "pipeline-process", *args], env={"PIPELINE_INIT_SECONDS": "0.5"},
+                                binds=[(tmp_path, "/config", True)], cwd="/tmp", name="pipeline").start()
     try:
         oci.wait_http(f"http://127.0.0.1:{port}/status", 60, container)
         seen = []

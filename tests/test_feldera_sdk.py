@@ -244,7 +244,8 @@ def test_a_graceful_stop_is_desired_suspended_and_a_start_meanwhile_is_accepted(
     [pid] = sdk.operator.pipeline_processes(status(sdk, "suspends").id)  # type: ignore[attr-defined]
     argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
     environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-    assert argv[argv.index(b"--workers") + 1] == b"3"
+    config = json.loads(open(argv[argv.index(b"--config-file") + 1].replace(b".yaml", b".json")).read())
+    assert config["workers"] == 3 and b"TOKIO_WORKER_THREADS=3" in environ
     assert b"PIPELINE_SUSPEND_SECONDS=3" in environ and not [e for e in environ if e.startswith(b"LD_PRELOAD=")]
     request = urllib.request.Request(f"{sdk.config.url}/v0/pipelines/suspends/metrics", headers={
         "Authorization": f"Bearer {cluster.plane.users['alice'].token}", "Feldera-Tenant": namespace})

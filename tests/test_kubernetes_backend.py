@@ -150,8 +150,22 @@ def test_created_objects_field_by_field(k8s_operator, pipelines, namespace, clus
     assert pvc["spec"]["resources"]["requests"]["storage"] == "5Gi" and pvc["spec"]["storageClassName"] == "fast"
     svc = cluster.get("service", name, namespace)
     assert svc["spec"]["ports"][0]["port"] == 8080 and svc["spec"]["selector"]["app.kubernetes.io/instance"] == name
-    program = json.loads(cluster.get("configmap", name, namespace)["data"]["program.json"])
-    assert program["sql"] == SQL and program["tables"] == ["orders"]
+    # Feldera's launch contract: the PipelineConfig in the ConfigMap, Feldera's arguments, its environment.
+    data = cluster.get("configmap", name, namespace)["data"]
+    assert set(data) == {"config.json", "config.yaml"}
+    config = json.loads(data["config.json"])
+    assert json.loads(data["config.yaml"]) == config
+    assert config["name"] == f"pipeline-{uid}" and config["given_name"] == "shaped" and config["workers"] == 8
+    assert config["storage_config"] == {"path": "/storage", "cache": "page_cache"}
+    assert [t["name"] for t in config["program_ir"]["program_schema"]["inputs"]] == ["orders"]
+    command = container["command"]
+    assert command[:2] == ["pipeline-operator", "pipeline-process"]
+    flags = dict(zip(command[2::2], command[3::2], strict=True))
+    assert flags.keys() == {"--config-file", "--bind-address", "--initial", "--deployment-id", "--default-port",
+                            "--bootstrap-policy"}
+    assert flags["--config-file"] == "/config/config.yaml" and flags["--default-port"] == "8080"
+    assert flags["--initial"] == "running" and flags["--bind-address"] == "0.0.0.0"
+    assert container["workingDir"] == "/work" and {"name": "TOKIO_WORKER_THREADS", "value": "8"} in container["env"]
 
 
 def test_a_claim_that_stays_pending_times_out_naming_the_cause(k8s_operator, pipelines, namespace, kstatus):
@@ -343,7 +357,7 @@ def test_control_token_secret_lives_with_the_compute_and_the_operator_knows_it(i
     container = backend.get("statefulset", name)["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "PIPELINE_CONTROL_TOKEN",
             "valueFrom": {"secretKeyRef": {"name": f"{name}-token", "key": "token"}}} in container["env"]
-    assert container["command"][-1] == "--debug-routes"
+    assert {"name": "PIPELINE_DEBUG_ROUTES", "value": "1"} in container["env"]
     # Provisioning again (a retry) keeps the token; an operator restart reads it back from the Secret.
     assert backend.provision(key, spec())[1] == token and _token_of(backend.get("secret", f"{name}-token")) == token
     assert backend.token(key) == token
@@ -359,8 +373,9 @@ def test_debug_routes_are_off_unless_enabled(in_process, pipelines):
     backend = in_process()
     key = key_of(pipelines.create("plain", spec()))
     backend.provision(key, spec())
-    command = backend.get("statefulset", child_name(key))["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert "--debug-routes" not in command
+    container = backend.get("statefulset", child_name(key))["spec"]["template"]["spec"]["containers"][0]
+    assert "--debug-routes" not in container["command"]
+    assert "PIPELINE_DEBUG_ROUTES" not in [e["name"] for e in container["env"]]
 
 
 def test_a_spec_cannot_choose_the_control_token_or_debug_routes(in_process, pipelines):
@@ -493,14 +508,17 @@ def test_felderas_runtime_config_sizes_and_configures_the_pod():
     key = PipelineKey("ns", "sized", "0123456789abcdef")
     objects = build_objects(key, spec, {"sql": SQL}, RuntimeDesiredStatus.RUNNING, options)
     container = objects["statefulset"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][container["command"].index("--workers") + 1] == "3"
+    config = json.loads(objects["configmap"]["data"]["config.json"])
+    assert config["workers"] == 3 and config["env"] == {"FOO": "bar", "PIPELINE_CONTROL_TOKEN": "chosen"}
+    assert {"name": "TOKIO_WORKER_THREADS", "value": "3"} in container["env"]
     assert [e for e in container["env"] if e["name"] == "FOO"] == [{"name": "FOO", "value": "kube"}]
     assert [e["name"] for e in container["env"]].count("PIPELINE_CONTROL_TOKEN") == 1  # the Secret's only
     assert objects["pvc"]["spec"]["resources"]["requests"]["storage"] == "20000M"
     assert objects["pvc"]["spec"]["storageClassName"] == "fast"
     plain = build_objects(key, PipelineSpec(), {"sql": SQL}, RuntimeDesiredStatus.RUNNING, options)
-    command = plain["statefulset"]["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[command.index("--workers") + 1] == "8"  # Feldera's default
+    assert json.loads(plain["configmap"]["data"]["config.json"])["workers"] == 8  # Feldera's default
+    assert {"name": "TOKIO_WORKER_THREADS", "value": "8"} in plain["statefulset"]["spec"]["template"]["spec"][
+        "containers"][0]["env"]
 
 
 def test_child_names_fit_a_statefulset_and_stay_stable():
@@ -623,7 +641,7 @@ def test_an_existing_child_the_cache_has_not_seen_is_checked_with_one_read_adopt
     assert observed.state is not ComputeState.FAILED, observed
     # Adopted (it is the pipeline's), then put back as the operator writes it: the program, its labels.
     configmap = backend.get("configmap", name)
-    assert set(configmap["data"]) == {"program.json", "runtime.json"}
+    assert set(configmap["data"]) == {"config.json", "config.yaml"}
     assert configmap["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "pipeline-operator"
     assert restored == [f"ConfigMap {name} data, metadata.labels were changed; put back"]
 

@@ -211,7 +211,7 @@ def test_each_kind_of_child_changed_or_deleted_is_put_back_with_an_event_naming_
          f"StatefulSet {name} spec.template.spec.hostNetwork was changed; put back"),
         ("statefulset", name, {"spec": {"template": {"spec": {"containers": [{**container, "image": "evil:1"}]}}}},
          f"StatefulSet {name} spec.template.spec.containers was changed; put back"),
-        ("configmap", name, {"data": {"program.json": "{}"}}, f"ConfigMap {name} data was changed; put back"),
+        ("configmap", name, {"data": {"config.json": "{}"}}, f"ConfigMap {name} data was changed; put back"),
         ("secret", token_secret_name(running), {"metadata": {"labels": {"app.kubernetes.io/name": "other"}}},
          f"Secret {token_secret_name(running)} metadata.labels was changed; put back"),
         ("networkpolicy", name, {"spec": {"podSelector": {"matchLabels": {"nobody": "x"}}}},
@@ -390,13 +390,17 @@ def test_provisioning_remembers_what_it_wrote(tmp_path):
     backend, kube = _planted(tmp_path, network_policies=True, operator_pod_labels={"app": "operator"})
     key = PipelineKey("ns", "a", "0123456789abcdef")
     spec = PipelineSpec.model_validate({"program": {"sql": SQL}, "deployment": TRICKY, "runtimeConfig": {
-        "workers": 2, "env": {"OTHER": "1"}, "resources": {"cpu_cores_max": 1.5, "memory_mb_min": 100}}})
+        "workers": 2, "io_workers": 3, "env": {"OTHER": "1"},
+        "resources": {"cpu_cores_max": 1.5, "memory_mb_min": 100}}})
     from pipeline_operator.backends.kubernetes import _Owned, build_objects, owned_digest
+    deployment = "0123e4b6-7c1a-4d2e-8f00-0123456789ab"
     objects = build_objects(key, spec, {"sql": SQL}, RuntimeDesiredStatus.PAUSED, backend.options,
-                            BootstrapPolicy.ALLOW, silent_bootstrap=True)
-    assert "--silent-bootstrap" in objects["statefulset"]["spec"]["template"]["spec"]["containers"][0]["command"]
-    owned = _Owned.of({}, f"{child_name(key)}-storage", spec, objects["configmap"]["data"]["program.json"],
-                      RuntimeDesiredStatus.PAUSED, BootstrapPolicy.ALLOW, True)
+                            BootstrapPolicy.ALLOW, silent_bootstrap=True, deployment_id=deployment)
+    container = objects["statefulset"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--silent-bootstrap" in container["command"] and deployment in container["command"]
+    assert {"name": "TOKIO_WORKER_THREADS", "value": "3"} in container["env"]
+    owned = _Owned.of({}, f"{child_name(key)}-storage", spec, objects["configmap"]["data"]["config.json"],
+                      RuntimeDesiredStatus.PAUSED, BootstrapPolicy.ALLOW, True, deployment)
     for kind in ("statefulset", "configmap", "networkpolicy", "service"):
         assert owned_digest(kind, backend._rebuild(key, kind, owned)) == owned_digest(kind, objects[kind]), kind
     asyncio.run(backend.close())

@@ -36,6 +36,7 @@ from pipeline_operator.core.lifecycle import (
     parse_status_response,
 )
 from pipeline_operator.identity import MAX_SLUG, PipelineKey
+from pipeline_operator.launch import config_files, launch_args, new_deployment_id, pipeline_config
 from pipeline_operator.models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus, SpecRuntimeDesiredStatus
 from pipeline_operator.runtime_client import MAX_JSON_DEPTH, MAX_STATUS_BODY, RuntimeClient
 
@@ -65,15 +66,20 @@ class Process:
         folder.mkdir(parents=True, exist_ok=True)
         self.log = folder / "process.log"
         port_file = folder / "port"
-        cmd = [sys.executable, "-m", "pipeline_operator.cli", "pipeline-process", "--port", "0",
-               "--port-file", str(port_file), "--storage", str(folder / "storage")]
+        # Feldera's launch contract: the PipelineConfig in the working directory, Feldera's arguments.
+        config = pipeline_config("0", "by-hand", None, str(folder / "storage"), {"digest": "by-hand"})
+        for name, text in config_files(config).items():
+            (folder / name).write_text(text)
+        cmd = [sys.executable, "-m", "pipeline_operator.cli", "pipeline-process",
+               *launch_args(str(folder / "config.yaml"), "127.0.0.1", RuntimeDesiredStatus.RUNNING,
+                            new_deployment_id(), BootstrapPolicy.ALLOW, False)]
         full_env = {**os.environ, "PIPELINE_INIT_SECONDS": "0", "PIPELINE_REPLAY_SECONDS": "0", **env}
         for name in ("PIPELINE_CONTROL_TOKEN", "PIPELINE_DEBUG_ROUTES"):
             if name not in env:
                 full_env.pop(name, None)
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env,
-                                         start_new_session=True)
+                                         start_new_session=True, cwd=folder)
         port = wait_for("the process to listen", lambda: port_file.exists() and port_file.read_text(), 60)
         self.url = f"http://127.0.0.1:{int(port)}"
         wait_for("Running", lambda: request(f"{self.url}/status")[1]["runtime_status"] == "Running", 60)

@@ -55,6 +55,11 @@ README_BLOCKS: dict[str, tuple[str, str]] = {
     "skopeo copy docker-archive:dist/image/pipeline-operator-0.1.0.tar "
     "docker://registry.example/team/pipeline-operator:0.1.0":
         (NOT_RUN, "it pushes to a registry (registry.example stands for yours)"),
+    "pipeline-operator run --backend local --compiler feldera --feldera-sql-compiler "
+    "/opt/feldera/sql2dbsp-jar-with-dependencies.jar --java /opt/java/bin/java --program-binaries "
+    "/srv/feldera-binaries":
+        (NOT_RUN, "/opt/feldera and /srv are the reader's paths; tests/test_feldera_engine.py starts the operator "
+                  "with these flags and the toolchain's own paths"),
     "docker load -i dist/image/pipeline-operator-0.1.0.tar":
         (NOT_RUN, "it needs a Docker daemon and the tarball of `make image`"),
     "docker tag localhost/pipeline-operator:0.1.0 registry.example/team/pipeline-operator:0.1.0":
@@ -271,7 +276,7 @@ def test_readme_run_command_runs_the_example_pipeline_and_the_sdk_snippet(crd_in
         event_store = cwd / OperatorSettings.model_fields["event_store"].default
         uid = pipelines.get(name)["metadata"]["uid"]
         folder = next((state_dir / "pipelines").glob(f"*__{uid}"))
-        assert (folder / "storage").is_dir() and (folder / "program.json").is_file()
+        assert (folder / "storage").is_dir() and (folder / "config.json").is_file()
         assert event_store.is_file() and event_store.stat().st_size > 0
         assert len(op.pipeline_processes(uid)) == 1
         from pipeline_operator.backends.local import processes_under

@@ -273,34 +273,31 @@ def kubectl(args: tuple[str, ...]) -> None:
 
 
 @main.command("pipeline-process")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--port-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the bound port here (with --port 0).")
-@click.option("--storage", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="The pipeline's storage directory (checkpoints).")
-@click.option("--program", type=click.Path(dir_okay=False, path_type=Path), help="The compiled program (JSON).")
-@click.option("--initial", type=click.Choice(["running", "paused", "standby"]), default="running",
-              show_default=True, help="Runtime status to start in (Feldera's /start?initial=).")
+@click.option("--config-file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The pipeline's PipelineConfig (Feldera's config.yaml; its config.json sibling is read when "
+                   "there is one).")
+@click.option("--bind-address", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--default-port", type=click.IntRange(0, 65535), help="The port to listen on (default: any free "
+              "one); the port is written into the file 'port' of the working directory.")
+@click.option("--initial", type=click.Choice(["running", "paused", "standby"]), required=True,
+              help="Runtime status to start in (Feldera's /start?initial=).")
+@click.option("--deployment-id", required=True, type=click.UUID, help="The start's identifier (Feldera's).")
 @click.option("--bootstrap-policy", type=click.Choice(["await_approval", "allow", "reject"]), default="allow",
               show_default=True, help="What to do when the program changed since the checkpoint (Feldera's).")
-@click.option("--workers", default=8, show_default=True, type=click.IntRange(0, 65535),
-              help="Feldera's runtime_config.workers (this process runs no worker threads; it reports the number).")
 @click.option("--silent-bootstrap", is_flag=True, help="Bootstrap with the output connectors disabled "
               "(Feldera's; this process has no connectors).")
-@click.option("--marker", default="", help="An identifier the operator uses to recognise the process.")
 @click.option("--debug-routes", is_flag=True, help="Serve /debug/* (fault injection for tests; also "
               "PIPELINE_DEBUG_ROUTES=1). Off by default.")
-def pipeline_process(host: str, port: int, port_file: Path | None, storage: Path, program: Path | None,
-                     initial: str, bootstrap_policy: str, workers: int, silent_bootstrap: bool, marker: str,
-                     debug_routes: bool) -> None:
-    """Run the reference pipeline process (the pipeline side of Feldera's runtime contract)."""
+def pipeline_process(config_file: Path, bind_address: str, default_port: int | None, initial: str,
+                     deployment_id: Any, bootstrap_policy: str, silent_bootstrap: bool, debug_routes: bool) -> None:
+    """Run the reference pipeline process (the pipeline side of Feldera's runtime contract), with the
+    arguments and files a Feldera pipeline binary is run with."""
     from .pipeline_process import serve
     handler = logging.StreamHandler()
     handler.setFormatter(EscapingFormatter(LOG_FORMAT))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    asyncio.run(serve(host, port, storage, program, initial.capitalize(), port_file, bootstrap_policy,
-                      debug_routes=debug_routes, silent_bootstrap=silent_bootstrap, workers=workers))
+    asyncio.run(serve(config_file, bind_address, initial.capitalize(), str(deployment_id), bootstrap_policy,
+                      silent_bootstrap=silent_bootstrap, default_port=default_port, debug_routes=debug_routes))
 
 
 if __name__ == "__main__":

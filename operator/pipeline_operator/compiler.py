@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import logging
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ from sqlglot.schema import MappingSchema
 from sqlglot.tokenizer_core import Token
 
 from .core.lifecycle import ProgramObservation
+from .launch import file_sha256
 from .models import ProgramStatus, program_digest
 
 log = logging.getLogger(__name__)
@@ -945,19 +950,7 @@ class Compiler:
     async def _compile(self, digest: str, sql: str, job: _Job) -> None:
         async with self._limit:
             try:
-                self._set(digest, job, ProgramStatus.COMPILING_SQL)
-                try:
-                    statements = await asyncio.to_thread(parse_program, sql)
-                except SqlProblem as problem:
-                    log.info("program %s: SQL error at line %s, column %s: %s", digest[:8], problem.line,
-                             problem.column, problem)
-                    self._set(digest, job, ProgramStatus.SQL_ERROR, sql_error_details(problem, sql))
-                    return
-                self._set(digest, job, ProgramStatus.SQL_COMPILED)
-                self._set(digest, job, ProgramStatus.COMPILING_RUST)
-                await asyncio.to_thread(self._write_artifact, digest, build_artifact(sql, statements))
-                self._jobs.pop(digest, None)
-                self._notify(digest)
+                await self._stages(digest, sql, job)
             except Exception as exc:  # noqa: BLE001 - any failure is the program's SystemError
                 log.exception("program %s: compilation failed", digest[:8])
                 self._set(digest, job, ProgramStatus.SYSTEM_ERROR,
@@ -966,8 +959,149 @@ class Compiler:
             finally:
                 self._listeners.pop(digest, None)
 
+    async def _stages(self, digest: str, sql: str, job: _Job) -> None:
+        """The compilation's stages, each status reported as it is reached; the artifact written at the end."""
+        self._set(digest, job, ProgramStatus.COMPILING_SQL)
+        try:
+            statements = await asyncio.to_thread(parse_program, sql)
+        except SqlProblem as problem:
+            log.info("program %s: SQL error at line %s, column %s: %s", digest[:8], problem.line,
+                     problem.column, problem)
+            self._set(digest, job, ProgramStatus.SQL_ERROR, sql_error_details(problem, sql))
+            return
+        self._set(digest, job, ProgramStatus.SQL_COMPILED)
+        self._set(digest, job, ProgramStatus.COMPILING_RUST)
+        await self._finish(digest, build_artifact(sql, statements))
+
+    async def _finish(self, digest: str, artifact: dict[str, Any]) -> None:
+        await asyncio.to_thread(self._write_artifact, digest, artifact)
+        self._jobs.pop(digest, None)
+        self._notify(digest)
+
     def _write_artifact(self, digest: str, artifact: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.artifact_path(digest).with_suffix(".tmp")
         tmp.write_text(json.dumps(artifact))
         tmp.replace(self.artifact_path(digest))
+
+
+# -- Feldera's SQL compiler ----------------------------------------------------------------------------------
+
+SQL_COMPILER_TIMEOUT = 600.0  # seconds one run of Feldera's SQL compiler may take
+
+
+def binary_key(feldera_version: str, sql: str) -> str:
+    """The name of a program's binary in the binary store: a digest of what determines it, the Feldera
+    version (its SQL compiler and runtime) and the program."""
+    return hashlib.sha256(f"feldera {feldera_version}\0".encode() + sql.encode()).hexdigest()
+
+
+def compiler_messages(stderr: str) -> list[dict[str, Any]] | None:
+    """The messages Feldera's SQL compiler writes as JSON (``-je``) on stderr, after whatever the JVM wrote
+    before them (as Feldera reads them: from the first ``[``); None when there are none to read."""
+    start = stderr.find("[")
+    if start < 0:
+        return None
+    try:
+        messages = json.loads(stderr[start:])
+    except ValueError:
+        return None
+    return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else None
+
+
+class FelderaCompiler(Compiler):
+    """Feldera's compiler server, without its Rust stage's build: the SQL stage runs Feldera's SQL compiler
+    (``sql2dbsp``, with the arguments of Feldera's ``sql_compiler.rs``) in a thread, at most ``concurrency``
+    at a time, and reports its messages as Feldera does (``SqlError`` with line, column and snippet); the
+    Rust stage takes the program's binary from the binary store (``binaries/<key>``, :func:`binary_key`),
+    filled by whoever builds pipeline binaries, and reports ``RustError`` naming the missing file."""
+
+    def __init__(self, folder: Path, jar: Path, java: str, binaries: Path, feldera_version: str,
+                 concurrency: int = 2) -> None:
+        super().__init__(folder, concurrency)
+        self.jar, self.java, self.binaries, self.feldera_version = jar, java, binaries, feldera_version
+
+    def workdir(self, digest: str) -> Path:
+        return self.folder / "sql-compilation" / digest
+
+    def _run_sql_compiler(self, digest: str, sql: str) -> tuple[int, str, Path]:
+        """Feldera's SQL compiler on the program (blocking); its exit code, stderr and working directory."""
+        work = self.workdir(digest)
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "rust" / "crates").mkdir(parents=True)
+        (work / "program.sql").write_text(sql)
+        with open(work / "stdout.log", "wb") as out, open(work / "stderr.log", "wb") as err:
+            try:
+                proc = subprocess.run(
+                    [self.java, "-jar", str(self.jar), str(work / "program.sql"), "-js", str(work / "schema.json"),
+                     "-o", str(work / "rust"), "--dataflow", str(work / "dataflow.json"), "-i", "-je",
+                     "--alltables", "--ignoreOrder", "--runtime", str(work / "runtime"),
+                     "--crates", f"pipeline_{digest}"],
+                    cwd=work, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=SQL_COMPILER_TIMEOUT,
+                    check=False)
+                code = proc.returncode
+            except subprocess.TimeoutExpired:
+                code = -1
+                err.write(f"\nthe SQL compiler did not finish within {SQL_COMPILER_TIMEOUT:.0f} s\n".encode())
+        return code, (work / "stderr.log").read_text(errors="replace"), work
+
+    def _binary(self, sql: str) -> tuple[Path, str] | str:
+        """The program's binary in the store and its sha256, or why there is none (blocking)."""
+        key = binary_key(self.feldera_version, sql)
+        path = self.binaries / key
+        if not path.is_file():
+            return (f"No pipeline binary for this program in the binary store: {path} is missing. This operator "
+                    f"does not build pipeline binaries. Build the program with Feldera {self.feldera_version}'s "
+                    f"toolchain elsewhere (the crate Feldera's SQL compiler generated for it is in "
+                    f"{self.workdir(program_digest(sql)) / 'rust'}) and place the pipeline binary at {path} "
+                    "(executable); then change the program or restart the operator to compile it again.")
+        if not os.access(path, os.X_OK):
+            return f"The pipeline binary {path} is not executable (chmod +x it)."
+        return path, file_sha256(path)
+
+    async def _stages(self, digest: str, sql: str, job: _Job) -> None:
+        self._set(digest, job, ProgramStatus.COMPILING_SQL)
+        code, stderr, work = await asyncio.to_thread(self._run_sql_compiler, digest, sql)
+        messages = compiler_messages(stderr)
+        if code != 0:
+            if messages is None:
+                self._set(digest, job, ProgramStatus.SYSTEM_ERROR, {
+                    "sql_compilation": None, "rust_compilation": None,
+                    "system_error": f"SQL compiler process returned with exit status code ({code}) and "
+                                    f"stderr which cannot be deserialized:\n{stderr[-4000:]}"})
+            else:
+                log.info("program %s: Feldera's SQL compiler reports %s message(s)", digest[:8], len(messages))
+                self._set(digest, job, ProgramStatus.SQL_ERROR, {
+                    "sql_compilation": {"exit_code": code, "messages": messages},
+                    "rust_compilation": None, "system_error": None})
+            return
+        schema = json.loads(await asyncio.to_thread((work / "schema.json").read_text))
+        dataflow = json.loads(await asyncio.to_thread((work / "dataflow.json").read_text))
+        connectors = [r.get("name") for kind in ("inputs", "outputs") for r in schema.get(kind) or []
+                      if isinstance(r, dict) and "connectors" in (r.get("properties") or {})]
+        if connectors:
+            self._set(digest, job, ProgramStatus.SQL_ERROR, {"sql_compilation": {"exit_code": 1, "messages": [{
+                "start_line_number": 0, "start_column": 0, "end_line_number": 0, "end_column": 0,
+                "warning": False, "error_type": "ConnectorGenerationError",
+                "message": f"connectors of {', '.join(map(str, connectors))}: this operator runs programs "
+                           "without connectors (push data through /ingress)", "snippet": None}]},
+                "rust_compilation": None, "system_error": None})
+            return
+        self._set(digest, job, ProgramStatus.SQL_COMPILED)
+        self._set(digest, job, ProgramStatus.COMPILING_RUST)
+        binary = await asyncio.to_thread(self._binary, sql)
+        if isinstance(binary, str):
+            log.info("program %s: %s", digest[:8], binary)
+            self._set(digest, job, ProgramStatus.RUST_ERROR, {
+                "sql_compilation": {"exit_code": 0, "messages": messages or []},
+                "rust_compilation": {"exit_code": 1, "stdout": "", "stderr": binary}, "system_error": None})
+            return
+        names = {kind: [str(r.get("name")) for r in schema.get(kind) or [] if isinstance(r, dict)]
+                 for kind in ("inputs", "outputs")}
+        artifact = {"digest": digest, "sql": sql, "tables": names["inputs"], "views": names["outputs"],
+                    "program_info": {"schema": schema, "udf_stubs": "", "input_connectors": {},
+                                     "output_connectors": {}},
+                    "dataflow": {"mir": dataflow.get("mir") or {}},
+                    "binary": {"path": str(binary[0]), "sha256": binary[1]},
+                    "feldera_version": self.feldera_version}
+        await self._finish(digest, artifact)

@@ -37,7 +37,7 @@ from .api.follow import FollowLimits
 from .backends import Backend as BackendProtocol
 from .backends.kubernetes import REASON_RESTORED, KubernetesBackend
 from .backends.local import LocalBackend
-from .compiler import Compiler
+from .compiler import Compiler, FelderaCompiler
 from .core.lifecycle import ComputeState
 from .event_sweep import keep_sweeping
 from .identity import PipelineKey
@@ -435,6 +435,16 @@ def make_backend(settings: OperatorSettings, kube: Kube, on_child_change: Callab
     return KubernetesBackend.from_settings(kube, settings, on_child_change=on_child_change, on_restored=on_restored)
 
 
+def make_compiler(settings: OperatorSettings) -> Compiler:
+    """The stand-in compiler (sqlglot), or Feldera's SQL compiler with the binary store (``--compiler feldera``)."""
+    folder = settings.state_dir / "programs"
+    if settings.compiler != "feldera":
+        return Compiler(folder)
+    assert settings.feldera_sql_compiler is not None and settings.program_binaries is not None  # checked by settings
+    return FelderaCompiler(folder / "feldera", settings.feldera_sql_compiler.absolute(), settings.java,
+                           settings.program_binaries.absolute(), settings.feldera_version)
+
+
 def _wake(ctx: Context, uid: str) -> None:
     """A child object of this Pipeline changed (a pod went Ready, a claim was bound): look at once."""
     monitor = ctx.monitors.by_uid(uid)
@@ -481,7 +491,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     backend = make_backend(settings, kube, on_child_change=lambda uid: _wake(ctx, uid), on_restored=restored)
     recorder = Recorder(store, poster)
     ctx = Context(settings=settings, kube=kube, backend=backend,
-                  compiler=Compiler(settings.state_dir / "programs"),
+                  compiler=make_compiler(settings),
                   runtime=RuntimeClient(status_timeout=settings.status_timeout, token_for=backend.control_token),
                   sink=recorder, metrics=metrics)
     # Every replica watches the Pipelines: a standby serves them (and, from a shared store, their

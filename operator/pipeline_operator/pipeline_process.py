@@ -718,27 +718,47 @@ def _bound_socket(host: str, port: int) -> socket.socket:
 
 
 async def _listen(runner: web.AppRunner, host: str, port: int, port_file: Path | None) -> int:
-    """Serve ``runner`` on ``host:port`` (0: any free port); the bound port, also written to ``port_file``."""
+    """Serve ``runner`` on ``host:port`` (0: any free port); the bound port, also written to ``port_file``
+    (followed by a newline, as a Feldera pipeline writes it), through a temporary file."""
     await runner.setup()
     sock = _bound_socket(host, port)
     site = web.SockSite(runner, sock)
     await site.start()
     bound: int = sock.getsockname()[1]
     if port_file is not None:
-        tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(str(bound))  # noqa: ASYNC240 - a few bytes, before any request is served
+        tmp = port_file.with_name(port_file.name + ".tmp")
+        tmp.write_text(f"{bound}\n")  # noqa: ASYNC240 - a few bytes, before any request is served
         tmp.replace(port_file)
     return bound
 
 
-async def serve(host: str, port: int, storage: Path, program_file: Path | None, initial: str,
-                port_file: Path | None = None, bootstrap_policy: str = "allow", debug_routes: bool = False,
-                silent_bootstrap: bool = False, workers: int = 8) -> None:
-    """Run the process until SIGTERM or SIGINT. ``debug_routes`` (or ``PIPELINE_DEBUG_ROUTES=1``) serves
-    ``/debug/*``; ``PIPELINE_CONTROL_TOKEN`` is the token of the control routes."""
+def read_pipeline_config(config_file: Path) -> dict[str, Any]:
+    """The ``PipelineConfig`` of ``--config-file``, read as a Feldera pipeline reads it: a ``.yaml`` file's
+    ``.json`` sibling when there is one (this process reads YAML only in its JSON-compatible form)."""
+    json_file = config_file.with_suffix(".json")
+    path = json_file if config_file.suffix != ".json" and json_file.exists() else config_file
+    config = json.loads(path.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a PipelineConfig is a JSON object")
+    return config
+
+
+async def serve(config_file: Path, bind_address: str, initial: str, deployment_id: str,
+                bootstrap_policy: str = "allow", silent_bootstrap: bool = False, default_port: int | None = None,
+                debug_routes: bool = False) -> None:
+    """Run the process until SIGTERM or SIGINT, as a Feldera pipeline binary is run: its ``PipelineConfig``
+    from ``config_file`` (storage directory, workers, program), listening on ``bind_address``
+    (``default_port``, else any free port), the port written into ``port`` in the working directory.
+    ``debug_routes`` (or ``PIPELINE_DEBUG_ROUTES=1``) serves ``/debug/*``; ``PIPELINE_CONTROL_TOKEN`` is the
+    token of the control routes."""
+    from .launch import PORT_FILE, reference_program
     # Start-up, before the server accepts a request: nothing else runs on the loop yet.
+    config = read_pipeline_config(config_file)
+    storage_config = config.get("storage_config") or {}
+    storage = Path(str(storage_config.get("path") or Path.cwd() / "storage"))
     storage.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
-    program = json.loads(program_file.read_text()) if program_file else {}  # noqa: ASYNC240
+    program = reference_program(config)
+    workers = int(config.get("workers", 8))
     env = os.environ
     token = env.get(TOKEN_ENV) or None
     if token is None:
@@ -749,9 +769,10 @@ async def serve(host: str, port: int, storage: Path, program_file: Path | None, 
     pipeline.workers = workers
     await asyncio.sleep(float(env.get("PIPELINE_BIND_DELAY_SECONDS", "0")))
     runner = web.AppRunner(pipeline.app(), access_log=None)
-    bound = await _listen(runner, host, port, port_file)
-    log.info("reference pipeline listening on %s:%s (initial %s, %s workers, bootstrap policy %s%s, storage %s)",
-             host, bound, initial, workers, bootstrap_policy, ", silent bootstrap" if silent_bootstrap else "", storage)
+    bound = await _listen(runner, bind_address, default_port or 0, Path(PORT_FILE))
+    log.info("reference pipeline listening on %s:%s (pipeline %s, initial %s, %s workers, bootstrap policy %s%s, "
+             "storage %s, deployment %s)", bind_address, bound, config.get("given_name"), initial, workers,
+             bootstrap_policy, ", silent bootstrap" if silent_bootstrap else "", storage, deployment_id)
     if env.get("PIPELINE_EXIT_AFTER_SECONDS"):
         asyncio.get_running_loop().call_later(float(env["PIPELINE_EXIT_AFTER_SECONDS"]), os._exit, 70)
     pipeline.start()

@@ -72,6 +72,20 @@ class OperatorSettings(BaseSettings):
     pipeline_command: str = Field("", description="Local backend: the command that runs a pipeline "
                                   "process (default: this installation's reference pipeline process). "
                                   "Set on the operator only, never taken from a Pipeline.")
+    compiler: str = Field("sqlglot", pattern="^(sqlglot|feldera)$", description="How programs are compiled: "
+                          "`sqlglot` (the built-in stand-in: the SQL is parsed, pipelines run the reference "
+                          "pipeline process) or `feldera` (Feldera's SQL compiler, `--feldera-sql-compiler`, "
+                          "and pipeline binaries from `--program-binaries`).")
+    feldera_sql_compiler: Path | None = Field(None, description="`--compiler feldera`: Feldera's SQL compiler, "
+                                              "`sql2dbsp-jar-with-dependencies.jar` of `--feldera-version`.")
+    java: str = Field("java", description="`--compiler feldera`: the Java runtime that runs the SQL compiler "
+                      "(a path, or a command on `PATH`).")
+    program_binaries: Path | None = Field(None, description="`--compiler feldera`: the binary store, a folder "
+                                          "holding each program's pipeline binary, built elsewhere, as "
+                                          "`<key>` (the key a program's `RustError` names).")
+    feldera_version: str = Field("0.306.0", pattern=r"^[0-9A-Za-z.+-]{1,64}$", description="`--compiler "
+                                 "feldera`: the Feldera version of the SQL compiler and the binaries (part of "
+                                 "each binary's key).")
     pipeline_image: str = Field("ghcr.io/pipeline-operator/pipeline-operator:0.1.0", description="Kubernetes "
                                 "backend: the pipeline container image when the spec gives none.")
     pipeline_image_prefixes: Annotated[list[str], NoDecode] = Field(
@@ -208,6 +222,27 @@ class OperatorSettings(BaseSettings):
         """``--api-auth none`` binds to 127.0.0.1 unless an address was given explicitly."""
         if self.api_auth == "none" and "api_listen" not in self.model_fields_set and self.api_listen != "off":
             self.api_listen = "127.0.0.1:" + self.api_listen.rpartition(":")[2]
+        return self
+
+    @model_validator(mode="after")
+    def _feldera_toolchain(self) -> OperatorSettings:
+        """``--compiler feldera`` needs its SQL compiler, a Java runtime and a binary store, checked at start."""
+        if self.compiler != "feldera":
+            return self
+        import shutil
+        problems = []
+        if self.backend is not Backend.LOCAL:
+            problems.append("pipeline binaries run on the local backend only for now (--backend local)")
+        if self.feldera_sql_compiler is None or not self.feldera_sql_compiler.is_file():
+            problems.append(f"--feldera-sql-compiler must name Feldera's SQL compiler jar (given: "
+                            f"{self.feldera_sql_compiler or 'nothing'})")
+        if shutil.which(self.java) is None:
+            problems.append(f"--java {self.java!r} is not an executable Java runtime")
+        if self.program_binaries is None or not self.program_binaries.is_dir():
+            problems.append(f"--program-binaries must name the folder of pipeline binaries (given: "
+                            f"{self.program_binaries or 'nothing'})")
+        if problems:
+            raise ValueError("--compiler feldera: " + "; ".join(problems))
         return self
 
     @model_validator(mode="after")

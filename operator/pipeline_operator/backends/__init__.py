@@ -74,9 +74,10 @@ class Backend(Protocol):
         :class:`LogsUnavailable`, raised on opening."""
 
 
-# What of Feldera's runtime_config the backends use: its workers and env for the process, and (Kubernetes) its
-# resources for the container and the storage.
-RUNTIME_CONFIG_USED = {"workers", "env", "resources"}
+# What of Feldera's runtime_config the backends use beside the PipelineConfig they write: its workers and
+# io_workers (TOKIO_WORKER_THREADS) and env for the process, and (Kubernetes) its resources for the container and
+# the storage.
+RUNTIME_CONFIG_USED = {"workers", "io_workers", "env", "resources"}
 
 
 def workers(spec: PipelineSpec) -> int:

