@@ -75,6 +75,33 @@ def test_unexpected_failures_are_500_error_responses_without_a_trace(store):
     assert "disk on fire" not in text and "Traceback" not in text
 
 
+def test_a_graceful_stop_is_refused_for_community_edition_pipelines_as_felderas_open_source_manager(store):
+    """``--compiler feldera`` runs Feldera's community edition, which writes no checkpoint: ``/stop?force=false``
+    (the default) is refused with Feldera's own answer, 501 EnterpriseFeature, and nothing is written (the API has
+    no Kubernetes client here: a write would fail)."""
+    from pipeline_operator.core.lifecycle import PipelineState
+    key = PipelineKey("ns", "p", "uid-p")
+    state = PipelineState(deployment_resources_status="Provisioned", deployment_resources_desired_status="Provisioned",
+                          deployment_runtime_status="Running", deployment_runtime_desired_status="Running")
+    monitor = types.SimpleNamespace(key=key, obj={"metadata": {"name": "p", "uid": key.uid}, "spec": {}},
+                                    wake=asyncio.Event(), state=state)
+    community = deps({("ns", "p"): monitor}, store)
+    community.community_edition = True
+    server = ApiServer(community, auth="none", default_namespace="ns")
+
+    async def scenario():
+        async with TestClient(TestServer(server.app())) as client:
+            answers = []
+            for query in ("", "?force=false"):
+                response = await client.post(f"/v0/pipelines/p/stop{query}")
+                answers.append((response.status, await response.json()))
+            return answers
+    for status, body in asyncio.run(scenario()):
+        assert status == 501 and body == {
+            "message": "Cannot use enterprise-only feature (stop?force=false) in Feldera community edition.",
+            "error_code": "EnterpriseFeature", "details": {"feature": "stop?force=false"}}
+
+
 @pytest.mark.parametrize(("runtime", "details", "expected"), [
     ("Running", {"connector_stats": {"num_errors": 3}}, {"num_errors": 3}),
     ("Paused", {"connector_stats": {"num_errors": 0}, "reason": None}, {"num_errors": 0}),

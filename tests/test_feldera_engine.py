@@ -79,6 +79,12 @@ def test_a_real_pipeline_compiles_runs_and_sums_rows(feldera_operator, pipelines
     op = feldera_operator
     api = op.api_url
     _apply(cluster, namespace, tmp_path, "orders", ORDERS_SQL.read_text())
+    # Enterprise features asked of the community edition: Feldera's binary refuses them when it starts.
+    synced = {"storage": {"backend": {"name": "file", "config": {"sync": {"bucket": "b", "provider": "Minio"}}}}}
+    _apply(cluster, namespace, tmp_path, "standby", ORDERS_SQL.read_text(), initialRuntimeStatus="Standby",
+           runtimeConfig={"workers": 2, **synced})
+    _apply(cluster, namespace, tmp_path, "tolerant", ORDERS_SQL.read_text(),
+           runtimeConfig={"workers": 2, "fault_tolerance": {"model": "exactly_once"}})
     st = pipelines.wait_status("orders", op, deploymentStatus="Running", timeout=180)
     assert st["programStatus"] == "Success"
     # Feldera's engine runs it: its own binary, its own answers.
@@ -99,6 +105,26 @@ def test_a_real_pipeline_compiles_runs_and_sums_rows(feldera_operator, pipelines
                             b'{"insert": {"id": 3, "amount": 1.25}}\n')
     assert status == 200, body
     assert wait_for("the view's sum after the restart", lambda: str(_total(api)) == "1.25", 30)
+    # A graceful stop: refused as Feldera's open-source manager refuses it (the community edition writes no
+    # checkpoint, the stop would lose the state). Through the API: Feldera's answer. Through the spec: the
+    # pipeline goes on and the Stalled condition says why, until the spec asks a forced stop.
+    status, body = _request("POST", f"{api}/v0/pipelines/orders/stop")
+    assert status == 501 and json.loads(body)["error_code"] == "EnterpriseFeature", body
+    pipelines.patch_spec("orders", {"desiredStatus": "Stopped", "stopMode": "Graceful"})
+    st = pipelines.a_later_pass("orders", op)
+    stalled = {c["type"]: c for c in st["conditions"]}["Stalled"]
+    assert (stalled["status"], stalled["reason"]) == ("True", "EnterpriseFeature"), stalled
+    assert st["deploymentResourcesStatus"] == "Provisioned" and st["deploymentRuntimeStatus"] == "Running"
+    assert str(_total(api)) == "1.25"  # its state is still there
+    pipelines.patch_spec("orders", {"stopMode": "Force"})
+    pipelines.wait_status("orders", op, deploymentStatus="Stopped", timeout=60)
+    for name, feature in (("standby", "standby"), ("tolerant", "fault tolerance")):
+        st = wait_for(f"{name}'s error", lambda n=name: (lambda s: s if s.get("deploymentError") else None)(
+            pipelines.status(n)), 120, operator=op)
+        error = st["deploymentError"]
+        assert st["deploymentResourcesStatus"] in ("Stopping", "Stopped")
+        assert f"Cannot use enterprise-only feature ({feature}) in Feldera community edition." in error.get(
+            "message", ""), (name, st)
     # The monitor events of it all.
     status, body = _request("GET", f"{api}/v0/pipelines/orders/events")
     assert status == 200, body

@@ -12,8 +12,10 @@ from pipeline_operator.core.lifecycle import (
     LifecycleConfig,
     Observation,
     RuntimeProbe,
+    graceful_stop_refused,
     parse_status_response,
 )
+from pipeline_operator.core.resource import conditions
 from pipeline_operator.models import ActionOutcome, ErrorResponse, StopMode
 from pipeline_operator.models import InitialRuntimeStatus as Init
 from pipeline_operator.models import ProgramStatus as P
@@ -226,6 +228,41 @@ def test_force_stop_deprovisions_at_once():
     sim.spec(resources_desired_status=D.STOPPED, stop_mode=StopMode.FORCE)
     d = sim.step(running())
     assert summary(d)[-1][0] == "Stopping" and kinds(d) == ["Deprovision"]
+
+
+def test_a_graceful_stop_of_a_community_pipeline_is_refused_as_felderas_open_source_manager_refuses_it():
+    """Feldera's community edition writes no checkpoint, so its manager refuses /stop?force=false: a spec asking
+    a graceful stop of a running community-edition pipeline leaves it running (no /suspend, no stop), says why
+    (the Stalled condition: EnterpriseFeature, Feldera's message), until the spec asks a forced stop."""
+    sim = Sim(Desired(program_digest="p1", community_edition=True))
+    sim.start()
+    sim.spec(resources_desired_status=D.STOPPED)
+    for _ in range(3):
+        d = sim.step(running(), after=600)
+        assert summary(d) == [] and kinds(d) == []
+    assert sim.state.deployment_resources_status is R.PROVISIONED
+    assert sim.state.deployment_resources_desired_status is D.PROVISIONED
+    assert sim.state.deployment_runtime_desired_status is RDS.RUNNING
+    stalled = {c.type: c for c in conditions(sim.desired, sim.state, [], sim.now)}["Stalled"]
+    assert (stalled.status.value, stalled.reason) == ("True", "EnterpriseFeature")
+    assert stalled.message.startswith("Cannot use enterprise-only feature (stop?force=false) in Feldera community "
+                                      "edition.") and "stopMode to Force" in stalled.message
+    sim.spec(stop_mode=StopMode.FORCE)
+    d = sim.step(running())
+    assert summary(d)[-1][:2] == ("Stopping", "Stopped") and kinds(d) == ["Deprovision"]
+    assert {c.type: c for c in conditions(sim.desired, sim.state, [], sim.now)}["Stalled"].status.value == "False"
+
+
+def test_a_community_pipeline_stopped_by_the_system_or_not_yet_started_stops_at_once():
+    """What is refused is the graceful stop of a pipeline that runs: an error's stop is forced, and a graceful
+    stop of a Stopped pipeline has nothing to do."""
+    sim = Sim(Desired(program_digest="p1", community_edition=True))
+    sim.start()
+    d = sim.step(Observation(compute=compute(ComputeState.FAILED, "the process exited")))
+    assert summary(d)[-1][:2] == ("Stopping", "Stopped")
+    idle = Sim(Desired(program_digest="p1", community_edition=True))
+    idle.step(compiled("p1"))
+    assert idle.state.deployment_resources_status is R.STOPPED and not graceful_stop_refused(idle.desired, idle.state)
 
 
 def test_a_graceful_stop_waits_for_the_suspension_without_a_time_limit():

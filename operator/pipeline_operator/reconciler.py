@@ -269,7 +269,9 @@ def _standby_allowed(spec: PipelineSpec) -> bool:
         and backend.config.sync is not None
 
 
-def desired_of(body: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
+def desired_of(body: dict[str, Any], community_edition: bool = False) -> tuple[Desired, PipelineSpec]:
+    """What the Pipeline ``body`` asks for (``community_edition``: its binary is Feldera's community edition,
+    as every pipeline of the ``feldera`` compiler mode)."""
     spec = PipelineSpec.model_validate(body.get("spec") or {})
     annotations = (body.get("metadata") or {}).get("annotations") or {}
     digest = spec_digest(spec)
@@ -290,6 +292,7 @@ def desired_of(body: dict[str, Any]) -> tuple[Desired, PipelineSpec]:
         bootstrap_policy=spec.bootstrap_policy,
         silent_bootstrap=spec.silent_bootstrap,
         standby_allowed=_standby_allowed(spec),
+        community_edition=community_edition,
         spec_digest=digest,
         spec_by_api=any(annotations.get(k) == digest for k in API_SPEC_ANNOTATIONS),
         start=annotations.get(ANNOTATION_START),
@@ -535,7 +538,7 @@ class PipelineMonitor:
         if self._desired is not None and rv is not None and self._desired[0] == rv:
             return self._desired[1], self._desired[2]
         try:
-            desired, spec = desired_of(obj)
+            desired, spec = desired_of(obj, community_edition=self.ctx.settings.compiler == "feldera")
         except ValidationError as exc:
             raise InvalidPipeline(_validation_problem("spec", exc)) from None
         self._desired = (rv, desired, spec)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..core.lifecycle import (
+    ENTERPRISE_GRACEFUL_STOP,
     PipelineState,
     clear_refusal,
     current_desired,
@@ -122,6 +123,8 @@ class Actions:
 
     async def stop(self, request: web.Request, monitor: ServedPipeline, state: PipelineState) -> web.Response:
         force = bool_param(request.query, "force", False)
+        if not force and self.deps.community_edition:  # as Feldera's open-source manager
+            raise ApiError.refused(ENTERPRISE_GRACEFUL_STOP)
         updated = await writes.patch(self.deps.kube, monitor, {"desiredStatus": "Stopped",
                                                                "stopMode": "Force" if force else "Graceful"},
                                      requested_by=self.server.requested_by(request, "stop"))

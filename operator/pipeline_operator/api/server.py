@@ -182,6 +182,8 @@ class ApiDeps:
     learn_token: Callable[[PipelineKey], Awaitable[None]] | None = None
     # A pipeline's log, opened (the backend's ``logs``; see backends.Backend): GET /v0/pipelines/{name}/logs.
     logs: Callable[[PipelineKey, bool], contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]] | None = None
+    # The pipelines run Feldera's community edition (``--compiler feldera``): /stop?force=false is refused.
+    community_edition: bool = False
 
 
 def _selector(request: web.Request) -> PipelineMonitorEventFieldSelector:

@@ -85,6 +85,9 @@ class Desired(_Frozen):
     silent_bootstrap: bool = False
     # Feldera allows an initial Standby only with a file storage backend that has sync configured.
     standby_allowed: bool = False
+    # The pipeline runs a binary of Feldera's community edition (built from its open source): it writes no
+    # checkpoint, so a graceful stop cannot be done (Feldera's open-source manager refuses it).
+    community_edition: bool = False
     # Identifies the spec without its client metadata (description, tags): a new generation that
     # changes only those starts nothing and dismisses nothing (Feldera's metadata PATCH).
     spec_digest: str = ""
@@ -475,6 +478,18 @@ def effective_desired(desired: Desired, state: PipelineState) -> ResourcesDesire
     return desired.resources_desired_status
 
 
+def graceful_stop_refused(desired: Desired, state: PipelineState) -> bool:
+    """A graceful stop the spec asks of a community-edition pipeline that runs (or is being provisioned): it is
+    not done, as Feldera's open-source manager refuses ``/stop?force=false`` (a suspend there writes no
+    checkpoint, so the stop would lose the state while looking graceful). The pipeline goes on as it is until
+    the spec asks for a forced stop. A stop the system makes (an error, a hold) is forced and not concerned."""
+    return desired.community_edition and desired.resources_desired_status is ResourcesDesiredStatus.STOPPED \
+        and desired.stop_mode is StopMode.GRACEFUL \
+        and state.deployment_resources_status in (R.PROVISIONING, R.PROVISIONED) \
+        and state.deployment_resources_desired_status is ResourcesDesiredStatus.PROVISIONED \
+        and state.system_stop_generation is None and state.deployment_error is None
+
+
 def suspending(desired: Desired, state: PipelineState) -> bool:
     """Feldera's graceful stop (``/stop?force=false``) of a pipeline that can checkpoint: it is asked to suspend,
     and its desired status stays Provisioned (its runtime desired status Suspended) until it has suspended;
@@ -484,7 +499,7 @@ def suspending(desired: Desired, state: PipelineState) -> bool:
             or state.deployment_error is not None:
         return False
     stop = desired.resources_desired_status is ResourcesDesiredStatus.STOPPED
-    if stop and desired.stop_mode is StopMode.FORCE:
+    if stop and desired.stop_mode is StopMode.FORCE or desired.community_edition:
         return False
     if state.suspend_requested_at is not None or state.deployment_runtime_desired_status is RDS.SUSPENDED:
         return True
@@ -494,8 +509,9 @@ def suspending(desired: Desired, state: PipelineState) -> bool:
 def current_desired(desired: Desired, state: PipelineState) -> ResourcesDesiredStatus:
     """Feldera's ``deployment_resources_desired_status`` for this spec and state: :func:`effective_desired`,
     except that a graceful stop keeps Provisioned while the pipeline suspends (:func:`suspending`) and a
-    pipeline that is Stopping stays desired Stopped until it is Stopped (a start while Stopping is illegal)."""
-    if suspending(desired, state):
+    pipeline that is Stopping stays desired Stopped until it is Stopped (a start while Stopping is illegal), and a
+    graceful stop of a community-edition pipeline is not done (:func:`graceful_stop_refused`)."""
+    if suspending(desired, state) or graceful_stop_refused(desired, state):
         return ResourcesDesiredStatus.PROVISIONED
     if state.deployment_resources_status is R.STOPPING:
         return ResourcesDesiredStatus.STOPPED
@@ -542,6 +558,13 @@ class Refusal(_Frozen):
 
     def error(self) -> ErrorResponse:
         return ErrorResponse(message=self.message, error_code=self.error_code, details=self.details)
+
+
+# Feldera's open-source manager's answer to /stop?force=false (CommonError::EnterpriseFeature).
+ENTERPRISE_GRACEFUL_STOP = Refusal(
+    http_status=501, error_code="EnterpriseFeature",
+    message="Cannot use enterprise-only feature (stop?force=false) in Feldera community edition.",
+    details={"feature": "stop?force=false"})
 
 
 _STOPPING_HINT = ("Cannot restart the pipeline while it is stopping. Wait until it is stopped before starting "
@@ -1020,7 +1043,7 @@ def _provisioned(p: _Pass, desired: Desired, observation: Observation, config: L
         if cur.deployment_runtime_desired_status is not RDS.SUSPENDED:
             p.act(ActionKind.SUSPEND)
         return
-    if effective_desired(desired, cur) is ResourcesDesiredStatus.STOPPED:
+    if effective_desired(desired, cur) is ResourcesDesiredStatus.STOPPED and not graceful_stop_refused(desired, cur):
         if desired.stop_mode is StopMode.FORCE:
             _stop(p, desired, "desired status is Stopped (force)")
         else:

@@ -30,7 +30,7 @@ from ..models import (
     combined_desired_status,
     combined_status,
 )
-from .lifecycle import Desired, PipelineState, effective_desired
+from .lifecycle import ENTERPRISE_GRACEFUL_STOP, Desired, PipelineState, effective_desired, graceful_stop_refused
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
 # Runtime statuses in which a Provisioned pipeline has arrived (the others are on the way).
@@ -88,6 +88,10 @@ def conditions(desired: Desired, state: PipelineState, previous: Sequence[Condit
         stalled = (condition_reason(state.deployment_error.error_code), state.deployment_error.message)
     elif state.program_status.is_failed:
         stalled = (state.program_status.value, "The program failed to compile; fix spec.program.sql")
+    elif graceful_stop_refused(desired, state):
+        stalled = (ENTERPRISE_GRACEFUL_STOP.error_code, ENTERPRISE_GRACEFUL_STOP.message + (
+            " The pipeline goes on: it writes no checkpoint, so a graceful stop would lose its state. Set "
+            "spec.stopMode to Force to stop it (its state is lost), or POST /stop?force=true."))
     elif (state.system_stop_generation is not None and state.deployment_resources_status is ResourcesStatus.STOPPED
           and desired.resources_desired_status is ResourcesDesiredStatus.PROVISIONED):
         stalled = ("StoppedBySystem", "The pipeline stopped by itself and stays Stopped until it is started "
