@@ -9,9 +9,12 @@ are skipped, saying what is missing.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
+import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 
 from pipeline_operator.compiler import binary_key
+from pipeline_operator_dev import fda as fda_build
 
 from .operator_harness import wait_for
 
@@ -75,6 +79,39 @@ def _total(api: str) -> Any:
     return rows[0]["total"] if rows else None
 
 
+def _egress_total(api: str, expected: str, timeout: float = 30) -> list[Any]:
+    """The view through ``/egress`` (Feldera's ``send_snapshot=true``: the materialized view's snapshot, then its
+    changes), read as it streams until an insert of ``expected`` comes; the stream is then closed. The chunks'
+    records, in order."""
+    url = urllib.parse.urlsplit(api)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=timeout)
+    records: list[Any] = []
+    try:
+        conn.request("POST", "/v0/pipelines/orders/egress/total?format=json&send_snapshot=true")
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = response.readline()
+            if not line:
+                break
+            if not line.strip():
+                continue
+            chunk = json.loads(line)
+            records += chunk.get("json_data") or []
+            if any(str((r.get("insert") or {}).get("total")) == expected for r in records):
+                return records
+        raise AssertionError(f"no insert of {expected} in the egress stream: {records}")
+    finally:
+        conn.close()
+
+
+def _fda() -> Path | None:
+    """Feldera's ``fda`` if it is on this machine ($FDA, or tests/test_fda.py's build): never built here."""
+    path = Path(os.environ["FDA"]) if os.environ.get("FDA") else fda_build.cached_path()
+    return path if path.exists() else None
+
+
 def test_a_real_pipeline_compiles_runs_and_sums_rows(feldera_operator, pipelines, namespace, cluster, tmp_path):
     op = feldera_operator
     api = op.api_url
@@ -94,6 +131,9 @@ def test_a_real_pipeline_compiles_runs_and_sums_rows(feldera_operator, pipelines
     status, body = _request("POST", f"{api}/v0/pipelines/orders/ingress/orders?format=json", rows)
     assert status == 200, body
     assert wait_for("the view's sum", lambda: _total(api) == 14.75 or str(_total(api)) == "14.75", 30)
+    # The same sum through /egress: the snapshot of the materialized view, as Feldera's pipeline streams it.
+    records = _egress_total(api, "14.75")
+    assert [r for r in records if "insert" in r] == [{"insert": {"total": 14.75}}], records
     # Pause and resume, through the API: Feldera's pipeline reports each. Then a forced stop and a start: a new
     # process of Feldera's binary, whose state starts empty (no checkpoint: the community edition writes none).
     for action, reached in (("pause", "Paused"), ("resume", "Running"), ("stop?force=true", "Stopped"),
@@ -130,6 +170,18 @@ def test_a_real_pipeline_compiles_runs_and_sums_rows(feldera_operator, pipelines
     assert status == 200, body
     seen = [e.get("deployment_runtime_status") for e in json.loads(body)]
     assert {"Running", "Paused"} <= set(seen), seen
+    fda = _fda()
+    if fda is None:
+        print("fda events not checked: no fda on this machine ($FDA or the build of tests/test_fda.py)")
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FELDERA_", "SENTRY_"))}
+        env.update(FELDERA_HOST=api, NO_COLOR="1")
+        done = subprocess.run([str(fda), "--format", "json", "events", "orders"], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        by_fda = json.loads(done.stdout)
+        assert [e["event_id"] for e in by_fda] == [e["event_id"] for e in json.loads(body)][:len(by_fda)]
+        assert {"Running", "Paused"} <= {e.get("deployment_runtime_status") for e in by_fda}
     # A broken program: Feldera's compiler's own message, line and column.
     _apply(cluster, namespace, tmp_path, "broken", ORDERS_SQL.read_text().replace("SELECT SUM", "SELEC SUM"))
     st = pipelines.wait_status("broken", op, programStatus="SqlError", timeout=120)
