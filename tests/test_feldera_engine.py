@@ -195,3 +195,15 @@ def test_a_real_pipeline_compiles_runs_and_sums_rows(feldera_operator, pipelines
     stderr = st["programError"]["rust_compilation"]["stderr"]
     sql = ORDERS_SQL.read_text().replace("AS total", "AS grand_total")
     assert f"{binary_key('0.306.0', sql)} is missing" in stderr and "does not build pipeline binaries" in stderr
+    # A binary that appears in the store after the RustError: the program compiles again by itself, and a start
+    # runs it. (A comment makes another program text, so another key, whose binary is the orders binary.)
+    late = ORDERS_SQL.read_text() + "\n-- built later\n"
+    _apply(cluster, namespace, tmp_path, "late", late, desiredStatus="Provisioned")
+    pipelines.wait_status("late", op, programStatus="RustError", timeout=120)
+    store = tmp_path / "binaries" / binary_key("0.306.0", late)
+    shutil.copyfile(ORDERS_BINARY, store)
+    os.chmod(store, 0o755)
+    pipelines.wait_status("late", op, programStatus="Success", timeout=120)
+    status, body = _request("POST", f"{api}/v0/pipelines/late/start")
+    assert status == 202, body
+    pipelines.wait_status("late", op, deploymentStatus="Running", timeout=60)

@@ -188,3 +188,41 @@ def test_the_feldera_compiler_mode_reports_the_compilers_messages_and_a_missing_
     seen, _ = _compile(ok, _fake_sql_compiler(ok, {"inputs": [], "outputs": []}), ok / "binaries")
     assert seen.status.value == "RustError"
     assert "is missing" in seen.error["rust_compilation"]["stderr"]
+
+
+def test_a_missing_binary_is_looked_for_again_and_the_program_compiles_once_it_is_there(tmp_path: Path) -> None:
+    """RustError for a missing binary is not final: the store is looked at again (bounded, with backoff) and once
+    the binary is there the program is compiled again, to Success, with no change of the program."""
+    import asyncio
+
+    from pipeline_operator.compiler import FelderaCompiler, binary_key
+    from pipeline_operator.models import ProgramStatus, program_digest
+
+    sql = "CREATE TABLE t (x INT);"
+    java = _fake_sql_compiler(tmp_path, {"inputs": [], "outputs": []})
+    binaries = tmp_path / "binaries"
+    binaries.mkdir()
+
+    async def go() -> list[ProgramStatus]:
+        compiler = FelderaCompiler(tmp_path / "programs", tmp_path / "jar", str(java), binaries, "0.306.0")
+        compiler.binary_recheck = (0.02, 0.05)
+        digest = program_digest(sql)
+        compiler.ensure(digest, sql, lambda: None)
+        seen: list[ProgramStatus] = []
+        for _ in range(1000):
+            status = compiler.observe(digest).status
+            if not seen or seen[-1] is not status:
+                seen.append(status)
+            if status is ProgramStatus.RUST_ERROR and not (binaries / binary_key("0.306.0", sql)).exists():
+                assert "looks for it again" in compiler.observe(digest).error["rust_compilation"]["stderr"]
+                await asyncio.sleep(0.2)  # a few looks find nothing: still RustError
+                assert compiler.observe(digest).status is ProgramStatus.RUST_ERROR
+                (binaries / binary_key("0.306.0", sql)).write_text("#!/bin/sh\n")
+                (binaries / binary_key("0.306.0", sql)).chmod(0o755)
+            if status is ProgramStatus.SUCCESS:
+                assert compiler.artifact(digest)["binary"]["path"] == str(binaries / binary_key("0.306.0", sql))
+                return seen
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"never Success: {seen}")
+    seen = asyncio.run(go())
+    assert ProgramStatus.RUST_ERROR in seen and seen[-1] is ProgramStatus.SUCCESS, seen

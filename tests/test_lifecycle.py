@@ -463,6 +463,20 @@ def test_program_change_while_provisioned_is_held_until_stopped():
     assert not sim.state.program_change_held and kinds(d) == ["Compile"]
 
 
+def test_a_rust_error_is_left_when_the_compiler_compiles_the_program_again_by_itself():
+    """The binary store's missing binary appeared: the compiler started over, and the status follows it from
+    RustError through Pending (Feldera's RustError -> Pending), one event each."""
+    sim = Sim()
+    sim.step(compiled("p1", P.RUST_ERROR, {"rust_compilation": {"stderr": "missing"}}))
+    assert sim.state.program_status is P.RUST_ERROR
+    assert sim.step(compiled("p1", P.RUST_ERROR)).steps == ()
+    d = sim.step(compiled("p1", P.COMPILING_SQL))
+    assert [s.state.program_status for s in d.steps] == [P.PENDING, P.COMPILING_SQL]
+    assert sim.state.program_error is None
+    sim.step(compiled("p1", P.SUCCESS))
+    assert sim.state.program_status is P.SUCCESS
+
+
 def test_missing_compiled_program_is_compiled_again_while_stopped():
     sim = Sim()
     sim.step(compiled("p1"))

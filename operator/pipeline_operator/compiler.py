@@ -1020,6 +1020,35 @@ class FelderaCompiler(Compiler):
                  concurrency: int = 2) -> None:
         super().__init__(folder, concurrency)
         self.jar, self.java, self.binaries, self.feldera_version = jar, java, binaries, feldera_version
+        # A program whose binary is missing: the store is looked at again, first after binary_recheck[0] seconds,
+        # then twice as long each time up to binary_recheck[1], for binary_wait seconds in all (one stat in a
+        # thread per look, outside the compilations' concurrency bound).
+        self.binary_recheck: tuple[float, float] = (1.0, 30.0)
+        self.binary_wait = 3600.0
+        self._waits: set[asyncio.Task[None]] = set()
+
+    async def _await_binary(self, digest: str, sql: str, job: _Job) -> None:
+        """Wait (bounded) for the missing binary of a program that is RustError; when it is in the store, the
+        program is compiled again (Pending, as Feldera's RustError -> Pending), which the pipeline's next
+        monitoring pass follows."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.binary_wait
+        delay, longest = self.binary_recheck
+        path = self.binaries / binary_key(self.feldera_version, sql)
+        while loop.time() < deadline:
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            delay = min(delay * 2, longest)
+            if self._jobs.get(digest) is not job:
+                return  # forgotten meanwhile
+            if await asyncio.to_thread(lambda: path.is_file() and os.access(path, os.X_OK)):
+                log.info("program %s: its binary is now in the binary store: compiling again", digest[:8])
+                del self._jobs[digest]
+                again = _Job(status=ProgramStatus.PENDING)
+                self._jobs[digest] = again
+                again.task = asyncio.create_task(self._compile(digest, sql, again), name=f"compile-{digest[:8]}")
+                return
+        log.info("program %s: its binary did not appear in %.0f s; no longer looked for", digest[:8],
+                 self.binary_wait)
 
     def workdir(self, digest: str) -> Path:
         return self.folder / "sql-compilation" / digest
@@ -1054,7 +1083,9 @@ class FelderaCompiler(Compiler):
                     f"does not build pipeline binaries. Build the program with Feldera {self.feldera_version}'s "
                     f"toolchain elsewhere (the crate Feldera's SQL compiler generated for it is in "
                     f"{self.workdir(program_digest(sql)) / 'rust'}) and place the pipeline binary at {path} "
-                    "(executable); then change the program or restart the operator to compile it again.")
+                    f"(executable): the operator looks for it again for {self.binary_wait / 60:.0f} minutes and "
+                    "then compiles the program again by itself; after that, change the program or restart the "
+                    "operator.")
         if not os.access(path, os.X_OK):
             return f"The pipeline binary {path} is not executable (chmod +x it)."
         return path, file_sha256(path)
@@ -1095,6 +1126,9 @@ class FelderaCompiler(Compiler):
             self._set(digest, job, ProgramStatus.RUST_ERROR, {
                 "sql_compilation": {"exit_code": 0, "messages": messages or []},
                 "rust_compilation": {"exit_code": 1, "stdout": "", "stderr": binary}, "system_error": None})
+            wait = asyncio.create_task(self._await_binary(digest, sql, job), name=f"binary-{digest[:8]}")
+            self._waits.add(wait)
+            wait.add_done_callback(self._waits.discard)
             return
         names = {kind: [str(r.get("name")) for r in schema.get(kind) or [] if isinstance(r, dict)]
                  for kind in ("inputs", "outputs")}

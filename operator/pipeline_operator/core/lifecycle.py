@@ -836,6 +836,11 @@ def _program(p: _Pass, desired: Desired, observation: Observation) -> None:
         # Feldera's runner: Success -> Pending when the compiled artifacts are missing.
         p.set("compiled program missing: compiling again", program_status=P.PENDING, program_error=None)
         cur = p.cur
+    elif cur.program_status is P.RUST_ERROR and seen.status is not P.RUST_ERROR \
+            and cur.deployment_resources_status is R.STOPPED:
+        # The compiler started over by itself (the missing binary of the Rust stage appeared): RustError -> Pending.
+        p.set("the compiler compiles the program again", program_status=P.PENDING, program_error=None)
+        cur = p.cur
     if cur.program_status.is_compiling and seen.status is not cur.program_status:
         path = transitions.program_path(cur.program_status, seen.status)
         if path and path[0] not in transitions.PROGRAM_TRANSITIONS[cur.program_status]:
