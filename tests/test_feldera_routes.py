@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import threading
 import urllib.parse
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -458,9 +460,12 @@ def api_on_a_port(pipeline: web.Application, state: PipelineState = RUNNING) -> 
     done = asyncio.Event()
 
     async def run() -> None:
-        async with serving(pipeline) as url, serving(api(url, state).app()) as base:
-            ready.set_result(base)
-            await done.wait()
+        async with serving(pipeline) as url:
+            server = api(url, state, logs=_log)
+            server.deps.events = Events()  # type: ignore[assignment]
+            async with serving(server.app()) as base:
+                ready.set_result(base)
+                await done.wait()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
     thread.start()
@@ -522,3 +527,85 @@ def test_felderas_sdk_updates_the_runtime_of_a_stopped_pipeline():
     with api_on_a_port(web.Application(), STOPPED) as base:
         client = feldera_client(base, None, "ns")
         client.update_pipeline_runtime("p")  # a no-op: the pipeline has the operator's platform version already
+        metadata, _, files = _bundle(bytes(client.get_pipeline_support_bundle("p", {"logs": "false"})))
+        assert metadata["pipeline"]["name"] == "p" and metadata["collections"][0]["skipped"] == ["logs.txt"]
+        assert any(name.endswith("/pipeline_config.json") for name in files)
+
+
+# -- the support bundle, assembled by the operator ------------------------------------------------------
+
+
+class Events:
+    """The event store, as the bundle reads it."""
+
+    @staticmethod
+    def list_json(uid: str, selector: str = "status") -> str:
+        return json.dumps([{"event_id": "e1", "selector": selector}])
+
+
+def _bundle(body: bytes) -> tuple[dict[str, Any], str, dict[str, bytes]]:
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    return json.loads(files.pop("metadata.json")), files.pop("metadata.txt").decode(), files
+
+
+def test_the_support_bundle_holds_what_felderas_collector_collects(tmp_path):
+    pipeline = reference(tmp_path)
+
+    async def scenario() -> dict[str, tuple[int, dict[str, str], bytes]]:
+        pipeline.start()
+        answers = {}
+        async with serving(pipeline.app()) as url:
+            for label, state, query in (("running", RUNNING, ""), ("stopped", STOPPED, ""),
+                                        ("some", RUNNING, "?heap_profile=false&logs=false&circuit_profile=false"),
+                                        ("none", RUNNING, "?collect=false"), ("zero", RUNNING, "?limit=0")):
+                server = api(url, state, logs=_log)
+                server.deps.events = Events()  # type: ignore[assignment]
+                async with through(server) as client:
+                    response = await client.get(f"/v0/pipelines/p/support_bundle{query}")
+                    answers[label] = (response.status, dict(response.headers), await response.read())
+        return answers
+
+    answers = asyncio.run(scenario())
+    status, headers, body = answers["running"]
+    assert (status, headers["Content-Type"]) == (200, "application/zip")
+    assert headers["Content-Disposition"] == 'attachment; filename="p-support-bundle.zip"'
+    metadata, text, files = _bundle(body)
+    assert metadata["metadata_version"] == 1 and metadata["pipeline"]["name"] == "p"
+    assert metadata["pipeline"]["status"] == "Running"
+    [collection] = metadata["collections"]
+    directory = collection["directory"]
+    assert collection["data_version"] == 5 and collection["skipped"] == []
+    assert set(collection["collected"]) == {"circuit_profile.zip", "circuit_profile.json", "heap_profile.pb.gz",
+                                            "metrics.txt", "logs.txt", "stats.json", "pipeline_config.json",
+                                            "system_config.json", "pipeline_events.json"}
+    assert collection["failed"] == [{"file": "dataflow_graph.json", "reason": "Pipeline 'p' has not been compiled "
+                                     "yet. Please compile the pipeline first."}]
+    assert set(files) == {f"{directory}/{name}" for name in collection["collected"]}
+    # Asked of the pipeline as Feldera's collector asks (its echo answers the profiles it does not have).
+    assert json.loads(files[f"{directory}/circuit_profile.zip"])["path"] == "/dump_profile"
+    assert json.loads(files[f"{directory}/heap_profile.pb.gz"])["path"] == "/heap_profile"
+    assert b"process_resident_memory_bytes" in files[f"{directory}/metrics.txt"]
+    assert json.loads(files[f"{directory}/stats.json"])["global_metrics"]["state"] == "Running"
+    assert files[f"{directory}/stats.json"].startswith(b"{\n")  # prettified, as Feldera's
+    assert files[f"{directory}/logs.txt"] == b"a line\n"
+    assert json.loads(files[f"{directory}/pipeline_config.json"])["name"] == "p"
+    assert json.loads(files[f"{directory}/system_config.json"])["version"] == "0.306.0"
+    assert json.loads(files[f"{directory}/pipeline_events.json"]) == [{"event_id": "e1", "selector": "all"}]
+    assert "# Support Bundle Table of Contents" in text and "  ✓ metrics.txt" in text
+    assert "  ✗ dataflow_graph.json: Pipeline 'p' has not been compiled yet." in text
+
+    # Not deployed: what the pipeline would give fails, with the manager's reason; the rest is there.
+    metadata, _, _ = _bundle(answers["stopped"][2])
+    [collection] = metadata["collections"]
+    failed = {f["file"]: f["reason"] for f in collection["failed"]}
+    assert set(failed) == {"circuit_profile.zip", "circuit_profile.json", "heap_profile.pb.gz", "metrics.txt",
+                           "stats.json", "dataflow_graph.json"}
+    assert failed["stats.json"].startswith("Unable to interact with pipeline because the deployment status (stopped)")
+    assert metadata["pipeline"]["status"] == "Stopped" and "desired_status" not in metadata["pipeline"]
+    # What was not asked for is skipped; collect=false has no collection; limit=0 is Feldera's 400.
+    [collection] = _bundle(answers["some"][2])[0]["collections"]
+    assert collection["skipped"] == ["circuit_profile.zip", "circuit_profile.json", "heap_profile.pb.gz", "logs.txt"]
+    assert _bundle(answers["none"][2])[0]["collections"] == []
+    status, _, body = answers["zero"]
+    assert (status, json.loads(body)["error_code"]) == (400, "InvalidSupportBundleParameter")

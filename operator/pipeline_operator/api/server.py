@@ -341,6 +341,7 @@ class ApiServer:
     def app(self) -> web.Application:
         from .interaction import Interaction
         from .manager import Manager
+        from .support_bundle import SupportBundles
         app = web.Application(client_max_size=512 * 1024, middlewares=[self._middleware])
         r = app.router
         r.add_get("/healthz", self.healthz)
@@ -359,6 +360,7 @@ class ApiServer:
         Interaction(self).routes(r)
         manager = Manager(self)
         manager.routes(r)
+        SupportBundles(self).routes(r)
         if self.ui_enabled:
             from .ui import Ui
             Ui(self).routes(r)
