@@ -609,3 +609,39 @@ def test_the_support_bundle_holds_what_felderas_collector_collects(tmp_path):
     assert _bundle(answers["none"][2])[0]["collections"] == []
     status, _, body = answers["zero"]
     assert (status, json.loads(body)["error_code"]) == (400, "InvalidSupportBundleParameter")
+
+
+def test_support_bundles_are_assembled_two_at_a_time():
+    """A bundle holds its files in memory: beyond two at once, 429 at once (not a queue of them). The two
+    bundles under way wait for the pipeline's log, which comes once the third has been refused."""
+    release, both = asyncio.Event(), asyncio.Event()
+    reading: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def slow_log(key: Any, follow: bool) -> AsyncIterator[AsyncIterator[bytes]]:
+        reading.append(1)
+        if len(reading) == 2:
+            both.set()
+
+        async def lines() -> AsyncIterator[bytes]:
+            await release.wait()
+            yield b"a line\n"
+        yield lines()
+
+    async def scenario() -> tuple[list[int], int, dict]:
+        async with serving(web.Application()) as url:
+            server = api(url, logs=slow_log)
+            server.deps.events = Events()  # type: ignore[assignment]
+            async with through(server) as client:
+                held = [asyncio.ensure_future(client.get("/v0/pipelines/p/support_bundle")) for _ in range(2)]
+                await asyncio.wait_for(both.wait(), 10)  # both bundles are under way
+                try:  # at once, not once the others are done
+                    refused = await client.get("/v0/pipelines/p/support_bundle", timeout=aiohttp.ClientTimeout(5))
+                    status, body = refused.status, await refused.json()
+                finally:
+                    release.set()
+                return [(await h).status for h in held], status, body
+
+    statuses, status, body = asyncio.run(scenario())
+    assert statuses == [200, 200]
+    assert (status, body["error_code"]) == (429, "TooManySupportBundles")
