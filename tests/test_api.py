@@ -218,6 +218,8 @@ def test_fuzzing_the_api_finds_no_server_error(operators, pipelines, namespace, 
     pipelines.wait_status("orders", op, deploymentStatus="Running")
     document = call(f"{op.api_url}/v0/openapi.json")[1]
     assert "/v0/pipelines/{pipeline_name}/events" in document["paths"]
+    # API keys are Feldera's, and a 501 by design (Kubernetes' tokens are the keys): not fuzzed.
+    document["paths"] = {p: item for p, item in document["paths"].items() if not p.startswith("/v0/api_keys")}
     # Aim the generated names at the pipeline that exists (and one that does not), so that the
     # examples reach the handlers' logic rather than stopping at 404.
     for item in document["paths"].values():
