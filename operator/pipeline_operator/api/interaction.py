@@ -1,18 +1,18 @@
 """The data plane of a pipeline through the API: its logs, and the requests Feldera's manager passes
-through to the pipeline (``/stats``, ``/metrics``, ``/checkpoint``, ``/checkpoint_status``,
-``/checkpoint/sync``, ``/checkpoint/sync_status``, ``/ingress/{table_name}``, ``/egress/{table_name}``,
-``/query``).
+through to the pipeline (:data:`ROUTES`: ``/stats``, ``/metrics``, the checkpoints, ``/ingress/{table_name}``,
+``/egress/{table_name}``, ``/query``, the time series, the profiles, the transactions, the clock, the
+connectors' routes, ...), and the ad-hoc query's WebSocket, relayed to the pipeline's (:meth:`Interaction._relay`).
 
-Each passed-through request is authorised as Feldera's RBAC classifies it (a read is ``get``, every other is
-``patch``, the verb of the lifecycle actions), refused by the pure core's
+Each passed-through request is authorised by its kind (a read of the pipeline's state is ``get``, what acts on the
+pipeline or reads or changes its data is ``patch``, the verb of the lifecycle actions), refused by the pure core's
 :func:`~pipeline_operator.core.lifecycle.interaction_refusal` exactly as the actions are
-(``PipelineInteractionNotDeployed``, ``PipelineUnavailable``), then sent to the pipeline with the same path,
-the query string exactly as the client sent it (never decoded and encoded again), Feldera's timeout for that
-route, and the pipeline's token. Nothing is held in memory: the client's body goes up as it arrives
-(``/ingress`` at most :data:`MAX_INGRESS_BYTES`, else 413 ``PayloadTooLarge``), the pipeline's answer comes
-down as it arrives, with its status and nothing else of its headers. No answer is Feldera's
-``PipelineInteractionUnreachable`` (503, with the request and what went wrong in ``details``); a redirect,
-which is never followed, ``PipelineInteractionInvalidResponse`` (500).
+(``PipelineInteractionNotDeployed``, ``PipelineUnavailable``), then sent to the pipeline at the path Feldera's
+manager asks it for, with the query string exactly as the client sent it (never decoded and encoded again; none
+where Feldera's manager drops it), Feldera's timeout for that route, and the pipeline's token. Nothing is held in
+memory: the client's body goes up as it arrives (``/ingress`` at most :data:`MAX_INGRESS_BYTES`, else 413
+``PayloadTooLarge``), the pipeline's answer comes down as it arrives, with its status and nothing else of its
+headers. No answer is Feldera's ``PipelineInteractionUnreachable`` (503, with the request and what went wrong in
+``details``); a redirect, which is never followed, ``PipelineInteractionInvalidResponse`` (500).
 
 A pipeline's answer is served from the API's origin, so it must not be able to script it: its content type is
 kept only when it is one that Feldera's pipeline answers on that route (:func:`served_content_type`), anything

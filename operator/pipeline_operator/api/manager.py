@@ -26,11 +26,11 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..core.lifecycle import update_refusal
+from ..core.lifecycle import PipelineState, update_refusal
 from ..models import RuntimeStatus
 from ..runtime_client import PipelineUnreachable
 from .errors import ApiError
@@ -51,6 +51,21 @@ KUBERNETES_RULES_OUT = {
                     "and RBAC on pipelines.dataflow.dev for what it may do",
 }
 SESSION_NAMESPACE = uuid.UUID("6c1d4f2e-9a57-4c37-8f0e-2b1a7d3c5e90")  # tenant ids: uuid5 of the namespace's name
+
+
+async def dataflow_of(server: ApiServer, name: str, state: PipelineState) -> Any:
+    """Feldera's ``extract_pipeline_dataflow_graph``: the ``dataflow`` of the program's ``program_info``, else
+    404 ``ProgramNotCompiled`` (no program info yet) or ``ProgramInfoMissesDataflow``."""
+    program_info = await server.pipelines.program_info(state)
+    if program_info is None:
+        raise ApiError(404, "ProgramNotCompiled", f"Pipeline '{name}' has not been compiled yet. Please compile the "
+                                                  "pipeline first.", {"pipeline_name": name})
+    dataflow = program_info.get("dataflow") if isinstance(program_info, dict) else None
+    if dataflow is None:
+        raise ApiError(404, "ProgramInfoMissesDataflow", f"Dataflow graph is missing from pipeline '{name}'. The "
+                       "pipeline may have been compiled before dataflow graphs were introduced.",
+                       {"pipeline_name": name})
+    return dataflow
 
 
 class Manager:
@@ -91,18 +106,8 @@ class Manager:
 
     async def dataflow_graph(self, request: web.Request) -> web.Response:
         monitor = await self.server.pipeline(request, "get")
-        name = monitor.key.name
         state = await self.server.actions.served_state(monitor)
-        program_info = await self.server.pipelines.program_info(state)
-        if program_info is None:
-            raise ApiError(404, "ProgramNotCompiled", f"Pipeline '{name}' has not been compiled yet. Please compile "
-                                                      "the pipeline first.", {"pipeline_name": name})
-        dataflow = program_info.get("dataflow") if isinstance(program_info, dict) else None
-        if dataflow is None:
-            raise ApiError(404, "ProgramInfoMissesDataflow", f"Dataflow graph is missing from pipeline '{name}'. The "
-                           "pipeline may have been compiled before dataflow graphs were introduced.",
-                           {"pipeline_name": name})
-        return web.json_response(dataflow)
+        return web.json_response(await dataflow_of(self.server, monitor.key.name, state))
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Feldera's ``get_metrics``: each Running or Paused pipeline's ``/metrics`` that answered a success,

@@ -37,6 +37,7 @@ from ..models import combined_desired_status, combined_status
 from ..runtime_client import PipelineUnreachable
 from .errors import ApiError, bool_param
 from .interaction import reachable_endpoint
+from .manager import dataflow_of
 from .platform import configuration
 
 if TYPE_CHECKING:
@@ -242,14 +243,10 @@ class SupportBundles:
         return json.dumps(configuration(VERSION), indent=2).encode()
 
     async def _dataflow_graph(self, monitor: ServedPipeline, state: PipelineState) -> bytes:
-        program_info = await self.server.pipelines.program_info(state)
-        name = monitor.key.name
-        if program_info is None:
-            raise Failed(f"Pipeline '{name}' has not been compiled yet. Please compile the pipeline first.")
-        dataflow = program_info.get("dataflow") if isinstance(program_info, dict) else None
-        if dataflow is None:
-            raise Failed(f"Dataflow graph is missing from pipeline '{name}'. The pipeline may have been compiled "
-                         "before dataflow graphs were introduced.")
+        try:
+            dataflow = await dataflow_of(self.server, monitor.key.name, state)
+        except ApiError as exc:
+            raise Failed(exc.message) from None
         return json.dumps(dataflow, indent=2).encode()
 
     async def _events(self, monitor: ServedPipeline) -> bytes:
