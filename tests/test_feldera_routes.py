@@ -645,3 +645,35 @@ def test_support_bundles_are_assembled_two_at_a_time():
     statuses, status, body = asyncio.run(scenario())
     assert statuses == [200, 200]
     assert (status, body["error_code"]) == (429, "TooManySupportBundles")
+
+
+def test_what_a_pipeline_answers_the_operators_own_routes_is_bounded(monkeypatch):
+    """A hostile pipeline's endless answers: its /metrics past the bound is left out of the tenant's page, and a
+    bundle's file past the bound is listed as failed; neither is held whole."""
+    from pipeline_operator.api import manager, support_bundle
+    monkeypatch.setattr(manager, "MAX_PIPELINE_METRICS", 1024)
+    monkeypatch.setattr(support_bundle, "MAX_FILE", 1024)
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        for _ in range(64):
+            await response.write(b"x" * 1024)
+        return response
+
+    async def scenario() -> tuple[bytes, dict]:
+        pipeline = web.Application()
+        pipeline.router.add_route("*", "/{tail:.*}", huge)
+        async with serving(pipeline) as url:
+            server = api(url, logs=_log)
+            server.deps.events = Events()  # type: ignore[assignment]
+            async with through(server) as client:
+                page = await (await client.get("/v0/metrics")).read()
+                bundle = await (await client.get("/v0/pipelines/p/support_bundle")).read()
+                return page, _bundle(bundle)[0]
+
+    page, metadata = asyncio.run(scenario())
+    assert page == b""
+    failed = {f["file"]: f["reason"] for f in metadata["collections"][0]["failed"]}
+    assert failed["metrics.txt"] == "the answer is larger than 1024 bytes, the most a file of a bundle holds"
+    assert set(failed) >= {"circuit_profile.zip", "heap_profile.pb.gz", "stats.json"}
