@@ -51,11 +51,13 @@ class Fda:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("FELDERA_", "SENTRY_"))}
         self.env.update(FELDERA_HOST=url, FELDERA_API_KEY=token, FELDERA_HTTPS_TLS_CERT=str(ca), NO_COLOR="1")
 
-    def __call__(self, *args: str, json_output: bool = False, fmt: str = "text", exit_code: int = 0) -> Any:
-        """Run one command; it must exit ``exit_code``. Its standard output (parsed with ``json_output``), or
-        with an ``exit_code`` other than 0 its standard error."""
+    def __call__(self, *args: str, json_output: bool = False, fmt: str = "text", exit_code: int = 0,
+                 stdin: str | None = None) -> Any:
+        """Run one command (``stdin`` on its standard input); it must exit ``exit_code``. Its standard output
+        (parsed with ``json_output``), or with an ``exit_code`` other than 0 its standard error."""
         cmd = [str(self.binary), "--format", "json" if json_output else fmt, *args]
-        res = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=FDA_TIMEOUT)
+        res = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=FDA_TIMEOUT,
+                             input=stdin)
         assert res.returncode == exit_code, \
             f"fda {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
         if exit_code:
@@ -162,6 +164,34 @@ def test_fda_through_one_pipelines_life(life, tmp_path):
 
     assert "Pipeline deleted successfully." in fda("delete", NAME)
     assert fda("pipelines", json_output=True) == []
+
+
+def test_fda_query_and_exec_reach_the_pipeline_over_the_websocket(life, tmp_path):
+    """``fda query`` (and its alias ``exec``, with the SQL on its standard input) opens a WebSocket on the
+    pipeline's ``/query``, sends its query and prints what comes back until the pipeline closes it: through
+    the operator, the reference pipeline (run with its debug routes, as the operator under test runs it) echoes
+    what reached it, which fda prints; a close with an error is fda's exit code 1."""
+    fda, op, pipelines = life
+    name = "adhoc"
+    program = tmp_path / "program.sql"
+    program.write_text(SQL)
+    wait_for("the API over TLS", lambda: _answers(fda), 60, operator=op)
+    assert "Pipeline created successfully." in fda("create", name, str(program))
+    pipelines.patch_spec(name, {"deployment": {"env": FAST_PIPELINE}})
+    wait_for("the program to compile", lambda: "Success" in fda("program", "status", name), 60, operator=op)
+    try:
+        assert "Pipeline started successfully." in fda("start", name)
+        echo = json.loads(fda("query", name, "SELECT COUNT(*) FROM orders"))
+        assert (echo["method"], echo["path"], echo["authorized"]) == ("GET", "/query", True)
+        assert json.loads(echo["body"]) == {"sql": "SELECT COUNT(*) FROM orders", "format": "text"}
+        echo = json.loads(fda("exec", name, "--stdin", stdin="SELECT 1;\n"))
+        assert json.loads(echo["body"]) == {"sql": "SELECT 1;\n", "format": "text"}
+        # Asked for Arrow IPC, fda takes a text message for the pipeline's error, and says so.
+        assert '"path":"/query"' in fda("query", name, "SELECT 2", fmt="arrow_ipc", exit_code=1).replace(" ", "")
+    finally:
+        fda("stop", name)
+        fda("clear", name)
+        fda("delete", name)
 
 
 def _answers(fda: Fda) -> bool:

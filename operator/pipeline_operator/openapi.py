@@ -1,13 +1,14 @@
-"""The HTTP API's own OpenAPI document (served at ``/v0/openapi.json``).
+"""The HTTP API's OpenAPI document (served at ``/v0/openapi.json`` and, as Feldera serves it, at
+``/api-doc/openapi.json``).
 
-It is Feldera's document for the endpoints we serve: ``data/feldera-openapi-subset.json`` (events
-and lifecycle actions) and ``data/feldera-openapi-pipelines.json`` (pipeline CRUD, the pipeline's
-logs and the requests passed through to it, with every schema they reference), both kept as Feldera
-publishes them; plus what this API adds: a JSON ErrorResponse for a bad ``selector`` (Feldera answers
-plain text there), 401 and 403 on every pipeline endpoint, 409 for a field another manager owns, the
-live event stream (``follow`` and ``after`` on the events list, answered as NDJSON or server-sent
-events), 413 for a body past the bound and 429 for too many open streams, and the bearer-token
-security scheme.
+It is Feldera's own document at the version this API matches (``data/feldera-openapi.json``: the
+``openapi.json`` of Feldera's commit c44a2456a, version 0.306.0, kept as Feldera publishes it): every path,
+operation and schema as Feldera's. What this API adds is layered on it, never replacing what Feldera says: the
+``Feldera-Tenant`` header (the namespace) on every ``/v0`` operation, the live event stream (``follow`` and
+``after`` on the events list, answered as NDJSON or server-sent events), and the error answers this API gives
+besides Feldera's (401 and 403 from Kubernetes' authentication and RBAC, 409 for a field another manager owns,
+413 for a body past the bound, 429 for too many open streams, 503 when it cannot answer now, 501 for the
+routes Kubernetes rules out); ``info`` names the operator that serves it (``x-served-by``).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ FOLLOW = [
 ]
 STREAM_BODY = {"schema": {"type": "string"}}
 # Open-ended streams, bounded per client address and overall; bodies passed on to a pipeline, bounded.
-STREAMS = ("/logs", "/egress/{table_name}", "/query", "/events")
-BODIES = ("/ingress/{table_name}", "/egress/{table_name}")
+STREAMS = ("/logs", "/egress/{table_name}", "/query", "/events", "/time_series_stream", "/samply_profile")
+BODIES = ("/ingress/{table_name}", "/egress/{table_name}", "/clock/advance", "/command")
+RULED_OUT = ("/v0/api_keys",)  # Feldera's routes Kubernetes rules out (api/manager.py): 501
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -54,33 +56,21 @@ def _load(name: str) -> dict[str, Any]:
 
 @functools.cache
 def document() -> dict[str, Any]:
-    doc = _load("feldera-openapi-subset.json")
-    crud = _load("feldera-openapi-pipelines.json")  # Feldera's pipeline CRUD paths and their schemas
-    doc["info"] = {"title": "pipeline-operator API", "version": package_version("pipeline-operator"),
-                   "description": "Feldera-compatible pipelines, monitor events and lifecycle actions of Pipeline "
-                                  "resources."}
-    doc.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-    schemas = doc["components"]["schemas"]
-    for name, schema in crud["components"]["schemas"].items():
-        schemas.setdefault(name, schema)
+    doc = _load("feldera-openapi.json")  # Feldera c44a2456a's own document
+    doc["info"]["x-served-by"] = f"pipeline-operator {package_version('pipeline-operator')}"
     paths = doc["paths"]
-    for path, item in crud["paths"].items():
-        paths[path] = copy.deepcopy(item)
-        for operation in paths[path].values():
-            # Ours: Feldera-tenant header, bearer tokens, and the status_with_connectors selector.
-            for parameter in operation.get("parameters", []):
-                parameter.pop("example", None)
     events = paths[EVENTS]["get"]
     events["parameters"] += copy.deepcopy(FOLLOW)
     events["responses"]["200"]["content"].update({"application/x-ndjson": copy.deepcopy(STREAM_BODY),
                                                   "text/event-stream": copy.deepcopy(STREAM_BODY)})
     for path, item in paths.items():
         for method, operation in item.items():
-            if path == "/v0/config":
+            if not path.startswith("/v0/") or path == "/v0/config":  # served to anyone, whatever the tenant
                 continue
             operation.setdefault("parameters", []).append(copy.deepcopy(TENANT))
-            operation["security"] = [{"bearer": []}]
             responses = operation.setdefault("responses", {})
+            if path.startswith(RULED_OUT):
+                responses.setdefault("501", _error("Not served: Kubernetes rules it out (the message says why)"))
             if path.endswith(STREAMS):
                 responses.setdefault("429", _error("Too many streams are open (overall, or from this client)"))
             if path.endswith(BODIES):

@@ -40,6 +40,8 @@ HTTP and on disk, as a Feldera pipeline does through its lifecycle:
   ``AuthenticationFailed`` otherwise). Without it they are open, for a process run by hand, and the
   process warns so at start. The reads (``/status``, ``/stats``, ``/metrics``, the checkpoint
   statuses) stay open (a NetworkPolicy limits who reaches the process);
+- with ``--debug-routes``, a path no route serves (and a WebSocket ``/query``) echoes the request it got
+  (:meth:`ReferencePipeline.handle_echo`), for tests of what a proxy passes on;
 - it can be told to fail, for tests and demos, when started with ``--debug-routes`` (or
   ``PIPELINE_DEBUG_ROUTES=1``; otherwise ``/debug/*`` answers 404). ``POST /debug/fail?mode=``:
 
@@ -95,7 +97,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 log = logging.getLogger("pipeline_operator.pipeline_process")
 
@@ -334,6 +336,8 @@ class ReferencePipeline:
         app.router.add_get("/query", self.handle_query)
         if self.debug_routes:
             app.router.add_post("/debug/fail", self.handle_fail)
+            # Last: only paths no other route serves (and none under /debug/, which stay 404 unless routed).
+            app.router.add_route("*", "/{path:(?!debug/).*}", self.handle_echo)
         return app
 
     def authorized(self, request: web.Request) -> bool:
@@ -638,12 +642,39 @@ class ReferencePipeline:
         error = f"the reference pipeline process produces no output: '{_shown(view)}' has no changes to stream"
         return _error(400, f"Not supported: {error}", "NotSupported", {"error": error})
 
-    async def handle_query(self, request: web.Request) -> web.Response:
+    async def handle_query(self, request: web.Request) -> web.StreamResponse:
+        if self.debug_routes and request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self.handle_echo(request)
         refused = self._no_controller()
         if refused is not None:
             return refused
         error = "the reference pipeline process holds no data, so it evaluates no ad-hoc query"
         return _error(400, f"Error during query processing: {error}.", "AdHocQueryError", {"error": error})
+
+    async def handle_echo(self, request: web.Request) -> web.StreamResponse:
+        """With ``--debug-routes``: any path no other route serves, and a WebSocket ``/query``, answers what it
+        received, so that a test sees what a proxy in front of the process passed on. HTTP: 200 with
+        ``{"method", "path", "query", "content_type", "body", "authorized"}`` (the raw path and query string,
+        the body as text, whether the control token came with it). WebSocket: the first message comes back (a
+        text one as that JSON, its ``body`` the message; a binary one as it is), then the socket closes with
+        ``?close_code=`` (1000) and ``?close_reason=``."""
+        path, _, query = request.raw_path.partition("?")
+        echo = {"method": request.method, "path": path, "query": query,
+                "content_type": request.headers.get("Content-Type"), "authorized": self.authorized(request)}
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            body = await request.content.read(MAX_REQUEST_BODY)
+            return web.json_response({**echo, "body": body.decode("utf-8", "replace")})
+        socket_ = web.WebSocketResponse()
+        await socket_.prepare(request)
+        message = await socket_.receive()
+        if message.type is WSMsgType.TEXT:
+            await socket_.send_str(json.dumps({**echo, "body": message.data}))
+        elif message.type is WSMsgType.BINARY:
+            await socket_.send_bytes(message.data)
+        code = request.query.get("close_code", "")
+        await socket_.close(code=int(code) if code.isdigit() else WSCloseCode.OK,
+                            message=request.query.get("close_reason", "").encode()[:100])
+        return socket_
 
     async def handle_fail(self, request: web.Request) -> web.Response:
         mode = request.query.get("mode", "panic")

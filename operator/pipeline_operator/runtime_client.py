@@ -52,6 +52,7 @@ _STATUS_MEMO_LIMIT = 100_000  # endpoints remembered (then forgotten all at once
 MAX_HEAD_LINE = 8190
 CONNECT_TIMEOUT = 10.0  # seconds to connect to a pipeline for a passed-through request
 CHUNK = 64 * 1024  # bytes of a passed-through body read at once
+MAX_WS_FRAME = 2 * 1024 * 1024  # bytes of one WebSocket message to or from a pipeline (Feldera's MAX_WS_FRAME_SIZE)
 
 
 class PipelineUnreachable(Exception):
@@ -113,6 +114,17 @@ def decode_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """A pipeline's answer decoded as JSON (:func:`jsondepth.decode_json`): ValueError when it is not
     JSON, :class:`TooDeep` when it nests deeper than ``max_depth``."""
     return jsondepth.decode_json(raw, max_depth)
+
+
+def _no_redirects() -> aiohttp.TraceConfig:
+    """A redirect is never followed, not even where aiohttp offers no way to refuse it (a WebSocket handshake):
+    it could take the operator's requests to another address. (Passed-through requests refuse them already.)"""
+    async def refuse(session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceRequestRedirectParams) -> None:
+        params.response.close()
+        raise InvalidAnswer(f"the pipeline answered a redirect (HTTP {params.response.status}), which is not followed")
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(refuse)
+    return trace
 
 
 class _Resolver(AbstractResolver):
@@ -179,7 +191,7 @@ class RuntimeClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=256, limit_per_host=4, resolver=self._resolver),
                 cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, max_line_size=MAX_HEAD_LINE,
-                max_field_size=MAX_HEAD_LINE, max_headers=MAX_FIELDS)
+                max_field_size=MAX_HEAD_LINE, max_headers=MAX_FIELDS, trace_configs=[_no_redirects()])
         return self._session
 
     async def close(self) -> None:
@@ -351,6 +363,35 @@ class RuntimeClient:
                 response.release()
             else:
                 response.close()  # not read to its end: the connection cannot be used again
+
+    @contextlib.asynccontextmanager
+    async def websocket(self, endpoint: str, path: str, query: str = "", *,
+                        max_frame: int = MAX_WS_FRAME) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+        """Open a WebSocket to the pipeline, as Feldera's manager does for an ad-hoc query: the same path and
+        query string (sent as given), the pipeline's token, frames of at most ``max_frame`` bytes, and
+        :data:`CONNECT_TIMEOUT` for the connection and the handshake. A pipeline that does not complete the
+        handshake (refuses the connection, answers without upgrading, redirects) is :class:`PipelineUnreachable`,
+        whose message says what it answered."""
+        url = pipeline_url(endpoint, path, query)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                socket_ = await self.session.ws_connect(
+                    url, headers=self._headers(endpoint), max_msg_size=max_frame, autoping=True,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CONNECT_TIMEOUT),
+                    )
+        except InvalidAnswer as exc:
+            raise PipelineUnreachable(str(exc)) from exc
+        except aiohttp.WSServerHandshakeError as exc:
+            raise PipelineUnreachable(f"the pipeline did not accept the WebSocket connection (HTTP {exc.status}: "
+                                      f"{' '.join(str(exc.message).split())[:200]})") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("WebSocket %s failed: %s", url, exc)
+            raise PipelineUnreachable(_failure(exc) if not isinstance(exc, TimeoutError) else
+                                      timeout_message(CONNECT_TIMEOUT)) from exc
+        try:
+            yield socket_
+        finally:
+            await socket_.close()
 
     async def set_runtime_desired(self, endpoint: str, target: SpecRuntimeDesiredStatus, activate: bool) -> bool:
         if activate:

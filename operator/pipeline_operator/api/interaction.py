@@ -1,18 +1,18 @@
 """The data plane of a pipeline through the API: its logs, and the requests Feldera's manager passes
-through to the pipeline (``/stats``, ``/metrics``, ``/checkpoint``, ``/checkpoint_status``,
-``/checkpoint/sync``, ``/checkpoint/sync_status``, ``/ingress/{table_name}``, ``/egress/{table_name}``,
-``/query``).
+through to the pipeline (:data:`ROUTES`: ``/stats``, ``/metrics``, the checkpoints, ``/ingress/{table_name}``,
+``/egress/{table_name}``, ``/query``, the time series, the profiles, the transactions, the clock, the
+connectors' routes, ...), and the ad-hoc query's WebSocket, relayed to the pipeline's (:meth:`Interaction._relay`).
 
-Each passed-through request is authorised as Feldera's RBAC classifies it (a read is ``get``, every other is
-``patch``, the verb of the lifecycle actions), refused by the pure core's
+Each passed-through request is authorised by its kind (a read of the pipeline's state is ``get``, what acts on the
+pipeline or reads or changes its data is ``patch``, the verb of the lifecycle actions), refused by the pure core's
 :func:`~pipeline_operator.core.lifecycle.interaction_refusal` exactly as the actions are
-(``PipelineInteractionNotDeployed``, ``PipelineUnavailable``), then sent to the pipeline with the same path,
-the query string exactly as the client sent it (never decoded and encoded again), Feldera's timeout for that
-route, and the pipeline's token. Nothing is held in memory: the client's body goes up as it arrives
-(``/ingress`` at most :data:`MAX_INGRESS_BYTES`, else 413 ``PayloadTooLarge``), the pipeline's answer comes
-down as it arrives, with its status and nothing else of its headers. No answer is Feldera's
-``PipelineInteractionUnreachable`` (503, with the request and what went wrong in ``details``); a redirect,
-which is never followed, ``PipelineInteractionInvalidResponse`` (500).
+(``PipelineInteractionNotDeployed``, ``PipelineUnavailable``), then sent to the pipeline at the path Feldera's
+manager asks it for, with the query string exactly as the client sent it (never decoded and encoded again; none
+where Feldera's manager drops it), Feldera's timeout for that route, and the pipeline's token. Nothing is held in
+memory: the client's body goes up as it arrives (``/ingress`` at most :data:`MAX_INGRESS_BYTES`, else 413
+``PayloadTooLarge``), the pipeline's answer comes down as it arrives, with its status and nothing else of its
+headers. No answer is Feldera's ``PipelineInteractionUnreachable`` (503, with the request and what went wrong in
+``details``); a redirect, which is never followed, ``PipelineInteractionInvalidResponse`` (500).
 
 A pipeline's answer is served from the API's origin, so it must not be able to script it: its content type is
 kept only when it is one that Feldera's pipeline answers on that route (:func:`served_content_type`), anything
@@ -35,17 +35,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from aiohttp import StreamReader, web
+from aiohttp import ClientWebSocketResponse, StreamReader, WSCloseCode, WSMsgType, web
 
 from ..backends import LogsUnavailable
 from ..core.lifecycle import PipelineState, interaction_refusal
 from ..models import ResourcesStatus
-from ..runtime_client import InvalidAnswer, PipelineUnreachable
+from ..runtime_client import MAX_WS_FRAME, InvalidAnswer, PipelineUnreachable
 from .errors import ApiError
 from .slots import FairSlots, StreamSlots, share
 
@@ -90,31 +90,97 @@ def served_content_type(media_type: str, charset: str | None, allowed: tuple[str
 class Route:
     """One passed-through route: Feldera's method, path, RBAC class and timeouts for it."""
     method: str
-    path: str                    # below /v0/pipelines/{name}/, and the pipeline's own path
-    verb: str                    # "get" for Feldera's Role::Read, "patch" for Role::Write
+    path: str                    # below /v0/pipelines/{name}/ (and the pipeline's own path, unless ``target``)
+    verb: str                    # "get" for reads of the pipeline's state, "patch" for what acts on it or its data
     timeout: float | None        # seconds until the answer starts, and of every wait for more (None: none)
     max_body: int = 0            # bytes of the client's body passed on (0: none is)
     stream: bool = False         # an open-ended answer: counted against the stream limits
     upload: bool = False         # a body as large as a pipeline takes: counted against the upload slots
     notify: bool = False         # the monitoring loop looks at the pipeline again at once (Feldera's notify)
     answers: tuple[str, ...] = (JSON,)  # the content types Feldera's pipeline answers it with (besides errors)
+    target: str = ""             # the pipeline's path, where Feldera's manager asks another one ({endpoint}: below)
+    target_method: str = ""      # the pipeline's method, where Feldera's manager uses another one
+    query: bool = True           # the client's query string is passed on (Feldera's manager drops it on some)
+
+    @property
+    def websocket(self) -> bool:
+        """An ad-hoc query: a WebSocket upgrade of it is passed on as a WebSocket (:meth:`Interaction._relay`)."""
+        return self.path == "query"
 
 
-# Feldera's forward_http_request_to_pipeline_by_name (10 s, or 120 s for checkpoints) and
-# forward_streaming_http_request_to_pipeline_by_name (30 s for ingress; none for egress and queries). What
-# Feldera's pipeline answers (crates/adapters/src/server.rs, adhoc.rs, transport/http/output.rs): JSON,
-# except the Prometheus text of /metrics and an ad-hoc query's text, JSON, Arrow IPC or Parquet results.
+NDJSON = "application/x-ndjson"
+SMALL_BODY = 64 * 1024  # a connector command's or a clock advance's JSON body
+INPUT_CONNECTOR = "tables/{table_name}/connectors/{connector_name}"
+OUTPUT_CONNECTOR = "views/{view_name}/connectors/{connector_name}"
+CONNECTOR_ACTIONS = ("start", "pause")
+
+# Feldera's forward_http_request_to_pipeline_by_name (10 s unless said otherwise; no body; the query string
+# where Feldera passes it) and forward_streaming_http_request_to_pipeline_by_name (the client's method, query
+# and body: ingress 30 s, egress, queries, time series streams and samply profiles none, profiles 120 s). A
+# connector is the pipeline's endpoint ``{table or view}.{connector}`` (the table or view as a SQL identifier:
+# lower-cased unless quoted), percent-encoded. What Feldera's pipeline answers (crates/adapters/src/server.rs,
+# adhoc.rs, transport/http/output.rs): JSON, except the Prometheus text of /metrics, an ad-hoc query's text,
+# JSON, Arrow IPC or Parquet results, the newline-delimited JSON of /time_series_stream, the ZIP of a circuit
+# profile, the protobuf of a heap profile and the gzip of a samply profile; the connector actions, rebalance and
+# compaction answer an empty 200.
 ROUTES = (
     Route("GET", "stats", "get", 10.0),
     Route("GET", "metrics", "get", 10.0, answers=("text/plain", JSON)),
+    Route("GET", "time_series", "get", 10.0),
+    Route("GET", "time_series_stream", "get", None, stream=True, answers=(NDJSON,)),
+    Route("GET", "circuit_profile", "get", 120.0, target="dump_profile", answers=("application/zip",)),
+    Route("GET", "circuit_json_profile", "get", 120.0, target="dump_json_profile"),
+    Route("GET", "heap_profile", "get", 10.0, answers=("application/protobuf",)),
+    Route("POST", "samply_profile", "patch", 10.0),
+    Route("GET", "samply_profile", "get", None, stream=True, answers=("application/gzip",)),
+    Route("POST", "rebalance", "patch", 120.0, query=False),
+    Route("POST", "start_compaction", "patch", 120.0, query=False),
     Route("POST", "checkpoint", "patch", 120.0, notify=True),
     Route("GET", "checkpoint_status", "get", 10.0, notify=True),
+    Route("GET", "checkpoints", "get", 10.0, notify=True),
     Route("POST", "checkpoint/sync", "patch", 120.0),
     Route("GET", "checkpoint/sync_status", "get", 10.0),
+    Route("GET", "completion_status", "get", 10.0),
+    Route("POST", "start_transaction", "patch", 10.0),
+    Route("POST", "commit_transaction", "patch", 10.0),
+    Route("POST", "clock/advance", "patch", 10.0, max_body=SMALL_BODY),
+    Route("POST", f"{INPUT_CONNECTOR}/{{action}}", "patch", 10.0, target="input_endpoints/{endpoint}/{action}",
+          target_method="GET", query=False),
+    Route("GET", f"{INPUT_CONNECTOR}/stats", "get", 10.0, target="input_endpoints/{endpoint}/stats", query=False),
+    Route("GET", f"{INPUT_CONNECTOR}/completion_token", "get", 10.0,
+          target="input_endpoints/{endpoint}/completion_token", query=False),
+    Route("GET", f"{OUTPUT_CONNECTOR}/stats", "get", 10.0, target="output_endpoints/{endpoint}/stats", query=False),
+    Route("POST", f"{OUTPUT_CONNECTOR}/command", "patch", 10.0, max_body=SMALL_BODY,
+          target="output_endpoints/{endpoint}/command"),
     Route("POST", "ingress/{table_name}", "patch", 30.0, max_body=MAX_INGRESS_BYTES, upload=True),
     Route("POST", "egress/{table_name}", "patch", None, max_body=MAX_EGRESS_BODY, stream=True),
     Route("GET", "query", "patch", None, stream=True, answers=("text/plain", JSON, OPAQUE)),
 )
+
+
+def sql_identifier(name: str) -> str:
+    """Feldera's ``SqlIdentifier::name``: a name in double quotes is taken as it is (without them), any other
+    is case-insensitive (lower-cased)."""
+    if len(name) >= 2 and name.startswith('"') and name.endswith('"'):
+        return name[1:-1]
+    return name.lower()
+
+
+def pipeline_path(route: Route, match: Mapping[str, str]) -> str:
+    """The path Feldera's manager asks the pipeline for ``route``, from the client's path parameters: a table's
+    (or view's) name percent-encoded again, whatever it holds; a connector's endpoint name as Feldera forms it."""
+    if "connector_name" in match:
+        table = match.get("table_name", match.get("view_name", ""))
+        endpoint = quote(f"{sql_identifier(table)}.{match['connector_name']}", safe="")
+        return "/" + (route.target.replace("{endpoint}", endpoint)
+                      .replace("{action}", quote(match.get("action", ""), safe="")))
+    return "/" + (route.target or route.path).replace("{table_name}", quote(match.get("table_name", ""), safe=""))
+
+
+def is_websocket(request: web.Request) -> bool:
+    """Feldera's ``request_is_websocket``: ``Connection`` names ``upgrade`` and ``Upgrade`` is ``websocket``."""
+    return "upgrade" in request.headers.get("Connection", "").lower() and \
+        request.headers.get("Upgrade", "").lower() == "websocket"
 
 
 async def reachable_endpoint(deps: ApiDeps, monitor: ServedPipeline, state: PipelineState) -> str:
@@ -175,24 +241,31 @@ class Interaction:
 
     def routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/v0/pipelines/{name}/logs", self.logs)
-        self.server.unpooled_routes.add("/v0/pipelines/{name}/logs")
+        self.server.unpooled_routes.add("GET /v0/pipelines/{name}/logs")
         for route in ROUTES:
             path = f"/v0/pipelines/{{name}}/{route.path}"
             r.add_route(route.method, path, self._handler(route))
-            (self.server.unpooled_routes if route.stream or route.upload else self.server.long_routes).add(path)
+            (self.server.unpooled_routes if route.stream or route.upload else self.server.long_routes).add(
+                f"{route.method} {path}")
 
     # -- passed through ---------------------------------------------------------------------------
 
     def _handler(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
-            if request.headers.get("Upgrade", "").lower() == "websocket":
-                raise ApiError(501, "NotServed", "pipeline-operator does not pass WebSocket connections on to a "
-                                                 f"pipeline: send GET /{route.path} as a plain HTTP request")
-            monitor = await self.server.pipeline(request, route.verb)
+            namespace, name = self.server.namespace(request), request.match_info["name"]
+            await self.server.authorize(request, route.verb, namespace, name)
+            action = request.match_info.get("action")
+            if action is not None and action not in CONNECTOR_ACTIONS:  # checked first, as Feldera's manager does
+                raise ApiError(400, "InvalidConnectorAction", f"Invalid connector action '{action[:100]}'; "
+                               "valid actions are: 'start' or 'pause'", {"action": action[:100]})
+            monitor = self.server.monitor(namespace, name)
             state = await self.server.actions.served_state(monitor)
-            identity, namespace = self.server.identity(request), monitor.key.namespace
-            if route.stream:
+            identity = self.server.identity(request)
+            upgrade = route.websocket and is_websocket(request)
+            if route.stream or upgrade:
                 with self.slots.slot(request.remote or "", identity, namespace):
+                    if upgrade:
+                        return await self._relay(request, route, monitor, state)
                     return await self._pass(request, route, monitor, state)
             if route.upload:
                 async with self.uploads.slot({"identity": identity, "namespace": namespace}):
@@ -204,8 +277,7 @@ class Interaction:
                     state: PipelineState) -> web.StreamResponse:
         endpoint = await reachable_endpoint(self.deps, monitor, state)
         name = monitor.key.name
-        # Feldera's: the table's (or view's) name percent-encoded again, whatever it holds.
-        path = "/" + route.path.replace("{table_name}", quote(request.match_info.get("table_name", ""), safe=""))
+        path = pipeline_path(route, request.match_info)
         headers = {k: v for k in ("Accept", "Content-Type") if (v := request.headers.get(k))}
         body = None
         if route.max_body:
@@ -215,10 +287,11 @@ class Interaction:
                 headers["Content-Length"] = str(request.content_length)
             body = BoundedBody(request.content, route.max_body)
         # As the client wrote it: decoded, ``%25`` would arrive as ``%`` and ``%23`` would end the query.
-        query = request.rel_url.raw_query_string
-        described = f"{route.method} {path}" + (f"?{query[:200]}" if query else "")
+        query = request.rel_url.raw_query_string if route.query else ""
+        method = route.target_method or route.method
+        described = f"{method} {path}" + (f"?{query[:200]}" if query else "")
         try:
-            async with self.deps.runtime.exchange(endpoint, route.method, path, query, body=body, headers=headers,
+            async with self.deps.runtime.exchange(endpoint, method, path, query, body=body, headers=headers,
                                                   answer_timeout=route.timeout,
                                                   read_timeout=route.timeout) as answer:
                 if route.notify:
@@ -247,6 +320,68 @@ class Interaction:
             raise ApiError(500, "PipelineInteractionInvalidResponse",
                            f"Encountered an unexpected invalid response when interacting with pipeline: {exc} "
                            f"(pipeline: '{name}')", {"pipeline_name": name, "error": str(exc)}) from None
+
+    # -- ad-hoc queries over a WebSocket -------------------------------------------------------------
+
+    async def _relay(self, request: web.Request, route: Route, monitor: ServedPipeline,
+                     state: PipelineState) -> web.StreamResponse:
+        """Feldera's ``forward_websocket_request_to_pipeline_by_name``: a WebSocket to the pipeline at the same
+        path and query string first (a pipeline that does not take it is Feldera's 400 ``UnableToConnect``, and
+        the client's connection is not upgraded), then the client's handshake, then every text and binary
+        message and the close (its code and reason) relayed both ways, one message at a time, until either side
+        closes or the API stops."""
+        endpoint = await reachable_endpoint(self.deps, monitor, state)
+        client = web.WebSocketResponse(max_msg_size=MAX_WS_FRAME, autoping=True)
+        ready = client.can_prepare(request)
+        if not ready.ok:
+            raise ApiError(400, "UnableToConnect", "Unable to initiate websocket connection with client: the request "
+                                                   "is not a WebSocket handshake", {"reason": "not a handshake"})
+        query = request.rel_url.raw_query_string
+        try:
+            async with self.deps.runtime.websocket(endpoint, "/" + route.path, query) as upstream:
+                await client.prepare(request)
+                await self._shuttle(client, upstream)
+        except PipelineUnreachable as exc:
+            if client.prepared:  # the pipeline went away before its WebSocket ended
+                await client.close(code=WSCloseCode.INTERNAL_ERROR)
+                return client
+            raise ApiError(400, "UnableToConnect", f"Unable to initiate websocket connection with pipeline: {exc}",
+                           {"reason": str(exc)}) from None
+        return client
+
+    async def _shuttle(self, client: web.WebSocketResponse, upstream: ClientWebSocketResponse) -> None:
+        """Relay messages both ways until one side closes (its close goes to the other) or the API stops."""
+        async def relay(source: web.WebSocketResponse | ClientWebSocketResponse,
+                        sink: web.WebSocketResponse | ClientWebSocketResponse) -> None:
+            while True:
+                message = await source.receive()
+                if message.type is WSMsgType.TEXT:
+                    await sink.send_str(message.data)
+                elif message.type is WSMsgType.BINARY:
+                    await sink.send_bytes(message.data)
+                elif message.type is WSMsgType.CLOSE:
+                    reason = str(message.extra or "").encode("utf-8", "replace")[:123]  # a close frame's bound
+                    await sink.close(code=int(message.data or WSCloseCode.OK), message=reason)
+                    return
+                else:  # closed, or an error (a message too large, invalid UTF-8): the other side is told
+                    await sink.close(code=WSCloseCode.INTERNAL_ERROR if message.type is WSMsgType.ERROR
+                                     else WSCloseCode.OK)
+                    return
+
+        tasks = {asyncio.ensure_future(relay(upstream, client)), asyncio.ensure_future(relay(client, upstream))}
+        try:
+            while not (await asyncio.wait(tasks, timeout=CLOSING_CHECK_SECONDS,
+                                          return_when=asyncio.FIRST_COMPLETED))[0]:
+                if self.server.follow.closing:  # the API is stopping: its streams end now
+                    break
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+                    await task
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await client.close(code=WSCloseCode.GOING_AWAY if self.server.follow.closing else WSCloseCode.OK)
 
     # -- logs ---------------------------------------------------------------------------------------
 

@@ -360,7 +360,7 @@ class Pipelines:
             info["deployment_runtime_status_since"] = info["deployment_runtime_desired_status_since"] = None
         if selector == "all":
             info["program_error"] = state.program_error or _EMPTY_PROGRAM_ERROR
-            info["program_info"] = await self._program_info(state)
+            info["program_info"] = await self.program_info(state)
         info |= {
             "deployment_status": combined_status(state.deployment_resources_status,
                                                  state.deployment_runtime_status).value,
@@ -378,7 +378,7 @@ class Pipelines:
                 info["connectors"] = connectors
         return info
 
-    async def _program_info(self, state: PipelineState) -> Any:
+    async def program_info(self, state: PipelineState) -> Any:
         if state.program_status.value != "Success" or not state.program_digest:
             return None
         artifact = await asyncio.to_thread(self.deps.artifact, state.program_digest)

@@ -114,16 +114,6 @@ KUBE_UNAVAILABLE: tuple[type[BaseException], ...] = (ApiException, urllib3.excep
                                                      TimeoutError)
 # Read once: a lookup reads the installed distribution's metadata from disk.
 VERSION = package_version("pipeline-operator")
-# Feldera's endpoints this API does not serve (docs/api.md says why): 501, not a 404 that the SDK
-# would take for an unknown pipeline.
-NOT_SERVED = re.compile(
-    r"^/v0/(pipelines/[^/]+/(time_series|time_series_stream|completion_status|checkpoints|checkpoints/remote"
-    r"|tables/.+|views/.+|start_transaction|commit_transaction|clock/advance|rebalance"
-    r"|start_compaction|samply_profile|heap_profile|circuit_profile|circuit_json_profile|dataflow_graph"
-    r"|support_bundle|diff|update_runtime|testing)|api_keys.*|tenants.*"
-    r"|oidc_trust.*|validate_program|metrics)$")
-
-
 class ServedPipeline(Protocol):
     """One pipeline as the API serves it: monitored here (:class:`reconciler.PipelineMonitor`) or
     watched only (:class:`pipeline_cache.CachedPipeline`, on a standby)."""
@@ -321,7 +311,7 @@ class ApiServer:
                                                    "long": max(1, max_concurrency // 2)}, queue_timeout, "requests",
                                  refused)
         # Routes served outside the request slots (streams, uploads: bounded on their own) and routes whose
-        # requests wait for a pipeline (passed through); set by the routes' owners as they add them.
+        # requests wait for a pipeline (passed through), as "METHOD /path"; set by the routes' owners as they add them.
         self.unpooled_routes: set[str] = set()
         self.long_routes: set[str] = set()
         self._auth_limit = asyncio.Semaphore(auth_concurrency)
@@ -352,6 +342,8 @@ class ApiServer:
 
     def app(self) -> web.Application:
         from .interaction import Interaction
+        from .manager import Manager
+        from .support_bundle import SupportBundles
         app = web.Application(client_max_size=512 * 1024, middlewares=[self._middleware])
         r = app.router
         r.add_get("/healthz", self.healthz)
@@ -359,6 +351,7 @@ class ApiServer:
         r.add_get("/metrics", self.metrics_page)
         r.add_get("/v0/config", self.config)
         r.add_get("/v0/openapi.json", self.openapi)
+        r.add_get("/api-doc/openapi.json", self.openapi)  # where Feldera's manager serves it
         r.add_get("/v0/cluster_healthz", self.cluster_health)
         r.add_get("/v0/cluster/events", self.cluster_events)
         r.add_get("/v0/cluster/events/{event_id}", self.cluster_event)
@@ -367,10 +360,13 @@ class ApiServer:
         r.add_get("/v0/pipelines/{name}/events/{event_id}", self.get_event)
         self.actions.routes(r)
         Interaction(self).routes(r)
+        manager = Manager(self)
+        manager.routes(r)
+        SupportBundles(self).routes(r)
         if self.ui_enabled:
             from .ui import Ui
             Ui(self).routes(r)
-        r.add_route("*", "/v0/{tail:.*}", self.not_served)
+        r.add_route("*", "/v0/{tail:.*}", manager.unknown)  # last: never a bare 404 under /v0
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -413,15 +409,16 @@ class ApiServer:
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        keyed = f"{request.method} {route}"
         started = time.perf_counter()
         try:
-            if request.path in PROBES or route in self.unpooled_routes or (
+            if request.path in PROBES or keyed in self.unpooled_routes or (
                     route == EVENTS_ROUTE and request.query.get("follow", "").lower() in ("true", "1")):
                 # Probes never wait for a request slot; streams and uploads are long and have their own bounds.
                 response = await handler(request)
             else:
                 async with contextlib.AsyncExitStack() as stack:  # the slots it takes on its way, given back
-                    request[HELD] = _Held(stack, long=request.method in MUTATING or route in self.long_routes)
+                    request[HELD] = _Held(stack, long=request.method in MUTATING or keyed in self.long_routes)
                     response = await handler(request)
         except ApiError as exc:
             response = exc.response()
@@ -702,13 +699,6 @@ class ApiServer:
         return self.monitor(namespace, name)
 
     # -- handlers -----------------------------------------------------------------------------------
-
-    async def not_served(self, request: web.Request) -> web.Response:
-        if NOT_SERVED.match(request.path):
-            raise ApiError(501, "NotServed", f"pipeline-operator does not serve {request.method} {request.path[:200]} "
-                                             "(see docs/api.md for the endpoints it serves and why)",
-                           {"path": request.path[:200]})
-        raise web.HTTPNotFound()
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
