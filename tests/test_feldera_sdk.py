@@ -4,6 +4,7 @@ API server and real pipeline processes. Every refusal is checked for Feldera's H
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -368,6 +369,38 @@ def test_pipeline_crud_through_the_api(sdk, kstatus, namespace, cluster, pipelin
     sdk.delete_pipeline("crud")
     assert refusal(sdk.get_pipeline, "crud", PipelineFieldSelector.STATUS) == (404, "UnknownPipelineName")
     assert json.loads(cluster.kubectl("get", "pipelines", "-n", namespace, "-o", "json").stdout)["items"] == []
+
+
+def test_list_order_platform_version_and_deployment_id_as_felderas(sdk, kstatus, namespace, cluster):
+    """As Feldera's: the list in the order the pipelines were created (not by name); ``platform_version`` the
+    Feldera version ``/v0/config`` names; ``deployment_id`` a new UUIDv7 for each deployment, the same from its
+    start until Stopped (a pause keeps it) and null while Stopped."""
+    sdk.create_pipeline(_inner("zeta", SQL), wait=False)
+    kstatus.track(namespace, "zeta")
+    meta = json.loads(cluster.kubectl("get", "pipeline", "zeta", "-n", namespace, "-o", "json").stdout)["metadata"]
+    first = dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
+    wait_for("the next second", lambda: dt.datetime.now(dt.UTC).replace(microsecond=0) > first, 5)
+    sdk.create_pipeline(_inner("alpha", SQL), wait=True)
+    kstatus.track(namespace, "alpha")
+    assert [p.name for p in sdk.pipelines()] == ["zeta", "alpha"]
+    token = cluster.plane.users["alice"].token
+    assert [p["name"] for p in call(f"{sdk.config.url}/v0/pipelines?selector=status", token, namespace)[1]] == [
+        "zeta", "alpha"]
+
+    info = status(sdk, "alpha")
+    assert info.platform_version == call(f"{sdk.config.url}/v0/config", token)[1]["version"] == "0.306.0"
+    assert info.deployment_id is None
+    sdk.start_pipeline("alpha", timeout_s=60)
+    deployed = status(sdk, "alpha").deployment_id
+    assert deployed is not None and uuid.UUID(deployed).version == 7
+    sdk.pause_pipeline("alpha", timeout_s=30)
+    assert status(sdk, "alpha").deployment_id == deployed
+    sdk.stop_pipeline("alpha", force=True, timeout_s=60)
+    assert status(sdk, "alpha").deployment_id is None
+    sdk.start_pipeline("alpha", timeout_s=60)
+    again = status(sdk, "alpha").deployment_id
+    assert again is not None and uuid.UUID(again).version == 7 and uuid.UUID(again) > uuid.UUID(deployed)
+    sdk.stop_pipeline("alpha", force=True, timeout_s=60)
 
 
 def test_put_does_not_overwrite_a_field_another_manager_owns(sdk, kstatus, namespace, pipelines, cluster):

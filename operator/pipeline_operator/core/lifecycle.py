@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,7 @@ from ..models import (
     StorageStatus,
 )
 from . import transitions
+from .emission import UuidV7
 
 R = ResourcesStatus
 S = StorageStatus
@@ -413,6 +416,7 @@ NOT_JSON: Any = _NotJson()
 _SUSPENDABLE = frozenset({RS.RUNNING, RS.PAUSED, RS.REPLAYING, RS.BOOTSTRAPPING,
                           RS.CONCURRENT_BOOTSTRAPPING, RS.SYNCHRONIZING, RS.UNAVAILABLE,
                           RS.COORDINATION})
+_DEPLOYMENT_IDS = UuidV7()  # deployment ids when the caller gives no generator of its own
 _RUNTIME_CLEARED: dict[str, Any] = dict(deployment_runtime_status=None, deployment_runtime_status_since=None,
                                         deployment_runtime_status_details=None, deployment_runtime_desired_status=None,
                                         suspend_requested_at=None)
@@ -423,6 +427,7 @@ class _Pass:
     """One monitoring pass in the making: the state so far, its steps and actions."""
     cur: PipelineState
     now: dt.datetime
+    new_id: Callable[[dt.datetime], uuid.UUID]
     steps: list[Step] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -503,9 +508,11 @@ def current_desired(desired: Desired, state: PipelineState) -> ResourcesDesiredS
 
 
 def decide(desired: Desired, state: PipelineState, observation: Observation, now: dt.datetime,
-           config: LifecycleConfig = LifecycleConfig()) -> Decision:
-    """One monitoring pass: the status steps to commit and the actions to take."""
-    p = _Pass(cur=state, now=now)
+           config: LifecycleConfig = LifecycleConfig(),
+           new_id: Callable[[dt.datetime], uuid.UUID] | None = None) -> Decision:
+    """One monitoring pass: the status steps to commit and the actions to take. ``new_id`` makes a deployment's
+    id (Feldera's ``deployment_id``, a UUIDv7 of the pass's time) when the pass starts one."""
+    p = _Pass(cur=state, now=now, new_id=new_id or _DEPLOYMENT_IDS)
     _dismiss_error(p, desired)
     _start_request(p, desired)
     _desired_status(p, desired)
@@ -888,7 +895,7 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
     p.set("provisioning compute and storage", deployment_resources_status=R.PROVISIONING,
           deployment_resources_status_details=None,
           deployment_initial=initial, bootstrap_policy=policy, silent_bootstrap=silent, deployment_error=None,
-          error_generation=None,
+          error_generation=None, deployment_id=p.new_id(p.now),
           runtime_desired_adopted=desired.runtime_desired_status, runtime_desired_pending=None,
           **_RUNTIME_CLEARED)
     if desired.hosts > 1:
@@ -1074,6 +1081,6 @@ def _approve(p: _Pass, desired: Desired) -> None:
 def _stopping(p: _Pass, desired: Desired, observation: Observation, config: LifecycleConfig) -> None:
     if observation.compute.state is ComputeState.ABSENT:
         p.set("compute is gone", deployment_resources_status=R.STOPPED, deployment_resources_status_details=None,
-              **_RUNTIME_CLEARED)
+              deployment_id=None, **_RUNTIME_CLEARED)
     else:
         p.act(ActionKind.DEPROVISION)
