@@ -947,19 +947,20 @@ def _provisioning(p: _Pass, desired: Desired, observation: Observation, config: 
         assert runtime.error is not None
         _stop(p, desired, "pipeline reported a fatal error while starting", runtime.error)
         return
-    if (compute.state is ComputeState.READY and runtime is not None
-            and runtime.probe in (RuntimeProbe.OK, RuntimeProbe.UNAVAILABLE)):
-        p.set("compute is ready and the pipeline answers", deployment_resources_status=R.PROVISIONED,
+    if compute.state is ComputeState.READY:
+        # Feldera's runner: Provisioned once the compute is (its local runner: once the pipeline wrote its port
+        # file; here: the process listens, or its pod is Ready), Initializing with the start's desired status and
+        # empty details, without waiting for a first /status answer: the grace period covers a pipeline that does
+        # not answer yet. An answer this pass already has is taken over at once.
+        p.set("compute is ready", deployment_resources_status=R.PROVISIONED,
               deployment_resources_status_details=None, deployment_runtime_status=RS.INITIALIZING,
-              deployment_runtime_status_details={"reason": "initializing set by the operator"},
-              deployment_runtime_desired_status=cur.deployment_initial)
-        _apply_runtime(p, runtime, config)
+              deployment_runtime_status_details="", deployment_runtime_desired_status=cur.deployment_initial)
+        if runtime is not None and runtime.probe in (RuntimeProbe.OK, RuntimeProbe.UNAVAILABLE):
+            _apply_runtime(p, runtime, config)
         return
     timeout = desired.provisioning_timeout or config.default_provisioning_timeout
     if p.elapsed(cur.deployment_resources_status_since) > timeout:
         cause = compute.message or f"compute is {compute.state.value}"
-        if compute.state is ComputeState.READY:
-            cause = f"the pipeline does not answer its status endpoint ({runtime.reason if runtime else 'not probed'})"
         _stop(p, desired, "provisioning timed out", ErrorResponse(
             message=f"Provisioning did not finish within {timeout:g}s: {cause}",
             error_code="AutomatonProvisioningTimeout",
