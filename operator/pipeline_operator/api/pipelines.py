@@ -409,7 +409,7 @@ class Pipelines:
     # -- reads ------------------------------------------------------------------------------------
 
     async def list(self, request: web.Request) -> web.Response:
-        namespace = self.server.namespace(request)
+        namespace = await self.server.namespace(request)
         await self.server.authorize(request, "list", namespace)
         selector = self._selector(request)
         found = [(m.obj, m.state) for m in self.deps.pipelines.in_namespace(namespace) if m.obj is not None]
@@ -505,7 +505,7 @@ class Pipelines:
         return monitor.obj or obj, monitor.state
 
     async def _write(self, request: web.Request, *, create: bool, replace: bool) -> web.Response:
-        namespace = self.server.namespace(request)
+        namespace = await self.server.namespace(request)
         await self.server.authenticate(request)  # before the body is read: strangers hold no slot with slow bodies
         name = request.match_info.get("name")
         raw = await self._body(request)
@@ -563,7 +563,7 @@ class Pipelines:
         return await self._write(request, create=False, replace=False)
 
     async def delete(self, request: web.Request) -> web.Response:
-        namespace = self.server.namespace(request)
+        namespace = await self.server.namespace(request)
         name = request.match_info["name"]
         await self.server.authorize(request, "delete", namespace, name)
         if len(name) > MAX_NAME or not NAME_RE.fullmatch(name):
