@@ -13,6 +13,7 @@ import threading
 import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,8 @@ from .test_operator_lifecycle import SQL
 
 pytestmark = pytest.mark.apiserver
 
+PIPELINES_DOC = json.loads(resources.files("pipeline_operator").joinpath("data/feldera-openapi-pipelines.json")
+                           .read_text())
 SQL_V2 = SQL + "\nCREATE VIEW big AS SELECT id FROM orders WHERE amount > 100;"
 
 
@@ -263,6 +266,15 @@ def test_a_graceful_stop_is_desired_suspended_and_a_start_meanwhile_is_accepted(
     p = wait_for("Stopped", lambda: (p := status(sdk, "suspends")).deployment_status == "Stopped" and p, 30)
     assert (p.deployment_desired_status, p.deployment_error) == ("Stopped", None)
     assert p.storage_status_details["checkpoints"], "the suspension wrote a checkpoint"
+    # Each as Feldera's pipeline reports it: its CheckpointMetadata, the fingerprint a u64 with every digit, which
+    # the Pipeline's status keeps as a string (the API server would round a number beyond int64).
+    metadata = schema_validator("CheckpointMetadata", PIPELINES_DOC)
+    stored = json.loads(cluster.kubectl("get", "pipeline", "suspends", "-n", namespace, "-o", "json").stdout)[
+        "status"]["storageStatusDetails"]["checkpoints"]
+    for checkpoint, kept in zip(p.storage_status_details["checkpoints"], stored, strict=True):
+        metadata.validate(checkpoint)
+        assert set(checkpoint) == set(PIPELINES_DOC["components"]["schemas"]["CheckpointMetadata"]["properties"])
+        assert kept["fingerprint"] == str(checkpoint["fingerprint"]) and 0 <= checkpoint["fingerprint"] < 2**64
 
 
 def test_standby_then_activate(sdk, kstatus, namespace):
