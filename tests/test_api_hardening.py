@@ -24,7 +24,9 @@ from pathlib import Path
 import kubernetes
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from feldera import FelderaClient
 from feldera.enums import PipelineFieldSelector
+from feldera.rest.pipeline import Pipeline as InnerPipeline
 
 from pipeline_operator.api import ApiDeps, ApiServer, Metrics
 from pipeline_operator.kube import Kube
@@ -335,6 +337,34 @@ def test_rbac_resource_names_limit_access_to_one_pipeline(api, cluster, namespac
     assert call(f"{api.api_url}/v0/pipelines", bob, namespace)[0] == 403  # listing is not getting one
     client = feldera_client(api.api_url, bob, namespace)
     assert client.get_pipeline("orders", PipelineFieldSelector.STATUS).name == "orders"
+
+
+@pytest.mark.apiserver
+def test_a_service_account_without_a_tenant_header_works_in_its_own_namespace(api, cluster, namespace, pipelines):
+    """Feldera's clients of v0.306 send no ``Feldera-Tenant`` unless told to (``fda`` cannot; a script in a pod):
+    a service account's token then means its own namespace, for reads and writes; any other user keeps the
+    default namespace, and the header, when sent, wins."""
+    pipelines.create("orders", {"desiredStatus": "Stopped", "program": {"sql": SQL}})
+    cluster.kubectl("create", "serviceaccount", "etl", "-n", namespace)
+    cluster.kubectl("create", "role", "etl", "-n", namespace, "--verb=get,list,create,update,patch,delete",
+                    "--resource=pipelines.dataflow.dev")
+    cluster.kubectl("create", "rolebinding", "etl", "-n", namespace, "--role=etl", f"--serviceaccount={namespace}:etl")
+    token = cluster.kubectl("create", "token", "etl", "-n", namespace, "--audience", "pipeline-operator").stdout.strip()
+    client = FelderaClient(api.api_url, api_key=token)  # the SDK as its users write it: no tenant header
+    assert "Feldera-Tenant" not in client.http.headers
+    assert wait_for("orders to be listed", lambda: [p.name for p in client.pipelines()], 30, operator=api) == ["orders"]
+    assert client.get_pipeline("orders", PipelineFieldSelector.STATUS).name == "orders"
+    client.create_pipeline(InnerPipeline("loads", sql=SQL, udf_rust="", udf_toml="", program_config={},
+                                         runtime_config={}), wait=False)
+    assert json.loads(cluster.kubectl("get", "pipeline", "loads", "-n", namespace, "-o", "json").stdout)[
+        "spec"]["program"]["sql"] == SQL
+    # Anyone else without the header: the default namespace, where alice may do nothing.
+    status, body = call(f"{api.api_url}/v0/pipelines", cluster.plane.users["alice"].token)
+    assert status == 403 and "namespace 'default'" in body["message"], body
+    # The header wins over the service account's namespace.
+    status, body = call(f"{api.api_url}/v0/pipelines", token, "default")
+    assert status == 403 and "namespace 'default'" in body["message"], body
+    assert call(f"{api.api_url}/v0/pipelines")[0] == 401  # no token, no namespace to guess
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:

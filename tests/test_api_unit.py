@@ -135,3 +135,18 @@ def test_names_follow_felderas_rules_then_kubernetes(name, code):
     with pytest.raises(ApiError) as err:
         _check_name(name)
     assert err.value.error_code == code
+
+
+@pytest.mark.parametrize(("username", "namespace"), [
+    ("system:serviceaccount:data-team:etl", "data-team"),
+    ("system:serviceaccount:data-team", None),            # no name
+    ("system:serviceaccount:data-team:etl:extra", None),  # not a service account's username
+    ("system:serviceaccount::etl", None),
+    ("system:serviceaccount:Data_Team:etl", None),        # not a namespace's name
+    ("system:serviceaccounts:data-team", None),           # a group's name, not a user's
+    ("alice", None),
+    ("anonymous", None),
+])
+def test_a_service_accounts_namespace_is_read_from_its_username_only(username, namespace):
+    from pipeline_operator.api.server import service_account_namespace
+    assert service_account_namespace(username) == namespace

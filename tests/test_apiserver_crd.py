@@ -3,6 +3,7 @@ invalid ones rejected with a message that names the field."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -220,3 +221,27 @@ def test_non_admin_user_cannot_create_pipelines_without_rbac(crd_installed: Clus
     crd_installed.apply(pipeline("allowed", namespace), user="alice")
     res = crd_installed.kubectl("get", "pipelines", "-n", namespace, user="bob", check=False)
     assert res.returncode != 0 and "forbidden" in res.stderr.lower()
+
+
+def test_checkpoint_fingerprints_keep_every_digit_through_the_api_server(crd_installed: Cluster, namespace: str):
+    """A fingerprint is a u64 (Feldera's CheckpointMetadata); the API server turns a JSON number beyond int64 into
+    a float64 (18446744073709551615 comes back as 18446744073709552000). Through the status the operator writes
+    and reads back, each keeps every digit."""
+    from pipeline_operator.core import resource
+    from pipeline_operator.core.lifecycle import Desired, PipelineState
+    from pipeline_operator.models import PipelineStatus
+
+    fingerprints = [2**64 - 1, 2**63 + 12345, 2**63 - 1, 0]
+    details = {"checkpoints": [{"uuid": f"00000000-0000-4000-8000-00000000000{i}", "identifier": None,
+                                "fingerprint": f, "size": 10, "steps": 1, "processed_records": 0}
+                               for i, f in enumerate(fingerprints)]}
+    state = PipelineState(storage_status_details=details)
+    body = resource.to_status(Desired(program_digest="p"), state, [], [], dt.datetime.now(dt.UTC)).model_dump(
+        mode="json", by_alias=True, exclude_none=True)
+    crd_installed.apply(pipeline("fingerprints", namespace))
+    crd_installed.kubectl("patch", "pipeline", "fingerprints", "-n", namespace, "--subresource=status",
+                          "--type=merge", "-p", json.dumps({"status": body}))
+    stored = crd_installed.get("pipeline", "fingerprints", namespace)["status"]
+    back = resource.from_status(PipelineStatus.model_validate(stored)).storage_status_details
+    assert [c["fingerprint"] for c in back["checkpoints"]] == fingerprints
+    assert back == details

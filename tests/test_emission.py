@@ -61,6 +61,15 @@ def test_heartbeat_only_after_more_than_ten_minutes(seconds, expected):
     assert all(e.kind is EmissionKind.HEARTBEAT for e in out)
 
 
+def test_no_heartbeat_while_provisioning_as_felderas_runner():
+    provisioning = STOPPED.model_copy(update={
+        "deployment_resources_status": ResourcesStatus.PROVISIONING,
+        "deployment_resources_desired_status": ResourcesDesiredStatus.PROVISIONED})
+    assert emit(last_event(provisioning), [], provisioning, at(3600), ids) == []
+    changed = with_details(provisioning, {"checkpoints": []})  # a change of the details is still recorded
+    assert [e.kind for e in emit(last_event(provisioning), [], changed, at(10), ids)] == [EmissionKind.DETAILS]
+
+
 @pytest.mark.parametrize(("seconds", "expected"), [(9.9, 0), (10, 1), (10.1, 1)])
 def test_details_only_change_is_throttled_to_ten_seconds(seconds, expected):
     changed = with_details(STOPPED, {"checkpoints": [1]})

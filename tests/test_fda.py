@@ -4,7 +4,7 @@ operator (local backend) and the real API server: every command that applies to 
 prints what Feldera's would.
 
 ``fda`` 0.306 sends its API key only over HTTPS and sends no ``Feldera-Tenant`` header: the operator serves
-TLS here and works in its ``--api-default-namespace``.
+TLS here and, for a user who is not a service account (alice), works in its ``--api-default-namespace``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ API server and real pipeline processes. Every refusal is checked for Feldera's H
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import threading
 import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,8 @@ from .test_operator_lifecycle import SQL
 
 pytestmark = pytest.mark.apiserver
 
+PIPELINES_DOC = json.loads(resources.files("pipeline_operator").joinpath("data/feldera-openapi-pipelines.json")
+                           .read_text())
 SQL_V2 = SQL + "\nCREATE VIEW big AS SELECT id FROM orders WHERE amount > 100;"
 
 
@@ -263,6 +267,15 @@ def test_a_graceful_stop_is_desired_suspended_and_a_start_meanwhile_is_accepted(
     p = wait_for("Stopped", lambda: (p := status(sdk, "suspends")).deployment_status == "Stopped" and p, 30)
     assert (p.deployment_desired_status, p.deployment_error) == ("Stopped", None)
     assert p.storage_status_details["checkpoints"], "the suspension wrote a checkpoint"
+    # Each as Feldera's pipeline reports it: its CheckpointMetadata, the fingerprint a u64 with every digit, which
+    # the Pipeline's status keeps as a string (the API server would round a number beyond int64).
+    metadata = schema_validator("CheckpointMetadata", PIPELINES_DOC)
+    stored = json.loads(cluster.kubectl("get", "pipeline", "suspends", "-n", namespace, "-o", "json").stdout)[
+        "status"]["storageStatusDetails"]["checkpoints"]
+    for checkpoint, kept in zip(p.storage_status_details["checkpoints"], stored, strict=True):
+        metadata.validate(checkpoint)
+        assert set(checkpoint) == set(PIPELINES_DOC["components"]["schemas"]["CheckpointMetadata"]["properties"])
+        assert kept["fingerprint"] == str(checkpoint["fingerprint"]) and 0 <= checkpoint["fingerprint"] < 2**64
 
 
 def test_standby_then_activate(sdk, kstatus, namespace):
@@ -369,6 +382,38 @@ def test_pipeline_crud_through_the_api(sdk, kstatus, namespace, cluster, pipelin
     sdk.delete_pipeline("crud")
     assert refusal(sdk.get_pipeline, "crud", PipelineFieldSelector.STATUS) == (404, "UnknownPipelineName")
     assert json.loads(cluster.kubectl("get", "pipelines", "-n", namespace, "-o", "json").stdout)["items"] == []
+
+
+def test_list_order_platform_version_and_deployment_id_as_felderas(sdk, kstatus, namespace, cluster):
+    """As Feldera's: the list in the order the pipelines were created (not by name); ``platform_version`` the
+    Feldera version ``/v0/config`` names; ``deployment_id`` a new UUIDv7 for each deployment, the same from its
+    start until Stopped (a pause keeps it) and null while Stopped."""
+    sdk.create_pipeline(_inner("zeta", SQL), wait=False)
+    kstatus.track(namespace, "zeta")
+    meta = json.loads(cluster.kubectl("get", "pipeline", "zeta", "-n", namespace, "-o", "json").stdout)["metadata"]
+    first = dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
+    wait_for("the next second", lambda: dt.datetime.now(dt.UTC).replace(microsecond=0) > first, 5)
+    sdk.create_pipeline(_inner("alpha", SQL), wait=True)
+    kstatus.track(namespace, "alpha")
+    assert [p.name for p in sdk.pipelines()] == ["zeta", "alpha"]
+    token = cluster.plane.users["alice"].token
+    assert [p["name"] for p in call(f"{sdk.config.url}/v0/pipelines?selector=status", token, namespace)[1]] == [
+        "zeta", "alpha"]
+
+    info = status(sdk, "alpha")
+    assert info.platform_version == call(f"{sdk.config.url}/v0/config", token)[1]["version"] == "0.306.0"
+    assert info.deployment_id is None
+    sdk.start_pipeline("alpha", timeout_s=60)
+    deployed = status(sdk, "alpha").deployment_id
+    assert deployed is not None and uuid.UUID(deployed).version == 7
+    sdk.pause_pipeline("alpha", timeout_s=30)
+    assert status(sdk, "alpha").deployment_id == deployed
+    sdk.stop_pipeline("alpha", force=True, timeout_s=60)
+    assert status(sdk, "alpha").deployment_id is None
+    sdk.start_pipeline("alpha", timeout_s=60)
+    again = status(sdk, "alpha").deployment_id
+    assert again is not None and uuid.UUID(again).version == 7 and uuid.UUID(again) > uuid.UUID(deployed)
+    sdk.stop_pipeline("alpha", force=True, timeout_s=60)
 
 
 def test_put_does_not_overwrite_a_field_another_manager_owns(sdk, kstatus, namespace, pipelines, cluster):

@@ -444,7 +444,7 @@ def append(path: Path, data: bytes) -> None:
         out.write(data)
 
 
-def test_the_local_backend_replays_the_tail_of_the_log_then_follows_it_until_the_process_is_gone(tmp_path):
+def test_the_local_backend_replays_the_tail_of_the_log_then_follows_it_across_runs_until_it_is_removed(tmp_path):
     backend = LocalBackend(tmp_path)
     key = PipelineKey("ns", "p", "uid-p")
     folder = backend.folder(key)
@@ -466,9 +466,19 @@ def test_the_local_backend_replays_the_tail_of_the_log_then_follows_it_until_the
             await asyncio.to_thread(append, log, b" line, and its last words\n")
             process.kill()
             process.wait()
-            rest = b"".join([chunk async for chunk in source])  # ends: the process is gone
-        async with backend.logs(key, follow=False) as chunks:
-            whole = b"".join([chunk async for chunk in chunks])
+            while b"last words\n" not in seen:
+                seen += await anext(source)
+            pending = asyncio.ensure_future(anext(source))  # a stop does not end it ...
+            await asyncio.sleep(0.3)
+            assert not pending.done()
+            await asyncio.to_thread(append, log, b"the next run\n")  # ... the next run goes on in it
+            seen += await pending
+            while b"the next run\n" not in seen:
+                seen += await anext(source)
+            async with backend.logs(key, follow=False) as whole_chunks:
+                whole = b"".join([chunk async for chunk in whole_chunks])
+            await asyncio.to_thread(log.unlink)  # the pipeline is deleted: the stream ends
+            rest = b"".join([chunk async for chunk in source])
         return seen + rest, whole
 
     try:
@@ -477,14 +487,29 @@ def test_the_local_backend_replays_the_tail_of_the_log_then_follows_it_until_the
         process.kill()
     first, _, shown = followed.partition(b"\n")
     assert first.startswith(b"... 15008 bytes of earlier log lines are not shown")
-    assert shown.startswith(b"old line 000938\n") and shown.endswith(b"new line\nunfinished line, and its last words\n")
-    assert whole == log.read_bytes()
+    assert shown.startswith(b"old line 000938\n") and shown.endswith(
+        b"new line\nunfinished line, and its last words\nthe next run\n")
+    assert whole == b"".join(b"old line %06d\n" % i for i in range(1000)) + \
+        b"new line\nunfinished line, and its last words\nthe next run\n"
     missing = PipelineKey("ns", "never-started", "uid-n")
 
     async def nothing() -> bytes:
-        async with backend.logs(missing, follow=True) as chunks:
+        async with backend.logs(missing, follow=False) as chunks:
             return b"".join([chunk async for chunk in chunks])
     assert asyncio.run(nothing()) == b""
+
+    async def first_run() -> bytes:  # followed, a pipeline that never ran: its first run's log
+        async with backend.logs(missing, follow=True, poll=0.05) as chunks:
+            source = aiter(chunks)
+            pending = asyncio.ensure_future(anext(source))
+            await asyncio.sleep(0.2)
+            assert not pending.done()
+            backend.folder(missing).mkdir(parents=True)
+            await asyncio.to_thread(append, backend.folder(missing) / "process.log", b"first words\n")
+            seen = await pending
+            await asyncio.to_thread((backend.folder(missing) / "process.log").unlink)
+            return seen + b"".join([chunk async for chunk in source])
+    assert asyncio.run(first_run()) == b"first words\n"
 
 
 # -- real operators, Feldera's SDK ------------------------------------------------------------------
@@ -589,22 +614,31 @@ def test_feldera_sdk_reads_logs_stats_metrics_and_checkpoints_through_the_operat
     debug_fail(op, namespace, "orders", uid, "available")
     assert (code, error_code) == (503, "PipelineInteractionUnreachable") and "not valid HTTP" in message
 
-    # Stopping ends the log the SDK follows, after the process's last words.
+    # The log the SDK follows goes on across a stop and the next start, as Feldera's runner's does.
     client.stop_pipeline("orders", force=True, timeout_s=60)
-    rest = list(logs)
-    assert rest[-1] == "Logs have ended"
+    time.sleep(1.5)  # stopped for a while (the log is looked at every half second)
+    client.start_pipeline("orders", timeout_s=60)
+    again: list[str] = []
+    read_until(logs, "reference pipeline listening", again)  # the next run's first words, in the same stream
+    assert "Logs have ended" not in again
+    client.stop_pipeline("orders", force=True, timeout_s=60)
 
     for method, route in PASSED_THROUGH:
         status, body = raw(op, cluster, namespace, method, route.replace("total", "orders"))
         assert (status, body["error_code"]) == (503, "PipelineInteractionNotDeployed"), route
         assert body["details"] == {"pipeline_name": "orders", "status": "Stopped", "desired_status": "Stopped"}
     assert feldera_error(pipeline.stats)[:2] == (503, "PipelineInteractionNotDeployed")
-    # A stopped pipeline's log is what its last run wrote, then its end, at once.
-    started = time.monotonic()
-    stopped = list(client.get_pipeline_logs("orders"))
-    assert time.monotonic() - started < 10 and stopped[-1] == "Logs have ended"
-    assert any(f"checkpoint {sequence} written" in line for line in stopped)
+    # A stopped pipeline's log is what its runs wrote, followed too; both streams end when it is deleted.
+    stopped = client.get_pipeline_logs("orders")
+    read_until(stopped, f"checkpoint {sequence} written", [])
     assert feldera_error(client.get_pipeline_logs, "nope")[:2] == (404, "UnknownPipelineName")
+    client.clear_storage("orders")
+    kstatus.verify()  # as it was, before it goes
+    kstatus.tracked.pop((namespace, "orders"))
+    client.delete_pipeline("orders")
+    started = time.monotonic()
+    assert list(stopped)[-1] == "Logs have ended" and list(logs)[-1] == "Logs have ended"
+    assert time.monotonic() - started < 10
     op.assert_alive()
     assert "Traceback" not in op.log()
 
@@ -691,10 +725,13 @@ def test_the_kubernetes_backend_streams_the_pods_log_through_the_api_server(
         pod = f"{child_name(PipelineKey(namespace, 'orders', uid))}-0"
         wait_for("the pod", lambda: pod in [p.metadata.name for p in core.list_namespaced_pod(namespace).items], 30,
                  operator=op)
-        # What the scheduler does: the pod goes to the node (whose kubelet the API server asks for its logs).
-        core.create_namespaced_pod_binding(pod, namespace, {
-            "apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node}}, _preload_content=False)
+
+        def bind() -> None:  # what the scheduler does: the pod goes to the node (whose kubelet serves its logs)
+            core.create_namespaced_pod_binding(pod, namespace, {
+                "apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node}}, _preload_content=False)
+        bind()
+        first_pod = core.read_namespaced_pod(pod, namespace).metadata.uid
         pipelines.wait_status("orders", op, deploymentStatus="Running", timeout=40)
         client = sdk_client(op, cluster, namespace)
 
@@ -722,10 +759,29 @@ def test_the_kubernetes_backend_streams_the_pods_log_through_the_api_server(
         assert body["error_code"] == "RunnerInteractionUnreachable"
         cluster.apply({**role, "metadata": {**role["metadata"], "namespace": namespace}})
 
-        # The container ends: so does the log the SDK follows.
+        # The container ends, the pipeline stops and starts again: the log the SDK follows goes on with the next
+        # pod's, as Feldera's runner's goes on across a stop; it ends when the pipeline is deleted.
+        kubelet_at(node_kubelet.port)
         client.stop_pipeline("orders", force=True, timeout_s=60)
+        client.start_pipeline("orders", wait=False)
+
+        def next_pod() -> bool:
+            try:
+                return core.read_namespaced_pod(pod, namespace).metadata.uid != first_pod
+            except kubernetes.client.ApiException:  # not made yet
+                return False
+        wait_for("the next pod", next_pod, 30, interval=0.05, operator=op)
+        bind()
+        pipelines.wait_status("orders", op, deploymentStatus="Running", timeout=40)
+        again: list[str] = []
+        read_until(logs, "reference pipeline listening", again)
+        assert "Logs have ended" not in again and len(node_kubelet.requests) == 2, node_kubelet.requests
+        client.stop_pipeline("orders", force=True, timeout_s=60)
+        client.clear_storage("orders")
+        kstatus.verify()  # as it was, before it goes
+        kstatus.tracked.pop((namespace, "orders"))
+        client.delete_pipeline("orders")
         assert list(logs)[-1] == "Logs have ended"
-        assert list(client.get_pipeline_logs("orders")) == ["Logs have ended"]  # no pod: nothing to read
         op.assert_alive()
         assert "Traceback" not in op.log()
     finally:

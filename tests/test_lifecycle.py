@@ -102,6 +102,26 @@ def test_provisioning_waits_then_becomes_provisioned_with_initializing_first():
     assert sim.state.deployment_initial is RDS.PAUSED
 
 
+def test_provisioned_once_the_compute_is_ready_without_waiting_for_a_status_answer():
+    """Feldera's runner: Provisioned when the compute is, Initializing with the start's desired status and empty
+    details; a pipeline that never answers is then Unavailable after the grace period, and is not stopped."""
+    sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED, initial=Init.PAUSED,
+                      provisioning_timeout=30))
+    sim.step(compiled("p1"))
+    unreachable = Observation(compute=compute(ComputeState.READY),
+                              runtime=parse_status_response(None, None, "connection refused"))
+    d = sim.step(unreachable)
+    assert summary(d) == [("Provisioned", "Provisioned", "Initializing", "Success", "InUse", False)]
+    state = sim.state
+    assert (state.deployment_runtime_desired_status, state.deployment_runtime_status_details) == (RDS.PAUSED, "")
+    assert sim.step(Observation(compute=compute(ComputeState.READY)), after=5).state.deployment_runtime_status \
+        is RS.INITIALIZING  # not probed (or not answering) within the grace period
+    for _ in range(3):
+        state = sim.step(unreachable, after=20).state
+        assert (state.deployment_resources_status, state.deployment_runtime_status) == (R.PROVISIONED, RS.UNAVAILABLE)
+        assert state.deployment_error is None
+
+
 def test_provisioned_on_a_503_answer_is_unavailable_not_an_error():
     sim = Sim(Desired(program_digest="p1", resources_desired_status=D.PROVISIONED))
     sim.step(compiled("p1"))

@@ -399,3 +399,19 @@ def test_runtime_config_refuses_what_feldera_refuses(given, field):
     with pytest.raises(ValidationError) as caught:
         fc.RuntimeConfig.model_validate(given)
     assert field in {".".join(str(p) for p in e["loc"]) for e in caught.value.errors()}
+
+
+@pytest.mark.parametrize(("kept", "read"), [
+    ("18446744073709551615", 18446744073709551615),
+    ("0", 0),
+    ("18446744073709551616", "18446744073709551616"),  # beyond u64: not a fingerprint, left as it is
+    ("-1", "-1"), ("１２", "１２"), ("1e3", "1e3"), ("", ""), (12, 12), (None, None),
+])
+def test_a_fingerprint_the_status_keeps_as_text_is_read_back_as_the_u64_only(kept, read):
+    from pipeline_operator.core.resource import storage_details_from_status, storage_details_to_status
+    back = storage_details_from_status({"checkpoints": [{"uuid": "u", "fingerprint": kept}, "not a checkpoint"]})
+    assert back["checkpoints"][0]["fingerprint"] == read and back["checkpoints"][1] == "not a checkpoint"
+    assert back["checkpoints"][0]["identifier"] is None  # the nulls the API server dropped
+    assert storage_details_to_status({"checkpoints": [{"fingerprint": 2**64 - 1}]}) == {
+        "checkpoints": [{"fingerprint": "18446744073709551615"}]}
+    assert storage_details_from_status(["free", "form"]) == ["free", "form"]

@@ -115,6 +115,23 @@ def test_emission_rules_with_shortened_intervals(operators, pipelines, namespace
     assert "deploymentRuntimeStatusDetails" not in history[0]
 
 
+def test_no_heartbeats_while_provisioning_as_feldera(operators, pipelines, namespace, kstatus):
+    """Feldera's runner records nothing while Provisioning unless the details change: a pipeline whose
+    process takes 5 s to listen (heartbeats every 2 s elsewhere) has one Provisioning event."""
+    op = operators(namespace, *SHORT)
+    env = [*FAST_PIPELINE, {"name": "PIPELINE_BIND_DELAY_SECONDS", "value": "5"}]
+    uid = pipelines.create("slow", spec(deployment={"env": env}))["metadata"]["uid"]
+    kstatus.track(namespace, "slow", expect="Current")
+    pipelines.wait_status("slow", op, deploymentStatus="Running")
+    events = oldest_first(stored(op, uid))
+    provisioning = [e for e in events if e["deployment_resources_status"] == "Provisioning"]
+    assert provisioning and (t(provisioning[-1]) - t(provisioning[0])).total_seconds() < HEARTBEAT_INTERVAL, \
+        provisioning
+    assert not following(events, "Provisioning", "heartbeat"), provisioning
+    provisioned = next(e for e in events if e["deployment_resources_status"] == "Provisioned")
+    assert (t(provisioned) - t(provisioning[0])).total_seconds() >= 4  # it did provision for that long
+
+
 def test_heartbeats_in_provisioned_and_history_is_bounded(operators, pipelines, namespace, kstatus):
     op = operators(namespace, *SHORT, "--history-limit", "5")
     uid = pipelines.create("beat", spec(deployment={"env": FAST_PIPELINE}))["metadata"]["uid"]

@@ -267,6 +267,8 @@ class PipelineDeployment(BaseModel):
                                                                        "to Stopped.")
     silent_bootstrap: bool = Field(False, description="Set by a start (Feldera's /start?silent_bootstrap=), "
                                                       "cleared on the way to Stopped.")
+    deployment_id: uuid.UUID | None = Field(None, description="Feldera's deployment_id: a new UUIDv7 for each "
+                                                              "deployment, from Provisioning until Stopped.")
     deployment_runtime_status: RuntimeStatus | None = None
     deployment_runtime_status_since: dt.datetime | None = None
     deployment_runtime_status_details: Any = None

@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import hmac
 import json
 import logging
@@ -137,6 +138,20 @@ def _drop_connection(request: web.Request) -> web.Response:
 def _shown(value: str) -> str:
     """A query parameter as repeated in an error message: short, whatever the client sent."""
     return value if len(value) <= MAX_SHOWN_PARAMETER else value[:MAX_SHOWN_PARAMETER] + "..."
+
+
+def checkpoint_metadata(checkpoint: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A checkpoint as Feldera's pipeline reports it in its status (``CheckpointMetadata``): its uuid, no name,
+    the circuit's fingerprint (a u64; here of the program the checkpoint was written by), the size of its files,
+    its steps and the records processed (none: the reference pipeline processes no data)."""
+    name = str(checkpoint.get("uuid") or "")
+    try:
+        size: int | None = (folder / f"{name}.json").stat().st_size
+    except (OSError, ValueError):
+        size = None
+    digest = hashlib.sha256(str(checkpoint.get("program_digest") or "").encode()).digest()
+    return {"uuid": name, "identifier": None, "fingerprint": int.from_bytes(digest[:8], "big"), "size": size,
+            "steps": checkpoint.get("steps"), "processed_records": 0}
 
 
 class ReferencePipeline:
@@ -312,7 +327,8 @@ class ReferencePipeline:
             "runtime_status": self.status,
             "runtime_status_details": details,
             "runtime_desired_status": self.desired,
-            "storage_status_details": {"checkpoints": self.checkpoints()},
+            "storage_status_details": {"checkpoints": [checkpoint_metadata(c, self.storage / CHECKPOINT_DIR)
+                                                       for c in self.checkpoints()]},
         }
 
     # -- HTTP --------------------------------------------------------------------------

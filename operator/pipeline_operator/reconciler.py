@@ -501,7 +501,7 @@ class PipelineMonitor:
         except Forbidden as exc:
             return await self._blocked(desired, str(exc))
         now = self.ctx.clock()
-        decision = decide(desired, self.state, observation, now, self.ctx.lifecycle)
+        decision = decide(desired, self.state, observation, now, self.ctx.lifecycle, self.ctx.ids)
         emitted = emit(self.last_event, [s.state.event_status() for s in decision.steps],
                        decision.state.event_status(), now, self.ctx.ids, self.ctx.rules)
         try:

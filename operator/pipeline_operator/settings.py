@@ -146,7 +146,8 @@ class OperatorSettings(BaseSettings):
                           "tokens checked with TokenReview and SubjectAccessReview; `none`: no authentication "
                           "(local development only).")
     api_default_namespace: str = Field("default", description="The namespace of API requests without a "
-                                       "`Feldera-Tenant` header.")
+                                       "`Feldera-Tenant` header, except a service account's (its own "
+                                       "namespace).")
     api_audience: str = Field("pipeline-operator", description="The audience bearer tokens must be "
                               "minted for (`kubectl create token NAME --audience pipeline-operator`); "
                               "empty: the API server's default audiences.")

@@ -21,8 +21,9 @@ body comes with ``X-Content-Type-Options: nosniff`` and ``Content-Security-Polic
 (:data:`PASSED_THROUGH_HEADERS`).
 
 ``GET /v0/pipelines/{name}/logs`` streams the pipeline's log as Feldera's runner does (``text/plain``,
-the recent past first, then new lines while the pipeline runs, ``Logs have ended`` last) from the
-backend: the process's log file (local backend) or the pod's log through the Kubernetes API.
+the recent past first, then new lines as they are written, across stops and starts, until the pipeline is
+deleted, ``Logs have ended`` last) from the backend: the process's log file (local backend) or the pods' logs
+through the Kubernetes API.
 
 The open-ended streams (logs, egress, ad-hoc queries) are bounded per client address, user, namespace and
 overall (429 ``TooManyStreams``) and end within a second when the API stops. Neither they nor uploads
@@ -44,7 +45,6 @@ from aiohttp import ClientWebSocketResponse, StreamReader, WSCloseCode, WSMsgTyp
 
 from ..backends import LogsUnavailable
 from ..core.lifecycle import PipelineState, interaction_refusal
-from ..models import ResourcesStatus
 from ..runtime_client import MAX_WS_FRAME, InvalidAnswer, PipelineUnreachable
 from .errors import ApiError
 from .slots import FairSlots, StreamSlots, share
@@ -252,7 +252,7 @@ class Interaction:
 
     def _handler(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
-            namespace, name = self.server.namespace(request), request.match_info["name"]
+            namespace, name = await self.server.namespace(request), request.match_info["name"]
             await self.server.authorize(request, route.verb, namespace, name)
             action = request.match_info.get("action")
             if action is not None and action not in CONNECTOR_ACTIONS:  # checked first, as Feldera's manager does
@@ -386,17 +386,22 @@ class Interaction:
     # -- logs ---------------------------------------------------------------------------------------
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
-        """Feldera's ``GET /v0/pipelines/{name}/logs``, from the backend, followed while the pipeline's compute
-        may be running (a stopped pipeline's log is what is left of its last run, then its end)."""
+        """Feldera's ``GET /v0/pipelines/{name}/logs``, from the backend: the recent past, then followed as
+        Feldera's runner follows it, across stops and starts, until the pipeline is deleted (then ``Logs have
+        ended``) or the client goes."""
         monitor = await self.server.pipeline(request, "get")
         if self.deps.logs is None:
             raise ApiError(501, "NotServed", "This operator's backend does not serve pipeline logs")
-        state = monitor.state
-        follow = state is not None and state.deployment_resources_status is not ResourcesStatus.STOPPED
-        with self.slots.slot(request.remote or "", self.server.identity(request), monitor.key.namespace):
+        key = monitor.key
+
+        def deleted() -> bool:
+            found = self.deps.pipelines.get(key.namespace, key.name)
+            return found is None or found.obj is None or found.key.uid != key.uid
+
+        with self.slots.slot(request.remote or "", self.server.identity(request), key.namespace):
             async with contextlib.AsyncExitStack() as stack:
                 try:
-                    chunks = await stack.enter_async_context(self.deps.logs(monitor.key, follow))
+                    chunks = await stack.enter_async_context(self.deps.logs(key, True))
                 except LogsUnavailable as exc:
                     raise ApiError(503, "RunnerInteractionUnreachable",
                                    f"Unable to reach pipeline runner to interact due to: {exc}",
@@ -404,21 +409,23 @@ class Interaction:
                 response = web.StreamResponse(headers=LOG_HEADERS)
                 try:
                     await response.prepare(request)
-                    ended = await self._copy(chunks, response, lines=True)
+                    ended = await self._copy(chunks, response, lines=True, until=deleted)
                     if ended:
                         await response.write(LOGS_END)
                 except OSError as exc:  # the client went away (ConnectionError), or the log could not be read
                     if not isinstance(exc, ConnectionError):
-                        log.warning("HTTP API: the log of pipeline %s could not be read on: %s", monitor.key, exc)
+                        log.warning("HTTP API: the log of pipeline %s could not be read on: %s", key, exc)
                     ended = False
                 await self._end(request, response, ended)
                 return response
 
     # -- streaming ----------------------------------------------------------------------------------
 
-    async def _copy(self, chunks: AsyncIterator[bytes], response: web.StreamResponse, lines: bool = False) -> bool:
-        """Write ``chunks`` as they come: True once they end, False when the API stops first. With ``lines``,
-        a last line without its end gets one (what follows starts on a line of its own)."""
+    async def _copy(self, chunks: AsyncIterator[bytes], response: web.StreamResponse, lines: bool = False,
+                    until: Callable[[], bool] | None = None) -> bool:
+        """Write ``chunks`` as they come: True once they end (or, while they are quiet, ``until`` says they are
+        over), False when the API stops first. With ``lines``, a last line without its end gets one (what follows
+        starts on a line of its own)."""
         source = aiter(chunks)
         last = b"\n"
         while True:
@@ -427,7 +434,11 @@ class Interaction:
                 while not (await asyncio.wait({nxt}, timeout=CLOSING_CHECK_SECONDS))[0]:
                     if self.server.follow.closing:  # the API is stopping: its streams end now
                         return False
-                chunk = nxt.result()
+                    if until is not None and until():
+                        chunk = None
+                        break
+                else:
+                    chunk = nxt.result()
             finally:
                 nxt.cancel()
             if chunk is None:

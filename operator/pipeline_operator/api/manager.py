@@ -99,7 +99,7 @@ class Manager:
                                  headers={"Cache-Control": "no-cache"})
 
     async def testing(self, request: web.Request) -> web.Response:
-        await self.server.authorize(request, "patch", self.server.namespace(request), request.match_info["name"])
+        await self.server.authorize(request, "patch", await self.server.namespace(request), request.match_info["name"])
         reason = '/testing endpoint is disabled. Set FELDERA_UNSTABLE_FEATURES="testing" to enable.'
         raise ApiError(405, "UnsupportedPipelineAction", f"Unsupported pipeline action '/testing': {reason}",
                        {"action": "/testing", "reason": reason})
@@ -112,7 +112,7 @@ class Manager:
     async def metrics(self, request: web.Request) -> web.Response:
         """Feldera's ``get_metrics``: each Running or Paused pipeline's ``/metrics`` that answered a success,
         followed by a new line, in the order of the list; the others are left out."""
-        namespace = self.server.namespace(request)
+        namespace = await self.server.namespace(request)
         await self.server.authorize(request, "list", namespace)
         at_once = asyncio.Semaphore(METRICS_AT_ONCE)
         served = [m for m in self.deps.pipelines.in_namespace(namespace) if m.obj is not None]
@@ -147,7 +147,7 @@ class Manager:
         """Feldera's ``SessionInfo``: the tenant is the namespace; its id is derived from the name (the same
         namespace, the same id, on every replica)."""
         await self.server.authenticate(request)
-        namespace = self.server.namespace(request)
+        namespace = await self.server.namespace(request)
         return web.json_response({"tenant_id": str(uuid.uuid5(SESSION_NAMESPACE, namespace)),
                                   "tenant_name": namespace})
 

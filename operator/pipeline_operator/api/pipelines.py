@@ -46,7 +46,8 @@ from ..models import (
 from ..reconciler import ANNOTATION_API_APPLIED_SPEC, spec_marker
 from . import writes
 from .errors import ApiError, unknown_pipeline, unreadable_pipeline
-from .server import PIPELINE, VERSION
+from .platform import FELDERA_VERSION
+from .server import PIPELINE
 
 if TYPE_CHECKING:
     from .server import ApiServer
@@ -310,6 +311,14 @@ def _body_fields(raw: Any, *, partial: bool) -> dict[str, Any]:
     return fields
 
 
+def _creation_order(item: tuple[dict[str, Any], Any]) -> tuple[str, str]:
+    """Feldera lists a tenant's pipelines by id, a UUIDv7: in the order they were created. A Kubernetes uid is
+    random, so the order is the creation time's (``creationTimestamp``, whole seconds, always in UTC with a
+    ``Z``, so that its text sorts as its time), and the name's among those created within the same second."""
+    meta = item[0].get("metadata") or {}
+    return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
+
+
 class Pipelines:
     def __init__(self, server: ApiServer) -> None:
         self.server = server
@@ -342,8 +351,8 @@ class Pipelines:
             refresh = int(meta.get("generation") or 1)
         info: dict[str, Any] = {
             "id": meta.get("uid"), "name": meta.get("name"), "created_at": created,
-            "version": state.version or int(meta.get("generation") or 1), "platform_version": VERSION,
-            "refresh_version": refresh, "deployment_id": None,
+            "version": state.version or int(meta.get("generation") or 1), "platform_version": FELDERA_VERSION,
+            "refresh_version": refresh,
             **{k: v for k, v in fields.items() if selector == "all" or k not in _ALL_ONLY_SPEC},
         }
         for name in PipelineDeployment.model_fields:
@@ -400,14 +409,12 @@ class Pipelines:
     # -- reads ------------------------------------------------------------------------------------
 
     async def list(self, request: web.Request) -> web.Response:
-        namespace = self.server.namespace(request)
+        namespace = await self.server.namespace(request)
         await self.server.authorize(request, "list", namespace)
         selector = self._selector(request)
-        found = [(m.obj, m.state) for m in self.deps.pipelines.in_namespace(namespace)]
+        found = [(m.obj, m.state) for m in self.deps.pipelines.in_namespace(namespace) if m.obj is not None]
         answer = []
-        for obj, state in found:
-            if obj is None:
-                continue
+        for obj, state in sorted(found, key=_creation_order):
             try:
                 answer.append(await self.info(obj, state, selector))
             except (ValidationError, ApiError) as exc:  # one Pipeline that cannot be read does not hide the others
@@ -498,7 +505,7 @@ class Pipelines:
         return monitor.obj or obj, monitor.state
 
     async def _write(self, request: web.Request, *, create: bool, replace: bool) -> web.Response:
-        namespace = self.server.namespace(request)
+        namespace = await self.server.namespace(request)
         await self.server.authenticate(request)  # before the body is read: strangers hold no slot with slow bodies
         name = request.match_info.get("name")
         raw = await self._body(request)
@@ -556,7 +563,7 @@ class Pipelines:
         return await self._write(request, create=False, replace=False)
 
     async def delete(self, request: web.Request) -> web.Response:
-        namespace = self.server.namespace(request)
+        namespace = await self.server.namespace(request)
         name = request.match_info["name"]
         await self.server.authorize(request, "delete", namespace, name)
         if len(name) > MAX_NAME or not NAME_RE.fullmatch(name):

@@ -195,6 +195,18 @@ class User:
 
 
 ANONYMOUS = User("anonymous")  # every request with --api-auth none
+SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"  # a service account's username: system:serviceaccount:<ns>:<name>
+
+
+def service_account_namespace(username: str) -> str | None:
+    """The namespace of a service account's username (as the API server names it, ``system:serviceaccount:``
+    then the namespace and the name, each a DNS label); None for any other user."""
+    if not username.startswith(SERVICE_ACCOUNT_PREFIX):
+        return None
+    parts = username[len(SERVICE_ACCOUNT_PREFIX):].split(":")
+    if len(parts) != 2 or not all(parts) or not NAMESPACE_RE.match(parts[0]) or len(parts[0]) > 63:
+        return None
+    return parts[0]
 # What a request learnt on its way, for the audit line.
 USER = web.RequestKey("user", User)
 VERB = web.RequestKey("verb", str)
@@ -473,8 +485,14 @@ class ApiServer:
 
     # -- authentication and authorization ---------------------------------------------------------
 
-    def namespace(self, request: web.Request) -> str:
-        namespace = request.headers.get(TENANT_HEADER) or self.default_namespace
+    async def namespace(self, request: web.Request) -> str:
+        """The namespace a request is about: the ``Feldera-Tenant`` header; without it, a service account's own
+        namespace (Feldera's clients of v0.306 cannot send the header: ``fda``, a pod's script), else the
+        default namespace. Without the header the requester is authenticated first, to know who it is."""
+        namespace = request.headers.get(TENANT_HEADER)
+        if not namespace:
+            namespace = service_account_namespace((await self.authenticate(request)).username) \
+                or self.default_namespace
         if not NAMESPACE_RE.match(namespace) or len(namespace) > 63:
             raise ApiError(400, "InvalidTenant", f"'{namespace[:70]}' is not a namespace name")
         return namespace
@@ -693,7 +711,7 @@ class ApiServer:
         return monitor
 
     async def pipeline(self, request: web.Request, verb: str) -> ServedPipeline:
-        namespace = self.namespace(request)
+        namespace = await self.namespace(request)
         name = request.match_info["name"]
         await self.authorize(request, verb, namespace, name)
         return self.monitor(namespace, name)

@@ -9,7 +9,8 @@ The page is served by the API, with the API's authentication and authorization (
 ``get`` for one pipeline): a browser does not send a bearer token by itself, so with ``--api-auth
 kubernetes`` the page is opened through a proxy that adds the ``Authorization`` header, and in local
 development with ``--api-auth none`` (bound to 127.0.0.1). The tenant is ``?namespace=`` (a link can
-carry it), else the ``Feldera-Tenant`` header, else the API's default namespace.
+carry it), else the API's rule (the ``Feldera-Tenant`` header, else a service account's own namespace,
+else the API's default namespace).
 """
 
 from __future__ import annotations
@@ -267,24 +268,25 @@ class Ui:
         r.add_get("/ui", self.pipelines)
         r.add_get("/ui/pipelines/{name}", self.pipeline)
 
-    def namespace(self, request: web.Request) -> str:
-        """``?namespace=``, else the API's rule (the ``Feldera-Tenant`` header, else the default)."""
+    async def namespace(self, request: web.Request) -> str:
+        """``?namespace=``, else the API's rule (the ``Feldera-Tenant`` header, else a service account's own
+        namespace, else the default)."""
         namespace = request.query.get("namespace")
         if namespace is None:
-            return self.server.namespace(request)
+            return await self.server.namespace(request)
         if not NAMESPACE_RE.match(namespace) or len(namespace) > 63:
             raise ApiError(400, "InvalidTenant", f"'{namespace[:70]}' is not a namespace name")
         return namespace
 
     async def pipelines(self, request: web.Request) -> web.Response:
-        namespace = self.namespace(request)
+        namespace = await self.namespace(request)
         await self.server.authorize(request, "list", namespace)
         found = [(p.key.name, _state_of(p)) for p in self.server.deps.pipelines.in_namespace(namespace)
                  if p.obj is not None]
         return list_page(namespace, found)
 
     async def pipeline(self, request: web.Request) -> web.Response:
-        namespace = self.namespace(request)
+        namespace = await self.namespace(request)
         name = request.match_info["name"]
         await self.server.authorize(request, "get", namespace, name)
         served = self.server.monitor(namespace, name)

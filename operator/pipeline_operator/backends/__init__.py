@@ -69,9 +69,10 @@ class Backend(Protocol):
 
     def logs(self, key: PipelineKey, follow: bool) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """The pipeline's log, opened: ``async with backend.logs(key, follow) as chunks`` gives its bytes as
-        they come, its recent past first, then (``follow``) what the pipeline writes until its compute is
-        gone. No log yet (never started, no pod) is an empty log; a log that cannot be read now is
-        :class:`LogsUnavailable`, raised on opening."""
+        they come, its recent past first, then (``follow``) what the pipeline writes, across its stops and
+        starts (the next run's log follows the last one's), for as long as it is read. Not followed, no log yet
+        (never started, no pod) is an empty log; a log that cannot be read now is :class:`LogsUnavailable`,
+        raised on opening."""
 
 
 # What of Feldera's runtime_config the backends use beside the PipelineConfig they write: its workers and

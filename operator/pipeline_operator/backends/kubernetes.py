@@ -1332,8 +1332,68 @@ class KubernetesBackend:
         await asyncio.to_thread(self._watch_client.close)
 
     @contextlib.asynccontextmanager
-    async def logs(self, key: PipelineKey, follow: bool, tail_lines: int = 50_000,
-                   open_timeout: float = 30.0) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def logs(self, key: PipelineKey, follow: bool, tail_lines: int = 50_000, open_timeout: float = 30.0,
+                   next_pod_poll: float = 1.0) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The log of the pipeline's pod (:meth:`_pod_log`); with ``follow``, across the pipeline's runs, as
+        Feldera's runner follows a pipeline's log across stops and starts: once a pod's log ends (the pipeline
+        stopped, or it had no pod), the log of the next pod the pipeline's StatefulSet runs (another uid, once
+        its container started, looked for every ``next_pod_poll`` seconds in the cache), from its first line, and
+        so on for as long as it is read (the API ends the stream when the pipeline is deleted). A stream that
+        ends while its pod still runs (quiet for an hour) ends here too: the reader asks again. The first log
+        that cannot be read is :class:`LogsUnavailable`, raised on opening; a later one ends the stream."""
+        async with self._pod_log(key, follow, tail_lines, open_timeout) as first:
+            if not follow:
+                yield first
+                return
+            followed = self._pod_uid(key)
+
+            async def runs() -> AsyncIterator[bytes]:
+                nonlocal followed
+                async for chunk in first:
+                    yield chunk
+                while True:
+                    for _ in range(5):  # the container's end reaches the cache a moment after its log's
+                        if followed is None or followed != self._pod_uid(key) or self._ended(key):
+                            break
+                        await asyncio.sleep(next_pod_poll)
+                    else:
+                        return  # the pod runs on: its stream ended by its own bound
+                    while True:  # the cache changes on its own thread: looked at, not waited on
+                        uid = self._pod_uid(key)
+                        if uid is not None and uid != followed and self._started(key):
+                            break
+                        await asyncio.sleep(next_pod_poll)
+                    followed = uid
+                    try:
+                        async with self._pod_log(key, True, tail_lines, open_timeout) as chunks:
+                            async for chunk in chunks:
+                                yield chunk
+                    except LogsUnavailable as exc:
+                        log.info("%s: the log of its next pod cannot be read: %s", key, exc)
+                        return
+
+            yield runs()
+
+    def _pod_uid(self, key: PipelineKey) -> str | None:
+        pod = self._pod(key)
+        return None if pod is None else pod["metadata"].get("uid")
+
+    def _container_states(self, key: PipelineKey) -> list[dict[str, Any]]:
+        pod = self._pod(key) or {}
+        return [c.get("state") or {} for c in (pod.get("status") or {}).get("containerStatuses") or []
+                if c.get("name") == "pipeline"]
+
+    def _started(self, key: PipelineKey) -> bool:
+        """The pipeline's pod's container has started (it has a log)."""
+        return any("running" in s or "terminated" in s for s in self._container_states(key))
+
+    def _ended(self, key: PipelineKey) -> bool:
+        """The pipeline's pod's container is no longer running (or the pod is gone)."""
+        return not any("running" in s for s in self._container_states(key))
+
+    @contextlib.asynccontextmanager
+    async def _pod_log(self, key: PipelineKey, follow: bool, tail_lines: int = 50_000,
+                       open_timeout: float = 30.0) -> AsyncIterator[AsyncIterator[bytes]]:
         """The logs of the pipeline's pod through the API server (``pods/log``, which the API server reads from
         the pod's kubelet): its last ``tail_lines`` lines (as many as Feldera's runner keeps), then, with
         ``follow``, what the container writes until it ends.

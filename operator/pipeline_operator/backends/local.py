@@ -406,14 +406,22 @@ class LocalBackend:
     async def logs(self, key: PipelineKey, follow: bool, replay: int = 1_000_000,
                    poll: float = 0.5) -> AsyncIterator[AsyncIterator[bytes]]:
         """``process.log`` from its last ``replay`` bytes (Feldera's runner catches a reader up from a buffer
-        of 1 MB; the lines before are named, not shown), then, with ``follow``, what the process writes,
-        as ``tail -f`` does: the file is read again every ``poll`` seconds while nothing new is in it, until
-        the process is gone; what it wrote last is read after it is gone. Every read runs in a thread."""
+        of 1 MB; the lines before are named, not shown), then, with ``follow``, what is written to it, as
+        ``tail -f`` does, across the pipeline's runs (every run of the process appends to it), as Feldera's
+        runner follows a pipeline's log across stops and starts: the file is read again every ``poll`` seconds
+        while nothing new is in it, and the stream ends once the file is removed (the pipeline was deleted). A
+        pipeline that never ran has no log yet: followed, the stream waits for its first run. Every read runs in
+        a thread."""
         path = self.folder(key) / "process.log"
+
+        def open_log() -> BinaryIO | None:
+            try:
+                return open(path, "rb")
+            except FileNotFoundError:  # never started
+                return None
+
         try:
-            log_file = await asyncio.to_thread(open, path, "rb")
-        except FileNotFoundError:  # never started
-            log_file = None
+            log_file = await asyncio.to_thread(open_log)
         except OSError as exc:
             raise LogsUnavailable(f"cannot read {path}: {exc}") from exc
 
@@ -426,13 +434,21 @@ class LocalBackend:
             f.readline()
             return f.tell()
 
-        def running() -> bool:
-            record = self._read_record(key)
-            return record is not None and self._alive(key, record)
+        def removed(f: BinaryIO) -> bool:
+            """The file read is no longer the pipeline's log (removed, or replaced by another pipeline's)."""
+            try:
+                return os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                return True
 
-        async def chunks(f: BinaryIO | None) -> AsyncIterator[bytes]:
-            if f is None:
-                return  # no log yet: an empty one
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal log_file
+            while log_file is None:  # no log yet: an empty one, or, followed, the first run's
+                if not follow:
+                    return
+                await asyncio.sleep(poll)
+                log_file = await asyncio.to_thread(open_log)
+            f = log_file
             skipped = await asyncio.to_thread(skip_to_tail, f)
             if skipped:
                 yield (f"... {skipped} bytes of earlier log lines are not shown (the log is replayed from its last "
@@ -442,14 +458,14 @@ class LocalBackend:
                 if chunk:
                     yield chunk
                     continue
-                if not follow or not await asyncio.to_thread(running):
+                if not follow or await asyncio.to_thread(removed, f):
                     while chunk := await asyncio.to_thread(f.read, 64 * 1024):
-                        yield chunk  # written between the last read and the end of the process
+                        yield chunk  # written between the last read and the end of the log
                     return
                 await asyncio.sleep(poll)
 
         try:
-            yield chunks(log_file)
+            yield chunks()
         finally:
             if log_file is not None:
                 await asyncio.to_thread(log_file.close)

@@ -7,7 +7,8 @@ On each monitoring pass an event is recorded when
 (b) only details differ, and at least ``details_min_interval`` (10 s) passed since the last
     event; or
 (c) nothing changed for more than ``heartbeat_interval`` (10 minutes), in every resources
-    status (Feldera writes none while Stopped; we do, see feldera#6361).
+    status but Provisioning, where Feldera's runner writes only changes of the details (as
+    here); Feldera writes none while Stopped either; we do, see feldera#6361.
 
 Events of one pass share one ``recorded_at`` (as Feldera's share a transaction time) and
 are ordered by ``event_id``, a UUIDv7 that increases within the process.
@@ -21,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from ..models import EventStatus, MonitorEvent
+from ..models import EventStatus, MonitorEvent, ResourcesStatus
 
 DEFAULT_DETAILS_MIN_INTERVAL = 10.0
 DEFAULT_HEARTBEAT_INTERVAL = 600.0
@@ -77,7 +78,7 @@ def emit(last: MonitorEvent | None, steps: Sequence[EventStatus], current: Event
     since = (now - last.recorded_at).total_seconds()
     if current.details_key() != last.details_key() and since >= rules.details_min_interval:
         return [Emitted(make_event(current, new_id(now), now), EmissionKind.DETAILS, last)]
-    if since > rules.heartbeat_interval:
+    if since > rules.heartbeat_interval and current.deployment_resources_status is not ResourcesStatus.PROVISIONING:
         return [Emitted(make_event(current, new_id(now), now), EmissionKind.HEARTBEAT, last)]
     return []
 

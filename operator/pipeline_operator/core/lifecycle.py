@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,7 @@ from ..models import (
     StorageStatus,
 )
 from . import transitions
+from .emission import UuidV7
 
 R = ResourcesStatus
 S = StorageStatus
@@ -416,6 +419,7 @@ NOT_JSON: Any = _NotJson()
 _SUSPENDABLE = frozenset({RS.RUNNING, RS.PAUSED, RS.REPLAYING, RS.BOOTSTRAPPING,
                           RS.CONCURRENT_BOOTSTRAPPING, RS.SYNCHRONIZING, RS.UNAVAILABLE,
                           RS.COORDINATION})
+_DEPLOYMENT_IDS = UuidV7()  # deployment ids when the caller gives no generator of its own
 _RUNTIME_CLEARED: dict[str, Any] = dict(deployment_runtime_status=None, deployment_runtime_status_since=None,
                                         deployment_runtime_status_details=None, deployment_runtime_desired_status=None,
                                         suspend_requested_at=None)
@@ -426,6 +430,7 @@ class _Pass:
     """One monitoring pass in the making: the state so far, its steps and actions."""
     cur: PipelineState
     now: dt.datetime
+    new_id: Callable[[dt.datetime], uuid.UUID]
     steps: list[Step] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -519,9 +524,11 @@ def current_desired(desired: Desired, state: PipelineState) -> ResourcesDesiredS
 
 
 def decide(desired: Desired, state: PipelineState, observation: Observation, now: dt.datetime,
-           config: LifecycleConfig = LifecycleConfig()) -> Decision:
-    """One monitoring pass: the status steps to commit and the actions to take."""
-    p = _Pass(cur=state, now=now)
+           config: LifecycleConfig = LifecycleConfig(),
+           new_id: Callable[[dt.datetime], uuid.UUID] | None = None) -> Decision:
+    """One monitoring pass: the status steps to commit and the actions to take. ``new_id`` makes a deployment's
+    id (Feldera's ``deployment_id``, a UUIDv7 of the pass's time) when the pass starts one."""
+    p = _Pass(cur=state, now=now, new_id=new_id or _DEPLOYMENT_IDS)
     _dismiss_error(p, desired)
     _start_request(p, desired)
     _desired_status(p, desired)
@@ -916,7 +923,7 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
     p.set("provisioning compute and storage", deployment_resources_status=R.PROVISIONING,
           deployment_resources_status_details=None,
           deployment_initial=initial, bootstrap_policy=policy, silent_bootstrap=silent, deployment_error=None,
-          error_generation=None,
+          error_generation=None, deployment_id=p.new_id(p.now),
           runtime_desired_adopted=desired.runtime_desired_status, runtime_desired_pending=None,
           **_RUNTIME_CLEARED)
     if desired.hosts > 1:
@@ -968,19 +975,20 @@ def _provisioning(p: _Pass, desired: Desired, observation: Observation, config: 
         assert runtime.error is not None
         _stop(p, desired, "pipeline reported a fatal error while starting", runtime.error)
         return
-    if (compute.state is ComputeState.READY and runtime is not None
-            and runtime.probe in (RuntimeProbe.OK, RuntimeProbe.UNAVAILABLE)):
-        p.set("compute is ready and the pipeline answers", deployment_resources_status=R.PROVISIONED,
+    if compute.state is ComputeState.READY:
+        # Feldera's runner: Provisioned once the compute is (its local runner: once the pipeline wrote its port
+        # file; here: the process listens, or its pod is Ready), Initializing with the start's desired status and
+        # empty details, without waiting for a first /status answer: the grace period covers a pipeline that does
+        # not answer yet. An answer this pass already has is taken over at once.
+        p.set("compute is ready", deployment_resources_status=R.PROVISIONED,
               deployment_resources_status_details=None, deployment_runtime_status=RS.INITIALIZING,
-              deployment_runtime_status_details={"reason": "initializing set by the operator"},
-              deployment_runtime_desired_status=cur.deployment_initial)
-        _apply_runtime(p, runtime, config)
+              deployment_runtime_status_details="", deployment_runtime_desired_status=cur.deployment_initial)
+        if runtime is not None and runtime.probe in (RuntimeProbe.OK, RuntimeProbe.UNAVAILABLE):
+            _apply_runtime(p, runtime, config)
         return
     timeout = desired.provisioning_timeout or config.default_provisioning_timeout
     if p.elapsed(cur.deployment_resources_status_since) > timeout:
         cause = compute.message or f"compute is {compute.state.value}"
-        if compute.state is ComputeState.READY:
-            cause = f"the pipeline does not answer its status endpoint ({runtime.reason if runtime else 'not probed'})"
         _stop(p, desired, "provisioning timed out", ErrorResponse(
             message=f"Provisioning did not finish within {timeout:g}s: {cause}",
             error_code="AutomatonProvisioningTimeout",
@@ -1102,6 +1110,6 @@ def _approve(p: _Pass, desired: Desired) -> None:
 def _stopping(p: _Pass, desired: Desired, observation: Observation, config: LifecycleConfig) -> None:
     if observation.compute.state is ComputeState.ABSENT:
         p.set("compute is gone", deployment_resources_status=R.STOPPED, deployment_resources_status_details=None,
-              **_RUNTIME_CLEARED)
+              deployment_id=None, **_RUNTIME_CLEARED)
     else:
         p.act(ActionKind.DEPROVISION)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..models import (
     MAX_ERROR_MESSAGE,
@@ -129,6 +130,47 @@ def _error_status(error: ErrorResponse | None) -> ErrorStatus | None:
                        details=error.details)
 
 
+# A checkpoint's fingerprint is a u64 (Feldera's CheckpointMetadata): the API server keeps a JSON number that
+# does not fit an int64 as a float64, so that half of all fingerprints would come back changed. The status keeps
+# them as decimal strings; the state (and so the API, the events and the store) has the number.
+_FINGERPRINT = re.compile(r"[0-9]{1,20}")
+_U64_MAX = 2**64 - 1
+
+
+# CheckpointMetadata's fields that may be null: the API server drops a null it keeps in a free-form field.
+_NULLABLE = ("identifier", "size", "steps", "processed_records")
+
+
+def _with_fingerprints(details: Any, convert: Callable[[Any], Any], nulls: bool = False) -> Any:
+    """``details`` with ``convert`` applied to each ``checkpoints[].fingerprint``, and with ``nulls`` the nullable
+    fields such a checkpoint lacks as null (anything else as it is)."""
+    if not isinstance(details, dict) or not isinstance(details.get("checkpoints"), list):
+        return details
+    return {**details, "checkpoints": [
+        {**(dict.fromkeys(_NULLABLE) if nulls else {}), **c, "fingerprint": convert(c["fingerprint"])}
+        if isinstance(c, dict) and "fingerprint" in c else c for c in details["checkpoints"]]}
+
+
+def _fingerprint_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _fingerprint_number(value: Any) -> Any:
+    if isinstance(value, str) and _FINGERPRINT.fullmatch(value) and int(value) <= _U64_MAX:
+        return int(value)
+    return value
+
+
+def storage_details_to_status(details: Any) -> Any:
+    """``storage_status_details`` as the Pipeline's status keeps it (fingerprints as decimal strings)."""
+    return _with_fingerprints(details, _fingerprint_text)
+
+
+def storage_details_from_status(details: Any) -> Any:
+    """``storage_status_details`` from the Pipeline's status (fingerprints as numbers again, nulls back)."""
+    return _with_fingerprints(details, _fingerprint_number, nulls=True)
+
+
 # The state's fields that the status keeps under the same name (Feldera's names), derived: a new
 # field of both is mapped without an edit here. Bookkeeping goes to ``operatorState`` (same names)
 # and the one-shot actions to ``handledActions`` (``handled_<action>`` in the state).
@@ -144,8 +186,10 @@ def to_status(desired: Desired, state: PipelineState, previous_conditions: Seque
               history: Sequence[HistoryEntry], now: dt.datetime, blocked: str | None = None) -> PipelineStatus:
     """The whole ``status`` the operator writes for this state."""
     handled = {a: getattr(state, f"handled_{a}") for a in _HANDLED}
+    same = {f: getattr(state, f) for f in _SAME}
+    same["storage_status_details"] = storage_details_to_status(state.storage_status_details)
     return PipelineStatus(
-        **{f: getattr(state, f) for f in _SAME},
+        **same,
         observed_generation=state.observed_generation,
         conditions=conditions(desired, state, previous_conditions, now, blocked),
         deployment_status=combined_status(state.deployment_resources_status, state.deployment_runtime_status),
@@ -167,6 +211,8 @@ def from_status(status: PipelineStatus) -> PipelineState:
     ops = status.operator_state or OperatorState()
     handled = status.handled_actions or HandledActions()
     same = {f: getattr(status, f) for f in _SAME if getattr(status, f) is not None}  # None: the state's default
+    if "storage_status_details" in same:
+        same["storage_status_details"] = storage_details_from_status(same["storage_status_details"])
     return PipelineState(
         **same,
         deployment_error=None if err is None else ErrorResponse(message=err.message, error_code=err.error_code,
