@@ -12,7 +12,6 @@ import threading
 import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from feldera import FelderaClient, PipelineBuilder
@@ -26,7 +25,7 @@ from pipeline_operator.identity import PipelineKey
 
 from .operator_harness import wait_for
 from .test_api import call, feldera_client, grant, http_json, schema_validator_for_info
-from .test_models import schema_validator
+from .test_models import OPENAPI, schema_validator
 from .test_operator_lifecycle import SQL
 
 pytestmark = pytest.mark.apiserver
@@ -404,7 +403,7 @@ def test_a_sql_error_shows_the_compilers_message_and_snippet(sdk, kstatus, names
     kstatus.track(namespace, "selects")
 
 
-PLATFORM = json.loads((Path(__file__).parent / "data" / "feldera-openapi-platform.json").read_text())
+PLATFORM = OPENAPI  # Feldera c44a2456a's document
 
 
 class _FlakyProxy(ThreadingHTTPServer):
