@@ -13,8 +13,6 @@ import threading
 import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
-from pathlib import Path
 
 import pytest
 from feldera import FelderaClient, PipelineBuilder
@@ -28,13 +26,11 @@ from pipeline_operator.identity import PipelineKey
 
 from .operator_harness import wait_for
 from .test_api import call, feldera_client, grant, http_json, schema_validator_for_info
-from .test_models import schema_validator
+from .test_models import OPENAPI, schema_validator
 from .test_operator_lifecycle import SQL
 
 pytestmark = pytest.mark.apiserver
 
-PIPELINES_DOC = json.loads(resources.files("pipeline_operator").joinpath("data/feldera-openapi-pipelines.json")
-                           .read_text())
 SQL_V2 = SQL + "\nCREATE VIEW big AS SELECT id FROM orders WHERE amount > 100;"
 
 
@@ -269,12 +265,12 @@ def test_a_graceful_stop_is_desired_suspended_and_a_start_meanwhile_is_accepted(
     assert p.storage_status_details["checkpoints"], "the suspension wrote a checkpoint"
     # Each as Feldera's pipeline reports it: its CheckpointMetadata, the fingerprint a u64 with every digit, which
     # the Pipeline's status keeps as a string (the API server would round a number beyond int64).
-    metadata = schema_validator("CheckpointMetadata", PIPELINES_DOC)
+    metadata = schema_validator("CheckpointMetadata")
     stored = json.loads(cluster.kubectl("get", "pipeline", "suspends", "-n", namespace, "-o", "json").stdout)[
         "status"]["storageStatusDetails"]["checkpoints"]
     for checkpoint, kept in zip(p.storage_status_details["checkpoints"], stored, strict=True):
         metadata.validate(checkpoint)
-        assert set(checkpoint) == set(PIPELINES_DOC["components"]["schemas"]["CheckpointMetadata"]["properties"])
+        assert set(checkpoint) == set(OPENAPI["components"]["schemas"]["CheckpointMetadata"]["properties"])
         assert kept["fingerprint"] == str(checkpoint["fingerprint"]) and 0 <= checkpoint["fingerprint"] < 2**64
 
 
@@ -449,7 +445,7 @@ def test_a_sql_error_shows_the_compilers_message_and_snippet(sdk, kstatus, names
     kstatus.track(namespace, "selects")
 
 
-PLATFORM = json.loads((Path(__file__).parent / "data" / "feldera-openapi-platform.json").read_text())
+PLATFORM = OPENAPI  # Feldera c44a2456a's document
 
 
 class _FlakyProxy(ThreadingHTTPServer):

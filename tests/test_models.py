@@ -18,8 +18,11 @@ from pipeline_operator import feldera_config as fc
 from pipeline_operator import models as m
 from pipeline_operator.core.emission import UuidV7
 
-OPENAPI = json.loads(resources.files("pipeline_operator").joinpath("data/feldera-openapi-subset.json").read_text())
+# Feldera c44a2456a's own openapi.json (v0.306.0, the version the API matches, as the API serves it): every
+# schema check of the tests reads it.
+OPENAPI = json.loads(resources.files("pipeline_operator").joinpath("data/feldera-openapi.json").read_text())
 SCHEMAS = OPENAPI["components"]["schemas"]
+# The subset of Feldera 0.337.0's document the project started from (lifecycle actions and monitor events).
 SHARED_COPY = Path(__file__).resolve().parents[2] / "shared" / "reference" / "feldera-openapi-subset.json"
 
 
@@ -39,16 +42,154 @@ def _nullable_as_null_type(node):
     return node
 
 
+# c44's document types SqlType by its Rust variants (utoipa's reading: "BigInt", {"Interval": "Day"}), but c44
+# writes a column's type with its own Serialize (crates/feldera-types/src/program_schema.rs): these names.
+SQL_TYPE_WIRE_NAMES = {
+    "Boolean": "BOOLEAN", "TinyInt": "TINYINT", "SmallInt": "SMALLINT", "Int": "INTEGER", "BigInt": "BIGINT",
+    "UTinyInt": "UTINYINT", "USmallInt": "USMALLINT", "UInt": "UINTEGER", "UBigInt": "UBIGINT", "Real": "REAL",
+    "Double": "DOUBLE", "Decimal": "DECIMAL", "Char": "CHAR", "Varchar": "VARCHAR", "Binary": "BINARY",
+    "Varbinary": "VARBINARY", "Time": "TIME", "Date": "DATE", "Timestamp": "TIMESTAMP", "Array": "ARRAY",
+    "Struct": "STRUCT", "Map": "MAP", "Null": "NULL", "Uuid": "UUID", "Variant": "VARIANT",
+    "Day": "INTERVAL_DAY", "DayToHour": "INTERVAL_DAY_HOUR", "DayToMinute": "INTERVAL_DAY_MINUTE",
+    "DayToSecond": "INTERVAL_DAY_SECOND", "Hour": "INTERVAL_HOUR", "HourToMinute": "INTERVAL_HOUR_MINUTE",
+    "HourToSecond": "INTERVAL_HOUR_SECOND", "Minute": "INTERVAL_MINUTE", "MinuteToSecond": "INTERVAL_MINUTE_SECOND",
+    "Month": "INTERVAL_MONTH", "Second": "INTERVAL_SECOND", "Year": "INTERVAL_YEAR",
+    "YearToMonth": "INTERVAL_YEAR_MONTH",
+}
+
+
+# Objects c44 answers with more fields than its document declares: left open.
+OPEN_IN_C44 = {
+    # PartialProgramInfo.schema is any JSON, passed on from the SQL compiler, which writes each table's
+    # foreign_keys (sql-to-dbsp-compiler's CreateTableStatement.java); Relation does not declare them.
+    "Relation",
+}
+
+
+def _closed(components: dict) -> dict:
+    """The components with every object closed to the fields its schema declares (JSON Schema's
+    ``unevaluatedProperties: false``): a field c44 does not have (one of a newer Feldera's) fails. An
+    ``allOf`` of several schemas is closed as a whole, the schemas it is made of are not."""
+    def refs(node) -> set[str]:
+        return {node["$ref"].rsplit("/", 1)[-1]} if isinstance(node, dict) and "$ref" in node else set()
+
+    def composed(node) -> set[str]:
+        if isinstance(node, list):
+            return set().union(*map(composed, node)) if node else set()
+        if not isinstance(node, dict):
+            return set()
+        found = set().union(*map(refs, node["allOf"])) if len(node.get("allOf", ())) > 1 else set()
+        return found.union(*map(composed, node.values()))
+
+    parts = composed(components) | OPEN_IN_C44
+
+    def close(node, part: bool = False):
+        if not isinstance(node, dict):
+            return node
+        whole = len(node.get("allOf", ())) > 1
+        node = dict(node)
+        for key in ("allOf", "anyOf", "oneOf"):
+            if key in node:
+                node[key] = [close(n, whole and key == "allOf") for n in node[key]]
+        for key in ("items", "additionalProperties", "not"):
+            if key in node:
+                node[key] = close(node[key])
+        if isinstance(node.get("properties"), dict):
+            node["properties"] = {k: close(v) for k, v in node["properties"].items()}
+        if (whole or "properties" in node) and not part and "additionalProperties" not in node:
+            node["unevaluatedProperties"] = False
+        return node
+
+    schemas = {name: close(schema, name in parts) for name, schema in components["schemas"].items()}
+    return {**components, "schemas": schemas}
+
+
+# What c44's answers have that its document leaves out (its source is the truth): GET pipeline's answer
+# flattens the pipeline's BootstrapConfig in (PipelineSelectedInfoInternal, crates/pipeline-manager/src/api/
+# endpoints/pipeline_management.rs), with every selector.
+C44_UNDOCUMENTED = {"PipelineSelectedInfo": {
+    "bootstrap_policy": {"anyOf": [{"$ref": "#/components/schemas/BootstrapPolicy"}, {"type": "null"}]},
+    "silent_bootstrap": {"type": "boolean"}}}
+# What the operator adds to c44's answers (docs/api.md): a pipeline's tags (spec.tags; v0.306 has none).
+OPERATOR_ADDITIONS = {name: {"tags": {"type": "array", "items": {"type": "string"}}}
+                      for name in ("PipelineSelectedInfo", "PipelineInfo")}
+
+
+def _as_c44_answers(components: dict) -> dict:
+    schemas = {**components["schemas"], "SqlType": {"type": "string", "enum": list(SQL_TYPE_WIRE_NAMES.values())}}
+    for name, fields in C44_UNDOCUMENTED.items():
+        schema = schemas[name]
+        schemas[name] = {**schema, "properties": {**schema["properties"], **fields},
+                         "required": [*schema["required"], *fields]}
+    for name, fields in OPERATOR_ADDITIONS.items():
+        schemas[name] = {**schemas[name], "properties": {**schemas[name]["properties"], **fields}}
+    return {**components, "schemas": schemas}
+
+
+_COMPONENTS: dict[int, dict] = {}
+
+
+def feldera_components(document: dict | None = None) -> dict:
+    """The components of a Feldera document (c44's by default) as the checks read them: nullability as
+    JSON Schema writes it, c44's answers where its document differs from them (SqlType, the bootstrap
+    configuration), the operator's documented additions, every object closed to its declared fields."""
+    document = document or OPENAPI
+    if id(document) not in _COMPONENTS:  # the documents are module constants: converted once each
+        components = _nullable_as_null_type(document["components"])
+        _COMPONENTS[id(document)] = _closed(_as_c44_answers(components))
+    return _COMPONENTS[id(document)]
+
+
 def schema_validator(name: str, document: dict | None = None) -> Draft202012Validator:
-    """A validator for one component schema, resolving its $refs within the document (Feldera's
-    subset by default)."""
-    components = _nullable_as_null_type((document or OPENAPI)["components"])
+    """A validator for one component schema, resolving its $refs within the document (Feldera
+    c44a2456a's by default)."""
+    components = feldera_components(document)
     return Draft202012Validator({**components["schemas"][name], "components": components})
 
 
+def test_sql_type_names_are_c44s_variants_as_written():
+    variants = [v["enum"][0] for v in SCHEMAS["SqlType"]["oneOf"] if "enum" in v] + SCHEMAS["IntervalUnit"]["enum"]
+    assert sorted(variants) == sorted(SQL_TYPE_WIRE_NAMES)
+    assert [v for v in SCHEMAS["SqlType"]["oneOf"] if "enum" not in v] == [
+        {"type": "object", "required": ["Interval"],
+         "properties": {"Interval": {"$ref": "#/components/schemas/IntervalUnit"}}}]
+
+
+def test_the_checks_refuse_a_field_c44_does_not_have():
+    """Closed objects: GlobalControllerMetrics with 0.337's concurrent_bootstrap_phase fails, and so does a
+    program's field with an unknown key (an allOf of SqlIdentifier and the field's own properties)."""
+    field = {"name": "x", "case_sensitive": False, "columntype": {"type": "INTEGER", "nullable": True},
+             "unused": False, "lateness": None, "default": None, "watermark": None}
+    schema_validator("Field").validate(field)
+    assert not schema_validator("Field").is_valid({**field, "newer": 1})
+    assert not schema_validator("CheckpointResponse").is_valid({"checkpoint_sequence_number": 1,
+                                                                "incarnation_uuid": str(uuid.uuid4())})
+    schema_validator("CheckpointResponse").validate({"checkpoint_sequence_number": 1})
+
+
+# What Feldera 0.337.0 has that c44a2456a has not, in the reference subset's schemas: two runtime statuses
+# (and so combined statuses), and the platform configuration's telemetry keys (c44: one `telemetry`).
+NEWER_STATUSES = ["ConcurrentBootstrapping", "Synchronizing"]
+NEWER_CONFIGURATION = {"posthog", "conceptualhq", "product_fruits"}
+
+
 @pytest.mark.skipif(not SHARED_COPY.exists(), reason="the shared reference folder is not beside the checkout")
-def test_packaged_openapi_document_is_the_reference_copy():
-    assert json.loads(SHARED_COPY.read_text()) == OPENAPI
+def test_the_reference_subset_differs_from_c44_only_where_known():
+    """The reference subset (0.337.0) names paths and schemas that are all in c44's document, and its
+    schemas are c44's but for the known differences, which the operator follows c44 in."""
+    reference = json.loads(SHARED_COPY.read_text())
+    assert reference["info"]["version"] == "0.337.0" and OPENAPI["info"]["version"] == "0.306.0"
+    for path, item in reference["paths"].items():
+        assert set(item) == set(OPENAPI["paths"][path]), path
+    differ = {name for name, schema in reference["components"]["schemas"].items() if SCHEMAS[name] != schema}
+    assert differ == {"RuntimeStatus", "CombinedStatus", "Configuration"}
+    for name in ("RuntimeStatus", "CombinedStatus"):
+        newer = reference["components"]["schemas"][name]["enum"]
+        assert [v for v in newer if v not in NEWER_STATUSES] == SCHEMAS[name]["enum"]
+        assert set(NEWER_STATUSES) <= set(newer)
+    configuration = reference["components"]["schemas"]["Configuration"]
+    assert set(configuration["properties"]) - set(SCHEMAS["Configuration"]["properties"]) == NEWER_CONFIGURATION
+    assert set(SCHEMAS["Configuration"]["properties"]) - set(configuration["properties"]) == {"telemetry"}
 
 
 @pytest.mark.parametrize(("enum", "schema"), [
@@ -66,10 +207,10 @@ def test_enum_values_are_exactly_feldera_values(enum, schema):
     assert [e.value for e in enum] == SCHEMAS[schema]["enum"]
 
 
-def test_runtime_status_has_all_twelve_values_including_the_newer_ones():
-    values = {e.value for e in m.RuntimeStatus}
-    assert len(values) == 12
-    assert {"ConcurrentBootstrapping", "Synchronizing"} <= values
+def test_runtime_status_has_c44s_ten_values_not_the_newer_ones():
+    values = {e.value for e in m.RuntimeStatus} | {e.value for e in m.CombinedStatus}
+    assert len(m.RuntimeStatus) == 10
+    assert not set(NEWER_STATUSES) & values
 
 
 def test_error_response_matches_the_schema():
@@ -259,8 +400,7 @@ def test_network_policy_peers_round_trip_with_kubernetes_spelling():
 
 # -- Feldera's runtime_config and program_config ---------------------------------------------------------
 
-CONFIG_OPENAPI = json.loads((Path(__file__).parent / "data" / "feldera-openapi-config.json").read_text())
-CONFIG_SCHEMAS = CONFIG_OPENAPI["components"]["schemas"]
+CONFIG_SCHEMAS = SCHEMAS  # RuntimeConfig, ProgramConfig and the schemas they reference
 # Where the CRD says more than Feldera's OpenAPI, from Feldera's Rust types (crates/feldera-types/src/config.rs).
 RUST_DEFAULTS = {"RuntimeConfig.fault_tolerance.checkpoint_interval_secs": 60}
 

@@ -71,8 +71,6 @@ class RuntimeStatus(str, enum.Enum):
     PAUSED = "Paused"
     RUNNING = "Running"
     SUSPENDED = "Suspended"
-    CONCURRENT_BOOTSTRAPPING = "ConcurrentBootstrapping"
-    SYNCHRONIZING = "Synchronizing"
 
 
 class RuntimeDesiredStatus(str, enum.Enum):
@@ -119,8 +117,6 @@ class CombinedStatus(str, enum.Enum):
     AWAITING_APPROVAL = "AwaitingApproval"
     INITIALIZING = "Initializing"
     BOOTSTRAPPING = "Bootstrapping"
-    CONCURRENT_BOOTSTRAPPING = "ConcurrentBootstrapping"
-    SYNCHRONIZING = "Synchronizing"
     REPLAYING = "Replaying"
     PAUSED = "Paused"
     RUNNING = "Running"

@@ -15,8 +15,8 @@ HTTP and on disk, as a Feldera pipeline does through its lifecycle:
   change its desired status as Feldera's pipeline does (``state_transition``,
   ``may_transition_to``), with Feldera's answers and errors;
 - on suspend it writes a checkpoint into its storage directory, then reports Suspended;
-- ``POST /checkpoint`` writes one too and answers Feldera's ``{"checkpoint_sequence_number": N,
-  "incarnation_uuid": ...}`` once it is written; ``GET /checkpoint_status`` answers Feldera's
+- ``POST /checkpoint`` writes one too and answers Feldera c44's ``{"checkpoint_sequence_number": N}`` once
+  it is written; ``GET /checkpoint_status`` answers Feldera's
   ``{"success": N, "failure": ...}`` (``IncarnationUuidMismatch`` for another process's
   ``incarnation_uuid``); ``GET /checkpoint/sync_status`` says that nothing was synced, and
   ``POST /checkpoint/sync`` answers ``NotSupported`` (there is no object store to sync to);
@@ -507,7 +507,6 @@ class ReferencePipeline:
             "transaction_status": "NoTransaction", "transaction_id": 0,
             "transaction_initiators": {"transaction_id": None, "initiated_by_api": None,
                                        "initiated_by_connectors": {}},
-            "concurrent_bootstrap_phase": "Inactive",
             "rss_bytes": _rss_bytes(), "memory_pressure": "low", "memory_pressure_epoch": 0,
             "cpu_msecs": int((cpu.user + cpu.system) * 1000),
             "uptime_msecs": int((dt.datetime.now(dt.UTC) - self.started_at).total_seconds() * 1000),
@@ -604,8 +603,7 @@ class ReferencePipeline:
         else:
             self.checkpoint_success = sequence
             log.info("checkpoint %d written (%s)", sequence, checkpoint["uuid"])
-        return web.json_response({"checkpoint_sequence_number": sequence,
-                                  "incarnation_uuid": str(self.incarnation_uuid)})
+        return web.json_response({"checkpoint_sequence_number": sequence})  # c44's CheckpointResponse
 
     async def handle_checkpoint_status(self, request: web.Request) -> web.Response:
         refused = self._incarnation_mismatch(request)

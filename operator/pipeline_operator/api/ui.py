@@ -52,7 +52,7 @@ LAST_EVENTS = 20  # rows of the events table (the timeline shows every retained 
 COLORS: dict[str, str] = {
     "Running": "#2e9d4f", "Provisioned": "#3fae6a", "Success": "#2e9d4f", "InUse": "#5b8def",
     "Provisioning": "#4a7fd6", "Initializing": "#6d9be6", "Bootstrapping": "#6d9be6", "Replaying": "#6d9be6",
-    "ConcurrentBootstrapping": "#6d9be6", "Synchronizing": "#6d9be6", "Coordination": "#7d8fe0",
+    "Coordination": "#7d8fe0",
     "Standby": "#8fa3c7", "CompilingSql": "#6d9be6", "SqlCompiled": "#6d9be6", "CompilingRust": "#6d9be6",
     "Paused": "#e0a526", "Suspended": "#b07cd6", "AwaitingApproval": "#e0a526", "Pending": "#b8b8b8",
     "Stopping": "#e07b26", "Clearing": "#e07b26",

@@ -416,8 +416,7 @@ NOT_JSON: Any = _NotJson()
 
 # A graceful stop waits for Suspended from these runtime statuses; from the others there is
 # no state worth a checkpoint yet (Initializing, Standby, AwaitingApproval) and it stops at once.
-_SUSPENDABLE = frozenset({RS.RUNNING, RS.PAUSED, RS.REPLAYING, RS.BOOTSTRAPPING,
-                          RS.CONCURRENT_BOOTSTRAPPING, RS.SYNCHRONIZING, RS.UNAVAILABLE,
+_SUSPENDABLE = frozenset({RS.RUNNING, RS.PAUSED, RS.REPLAYING, RS.BOOTSTRAPPING, RS.UNAVAILABLE,
                           RS.COORDINATION})
 _DEPLOYMENT_IDS = UuidV7()  # deployment ids when the caller gives no generator of its own
 _RUNTIME_CLEARED: dict[str, Any] = dict(deployment_runtime_status=None, deployment_runtime_status_since=None,
