@@ -184,6 +184,9 @@ class ApiDeps:
     logs: Callable[[PipelineKey, bool], contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]] | None = None
     # The pipelines run Feldera's community edition (``--compiler feldera``): /stop?force=false is refused.
     community_edition: bool = False
+    # Whether a token is a pipeline's control token, and the program binary its pod runs (Kubernetes backend with
+    # --compiler feldera; see binaries.py): GET /pipeline-binaries/{namespace}/{name}.
+    program_binary: Callable[[PipelineKey, str], Awaitable[tuple[bool, dict[str, Any] | None]]] | None = None
 
 
 def _selector(request: web.Request) -> PipelineMonitorEventFieldSelector:
@@ -351,6 +354,7 @@ class ApiServer:
     # -- the application ------------------------------------------------------------------------
 
     def app(self) -> web.Application:
+        from .binaries import Binaries
         from .interaction import Interaction
         app = web.Application(client_max_size=512 * 1024, middlewares=[self._middleware])
         r = app.router
@@ -367,6 +371,7 @@ class ApiServer:
         r.add_get("/v0/pipelines/{name}/events/{event_id}", self.get_event)
         self.actions.routes(r)
         Interaction(self).routes(r)
+        Binaries(self).routes(r)
         if self.ui_enabled:
             from .ui import Ui
             Ui(self).routes(r)
