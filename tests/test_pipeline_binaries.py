@@ -144,7 +144,17 @@ def test_a_pod_downloads_its_binary_with_its_own_token_only(binary_operator, pip
         assert error is not None and error["message"] and "details" in error, who
     # The other namespace's pipeline gets its own with its own token (it exists, and the route serves it).
     assert _get(f"{op.api_url}/pipeline-binaries/{other}/a", token_other)[0] == 200
-    # --api-auth does not open the route, and a stopped pipeline's token is worth nothing.
+    # After an operator restart (which provisioned nothing), a restarted container still gets its binary: the
+    # compiled artifact of its pipeline's program, to its token only.
+    op.stop()
+    op.start()
+    for old in pod.glob("program_*"):
+        old.unlink()  # the container starts with nothing to reuse
+    kubelet.kill_pod(pod.name)
+    wait_for("a new download", lambda: (pod / "log").read_text().count("launcher: running") == 2, 60, operator=op)
+    assert _get(url, token_b)[0] == 403
+    pipelines.wait_status("a", op, deploymentStatus="Running", timeout=60)
+    # A stopped pipeline's token is worth nothing.
     pipelines.patch_spec("b", {"desiredStatus": "Stopped", "stopMode": "Force"})
     pipelines.wait_status("b", op, deploymentStatus="Stopped", timeout=60)
     assert _get(f"{op.api_url}/pipeline-binaries/{namespace}/b", token_b)[0] == 403
@@ -204,6 +214,27 @@ def test_the_launcher_checks_the_digest_and_keeps_nothing_it_would_not_run(serve
     download(url, "tok", hashlib.sha256(_Serving.body).hexdigest(), target)
     assert target.read_bytes() == _Serving.body and os.access(target, os.X_OK)
     # The operator's refusal is final and says why.
-    _Serving.body, _Serving.status = json.dumps({"message": "no", "error_code": "Forbidden", "details": {}}).encode(), 403
+    _Serving.body = json.dumps({"message": "no", "error_code": "Forbidden", "details": {}}).encode()
+    _Serving.status = 403
     with pytest.raises(LaunchError, match="refused the program binary at .*: 403 Forbidden: no"):
         download(url, "tok", "0" * 64, tmp_path / "program_y")
+
+
+def test_where_pods_reach_the_operator(tmp_path):
+    from pipeline_operator.settings import OperatorSettings
+    jar = tmp_path / "sql2dbsp.jar"
+    jar.write_text("stand-in")
+    base = {"backend": "kubernetes", "compiler": "feldera", "feldera_sql_compiler": jar, "java": sys.executable,
+            "program_binaries": tmp_path, "api_listen": "0.0.0.0:9090"}
+    assert OperatorSettings(**base, operator_namespace="ops").pipeline_binaries_url() == \
+        "http://pipeline-operator.ops.svc:9090"
+    cert = tmp_path / "c.pem"
+    assert OperatorSettings(**base, operator_namespace="ops", api_tls_cert=cert, api_tls_key=cert
+                            ).pipeline_binaries_url() == "https://pipeline-operator.ops.svc:9090"
+    assert OperatorSettings(**base, operator_namespace="").pipeline_binaries_url() == "http://127.0.0.1:9090"
+    assert OperatorSettings(**base, operator_url="http://op.example:80/").pipeline_binaries_url() == \
+        "http://op.example:80"
+    with pytest.raises(ValueError, match="--api-listen cannot be off"):
+        OperatorSettings(**{**base, "api_listen": "off"})
+    with pytest.raises(ValueError, match="operator_url"):
+        OperatorSettings(**base, operator_url="http://op.example/path?x")
