@@ -144,6 +144,13 @@ def test_a_pod_downloads_its_binary_with_its_own_token_only(binary_operator, pip
         assert error is not None and error["message"] and "details" in error, who
     # The other namespace's pipeline gets its own with its own token (it exists, and the route serves it).
     assert _get(f"{op.api_url}/pipeline-binaries/{other}/a", token_other)[0] == 200
+    # The launcher's command is the operator's: changed, it is put back as it was (binary URL and digest included).
+    sts_name = pod.name
+    cluster.kubectl("patch", "statefulset", sts_name, "-n", namespace, "--type=json", "-p", json.dumps([
+        {"op": "replace", "path": "/spec/template/spec/containers/0/command/3", "value": "http://elsewhere/b"}]))
+    wait_for("the launcher's command put back", lambda: json.loads(cluster.kubectl(
+        "get", "statefulset", sts_name, "-n", namespace, "-o", "json").stdout)["spec"]["template"]["spec"][
+        "containers"][0]["command"] == command, 30, operator=op)
     # After an operator restart (which provisioned nothing), a restarted container still gets its binary: the
     # compiled artifact of its pipeline's program, to its token only.
     op.stop()
