@@ -3,11 +3,11 @@ PersistentVolume controller and the PVC-protection controller, for one namespace
 
 It does what those write through the real API, nothing more: for each StatefulSet of a pipeline
 it creates the pod ``<name>-0`` (as the StatefulSet controller does), runs the container's command
-as a local process (the reference pipeline process, reading the ConfigMap's program and a local
-directory standing for the volume), reports the pod's status and ``readyReplicas`` once the
-process listens, and restarts a process that exits, counting restarts and reporting
-CrashLoopBackOff, as the kubelet does; it binds PersistentVolumeClaims (except those of a StorageClass named
-``unavailable``, which stay Pending, as with no provisioner); it removes the pvc-protection
+as a local process (the reference pipeline process, or the launcher that downloads the program binary from the
+operator and runs it; reading the ConfigMap's program and a local directory standing for the volume), reports
+the pod's status and ``readyReplicas`` once the process listens, and restarts a process that exits, counting
+restarts and reporting CrashLoopBackOff, as the kubelet does; it binds PersistentVolumeClaims (except those of a
+StorageClass named ``unavailable``, which stay Pending, as with no provisioner); it removes the pvc-protection
 finalizer of a deleted claim no process uses. As a kubelet does, it gives each pod an IP of its own
 (``status.podIP``: a loopback address ``127.a.b.c`` unique on this machine, since Linux routes all of
 127.0.0.0/8 to the loopback interface) and runs the container's process bound to that IP on the
@@ -79,7 +79,8 @@ def mounted_command(command: list[str], config: dict[str, str], pod: Path, stora
     mount ``/storage``, pointing at the claim's folder) and ``--config-file`` naming them, the address to bind
     the pod's IP (its network namespace has no other interface). The pod's folder is its working directory
     (``/work``), where the process writes its ``port`` file."""
-    assert command[:2] == ["pipeline-operator", "pipeline-process"], command
+    # The reference process, or the launcher of a program binary (its arguments after ``--``).
+    assert command[:2] in (["pipeline-operator", "pipeline-process"], ["pipeline-operator", "launch-pipeline"]), command
     assert "--config-file" in command and "--bind-address" in command, command
     pipeline_config = json.loads(config["config.json"])
     assert pipeline_config["storage_config"]["path"] == "/storage", pipeline_config["storage_config"]

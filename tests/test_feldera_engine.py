@@ -28,7 +28,7 @@ from pipeline_operator_dev import fda as fda_build
 
 from .operator_harness import wait_for
 
-pytestmark = pytest.mark.feldera
+pytestmark = [pytest.mark.feldera, pytest.mark.apiserver]
 
 TOOLCHAIN = Path(os.environ.get("FELDERA_TOOLCHAIN")
                  or Path.home() / ".cache/pipeline-operator/feldera/0.306.0-c44a2456a")
@@ -38,8 +38,8 @@ ORDERS_BINARY = TOOLCHAIN / "target/unoptimized/feldera_pipe_pipeline_3f2c1d4e_5
 ORDERS_SQL = Path(__file__).parent / "data" / "feldera-orders" / "program.sql"
 MISSING = [str(p) for p in (JAR, JAVA, ORDERS_BINARY) if not p.exists()]
 if MISSING:
-    pytestmark = [pytest.mark.feldera, pytest.mark.skip(reason="Feldera's toolchain is not on this machine: "
-                                                               f"{', '.join(MISSING)} missing")]
+    pytestmark = [pytest.mark.feldera, pytest.mark.apiserver,
+                  pytest.mark.skip(reason=f"Feldera's toolchain is not on this machine: {', '.join(MISSING)} missing")]
 
 
 def _request(method: str, url: str, body: bytes | None = None, timeout: float = 30) -> tuple[int, bytes]:
@@ -51,15 +51,24 @@ def _request(method: str, url: str, body: bytes | None = None, timeout: float = 
         return exc.code, exc.read()
 
 
-@pytest.fixture
-def feldera_operator(operators, namespace, tmp_path):
+def _binary_store(tmp_path: Path) -> Path:
+    """A binary store holding Feldera's orders binary under the orders program's key."""
     store = tmp_path / "binaries"
     store.mkdir()
     sql = ORDERS_SQL.read_text()
     shutil.copyfile(ORDERS_BINARY, store / binary_key("0.306.0", sql))
     os.chmod(store / binary_key("0.306.0", sql), 0o755)
-    return operators(namespace, "--compiler", "feldera", "--feldera-sql-compiler", str(JAR), "--java", str(JAVA),
-                     "--program-binaries", str(store), "--api-auth", "none", "--api-default-namespace", namespace)
+    return store
+
+
+def _feldera_args(store: Path, namespace: str) -> list[str]:
+    return ["--compiler", "feldera", "--feldera-sql-compiler", str(JAR), "--java", str(JAVA),
+            "--program-binaries", str(store), "--api-auth", "none", "--api-default-namespace", namespace]
+
+
+@pytest.fixture
+def feldera_operator(operators, namespace, tmp_path):
+    return operators(namespace, *_feldera_args(_binary_store(tmp_path), namespace))
 
 
 def _apply(cluster: Any, namespace: str, tmp_path: Path, name: str, sql: str, **spec: Any) -> None:
@@ -207,3 +216,30 @@ def test_a_real_pipeline_compiles_runs_and_sums_rows(feldera_operator, pipelines
     status, body = _request("POST", f"{api}/v0/pipelines/late/start")
     assert status == 202, body
     pipelines.wait_status("late", op, deploymentStatus="Running", timeout=60)
+
+
+def test_a_real_pipeline_on_the_kubernetes_backend(operators, kubelet, pipelines, namespace, cluster, tmp_path):
+    """The same binary on the Kubernetes backend: the pod (run by the stand-in kubelet) runs the operator image's
+    launcher, which downloads Feldera's binary from the operator with the pipeline's token, checks its sha256 and
+    execs it with Feldera's arguments, bound to the pod's IP on the container's port."""
+    op = operators(namespace, "--backend", "kubernetes", "--pipeline-image", "registry.example/pipeline:1",
+                   *_feldera_args(_binary_store(tmp_path), namespace))
+    api = op.api_url
+    _apply(cluster, namespace, tmp_path, "orders", ORDERS_SQL.read_text())
+    st = pipelines.wait_status("orders", op, deploymentStatus="Running", timeout=180)
+    assert st["programStatus"] == "Success"
+    # Feldera's binary, downloaded by the launcher, is what listens at the pod's IP.
+    pod = next((kubelet.workdir / "pods").iterdir())
+    (binary,) = pod.glob("program_*")
+    assert binary.stat().st_size == ORDERS_BINARY.stat().st_size
+    assert "launcher: running program_" in (pod / "log").read_text()
+    for action in ("ingress", "restart"):
+        if action == "restart":  # a forced stop and a start: a new pod, Feldera's binary started anew, empty
+            for step, reached in (("stop?force=true", "Stopped"), ("start", "Running")):
+                status, body = _request("POST", f"{api}/v0/pipelines/orders/{step}")
+                assert status == 202, (step, body)
+                pipelines.wait_status("orders", op, deploymentStatus=reached, timeout=120)
+        rows = b'{"insert": {"id": 1, "amount": 10.50}}\n{"insert": {"id": 2, "amount": 4.25}}\n'
+        status, body = _request("POST", f"{api}/v0/pipelines/orders/ingress/orders?format=json", rows)
+        assert status == 200, body
+        assert wait_for("the view's sum", lambda: str(_total(api)) == "14.75", 30), action

@@ -272,6 +272,19 @@ def kubectl(args: tuple[str, ...]) -> None:
     sys.exit(plugin_main(list(args)))
 
 
+@main.command("launch-pipeline")
+@click.option("--binary-url", required=True, help="Where the operator serves this pipeline's program binary.")
+@click.option("--sha256", required=True, help="The binary's sha256, as compiled: any other binary is not run.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def launch_pipeline(binary_url: str, sha256: str, args: tuple[str, ...]) -> None:
+    """Download the pipeline's program binary from the operator (with $PIPELINE_CONTROL_TOKEN), check its sha256
+    and run it in the working directory with ARGS (Feldera's arguments, after --): a pipeline pod's command."""
+    from .launcher import launch
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise click.UsageError("--sha256 must be 64 lowercase hex digits")
+    launch(binary_url, sha256, list(args))
+
+
 @main.command("pipeline-process")
 @click.option("--config-file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The pipeline's PipelineConfig (Feldera's config.yaml; its config.json sibling is read when "

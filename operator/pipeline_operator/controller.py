@@ -514,7 +514,9 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
         api = ApiServer(ApiDeps(pipelines=ServedPipelines(ctx.monitors, cache), events=store, kube=api_kube,
                                 endpoint=ctx.backend.endpoint, runtime=ctx.runtime, artifact=ctx.compiler.artifact,
                                 metrics=metrics, learn_token=ctx.backend.learn_token, logs=ctx.backend.logs,
-                                community_edition=settings.compiler == "feldera"),
+                                community_edition=settings.compiler == "feldera",
+                                program_binary=ctx.backend.program_binary
+                                if isinstance(ctx.backend, KubernetesBackend) else None),
                         auth=settings.api_auth, default_namespace=settings.api_default_namespace,
                         max_concurrency=settings.api_max_concurrency, audience=settings.api_audience,
                         auth_concurrency=settings.api_auth_concurrency, auth_rate=settings.api_auth_rate,

@@ -86,6 +86,11 @@ class OperatorSettings(BaseSettings):
     feldera_version: str = Field("0.306.0", pattern=r"^[0-9A-Za-z.+-]{1,64}$", description="`--compiler "
                                  "feldera`: the Feldera version of the SQL compiler and the binaries (part of "
                                  "each binary's key).")
+    operator_url: str = Field("", pattern=r"^(https?://[^\s/?#]+/?)?$", description="Kubernetes backend with "
+                              "`--compiler feldera`: the operator's HTTP API as pipeline pods reach it, from which "
+                              "each pod's launcher downloads its program binary with its pipeline's control token. "
+                              "Default: `http://pipeline-operator.<operator namespace>.svc:<API port>` (the chart's "
+                              "and `deploy/`'s Service; `https` with `--api-tls-cert`), else the API's own address.")
     pipeline_image: str = Field("ghcr.io/pipeline-operator/pipeline-operator:0.1.0", description="Kubernetes "
                                 "backend: the pipeline container image when the spec gives none.")
     pipeline_image_prefixes: Annotated[list[str], NoDecode] = Field(
@@ -232,8 +237,9 @@ class OperatorSettings(BaseSettings):
             return self
         import shutil
         problems = []
-        if self.backend is not Backend.LOCAL:
-            problems.append("pipeline binaries run on the local backend only for now (--backend local)")
+        if self.backend is Backend.KUBERNETES and self.api_listen == "off":
+            problems.append("on the Kubernetes backend pipeline pods download their binaries from the operator's "
+                            "HTTP API: --api-listen cannot be off")
         if self.feldera_sql_compiler is None or not self.feldera_sql_compiler.is_file():
             problems.append(f"--feldera-sql-compiler must name Feldera's SQL compiler jar (given: "
                             f"{self.feldera_sql_compiler or 'nothing'})")
@@ -245,6 +251,16 @@ class OperatorSettings(BaseSettings):
         if problems:
             raise ValueError("--compiler feldera: " + "; ".join(problems))
         return self
+
+    def pipeline_binaries_url(self) -> str:
+        """Where pipeline pods reach the operator's HTTP API (``--operator-url``, else its default)."""
+        if self.operator_url:
+            return self.operator_url.rstrip("/")
+        scheme = "https" if self.api_tls_cert is not None else "http"
+        host, _, port = self.api_listen.rpartition(":")
+        if self.operator_namespace:
+            return f"{scheme}://pipeline-operator.{self.operator_namespace}.svc:{port}"
+        return f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
 
     @model_validator(mode="after")
     def _tls_pair(self) -> OperatorSettings:

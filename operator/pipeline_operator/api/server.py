@@ -174,6 +174,9 @@ class ApiDeps:
     logs: Callable[[PipelineKey, bool], contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]] | None = None
     # The pipelines run Feldera's community edition (``--compiler feldera``): /stop?force=false is refused.
     community_edition: bool = False
+    # Whether a token is a pipeline's control token, and the program binary its pod runs (Kubernetes backend with
+    # --compiler feldera; see binaries.py): GET /pipeline-binaries/{namespace}/{name}.
+    program_binary: Callable[[PipelineKey, str], Awaitable[tuple[bool, dict[str, Any] | None]]] | None = None
 
 
 def _selector(request: web.Request) -> PipelineMonitorEventFieldSelector:
@@ -353,6 +356,7 @@ class ApiServer:
     # -- the application ------------------------------------------------------------------------
 
     def app(self) -> web.Application:
+        from .binaries import Binaries
         from .interaction import Interaction
         from .manager import Manager
         from .support_bundle import SupportBundles
@@ -375,6 +379,7 @@ class ApiServer:
         manager = Manager(self)
         manager.routes(r)
         SupportBundles(self).routes(r)
+        Binaries(self).routes(r)
         if self.ui_enabled:
             from .ui import Ui
             Ui(self).routes(r)

@@ -63,6 +63,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -70,6 +71,7 @@ import math
 import secrets
 import sys
 import threading
+import urllib.parse
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -93,6 +95,7 @@ from ..launch import (
     pipeline_config,
     tokio_worker_threads,
 )
+from ..launcher import BINARY_ROUTE
 from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, DeploymentSpec, PipelineSpec, RuntimeDesiredStatus
 from ..settings import OperatorSettings
 from . import RUNTIME_CONFIG_USED, LogsUnavailable, pipeline_env
@@ -186,6 +189,9 @@ class KubernetesOptions:
     operator_namespace: str = ""
     operator_pod_labels: dict[str, str] = dataclasses.field(default_factory=dict)
     debug_routes: bool = False
+    # The operator's HTTP API as pipeline pods reach it (its Service): where the launcher of a pod running a
+    # program binary downloads it (``--operator-url``).
+    operator_url: str = ""
 
     @classmethod
     def from_settings(cls, settings: OperatorSettings) -> KubernetesOptions:
@@ -198,7 +204,7 @@ class KubernetesOptions:
                    default_limits=present(cpu=settings.pipeline_cpu_limit, memory=settings.pipeline_memory_limit),
                    network_policies=settings.network_policies, operator_namespace=settings.operator_namespace,
                    operator_pod_labels=parse_labels(settings.operator_pod_labels),
-                   debug_routes=settings.pipeline_debug_routes)
+                   debug_routes=settings.pipeline_debug_routes, operator_url=settings.pipeline_binaries_url())
 
 
 def labels(key: PipelineKey) -> dict[str, str]:
@@ -305,6 +311,13 @@ def service_object(key: PipelineKey) -> dict[str, Any]:
                      "ports": [{"name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP"}]}}
 
 
+def binary_url(key: PipelineKey, options: KubernetesOptions) -> str:
+    """Where the pod of ``key`` downloads its program binary (the operator's ``/pipeline-binaries`` route)."""
+    path = BINARY_ROUTE.format(namespace=urllib.parse.quote(key.namespace, safe=""),
+                               name=urllib.parse.quote(key.name, safe=""))
+    return options.operator_url.rstrip("/") + path
+
+
 def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any], initial: RuntimeDesiredStatus,
                   options: KubernetesOptions,
                   bootstrap_policy: BootstrapPolicy = BootstrapPolicy.AWAIT_APPROVAL,
@@ -324,10 +337,17 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
     config = pipeline_config(key.uid, key.name, spec.runtime_config, STORAGE_PATH, artifact)
     configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(key, name), "data": config_files(config)}
     service = service_object(key)
-    # Feldera's launch contract (launch.py): the program binary's arguments, in the working directory /work.
-    command = ["pipeline-operator", "pipeline-process",
-               *launch_args(f"{CONFIG_PATH}/{CONFIG_YAML}", "0.0.0.0", initial, deployment_id, bootstrap_policy,
-                            silent_bootstrap, default_port=PORT)]
+    # Feldera's launch contract (launch.py): the program binary's arguments, in the working directory /work. A
+    # program binary (--compiler feldera) is downloaded from the operator by the image's launcher (launcher.py),
+    # which checks its sha256 and execs it with them; otherwise the image's reference process takes them.
+    args = launch_args(f"{CONFIG_PATH}/{CONFIG_YAML}", "0.0.0.0", initial, deployment_id, bootstrap_policy,
+                       silent_bootstrap, default_port=PORT)
+    binary = artifact.get("binary")
+    if isinstance(binary, dict):
+        command = ["pipeline-operator", "launch-pipeline", "--binary-url", binary_url(key, options),
+                   "--sha256", str(binary.get("sha256", "")), "--", *args]
+    else:
+        command = ["pipeline-operator", "pipeline-process", *args]
     # The token comes last and from the Secret only, and debug routes only from the operator: a
     # spec's variables of those names are dropped.
     env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in pipeline_env(spec).items()
@@ -658,12 +678,12 @@ class _Owned:
     @classmethod
     def of(cls, digests: dict[str, int], claim: str, spec: PipelineSpec, program: str,
            initial: RuntimeDesiredStatus, policy: BootstrapPolicy, silent: bool = False,
-           deployment_id: str = NO_DEPLOYMENT) -> _Owned:
+           deployment_id: str = NO_DEPLOYMENT, binary: dict[str, Any] | None = None) -> _Owned:
         runtime = (spec.runtime_config.model_dump(mode="json", include=RUNTIME_CONFIG_USED, exclude_defaults=True)
                    if spec.runtime_config is not None else None)
         recipe = {"deployment": spec.deployment.model_dump(mode="json", by_alias=True, exclude_none=True),
                   "runtime": runtime, "program": program, "initial": initial.value, "policy": policy.value,
-                  "silent": silent, "deployment_id": deployment_id}
+                  "silent": silent, "deployment_id": deployment_id, "binary": binary}
         return cls(digests, claim, zlib.compress(json.dumps(recipe, separators=(",", ":")).encode()))
 
     def rebuild(self, key: PipelineKey, options: KubernetesOptions) -> dict[str, dict[str, Any]] | None:
@@ -675,11 +695,20 @@ class _Owned:
         spec = PipelineSpec.model_construct(deployment=DeploymentSpec.model_validate(recipe["deployment"]),
                                             runtime_config=None if runtime is None
                                             else RuntimeConfig.model_validate(runtime))
-        objects = build_objects(key, spec, {}, RuntimeDesiredStatus(recipe["initial"]), options,
+        binary = recipe.get("binary")
+        objects = build_objects(key, spec, {"binary": binary} if binary else {},
+                                RuntimeDesiredStatus(recipe["initial"]), options,
                                 BootstrapPolicy(recipe["policy"]), self.claim, bool(recipe.get("silent")),
                                 recipe.get("deployment_id", NO_DEPLOYMENT))
         objects["configmap"]["data"] = config_files(json.loads(recipe["program"]))
         return objects
+
+
+def _binary_of(artifact: dict[str, Any]) -> dict[str, Any] | None:
+    """The program binary of a compiled artifact (``--compiler feldera``): its path and sha256."""
+    binary = artifact.get("binary")
+    return {"path": str(binary.get("path", "")), "sha256": str(binary.get("sha256", ""))} \
+        if isinstance(binary, dict) else None
 
 
 def _deleting(obj: dict[str, Any]) -> bool:
@@ -730,6 +759,8 @@ class KubernetesBackend:
         # until the watch delivers its deletion, and it is terminating, not "deleted outside the operator".
         self._deleted: dict[str, set[str]] = {}
         self._owned: dict[str, _Owned] = {}  # pipeline uid -> what its children must be (see _Owned)
+        # pipeline uid -> the program binary its pod runs ({"path", "sha256"}), served to that pod only.
+        self._binaries: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def from_settings(cls, kube: Kube, settings: OperatorSettings,
@@ -1095,7 +1126,12 @@ class KubernetesBackend:
                 digests[kind] = owned_digest(kind, body)
         self._owned[key.uid] = _Owned.of(digests, claim_name or f"{child_name(key)}-storage", spec,
                                          objects["configmap"]["data"][CONFIG_JSON], initial, bootstrap_policy,
-                                         silent_bootstrap, deployment_id)
+                                         silent_bootstrap, deployment_id, _binary_of(artifact))
+        binary = _binary_of(artifact)
+        if binary is not None:
+            self._binaries[key.uid] = binary
+        else:
+            self._binaries.pop(key.uid, None)
         self._unfinished.discard(key.uid)
         self._problems.pop(key.uid, None)
 
@@ -1106,6 +1142,7 @@ class KubernetesBackend:
         self._token_read.discard(key.uid)
         self._unfinished.discard(key.uid)
         self._owned.pop(key.uid, None)
+        self._binaries.pop(key.uid, None)
         await self._cached(key.namespace, "statefulset", "service", "configmap", "networkpolicy", "secret")
         deleted = self._deleted.setdefault(key.uid, set())
         for kind, child in (("statefulset", name), ("service", name), ("configmap", name),
@@ -1312,6 +1349,18 @@ class KubernetesBackend:
         if key.uid not in self._tokens:
             await self._remember_token(key)
 
+    async def program_binary(self, key: PipelineKey, token: str) -> tuple[bool, dict[str, Any] | None]:
+        """Whether ``token`` is the control token of the pipeline's current start (compared in constant time; a
+        token is read from the Secret only if the cache shows one, so a request cannot make the operator read
+        Secrets of stopped pipelines), and the program binary its pod runs if this replica provisioned it (None
+        after a restart or a takeover: the caller takes the program's compiled artifact instead)."""
+        if key.uid not in self._tokens and self._cache("secret", key.namespace, token_secret_name(key)) is not None:
+            await self._remember_token(key)
+        known = self._tokens.get(key.uid)
+        if not known or not token or not hmac.compare_digest(known.encode(), token.encode("utf-8", "surrogateescape")):
+            return False, None
+        return True, self._binaries.get(key.uid)
+
     async def forget(self, key: PipelineKey) -> None:
         """Nothing to remove: the pipeline's objects are deleted with its compute and storage."""
         self._problems.pop(key.uid, None)
@@ -1319,6 +1368,7 @@ class KubernetesBackend:
         self._token_read.discard(key.uid)
         self._deleted.pop(key.uid, None)
         self._owned.pop(key.uid, None)
+        self._binaries.pop(key.uid, None)
         self._unfinished.discard(key.uid)
         endpoint = self._endpoints.pop(key.uid, None)
         if endpoint is not None and self._endpoint_keys.get(endpoint) == key:
