@@ -13,6 +13,7 @@ import threading
 import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from feldera import FelderaClient, PipelineBuilder
@@ -402,6 +403,10 @@ def test_list_order_platform_version_and_deployment_id_as_felderas(sdk, kstatus,
     sdk.start_pipeline("alpha", timeout_s=60)
     deployed = status(sdk, "alpha").deployment_id
     assert deployed is not None and uuid.UUID(deployed).version == 7
+    # The pipeline is started with that id, as Feldera's runner passes it (--deployment-id).
+    (pid,) = sdk.operator.pipeline_processes(status(sdk, "alpha").id)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"--deployment-id") + 1].decode() == deployed
     sdk.pause_pipeline("alpha", timeout_s=30)
     assert status(sdk, "alpha").deployment_id == deployed
     sdk.stop_pipeline("alpha", force=True, timeout_s=60)

@@ -327,7 +327,11 @@ def test_a_pipeline_on_the_api_server_is_reached_at_its_pods_ip(stand, running):
     pod = stand.get("pod", f"{name}-0")
     assert pod["status"]["podIP"] == stand.kubelet.pod_ips[name]
     # The operator reached it there (no other address exists for it): it is Running.
-    assert stand.pipelines.status("target")["deploymentStatus"] == "Running"
+    status = stand.pipelines.status("target")
+    assert status["deploymentStatus"] == "Running"
+    # It was started with the deployment id its status records (Feldera's --deployment-id).
+    args = stand.get("statefulset", name)["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert args[args.index("--deployment-id") + 1] == status["deploymentId"]
 
 
 def with_backend(stand: Stand, fn: Any) -> Any:

@@ -20,16 +20,18 @@ files, so either runs wherever the other does.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
-import os
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from .core.emission import UuidV7
 from .feldera_config import RuntimeConfig
 from .models import BootstrapPolicy, RuntimeDesiredStatus
+
+_DEPLOYMENT_IDS = UuidV7()
 
 CONFIG_JSON = "config.json"
 CONFIG_YAML = "config.yaml"
@@ -126,12 +128,10 @@ def tokio_worker_threads(runtime_config: RuntimeConfig | None) -> str:
 
 
 def new_deployment_id() -> str:
-    """A fresh deployment id, a UUIDv7 as Feldera's ``Uuid::now_v7()``: it tells a pipeline that it was
-    started anew (not restarted after a crash)."""
-    raw = bytearray(int(time.time() * 1000).to_bytes(6, "big") + os.urandom(10))
-    raw[6] = (raw[6] & 0x0F) | 0x70
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return str(uuid.UUID(bytes=bytes(raw)))
+    """A fresh deployment id, a UUIDv7 as Feldera's ``Uuid::now_v7()`` (the core's generator, which makes the
+    ids a pipeline's status records): it tells a pipeline that it was started anew (not restarted after a
+    crash)."""
+    return str(_DEPLOYMENT_IDS(dt.datetime.now(dt.UTC)))
 
 
 def deployment_id_of(token: str) -> str:

@@ -708,7 +708,9 @@ class PipelineMonitor:
                                 action.program_digest[:8])
                     continue
                 await ctx.backend.provision(self.key, spec, artifact, action.initial, policy,
-                                            silent_bootstrap=action.silent_bootstrap)
+                                            silent_bootstrap=action.silent_bootstrap,
+                                            deployment_id=None if action.deployment_id is None
+                                            else str(action.deployment_id))
             elif kind is ActionKind.DEPROVISION:
                 await ctx.backend.deprovision(self.key)
             elif kind is ActionKind.CLEAR_STORAGE:

@@ -30,9 +30,10 @@ class Backend(Protocol):
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
                         initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy,
-                        silent_bootstrap: bool = False) -> None:
+                        silent_bootstrap: bool = False, deployment_id: str | None = None) -> None:
         """Create the compute (and storage) of a start with these start parameters (Feldera's ``--initial``,
-        ``--bootstrap-policy`` and ``--silent-bootstrap`` of the pipeline), or wait for it."""
+        ``--bootstrap-policy``, ``--silent-bootstrap`` and ``--deployment-id`` of the pipeline: the start's id
+        as its status records it; without one the backend makes one), or wait for it."""
 
     async def deprovision(self, key: PipelineKey) -> None: ...
 

@@ -326,7 +326,7 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
     """The ConfigMap, Service, StatefulSet, PersistentVolumeClaim and NetworkPolicy of one pipeline
     (the token Secret is made apart: its content is created once and never rebuilt). ``claim`` names
     the PersistentVolumeClaim when it is not ``<child name>-storage``: one retained from a deleted
-    Pipeline of the same name, adopted. ``deployment_id`` is the start's (:func:`deployment_id_of` its token).
+    Pipeline of the same name, adopted. ``deployment_id`` is the start's, as its status records it.
 
     The ConfigMap holds the pipeline's ``PipelineConfig`` (``config.json``, ``config.yaml``) as Feldera's runner
     writes it, storage at ``/storage``; the container runs the program with Feldera's arguments, listening on
@@ -1063,7 +1063,7 @@ class KubernetesBackend:
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
                         initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy,
-                        silent_bootstrap: bool = False) -> None:
+                        silent_bootstrap: bool = False, deployment_id: str | None = None) -> None:
         self._deleted.pop(key.uid, None)
         self._token_read.discard(key.uid)
         image = spec.deployment.image
@@ -1082,9 +1082,10 @@ class KubernetesBackend:
             return build_objects(key, spec, artifact, initial, self.options, bootstrap_policy, claim_name,
                                  silent_bootstrap, deployment_id)
 
-        objects = built(NO_DEPLOYMENT)  # the start's deployment id comes from its token, known below
+        recorded = deployment_id  # the start's, as its status records it; else derived from its token below
+        deployment_id = recorded or NO_DEPLOYMENT
+        objects = built(deployment_id)
         objects["secret"] = token_secret(key, self._tokens.get(key.uid))
-        deployment_id = NO_DEPLOYMENT
         digests: dict[str, int] = {}
         # Storage first (it outlives compute), then the token, the program, the Service, the
         # NetworkPolicy (before the pod can serve) and the StatefulSet.
@@ -1120,8 +1121,9 @@ class KubernetesBackend:
                     return
                 # The token is the Secret's (adopted, or made now): what is put back is that Secret.
                 digests[kind] = existing[OWNED_KEY] if OWNED_KEY in existing else owned_digest(kind, existing)
-                deployment_id = deployment_id_of(self._tokens[key.uid])
-                objects = {**built(deployment_id), "secret": objects["secret"]}
+                if recorded is None:
+                    deployment_id = deployment_id_of(self._tokens[key.uid])
+                    objects = {**built(deployment_id), "secret": objects["secret"]}
             else:
                 digests[kind] = owned_digest(kind, body)
         self._owned[key.uid] = _Owned.of(digests, claim_name or f"{child_name(key)}-storage", spec,

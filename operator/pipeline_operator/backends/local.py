@@ -246,11 +246,13 @@ class LocalBackend:
 
     async def provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
                         initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy,
-                        silent_bootstrap: bool = False) -> None:
-        await asyncio.to_thread(self._provision, key, spec, artifact, initial, bootstrap_policy, silent_bootstrap)
+                        silent_bootstrap: bool = False, deployment_id: str | None = None) -> None:
+        await asyncio.to_thread(self._provision, key, spec, artifact, initial, bootstrap_policy, silent_bootstrap,
+                                deployment_id or new_deployment_id())
 
     def _provision(self, key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any],
-                   initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy, silent_bootstrap: bool) -> None:
+                   initial: RuntimeDesiredStatus, bootstrap_policy: BootstrapPolicy, silent_bootstrap: bool,
+                   deployment_id: str) -> None:
         if self._read_record(key) is not None:
             return  # running (or failed, which the observation reports): never a second process
         folder = self.folder(key)
@@ -284,7 +286,7 @@ class LocalBackend:
             env[DEBUG_ROUTES_ENV] = "1"
         # Loopback only: a Feldera pipeline answers anyone who reaches it (it has no token).
         cmd = [*self._program_command(folder, artifact),
-               *launch_args(str(folder / CONFIG_YAML), "127.0.0.1", initial, new_deployment_id(), bootstrap_policy,
+               *launch_args(str(folder / CONFIG_YAML), "127.0.0.1", initial, deployment_id, bootstrap_policy,
                             silent_bootstrap)]
         with open(folder / "process.log", "ab") as out:
             child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -229,6 +229,7 @@ class Action(_Frozen):
     initial: RuntimeDesiredStatus | None = None
     bootstrap_policy: BootstrapPolicy | None = None
     silent_bootstrap: bool = False
+    deployment_id: uuid.UUID | None = None  # PROVISION: the start's id, as recorded (Feldera's --deployment-id)
     target: SpecRuntimeDesiredStatus | None = None
     activate: bool = False  # SET_RUNTIME_DESIRED from Standby
 
@@ -934,7 +935,7 @@ def _stopped(p: _Pass, desired: Desired, observation: Observation, config: Lifec
             details={"error": cause}))
         return
     p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=initial, bootstrap_policy=policy,
-          silent_bootstrap=silent)
+          silent_bootstrap=silent, deployment_id=p.cur.deployment_id)
 
 
 def initial_runtime_desired(desired: Desired) -> RuntimeDesiredStatus:
@@ -996,7 +997,8 @@ def _provisioning(p: _Pass, desired: Desired, observation: Observation, config: 
     if compute.state is ComputeState.PENDING and compute.message:
         p.set("compute is not ready", deployment_resources_status_details={"reason": compute.message})
     p.act(ActionKind.PROVISION, program_digest=desired.program_digest, initial=cur.deployment_initial,
-          bootstrap_policy=cur.bootstrap_policy, silent_bootstrap=cur.silent_bootstrap)
+          bootstrap_policy=cur.bootstrap_policy, silent_bootstrap=cur.silent_bootstrap,
+          deployment_id=cur.deployment_id)
 
 
 def _apply_runtime(p: _Pass, runtime: RuntimeObservation | None, config: LifecycleConfig,
