@@ -358,6 +358,17 @@ def test_pipeline_crud_through_the_api(sdk, kstatus, namespace, cluster, pipelin
     sdk.start_pipeline("crud", timeout_s=60)
     sdk.stop_pipeline("crud", force=True, timeout_s=60)
     assert status(sdk, "crud").version == 1  # a start and a stop edit nothing (Feldera's version)
+    # A write answers Feldera's PipelineInfo: GET's fields without the bootstrap configuration.
+    headers = {"Authorization": f"Bearer {token}", "Feldera-Tenant": namespace, "Content-Type": "application/json"}
+    other = f"{sdk.config.url}/v0/pipelines/written"
+    written = [http_json(other, "PUT", headers, json.dumps({
+                   "name": "written", "description": "", "runtime_config": {}, "program_code": SQL, "udf_rust": "",
+                   "udf_toml": "", "program_config": {}}).encode()),
+               http_json(other, "PATCH", headers, json.dumps({"description": "checked"}).encode())]
+    assert [code for code, _ in written] == [201, 200]
+    for _, body in written:
+        schema_validator("PipelineInfo").validate(body)
+    sdk.delete_pipeline("written")
     sdk.patch_pipeline("crud", sql=SQL_V2, description="two views")
     after = sdk._wait_for_compilation("crud", timeout_s=60)
     assert after.program_code == SQL_V2 and after.description == "two views" and after.program_version == 2

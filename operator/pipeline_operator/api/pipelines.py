@@ -79,6 +79,8 @@ _NOT_FELDERA = {"program_digest"}  # ours, not a field of Feldera's pipeline
 _REQUIRED_SINCE = ("deployment_resources_status_since", "deployment_resources_desired_status_since",
                    "program_status_since")
 _SELECTORS = ("all", "status", "status_with_connectors")
+# What Feldera's GET answer has and its answer to a write (POST, PUT, PATCH: PipelineInfoInternal) has not.
+_GET_ONLY = frozenset({"bootstrap_policy", "silent_bootstrap"})
 
 
 # Feldera's configurations: validated as Feldera's manager does, with its error codes.
@@ -551,7 +553,9 @@ class Pipelines:
         action = "create" if existing is None else "update"
         obj = await self._apply(namespace, name, fields, self.server.requested_by(request, action), existing)
         obj, state = await self._settled(namespace, name, obj)
-        return await self._answer(obj, state, status=201 if existing is None else 200)
+        # Feldera's PipelineInfo: GET's answer without the bootstrap configuration it flattens in.
+        info = {k: v for k, v in (await self.info(obj, state, "all")).items() if k not in _GET_ONLY}
+        return web.json_response(info, status=201 if existing is None else 200, headers={"Cache-Control": "no-cache"})
 
     async def post(self, request: web.Request) -> web.Response:
         return await self._write(request, create=True, replace=False)
