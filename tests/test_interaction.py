@@ -586,8 +586,9 @@ def test_feldera_sdk_reads_logs_stats_metrics_and_checkpoints_through_the_operat
     incarnation = client.get_pipeline_stats("orders")["global_metrics"]["incarnation_uuid"]
     assert raw(op, cluster, namespace, "GET", f"checkpoint_status?incarnation_uuid={incarnation}") == \
         (200, {"success": sequence, "failure": None})
-    code, body = raw(op, cluster, namespace, "GET", f"checkpoint_status?incarnation_uuid={uuid.uuid4()}")
-    assert (code, body["error_code"]) == (400, "IncarnationUuidMismatch")
+    # Feldera c44's /checkpoint_status takes no parameter: another incarnation's id is not looked at.
+    assert raw(op, cluster, namespace, "GET", f"checkpoint_status?incarnation_uuid={uuid.uuid4()}") == \
+        (200, {"success": sequence, "failure": None})
     folder = LocalBackend(op.state_dir).folder(PipelineKey(namespace, "orders", uid))
     assert len(list((folder / "storage" / "checkpoints").glob("*.json"))) == 1
     read_until(logs, f"checkpoint {sequence} written", seen)  # written after the log was asked for

@@ -17,8 +17,8 @@ HTTP and on disk, as a Feldera pipeline does through its lifecycle:
 - on suspend it writes a checkpoint into its storage directory, then reports Suspended;
 - ``POST /checkpoint`` writes one too and answers Feldera c44's ``{"checkpoint_sequence_number": N}`` once
   it is written; ``GET /checkpoint_status`` answers Feldera's
-  ``{"success": N, "failure": ...}`` (``IncarnationUuidMismatch`` for another process's
-  ``incarnation_uuid``); ``GET /checkpoint/sync_status`` says that nothing was synced, and
+  ``{"success": N, "failure": ...}`` (c44's takes no parameter: an ``incarnation_uuid`` is ignored);
+  ``GET /checkpoint/sync_status`` says that nothing was synced, and
   ``POST /checkpoint/sync`` answers ``NotSupported`` (there is no object store to sync to);
 - ``GET /stats`` answers Feldera's ``ControllerStatus`` with what the process really has: its
   state, whether it bootstraps, its uptime, start time, incarnation, time spent Running, its
@@ -572,21 +572,6 @@ class ReferencePipeline:
         # Exactly text/plain, as Feldera's pipeline answers (its SDK compares the header as a whole).
         return web.Response(body=("\n".join(lines) + "\n").encode(), headers={"Content-Type": "text/plain"})
 
-    def _incarnation_mismatch(self, request: web.Request) -> web.Response | None:
-        raw = request.query.get("incarnation_uuid")
-        if not raw:
-            return None
-        try:
-            requested = uuid.UUID(raw)
-        except ValueError:
-            return _error(400, f"Invalid parameter: incarnation_uuid '{_shown(raw)}' is not a UUID.", "InvalidParam",
-                          {"error": "incarnation_uuid is not a UUID"})
-        if requested != self.incarnation_uuid:
-            return _error(400, f"Incarnation UUID mismatch ({requested} in request, expected "
-                               f"{self.incarnation_uuid})", "IncarnationUuidMismatch",
-                          {"requested": str(requested), "expected": str(self.incarnation_uuid)})
-        return None
-
     async def handle_checkpoint(self, request: web.Request) -> web.Response:
         """Feldera's ``POST /checkpoint``: a checkpoint of the storage, numbered; answered once written."""
         refused = self._no_controller()
@@ -606,9 +591,6 @@ class ReferencePipeline:
         return web.json_response({"checkpoint_sequence_number": sequence})  # c44's CheckpointResponse
 
     async def handle_checkpoint_status(self, request: web.Request) -> web.Response:
-        refused = self._incarnation_mismatch(request)
-        if refused is not None:
-            return refused
         return web.json_response({"success": self.checkpoint_success, "failure": self.checkpoint_failure})
 
     async def handle_checkpoint_sync(self, request: web.Request) -> web.Response:
@@ -619,7 +601,7 @@ class ReferencePipeline:
         return _error(400, f"Not supported: {error}", "NotSupported", {"error": error})
 
     async def handle_checkpoint_sync_status(self, request: web.Request) -> web.Response:
-        refused = self._incarnation_mismatch(request) or self._no_controller()
+        refused = self._no_controller()
         if refused is not None:
             return refused
         return web.json_response({"success": None, "failure": None, "periodic": None})
