@@ -32,7 +32,7 @@ import kubernetes
 from pipeline_operator.core.emission import UuidV7, make_event
 from pipeline_operator.identity import PipelineKey
 from pipeline_operator.models import EventStatus, ProgramStatus, ResourcesDesiredStatus, ResourcesStatus, StorageStatus
-from pipeline_operator.store import EventStore
+from pipeline_operator.store.sqlite import SqliteEventStore
 from pipeline_operator_dev import controlplane
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,7 +97,7 @@ def main() -> None:
                 "spec": {"desiredStatus": "Stopped", "program": {"sql": SQL}}})
             keys.append(PipelineKey(ns, name, obj["metadata"]["uid"]))
         print(f"filling the store with {args.pipelines} x {args.events} events ...", flush=True)
-        store = EventStore(Path(td) / "events.sqlite", retention=args.events)
+        store = SqliteEventStore(Path(td) / "events.sqlite", retention=args.events)
         ids = UuidV7()
         status = EventStatus(deployment_resources_status=ResourcesStatus.STOPPED,
                              deployment_resources_desired_status=ResourcesDesiredStatus.STOPPED,

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/store_bench.py [--pipelines 1000] [--events 720]
 
-Appends go through EventStore.append (queued, batched by the writer thread) as the operator
+Appends go through SqliteEventStore.append (queued, batched by the writer thread) as the operator
 does; the figure is events committed per second. Lists read one pipeline's 720 events, newest
 first, as the HTTP API does: as stored JSON (list_raw) and as models (list).
 """
@@ -28,7 +28,7 @@ from pipeline_operator.models import (
     RuntimeStatus,
     StorageStatus,
 )
-from pipeline_operator.store import EventStore
+from pipeline_operator.store.sqlite import SqliteEventStore
 
 STATUS = EventStatus(deployment_resources_status=ResourcesStatus.PROVISIONED,
                      deployment_resources_desired_status=ResourcesDesiredStatus.PROVISIONED,
@@ -58,7 +58,7 @@ def main() -> None:
         # Everything is queued before the writer catches up: the queue holds it all (the operator's
         # default limit would drop most of it, which is not what this measures).
         total = args.pipelines * args.events
-        store = EventStore(Path(td) / "events.sqlite", retention=args.events, queue_limit=total)
+        store = SqliteEventStore(Path(td) / "events.sqlite", retention=args.events, queue_limit=total)
         print(f"appending {total:,} events ({args.pipelines} pipelines x {args.events}) ...", flush=True)
         started = time.perf_counter()
         for round_ in range(args.events):

@@ -11,12 +11,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from pipeline_operator.api import ApiDeps, ApiServer, Metrics
 from pipeline_operator.identity import PipelineKey
-from pipeline_operator.store import EventStore
+from pipeline_operator.store.sqlite import SqliteEventStore
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = EventStore(tmp_path / "events.sqlite")
+    s = SqliteEventStore(tmp_path / "events.sqlite")
     yield s
     s.close()
 

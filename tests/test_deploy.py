@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_operator.settings import OperatorSettings
-from pipeline_operator.store import is_database_url
+from pipeline_operator.settings import OperatorSettings, is_database_url
 from pipeline_operator_dev import controlplane
 
 from .conftest import Cluster

@@ -9,9 +9,9 @@ import sqlite3
 
 import pytest
 
-from pipeline_operator.event_sweep import keep_sweeping, sweep
 from pipeline_operator.identity import PipelineKey
-from pipeline_operator.store import EventStore
+from pipeline_operator.store.sqlite import SqliteEventStore
+from pipeline_operator.store.sweep import keep_sweeping, sweep
 
 from .test_store import events
 
@@ -46,7 +46,7 @@ class ApiServer:
 
 @pytest.fixture
 def store(tmp_path):
-    s = EventStore(tmp_path / "events.sqlite", prune_interval=3600)
+    s = SqliteEventStore(tmp_path / "events.sqlite", prune_interval=3600)
     for key in (RUNNING, LISTED, EXISTS, GONE, RECREATED, ELSEWHERE):
         s.append(key, events(3))
     assert s.flush(10)
@@ -103,7 +103,7 @@ def test_a_removal_that_waits_for_the_store_is_not_queued_again(store, monkeypat
 
 
 def test_the_loop_sweeps_at_once_and_again_after_a_failure(store, caplog):
-    caplog.set_level(logging.INFO, "pipeline_operator.event_sweep")
+    caplog.set_level(logging.INFO, "pipeline_operator.store.sweep")
     api = ApiServer({}, fail={"exists"})
 
     async def main() -> None:

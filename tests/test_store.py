@@ -14,11 +14,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipeline_operator import store_postgres
 from pipeline_operator.core.emission import UuidV7, make_event
 from pipeline_operator.identity import PipelineKey
 from pipeline_operator.models import EventStatus, ProgramStatus, ResourcesDesiredStatus, ResourcesStatus, StorageStatus
-from pipeline_operator.store import COMMIT_BUCKETS, SCHEMA_VERSION, EventStorage, open_event_store
+from pipeline_operator.store import open_event_store
+from pipeline_operator.store import postgres as store_postgres
+from pipeline_operator.store.base import COMMIT_BUCKETS, EventStorage
+from pipeline_operator.store.sqlite import SCHEMA_VERSION
 
 KEY = PipelineKey("ns", "orders", "uid-1")
 OTHER = PipelineKey("ns", "orders", "uid-2")  # the same name, re-created

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_operator.store import EventStore
+from pipeline_operator.store.sqlite import SqliteEventStore
 
 from .operator_harness import wait_for
 from .test_operator_lifecycle import spec
 from .test_store import KEY, OTHER, events, wait
 
 
-def filled(path: Path, n: int = 500) -> EventStore:
-    store = EventStore(path, retention=1000, prune_interval=3600)
+def filled(path: Path, n: int = 500) -> SqliteEventStore:
+    store = SqliteEventStore(path, retention=1000, prune_interval=3600)
     store.append(KEY, events(n))
     assert store.flush(10)
     store.close()
@@ -42,8 +42,8 @@ def test_a_corrupt_file_at_start_is_moved_aside_and_a_fresh_store_starts(tmp_pat
     else:
         with open(path, "r+b") as f:  # cut in the middle of a page
             f.truncate(os.path.getsize(path) // 2 + 100)
-    caplog.set_level(logging.ERROR, "pipeline_operator.store")
-    store = EventStore(path)
+    caplog.set_level(logging.ERROR, "pipeline_operator.store.sqlite")
+    store = SqliteEventStore(path)
     try:
         [moved] = aside_files(path)
         assert store.generation == 1 and store.recovery is not None and str(moved) in store.recovery.what
@@ -58,7 +58,7 @@ def test_a_corrupt_file_at_start_is_moved_aside_and_a_fresh_store_starts(tmp_pat
 
 def test_a_file_deleted_while_running_is_created_again_and_the_generation_advances(tmp_path):
     path = tmp_path / "events.sqlite"
-    store = EventStore(path, prune_interval=3600)
+    store = SqliteEventStore(path, prune_interval=3600)
     try:
         store.append(KEY, events(5))
         assert store.flush(10)
@@ -75,7 +75,7 @@ def test_a_file_deleted_while_running_is_created_again_and_the_generation_advanc
 
 def test_a_file_replaced_by_garbage_while_running_is_moved_aside(tmp_path):
     path = tmp_path / "events.sqlite"
-    store = EventStore(path, prune_interval=3600)
+    store = SqliteEventStore(path, prune_interval=3600)
     try:
         store.append(KEY, events(5))
         assert store.flush(10)
@@ -96,7 +96,7 @@ def test_a_file_truncated_while_running_gets_its_schema_again(tmp_path, first):
     cache, while any new one sees an empty database without the table; the writer's periodic
     check of the file finds it (with or without writes) and starts afresh."""
     path = tmp_path / "events.sqlite"
-    store = EventStore(path, prune_interval=3600)
+    store = SqliteEventStore(path, prune_interval=3600)
     try:
         store.append(KEY, events(5))
         assert store.flush(10) and store.count(KEY.uid) == 5
@@ -119,7 +119,7 @@ def test_a_file_truncated_while_running_gets_its_schema_again(tmp_path, first):
 
 
 def test_forget_is_queued_after_the_events_before_it(tmp_path):
-    store = EventStore(tmp_path / "e.sqlite", prune_interval=3600)
+    store = SqliteEventStore(tmp_path / "e.sqlite", prune_interval=3600)
     try:
         store.append(KEY, events(4))
         store.forget(KEY)
@@ -146,7 +146,7 @@ def small_volume(tmp_path):
 
 def test_a_full_volume_drops_new_events_beyond_the_limit_and_recovers(small_volume):
     path = small_volume / "events.sqlite"
-    store = EventStore(path, prune_interval=3600, queue_limit=100)
+    store = SqliteEventStore(path, prune_interval=3600, queue_limit=100)
     filler = small_volume / "filler"
     try:
         store.append(KEY, events(5))
@@ -180,9 +180,9 @@ def test_a_read_only_volume_at_start_is_waited_for_not_fatal(small_volume, caplo
     path = small_volume / "events.sqlite"
     filled(path, 50)
     subprocess.run(["mount", "-o", "remount,ro", str(small_volume)], check=True)
-    caplog.set_level(logging.ERROR, "pipeline_operator.store")
+    caplog.set_level(logging.ERROR, "pipeline_operator.store.sqlite")
     try:
-        store = EventStore(path, prune_interval=3600, queue_limit=100)
+        store = SqliteEventStore(path, prune_interval=3600, queue_limit=100)
         assert any("cannot be opened" in r.getMessage() for r in caplog.records)
         more = events(150)
         for i in range(0, len(more), 10):
@@ -291,7 +291,7 @@ def test_the_operator_keeps_reconciling_while_the_store_volume_is_full(
 
 def test_a_file_corrupted_in_place_is_found_by_a_read_and_replaced(tmp_path):
     path = tmp_path / "events.sqlite"
-    store = EventStore(path, prune_interval=3600)
+    store = SqliteEventStore(path, prune_interval=3600)
     try:
         store.append(KEY, events(5))
         assert store.flush(10)
@@ -316,7 +316,7 @@ def test_a_monitoring_pass_never_waits_for_a_store_that_cannot_write(small_volum
 
     from pipeline_operator.recording import Recorder
     path = small_volume / "events.sqlite"
-    store = EventStore(path, prune_interval=3600, queue_limit=1000)
+    store = SqliteEventStore(path, prune_interval=3600, queue_limit=1000)
     filler = small_volume / "filler"
     try:
         before = events(3)

@@ -20,8 +20,10 @@ from pipeline_operator import cli
 from pipeline_operator.api import ApiServer
 from pipeline_operator.core.emission import UuidV7, make_event
 from pipeline_operator.settings import OperatorSettings
-from pipeline_operator.store import EventStore, StoreUnavailable, open_event_store
-from pipeline_operator.store_postgres import PostgresEventStore, conninfo
+from pipeline_operator.store import open_event_store
+from pipeline_operator.store.base import StoreUnavailable
+from pipeline_operator.store.postgres import PostgresEventStore, conninfo
+from pipeline_operator.store.sqlite import SqliteEventStore
 
 from . import postgres
 from .test_api_unit import deps
@@ -150,7 +152,7 @@ def test_the_setting_takes_a_path_as_before_or_a_url_unchanged(tmp_path, monkeyp
 def test_the_factory_opens_the_backend_the_setting_names(tmp_path, postgres_url):
     sqlite, pg = open_event_store(tmp_path / "e.sqlite"), open_event_store(postgres_url)
     try:
-        assert isinstance(sqlite, EventStore) and isinstance(pg, PostgresEventStore)
+        assert isinstance(sqlite, SqliteEventStore) and isinstance(pg, PostgresEventStore)
     finally:
         sqlite.close()
         pg.close()
@@ -204,7 +206,7 @@ def test_both_backends_store_and_serve_the_same_json(tmp_path, stores):
         **batch[0].model_dump(), "deployment_runtime_status_details": {"a": [1, "ü", None]},
         "deployment_error": {"message": "x", "error_code": "E", "details": {}}})
     batch[0] = detailed
-    sqlite, pg = EventStore(tmp_path / "e.sqlite"), stores()
+    sqlite, pg = SqliteEventStore(tmp_path / "e.sqlite"), stores()
     try:
         for store in (sqlite, pg):
             store.append(KEY, batch[:6])

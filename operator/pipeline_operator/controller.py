@@ -5,7 +5,7 @@
   at once when the spec (generation) or a one-shot annotation changed;
 - a delete handler stops the pipeline and clears its storage before the finalizer is removed, and
   queues the removal of its events (the event store is not waited for: the leader's sweep,
-  :mod:`.event_sweep`, removes what such a removal missed); a deletion that cannot finish says so
+  :mod:`.store.sweep`, removes what such a removal missed); a deletion that cannot finish says so
   (``DeletionStuck``) and can be released by an administrator (``dataflow.dev/release-finalizer: "true"``);
 - shutdown (SIGTERM) stops Kopf through a flag of its own and never touches pipelines' compute.
 
@@ -39,7 +39,6 @@ from .backends.kubernetes import REASON_RESTORED, KubernetesBackend
 from .backends.local import LocalBackend
 from .compiler import Compiler, FelderaCompiler
 from .core.lifecycle import ComputeState
-from .event_sweep import keep_sweeping
 from .identity import PipelineKey
 from .informer import Informer, names_and_versions
 from .kube import Conflict, Fenced, Forbidden, Gone, Kube
@@ -51,9 +50,10 @@ from .reconciler import ONE_SHOT_ANNOTATIONS, Context, PipelineMonitor, key_of
 from .recording import Recorder, post_event
 from .retry import Backoff
 from .runtime_client import RuntimeClient
-from .settings import Backend, OperatorSettings
+from .settings import Backend, OperatorSettings, is_database_url
 from .shards import CLAIM_LEASE_DURATIONS, NamespaceClaims
-from .store import is_database_url, open_event_store
+from .store import open_event_store
+from .store.sweep import keep_sweeping
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from .kube import Kube
 from .kube_events import EventPoster
 from .models import API_GROUP, API_VERSION, KIND, MonitorEvent
 from .reconciler import EventSink
-from .store import EventStorage
+from .store.base import EventStorage
 
 log = logging.getLogger(__name__)
 

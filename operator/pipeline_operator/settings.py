@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
@@ -16,9 +17,29 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .models import MAX_HISTORY_ITEMS
-from .store import check_database_url, is_database_url
 
 ENV_PREFIX = "PIPELINE_OPERATOR_"
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def is_database_url(target: object) -> bool:
+    """``--event-store`` names a PostgreSQL database (``postgresql://`` or ``postgres://``), not a file."""
+    return isinstance(target, str) and "://" in target and target.partition("://")[0].lower() in POSTGRES_SCHEMES
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a database URL that holds a password: the command line and the Pod spec show it to anyone
+    who may list processes or read Deployments; libpq takes it from the environment instead."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    if userinfo.partition(":")[2] or query.get("password") or query.get("sslpassword"):
+        raise ValueError("the --event-store URL (PIPELINE_OPERATOR_EVENT_STORE) must not contain a password, "
+                         "it would be visible in the process list and the Pod spec: remove it from the URL and "
+                         "pass it through the environment, PGPASSWORD or a PGPASSFILE (for example from a "
+                         "Kubernetes Secret), as libpq reads them")
+
 
 
 class Backend(str, enum.Enum):

@@ -38,7 +38,7 @@ from cachetools import TTLCache
 
 from ..identity import PipelineKey
 from ..models import MonitorEvent, project_event
-from ..store import StoreUnavailable
+from ..store.base import StoreUnavailable
 from .errors import ApiError
 from .slots import StreamSlots
 

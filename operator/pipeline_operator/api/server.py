@@ -80,7 +80,7 @@ from ..models import (
 )
 from ..reconciler import PipelineMonitor, desired_of
 from ..runtime_client import RuntimeClient
-from ..store import StoreUnavailable
+from ..store.base import StoreUnavailable
 from .errors import ApiError, bool_param, unknown_pipeline
 from .follow import FollowHub, FollowLimits
 from .metrics import Metrics, PipelineSample

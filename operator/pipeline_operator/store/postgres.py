@@ -5,14 +5,14 @@ holds the password (the settings refuse one): libpq reads it from the environmen
 ``PGPASSFILE`` (for example from a Kubernetes Secret), and every other ``PG*`` variable (``PGHOST``,
 ``PGUSER``, ``PGSSLMODE``, ...) applies as libpq documents.
 
-The same semantics as the SQLite store (:mod:`.store`), mapped onto a server:
+The same semantics as the SQLite store (:mod:`.sqlite`), mapped onto a server:
 
 - **Schema**: the table ``monitor_event`` (primary key ``(pipeline_uid, event_id)``, the newest-first
   index ``(pipeline_uid, recorded_at DESC, event_id DESC)``), created on first start; its version is
   in ``monitor_event_schema`` (one row per migration). Replicas starting at once migrate one after the
   other (an advisory lock); a schema newer than this operator knows is refused, as SQLite's is.
 - **Writer**: one thread and one connection, draining the same bounded queue
-  (:class:`.store.QueuedEventStore`): a batch is one transaction; events appended replace a stored
+  (:class:`.base.QueuedEventStore`): a batch is one transaction; events appended replace a stored
   event of the same id, events seeded from ``status.history`` are ``INSERT ... ON CONFLICT DO NOTHING``,
   so a restart or a second replica seeding the same history never duplicates an event. A lost
   connection or a restarting server is retried with backoff while events wait in the queue (the
@@ -23,7 +23,7 @@ The same semantics as the SQLite store (:mod:`.store`), mapped onto a server:
 - **Order**: ``recorded_at`` then ``event_id`` (a UUIDv7), newest first.
 - **Readers**: a small connection pool (``psycopg_pool``), each connection checked before use, so a
   reader after a server restart gets a fresh one; any replica reads, only the leader's writer writes.
-  A read the server cannot answer within the read timeout raises :class:`.store.StoreUnavailable`.
+  A read the server cannot answer within the read timeout raises :class:`.base.StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from .identity import PipelineKey
-from .models import MonitorEvent, project_event
-from .retry import Backoff
-from .store import (
+from ..identity import PipelineKey
+from ..models import MonitorEvent, project_event
+from ..retry import Backoff
+from ..settings import check_database_url
+from .base import (
     DEFAULT_QUEUE_LIMIT,
     PRUNE_INTERVAL,
     STORED_UIDS,
@@ -55,7 +56,6 @@ from .store import (
     StoreUnavailable,
     _Batch,
     _json,
-    check_database_url,
 )
 
 log = logging.getLogger(__name__)

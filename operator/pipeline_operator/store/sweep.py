@@ -25,8 +25,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .identity import PipelineKey
-from .store import EventStorage
+from ..identity import PipelineKey
+from .base import EventStorage
 
 log = logging.getLogger(__name__)
 
