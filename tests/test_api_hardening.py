@@ -29,7 +29,7 @@ from feldera.enums import PipelineFieldSelector
 from feldera.rest.pipeline import Pipeline as InnerPipeline
 
 from pipeline_operator.api import ApiDeps, ApiServer, Metrics
-from pipeline_operator.kube import Kube
+from pipeline_operator.kube.client import Kube
 from pipeline_operator_dev.controlplane import free_port
 
 from .operator_harness import wait_for

@@ -20,7 +20,7 @@ from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import fetching as kopf_fetching
 
 from pipeline_operator import controller, jsondepth
-from pipeline_operator.kube import ApiClient
+from pipeline_operator.kube.client import ApiClient
 from pipeline_operator_dev import controlplane
 
 from .conftest import CRD_FILE

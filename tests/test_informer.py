@@ -1,4 +1,4 @@
-"""The list+watch cache (pipeline_operator/informer.py) against the real API server."""
+"""The list+watch cache (pipeline_operator/kube/informer.py) against the real API server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from pipeline_operator.informer import ADDED, DELETED, MODIFIED, SHARED, Informer, names_and_versions, projection
+from pipeline_operator.kube.informer import ADDED, DELETED, MODIFIED, SHARED, Informer, names_and_versions, projection
 from pipeline_operator_dev import controlplane
 
 pytestmark = pytest.mark.apiserver

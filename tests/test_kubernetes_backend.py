@@ -23,7 +23,7 @@ from pipeline_operator.backends.kubernetes import (
 )
 from pipeline_operator.core.lifecycle import ComputeState
 from pipeline_operator.identity import PipelineKey
-from pipeline_operator.kube import Kube
+from pipeline_operator.kube.client import Kube
 from pipeline_operator.models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 from pipeline_operator_dev import controlplane
 
@@ -648,7 +648,7 @@ def test_an_existing_child_the_cache_has_not_seen_is_checked_with_one_read_adopt
 
 def test_an_api_server_outage_makes_observing_unavailable_not_a_conclusion(binaries):
     """A control plane of its own: this test stops its API server."""
-    from pipeline_operator.kube import Unavailable
+    from pipeline_operator.kube.client import Unavailable
     plane = controlplane.ControlPlane(binaries).start()
     try:
         plane.kubectl("create", "namespace", "outage")

@@ -19,10 +19,10 @@ import urllib.request
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from pipeline_operator import kube as kube_module
 from pipeline_operator.controller import KeepRetrying
-from pipeline_operator.kube import Fenced, Kube, Unavailable
-from pipeline_operator.leader import LeaderElector, LeaseTiming, lease_now, lease_record
+from pipeline_operator.kube import client as kube_module
+from pipeline_operator.kube.client import Fenced, Kube, Unavailable
+from pipeline_operator.kube.leader import LeaderElector, LeaseTiming, lease_now, lease_record
 
 from .operator_harness import wait_for
 from .test_operator_lifecycle import FAST_PIPELINE, SQL

@@ -33,7 +33,7 @@ from pipeline_operator.backends.kubernetes import (
     token_secret_name,
 )
 from pipeline_operator.identity import PipelineKey
-from pipeline_operator.kube import Kube
+from pipeline_operator.kube.client import Kube
 from pipeline_operator.models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 
 from .fake_kubelet import FakeKubelet, allocate_pod_ip, release_pod_ip

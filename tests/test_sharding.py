@@ -17,9 +17,9 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from pipeline_operator.kube import Kube
+from pipeline_operator.kube.client import Kube
+from pipeline_operator.kube.shards import LEASE_NAME, NamespaceClaims
 from pipeline_operator.settings import OperatorSettings
-from pipeline_operator.shards import LEASE_NAME, NamespaceClaims
 
 from .operator_harness import Pipelines, wait_for
 from .test_leader_election import LEASE_ARGS, kube_for, readyz
@@ -101,7 +101,7 @@ def test_an_overlapping_shard_is_refused_with_a_message_naming_the_holder(cluste
         b = NamespaceClaims(kubes[1], "ops/shard-b", duration=DURATION, namespaces=[shared, own])
         try:
             await a.start()
-            with caplog.at_level(logging.INFO, logger="pipeline_operator.shards"):
+            with caplog.at_level(logging.INFO, logger="pipeline_operator.kube.shards"):
                 await b.start()
                 assert not await b.allowed(shared) and await b.allowed(own)
                 # Renewals and retries for longer than the claim lasts: the holder keeps it, and the
@@ -152,7 +152,7 @@ def test_a_claim_not_renewed_is_taken_over_only_after_its_duration_by_the_takers
 
             # shard-a comes back: its claim is gone, and it says so in one ERROR line.
             caplog.clear()
-            with caplog.at_level(logging.ERROR, logger="pipeline_operator.shards"):
+            with caplog.at_level(logging.ERROR, logger="pipeline_operator.kube.shards"):
                 renewing = asyncio.create_task(a.run())
                 await until("shard-a to find its claim taken", lambda: ns in a.refused())
             assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
@@ -269,7 +269,7 @@ def test_all_namespaces_claims_a_namespace_the_first_time_it_is_asked(cluster, m
         try:
             await claims.start()
             assert claim_of(cluster, ns) is None and not claims.holds(ns)
-            with caplog.at_level(logging.INFO, logger="pipeline_operator.shards"):
+            with caplog.at_level(logging.INFO, logger="pipeline_operator.kube.shards"):
                 answers = await asyncio.gather(*(claims.allowed(ns) for _ in range(8)))  # eight Pipelines at once
             assert answers == [True] * 8
             record = claim_of(cluster, ns)
@@ -329,7 +329,7 @@ def test_a_holder_that_cannot_renew_stops_acting_before_anyone_may_take_over(clu
                                     0.05)
             cut_at = time.monotonic()
             kube.fence("testing")  # every call fails before it is sent, like an unreachable API server
-            with caplog.at_level(logging.ERROR, logger="pipeline_operator.shards"):
+            with caplog.at_level(logging.ERROR, logger="pipeline_operator.kube.shards"):
                 await until("the holder to stop acting", lambda: not claims.holds(ns))
             stopped_after = time.monotonic() - cut_at
             # Within the renew deadline (2 s after the last renewal), before the claim's 3 s could have

@@ -31,7 +31,7 @@ import kubernetes
 from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import watching as kopf_watching
 
-from . import jsondepth, kube_events, memory
+from . import jsondepth, memory
 from .api import ApiDeps, ApiServer, Metrics
 from .api.follow import FollowLimits
 from .backends import Backend as BackendProtocol
@@ -40,10 +40,12 @@ from .backends.local import LocalBackend
 from .compiler import Compiler, FelderaCompiler
 from .core.lifecycle import ComputeState
 from .identity import PipelineKey
-from .informer import Informer, names_and_versions
-from .kube import Conflict, Fenced, Forbidden, Gone, Kube
-from .kube_events import EventPoster, requester_of
-from .leader import LeaderElector, LeaseTiming
+from .kube import events as kube_events
+from .kube.client import Conflict, Fenced, Forbidden, Gone, Kube
+from .kube.events import EventPoster, requester_of
+from .kube.informer import Informer, names_and_versions
+from .kube.leader import LeaderElector, LeaseTiming
+from .kube.shards import CLAIM_LEASE_DURATIONS, NamespaceClaims
 from .models import API_GROUP, API_VERSION, PLURAL, StorageDeletionPolicy
 from .pipeline_cache import PipelineCache, ServedPipelines
 from .reconciler import ONE_SHOT_ANNOTATIONS, Context, PipelineMonitor, key_of
@@ -51,7 +53,6 @@ from .recording import Recorder, post_event
 from .retry import Backoff
 from .runtime_client import RuntimeClient
 from .settings import Backend, OperatorSettings, is_database_url
-from .shards import CLAIM_LEASE_DURATIONS, NamespaceClaims
 from .store import open_event_store
 from .store.sweep import keep_sweeping
 

@@ -44,7 +44,7 @@ from .core.lifecycle import (
 )
 from .core.resource import READY, RECONCILING, STALLED
 from .identity import PipelineKey
-from .kube import Conflict, Forbidden, Gone, Kube, Unavailable
+from .kube.client import Conflict, Forbidden, Gone, Kube, Unavailable
 from .models import (
     DETAILS_FIELDS,
     BootstrapPolicy,

@@ -15,8 +15,8 @@ from typing import Any
 
 from .core.emission import Emitted
 from .identity import PipelineKey
-from .kube import Kube
-from .kube_events import EventPoster
+from .kube.client import Kube
+from .kube.events import EventPoster
 from .models import API_GROUP, API_VERSION, KIND, MonitorEvent
 from .reconciler import EventSink
 from .store.base import EventStorage

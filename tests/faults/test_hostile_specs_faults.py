@@ -11,7 +11,7 @@ import pytest
 
 from pipeline_operator import jsondepth
 from pipeline_operator.identity import PipelineKey
-from pipeline_operator.kube import Conflict
+from pipeline_operator.kube.client import Conflict
 from pipeline_operator.reconciler import Context, PipelineMonitor
 
 from ..hostile_specs import pipeline_json

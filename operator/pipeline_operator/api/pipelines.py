@@ -28,8 +28,8 @@ from pydantic import BaseModel, ValidationError
 from ..core import resource
 from ..core.lifecycle import PipelineState, delete_refusal, edit_refusal, update_refusal
 from ..feldera_config import ProgramConfig, RuntimeConfig, given
-from ..kube import FieldConflict, Forbidden, Rejected
-from ..kube_events import ANNOTATION_REQUESTED_BY
+from ..kube.client import FieldConflict, Forbidden, Rejected
+from ..kube.events import ANNOTATION_REQUESTED_BY
 from ..models import (
     API_GROUP,
     API_VERSION,

@@ -67,7 +67,7 @@ from .. import openapi
 from ..core.lifecycle import PipelineState
 from ..core.resource import STALLED
 from ..identity import PipelineKey
-from ..kube import Kube
+from ..kube.client import Kube
 from ..models import (
     API_GROUP,
     PLURAL,
@@ -597,7 +597,7 @@ class ApiServer:
 
     def requested_by(self, request: web.Request, action: str) -> str:
         """The value of the ``dataflow.dev/requested-by`` annotation for a change this request makes."""
-        from ..kube_events import requested_by_value
+        from ..kube.events import requested_by_value
         user: User | None = request.get(USER)
         return requested_by_value(user.username if user is not None else ANONYMOUS.username, action,
                                   dt.datetime.now(dt.UTC))

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core.lifecycle import PipelineState
-from ..kube import Forbidden, Kube
-from ..kube_events import ANNOTATION_REQUESTED_BY
+from ..kube.client import Forbidden, Kube
+from ..kube.events import ANNOTATION_REQUESTED_BY
 from ..reconciler import ANNOTATION_API_SPEC, spec_marker
 from .errors import ApiError, unknown_pipeline
 

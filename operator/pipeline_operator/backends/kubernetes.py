@@ -11,7 +11,7 @@ deletion is explicit: the operator deletes what it created and waits until it is
 relying on garbage collection.
 
 The children are not read on every pass: the backend watches them (one list+watch cache per kind,
-``informer.py``, of the objects labelled ``app.kubernetes.io/managed-by=pipeline-operator`` in the
+``kube/informer.py``, of the objects labelled ``app.kubernetes.io/managed-by=pipeline-operator`` in the
 operator's namespaces), so a monitoring pass makes no API call, and a change of a child wakes its
 pipeline at once. What the operator creates is written through to the cache, so the next pass sees a
 complete set of children; while a watch is down, nothing is concluded from the cache (the pass is
@@ -84,8 +84,8 @@ from kubernetes.utils import parse_quantity
 from ..core.lifecycle import ComputeObservation, ComputeState
 from ..feldera_config import RuntimeConfig
 from ..identity import PipelineKey
-from ..informer import SHARED, Informer, Shape, project
-from ..kube import Forbidden, Kube, Unavailable
+from ..kube.client import Forbidden, Kube, Unavailable
+from ..kube.informer import SHARED, Informer, Shape, project
 from ..launch import (
     CONFIG_JSON,
     CONFIG_YAML,

@@ -31,12 +31,12 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from .core.emission import EmissionKind, Emitted
-from .core.reasons import describe
-from .identity import PipelineKey
-from .kube import Kube
-from .models import API_GROUP, API_VERSION, KIND
-from .retry import Backoff
+from ..core.emission import EmissionKind, Emitted
+from ..core.reasons import describe
+from ..identity import PipelineKey
+from ..models import API_GROUP, API_VERSION, KIND
+from ..retry import Backoff
+from .client import Kube
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from urllib.parse import quote
 import kubernetes
 import urllib3
 
-from . import jsondepth
+from .. import jsondepth
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from .kube import Kube, Unavailable
+from .client import Kube, Unavailable
 
 log = logging.getLogger(__name__)
 

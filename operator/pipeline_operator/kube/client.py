@@ -26,8 +26,8 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from . import jsondepth
-from .models import API_GROUP, API_VERSION, PLURAL
+from .. import jsondepth
+from ..models import API_GROUP, API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from .kube import Kube, Unavailable
+from .client import Kube, Unavailable
 from .leader import lease_now, lease_record
 
 log = logging.getLogger(__name__)
