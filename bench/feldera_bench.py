@@ -6,7 +6,7 @@ orders program's pipeline binary. It measures, on this machine:
 
 - the SQL compile time of the orders program through :class:`FelderaCompiler` (a JVM start each time:
   "cold" is the first run, "warm" the next ones, with the jar in the page cache);
-- the time from starting the binary with Feldera's launch contract (:mod:`pipeline_operator.launch`) to its
+- the time from starting the binary with Feldera's launch contract (:mod:`pipeline_operator.feldera.launch`) to its
   port file and to ``Running``;
 - rows per second from ``POST /ingress/orders`` to the view ``total`` (``/query`` shows the sum of all rows);
 - the pipeline's resident memory after the rows.
@@ -33,9 +33,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from pipeline_operator.compiler import FelderaCompiler
+from pipeline_operator.feldera.compiler import FelderaCompiler
+from pipeline_operator.feldera.launch import config_files, launch_args, new_deployment_id, pipeline_config
 from pipeline_operator.feldera_config import RuntimeConfig
-from pipeline_operator.launch import config_files, launch_args, new_deployment_id, pipeline_config
 from pipeline_operator.models import BootstrapPolicy, ProgramStatus, RuntimeDesiredStatus, program_digest
 
 TOOLCHAIN = Path(os.environ.get("FELDERA_TOOLCHAIN")
@@ -80,7 +80,7 @@ def push(ingress: str, query_url: str, rows: range, batch: int, already: int) ->
 
 def through_operator(args: argparse.Namespace) -> None:
     """Time to Running and /ingress through a real operator (local backend) against a real control plane."""
-    from pipeline_operator.compiler import binary_key
+    from pipeline_operator.feldera.compiler import binary_key
     from pipeline_operator_dev import controlplane
 
     def status(url: str) -> dict:

@@ -4,7 +4,7 @@
 
 Everything runs on this machine: its own etcd + kube-apiserver, PostgreSQL (as the unprivileged
 ``postgres`` user, tests/postgres.py), the reference pipeline process in fleet mode serving every
-pipeline (``pipeline_process.Fleet``), and a stand-in kubelet for it (tests/fake_kubelet.py
+pipeline (``bench/fleet_process.py``), and a stand-in kubelet for it (tests/fake_kubelet.py
 ``FleetKubelet``): the operator (``pipeline-operator run --backend kubernetes``, default intervals)
 creates each pipeline's StatefulSet, PVC, ConfigMap, Service and Secret as in a cluster, and reaches
 the pipeline at its pod's IP: the loopback address the fleet serves it at.
@@ -76,10 +76,7 @@ EMISSION_MINIMUM = 12  # writes per idle pipeline-hour: 6 heartbeats (10 min), e
 HEARTBEAT_SECONDS = 600.0  # the operator's default --heartbeat-interval
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The fleet mode of the reference pipeline process, bound to loopback with its port in a file.
-FLEET_MAIN = ("import asyncio, logging, sys; from pathlib import Path; "
-              "from pipeline_operator.pipeline_process import serve_fleet; "
-              "logging.basicConfig(level=logging.INFO); "
-              "asyncio.run(serve_fleet('127.0.0.1', 0, Path(sys.argv[1])))")
+FLEET_MAIN = [sys.executable, str(REPO / "bench" / "fleet_process.py"), "--log-info"]
 
 
 def image_env(name: str) -> str:
@@ -406,7 +403,7 @@ class Bench:
                              dbname="postgres", autocommit=True) as conn:
             conn.execute("CREATE DATABASE fleet_events")
         port_file = self.workdir / "fleet.port"
-        fleet = self.start("fleet", [sys.executable, "-c", FLEET_MAIN, str(port_file)])
+        fleet = self.start("fleet", [*FLEET_MAIN, str(port_file)])
         wait_until("the fleet process to listen", port_file.exists, 60)
         fleet_url = f"http://127.0.0.1:{port_file.read_text().strip()}"
         say(f"fleet process {fleet.pid} at {fleet_url}")

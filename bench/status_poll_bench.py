@@ -4,7 +4,7 @@
 
 The reference pipeline process in fleet mode serves ``--pipelines`` pipelines, each at an address of its
 own (as pods are). Every round polls all of them at once, as the operator's monitors do, once with
-``RuntimeClient.status`` (status_http.py: a kept-alive connection per pipeline, httptools) and once with
+``RuntimeClient.status`` (feldera/status_http.py: a kept-alive connection per pipeline, httptools) and once with
 aiohttp's ``ClientSession.get`` read as the operator read it before (the same connection reuse, body
 bounded, JSON decoded). The figure is this process's CPU time (user + system) per request, so the
 pipelines' own work, in the fleet process, is not in it; each client runs twice, alternately.
@@ -26,17 +26,16 @@ from pathlib import Path
 import aiohttp
 import uvloop
 
-from pipeline_operator.runtime_client import MAX_STATUS_BODY, RuntimeClient, decode_json
+from pipeline_operator.feldera.runtime_client import MAX_STATUS_BODY, RuntimeClient, decode_json
 
-FLEET_MAIN = ("import asyncio, sys; from pathlib import Path; from pipeline_operator.pipeline_process import "
-              "serve_fleet; asyncio.run(serve_fleet('127.0.0.1', 0, Path(sys.argv[1])))")
+FLEET_MAIN = [sys.executable, str(Path(__file__).resolve().parent / "fleet_process.py")]
 TOKEN = "bench-token"
 
 
 def start_fleet(workdir: Path, pipelines: int) -> tuple[subprocess.Popen[bytes], list[str]]:
     port_file = workdir / "port"
     log = open(workdir / "fleet.log", "wb")  # noqa: SIM115 (open while the process runs)
-    fleet = subprocess.Popen([sys.executable, "-c", FLEET_MAIN, str(port_file)], stdout=log, stderr=subprocess.STDOUT)
+    fleet = subprocess.Popen([*FLEET_MAIN, str(port_file)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while not (port_file.exists() and port_file.read_text().strip()):
         if time.monotonic() > deadline or fleet.poll() is not None:

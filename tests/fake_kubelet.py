@@ -326,7 +326,7 @@ class FakeKubelet(threading.Thread):
 
 
 class FleetKubelet(FakeKubelet):
-    """The same stand-in, for many pipelines served by one fleet process (``pipeline_process.Fleet``):
+    """The same stand-in, for many pipelines served by one fleet process (``bench/fleet_process.py``):
     a pod's container is a registration with the fleet, killing it is unregistering it, and the
     pod's IP is the loopback address the fleet serves its pipeline at (``http://127.a.b.c:8080``).
 
@@ -556,7 +556,7 @@ class FleetKubelet(FakeKubelet):
         for flag in it:
             flags[flag] = "" if flag == "--silent-bootstrap" else next(it)  # the one flag without a value
         storage = self.workdir / "volumes" / self._claim_of(sts)
-        from pipeline_operator.launch import reference_program
+        from pipeline_operator.feldera.launch import reference_program
         self._fleet("PUT", f"/fleet/pipelines/{key}", {
             "storage": str(storage), "program": reference_program(json.loads(configmap["data"]["config.json"])),
             "initial": flags.get("--initial", "running"), "bootstrap_policy": flags.get("--bootstrap-policy", "allow"),

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.apiserver
 
 def schema_validator_for_info():
     """Feldera's own schema of pipeline information (in the document the API serves)."""
-    from pipeline_operator.openapi import document
+    from pipeline_operator.api.openapi import document
     return schema_validator("PipelineSelectedInfo", document())
 
 

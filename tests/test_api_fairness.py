@@ -23,8 +23,8 @@ from pipeline_operator.api import ApiDeps, ApiServer, Metrics
 from pipeline_operator.api import interaction as interaction_module
 from pipeline_operator.api.errors import ApiError
 from pipeline_operator.api.slots import FairSlots, StreamSlots
+from pipeline_operator.feldera.runtime_client import RuntimeClient
 from pipeline_operator.identity import PipelineKey
-from pipeline_operator.runtime_client import RuntimeClient
 
 from .test_api_unit import Registry
 from .test_interaction import RUNNING

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipeline_operator.compiler import (
+from pipeline_operator.feldera.compiler import (
     Compiler,
     SqlProblem,
     build_artifact,
@@ -324,7 +324,7 @@ def test_weird_but_valid_programs_compile_with_a_program_info(tmp_path):
 
 
 def test_program_info_never_fails_a_compilation(monkeypatch):
-    from pipeline_operator import compiler
+    from pipeline_operator.feldera import compiler
 
     def broken(*args, **kwargs):
         raise RuntimeError("sqlglot had a bad day")

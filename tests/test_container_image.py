@@ -157,7 +157,7 @@ def test_version_runs_as_the_charts_user_without_capabilities_on_a_read_only_roo
 
 
 def test_pipeline_process_from_the_image_answers_status(image, tmp_path):
-    from pipeline_operator.launch import config_files, launch_args, new_deployment_id, pipeline_config
+    from pipeline_operator.feldera.launch import config_files, launch_args, new_deployment_id, pipeline_config
     from pipeline_operator.models import BootstrapPolicy, RuntimeDesiredStatus
     port = controlplane.free_port()
     # Feldera's launch contract, as the Kubernetes backend runs it: the config mounted, a writable working directory.

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from pipeline_operator.compiler import binary_key
+from pipeline_operator.feldera.compiler import binary_key
 from pipeline_operator_dev import fda as fda_build
 
 from .operator_harness import wait_for

@@ -26,10 +26,10 @@ from aiohttp import ClientSession, WSMsgType, web
 from feldera.rest.errors import FelderaAPIError
 
 from pipeline_operator.api import interaction as interaction_module
+from pipeline_operator.api.openapi import document
 from pipeline_operator.api.server import ApiServer
 from pipeline_operator.core.lifecycle import PipelineState
 from pipeline_operator.models import ProgramStatus, ResourcesDesiredStatus, ResourcesStatus
-from pipeline_operator.openapi import document
 
 from .test_api import feldera_client
 from .test_interaction import RUNNING, api, reference, serving, through

@@ -1,4 +1,4 @@
-"""The fleet mode of the reference pipeline process (``pipeline_process.Fleet``): many pipelines in
+"""The fleet mode of the reference pipeline process (``bench/fleet_process.py``): many pipelines in
 one process, each at a loopback address of its own with its own lifecycle, control token, storage and
 faults; and the operator driving several of them through the Kubernetes backend with the fleet's
 stand-in kubelet (tests/fake_kubelet.py ``FleetKubelet``), as the fleet benchmark does."""
@@ -21,8 +21,7 @@ from .fake_kubelet import FleetKubelet
 from .operator_harness import wait_for
 from .test_api import http_json
 
-FLEET_MAIN = ("import asyncio, sys; from pathlib import Path; from pipeline_operator.pipeline_process import "
-              "serve_fleet; asyncio.run(serve_fleet('127.0.0.1', 0, Path(sys.argv[1])))")
+FLEET_MAIN = [sys.executable, str(Path(__file__).resolve().parent.parent / "bench" / "fleet_process.py")]
 QUICK = {"PIPELINE_INIT_SECONDS": "0.2", "PIPELINE_REPLAY_SECONDS": "0.2", "PIPELINE_SUSPEND_SECONDS": "0.1"}
 
 
@@ -32,7 +31,7 @@ class FleetProcess:
         port_file = folder / "port"
         self.log = folder / "fleet.log"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-c", FLEET_MAIN, str(port_file)], stdout=out,
+            self.proc = subprocess.Popen([*FLEET_MAIN, str(port_file)], stdout=out,
                                          stderr=subprocess.STDOUT)
         port = wait_for("the fleet to listen", lambda: port_file.exists() and port_file.read_text(), 60)
         self.url = f"http://127.0.0.1:{int(port)}"

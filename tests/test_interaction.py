@@ -42,14 +42,14 @@ from feldera.rest.retry import RetryConfig
 
 from pipeline_operator.api import ApiDeps, ApiServer, Metrics
 from pipeline_operator.api import interaction as interaction_module
+from pipeline_operator.api.openapi import document
 from pipeline_operator.backends.kubernetes import child_name
 from pipeline_operator.backends.local import LocalBackend, _proc_start_time
 from pipeline_operator.core.lifecycle import PipelineState
+from pipeline_operator.feldera.pipeline_process import ReferencePipeline
+from pipeline_operator.feldera.runtime_client import RuntimeClient
 from pipeline_operator.identity import PipelineKey
 from pipeline_operator.models import ResourcesDesiredStatus, ResourcesStatus, RuntimeStatus
-from pipeline_operator.openapi import document
-from pipeline_operator.pipeline_process import ReferencePipeline
-from pipeline_operator.runtime_client import RuntimeClient
 from pipeline_operator_dev.controlplane import free_port
 
 from .fake_kubelet import FakeKubelet

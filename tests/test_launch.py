@@ -1,4 +1,4 @@
-"""Feldera's launch contract (launch.py): the PipelineConfig the operator writes for a start is the one
+"""Feldera's launch contract (feldera/launch.py): the PipelineConfig the operator writes for a start is the one
 Feldera v0.306's runner writes, field by field, and the reference process runs with those arguments and files.
 
 The golden files were written by Feldera's own serde types (``feldera_types::config::PipelineConfig``, as
@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 
-from pipeline_operator.feldera_config import RuntimeConfig
-from pipeline_operator.launch import (
+from pipeline_operator.feldera.launch import (
     config_files,
     deployment_id_of,
     launch_args,
@@ -30,6 +29,7 @@ from pipeline_operator.launch import (
     reference_program,
     tokio_worker_threads,
 )
+from pipeline_operator.feldera_config import RuntimeConfig
 from pipeline_operator.models import BootstrapPolicy, RuntimeDesiredStatus
 
 DATA = Path(__file__).parent / "data" / "feldera-orders"
@@ -149,7 +149,7 @@ sys.exit({code})
 def _compile(tmp_path: Path, java: Path, binaries: Path) -> Any:
     import asyncio
 
-    from pipeline_operator.compiler import FelderaCompiler
+    from pipeline_operator.feldera.compiler import FelderaCompiler
     from pipeline_operator.models import ProgramStatus, program_digest
 
     async def go() -> Any:
@@ -195,7 +195,7 @@ def test_a_missing_binary_is_looked_for_again_and_the_program_compiles_once_it_i
     the binary is there the program is compiled again, to Success, with no change of the program."""
     import asyncio
 
-    from pipeline_operator.compiler import FelderaCompiler, binary_key
+    from pipeline_operator.feldera.compiler import FelderaCompiler, binary_key
     from pipeline_operator.models import ProgramStatus, program_digest
 
     sql = "CREATE TABLE t (x INT);"

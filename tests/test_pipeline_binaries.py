@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from pipeline_operator.compiler import binary_key
-from pipeline_operator.launcher import LaunchError, download
+from pipeline_operator.feldera.compiler import binary_key
+from pipeline_operator.feldera.launcher import LaunchError, download
 
 from .operator_harness import wait_for
 from .test_launch import _fake_sql_compiler

@@ -1,4 +1,4 @@
-"""The status polls' HTTP (status_http.py), against servers that answer at the byte level: kept-alive
+"""The status polls' HTTP (feldera/status_http.py), against servers that answer at the byte level: kept-alive
 connections and when they are not reused, a pipeline that closes its end between polls or answers
 something that is not HTTP, bodies framed every way HTTP/1.1 allows. Every test runs on both event
 loops the operator can run on (``--event-loop``): their transports report a closed connection
@@ -17,9 +17,9 @@ from typing import Any, Protocol, TypeVar
 import pytest
 import uvloop
 
-from pipeline_operator import status_http
 from pipeline_operator.core.lifecycle import RuntimeObservation, RuntimeProbe, RuntimeStatus
-from pipeline_operator.runtime_client import MAX_HEAD_LINE, PipelineUnreachable, RuntimeClient
+from pipeline_operator.feldera import status_http
+from pipeline_operator.feldera.runtime_client import MAX_HEAD_LINE, PipelineUnreachable, RuntimeClient
 
 BODY = json.dumps({"runtime_status": "Running", "runtime_desired_status": "Running"}).encode()
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)

@@ -279,7 +279,7 @@ def kubectl(args: tuple[str, ...]) -> None:
 def launch_pipeline(binary_url: str, sha256: str, args: tuple[str, ...]) -> None:
     """Download the pipeline's program binary from the operator (with $PIPELINE_CONTROL_TOKEN), check its sha256
     and run it in the working directory with ARGS (Feldera's arguments, after --): a pipeline pod's command."""
-    from .launcher import launch
+    from .feldera.launcher import launch
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise click.UsageError("--sha256 must be 64 lowercase hex digits")
     launch(binary_url, sha256, list(args))
@@ -305,7 +305,7 @@ def pipeline_process(config_file: Path, bind_address: str, default_port: int | N
                      deployment_id: Any, bootstrap_policy: str, silent_bootstrap: bool, debug_routes: bool) -> None:
     """Run the reference pipeline process (the pipeline side of Feldera's runtime contract), with the
     arguments and files a Feldera pipeline binary is run with."""
-    from .pipeline_process import serve
+    from .feldera.pipeline_process import serve
     handler = logging.StreamHandler()
     handler.setFormatter(EscapingFormatter(LOG_FORMAT))
     logging.basicConfig(level=logging.INFO, handlers=[handler])

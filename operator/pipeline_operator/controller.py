@@ -37,8 +37,9 @@ from .api.follow import FollowLimits
 from .backends import Backend as BackendProtocol
 from .backends.kubernetes import REASON_RESTORED, KubernetesBackend
 from .backends.local import LocalBackend
-from .compiler import Compiler, FelderaCompiler
 from .core.lifecycle import ComputeState
+from .feldera.compiler import Compiler, FelderaCompiler
+from .feldera.runtime_client import RuntimeClient
 from .identity import PipelineKey
 from .kube import events as kube_events
 from .kube.client import Conflict, Fenced, Forbidden, Gone, Kube
@@ -51,7 +52,6 @@ from .pipeline_cache import PipelineCache, ServedPipelines
 from .reconciler import ONE_SHOT_ANNOTATIONS, Context, PipelineMonitor, key_of
 from .recording import Recorder, post_event
 from .retry import Backoff
-from .runtime_client import RuntimeClient
 from .settings import Backend, OperatorSettings, is_database_url
 from .store import open_event_store
 from .store.sweep import keep_sweeping

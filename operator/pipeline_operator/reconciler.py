@@ -27,7 +27,6 @@ from pydantic.alias_generators import to_camel
 
 from . import jsondepth
 from .backends import Backend
-from .compiler import Compiler
 from .core import resource
 from .core.emission import EmissionKind, EmissionRules, Emitted, UuidV7, emit
 from .core.lifecycle import (
@@ -43,6 +42,8 @@ from .core.lifecycle import (
     decide,
 )
 from .core.resource import READY, RECONCILING, STALLED
+from .feldera.compiler import Compiler
+from .feldera.runtime_client import RuntimeClient
 from .identity import PipelineKey
 from .kube.client import Conflict, Forbidden, Gone, Kube, Unavailable
 from .models import (
@@ -60,7 +61,6 @@ from .models import (
     project_event,
 )
 from .retry import Backoff
-from .runtime_client import RuntimeClient
 from .settings import OperatorSettings
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 """``GET /pipeline-binaries/{namespace}/{name}``: a pipeline's program binary, for its own pod's launcher
-(launcher.py) on the Kubernetes backend with ``--compiler feldera``.
+(feldera/launcher.py) on the Kubernetes backend with ``--compiler feldera``.
 
 Not a Feldera route, and not for users: the only credential it takes is the pipeline's control token of its
 current start (``Authorization: Bearer``, the token of the Secret its pod reads), compared in constant time
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..launcher import BINARY_ROUTE
+from ..feldera.launcher import BINARY_ROUTE
 from .errors import ApiError
 
 if TYPE_CHECKING:

@@ -45,7 +45,7 @@ from aiohttp import ClientWebSocketResponse, StreamReader, WSCloseCode, WSMsgTyp
 
 from ..backends import LogsUnavailable
 from ..core.lifecycle import PipelineState, interaction_refusal
-from ..runtime_client import MAX_WS_FRAME, InvalidAnswer, PipelineUnreachable
+from ..feldera.runtime_client import MAX_WS_FRAME, InvalidAnswer, PipelineUnreachable
 from .errors import ApiError
 from .slots import FairSlots, StreamSlots, share
 

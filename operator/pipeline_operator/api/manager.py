@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..core.lifecycle import PipelineState, update_refusal
+from ..feldera.runtime_client import PipelineUnreachable
 from ..models import RuntimeStatus
-from ..runtime_client import PipelineUnreachable
 from .errors import ApiError
 from .interaction import reachable_endpoint
 

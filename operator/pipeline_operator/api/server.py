@@ -63,9 +63,9 @@ from cachetools import TTLCache
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .. import openapi
 from ..core.lifecycle import PipelineState
 from ..core.resource import STALLED
+from ..feldera.runtime_client import RuntimeClient
 from ..identity import PipelineKey
 from ..kube.client import Kube
 from ..models import (
@@ -79,8 +79,8 @@ from ..models import (
     combined_status,
 )
 from ..reconciler import PipelineMonitor, desired_of
-from ..runtime_client import RuntimeClient
 from ..store.base import StoreUnavailable
+from . import openapi
 from .errors import ApiError, bool_param, unknown_pipeline
 from .follow import FollowHub, FollowLimits
 from .metrics import Metrics, PipelineSample

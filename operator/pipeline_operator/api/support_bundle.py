@@ -33,8 +33,8 @@ from aiohttp import web
 
 from ..backends import LogsUnavailable
 from ..core.lifecycle import PipelineState
+from ..feldera.runtime_client import PipelineUnreachable
 from ..models import combined_desired_status, combined_status
-from ..runtime_client import PipelineUnreachable
 from .errors import ApiError, bool_param
 from .interaction import reachable_endpoint
 from .manager import dataflow_of

@@ -82,11 +82,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
 
 from ..core.lifecycle import ComputeObservation, ComputeState
-from ..feldera_config import RuntimeConfig
-from ..identity import PipelineKey
-from ..kube.client import Forbidden, Kube, Unavailable
-from ..kube.informer import SHARED, Informer, Shape, project
-from ..launch import (
+from ..feldera.launch import (
     CONFIG_JSON,
     CONFIG_YAML,
     config_files,
@@ -95,7 +91,11 @@ from ..launch import (
     pipeline_config,
     tokio_worker_threads,
 )
-from ..launcher import BINARY_ROUTE
+from ..feldera.launcher import BINARY_ROUTE
+from ..feldera_config import RuntimeConfig
+from ..identity import PipelineKey
+from ..kube.client import Forbidden, Kube, Unavailable
+from ..kube.informer import SHARED, Informer, Shape, project
 from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, DeploymentSpec, PipelineSpec, RuntimeDesiredStatus
 from ..settings import OperatorSettings
 from . import RUNTIME_CONFIG_USED, LogsUnavailable, pipeline_env
@@ -337,8 +337,8 @@ def build_objects(key: PipelineKey, spec: PipelineSpec, artifact: dict[str, Any]
     config = pipeline_config(key.uid, key.name, spec.runtime_config, STORAGE_PATH, artifact)
     configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(key, name), "data": config_files(config)}
     service = service_object(key)
-    # Feldera's launch contract (launch.py): the program binary's arguments, in the working directory /work. A
-    # program binary (--compiler feldera) is downloaded from the operator by the image's launcher (launcher.py),
+    # Feldera's launch contract (feldera/launch.py): the program binary's arguments, in the working directory /work. A
+    # program binary (--compiler feldera) is downloaded from the operator by the image's launcher (feldera/launcher.py),
     # which checks its sha256 and execs it with them; otherwise the image's reference process takes them.
     args = launch_args(f"{CONFIG_PATH}/{CONFIG_YAML}", "0.0.0.0", initial, deployment_id, bootstrap_policy,
                        silent_bootstrap, default_port=PORT)

@@ -7,7 +7,7 @@ This is what Feldera's open-source edition does. Each pipeline has a folder unde
 - ``compute.json``: the process record (pid, start time, whether it is being stopped), so a
   restarted operator finds its processes again instead of starting a second one;
 - ``config.json`` and ``config.yaml``: the pipeline's ``PipelineConfig`` as Feldera's runner writes it
-  (:mod:`pipeline_operator.launch`), with the compiled program's ``program_ir``; ``port``: where the
+  (:mod:`pipeline_operator.feldera.launch`), with the compiled program's ``program_ir``; ``port``: where the
   process listens (it writes the file); ``process.log``: its output;
 - ``program_<digest>``: the program's binary, when it was compiled by Feldera's compiler (linked from the
   binary store); otherwise the process is the reference pipeline process;
@@ -53,8 +53,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from ..core.lifecycle import ComputeObservation, ComputeState
-from ..identity import PipelineKey
-from ..launch import (
+from ..feldera.launch import (
     CONFIG_YAML,
     PORT_FILE,
     config_files,
@@ -64,8 +63,9 @@ from ..launch import (
     pipeline_config,
     tokio_worker_threads,
 )
+from ..feldera.pipeline_process import DEBUG_ROUTES_ENV, TOKEN_ENV
+from ..identity import PipelineKey
 from ..models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
-from ..pipeline_process import DEBUG_ROUTES_ENV, TOKEN_ENV
 from . import LogsUnavailable, pipeline_env
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ As Feldera v0.306's runner starts a pipeline (``crates/pipeline-manager/src/runn
   ``workers``) and the runtime configuration's ``env``;
 - the process writes the port it listens on into the file ``port`` of its working directory.
 
-The reference pipeline process (:mod:`pipeline_operator.pipeline_process`) takes the same arguments and
+The reference pipeline process (:mod:`pipeline_operator.feldera.pipeline_process`) takes the same arguments and
 files, so either runs wherever the other does.
 """
 
@@ -27,9 +27,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .core.emission import UuidV7
-from .feldera_config import RuntimeConfig
-from .models import BootstrapPolicy, RuntimeDesiredStatus
+from ..core.emission import UuidV7
+from ..feldera_config import RuntimeConfig
+from ..models import BootstrapPolicy, RuntimeDesiredStatus
 
 _DEPLOYMENT_IDS = UuidV7()
 

@@ -39,9 +39,9 @@ from sqlglot.optimizer.scope import Scope, build_scope
 from sqlglot.schema import MappingSchema
 from sqlglot.tokenizer_core import Token
 
-from .core.lifecycle import ProgramObservation
+from ..core.lifecycle import ProgramObservation
+from ..models import ProgramStatus, program_digest
 from .launch import file_sha256
-from .models import ProgramStatus, program_digest
 
 log = logging.getLogger(__name__)
 logging.getLogger("sqlglot").setLevel(logging.ERROR)  # it warns on every statement it cannot parse

@@ -2,7 +2,7 @@
 
 Whatever a pipeline answers is bounded before it is used: an answer's head (status line, header fields and
 trailers) is bounded as it arrives (by status_http for the status polls; for everything else by aiohttp,
-to :data:`MAX_HEAD_LINE` bytes a line and :data:`~pipeline_operator.status_http.MAX_FIELDS` fields), a body
+to :data:`MAX_HEAD_LINE` bytes a line and :data:`~pipeline_operator.feldera.status_http.MAX_FIELDS` fields), a body
 is read up to :data:`MAX_STATUS_BODY` bytes, a JSON body nested deeper than :data:`MAX_JSON_DEPTH` levels is an
 invalid answer (never a RecursionError), redirects are never followed (they could carry the
 control token, or the operator's requests, to another address), and every string of an
@@ -28,10 +28,10 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from . import jsondepth
-from .core.lifecycle import NOT_JSON, RuntimeObservation, parse_status_response
-from .jsondepth import TooDeep
-from .models import SpecRuntimeDesiredStatus
+from .. import jsondepth
+from ..core.lifecycle import NOT_JSON, RuntimeObservation, parse_status_response
+from ..jsondepth import TooDeep
+from ..models import SpecRuntimeDesiredStatus
 from .status_http import MAX_FIELDS, StatusConnections, StatusHeadTooLarge, StatusTooLarge, StatusUnanswered
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ class RuntimeClient:
     async def status(self, endpoint: str) -> RuntimeObservation:
         """``GET {endpoint}/status`` with Feldera's 5 s timeout, read as Feldera's runner reads it.
 
-        Sent on the pipeline's kept-alive connection of :mod:`~pipeline_operator.status_http` (through aiohttp
+        Sent on the pipeline's kept-alive connection of :mod:`~pipeline_operator.feldera.status_http` (through aiohttp
         for an endpoint that is not plain ``http://``). A pipeline answers its polls with the same body while
         nothing changes: an answer identical (status and bytes) to the last one from that endpoint is the same
         observation, not decoded again."""
