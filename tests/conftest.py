@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_operator.crd import DEFAULT_PATH
+from pipeline_operator.controller.crd import DEFAULT_PATH
 from pipeline_operator_dev import controlplane
 
 from . import postgres

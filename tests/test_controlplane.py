@@ -134,7 +134,8 @@ def test_the_operator_needs_nothing_of_the_dev_extra():
     """The operator's modules import without the development tooling and its dependencies (PyYAML
     still comes with kopf and kubernetes, so only cryptography and the dev package are hidden)."""
     code = ("import sys\nfor name in ('cryptography', 'pipeline_operator_dev'):\n    sys.modules[name] = None\n"
-            "import pipeline_operator.cli, pipeline_operator.controller, pipeline_operator.reconciler\n"
+            "import pipeline_operator.cli, pipeline_operator.controller.wiring\n"
+            "import pipeline_operator.reconcile.reconciler\n"
             "from pipeline_operator.cli import main\nmain(['run', '--help'], prog_name='pipeline-operator')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--backend" in res.stdout, res.stderr

@@ -8,7 +8,8 @@ import sys
 import pytest
 import yaml
 
-from pipeline_operator import crd, models
+from pipeline_operator import models
+from pipeline_operator.controller import crd
 
 from .conftest import CRD_FILE
 
@@ -37,7 +38,7 @@ def test_crd_check_command_fails_on_drift(tmp_path):
 def test_crd_module_and_cli_import_without_pyyaml_and_the_command_says_what_to_install():
     """PyYAML is the dev extra's, imported only when the CRD is written out."""
     code = ("import sys\nsys.modules['yaml'] = None\n"
-            "import pipeline_operator.crd, pipeline_operator.cli\n"
+            "import pipeline_operator.controller.crd, pipeline_operator.cli\n"
             "pipeline_operator.cli.main(['crd'], prog_name='pipeline-operator')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and res.stdout == "", res.stdout + res.stderr

@@ -157,7 +157,7 @@ def test_runtime_install_runs_the_operator_without_the_development_tooling(runti
     assert version.returncode == 0 and "0.1.0" in version.stdout, version.stderr
     run_help = in_runtime_env(runtime_env, "pipeline-operator", "run", "--help")
     assert run_help.returncode == 0 and "--backend" in run_help.stdout, run_help.stderr
-    imported = in_runtime_env(runtime_env, "python", "-c", "import pipeline_operator.controller, sys; "
+    imported = in_runtime_env(runtime_env, "python", "-c", "import pipeline_operator.controller.wiring, sys; "
                               "print(sys.modules['pipeline_operator'].__file__, 'cryptography' in sys.modules)")
     assert imported.returncode == 0, imported.stderr
     where, crypto_loaded = imported.stdout.split()

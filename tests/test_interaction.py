@@ -840,7 +840,7 @@ def test_a_forwarded_runtime_action_holds_the_loop_until_the_spec_names_it():
 def test_the_loop_forwards_no_runtime_desired_status_while_the_api_forwards_one():
     from pipeline_operator.core.lifecycle import Action, ActionKind
     from pipeline_operator.models import SpecRuntimeDesiredStatus
-    from pipeline_operator.reconciler import PipelineMonitor
+    from pipeline_operator.reconcile.reconciler import PipelineMonitor
 
     sent: list[str] = []
 

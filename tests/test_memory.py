@@ -13,11 +13,11 @@ import weakref
 
 import pytest
 
-from pipeline_operator import memory
+from pipeline_operator.controller import memory
 
 SCRIPT = """
 import json
-from pipeline_operator import memory
+from pipeline_operator.controller import memory
 
 def rss_mb():
     return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024

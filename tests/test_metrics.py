@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from pipeline_operator.api import ApiDeps, ApiServer
-from pipeline_operator.api.metrics import Metrics, PipelineSample
 from pipeline_operator.core.lifecycle import PipelineState
+from pipeline_operator.metrics import Metrics, PipelineSample
 from pipeline_operator.models import ErrorResponse, ResourcesStatus, RuntimeStatus
 
 from .operator_harness import wait_for

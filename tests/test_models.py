@@ -343,7 +343,7 @@ def test_events_recovered_from_status_history_keep_deployment_has_error():
     import uuid
 
     from pipeline_operator.models import ErrorResponse, HistoryEntry, project_event
-    from pipeline_operator.reconciler import ERROR_NOT_RETAINED, history_events
+    from pipeline_operator.reconcile.reconciler import ERROR_NOT_RETAINED, history_events
 
     def entry(minute: int, has_error: bool) -> HistoryEntry:
         return HistoryEntry(event_id=uuid.uuid4(), recorded_at=dt.datetime(2026, 11, 28, 8, minute, tzinfo=dt.UTC),
@@ -364,8 +364,8 @@ def test_every_feldera_field_is_declared_once_and_reaches_every_projection():
     its CRD schema), the monitor event and its history entry are derived from it."""
     from pydantic.alias_generators import to_camel
 
+    from pipeline_operator.controller.crd import render
     from pipeline_operator.core.lifecycle import PipelineState
-    from pipeline_operator.crd import render
     from pipeline_operator.models import (
         EVENT_FIELDS,
         STATUS_FIELDS,
@@ -458,7 +458,7 @@ def _compare_schema(feldera: dict, ours: dict, path: str) -> list[str]:
 
 
 def _crd_spec() -> dict:
-    from pipeline_operator import crd
+    from pipeline_operator.controller import crd
     return crd.render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
 
 

@@ -1,4 +1,4 @@
-"""The watch-fed cache of Pipelines (pipeline_operator/pipeline_cache.py): what a replica serves of the
+"""The watch-fed cache of Pipelines (pipeline_operator/controller/pipeline_cache.py): what a replica serves of the
 Pipelines its own loops do not hold, and that it keeps no second copy of those its loops do."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pipeline_operator.pipeline_cache import PipelineCache, ServedPipelines
-from pipeline_operator.reconciler import PipelineRegistry, key_of
+from pipeline_operator.controller.pipeline_cache import PipelineCache, ServedPipelines
+from pipeline_operator.reconcile.reconciler import PipelineRegistry
+from pipeline_operator.reconcile.spec import key_of
 
 
 def pipeline(name: str, rv: int, uid: str = "u-1", status: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -314,7 +314,7 @@ def test_a_file_corrupted_in_place_is_found_by_a_read_and_replaced(tmp_path):
 def test_a_monitoring_pass_never_waits_for_a_store_that_cannot_write(small_volume):
     import asyncio
 
-    from pipeline_operator.recording import Recorder
+    from pipeline_operator.reconcile.recording import Recorder
     path = small_volume / "events.sqlite"
     store = SqliteEventStore(path, prune_interval=3600, queue_limit=1000)
     filler = small_volume / "filler"

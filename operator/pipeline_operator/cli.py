@@ -16,7 +16,7 @@ from typing import Any
 import click
 import pydantic
 
-from . import crd as crd_module
+from .controller import crd as crd_module
 from .settings import OperatorSettings, settings_table
 
 # The development commands (control-plane, demo, crd) need what the `dev` extra installs: the
@@ -225,7 +225,7 @@ def run(**given: Any) -> None:
     """Run the operator: reconcile Pipelines until SIGINT or SIGTERM."""
     settings = load_settings(**given)
     setup_logging(settings)
-    from . import controller
+    from .controller import wiring as controller
     try:
         with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
             runner.run(controller.run(settings))

@@ -5,7 +5,7 @@ they reference (``ResourceConfig``, ``FtConfig``, ``StorageOptions``, ``StorageB
 ``DevTweaks``, ``CompilationProfile``, ...) of the Feldera version this operator follows (v0.305), with
 their types, defaults, enums and limits. The limits are those of Feldera's Rust types behind the
 OpenAPI (``u8``, ``u16``, ``u32``: their maxima); strings, maps and lists get bounds of their own, so
-that the CRD generated from these models (see :mod:`pipeline_operator.crd`) leaves no field free-form:
+that the CRD generated from these models (see :mod:`pipeline_operator.controller.crd`) leaves no field free-form:
 the API server rejects unknown fields (with strict field validation, kubectl's default) and malformed
 ones, naming the field, and no value nests deeper than the schema.
 

@@ -377,7 +377,7 @@ def _status(obj: dict[str, Any]) -> dict[str, Any]:
 def change_for(action: str, force: bool, before: dict[str, Any]) -> Change:
     # Imported here: the monitoring loop's module (and what it imports) is needed by actions only,
     # so that `events`, `status` and completion start quickly.
-    from .reconciler import ANNOTATION_APPROVE, ANNOTATION_CLEAR_STORAGE, ANNOTATION_DISMISS_ERROR, ANNOTATION_START
+    from .reconcile.spec import ANNOTATION_APPROVE, ANNOTATION_CLEAR_STORAGE, ANNOTATION_DISMISS_ERROR, ANNOTATION_START
     nonce = uuid.uuid4().hex
     if action == "start":
         annotations = {ANNOTATION_START: nonce}

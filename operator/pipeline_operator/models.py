@@ -1,7 +1,7 @@
 """The domain model: Feldera's enums, error and monitor-event shapes, and the Pipeline resource.
 
 This module is the one source of truth for every value and field name. The CRD in ``crds/``
-is generated from the ``Pipeline*`` models here (see :mod:`pipeline_operator.crd`), the HTTP
+is generated from the ``Pipeline*`` models here (see :mod:`pipeline_operator.controller.crd`), the HTTP
 API serialises :class:`MonitorEvent` through :func:`project_event`, and the lifecycle core
 works on the same enums.
 

@@ -42,7 +42,7 @@ def check_database_url(url: str) -> None:
 
 
 
-class Backend(str, enum.Enum):
+class BackendKind(str, enum.Enum):
     LOCAL = "local"
     KUBERNETES = "kubernetes"
 
@@ -50,8 +50,8 @@ class Backend(str, enum.Enum):
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
-    backend: Backend = Field(default_factory=lambda: Backend.KUBERNETES if os.environ.get(
-                             "KUBERNETES_SERVICE_HOST") else Backend.LOCAL,
+    backend: BackendKind = Field(default_factory=lambda: BackendKind.KUBERNETES if os.environ.get(
+                             "KUBERNETES_SERVICE_HOST") else BackendKind.LOCAL,
                              description="Where pipelines run: `local` (child processes and directories of "
                              "the operator) or `kubernetes` (StatefulSet, Service, ConfigMap and "
                              "PersistentVolumeClaim). Default: `kubernetes` inside a cluster, else `local`.")
@@ -258,7 +258,7 @@ class OperatorSettings(BaseSettings):
             return self
         import shutil
         problems = []
-        if self.backend is Backend.KUBERNETES and self.api_listen == "off":
+        if self.backend is BackendKind.KUBERNETES and self.api_listen == "off":
             problems.append("on the Kubernetes backend pipeline pods download their binaries from the operator's "
                             "HTTP API: --api-listen cannot be off")
         if self.feldera_sql_compiler is None or not self.feldera_sql_compiler.is_file():

@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from pipeline_operator import crd
 from pipeline_operator.backends.local import processes_under
+from pipeline_operator.controller import crd
 
 from . import controlplane
 

@@ -12,7 +12,7 @@ import pytest
 from pipeline_operator import jsondepth
 from pipeline_operator.identity import PipelineKey
 from pipeline_operator.kube.client import Conflict
-from pipeline_operator.reconciler import Context, PipelineMonitor
+from pipeline_operator.reconcile.reconciler import Context, PipelineMonitor
 
 from ..hostile_specs import pipeline_json
 from .chaos import Chaos

@@ -13,8 +13,8 @@
   timeline (server-rendered SVG, no scripts).
 """
 
+from ..metrics import Metrics
 from .errors import ApiError
-from .metrics import Metrics
 from .server import ApiDeps, ApiServer
 
 __all__ = ["ApiDeps", "ApiError", "ApiServer", "Metrics"]

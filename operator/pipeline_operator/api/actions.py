@@ -26,7 +26,7 @@ from ..core.lifecycle import (
     start_refusal,
 )
 from ..models import ActionOutcome, BootstrapPolicy, HandledAction, RuntimeDesiredStatus
-from ..reconciler import (
+from ..reconcile.spec import (
     ANNOTATION_APPROVE,
     ANNOTATION_CLEAR_STORAGE,
     ANNOTATION_DISMISS_ERROR,

@@ -43,7 +43,7 @@ from ..models import (
     format_timestamp,
     json_value,
 )
-from ..reconciler import ANNOTATION_API_APPLIED_SPEC, spec_marker
+from ..reconcile.spec import ANNOTATION_API_APPLIED_SPEC, spec_marker
 from . import writes
 from .errors import ApiError, unknown_pipeline, unreadable_pipeline
 from .platform import FELDERA_VERSION

@@ -68,6 +68,7 @@ from ..core.resource import STALLED
 from ..feldera.runtime_client import RuntimeClient
 from ..identity import PipelineKey
 from ..kube.client import Kube
+from ..metrics import Metrics, PipelineSample
 from ..models import (
     API_GROUP,
     PLURAL,
@@ -78,12 +79,12 @@ from ..models import (
     RuntimeStatus,
     combined_status,
 )
-from ..reconciler import PipelineMonitor, desired_of
+from ..reconcile.reconciler import PipelineMonitor
+from ..reconcile.spec import desired_of
 from ..store.base import StoreUnavailable
 from . import openapi
 from .errors import ApiError, bool_param, unknown_pipeline
 from .follow import FollowHub, FollowLimits
-from .metrics import Metrics, PipelineSample
 from .platform import CHECK_TIMEOUT, Check, ClusterMonitor, configuration, readyz_status
 from .slots import UNBOUNDED, FairSlots, share
 
@@ -137,7 +138,7 @@ class ServedPipeline(Protocol):
                          timeout: float) -> bool: ...  # noqa: ASYNC109
 
 
-class PipelineRegistry(Protocol):
+class ServedPipelineLookup(Protocol):
     """The pipelines the API serves (:class:`pipeline_cache.ServedPipelines`)."""
     def get(self, namespace: str, name: str) -> ServedPipeline | None: ...
 
@@ -161,7 +162,7 @@ class EventReader(Protocol):
 @dataclass
 class ApiDeps:
     """Everything the HTTP API uses of the rest of the operator."""
-    pipelines: PipelineRegistry
+    pipelines: ServedPipelineLookup
     events: EventReader
     kube: Kube
     endpoint: Callable[[PipelineKey], str | None]          # where a pipeline answers (the backend's)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.lifecycle import PipelineState
 from ..kube.client import Forbidden, Kube
 from ..kube.events import ANNOTATION_REQUESTED_BY
-from ..reconciler import ANNOTATION_API_SPEC, spec_marker
+from ..reconcile.spec import ANNOTATION_API_SPEC, spec_marker
 from .errors import ApiError, unknown_pipeline
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from ..core.lifecycle import PipelineState
-from ..models import ResourcesStatus, combined_status
+from .core.lifecycle import PipelineState
+from .models import ResourcesStatus, combined_status
 
 # Lifecycle phases last from well under a second (a local pipeline) to the provisioning timeout and
 # beyond (a pod waiting for a node); status times reach days.

@@ -15,7 +15,7 @@ import copy
 from pathlib import Path
 from typing import Any, cast
 
-from .models import (
+from ..models import (
     API_GROUP,
     API_VERSION,
     CATEGORIES,

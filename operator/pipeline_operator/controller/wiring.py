@@ -31,30 +31,32 @@ import kubernetes
 from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import watching as kopf_watching
 
-from . import jsondepth, memory
-from .api import ApiDeps, ApiServer, Metrics
-from .api.follow import FollowLimits
-from .backends import Backend as BackendProtocol
-from .backends.kubernetes import REASON_RESTORED, KubernetesBackend
-from .backends.local import LocalBackend
-from .core.lifecycle import ComputeState
-from .feldera.compiler import Compiler, FelderaCompiler
-from .feldera.runtime_client import RuntimeClient
-from .identity import PipelineKey
-from .kube import events as kube_events
-from .kube.client import Conflict, Fenced, Forbidden, Gone, Kube
-from .kube.events import EventPoster, requester_of
-from .kube.informer import Informer, names_and_versions
-from .kube.leader import LeaderElector, LeaseTiming
-from .kube.shards import CLAIM_LEASE_DURATIONS, NamespaceClaims
-from .models import API_GROUP, API_VERSION, PLURAL, StorageDeletionPolicy
+from .. import jsondepth
+from ..api import ApiDeps, ApiServer, Metrics
+from ..api.follow import FollowLimits
+from ..backends import Backend
+from ..backends.kubernetes import REASON_RESTORED, KubernetesBackend
+from ..backends.local import LocalBackend
+from ..core.lifecycle import ComputeState
+from ..feldera.compiler import Compiler, FelderaCompiler
+from ..feldera.runtime_client import RuntimeClient
+from ..identity import PipelineKey
+from ..kube import events as kube_events
+from ..kube.client import Conflict, Fenced, Forbidden, Gone, Kube
+from ..kube.events import EventPoster, requester_of
+from ..kube.informer import Informer, names_and_versions
+from ..kube.leader import LeaderElector, LeaseTiming
+from ..kube.shards import CLAIM_LEASE_DURATIONS, NamespaceClaims
+from ..models import API_GROUP, API_VERSION, PLURAL, StorageDeletionPolicy
+from ..reconcile.reconciler import Context, PipelineMonitor
+from ..reconcile.recording import Recorder, post_event
+from ..reconcile.spec import ONE_SHOT_ANNOTATIONS, key_of
+from ..retry import Backoff
+from ..settings import BackendKind, OperatorSettings, is_database_url
+from ..store import open_event_store
+from ..store.sweep import keep_sweeping
+from . import memory
 from .pipeline_cache import PipelineCache, ServedPipelines
-from .reconciler import ONE_SHOT_ANNOTATIONS, Context, PipelineMonitor, key_of
-from .recording import Recorder, post_event
-from .retry import Backoff
-from .settings import Backend, OperatorSettings, is_database_url
-from .store import open_event_store
-from .store.sweep import keep_sweeping
 
 log = logging.getLogger(__name__)
 
@@ -430,8 +432,8 @@ def _timestamp(value: Any) -> dt.datetime | None:
 
 
 def make_backend(settings: OperatorSettings, kube: Kube, on_child_change: Callable[[str], None] | None = None,
-                 on_restored: Callable[[PipelineKey, str], None] | None = None) -> BackendProtocol:
-    if settings.backend is Backend.LOCAL:
+                 on_restored: Callable[[PipelineKey, str], None] | None = None) -> Backend:
+    if settings.backend is BackendKind.LOCAL:
         return LocalBackend(settings.state_dir, settings.pipeline_command, debug_routes=settings.pipeline_debug_routes)
     return KubernetesBackend.from_settings(kube, settings, on_child_change=on_child_change, on_restored=on_restored)
 
@@ -508,7 +510,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     ctx.monitors.on_add.append(lambda monitor: cache.loop_started(monitor.key.namespace, monitor.key.name))
     ctx.monitors.on_remove.append(
         lambda monitor: cache.loop_ended(monitor.obj, watch.get(monitor.key.namespace, monitor.key.name)))
-    standby_serves = settings.backend is Backend.KUBERNETES and is_database_url(settings.event_store)
+    standby_serves = settings.backend is BackendKind.KUBERNETES and is_database_url(settings.event_store)
     api = None
     if settings.api_listen != "off":
         host, _, port = settings.api_listen.rpartition(":")

@@ -19,12 +19,13 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import jsondepth
-from .core import resource
-from .core.lifecycle import PipelineState
-from .identity import PipelineKey
-from .models import PipelineStatus
-from .reconciler import NewestVersion, PipelineRegistry, _rv, key_of
+from .. import jsondepth
+from ..core import resource
+from ..core.lifecycle import PipelineState
+from ..identity import PipelineKey
+from ..models import PipelineStatus
+from ..reconcile.reconciler import NewestVersion, PipelineRegistry, _rv
+from ..reconcile.spec import key_of
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .core.emission import Emitted
-from .identity import PipelineKey
-from .kube.client import Kube
-from .kube.events import EventPoster
-from .models import API_GROUP, API_VERSION, KIND, MonitorEvent
+from ..core.emission import Emitted
+from ..identity import PipelineKey
+from ..kube.client import Kube
+from ..kube.events import EventPoster
+from ..models import API_GROUP, API_VERSION, KIND, MonitorEvent
+from ..store.base import EventStorage
 from .reconciler import EventSink
-from .store.base import EventStorage
 
 log = logging.getLogger(__name__)
 
