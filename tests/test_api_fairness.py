@@ -76,6 +76,9 @@ class Served:
     def poke(self) -> None:
         pass
 
+    def metrics_sample(self) -> None:
+        return None
+
     def forwarding(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 

@@ -88,6 +88,9 @@ class Served:
     def poke(self) -> None:
         self.pokes += 1
 
+    def metrics_sample(self) -> None:
+        return None
+
     def forwarding(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 

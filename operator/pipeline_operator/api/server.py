@@ -64,7 +64,6 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..core.lifecycle import PipelineState
-from ..core.resource import STALLED
 from ..feldera.runtime_client import RuntimeClient
 from ..identity import PipelineKey
 from ..kube.client import Kube
@@ -72,15 +71,9 @@ from ..metrics import Metrics, PipelineSample
 from ..models import (
     API_GROUP,
     PLURAL,
-    ConditionStatus,
     MonitorEvent,
     PipelineMonitorEventFieldSelector,
-    ResourcesStatus,
-    RuntimeStatus,
-    combined_status,
 )
-from ..reconcile.reconciler import PipelineMonitor
-from ..reconcile.spec import desired_of
 from ..store.base import StoreUnavailable
 from . import openapi
 from .errors import ApiError, bool_param, unknown_pipeline
@@ -116,8 +109,9 @@ KUBE_UNAVAILABLE: tuple[type[BaseException], ...] = (ApiException, urllib3.excep
 # Read once: a lookup reads the installed distribution's metadata from disk.
 VERSION = package_version("pipeline-operator")
 class ServedPipeline(Protocol):
-    """One pipeline as the API serves it: monitored here (:class:`reconciler.PipelineMonitor`) or
-    watched only (:class:`pipeline_cache.CachedPipeline`, on a standby)."""
+    """One pipeline as the API serves it: monitored here (the loop's
+    :class:`~pipeline_operator.reconcile.reconciler.PipelineMonitor`) or watched only
+    (:class:`~pipeline_operator.controller.pipeline_cache.CachedPipeline`, on a standby)."""
     key: PipelineKey
 
     @property
@@ -130,6 +124,10 @@ class ServedPipeline(Protocol):
 
     def poke(self) -> None: ...
 
+    def metrics_sample(self) -> PipelineSample | None:
+        """What ``/metrics`` folds into its per-namespace series; None where no loop of this replica monitors it."""
+        ...
+
     def forwarding(self) -> contextlib.AbstractContextManager[None]:
         """While the API forwards a runtime action and keeps it in the spec (see :meth:`Actions._runtime_desired`)."""
         ...
@@ -139,7 +137,7 @@ class ServedPipeline(Protocol):
 
 
 class ServedPipelineLookup(Protocol):
-    """The pipelines the API serves (:class:`pipeline_cache.ServedPipelines`)."""
+    """The pipelines the API serves (:class:`~pipeline_operator.controller.pipeline_cache.ServedPipelines`)."""
     def get(self, namespace: str, name: str) -> ServedPipeline | None: ...
 
     def in_namespace(self, namespace: str) -> Sequence[ServedPipeline]: ...
@@ -754,8 +752,9 @@ class ApiServer:
                 counts[status] = counts.get(status, 0) + 1
                 # Only the replica whose loop monitors a pipeline reports it: summed over replicas
                 # (shards, a standby), every pipeline then counts once.
-                if isinstance(monitor, PipelineMonitor):
-                    samples.append(_sample(monitor, monitor.state))
+                sample = monitor.metrics_sample()
+                if sample is not None:
+                    samples.append(sample)
         self.metrics.sample_pipelines(samples)
         for status in ("Stopped", "Provisioning", "Provisioned", "Stopping"):
             self.metrics.pipelines.labels(status).set(counts.get(status, 0))
@@ -881,21 +880,3 @@ def _describe(exc: BaseException) -> str:
         return f"{exc.status} {exc.reason}"
     return f"{type(exc).__name__}: {str(exc)[:300]}"
 
-
-def _sample(monitor: PipelineMonitor, state: PipelineState) -> PipelineSample:
-    """What ``/metrics`` folds into its per-namespace series of one monitored pipeline."""
-    now = monitor.ctx.clock()
-    fraction = 0.0
-    if state.deployment_resources_status is ResourcesStatus.PROVISIONING and monitor.obj is not None \
-            and state.deployment_resources_status_since is not None:
-        timeout = desired_of(monitor.obj)[0].provisioning_timeout or monitor.ctx.lifecycle.default_provisioning_timeout
-        fraction = (now - state.deployment_resources_status_since).total_seconds() / timeout
-    unavailable = 0.0
-    if state.deployment_runtime_status is RuntimeStatus.UNAVAILABLE \
-            and state.deployment_runtime_status_since is not None:
-        unavailable = (now - state.deployment_runtime_status_since).total_seconds()
-    return PipelineSample(
-        namespace=monitor.key.namespace,
-        status=combined_status(state.deployment_resources_status, state.deployment_runtime_status).value,
-        stalled=any(c.type == STALLED and c.status is ConditionStatus.TRUE for c in monitor.conditions),
-        provisioning_fraction=max(0.0, fraction), unavailable_seconds=max(0.0, unavailable))

@@ -69,6 +69,9 @@ class CachedPipeline:
     def poke(self) -> None:
         """Nothing to wake here: the leader's watch delivers the change to its loop."""
 
+    def metrics_sample(self) -> None:
+        """Nothing: the replica whose loop monitors the pipeline reports it."""
+
     def forwarding(self) -> contextlib.AbstractContextManager[None]:
         """Nothing to hold here: no loop of this replica acts on the pipeline."""
         return contextlib.nullcontext()

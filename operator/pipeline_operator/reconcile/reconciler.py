@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
@@ -46,6 +46,7 @@ from ..feldera.compiler import Compiler
 from ..feldera.runtime_client import RuntimeClient
 from ..identity import PipelineKey
 from ..kube.client import Conflict, Forbidden, Gone, Kube, Unavailable
+from ..metrics import Metrics, PipelineSample
 from ..models import (
     DETAILS_FIELDS,
     BootstrapPolicy,
@@ -57,6 +58,8 @@ from ..models import (
     PipelineSpec,
     PipelineStatus,
     ResourcesStatus,
+    RuntimeStatus,
+    combined_status,
     project_event,
 )
 from ..retry import Backoff
@@ -64,9 +67,6 @@ from ..settings import OperatorSettings
 from .spec import (
     desired_of,
 )
-
-if TYPE_CHECKING:
-    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -646,6 +646,27 @@ class PipelineMonitor:
                 log.debug("%s: %s event recorded", self.key, e.kind.value)
 
     # -- waiting for the loop ------------------------------------------------------------------
+
+    def metrics_sample(self) -> PipelineSample | None:
+        """What ``/metrics`` folds into its per-namespace series of this pipeline (None before its first pass)."""
+        state = self.state
+        if state is None:
+            return None
+        now = self.ctx.clock()
+        fraction = 0.0
+        if state.deployment_resources_status is ResourcesStatus.PROVISIONING and self.obj is not None \
+                and state.deployment_resources_status_since is not None:
+            timeout = desired_of(self.obj)[0].provisioning_timeout or self.ctx.lifecycle.default_provisioning_timeout
+            fraction = (now - state.deployment_resources_status_since).total_seconds() / timeout
+        unavailable = 0.0
+        if state.deployment_runtime_status is RuntimeStatus.UNAVAILABLE \
+                and state.deployment_runtime_status_since is not None:
+            unavailable = (now - state.deployment_runtime_status_since).total_seconds()
+        return PipelineSample(
+            namespace=self.key.namespace,
+            status=combined_status(state.deployment_resources_status, state.deployment_runtime_status).value,
+            stalled=any(c.type == STALLED and c.status is ConditionStatus.TRUE for c in self.conditions),
+            provisioning_fraction=max(0.0, fraction), unavailable_seconds=max(0.0, unavailable))
 
     def poke(self) -> None:
         """Look at the pipeline again at once (a change was made or forwarded)."""
