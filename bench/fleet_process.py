@@ -220,6 +220,9 @@ async def serve_fleet(host: str, port: int, port_file: Path | None = None) -> No
 
 
 if __name__ == "__main__":
+    given = [a for a in sys.argv[1:] if a != "--log-info"]
+    if len(given) != 1:
+        sys.exit("usage: python bench/fleet_process.py PORT_FILE [--log-info]")
     if "--log-info" in sys.argv[1:]:
         logging.basicConfig(level=logging.INFO)
-    asyncio.run(serve_fleet("127.0.0.1", 0, Path(next(a for a in sys.argv[1:] if a != "--log-info"))))
+    asyncio.run(serve_fleet("127.0.0.1", 0, Path(given[0])))
