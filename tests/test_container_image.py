@@ -163,6 +163,7 @@ def test_pipeline_process_from_the_image_answers_status(image, tmp_path):
     # Feldera's launch contract, as the Kubernetes backend runs it: the config mounted, a writable working directory.
     for name, text in config_files(pipeline_config("0", "image", None, "/tmp/storage", {"digest": "d"})).items():
         (tmp_path / name).write_text(text)
+    tmp_path.chmod(0o755)  # readable by the image's user, as a mounted ConfigMap is (pytest makes it 0700)
     args = launch_args("/config/config.yaml", "127.0.0.1", RuntimeDesiredStatus.RUNNING, new_deployment_id(),
                        BootstrapPolicy.ALLOW, False, default_port=port)
     container = image.container(["pipeline-operator", "pipeline-process", *args], env={"PIPELINE_INIT_SECONDS": "0.5"},
