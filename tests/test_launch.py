@@ -226,3 +226,20 @@ def test_a_missing_binary_is_looked_for_again_and_the_program_compiles_once_it_i
         raise AssertionError(f"never Success: {seen}")
     seen = asyncio.run(go())
     assert ProgramStatus.RUST_ERROR in seen and seen[-1] is ProgramStatus.SUCCESS, seen
+
+
+def test_the_sql_compilers_messages_are_bounded_before_they_reach_the_status() -> None:
+    """A program that makes Feldera's compiler write thousands of warnings, or quote a huge line, gets a
+    SqlError small enough to write into its Pipeline's status, saying how many messages are not shown."""
+    from pipeline_operator.feldera.compiler import MAX_MESSAGE_FIELD, MAX_MESSAGES_BYTES, compiler_messages
+    one = {"start_line_number": 1, "start_column": 1, "end_line_number": 1, "end_column": 2, "warning": True,
+           "error_type": "Warning", "message": "unused", "snippet": "    1|x\n"}
+    huge = {**one, "warning": False, "error_type": "Error", "message": "m" * 100_000}
+    messages = compiler_messages("JVM noise\n" + json.dumps([huge, *[one] * 5000]))
+    assert messages is not None and len(json.dumps(messages)) <= MAX_MESSAGES_BYTES + 1024
+    assert len(messages[0]["message"]) <= MAX_MESSAGE_FIELD + 4 and messages[1] == one
+    note = messages[-1]
+    assert note["error_type"] == "Messages not shown" and note["warning"] is True
+    assert note["message"].startswith(f"{5001 - (len(messages) - 1)} more messages")
+    # A few messages pass unchanged.
+    assert compiler_messages(json.dumps([huge | {"message": "short"}, one])) == [huge | {"message": "short"}, one]

@@ -996,9 +996,18 @@ def binary_key(feldera_version: str, sql: str) -> str:
     return hashlib.sha256(f"feldera {feldera_version}\0".encode() + sql.encode()).hexdigest()
 
 
+# A program's compiler messages go into its Pipeline's status: a program that makes the compiler write
+# thousands of warnings (or quote a huge line) must not make that status too large to write.
+MAX_STDERR_BYTES = 16 * 1024 * 1024  # read of the compiler's stderr; past it the JSON is cut: a SystemError
+MAX_MESSAGES_BYTES = 64 * 1024  # the messages kept, as JSON
+MAX_MESSAGE_FIELD = 4096  # characters of one message's text fields (message, snippet, error_type)
+
+
 def compiler_messages(stderr: str) -> list[dict[str, Any]] | None:
     """The messages Feldera's SQL compiler writes as JSON (``-je``) on stderr, after whatever the JVM wrote
-    before them (as Feldera reads them: from the first ``[``); None when there are none to read."""
+    before them (as Feldera reads them: from the first ``[``); None when there are none to read. Bounded: each
+    text field to ``MAX_MESSAGE_FIELD`` characters, the whole to ``MAX_MESSAGES_BYTES``, a last message saying
+    how many more there were."""
     start = stderr.find("[")
     if start < 0:
         return None
@@ -1006,7 +1015,26 @@ def compiler_messages(stderr: str) -> list[dict[str, Any]] | None:
         messages = json.loads(stderr[start:])
     except ValueError:
         return None
-    return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else None
+    if not isinstance(messages, list):
+        return None
+    kept: list[dict[str, Any]] = []
+    size = 0
+    found = [m for m in messages if isinstance(m, dict)]
+    for message in found:
+        message = {k: v[:MAX_MESSAGE_FIELD] + " ..." if isinstance(v, str) and len(v) > MAX_MESSAGE_FIELD else v
+                   for k, v in message.items()}
+        size += len(json.dumps(message))
+        if size > MAX_MESSAGES_BYTES:
+            break
+        kept.append(message)
+    if len(kept) < len(found):
+        kept.append({"start_line_number": 0, "start_column": 0, "end_line_number": 0, "end_column": 0,
+                     "warning": all(m.get("warning") is True for m in found[len(kept):]),
+                     "error_type": "Messages not shown",
+                     "message": f"{len(found) - len(kept)} more messages of the SQL compiler are not shown "
+                                f"(a program's messages are kept to {MAX_MESSAGES_BYTES // 1024} KiB)",
+                     "snippet": None})
+    return kept
 
 
 class FelderaCompiler(Compiler):
@@ -1072,7 +1100,9 @@ class FelderaCompiler(Compiler):
             except subprocess.TimeoutExpired:
                 code = -1
                 err.write(f"\nthe SQL compiler did not finish within {SQL_COMPILER_TIMEOUT:.0f} s\n".encode())
-        return code, (work / "stderr.log").read_text(errors="replace"), work
+        with open(work / "stderr.log", "rb") as err:
+            stderr = err.read(MAX_STDERR_BYTES).decode(errors="replace")
+        return code, stderr, work
 
     def _binary(self, sql: str) -> tuple[Path, str] | str:
         """The program's binary in the store and its sha256, or why there is none (blocking)."""
