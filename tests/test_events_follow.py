@@ -120,8 +120,11 @@ def test_follow_replays_then_streams_new_events_as_ndjson_and_sse(running_open, 
     paused = ndjson.until(lambda e: e["deployment_runtime_status"] == "Paused")
     full = sse.until(lambda e: e["deployment_runtime_status"] == "Paused")
     assert "deployment_error" in full[-1] and "deployment_error" not in paused[-1]  # the selector applies
-    after = listed(url, namespace)
     seen = before + paused
+    # The stream gives an event as it is recorded; the list reads the store, whose writes are queued: it may
+    # be a moment behind.
+    after = wait_for("the list to hold the streamed events",
+                     lambda: (events if len(events := listed(url, namespace)) >= len(seen) else None), 10)
     assert seen == after[:len(seen)]  # no duplicates, no gaps: the list endpoint's events in order
     assert [e["event_id"] for e in full] == [e["event_id"] for e in paused]
 
