@@ -29,7 +29,7 @@ from feldera.enums import PipelineFieldSelector
 from feldera.rest.pipeline import Pipeline as InnerPipeline
 
 from pipeline_operator.api import ApiDeps, ApiServer, Metrics
-from pipeline_operator.kube.client import Kube
+from pipeline_operator.kube.client import KubeClient
 from pipeline_operator_dev.controlplane import free_port
 
 from .operator_harness import wait_for
@@ -206,15 +206,15 @@ class Silent:
             conn.close()
 
 
-def kube_at(port: int) -> Kube:
+def kube_at(port: int) -> KubeClient:
     configuration = kubernetes.client.Configuration()
     configuration.host = f"https://127.0.0.1:{port}"
     configuration.verify_ssl = False
     configuration.retries = 0
-    return Kube(configuration)
+    return KubeClient(configuration)
 
 
-def server_with(kube: Kube, **kwargs) -> ApiServer:
+def server_with(kube: KubeClient, **kwargs) -> ApiServer:
     class Nothing:
         def get(self, namespace, name):
             return None

@@ -147,7 +147,7 @@ def test_a_transform_decides_what_is_delivered_and_keep_what_is_held(cluster, na
 
         def seen(kind, obj):
             delivered.setdefault(obj["metadata"]["name"], []).append((kind, obj))
-        informer = informer_for(client, [namespace], transform=projection(shape), keep=names_and_versions)
+        informer = informer_for(client, [namespace], transform=projection(shape), cached_form=names_and_versions)
         informer.on_change = seen
         await informer.start()
         try:

@@ -817,7 +817,7 @@ def test_a_forwarded_runtime_action_holds_the_loop_until_the_spec_names_it():
             held -= 1
     served.forwarding = forwarding  # type: ignore[method-assign]
 
-    class Kube:
+    class KubeClient:
         async def merge_patch_pipeline(self, namespace: str, name: str, body: dict, manager: str) -> dict:
             seen.append((f"spec {body['spec']['runtimeDesiredStatus']}", held))
             return served.obj
@@ -832,7 +832,7 @@ def test_a_forwarded_runtime_action_holds_the_loop_until_the_spec_names_it():
         async with serving(pipeline) as url:
             server = api(url)
             server.deps.pipelines = Registry({("ns", "p"): served})  # type: ignore[assignment]
-            server.deps.kube = Kube()  # type: ignore[assignment]
+            server.deps.kube = KubeClient()  # type: ignore[assignment]
             async with through(server) as client:
                 return (await client.post("/v0/pipelines/p/pause")).status
 
@@ -899,7 +899,7 @@ def test_a_refusal_of_the_kubernetes_api_server_is_a_502_naming_it_not_a_silence
     typed): the client learns what it said, as a 502 KubernetesError, not 503 'did not answer'."""
     from kubernetes.client.exceptions import ApiException
 
-    class Kube:
+    class KubeClient:
         async def merge_patch_pipeline(self, namespace: str, name: str, body: dict, manager: str) -> dict:
             refusal = ApiException(status=500, reason="Internal Server Error")
             refusal.body = json.dumps({"kind": "Status", "message": "failed to create typed patch object"})
@@ -913,7 +913,7 @@ def test_a_refusal_of_the_kubernetes_api_server_is_a_502_naming_it_not_a_silence
         pipeline.router.add_get("/pause", pause)
         async with serving(pipeline) as url:
             server = api(url)
-            server.deps.kube = Kube()  # type: ignore[assignment]
+            server.deps.kube = KubeClient()  # type: ignore[assignment]
             async with through(server) as client:
                 response = await client.post("/v0/pipelines/p/pause")
                 return response.status, await response.json()

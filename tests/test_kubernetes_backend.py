@@ -23,7 +23,7 @@ from pipeline_operator.backends.kubernetes import (
 )
 from pipeline_operator.core.lifecycle import ComputeState
 from pipeline_operator.identity import PipelineKey
-from pipeline_operator.kube.client import Kube
+from pipeline_operator.kube.client import KubeClient
 from pipeline_operator.models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 from pipeline_operator_dev import controlplane
 
@@ -299,7 +299,7 @@ class InProcess:
         async def main():
             configuration = kubernetes.client.Configuration()
             kubernetes.config.load_kube_config(str(self.kubeconfig), client_configuration=configuration)
-            kube = Kube(configuration)
+            kube = KubeClient(configuration)
             backend = KubernetesBackend(kube, options or self.options, [self.namespace], on_child_change,
                                         on_restored)
             try:
@@ -657,7 +657,7 @@ def test_an_api_server_outage_makes_observing_unavailable_not_a_conclusion(binar
         async def go() -> None:
             configuration = kubernetes.client.Configuration()
             kubernetes.config.load_kube_config(str(plane.kubeconfig), client_configuration=configuration)
-            kube = Kube(configuration)
+            kube = KubeClient(configuration)
             backend = KubernetesBackend(kube, KubernetesOptions(default_image="registry.example/pipeline:1"),
                                         ["outage"])
             try:

@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from pipeline_operator.controller.wiring import KeepRetrying
 from pipeline_operator.kube import client as kube_module
-from pipeline_operator.kube.client import Fenced, Kube, Unavailable
+from pipeline_operator.kube.client import Fenced, KubeClient, Unavailable
 from pipeline_operator.kube.leader import LeaderElector, LeaseTiming, lease_now, lease_record
 
 from .operator_harness import wait_for
@@ -32,11 +32,11 @@ pytestmark = pytest.mark.apiserver
 FAST_LEASE = LeaseTiming(duration=3.0, renew_deadline=2.0, retry_period=0.25)
 
 
-def kube_for(cluster) -> Kube:
+def kube_for(cluster) -> KubeClient:
     import kubernetes
     configuration = kubernetes.client.Configuration()
     kubernetes.config.load_kube_config(str(cluster.kubeconfig), client_configuration=configuration)
-    return Kube(configuration, workers=2)
+    return KubeClient(configuration, workers=2)
 
 
 def lease(cluster, namespace: str, name: str = "pipeline-operator") -> dict:
@@ -151,7 +151,7 @@ def test_a_renewal_that_fails_unexpectedly_is_a_lost_leadership_and_fences():
     import kubernetes
 
     async def scenario() -> None:
-        kube = Kube(kubernetes.client.Configuration(), workers=1)
+        kube = KubeClient(kubernetes.client.Configuration(), workers=1)
         elector = LeaderElector(kube, "ns", "broken", "only", FAST_LEASE)
 
         async def hold() -> str:
@@ -219,11 +219,11 @@ class SilentApiServer:
                 writer.close()
 
 
-def silent_kube(server: SilentApiServer) -> Kube:
+def silent_kube(server: SilentApiServer) -> KubeClient:
     import kubernetes
     configuration = kubernetes.client.Configuration()
     configuration.host = server.url
-    return Kube(configuration, workers=1)
+    return KubeClient(configuration, workers=1)
 
 
 QUICK = (1.0, 0.2)  # seconds to connect, and to wait for an answer that never comes
@@ -362,7 +362,7 @@ def test_the_written_lease_duration_is_rounded_up():
     assert lease_record("me", 10.2, 0, lease_now())["leaseDurationSeconds"] == 11
     assert lease_record("me", 15, 0, lease_now())["leaseDurationSeconds"] == 15
     assert lease_record("me", 0.3, 0, lease_now())["leaseDurationSeconds"] == 1
-    kube = Kube(kubernetes.client.Configuration(), workers=1)
+    kube = KubeClient(kubernetes.client.Configuration(), workers=1)
     try:
         elector = LeaderElector(kube, "ns", "l", "me", LeaseTiming(duration=10.4, renew_deadline=10.0,
                                                                    retry_period=2.0))

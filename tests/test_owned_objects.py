@@ -33,7 +33,7 @@ from pipeline_operator.backends.kubernetes import (
     token_secret_name,
 )
 from pipeline_operator.identity import PipelineKey
-from pipeline_operator.kube.client import Kube
+from pipeline_operator.kube.client import KubeClient
 from pipeline_operator.models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
 
 from .fake_kubelet import FakeKubelet, allocate_pod_ip, release_pod_ip
@@ -255,9 +255,9 @@ def test_an_untouched_pipeline_is_never_put_back(stand):
 # -- the endpoint: only the operator's own pod, at its own IP ----------------------------------------------------
 
 
-def _planted(tmp_path: Path, **options: Any) -> tuple[KubernetesBackend, Kube]:
+def _planted(tmp_path: Path, **options: Any) -> tuple[KubernetesBackend, KubeClient]:
     """A backend whose caches the test fills (nothing is listed: no API server is asked)."""
-    kube = Kube(kubernetes.client.Configuration(host="http://127.0.0.1:9"))
+    kube = KubeClient(kubernetes.client.Configuration(host="http://127.0.0.1:9"))
     return KubernetesBackend(kube, KubernetesOptions(default_image="x", **options), ["ns"]), kube
 
 
@@ -339,7 +339,7 @@ def with_backend(stand: Stand, fn: Any) -> Any:
     async def main() -> Any:
         configuration = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(str(stand.op.kubeconfig), client_configuration=configuration)
-        kube = Kube(configuration)
+        kube = KubeClient(configuration)
         backend = KubernetesBackend(kube, KubernetesOptions(default_image="x"), [stand.namespace])
         try:
             return await fn(backend)

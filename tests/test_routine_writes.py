@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from pipeline_operator.identity import PipelineKey
-from pipeline_operator.reconcile.reconciler import ROUTINE_WRITES, Context
+from pipeline_operator.reconcile.reconciler import ROUTINE_WRITES, LoopServices
 
 
 class PoolOf16:
@@ -28,7 +28,7 @@ class PoolOf16:
 def test_a_spec_changes_write_does_not_wait_behind_a_fleets_heartbeats():
     async def scenario() -> list[str]:
         kube = PoolOf16()
-        ctx = Context(settings=None, kube=kube, backend=None, compiler=None, runtime=None)  # type: ignore[arg-type]
+        ctx = LoopServices(settings=None, kube=kube, backend=None, compiler=None, runtime=None)  # type: ignore[arg-type]
         beats = [asyncio.create_task(ctx.write_status(PipelineKey("ns", f"p{i}", str(i)), "1", {}, routine=True))
                  for i in range(200)]
         await asyncio.sleep(0)  # every heartbeat write has asked for its turn

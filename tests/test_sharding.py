@@ -17,7 +17,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from pipeline_operator.kube.client import Kube
+from pipeline_operator.kube.client import KubeClient
 from pipeline_operator.kube.shards import LEASE_NAME, NamespaceClaims
 from pipeline_operator.settings import OperatorSettings
 
@@ -196,7 +196,7 @@ def test_a_new_leader_of_the_same_shard_keeps_its_claims_at_once(cluster, more_n
     asyncio.run(scenario())
 
 
-class InterposedKube(Kube):
+class InterposedKube(KubeClient):
     """A client that runs ``before_replace`` (in a thread) just before its first Lease replace is sent:
     another writer changing the Lease between this shard's read and its write."""
 
@@ -355,7 +355,7 @@ def test_a_shard_without_rbac_for_leases_refuses_the_namespace_and_says_what_is_
         configuration = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(str(cluster.plane.kubeconfig_for("bob")),
                                            client_configuration=configuration)
-        kube = Kube(configuration, workers=2)
+        kube = KubeClient(configuration, workers=2)
         claims = NamespaceClaims(kube, "ops/shard-a", duration=DURATION, namespaces=[ns])
         try:
             await claims.start()

@@ -12,7 +12,7 @@ import pytest
 from pipeline_operator import jsondepth
 from pipeline_operator.identity import PipelineKey
 from pipeline_operator.kube.client import Conflict
-from pipeline_operator.reconcile.reconciler import Context, PipelineMonitor
+from pipeline_operator.reconcile.reconciler import LoopServices, PipelineMonitor
 
 from ..hostile_specs import pipeline_json
 from .chaos import Chaos
@@ -68,7 +68,7 @@ def test_a_pipeline_that_cannot_be_read_is_reported_at_once_when_its_first_repor
     obj = jsondepth.decode_objects(pipeline_json("deep", "ns", {}, deep_at=("runtimeConfig", "dev_tweaks", "x")))
     assert jsondepth.undecodable(obj)
     kube = OneConflict(obj)
-    ctx = Context(settings=None, kube=kube, backend=None, compiler=None, runtime=None)  # type: ignore[arg-type]
+    ctx = LoopServices(settings=None, kube=kube, backend=None, compiler=None, runtime=None)  # type: ignore[arg-type]
     monitor = PipelineMonitor(ctx, PipelineKey("ns", "deep", "uid-1"))
     monitor.see(kube.version("1"))
 

@@ -66,7 +66,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..core.lifecycle import PipelineState
 from ..feldera.runtime_client import RuntimeClient
 from ..identity import PipelineKey
-from ..kube.client import Kube
+from ..kube.client import KubeClient
 from ..metrics import Metrics, PipelineSample
 from ..models import (
     API_GROUP,
@@ -145,7 +145,7 @@ class ServedPipelineLookup(Protocol):
     def all(self) -> Sequence[ServedPipeline]: ...
 
 
-class EventReader(Protocol):
+class MonitorEventReader(Protocol):
     """The event store, read as Feldera's JSON (:class:`store.EventStorage`, either backend); blocking,
     and raising :class:`store.StoreUnavailable` when the store cannot be read now."""
     def list_json(self, uid: str, selector: str = "status") -> str: ...
@@ -161,8 +161,8 @@ class EventReader(Protocol):
 class ApiDeps:
     """Everything the HTTP API uses of the rest of the operator."""
     pipelines: ServedPipelineLookup
-    events: EventReader
-    kube: Kube
+    events: MonitorEventReader
+    kube: KubeClient
     endpoint: Callable[[PipelineKey], str | None]          # where a pipeline answers (the backend's)
     runtime: RuntimeClient                                 # to forward requests to a pipeline
     artifact: Callable[[str], dict[str, Any] | None]       # a compiled program by digest (blocking)
@@ -533,8 +533,8 @@ class ApiServer:
         if why is None:
             flight = self._flights.get(("token", key))
             if flight is None:
-                self._charge(request)  # only a check this request causes counts against its client
-                flight = self._fly(("token", key), self._check_token(token, key))
+                self._count_against_client(request)  # only a check this request causes counts against its client
+                flight = self._single_flight(("token", key), self._check_token(token, key))
             user_or_why: User | str = await asyncio.shield(flight)
             if isinstance(user_or_why, User):
                 return user_or_why
@@ -590,7 +590,7 @@ class ApiServer:
         if allowed is None:
             flight = self._flights.get(("access", key))
             if flight is None:
-                flight = self._fly(("access", key), self._check_access(user, verb, namespace, name))
+                flight = self._single_flight(("access", key), self._check_access(user, verb, namespace, name))
             allowed = bool(await asyncio.shield(flight))
         return allowed
 
@@ -606,7 +606,7 @@ class ApiServer:
             return f"`kubectl create token NAME --audience {self.audience}`"
         return "`kubectl create token NAME`"
 
-    def _charge(self, request: web.Request) -> None:
+    def _count_against_client(self, request: web.Request) -> None:
         wait = self._rate.take(request.remote or "")
         if wait > 0:
             self.metrics.auth_refused.labels("rate").inc()
@@ -615,7 +615,7 @@ class ApiServer:
                            f"{self._rate.rate:g} per second; reuse a valid token, or try again in {seconds} s",
                            {"retry_after_seconds": seconds}, retry_after=seconds)
 
-    def _fly(self, key: Any, check: Awaitable[Any]) -> asyncio.Task[Any]:
+    def _single_flight(self, key: Any, check: Awaitable[Any]) -> asyncio.Task[Any]:
         """Run one check as a task that every request waiting for the same answer shares (a
         request that goes away does not cancel the others' check)."""
         task: asyncio.Task[Any] = asyncio.ensure_future(check)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core.lifecycle import PipelineState
-from ..kube.client import Forbidden, Kube
+from ..kube.client import Forbidden, KubeClient
 from ..kube.events import ANNOTATION_REQUESTED_BY
 from ..reconcile.spec import ANNOTATION_API_SPEC, spec_marker
 from .errors import ApiError, unknown_pipeline
@@ -41,7 +41,7 @@ def merged(target: Any, patch: Any) -> Any:
     return out
 
 
-async def patch(kube: Kube, monitor: ServedPipeline, spec: dict[str, Any] | None = None,
+async def patch(kube: KubeClient, monitor: ServedPipeline, spec: dict[str, Any] | None = None,
                 annotations: dict[str, str] | None = None, *, requested_by: str | None = None) -> dict[str, Any]:
     """A merge patch of the Pipeline's spec and annotations; the loop gets the new object at once.
 

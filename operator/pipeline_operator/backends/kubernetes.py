@@ -94,8 +94,8 @@ from ..feldera.launch import (
 from ..feldera.launcher import BINARY_ROUTE
 from ..feldera_config import RuntimeConfig
 from ..identity import PipelineKey
-from ..kube.client import Forbidden, Kube, Unavailable
-from ..kube.informer import SHARED, Informer, Shape, project
+from ..kube.client import Forbidden, KubeClient, Unavailable
+from ..kube.informer import SHARED, FieldProjection, Informer, project
 from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, DeploymentSpec, PipelineSpec, RuntimeDesiredStatus
 from ..settings import OperatorSettings
 from . import RUNTIME_CONFIG_USED, LogsUnavailable, pipeline_env
@@ -511,21 +511,21 @@ REASON_RESTORED = "ChildRestored"
 # leaves empty are listed too, to notice them being set (a pod template's hostNetwork, an added container or
 # volume, a Service's externalName). Fields the API server fills in (a Service's clusterIP, a template's
 # dnsPolicy, a probe's timeoutSeconds...) are not listed: they would differ from what the operator writes.
-_OWNED_LABELS: Shape = {"labels": dict.fromkeys(labels(PipelineKey("ns", "p", "00000000")), True)}
-_CONTAINER_OWNED: Shape = {
+_OWNED_LABELS: FieldProjection = {"labels": dict.fromkeys(labels(PipelineKey("ns", "p", "00000000")), True)}
+_CONTAINER_OWNED: FieldProjection = {
     **dict.fromkeys(("name", "image", "imagePullPolicy", "command", "args", "workingDir", "ports", "env", "envFrom",
                      "volumeMounts", "volumeDevices", "securityContext", "lifecycle", "livenessProbe",
                      "startupProbe"), True),
     "resources": {"requests": True, "limits": True},
     "readinessProbe": dict.fromkeys(("tcpSocket", "httpGet", "exec", "grpc", "periodSeconds"), True)}
-_POD_OWNED: Shape = {
+_POD_OWNED: FieldProjection = {
     **dict.fromkeys(("automountServiceAccountToken", "enableServiceLinks", "securityContext", "initContainers",
                      "hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace", "serviceAccountName", "nodeName",
                      "runtimeClassName", "hostAliases"), True),
     "containers": _CONTAINER_OWNED,
     "volumes": {"name": True, "configMap": {"name": True, "items": True}, "persistentVolumeClaim": True,
                 **dict.fromkeys(("emptyDir", "hostPath", "secret", "projected", "csi", "nfs", "ephemeral"), True)}}
-OWNED_FIELDS: dict[str, Mapping[str, Shape]] = {
+OWNED_FIELDS: dict[str, Mapping[str, FieldProjection]] = {
     "statefulset": {"metadata": _OWNED_LABELS, "spec": {
         **dict.fromkeys(("replicas", "serviceName", "selector", "podManagementPolicy", "minReadySeconds", "ordinals"),
                         True),
@@ -597,12 +597,12 @@ def _differences(a: Any, b: Any, path: str = "", depth: int = 4) -> list[str]:
 # else (client-go's transform). A StatefulSet's pod template, a ConfigMap's program, a Secret's token, a pod's
 # spec, labels, annotations, owner references and managedFields are most of what the API server sends, and
 # none of it is kept: of the labels and owner references, only whose the object says it is (see cached()).
-_METADATA: dict[str, Shape] = {"name": True, "namespace": SHARED, "uid": True, "resourceVersion": True,
+_METADATA: dict[str, FieldProjection] = {"name": True, "namespace": SHARED, "uid": True, "resourceVersion": True,
                                "deletionTimestamp": True}
 PIPELINE_KEY, CONTROLLER_KEY = "pipeline", "controller"  # in a cached child: its uid label, its controller's uid
 RETAINED_KEY, OWNERS_KEY = "retained", "owners"  # in a cached claim: its RETAINED_LABEL, its owner references' number
-_CONDITIONS: Shape = {"type": SHARED, "status": SHARED, "reason": SHARED, "message": True}
-CACHED_FIELDS: dict[str, Mapping[str, Shape]] = {
+_CONDITIONS: FieldProjection = {"type": SHARED, "status": SHARED, "reason": SHARED, "message": True}
+CACHED_FIELDS: dict[str, Mapping[str, FieldProjection]] = {
     "statefulset": {"metadata": _METADATA, "status": {"readyReplicas": True}},
     "service": {"metadata": _METADATA},
     "configmap": {"metadata": _METADATA},
@@ -725,7 +725,7 @@ class KubernetesBackend:
     the compute lives. ``on_restored(key, message)`` is told of each child put back.
     """
 
-    def __init__(self, kube: Kube, options: KubernetesOptions, namespaces: Sequence[str] | None = None,
+    def __init__(self, kube: KubeClient, options: KubernetesOptions, namespaces: Sequence[str] | None = None,
                  on_child_change: Callable[[str], None] | None = None,
                  on_restored: Callable[[PipelineKey, str], None] | None = None) -> None:
         self.kube = kube
@@ -734,7 +734,7 @@ class KubernetesBackend:
         self.on_restored = on_restored
         self._clients = {"apps": kube.apps, "core": kube.core,
                          "networking": kubernetes.client.NetworkingV1Api(kube.api_client)}
-        # The watches get a client of their own (the same Configuration), not Kube's threads: a watch
+        # The watches get a client of their own (the same Configuration), not KubeClient's threads: a watch
         # holds its connection and thread for minutes. One connection per watch, and one to spare.
         configuration = copy.deepcopy(kube.api_client.configuration)
         streams = len(WATCHED) * (len(namespaces) if namespaces is not None else 1)
@@ -763,7 +763,7 @@ class KubernetesBackend:
         self._binaries: dict[str, dict[str, Any]] = {}
 
     @classmethod
-    def from_settings(cls, kube: Kube, settings: OperatorSettings,
+    def from_settings(cls, kube: KubeClient, settings: OperatorSettings,
                       on_child_change: Callable[[str], None] | None = None,
                       on_restored: Callable[[PipelineKey, str], None] | None = None) -> KubernetesBackend:
         namespaces = None if settings.all_namespaces else settings.namespaces

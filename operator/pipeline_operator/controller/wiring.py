@@ -42,13 +42,13 @@ from ..feldera.compiler import Compiler, FelderaCompiler
 from ..feldera.runtime_client import RuntimeClient
 from ..identity import PipelineKey
 from ..kube import events as kube_events
-from ..kube.client import Conflict, Fenced, Forbidden, Gone, Kube
-from ..kube.events import EventPoster, requester_of
+from ..kube.client import Conflict, Fenced, Forbidden, Gone, KubeClient
+from ..kube.events import KubernetesEventPoster, requester_of
 from ..kube.informer import Informer, names_and_versions
 from ..kube.leader import LeaderElector, LeaseTiming
 from ..kube.shards import CLAIM_LEASE_DURATIONS, NamespaceClaims
 from ..models import API_GROUP, API_VERSION, PLURAL, StorageDeletionPolicy
-from ..reconcile.reconciler import Context, PipelineMonitor
+from ..reconcile.reconciler import LoopServices, PipelineMonitor
 from ..reconcile.recording import Recorder, post_event
 from ..reconcile.spec import ONE_SHOT_ANNOTATIONS, key_of
 from ..retry import Backoff
@@ -178,7 +178,7 @@ def _trigger(body: dict[str, Any]) -> tuple[Any, ...]:
             tuple(annotations.get(a) for a in ONE_SHOT_ANNOTATIONS))
 
 
-def build_registry(ctx: Context, claims: NamespaceClaims | None = None) -> kopf.OperatorRegistry:
+def build_registry(ctx: LoopServices, claims: NamespaceClaims | None = None) -> kopf.OperatorRegistry:
     """Kopf's handlers. With ``claims`` (namespace sharding, docs/sharding.md) a Pipeline is acted on
     only while this installation holds the claim on its namespace: no finalizer, no loop, no
     deletion work in a namespace another installation claims."""
@@ -212,7 +212,7 @@ def build_registry(ctx: Context, claims: NamespaceClaims | None = None) -> kopf.
         settings.background.cancellation_polling = 5
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
-    async def seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def on_pipeline_watch_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         # Kopf runs this before it decides on the daemon and the deletion handler (whose filters
         # ask ``claimed``): a namespace seen for the first time (--all-namespaces) is claimed here.
         if claims is not None and not await claims.allowed(body.get("metadata", {}).get("namespace", "")):
@@ -249,11 +249,11 @@ def build_registry(ctx: Context, claims: NamespaceClaims | None = None) -> kopf.
     async def delete(body: kopf.Body, **_: Any) -> None:
         await delete_pipeline(ctx, dict(body))
 
-    del login, configure, seen, monitor, delete
+    del login, configure, on_pipeline_watch_event, monitor, delete
     return registry
 
 
-async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
+async def delete_pipeline(ctx: LoopServices, body: dict[str, Any]) -> None:
     """Stop a deleted Pipeline's compute, clear its storage (or, with ``spec.storage.deletionPolicy:
     Retain``, release it for the next Pipeline of the same name), retrying with a growing delay (1 s up
     to 30 s) until that is done, then queue the removal of its events: the event store is not waited
@@ -321,7 +321,7 @@ async def delete_pipeline(ctx: Context, body: dict[str, Any]) -> None:
         await asyncio.sleep(delay)
 
 
-async def wait_until_pipelines_are_served(kube: Kube, stopping: asyncio.Event) -> bool:
+async def wait_until_pipelines_are_served(kube: KubeClient, stopping: asyncio.Event) -> bool:
     """Wait until the API server serves the Pipelines (its discovery names them); False if told to stop first.
 
     Kopf finds out once, as it starts, which resources the API server serves (its scan of the CRDs
@@ -357,7 +357,7 @@ def _retains_storage(obj: dict[str, Any]) -> bool:
     return bool(storage.get("deletionPolicy") == StorageDeletionPolicy.RETAIN.value)
 
 
-async def _deletion_step(ctx: Context, key: PipelineKey, retain_storage: bool = False) -> str | None:
+async def _deletion_step(ctx: LoopServices, key: PipelineKey, retain_storage: bool = False) -> str | None:
     """One try: what is still there (and asked to go away), or None when everything is gone. Retained
     storage is released from the pipeline instead of deleted, once its compute is gone (nothing writes
     to it any more)."""
@@ -375,7 +375,7 @@ async def _deletion_step(ctx: Context, key: PipelineKey, retain_storage: bool = 
     return None
 
 
-async def _leftovers(ctx: Context, key: PipelineKey, last_problem: str | None) -> str:
+async def _leftovers(ctx: LoopServices, key: PipelineKey, last_problem: str | None) -> str:
     """What a release leaves behind, as seen now (without asking anything to go away)."""
     left = []
     try:
@@ -389,7 +389,7 @@ async def _leftovers(ctx: Context, key: PipelineKey, last_problem: str | None) -
     return ", ".join(left) or "nothing (compute and storage are gone)"
 
 
-async def _report_stuck(ctx: Context, key: PipelineKey, obj: dict[str, Any], message: str) -> bool:
+async def _report_stuck(ctx: LoopServices, key: PipelineKey, obj: dict[str, Any], message: str) -> bool:
     """``Stalled`` True and ``Ready`` False, reason ``DeletionStuck`` (kstatus: Failed); False if the write failed."""
     status = dict(obj.get("status") or {})
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -412,7 +412,7 @@ async def _report_stuck(ctx: Context, key: PipelineKey, obj: dict[str, Any], mes
         return False
 
 
-async def _release(ctx: Context, key: PipelineKey, left: str) -> None:
+async def _release(ctx: LoopServices, key: PipelineKey, left: str) -> None:
     """An administrator released the finalizer: say what is left behind, then let the Pipeline go."""
     message = (f"The finalizer was released by the {ANNOTATION_RELEASE_FINALIZER} annotation before deletion "
                f"finished; left behind (remove by hand): {left}")
@@ -431,7 +431,7 @@ def _timestamp(value: Any) -> dt.datetime | None:
         return None
 
 
-def make_backend(settings: OperatorSettings, kube: Kube, on_child_change: Callable[[str], None] | None = None,
+def make_backend(settings: OperatorSettings, kube: KubeClient, on_child_change: Callable[[str], None] | None = None,
                  on_restored: Callable[[PipelineKey, str], None] | None = None) -> Backend:
     if settings.backend is BackendKind.LOCAL:
         return LocalBackend(settings.state_dir, settings.pipeline_command, debug_routes=settings.pipeline_debug_routes)
@@ -448,7 +448,7 @@ def make_compiler(settings: OperatorSettings) -> Compiler:
                            settings.program_binaries.absolute(), settings.feldera_version)
 
 
-def _wake(ctx: Context, uid: str) -> None:
+def _wake(ctx: LoopServices, uid: str) -> None:
     """A child object of this Pipeline changed (a pod went Ready, a claim was bound): look at once."""
     monitor = ctx.monitors.by_uid(uid)
     if monitor is not None:
@@ -467,9 +467,9 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     # Separate clients, each with its own bounded pool: the monitoring loops' calls, the Kubernetes
     # Events, the HTTP API's reviews and writes, and (below) the leader election and the watches
     # never wait behind one another (docs/architecture.md).
-    kube = Kube(field_manager=settings.operator_name)
-    events_kube = Kube(field_manager=settings.operator_name, workers=kube_events.WORKERS)
-    api_kube = Kube(field_manager=settings.operator_name, workers=8)
+    kube = KubeClient(field_manager=settings.operator_name)
+    events_kube = KubeClient(field_manager=settings.operator_name, workers=kube_events.WORKERS)
+    api_kube = KubeClient(field_manager=settings.operator_name, workers=8)
     store = await asyncio.to_thread(open_event_store, settings.event_store, settings.events_retention,
                                     settings.events_prune_interval, settings.event_store_queue_limit)
 
@@ -477,7 +477,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
         monitor = ctx.monitors.get(key.namespace, key.name)
         return requester_of(monitor.obj if monitor is not None else None)
 
-    poster = EventPoster(events_kube, settings.operator_name, requester=requester)
+    poster = KubernetesEventPoster(events_kube, settings.operator_name, requester=requester)
     poster.start()
     metrics = Metrics()
     metrics.count_kubernetes_events(lambda: (poster.posted, poster.dropped, poster.queued))
@@ -493,7 +493,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
 
     backend = make_backend(settings, kube, on_child_change=lambda uid: _wake(ctx, uid), on_restored=restored)
     recorder = Recorder(store, poster)
-    ctx = Context(settings=settings, kube=kube, backend=backend,
+    ctx = LoopServices(settings=settings, kube=kube, backend=backend,
                   compiler=make_compiler(settings),
                   runtime=RuntimeClient(status_timeout=settings.status_timeout, token_for=backend.control_token),
                   sink=recorder, metrics=metrics)
@@ -505,7 +505,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     watch = Informer(kubernetes.client.ApiClient(kube.api_client.configuration),
                      path=f"/apis/{API_GROUP}/{API_VERSION}", resource=PLURAL,
                      namespaces=None if settings.all_namespaces else list(settings.namespaces),
-                     on_change=cache.on_change, name="pipelines", keep=names_and_versions)
+                     on_change=cache.on_change, name="pipelines", cached_form=names_and_versions)
 
     ctx.monitors.on_add.append(lambda monitor: cache.loop_started(monitor.key.namespace, monitor.key.name))
     ctx.monitors.on_remove.append(
@@ -605,7 +605,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     shard = settings.shard()
     claims = None
     if shard is not None:  # a client of its own: renewals never wait behind the loops' calls
-        claims = NamespaceClaims(Kube(field_manager=settings.operator_name, workers=2), shard,
+        claims = NamespaceClaims(KubeClient(field_manager=settings.operator_name, workers=2), shard,
                                  duration=CLAIM_LEASE_DURATIONS * settings.lease_duration,
                                  namespaces=None if settings.all_namespaces else list(settings.namespaces))
     registry = build_registry(ctx, claims)
@@ -614,7 +614,7 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
     lost: list[str] = []
     if settings.leader_election:
         # A client of its own (two threads): renewals never wait behind the operator's other calls.
-        elector = LeaderElector(Kube(field_manager=settings.operator_name, workers=2), settings.lease_namespace(),
+        elector = LeaderElector(KubeClient(field_manager=settings.operator_name, workers=2), settings.lease_namespace(),
                                 settings.leader_election_id,
                                 timing=LeaseTiming(settings.lease_duration, settings.lease_renew_deadline,
                                                    settings.lease_retry_period))

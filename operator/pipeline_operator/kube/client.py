@@ -4,11 +4,11 @@ The official ``kubernetes`` client is blocking, so every call runs in a dedicate
 and never on the asyncio loop. Status writes are JSON patches guarded by a ``test`` of
 ``metadata.resourceVersion``: a write based on a stale object fails instead of overwriting.
 
-A :class:`Kube` can be fenced (its replica lost the leadership): no call is sent after that, and no
+A :class:`KubeClient` can be fenced (its replica lost the leadership): no call is sent after that, and no
 write is ever sent twice. urllib3, under the client, tries a request again when its answer did not
 come or said to try later (up to three times, PUT and DELETE among them, each after a whole request
 timeout or the answer's Retry-After), which could send a leader's write well after its fence; here
-urllib3 tries again only reads, and only while the ``Kube`` is not fenced (:class:`_Retries`).
+urllib3 tries again only reads, and only while the ``KubeClient`` is not fenced (:class:`_Retries`).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class ApiClient(kubernetes.client.ApiClient):
         return super().deserialize(response_text, response_type, content_type)
 
 
-class Kube:
+class KubeClient:
     def __init__(self, configuration: kubernetes.client.Configuration | None = None,
                  field_manager: str = "pipeline-operator", workers: int = 16) -> None:
         self.api_client: Any = ApiClient(configuration or load_config())

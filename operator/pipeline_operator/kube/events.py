@@ -36,7 +36,7 @@ from ..core.reasons import describe
 from ..identity import PipelineKey
 from ..models import API_GROUP, API_VERSION, KIND
 from ..retry import Backoff
-from .client import Kube
+from .client import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def parse_requested_by(value: str | None) -> tuple[str, dt.datetime] | None:
 
 
 def requester_of(obj: Mapping[str, Any] | None) -> str | None:
-    """The ``dataflow.dev/requested-by`` annotation of a Pipeline object (for ``EventPoster(requester=...)``)."""
+    """The ``dataflow.dev/requested-by`` annotation of a Pipeline object (for ``KubernetesEventPoster(requester=)``)."""
     annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
     value = annotations.get(ANNOTATION_REQUESTED_BY)
     return value if isinstance(value, str) else None
@@ -111,8 +111,8 @@ def _ts(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class EventPoster:
-    def __init__(self, kube: Kube, component: str,
+class KubernetesEventPoster:
+    def __init__(self, kube: KubeClient, component: str,
                  requester: Callable[[PipelineKey], str | None] | None = None) -> None:
         """``requester``: the ``dataflow.dev/requested-by`` annotation of a pipeline as the operator
         last saw it (:func:`requester_of` of its object), or None."""

@@ -9,7 +9,7 @@ Objects are the API server's JSON as dicts, never the client's model objects: de
 for every object and event is slow and memory-hungry, and a dict is all a reader needs.
 
 Each watched namespace (or the whole cluster) gets one daemon thread of its own, outside the
-operator's ``Kube`` thread pool: a watch holds its thread for minutes, and would otherwise take a
+operator's ``KubeClient`` thread pool: a watch holds its thread for minutes, and would otherwise take a
 worker from the calls that write status. The threads never touch the cache: every change is
 handed to the event loop (``call_soon_threadsafe``), which applies it and then calls
 ``on_change``, so a reader on the loop always sees a consistent cache and its callbacks run in
@@ -55,7 +55,7 @@ STOP_JOIN_TIMEOUT = 10.0  # seconds stop() waits for the threads (a connect in p
 
 OnChange = Callable[[str, dict[str, Any]], None]
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
-Shape = Union[Literal[True, "shared"], Mapping[str, "Shape"]]  # noqa: UP007 - a recursive alias evaluated at run time
+FieldProjection = Union[Literal[True, "shared"], Mapping[str, "FieldProjection"]]  # noqa: UP007 - a recursive alias evaluated at run time
 SHARED: Literal["shared"] = "shared"  # a shape: the whole value, its strings interned (labels, owner references)
 
 
@@ -126,7 +126,7 @@ class Informer:
                  namespaces: Sequence[str] | None, label_selector: str | None = None,
                  on_change: OnChange | None = None, name: str = "", page_size: int = 500,
                  watch_seconds: tuple[int, int] = WATCH_SECONDS, backoff_max: float = BACKOFF_MAX,
-                 transform: Transform | None = None, keep: Transform | None = None) -> None:
+                 transform: Transform | None = None, cached_form: Transform | None = None) -> None:
         self.api_client = api_client
         self.path = path.rstrip("/")
         self.resource = resource
@@ -142,7 +142,7 @@ class Informer:
         # What the cache itself holds of each (transformed) object, when ``on_change`` is its only reader and
         # keeps what it needs: get() and list() then answer with this. The object's metadata name, namespace,
         # uid and resourceVersion must stay (see :func:`names_and_versions`). By default, all of it.
-        self.keep: Transform = keep or _as_is
+        self.cached_form: Transform = cached_form or _as_is
         scopes: list[str | None] = list(dict.fromkeys(namespaces)) if namespaces is not None else [None]
         self._streams = {scope: _Stream(scope) for scope in scopes}
         self._objects: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> name -> object
@@ -192,7 +192,7 @@ class Informer:
         bucket = self._objects.setdefault(str(meta.get("namespace") or ""), {})
         held = bucket.get(str(meta.get("name")))
         if held is None or not _older(_version(obj), _version(held)):
-            bucket[str(meta.get("name"))] = self.keep(obj)
+            bucket[str(meta.get("name"))] = self.cached_form(obj)
 
     def stats(self) -> dict[str, int]:
         """Lists (complete) and their pages, watches started, events received, bookmarks, relists after 410 Gone,
@@ -406,7 +406,7 @@ class Informer:
                 return
             del bucket[name]
         else:
-            bucket[name] = self.keep(obj)
+            bucket[name] = self.cached_form(obj)
             if held is not None and _version(held) == _version(obj):
                 return  # the version remember() wrote through: nothing changed
         self._notify(kind, obj)
@@ -426,10 +426,10 @@ class Informer:
             bucket = self._objects.setdefault(namespace, {})
             current = bucket.get(name)
             if current is None:
-                bucket[name] = self.keep(obj)
+                bucket[name] = self.cached_form(obj)
                 self._notify(ADDED, obj)
             elif _version(current) != _version(obj) and not _older(_version(obj), _version(current)):
-                bucket[name] = self.keep(obj)
+                bucket[name] = self.cached_form(obj)
                 self._notify(MODIFIED, obj)
         if stream.problem is not None and stream.synced:
             log.info("%s in %s are listed and watched again", self.resource, self._where(stream.namespace))
@@ -455,7 +455,7 @@ class _LoopClosed(Exception):
     """The event loop the cache lives on is closed: the thread ends."""
 
 
-def project(value: Any, shape: Shape) -> Any:
+def project(value: Any, shape: FieldProjection) -> Any:
     """What ``shape`` keeps of ``value``: ``True`` keeps a value whole, :data:`SHARED` too with its strings
     interned (the same labels and owner references recur across a cache's objects, and each decoded object
     would otherwise hold a copy of each string), a mapping keeps those keys of a dict (each by its own
@@ -482,13 +482,13 @@ def _interned(value: Any) -> Any:
     return value
 
 
-def projection(shape: Mapping[str, Shape]) -> Transform:
+def projection(shape: Mapping[str, FieldProjection]) -> Transform:
     """A transform keeping what ``shape`` names of each object (see :func:`project`)."""
     return lambda obj: project(obj, shape)
 
 
 def names_and_versions(obj: dict[str, Any]) -> dict[str, Any]:
-    """Only what names the object and its version (a ``keep`` for a cache whose reader is ``on_change``)."""
+    """Only what names the object and its version (a ``cached_form`` for a cache whose reader is ``on_change``)."""
     meta = obj.get("metadata") or {}
     return {"metadata": {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion") if key in meta}}
 

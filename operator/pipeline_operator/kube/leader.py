@@ -33,7 +33,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from .client import Kube, Unavailable
+from .client import KubeClient, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class LeaderElector:
     """One candidate for the Lease ``namespace/name``. ``kube`` should be a client of its own (a
     small pool), so that renewals never wait behind the operator's other calls."""
 
-    def __init__(self, kube: Kube, namespace: str, name: str, identity: str | None = None,
+    def __init__(self, kube: KubeClient, namespace: str, name: str, identity: str | None = None,
                  timing: LeaseTiming | None = None) -> None:
         self.kube = kube
         self.namespace = namespace

@@ -36,7 +36,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from .client import Kube, Unavailable
+from .client import KubeClient, Unavailable
 from .leader import lease_now, lease_record
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class NamespaceClaims:
     namespace the first time :meth:`allowed` is asked about it. ``kube`` should be a client of its
     own (a small pool), so that renewals never wait behind the operator's other calls."""
 
-    def __init__(self, kube: Kube, shard: str, *, duration: float, namespaces: Sequence[str] | None) -> None:
+    def __init__(self, kube: KubeClient, shard: str, *, duration: float, namespaces: Sequence[str] | None) -> None:
         if duration <= 0:
             raise ValueError(f"a namespace claim needs a positive duration (got {duration} s)")
         self.kube = kube

@@ -45,7 +45,7 @@ from ..core.resource import READY, RECONCILING, STALLED
 from ..feldera.compiler import Compiler
 from ..feldera.runtime_client import RuntimeClient
 from ..identity import PipelineKey
-from ..kube.client import Conflict, Forbidden, Gone, Kube, Unavailable
+from ..kube.client import Conflict, Forbidden, Gone, KubeClient, Unavailable
 from ..metrics import Metrics, PipelineSample
 from ..models import (
     DETAILS_FIELDS,
@@ -94,7 +94,7 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class EventSink:
+class MonitorEventSink:
     """Where recorded monitor events go besides ``status.history`` (store, Kubernetes Events)."""
 
     async def record(self, key: PipelineKey, events: Sequence[Emitted], reasons: Sequence[str]) -> None:
@@ -127,14 +127,14 @@ ROUTINE_WRITES = 4  # routine status writes under way at once (of the loops' cli
 
 
 @dataclasses.dataclass
-class Context:
+class LoopServices:
     """What every pipeline's loop shares."""
     settings: OperatorSettings
-    kube: Kube
+    kube: KubeClient
     backend: Backend
     compiler: Compiler
     runtime: RuntimeClient
-    sink: EventSink = dataclasses.field(default_factory=EventSink)
+    sink: MonitorEventSink = dataclasses.field(default_factory=MonitorEventSink)
     ids: UuidV7 = dataclasses.field(default_factory=UuidV7)
     clock: Callable[[], dt.datetime] = utcnow
     monitors: PipelineRegistry = dataclasses.field(default_factory=lambda: PipelineRegistry())
@@ -304,7 +304,7 @@ class NewestVersion:
 class PipelineMonitor:
     """The monitoring loop of one Pipeline (one per Pipeline, kept in Kopf's per-object memo)."""
 
-    def __init__(self, ctx: Context, key: PipelineKey) -> None:
+    def __init__(self, ctx: LoopServices, key: PipelineKey) -> None:
         self.ctx = ctx
         self.key = key
         self.wake = asyncio.Event()

@@ -15,11 +15,11 @@ from typing import Any
 
 from ..core.emission import Emitted
 from ..identity import PipelineKey
-from ..kube.client import Kube
-from ..kube.events import EventPoster
+from ..kube.client import KubeClient
+from ..kube.events import KubernetesEventPoster
 from ..models import API_GROUP, API_VERSION, KIND, MonitorEvent
 from ..store.base import EventStorage
-from .reconciler import EventSink
+from .reconciler import MonitorEventSink
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ LATEST_READ_TIMEOUT = 0.5  # a monitoring pass waits at most this long for the s
 REASON_STORE_RECOVERED = "EventStoreRecovered"
 
 
-async def post_event(kube: Kube, component: str, key: PipelineKey, event_type: str, reason: str,
+async def post_event(kube: KubeClient, component: str, key: PipelineKey, event_type: str, reason: str,
                      message: str) -> bool:
     """Post one core/v1 Event about a Pipeline (a decision of the operator, not a monitor event);
     a failure is logged and reported as False, never raised."""
@@ -49,8 +49,8 @@ async def post_event(kube: Kube, component: str, key: PipelineKey, event_type: s
         return False
 
 
-class Recorder(EventSink):
-    def __init__(self, store: EventStorage, poster: EventPoster | None) -> None:
+class Recorder(MonitorEventSink):
+    def __init__(self, store: EventStorage, poster: KubernetesEventPoster | None) -> None:
         self.store = store
         self.poster = poster
         self._posting: set[asyncio.Task[bool]] = set()  # Events under way (a reference keeps them alive)
