@@ -39,7 +39,7 @@ from kubernetes.client.exceptions import ApiException
 
 _POD_IPS_LOCK = threading.Lock()
 _POD_IPS: set[str] = set()  # pod IPs given out by the kubelets of this process and not released
-POD_PORT = 8080  # the pipeline container's port (backends/kubernetes.py PORT)
+POD_PORT = 8080  # the pipeline container's port (backends/kubernetes/objects.py PORT)
 
 
 def allocate_pod_ip(port: int = POD_PORT) -> str:

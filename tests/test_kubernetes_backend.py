@@ -12,15 +12,9 @@ import kubernetes
 import pytest
 import yaml
 
-from pipeline_operator.backends.kubernetes import (
-    WATCHED,
-    KubernetesBackend,
-    KubernetesOptions,
-    build_objects,
-    child_name,
-    container_resources,
-    image_allowed,
-)
+from pipeline_operator.backends.kubernetes import KubernetesBackend, KubernetesOptions, child_name
+from pipeline_operator.backends.kubernetes.children import WATCHED
+from pipeline_operator.backends.kubernetes.objects import build_objects, container_resources, image_allowed
 from pipeline_operator.core.lifecycle import ComputeState
 from pipeline_operator.identity import PipelineKey
 from pipeline_operator.kube.client import KubeClient

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from pipeline_operator.backends.kubernetes import KubernetesOptions, build_objects, child_name, labels
+from pipeline_operator.backends.kubernetes import KubernetesOptions, child_name, labels
+from pipeline_operator.backends.kubernetes.objects import build_objects
 from pipeline_operator.core.lifecycle import ComputeState
 from pipeline_operator.models import PipelineSpec, RuntimeDesiredStatus
 

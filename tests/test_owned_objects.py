@@ -23,15 +23,9 @@ import kubernetes
 import pytest
 
 from pipeline_operator.backends import LogsUnavailable
-from pipeline_operator.backends.kubernetes import (
-    OWNED_KEY,
-    KubernetesBackend,
-    KubernetesOptions,
-    child_name,
-    labels,
-    owner,
-    token_secret_name,
-)
+from pipeline_operator.backends.kubernetes import KubernetesBackend, KubernetesOptions, child_name, labels
+from pipeline_operator.backends.kubernetes.objects import owner, token_secret_name
+from pipeline_operator.backends.kubernetes.owned import OWNED_KEY
 from pipeline_operator.identity import PipelineKey
 from pipeline_operator.kube.client import KubeClient
 from pipeline_operator.models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus
@@ -396,7 +390,8 @@ def test_provisioning_remembers_what_it_wrote(tmp_path):
     spec = PipelineSpec.model_validate({"program": {"sql": SQL}, "deployment": TRICKY, "runtimeConfig": {
         "workers": 2, "io_workers": 3, "env": {"OTHER": "1"},
         "resources": {"cpu_cores_max": 1.5, "memory_mb_min": 100}}})
-    from pipeline_operator.backends.kubernetes import _Owned, build_objects, owned_digest
+    from pipeline_operator.backends.kubernetes.objects import build_objects
+    from pipeline_operator.backends.kubernetes.owned import _Owned, owned_digest
     deployment = "0123e4b6-7c1a-4d2e-8f00-0123456789ab"
     objects = build_objects(key, spec, {"sql": SQL}, RuntimeDesiredStatus.PAUSED, backend.options,
                             BootstrapPolicy.ALLOW, silent_bootstrap=True, deployment_id=deployment)
