@@ -7,15 +7,8 @@ import json
 
 import pytest
 
-from pipeline_operator.feldera.compiler import (
-    Compiler,
-    SqlProblem,
-    build_artifact,
-    parse_program,
-    snippet,
-    source_lines,
-    sql_error_details,
-)
+from pipeline_operator.feldera.compiler import Compiler, SqlProblem, build_artifact, parse_program, sql_error_details
+from pipeline_operator.feldera.compiler.sql import snippet, source_lines
 from pipeline_operator.models import ProgramStatus, program_digest
 
 GOOD = "CREATE TABLE t (x INT);\nCREATE MATERIALIZED VIEW v AS SELECT x FROM t;"
@@ -324,16 +317,16 @@ def test_weird_but_valid_programs_compile_with_a_program_info(tmp_path):
 
 
 def test_program_info_never_fails_a_compilation(monkeypatch):
-    from pipeline_operator.feldera import compiler
+    from pipeline_operator.feldera.compiler import schema, views
 
     def broken(*args, **kwargs):
         raise RuntimeError("sqlglot had a bad day")
 
-    monkeypatch.setattr(compiler, "qualify", broken)  # views cannot be typed: names only
+    monkeypatch.setattr(views, "qualify", broken)  # views cannot be typed: names only
     views = _info(PROGRAM)["schema"]["outputs"]
     assert [f["name"] for f in views[1]["fields"]] == ["CustomerName", "order_count", "Total"]
     assert {f["columntype"]["type"] for v in views[1:] for f in v["fields"]} == {"VARIANT"}
-    monkeypatch.setattr(compiler, "program_schema", broken)  # nothing can be worked out
+    monkeypatch.setattr(schema, "program_schema", broken)  # nothing can be worked out
     artifact = build_artifact(PROGRAM, parse_program(PROGRAM))
     assert artifact["tables"] == ["orders", "customers"]
     assert artifact["program_info"]["schema"] == {"inputs": [], "outputs": [ERROR_VIEW]}

@@ -231,7 +231,7 @@ def test_a_missing_binary_is_looked_for_again_and_the_program_compiles_once_it_i
 def test_the_sql_compilers_messages_are_bounded_before_they_reach_the_status() -> None:
     """A program that makes Feldera's compiler write thousands of warnings, or quote a huge line, gets a
     SqlError small enough to write into its Pipeline's status, saying how many messages are not shown."""
-    from pipeline_operator.feldera.compiler import MAX_MESSAGE_FIELD, MAX_MESSAGES_BYTES, compiler_messages
+    from pipeline_operator.feldera.compiler.messages import MAX_MESSAGE_FIELD, MAX_MESSAGES_BYTES, compiler_messages
     one = {"start_line_number": 1, "start_column": 1, "end_line_number": 1, "end_column": 2, "warning": True,
            "error_type": "Warning", "message": "unused", "snippet": "    1|x\n"}
     huge = {**one, "warning": False, "error_type": "Error", "message": "m" * 100_000}
