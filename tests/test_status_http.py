@@ -17,9 +17,10 @@ from typing import Any, Protocol, TypeVar
 import pytest
 import uvloop
 
-from pipeline_operator.core.lifecycle import RuntimeObservation, RuntimeProbe, RuntimeStatus
+from pipeline_operator.core.lifecycle import RuntimeObservation, RuntimeProbe
 from pipeline_operator.feldera import status_http
 from pipeline_operator.feldera.runtime_client import MAX_HEAD_LINE, PipelineUnreachable, RuntimeClient
+from pipeline_operator.models import RuntimeStatus
 
 BODY = json.dumps({"runtime_status": "Running", "runtime_desired_status": "Running"}).encode()
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
