@@ -24,14 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline_operator.feldera.pipeline_process import (
-    ReferencePipeline,
-    _bound_socket,
-    _drop_connection,
-    _error,
-    _listen,
-    pipeline_from_env,
-)
+from pipeline_operator.feldera.pipeline_process import ReferencePipeline, pipeline_from_env
+from pipeline_operator.feldera.pipeline_process.main import _bound_socket, _listen
+from pipeline_operator.feldera.pipeline_process.routes import _drop_connection, _error
 
 log = logging.getLogger("pipeline_operator.feldera.pipeline_process")
 
