@@ -302,7 +302,7 @@ class Recorder(http.server.ThreadingHTTPServer):
     ("ftp://127.0.0.1", False), ("127.0.0.1:8080", False), ("http://[::1", False),
 ])
 def test_which_api_addresses_may_have_the_token(url, allowed):
-    from pipeline_operator.kubectl_plugin import api_url_refusal
+    from pipeline_operator.kubectl_plugin.connection import api_url_refusal
     assert (api_url_refusal(url) is None) is allowed, api_url_refusal(url)
 
 
