@@ -17,7 +17,7 @@ FELDERA_TOOLCHAIN ?= $(HOME)/.cache/pipeline-operator/feldera/0.306.0-c44a2456a
 test: $(VENV)/.installed
 	@echo "==> ruff: lint operator, tests, bench and image"
 	$(BIN)/ruff check operator tests bench image
-	@echo "==> mypy: type check pipeline_operator (strict on core/ and models.py; config in pyproject.toml)"
+	@echo "==> mypy: type check pipeline_operator (strict on core/ and models/; config in pyproject.toml)"
 	$(BIN)/mypy
 	@echo "==> import-linter: layering contracts (pyproject.toml)"
 	$(BIN)/lint-imports
