@@ -211,7 +211,7 @@ def test_one_tenant_cannot_take_the_slots_another_needs(monkeypatch):
             out["healthz"] = (await session.get(f"{base}/healthz")).status
             # A request that waits gets the slot that frees within the bound.
             waiting = alice.later("GET", "/v0/pipelines/p/events")
-            await until(lambda: server._identities.waiting, "alice's request to wait")
+            await until(lambda: server.gate._identities.waiting, "alice's request to wait")
             release.set()
             out["served after waiting"] = await waiting
             out["held"] = [(await task)[0] for task in held + uploads]

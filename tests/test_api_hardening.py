@@ -242,7 +242,7 @@ def test_token_checks_have_bounded_capacity_and_answer_busy():
             first = get("token-1")  # its TokenReview hangs in the one slot
             await until(lambda: silent.accepted, "the TokenReview to reach the API server")
             second = get("token-2")  # waits for the slot (the queue is as long as the capacity)
-            await until(lambda: server._auth_waiting >= 1, "the second check to wait for the slot")
+            await until(lambda: server.gate._auth_waiting >= 1, "the second check to wait for the slot")
             third = await client.get("/v0/pipelines", headers={"Authorization": "Bearer token-3"})
             busy = third.status, await third.json(), third.headers.get("Retry-After")
             health = await client.get("/healthz")

@@ -113,7 +113,7 @@ def test_a_graceful_stop_is_refused_for_community_edition_pipelines_as_felderas_
     ("Running", "garbage", None),
 ])
 def test_connectors_come_from_the_runtime_details_the_pipeline_reported(runtime, details, expected):
-    from pipeline_operator.api.pipelines import connector_stats
+    from pipeline_operator.api.pipeline_shape import connector_stats
     from pipeline_operator.core.lifecycle import PipelineState
     state = PipelineState(deployment_runtime_status=runtime, deployment_runtime_status_details=details)
     assert connector_stats(state) == expected
@@ -128,12 +128,12 @@ def test_connectors_come_from_the_runtime_details_the_pipeline_reported(runtime,
 ])
 def test_names_follow_felderas_rules_then_kubernetes(name, code):
     from pipeline_operator.api.errors import ApiError
-    from pipeline_operator.api.pipelines import _check_name
+    from pipeline_operator.api.pipeline_shape import check_name
     if code is None:
-        _check_name(name)
+        check_name(name)
         return
     with pytest.raises(ApiError) as err:
-        _check_name(name)
+        check_name(name)
     assert err.value.error_code == code
 
 
@@ -148,5 +148,5 @@ def test_names_follow_felderas_rules_then_kubernetes(name, code):
     ("anonymous", None),
 ])
 def test_a_service_accounts_namespace_is_read_from_its_username_only(username, namespace):
-    from pipeline_operator.api.server import service_account_namespace
+    from pipeline_operator.api.auth import service_account_namespace
     assert service_account_namespace(username) == namespace

@@ -74,12 +74,12 @@ FORWARDED = [
 def _recording(server: ApiServer) -> list[str]:
     """The RBAC verbs the API asks for, in order."""
     verbs: list[str] = []
-    authorize = server.authorize
+    authorize = server.gate.authorize
 
     async def recorded(request: web.Request, verb: str, namespace: str, name: str | None = None) -> None:
         verbs.append(verb)
         await authorize(request, verb, namespace, name)
-    server.authorize = recorded  # type: ignore[method-assign]
+    server.gate.authorize = recorded  # type: ignore[method-assign]
     return verbs
 
 

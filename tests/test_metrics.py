@@ -236,7 +236,7 @@ def test_a_scrape_never_counts_the_event_store_itself():
             for _ in range(5):
                 await scraped()
             out["within the period"] = store.calls
-            server._store_counted_at -= 60  # a period later, the next scrape counts again (once)
+            server.health._store_counted_at -= 60  # a period later, the next scrape counts again (once)
             for _ in range(5):
                 await scraped()
             await asyncio.sleep(0.1)

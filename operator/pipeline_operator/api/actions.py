@@ -38,7 +38,8 @@ from .errors import ApiError, bool_param, unreadable_pipeline
 from .interaction import ERROR_TYPES, JSON, PASSED_THROUGH_HEADERS, reachable_endpoint, served_content_type
 
 if TYPE_CHECKING:
-    from .server import ApiServer, ServedPipeline
+    from .auth import Gate
+    from .deps import ApiDeps, ServedPipeline
 
 _INITIAL = {"running": RuntimeDesiredStatus.RUNNING, "paused": RuntimeDesiredStatus.PAUSED,
             "standby": RuntimeDesiredStatus.STANDBY}
@@ -58,9 +59,11 @@ def _silent_bootstrap(request: web.Request) -> bool:
 
 
 class Actions:
-    def __init__(self, server: ApiServer) -> None:
-        self.server = server
-        self.deps = server.deps
+    """The lifecycle actions' routes of one :class:`~.server.ApiServer`."""
+
+    def __init__(self, gate: Gate, deps: ApiDeps) -> None:
+        self.gate = gate
+        self.deps = deps
 
     def routes(self, r: web.UrlDispatcher) -> None:
         for action in ("start", "stop", "pause", "resume", "activate", "approve", "clear", "dismiss_error"):
@@ -68,23 +71,14 @@ class Actions:
 
     def _handler(self, action: str) -> Any:
         async def handler(request: web.Request) -> web.StreamResponse:
-            monitor = await self.server.pipeline(request, "patch")
+            monitor = await self.gate.pipeline(request, "patch")
             unreadable = unreadable_pipeline(monitor.obj)
             if unreadable is not None:
                 raise unreadable
-            state = await self.served_state(monitor)
+            state = await writes.served_state(monitor)
             result: web.StreamResponse = await getattr(self, action)(request, monitor, state)
             return result
         return handler
-
-    async def served_state(self, monitor: ServedPipeline) -> PipelineState:
-        """The state the monitoring loop last recorded (waiting for its first pass if needed)."""
-        if monitor.state is None:
-            await writes.settle(monitor, lambda obj, state: True, timeout=10.0)
-        if monitor.state is None:
-            raise ApiError(503, "PipelineNotReady", f"The operator has not looked at pipeline "
-                                                    f"'{monitor.key.name}' yet; try again")
-        return monitor.state
 
     # -- resources ------------------------------------------------------------------------------
 
@@ -127,7 +121,7 @@ class Actions:
             raise ApiError.refused(ENTERPRISE_GRACEFUL_STOP)
         updated = await writes.patch(self.deps.kube, monitor, {"desiredStatus": "Stopped",
                                                                "stopMode": "Force" if force else "Graceful"},
-                                     requested_by=self.server.requested_by(request, "stop"))
+                                     requested_by=self.gate.requested_by(request, "stop"))
         await writes.settle(monitor, writes.observed(writes.generation(updated)))
         return web.json_response("Pipeline is forcefully stopping" if force else "Pipeline is stopping", status=202)
 
@@ -154,7 +148,7 @@ class Actions:
         any spec change), wait until the loop handled it, and answer its refusal if it was refused."""
         value = next(iter(annotations.values()))
         await writes.patch(self.deps.kube, monitor, spec, annotations,
-                           requested_by=self.server.requested_by(request, action))
+                           requested_by=self.gate.requested_by(request, action))
 
         def handled(state: PipelineState) -> HandledAction | None:
             found: HandledAction | None = getattr(state, f"handled_{action}")
@@ -196,7 +190,7 @@ class Actions:
                 # Kept in the spec so that the monitoring loop holds the pipeline there (level-based).
                 action = path.strip("/") if path != "/start" else "resume"
                 await writes.patch(self.deps.kube, monitor, {"runtimeDesiredStatus": target},
-                                   requested_by=self.server.requested_by(request, action))
+                                   requested_by=self.gate.requested_by(request, action))
         return self._answer(status, body, content_type)
 
     async def pause(self, request: web.Request, monitor: ServedPipeline, state: PipelineState) -> web.Response:
@@ -218,5 +212,5 @@ class Actions:
         status, body, content_type = await self._forward(monitor, state, "POST", "/approve", flags)
         if status < 300:
             # Nothing of the spec changes, but the Events of the bootstrap that follows are the approver's.
-            await writes.patch(self.deps.kube, monitor, requested_by=self.server.requested_by(request, "approve"))
+            await writes.patch(self.deps.kube, monitor, requested_by=self.gate.requested_by(request, "approve"))
         return self._answer(status, body, content_type)

@@ -24,22 +24,26 @@ from ..feldera.launcher import BINARY_ROUTE
 from .errors import ApiError
 
 if TYPE_CHECKING:
-    from .server import ApiServer
+    from .auth import Gate
+    from .deps import ApiDeps
 
 log = logging.getLogger(__name__)
 MAX_TOKEN_BYTES = 4096  # a control token is 43 characters
 
 
 class Binaries:
-    def __init__(self, server: ApiServer) -> None:
-        self.server = server
+    """The program binaries' route of one :class:`~.server.ApiServer`."""
+
+    def __init__(self, gate: Gate, deps: ApiDeps) -> None:
+        self.gate = gate
+        self.deps = deps
 
     def routes(self, r: web.UrlDispatcher) -> None:
         r.add_get(BINARY_ROUTE, self.get)
-        self.server.unpooled_routes.add(BINARY_ROUTE)  # a download is long; it takes no user's request slot
+        self.gate.unpooled_routes.add(BINARY_ROUTE)  # a download is long; it takes no user's request slot
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        deps = self.server.deps
+        deps = self.deps
         namespace, name = request.match_info["namespace"], request.match_info["name"]
         if deps.program_binary is None:
             raise ApiError(404, "NotFound", "This operator serves no pipeline binaries (Kubernetes backend with "

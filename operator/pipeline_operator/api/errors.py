@@ -6,6 +6,7 @@ from typing import Any
 
 import pydantic
 from aiohttp import web
+from kubernetes.client.exceptions import ApiException
 
 from .. import jsondepth
 from ..core.lifecycle import Refusal
@@ -65,3 +66,11 @@ def bool_param(query: Any, name: str, default: bool) -> bool:
         return False
     raise ApiError(400, "InvalidQueryParameter", f"{name} must be true or false, not '{raw[:20]}'",
                    {"parameter": name})
+
+
+def describe(exc: BaseException) -> str:
+    """A failure of a call to the Kubernetes API server, for the log: an API server's answer by its status and
+    reason, anything else by its type and (bounded) message."""
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -46,11 +46,14 @@ from aiohttp import ClientWebSocketResponse, StreamReader, WSCloseCode, WSMsgTyp
 from ..backends import LogsUnavailable
 from ..core.lifecycle import PipelineState, interaction_refusal
 from ..feldera.runtime_client import MAX_WS_FRAME, InvalidAnswer, PipelineUnreachable
+from . import writes
 from .errors import ApiError
 from .slots import FairSlots, StreamSlots, share
 
 if TYPE_CHECKING:
-    from .server import ApiDeps, ApiServer, ServedPipeline
+    from .auth import Gate
+    from .deps import ApiDeps, ServedPipeline
+    from .follow import FollowHub
 
 log = logging.getLogger(__name__)
 
@@ -230,37 +233,38 @@ def too_large(limit: int, route: str) -> web.Response:
 class Interaction:
     """The routes of a pipeline's data plane (see the module's docstring)."""
 
-    def __init__(self, server: ApiServer) -> None:
-        self.server = server
-        self.deps = server.deps
+    def __init__(self, gate: Gate, deps: ApiDeps, follow: FollowHub) -> None:
+        self.gate = gate
+        self.deps = deps
+        self.follow = follow  # closing: the API is stopping
         self.slots = StreamSlots(STREAMS, STREAMS_PER_CLIENT, "log, egress and query streams",
                                  "close one and try again")
         self.uploads = FairSlots(UPLOADS, {"identity": share(UPLOADS, None), "namespace": share(UPLOADS, None)},
-                                 server.queue_timeout, "uploads to pipelines (/ingress)",
-                                 refused=lambda scope: server.metrics.busy.labels("uploads", scope).inc())
+                                 gate.queue_timeout, "uploads to pipelines (/ingress)",
+                                 refused=lambda scope: deps.metrics.busy.labels("uploads", scope).inc())
 
     def routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/v0/pipelines/{name}/logs", self.logs)
-        self.server.unpooled_routes.add("GET /v0/pipelines/{name}/logs")
+        self.gate.unpooled_routes.add("GET /v0/pipelines/{name}/logs")
         for route in ROUTES:
             path = f"/v0/pipelines/{{name}}/{route.path}"
             r.add_route(route.method, path, self._handler(route))
-            (self.server.unpooled_routes if route.stream or route.upload else self.server.long_routes).add(
+            (self.gate.unpooled_routes if route.stream or route.upload else self.gate.long_routes).add(
                 f"{route.method} {path}")
 
     # -- passed through ---------------------------------------------------------------------------
 
     def _handler(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
-            namespace, name = await self.server.namespace(request), request.match_info["name"]
-            await self.server.authorize(request, route.verb, namespace, name)
+            namespace, name = await self.gate.namespace(request), request.match_info["name"]
+            await self.gate.authorize(request, route.verb, namespace, name)
             action = request.match_info.get("action")
             if action is not None and action not in CONNECTOR_ACTIONS:  # checked first, as Feldera's manager does
                 raise ApiError(400, "InvalidConnectorAction", f"Invalid connector action '{action[:100]}'; "
                                "valid actions are: 'start' or 'pause'", {"action": action[:100]})
-            monitor = self.server.monitor(namespace, name)
-            state = await self.server.actions.served_state(monitor)
-            identity = self.server.identity(request)
+            monitor = self.gate.monitor(namespace, name)
+            state = await writes.served_state(monitor)
+            identity = self.gate.identity(request)
             upgrade = route.websocket and is_websocket(request)
             if route.stream or upgrade:
                 with self.slots.slot(request.remote or "", identity, namespace):
@@ -372,7 +376,7 @@ class Interaction:
         try:
             while not (await asyncio.wait(tasks, timeout=CLOSING_CHECK_SECONDS,
                                           return_when=asyncio.FIRST_COMPLETED))[0]:
-                if self.server.follow.closing:  # the API is stopping: its streams end now
+                if self.follow.closing:  # the API is stopping: its streams end now
                     break
         finally:
             for task in tasks:
@@ -381,7 +385,7 @@ class Interaction:
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
                     await task
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await client.close(code=WSCloseCode.GOING_AWAY if self.server.follow.closing else WSCloseCode.OK)
+                await client.close(code=WSCloseCode.GOING_AWAY if self.follow.closing else WSCloseCode.OK)
 
     # -- logs ---------------------------------------------------------------------------------------
 
@@ -389,7 +393,7 @@ class Interaction:
         """Feldera's ``GET /v0/pipelines/{name}/logs``, from the backend: the recent past, then followed as
         Feldera's runner follows it, across stops and starts, until the pipeline is deleted (then ``Logs have
         ended``) or the client goes."""
-        monitor = await self.server.pipeline(request, "get")
+        monitor = await self.gate.pipeline(request, "get")
         if self.deps.logs is None:
             raise ApiError(501, "NotServed", "This operator's backend does not serve pipeline logs")
         key = monitor.key
@@ -398,7 +402,7 @@ class Interaction:
             found = self.deps.pipelines.get(key.namespace, key.name)
             return found is None or found.obj is None or found.key.uid != key.uid
 
-        with self.slots.slot(request.remote or "", self.server.identity(request), key.namespace):
+        with self.slots.slot(request.remote or "", self.gate.identity(request), key.namespace):
             async with contextlib.AsyncExitStack() as stack:
                 try:
                     chunks = await stack.enter_async_context(self.deps.logs(key, True))
@@ -432,7 +436,7 @@ class Interaction:
             nxt = asyncio.ensure_future(anext(source, None))
             try:
                 while not (await asyncio.wait({nxt}, timeout=CLOSING_CHECK_SECONDS))[0]:
-                    if self.server.follow.closing:  # the API is stopping: its streams end now
+                    if self.follow.closing:  # the API is stopping: its streams end now
                         return False
                     if until is not None and until():
                         chunk = None

@@ -33,11 +33,14 @@ from aiohttp import web
 from ..core.lifecycle import PipelineState, update_refusal
 from ..feldera.runtime_client import PipelineUnreachable
 from ..models import RuntimeStatus
+from . import pipeline_shape as shape
+from . import writes
 from .errors import ApiError
 from .interaction import reachable_endpoint
 
 if TYPE_CHECKING:
-    from .server import ApiServer, ServedPipeline
+    from .auth import Gate
+    from .deps import ApiDeps, ServedPipeline
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +56,10 @@ KUBERNETES_RULES_OUT = {
 SESSION_NAMESPACE = uuid.UUID("6c1d4f2e-9a57-4c37-8f0e-2b1a7d3c5e90")  # tenant ids: uuid5 of the namespace's name
 
 
-async def dataflow_of(server: ApiServer, name: str, state: PipelineState) -> Any:
+async def dataflow_of(deps: ApiDeps, name: str, state: PipelineState) -> Any:
     """Feldera's ``extract_pipeline_dataflow_graph``: the ``dataflow`` of the program's ``program_info``, else
     404 ``ProgramNotCompiled`` (no program info yet) or ``ProgramInfoMissesDataflow``."""
-    program_info = await server.pipelines.program_info(state)
+    program_info = await shape.program_info(deps, state)
     if program_info is None:
         raise ApiError(404, "ProgramNotCompiled", f"Pipeline '{name}' has not been compiled yet. Please compile the "
                                                   "pipeline first.", {"pipeline_name": name})
@@ -71,16 +74,16 @@ async def dataflow_of(server: ApiServer, name: str, state: PipelineState) -> Any
 class Manager:
     """Feldera's manager-served routes (see the module's docstring)."""
 
-    def __init__(self, server: ApiServer) -> None:
-        self.server = server
-        self.deps = server.deps
+    def __init__(self, gate: Gate, deps: ApiDeps) -> None:
+        self.gate = gate
+        self.deps = deps
 
     def routes(self, r: web.UrlDispatcher) -> None:
         r.add_post("/v0/pipelines/{name}/update_runtime", self.update_runtime)
         r.add_post("/v0/pipelines/{name}/testing", self.testing)
         r.add_get("/v0/pipelines/{name}/dataflow_graph", self.dataflow_graph)
         r.add_get("/v0/metrics", self.metrics)
-        self.server.long_routes.add("GET /v0/metrics")  # it waits for pipelines
+        self.gate.long_routes.add("GET /v0/metrics")  # it waits for pipelines
         r.add_get("/v0/config/session", self.session)
         r.add_get("/v0/config/demos", self.demos)
         r.add_get("/config/authentication", self.authentication)
@@ -89,31 +92,31 @@ class Manager:
             r.add_route("*", path + "/{tail:.*}", self.ruled_out)
 
     async def update_runtime(self, request: web.Request) -> web.Response:
-        monitor = await self.server.pipeline(request, "patch")
-        state = await self.server.actions.served_state(monitor)
+        monitor = await self.gate.pipeline(request, "patch")
+        state = await writes.served_state(monitor)
         refusal = update_refusal(state)
         if refusal is not None:
             raise ApiError.refused(refusal)
         assert monitor.obj is not None
-        return web.json_response(await self.server.pipelines.info(monitor.obj, state, "all"),
+        return web.json_response(await shape.pipeline_info(self.deps, monitor.obj, state, "all"),
                                  headers={"Cache-Control": "no-cache"})
 
     async def testing(self, request: web.Request) -> web.Response:
-        await self.server.authorize(request, "patch", await self.server.namespace(request), request.match_info["name"])
+        await self.gate.authorize(request, "patch", await self.gate.namespace(request), request.match_info["name"])
         reason = '/testing endpoint is disabled. Set FELDERA_UNSTABLE_FEATURES="testing" to enable.'
         raise ApiError(405, "UnsupportedPipelineAction", f"Unsupported pipeline action '/testing': {reason}",
                        {"action": "/testing", "reason": reason})
 
     async def dataflow_graph(self, request: web.Request) -> web.Response:
-        monitor = await self.server.pipeline(request, "get")
-        state = await self.server.actions.served_state(monitor)
-        return web.json_response(await dataflow_of(self.server, monitor.key.name, state))
+        monitor = await self.gate.pipeline(request, "get")
+        state = await writes.served_state(monitor)
+        return web.json_response(await dataflow_of(self.deps, monitor.key.name, state))
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Feldera's ``get_metrics``: each Running or Paused pipeline's ``/metrics`` that answered a success,
         followed by a new line, in the order of the list; the others are left out."""
-        namespace = await self.server.namespace(request)
-        await self.server.authorize(request, "list", namespace)
+        namespace = await self.gate.namespace(request)
+        await self.gate.authorize(request, "list", namespace)
         at_once = asyncio.Semaphore(METRICS_AT_ONCE)
         served = [m for m in self.deps.pipelines.in_namespace(namespace) if m.obj is not None]
         pages = await asyncio.gather(*(self._metrics_of(m, at_once) for m in served))
@@ -146,13 +149,13 @@ class Manager:
     async def session(self, request: web.Request) -> web.Response:
         """Feldera's ``SessionInfo``: the tenant is the namespace; its id is derived from the name (the same
         namespace, the same id, on every replica)."""
-        await self.server.authenticate(request)
-        namespace = await self.server.namespace(request)
+        await self.gate.authenticate(request)
+        namespace = await self.gate.namespace(request)
         return web.json_response({"tenant_id": str(uuid.uuid5(SESSION_NAMESPACE, namespace)),
                                   "tenant_name": namespace})
 
     async def demos(self, request: web.Request) -> web.Response:
-        await self.server.authenticate(request)
+        await self.gate.authenticate(request)
         return web.json_response([])  # Feldera's manager without demo directories
 
     async def authentication(self, request: web.Request) -> web.Response:

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # version with ``version`` and warns of a mismatch when they differ.
 FELDERA_VERSION = "0.306.0"
 FELDERA_REVISION = "c44a2456a60e8581a392504fe0edffb1f77d1ba8"
+# The operator's own version. Read once: a lookup reads the installed distribution's metadata from disk.
+VERSION = package_version("pipeline-operator")
 # What the operator is built of, named in ``build_info`` (read once: each lookup reads metadata from disk).
 _DEPENDENCIES = ("kopf", "kubernetes", "aiohttp", "sqlglot", "pydantic")
 

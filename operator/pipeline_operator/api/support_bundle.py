@@ -35,13 +35,16 @@ from ..backends import LogsUnavailable
 from ..core.lifecycle import PipelineState
 from ..feldera.runtime_client import PipelineUnreachable
 from ..models import combined_desired_status, combined_status
+from . import pipeline_shape as shape
+from . import writes
 from .errors import ApiError, bool_param
 from .interaction import reachable_endpoint
 from .manager import dataflow_of
-from .platform import configuration
+from .platform import VERSION, configuration
 
 if TYPE_CHECKING:
-    from .server import ApiServer, ServedPipeline
+    from .auth import Gate
+    from .deps import ApiDeps, ServedPipeline
 
 COLLECTION_TIMEOUT = 120.0  # Feldera's COLLECTION_TIMEOUT: each file asked of the pipeline
 LOG_QUIET = 0.5  # seconds without a new line after which the log is taken as read (Feldera's next_line_timeout)
@@ -85,17 +88,17 @@ def _pretty(raw: bytes) -> bytes:
 
 
 class SupportBundles:
-    def __init__(self, server: ApiServer) -> None:
-        self.server = server
-        self.deps = server.deps
+    def __init__(self, gate: Gate, deps: ApiDeps) -> None:
+        self.gate = gate
+        self.deps = deps
         self.at_once = asyncio.Semaphore(AT_ONCE)
 
     def routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/v0/pipelines/{name}/support_bundle", self.support_bundle)
-        self.server.long_routes.add("GET /v0/pipelines/{name}/support_bundle")  # it waits for the pipeline
+        self.gate.long_routes.add("GET /v0/pipelines/{name}/support_bundle")  # it waits for the pipeline
 
     async def support_bundle(self, request: web.Request) -> web.Response:
-        monitor = await self.server.pipeline(request, "get")
+        monitor = await self.gate.pipeline(request, "get")
         query = request.query
         limit = query.get("limit")
         if limit is not None and limit.strip() == "0":
@@ -108,7 +111,7 @@ class SupportBundles:
             raise ApiError(429, "TooManySupportBundles", f"{AT_ONCE} support bundles are being assembled; try again "
                            "shortly", {"limit": AT_ONCE}, retry_after=5)
         async with self.at_once:
-            state = await self.server.actions.served_state(monitor)
+            state = await writes.served_state(monitor)
             collections = [await self._collect(monitor, state, wanted)] if bool_param(query, "collect", True) else []
             body = await asyncio.to_thread(self._zip, monitor, state, collections, wanted)
         return web.Response(body=body, headers={
@@ -233,18 +236,17 @@ class SupportBundles:
     async def _pipeline_config(self, monitor: ServedPipeline, state: PipelineState) -> bytes:
         assert monitor.obj is not None
         try:
-            info = await self.server.pipelines.info(monitor.obj, state, "all")
+            info = await shape.pipeline_info(self.deps, monitor.obj, state, "all")
         except ApiError as exc:
             raise Failed(exc.message) from None
         return json.dumps(info, indent=2).encode()
 
     async def _system_config(self) -> bytes:
-        from .server import VERSION
         return json.dumps(configuration(VERSION), indent=2).encode()
 
     async def _dataflow_graph(self, monitor: ServedPipeline, state: PipelineState) -> bytes:
         try:
-            dataflow = await dataflow_of(self.server, monitor.key.name, state)
+            dataflow = await dataflow_of(self.deps, monitor.key.name, state)
         except ApiError as exc:
             raise Failed(exc.message) from None
         return json.dumps(dataflow, indent=2).encode()

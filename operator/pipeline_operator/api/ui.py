@@ -31,11 +31,12 @@ from aiohttp import web
 from ..core import resource
 from ..core.lifecycle import PipelineState
 from ..models import PipelineStatus, combined_status
+from .auth import NAMESPACE_RE
 from .errors import ApiError
-from .server import NAMESPACE_RE
 
 if TYPE_CHECKING:
-    from .server import ApiServer, ServedPipeline
+    from .auth import Gate
+    from .deps import ApiDeps, ServedPipeline
 
 # The timeline's bands: (title, the monitor event's field). One band per status kind.
 BANDS: tuple[tuple[str, str], ...] = (
@@ -259,10 +260,11 @@ def pipeline_page(namespace: str, name: str, state: PipelineState, events: Seque
 
 
 class Ui:
-    """The ``/ui`` handlers of one :class:`ApiServer`."""
+    """The ``/ui`` handlers of one :class:`~.server.ApiServer`."""
 
-    def __init__(self, server: ApiServer) -> None:
-        self.server = server
+    def __init__(self, gate: Gate, deps: ApiDeps) -> None:
+        self.gate = gate
+        self.deps = deps
 
     def routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/ui", self.pipelines)
@@ -273,22 +275,22 @@ class Ui:
         namespace, else the default)."""
         namespace = request.query.get("namespace")
         if namespace is None:
-            return await self.server.namespace(request)
+            return await self.gate.namespace(request)
         if not NAMESPACE_RE.match(namespace) or len(namespace) > 63:
             raise ApiError(400, "InvalidTenant", f"'{namespace[:70]}' is not a namespace name")
         return namespace
 
     async def pipelines(self, request: web.Request) -> web.Response:
         namespace = await self.namespace(request)
-        await self.server.authorize(request, "list", namespace)
-        found = [(p.key.name, _state_of(p)) for p in self.server.deps.pipelines.in_namespace(namespace)
+        await self.gate.authorize(request, "list", namespace)
+        found = [(p.key.name, _state_of(p)) for p in self.deps.pipelines.in_namespace(namespace)
                  if p.obj is not None]
         return list_page(namespace, found)
 
     async def pipeline(self, request: web.Request) -> web.Response:
         namespace = await self.namespace(request)
         name = request.match_info["name"]
-        await self.server.authorize(request, "get", namespace, name)
-        served = self.server.monitor(namespace, name)
-        raw = await asyncio.to_thread(self.server.deps.events.list_json, served.key.uid, "all")
+        await self.gate.authorize(request, "get", namespace, name)
+        served = self.gate.monitor(namespace, name)
+        raw = await asyncio.to_thread(self.deps.events.list_json, served.key.uid, "all")
         return pipeline_page(namespace, name, _state_of(served), json.loads(raw), dt.datetime.now(dt.UTC))

@@ -15,7 +15,7 @@ from ..reconcile.spec import ANNOTATION_API_SPEC, spec_marker
 from .errors import ApiError, unknown_pipeline
 
 if TYPE_CHECKING:
-    from .server import ServedPipeline
+    from .deps import ServedPipeline
 
 FIELD_MANAGER = "pipeline-operator-api"
 # How long an answer waits for the monitoring loop to act on a change (it is woken at once; this
@@ -45,7 +45,7 @@ async def patch(kube: KubeClient, monitor: ServedPipeline, spec: dict[str, Any] 
                 annotations: dict[str, str] | None = None, *, requested_by: str | None = None) -> dict[str, Any]:
     """A merge patch of the Pipeline's spec and annotations; the loop gets the new object at once.
 
-    ``requested_by`` (:meth:`ApiServer.requested_by`) goes into the same patch as the change, so
+    ``requested_by`` (:meth:`.auth.Gate.requested_by`) goes into the same patch as the change, so
     the object that carries the change says who asked for it (and the Events that follow)."""
     body: dict[str, Any] = {}
     annotations = dict(annotations or {})
@@ -84,3 +84,13 @@ async def settle(monitor: ServedPipeline, predicate: Callable[[dict[str, Any], P
 def observed(gen: int) -> Callable[[dict[str, Any], PipelineState], bool]:
     """The loop has decided from generation ``gen`` (or newer)."""
     return lambda obj, state: (state.observed_generation or 0) >= gen
+
+
+async def served_state(monitor: ServedPipeline) -> PipelineState:
+    """The state the monitoring loop last recorded (waiting for its first pass if needed)."""
+    if monitor.state is None:
+        await settle(monitor, lambda obj, state: True, timeout=10.0)
+    if monitor.state is None:
+        raise ApiError(503, "PipelineNotReady", f"The operator has not looked at pipeline "
+                                                f"'{monitor.key.name}' yet; try again")
+    return monitor.state
