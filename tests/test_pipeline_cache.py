@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from pipeline_operator.controller.pipeline_cache import PipelineCache, ServedPipelines
-from pipeline_operator.reconcile.reconciler import PipelineRegistry
+from pipeline_operator.reconcile.services import PipelineRegistry
 from pipeline_operator.reconcile.spec import key_of
 
 

@@ -95,7 +95,8 @@ from ..feldera.launcher import BINARY_ROUTE
 from ..feldera_config import RuntimeConfig
 from ..identity import PipelineKey
 from ..kube.client import Forbidden, KubeClient, Unavailable
-from ..kube.informer import SHARED, FieldProjection, Informer, project
+from ..kube.informer import Informer
+from ..kube.projection import SHARED, FieldProjection, project
 from ..models import API_GROUP, API_VERSION, KIND, BootstrapPolicy, DeploymentSpec, PipelineSpec, RuntimeDesiredStatus
 from ..settings import OperatorSettings
 from . import RUNTIME_CONFIG_USED, LogsUnavailable, pipeline_env

@@ -24,8 +24,10 @@ from ..core import resource
 from ..core.lifecycle import PipelineState
 from ..identity import PipelineKey
 from ..models import PipelineStatus
-from ..reconcile.reconciler import NewestVersion, PipelineRegistry, _rv
+from ..reconcile.services import PipelineRegistry
 from ..reconcile.spec import key_of
+from ..reconcile.versions import NewestVersion
+from ..reconcile.versions import resource_version as _rv
 
 log = logging.getLogger(__name__)
 

@@ -44,12 +44,14 @@ from ..identity import PipelineKey
 from ..kube import events as kube_events
 from ..kube.client import Conflict, Fenced, Forbidden, Gone, KubeClient
 from ..kube.events import KubernetesEventPoster, requester_of
-from ..kube.informer import Informer, names_and_versions
+from ..kube.informer import Informer
 from ..kube.leader import LeaderElector, LeaseTiming
+from ..kube.projection import names_and_versions
 from ..kube.shards import CLAIM_LEASE_DURATIONS, NamespaceClaims
 from ..models import API_GROUP, API_VERSION, PLURAL, StorageDeletionPolicy
-from ..reconcile.reconciler import LoopServices, PipelineMonitor
+from ..reconcile.reconciler import PipelineMonitor
 from ..reconcile.recording import Recorder, post_event
+from ..reconcile.services import LoopServices
 from ..reconcile.spec import ONE_SHOT_ANNOTATIONS, key_of
 from ..retry import Backoff
 from ..settings import BackendKind, OperatorSettings, is_database_url
