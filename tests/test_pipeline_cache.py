@@ -88,3 +88,4 @@ def test_an_answer_waiting_on_the_cache_when_a_loop_takes_the_pipeline_still_see
         cache.on_change("MODIFIED", pipeline("a", 3))  # nobody waits any more: dropped
         assert cache.get("ns", "a") is None
     asyncio.run(main())
+

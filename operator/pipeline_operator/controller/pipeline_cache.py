@@ -19,11 +19,16 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import kubernetes
+
 from .. import jsondepth
 from ..core import resource
 from ..core.lifecycle import PipelineState
 from ..identity import PipelineKey
-from ..models import PipelineStatus
+from ..kube.client import KubeClient
+from ..kube.informer import Informer
+from ..kube.projection import names_and_versions
+from ..models import API_GROUP, API_VERSION, PLURAL, PipelineStatus
 from ..reconcile.services import PipelineRegistry
 from ..reconcile.spec import key_of
 from ..reconcile.versions import NewestVersion
@@ -196,3 +201,32 @@ class ServedPipelines:
 
     def all(self) -> list[Any]:
         return list(self._merged().values())
+
+
+class PipelineWatch:
+    """This replica's watch of the Pipelines, feeding its :class:`PipelineCache`: an :class:`Informer` that keeps
+    only names, uids and versions of its own (the cache keeps what it serves)."""
+
+    def __init__(self, kube: KubeClient, namespaces: list[str] | None, cache: PipelineCache) -> None:
+        self.cache = cache
+        self.informer = Informer(kubernetes.client.ApiClient(kube.api_client.configuration),
+                                 path=f"/apis/{API_GROUP}/{API_VERSION}", resource=PLURAL, namespaces=namespaces,
+                                 on_change=cache.on_change, name="pipelines", cached_form=names_and_versions)
+
+    async def start(self) -> None:
+        await self.informer.start()
+
+    async def stop(self) -> None:
+        await self.informer.stop()
+
+    async def wait_synced(self) -> None:
+        """Until the watch has listed every Pipeline."""
+        await self.informer.wait_synced()
+
+    def uids(self) -> set[str]:
+        """The uids of every Pipeline the watch holds."""
+        return {(obj.get("metadata") or {}).get("uid", "") for obj in self.informer.list()}
+
+    def loop_ended(self, namespace: str, name: str, obj: Mapping[str, Any] | None) -> None:
+        """A loop of this replica ended, leaving ``obj``: the cache keeps it while the watch holds that Pipeline."""
+        self.cache.loop_ended(obj, self.informer.get(namespace, name))
