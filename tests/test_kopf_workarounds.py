@@ -1,8 +1,8 @@
 """What the operator changes in Kopf's private modules (pipeline_operator/controller/kopf_workarounds.py), checked
 against the Kopf installed: the private functions it wraps or replaces are there with the signatures recorded for
-Kopf 1.45.2, each workaround takes effect (a watched Pipeline reaches a handler without managedFields; an answer
-nested too deep comes through marked, not as a RecursionError), and no other module of the operator imports
-Kopf's private modules. A Kopf release that changes any of this fails here."""
+Kopf 1.45.2, each workaround takes effect (a watched Pipeline reaches a handler, and the followers of Kopf's
+watch, without managedFields; an answer nested too deep comes through marked, not as a RecursionError), and no
+other module of the operator imports Kopf's private modules. A Kopf release that changes any of this fails here."""
 
 from __future__ import annotations
 
@@ -125,8 +125,24 @@ def test_an_answer_nested_too_deep_comes_through_kopfs_client_marked(pristine_ko
     assert kopf_api.json.dumps({"a": 1}) == '{"a": 1}'  # the rest of the module is json's
 
 
+class Follower:
+    """What a follower of Kopf's watch heard, in order."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[Any, ...]] = []
+
+    def listing(self, group: str, plural: str, namespace: str | None) -> None:
+        self.heard.append(("listing", plural, namespace))
+
+    def event(self, group: str, plural: str, namespace: str | None, kind: str | None, obj: dict[str, Any]) -> None:
+        self.heard.append(("event", kind, obj["metadata"]["name"], "managedFields" in obj["metadata"]))
+
+    def listed(self, group: str, plural: str, namespace: str | None) -> None:
+        self.heard.append(("listed", plural, namespace))
+
+
 @pytest.mark.apiserver
-def test_kopfs_handlers_get_pipelines_without_managed_fields(
+def test_kopfs_handlers_and_followers_get_pipelines_without_managed_fields(
         pristine_kopf, pipelines, namespace, cluster, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     pipelines.create("listed", spec())
@@ -149,20 +165,26 @@ def test_kopfs_handlers_get_pipelines_without_managed_fields(
         handled[body["metadata"]["name"]] = dict(body["metadata"])
         arrived[body["metadata"]["name"]].set()
 
+    follower = Follower()
+
     async def main() -> None:
         kopf_workarounds.apply()
         stop = asyncio.Event()
-        task = asyncio.create_task(kopf.operator(registry=registry, standalone=True, namespaces=[namespace],
-                                                 stop_flag=stop))
-        try:
-            await asyncio.wait_for(arrived["listed"].wait(), 30)
-            await asyncio.to_thread(pipelines.create, "watched", spec())
-            await asyncio.wait_for(arrived["watched"].wait(), 30)
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+        with kopf_workarounds.following_kopf_watches(follower):
+            task = asyncio.create_task(kopf.operator(registry=registry, standalone=True, namespaces=[namespace],
+                                                     stop_flag=stop))
+            try:
+                await asyncio.wait_for(arrived["listed"].wait(), 30)
+                await asyncio.to_thread(pipelines.create, "watched", spec())
+                await asyncio.wait_for(arrived["watched"].wait(), 30)
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 30)
 
     asyncio.run(main())
     assert set(handled) == {"listed", "watched"}
     assert not [name for name, meta in handled.items() if "managedFields" in meta]
+    assert follower.heard[:3] == [("listing", PLURAL, namespace), ("event", None, "listed", False),
+                                  ("listed", PLURAL, namespace)]
+    assert ("event", "ADDED", "watched", False) in follower.heard[3:]
 

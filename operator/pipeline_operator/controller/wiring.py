@@ -77,9 +77,10 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                                     settings.events_prune_interval, settings.event_store_queue_limit)
     metrics = Metrics()
     ctx, poster = build_loop_services(settings, clients, store, metrics)
-    # Every replica watches the Pipelines: a standby serves them (and, from a shared store, their
-    # events) through its HTTP API, and the leader serves them before its loops have started.
-    # The leader's API serves its loops, not the watch: the cache keeps no copy of a Pipeline a loop holds.
+    # Every replica watches the Pipelines, once: a standby serves them (and, from a shared store, their
+    # events) through its HTTP API, and the leader serves them before its loops have started (its own
+    # watch until Kopf's has listed them, then Kopf's). The leader's API serves its loops, not the watch:
+    # the cache keeps no copy of a Pipeline a loop holds.
     watch = PipelineWatch(clients.loops, None if settings.all_namespaces else list(settings.namespaces),
                           PipelineCache(monitored=lambda namespace, name: (
                               (monitor := ctx.monitors.get(namespace, name)) is not None and monitor.obj is not None)))
@@ -130,9 +131,10 @@ async def run(settings: OperatorSettings, *, ready_flag: asyncio.Event | None = 
                      where, settings.backend.value, type(asyncio.get_running_loop()).__module__.partition(".")[0])
             kopf_workarounds.apply()
             if await background.wait_until_pipelines_are_served(clients.loops, stopping.flag):
-                await kopf.operator(registry=build_registry(ctx, claims), standalone=True,
-                                    clusterwide=settings.all_namespaces, namespaces=settings.namespaces,
-                                    ready_flag=ready_flag, stop_flag=stopping.flag, memo=kopf.Memo())
+                with kopf_workarounds.following_kopf_watches(watch):  # Kopf's watch feeds the cache from now on
+                    await kopf.operator(registry=build_registry(ctx, claims), standalone=True,
+                                        clusterwide=settings.all_namespaces, namespaces=settings.namespaces,
+                                        ready_flag=ready_flag, stop_flag=stopping.flag, memo=kopf.Memo())
     except Exception as exc:
         if not stopping.flag.is_set():
             raise
