@@ -33,7 +33,7 @@ from pipeline_operator.core.emission import UuidV7, make_event
 from pipeline_operator.identity import PipelineKey
 from pipeline_operator.models import EventStatus, ProgramStatus, ResourcesDesiredStatus, ResourcesStatus, StorageStatus
 from pipeline_operator.store.sqlite import SqliteEventStore
-from pipeline_operator_dev import controlplane
+from pipeline_operator_dev import builds, controlplane
 
 REPO = Path(__file__).resolve().parent.parent
 SQL = "CREATE TABLE t (x INT);"
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
-    binaries = controlplane.ensure_binaries()
+    binaries = builds.ensure_binaries()
     with controlplane.ControlPlane(binaries) as plane, tempfile.TemporaryDirectory() as td:
         plane.kubectl("apply", "-f", str(REPO / "crds" / "pipelines.dataflow.dev.yaml"))
         controlplane.wait_established(plane.kubectl)

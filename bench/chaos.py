@@ -65,7 +65,7 @@ from tests.faults.chaos import (  # noqa: E402
     storm_requests,
 )
 
-from pipeline_operator_dev import controlplane  # noqa: E402
+from pipeline_operator_dev import builds, controlplane  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -256,7 +256,7 @@ def _mb(value: float | None) -> str:
     return "?" if value is None else f"{value:.0f} MB"
 
 
-def run_seed(seed: int, args: argparse.Namespace, binaries: controlplane.Binaries, faults: list[Fault]) -> SeedResult:
+def run_seed(seed: int, args: argparse.Namespace, binaries: builds.Binaries, faults: list[Fault]) -> SeedResult:
     result = SeedResult(seed)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="pipeline-operator-chaos-"))
@@ -364,7 +364,7 @@ def main() -> int:
     args = parser.parse_args()
     seeds = seeds_of(args)
     faults = selected(args.only)
-    binaries = controlplane.ensure_binaries()
+    binaries = builds.ensure_binaries()
     results = []
     for seed in seeds:
         results.append(run_seed(seed, args, binaries, faults))

@@ -81,7 +81,7 @@ def push(ingress: str, query_url: str, rows: range, batch: int, already: int) ->
 def through_operator(args: argparse.Namespace) -> None:
     """Time to Running and /ingress through a real operator (local backend) against a real control plane."""
     from pipeline_operator.feldera.compiler import binary_key
-    from pipeline_operator_dev import controlplane
+    from pipeline_operator_dev import builds, controlplane
 
     def status(url: str) -> dict:
         return json.loads(get(f"{url}/v0/pipelines/orders"))
@@ -93,7 +93,7 @@ def through_operator(args: argparse.Namespace) -> None:
                 raise SystemExit(f"not {combined} in time: {status(url)}")
             time.sleep(0.02)
 
-    with controlplane.ControlPlane(controlplane.ensure_binaries()) as plane, tempfile.TemporaryDirectory() as td:
+    with controlplane.ControlPlane(builds.ensure_binaries()) as plane, tempfile.TemporaryDirectory() as td:
         work = Path(td)
         plane.kubectl("apply", "-f", str(Path(__file__).parent.parent / "crds" / "pipelines.dataflow.dev.yaml"))
         controlplane.wait_established(plane.kubectl)

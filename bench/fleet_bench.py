@@ -53,7 +53,7 @@ from typing import Any
 
 import kubernetes
 
-from pipeline_operator_dev import controlplane
+from pipeline_operator_dev import builds, controlplane
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -737,7 +737,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: everything started is stopped too
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     say(f"work directory {workdir}")
-    binaries = controlplane.ensure_binaries()
+    binaries = builds.ensure_binaries()
     db = postgres.start()
     bench: Bench | None = None
     try:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from tests import oci  # noqa: E402
 
-from pipeline_operator_dev import controlplane  # noqa: E402
+from pipeline_operator_dev import builds, controlplane  # noqa: E402
 
 BUDGET_MB = 150.0
 
@@ -49,7 +49,7 @@ def main() -> int:
     reason = oci.unavailable_reason()
     if reason:
         sys.exit(f"error: {reason}")
-    binaries = controlplane.ensure_binaries()
+    binaries = builds.ensure_binaries()
     work = Path(tempfile.mkdtemp(prefix="image-bench-"))
     image = oci.built_image(work, str(binaries.helm))
     builder = oci.builder()

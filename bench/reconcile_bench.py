@@ -30,7 +30,7 @@ from pathlib import Path
 
 import kubernetes
 
-from pipeline_operator_dev import controlplane
+from pipeline_operator_dev import builds, controlplane
 
 REPO = Path(__file__).resolve().parent.parent
 SQL = "CREATE TABLE t (x INT); CREATE VIEW v AS SELECT x FROM t;"
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=660.0)
     args = parser.parse_args()
     n = args.pipelines
-    binaries = controlplane.ensure_binaries()
+    binaries = builds.ensure_binaries()
     with controlplane.ControlPlane(binaries) as plane, tempfile.TemporaryDirectory() as td:
         kubectl = lambda *a, **kw: plane.kubectl(*a, **kw)  # noqa: E731
         kubectl("apply", "-f", str(REPO / "crds" / "pipelines.dataflow.dev.yaml"))

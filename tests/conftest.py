@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_operator.controller.crd import DEFAULT_PATH
-from pipeline_operator_dev import controlplane
+from pipeline_operator_dev import builds, controlplane
 
 from . import postgres
 from .fake_kubelet import FakeKubelet
@@ -24,7 +24,7 @@ CRD_FILE = REPO / DEFAULT_PATH
 class Cluster:
     """The API server the tests talk to, with kubectl bound to it."""
 
-    def __init__(self, binaries: controlplane.Binaries, plane: controlplane.ControlPlane) -> None:
+    def __init__(self, binaries: builds.Binaries, plane: controlplane.ControlPlane) -> None:
         self.binaries = binaries
         self.plane = plane
 
@@ -48,12 +48,12 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def binaries() -> controlplane.Binaries:
-    return controlplane.ensure_binaries()
+def binaries() -> builds.Binaries:
+    return builds.ensure_binaries()
 
 
 @pytest.fixture(scope="session")
-def cluster(binaries: controlplane.Binaries) -> Iterator[Cluster]:
+def cluster(binaries: builds.Binaries) -> Iterator[Cluster]:
     """A real etcd + kube-apiserver for the whole test session, stopped at the end."""
     plane = controlplane.ControlPlane(binaries)
     plane.start()
@@ -93,7 +93,7 @@ def kstatus(cluster: Cluster) -> Iterator[KStatusTracker]:
 
 def pytest_report_header(config: pytest.Config) -> str:
     assets = os.environ.get("KUBEBUILDER_ASSETS", "")
-    return f"control-plane cache: {controlplane.cache_root()} (KUBEBUILDER_ASSETS={assets})"
+    return f"control-plane cache: {builds.cache_root()} (KUBEBUILDER_ASSETS={assets})"
 
 
 def _kill_pipeline_processes_under(folder: Path) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipeline_operator.models import program_digest
-from pipeline_operator_dev import controlplane
+from pipeline_operator_dev import builds
 
 CURRENT, IN_PROGRESS, FAILED, TERMINATING = "Current", "InProgress", "Failed", "Terminating"
 NOT_FOUND, UNKNOWN = "NotFound", "Unknown"
@@ -70,9 +70,9 @@ def _build(dest: Path, version: str, progress: Callable[[str], None]) -> None:
         for name in _SOURCE_FILES:  # build a copy: the checkout's go.mod and go.sum are never rewritten
             shutil.copy2(TOOL_SOURCE / name, work / name)
         partial = dest / ".kstatus.partial"
-        controlplane._run_with_progress(
+        builds._run_with_progress(
             ["go", "build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(partial), "."],
-            cwd=work, env=controlplane._go_env(),
+            cwd=work, env=builds._go_env(),
             label=f"building the kstatus tool (cli-utils {version})",
             progress=progress)
         partial.replace(dest / "kstatus")
@@ -81,7 +81,7 @@ def _build(dest: Path, version: str, progress: Callable[[str], None]) -> None:
 def ensure_tool(progress: Callable[[str], None] = _progress) -> Path:
     """The built tool, from the cache (keyed by its sources) or built now with ``go build``."""
     version = cli_utils_version()
-    (binary,) = controlplane._cached(f"kstatus-{version}-{_source_digest()}", ["kstatus"],
+    (binary,) = builds._cached(f"kstatus-{version}-{_source_digest()}", ["kstatus"],
                                      lambda dest: _build(dest, version, progress), progress)
     return binary
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_operator_dev import controlplane
+from pipeline_operator_dev import builds, controlplane
 
 from .conftest import Cluster
 
@@ -25,7 +25,7 @@ def test_cached_binaries_are_reused_without_building(binaries, monkeypatch):
     monkeypatch.setattr(controlplane, "build_kube_apiserver", no_build)
     monkeypatch.setattr(controlplane, "fetch_kubectl_and_helm", no_build)
     monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
-    assert controlplane.ensure_binaries() == binaries
+    assert builds.ensure_binaries() == binaries
 
 
 @pytest.mark.apiserver
@@ -33,16 +33,16 @@ def test_kubebuilder_assets_folder_is_used_first(binaries, tmp_path, monkeypatch
     for path in binaries.as_dict().values():
         (tmp_path / Path(path).name).symlink_to(path)
     monkeypatch.setenv("KUBEBUILDER_ASSETS", str(tmp_path))
-    found = controlplane.ensure_binaries()
+    found = builds.ensure_binaries()
     assert found.kube_apiserver == tmp_path / "kube-apiserver" and found.etcd == tmp_path / "etcd"
 
 
 @pytest.mark.apiserver
 def test_binaries_report_the_pinned_versions(binaries):
     out = subprocess.run([str(binaries.kube_apiserver), "--version"], capture_output=True, text=True).stdout
-    assert out.strip() == f"Kubernetes v{controlplane.K8S_VERSION}"
+    assert out.strip() == f"Kubernetes v{builds.K8S_VERSION}"
     out = subprocess.run([str(binaries.etcd), "--version"], capture_output=True, text=True).stdout
-    assert f"etcd Version: {controlplane.ETCD_VERSION}" in out
+    assert f"etcd Version: {builds.ETCD_VERSION}" in out
     assert "v3." in subprocess.run([str(binaries.helm), "version", "--short"], capture_output=True, text=True).stdout
 
 
@@ -54,7 +54,7 @@ def test_control_plane_starts_and_stops_without_leftover_processes(binaries):
     workdir = plane.workdir
     try:
         version = json.loads(plane.kubectl("version", "-o", "json").stdout)
-        assert version["serverVersion"]["gitVersion"] == f"v{controlplane.K8S_VERSION}"
+        assert version["serverVersion"]["gitVersion"] == f"v{builds.K8S_VERSION}"
     finally:
         plane.stop()
     for pid in pids:
@@ -105,7 +105,7 @@ def test_a_failing_binary_is_reported_with_its_log(tmp_path, binaries, name):
     fake = tmp_path / name
     fake.write_text("#!/bin/sh\necho 'cannot start: broken on purpose' >&2\nexit 3\n")
     fake.chmod(0o755)
-    broken = controlplane.Binaries(**{**{k: Path(v) for k, v in binaries.as_dict().items()},
+    broken = builds.Binaries(**{**{k: Path(v) for k, v in binaries.as_dict().items()},
                                       name.replace("-", "_"): fake})
     plane = controlplane.ControlPlane(broken)
     with pytest.raises(RuntimeError, match="broken on purpose"):
@@ -183,7 +183,7 @@ def test_apiserver_and_etcd_can_be_stopped_and_started_again_keeping_address_dat
 
 
 def test_a_component_that_was_never_started_cannot_be_started_again(tmp_path):
-    plane = controlplane.ControlPlane(controlplane.Binaries(*(tmp_path / n for n in ("e", "a", "k", "h"))),
+    plane = controlplane.ControlPlane(builds.Binaries(*(tmp_path / n for n in ("e", "a", "k", "h"))),
                                       workdir=tmp_path)
     with pytest.raises(RuntimeError, match="never started on this control plane; call start"):
         plane.start_apiserver()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline_operator.settings import OperatorSettings, is_database_url
-from pipeline_operator_dev import controlplane
+from pipeline_operator_dev import builds, controlplane
 
 from .conftest import Cluster
 
@@ -25,7 +25,7 @@ def rendered(cluster: Cluster, path: Path) -> list[dict]:
     return list(yaml.safe_load_all(cluster.kubectl("kustomize", str(path)).stdout))
 
 
-def kustomize(binaries: controlplane.Binaries, path: Path) -> list[dict]:
+def kustomize(binaries: builds.Binaries, path: Path) -> list[dict]:
     """``kubectl kustomize PATH`` with the real kubectl (its built-in kustomize)."""
     out = controlplane.run_kubectl(binaries.kubectl, None, "kustomize", str(path)).stdout
     return [o for o in yaml.safe_load_all(out) if o]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_operator_dev import controlplane
+from pipeline_operator_dev import builds, controlplane
 
 from .conftest import Cluster
 
@@ -85,7 +85,7 @@ def wheelhouse() -> Path:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     wanted = sorted(pyproject["project"]["dependencies"]) + sorted(pyproject["build-system"]["requires"])
     key = hashlib.sha256("\n".join([sys.implementation.cache_tag, *wanted]).encode()).hexdigest()[:16]
-    folder = controlplane.cache_root() / "wheelhouse" / key
+    folder = builds.cache_root() / "wheelhouse" / key
     if folder.is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)

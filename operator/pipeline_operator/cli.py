@@ -82,9 +82,9 @@ def control_plane() -> None:
 @control_plane.command("fetch")
 def control_plane_fetch() -> None:
     """Find or build the binaries (cached by version) and print where they are."""
-    with needs_dev_extra():
-        from pipeline_operator_dev import controlplane
-    binaries = controlplane.ensure_binaries()
+    with needs_dev_extra():  # a development command, with the dev extra (the control plane these binaries serve)
+        from pipeline_operator_dev import builds, controlplane  # noqa: F401
+    binaries = builds.ensure_binaries()
     for name, path in binaries.as_dict().items():
         click.echo(f"{name}\t{path}")
 

@@ -31,7 +31,7 @@ import yaml
 from pipeline_operator.backends.local import processes_under
 from pipeline_operator.controller import crd
 
-from . import controlplane
+from . import builds, controlplane
 
 COLUMNS = ("time", "resources", "runtime", "program", "storage", "error")
 
@@ -70,11 +70,11 @@ def _cluster(workdir: Path) -> Iterator[tuple[Path, Path]]:
     if os.environ.get("KUBECONFIG"):
         kubeconfig = Path(os.environ["KUBECONFIG"])
         say(f"using the cluster in KUBECONFIG ({kubeconfig})")
-        binaries = controlplane.ensure_binaries()
+        binaries = builds.ensure_binaries()
         yield kubeconfig, binaries.kubectl
         return
     say("no KUBECONFIG: starting an embedded control plane (etcd + kube-apiserver)")
-    binaries = controlplane.ensure_binaries()
+    binaries = builds.ensure_binaries()
     with controlplane.ControlPlane(binaries, workdir / "control-plane") as plane:
         assert plane.kubeconfig is not None
         yield plane.kubeconfig, binaries.kubectl

@@ -3,7 +3,7 @@
 The operator's API is meant to serve Feldera's own clients unchanged; ``fda`` of the Feldera version the
 API matches is one of them (tests/test_fda.py runs it against the operator). It is built once with
 ``cargo install fda --version V --locked`` (the crate's own lock file) into the same cache as the control
-plane's binaries (:func:`controlplane.cache_root`), so CI and repeated test runs reuse it; the build prints
+plane's binaries (:func:`builds.cache_root`), so CI and repeated test runs reuse it; the build prints
 how far it got and how long it took. ``$FDA`` points at a prebuilt binary instead.
 """
 

@@ -3,7 +3,7 @@
 The alerting rules shipped in ``deploy/monitoring/`` are only worth something if Prometheus
 accepts them; ``promtool check rules`` and ``promtool test rules`` are how Prometheus itself
 says so. The binary is built once from the Go module proxy (pinned below) into the same cache
-as the control plane's binaries (:func:`controlplane.cache_root`), so CI and repeated test runs
+as the control plane's binaries (:func:`builds.cache_root`), so CI and repeated test runs
 reuse it. ``$PROMTOOL`` points at a prebuilt binary instead.
 """
 
