@@ -10,6 +10,7 @@ import ast
 import asyncio
 import inspect
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from aiohttp import web
 from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import watching as kopf_watching
+from kopf.testing import KopfRunner
 
 from pipeline_operator import jsondepth
 from pipeline_operator.controller import kopf_workarounds
@@ -158,7 +160,7 @@ def test_kopfs_handlers_and_followers_get_pipelines_without_managed_fields(
         settings.scanning.disabled = True
         settings.posting.enabled = False
 
-    arrived = {"listed": asyncio.Event(), "watched": asyncio.Event()}
+    arrived = {"listed": threading.Event(), "watched": threading.Event()}
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
     async def seen(body: kopf.Body, **_: Any) -> None:
@@ -166,22 +168,14 @@ def test_kopfs_handlers_and_followers_get_pipelines_without_managed_fields(
         arrived[body["metadata"]["name"]].set()
 
     follower = Follower()
-
-    async def main() -> None:
-        kopf_workarounds.apply()
-        stop = asyncio.Event()
-        with kopf_workarounds.following_kopf_watches(follower):
-            task = asyncio.create_task(kopf.operator(registry=registry, standalone=True, namespaces=[namespace],
-                                                     stop_flag=stop))
-            try:
-                await asyncio.wait_for(arrived["listed"].wait(), 30)
-                await asyncio.to_thread(pipelines.create, "watched", spec())
-                await asyncio.wait_for(arrived["watched"].wait(), 30)
-            finally:
-                stop.set()
-                await asyncio.wait_for(task, 30)
-
-    asyncio.run(main())
+    kopf_workarounds.apply()
+    # Kopf's own test runner: `kopf run` on a thread of its own, with this registry, stopped on leaving.
+    with kopf_workarounds.following_kopf_watches(follower), \
+            KopfRunner(["run", "--standalone", "--namespace", namespace], registry=registry, timeout=60) as runner:
+        assert arrived["listed"].wait(30), runner.output
+        pipelines.create("watched", spec())
+        assert arrived["watched"].wait(30), runner.output
+    assert runner.exit_code == 0 and runner.exception is None, runner.output
     assert set(handled) == {"listed", "watched"}
     assert not [name for name, meta in handled.items() if "managedFields" in meta]
     assert follower.heard[:3] == [("listing", PLURAL, namespace), ("event", None, "listed", False),
