@@ -148,10 +148,17 @@ class Pipelines:
     def wait_status(self, name: str, operator: OperatorProcess | None = None, timeout: float = 30.0,
                     **expected: Any) -> dict:
         """Wait until every ``expected`` status field (camelCase) has the given value."""
-        def probe() -> dict | None:
-            status = self.status(name)
+        def reached(obj: dict | None) -> dict | None:
+            status = (obj or {}).get("status") or {}
             return status if all(status.get(k) == v for k, v in expected.items()) else None
-        return wait_for(f"{name} to have {expected}", probe, timeout, operator=operator)
+        return self.watch(name, reached, f"{name} to have {expected}", timeout, operator)
+
+    def watch(self, name: str, until: Callable[[dict | None], Any], what: str, timeout: float = 30.0,
+              operator: OperatorProcess | None = None) -> Any:
+        """Wait on a watch of the Pipeline until ``until(object)`` is truthy (None while it does not exist)."""
+        return self.cluster.watch_until("pipeline", name, self.namespace, until, what, timeout,
+                                        alive=operator.assert_alive if operator is not None else None,
+                                        tail=(lambda: operator.log()[-4000:]) if operator is not None else str)
 
     def a_later_pass(self, name: str, operator: OperatorProcess, timeout: float = 30.0) -> dict:
         """Prove that ``operator`` is alive and has decided about ``name`` after this moment.
@@ -168,13 +175,13 @@ class Pipelines:
                                        "-p", json.dumps({"spec": {"description": marker}}))
         generation = json.loads(patched.stdout)["metadata"]["generation"]
 
-        def probe() -> dict | None:
-            status = self.status(name)
-            observed = [status.get("observedGeneration") or 0,
-                        *((c.get("observedGeneration") or 0) for c in status.get("conditions") or [])]
-            return status if min(observed) >= generation else None
-        return wait_for(f"a monitoring pass of {name} that observes generation {generation}", probe, timeout,
-                        operator=operator)
+        def observed(obj: dict | None) -> dict | None:
+            status = (obj or {}).get("status") or {}
+            generations = [status.get("observedGeneration") or 0,
+                           *((c.get("observedGeneration") or 0) for c in status.get("conditions") or [])]
+            return status if min(generations) >= generation else None
+        return self.watch(name, observed, f"a monitoring pass of {name} that observes generation {generation}",
+                          timeout, operator)
 
     def changes_since(self, name: str, resource_version: str, until: Callable[[dict], bool],
                       timeout: float = 30.0) -> list[dict]:
