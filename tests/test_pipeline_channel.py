@@ -32,13 +32,18 @@ from pipeline_operator.core.lifecycle import (
     ComputeState,
     RuntimeObservation,
     RuntimeProbe,
-    RuntimeStatus,
     parse_status_response,
 )
 from pipeline_operator.feldera.launch import config_files, launch_args, new_deployment_id, pipeline_config
 from pipeline_operator.feldera.runtime_client import MAX_JSON_DEPTH, MAX_STATUS_BODY, RuntimeClient
 from pipeline_operator.identity import MAX_SLUG, PipelineKey
-from pipeline_operator.models import BootstrapPolicy, PipelineSpec, RuntimeDesiredStatus, SpecRuntimeDesiredStatus
+from pipeline_operator.models import (
+    BootstrapPolicy,
+    PipelineSpec,
+    RuntimeDesiredStatus,
+    RuntimeStatus,
+    SpecRuntimeDesiredStatus,
+)
 
 from .conftest import _kill_pipeline_processes_under
 from .operator_harness import wait_for
