@@ -273,19 +273,25 @@ def _kill_pipeline_processes_under(folder: Path) -> None:
 
 @pytest.fixture
 def operators(crd_installed: Cluster, tmp_path: Path):
-    """Start real operator processes: ``operators(namespace, *args)``; all are stopped afterwards."""
-    from .operator_harness import OperatorProcess
+    """Start operators: ``operators(namespace, *args)``; all are stopped afterwards. Each runs in this
+    test process (:class:`~tests.operator_harness.InProcessOperator`) unless the test is about the process
+    (``process=True``: signals, SIGKILL, exit codes, its memory) or gives another ``kubeconfig``."""
+    from .operator_harness import InProcessOperator, OperatorProcess
     started: list[OperatorProcess] = []
 
-    def start(namespace: str, *args: str, state_dir: Path | None = None, kubeconfig: Path | None = None):
-        op = OperatorProcess(crd_installed, namespace, state_dir or tmp_path / "state", list(args), kubeconfig)
+    def start(namespace: str, *args: str, state_dir: Path | None = None, kubeconfig: Path | None = None,
+              process: bool = False):
+        kind = OperatorProcess if process or kubeconfig not in (None, crd_installed.kubeconfig) else InProcessOperator
+        op = kind(crd_installed, namespace, state_dir or tmp_path / "state", list(args), kubeconfig)
         started.append(op.start())
         return op
 
     yield start
     for op in started:
-        if op.proc is not None and op.proc.poll() is None:
+        if op.running():
             op.stop()
+        if isinstance(op, InProcessOperator):
+            op._detach_log()
     _kill_pipeline_processes_under(tmp_path)
 
 
