@@ -109,12 +109,16 @@ class Cluster:
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict:
         """One object, read from the API server (kubectl's kind names; others through ``kubectl get``)."""
-        if kind not in _KINDS:
-            args = ["get", kind, name, "-o", "json"]
-            if namespace:
-                args += ["-n", namespace]
-            return json.loads(self.kubectl(*args).stdout)
-        return self.read(self.path(kind, name, namespace))
+        if kind in _KINDS:
+            try:
+                return self.read(self.path(kind, name, namespace))
+            except RecursionError:  # nested deeper than json decodes (a hostile spec's managedFields, say)
+                pass
+        # kubectl's view (it leaves managedFields out, as a user sees the object)
+        args = ["get", kind, name, "-o", "json"]
+        if namespace:
+            args += ["-n", namespace]
+        return json.loads(self.kubectl(*args).stdout)
 
     def watch_until(self, kind: str, name: str, namespace: str | None, until: Callable[[dict | None], Any],
                     what: str, timeout: float = 30.0, alive: Callable[[], None] | None = None,
@@ -156,7 +160,10 @@ class Cluster:
                 gone = False
                 try:
                     for line in response:
-                        event = json.loads(line)
+                        try:
+                            event = json.loads(line)
+                        except RecursionError:  # too deep to decode here: the object as kubectl shows it
+                            event = {"type": "MODIFIED", "object": self.get(kind, name, namespace)}
                         if event.get("type") == "ERROR":
                             gone = True
                             break
