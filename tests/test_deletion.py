@@ -3,10 +3,20 @@ release of the finalizer (the real API server; pods stood in for by tests/fake_k
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
+import kopf
+import kubernetes
 import pytest
+
+from pipeline_operator.controller.deletion import delete_pipeline
+from pipeline_operator.core.lifecycle import ComputeObservation, ComputeState
+from pipeline_operator.identity import PipelineKey
+from pipeline_operator.kube.client import KubeClient
+from pipeline_operator.reconcile.services import LoopServices
+from pipeline_operator.settings import OperatorSettings
 
 from .operator_harness import wait_for
 from .test_kubernetes_backend import k8s_operator, spec  # noqa: F401 - k8s_operator: a fixture
@@ -57,3 +67,56 @@ def test_a_stuck_deletion_is_reported_once_and_released_by_the_annotation(
     assert "release-finalizer annotation" in op.log() and claim in op.log()
     assert "Traceback" not in op.log()
     cluster.kubectl("patch", "pvc", claim, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+
+
+class ComputeThatStays:
+    """A backend whose compute never goes away, however often it is asked to."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def observe_compute(self, key: PipelineKey) -> ComputeObservation:
+        return ComputeObservation(state=ComputeState.TERMINATING)
+
+    async def deprovision(self, key: PipelineKey) -> None:
+        self.asked += 1
+
+    def describe_compute(self, key: PipelineKey) -> str:
+        return f"the process of {key.name}"
+
+
+def test_the_delete_handler_takes_one_step_per_call_and_has_kopf_retry_with_growing_delays(
+        pipelines, namespace, cluster, tmp_path):
+    """Kopf's delete handler, called as Kopf calls it (``retry`` counting its earlier retries, the object's
+    memo kept between calls), against the real API server: each call takes one step and raises
+    kopf.TemporaryError naming what is left, with a delay of 1 s doubling up to 30 s, never giving up;
+    the DeletionStuck condition and Event come once."""
+    body = pipelines.create("stays", spec())
+    body["metadata"]["deletionTimestamp"] = "2020-01-01T00:00:00Z"  # long past its deletion timeout
+    settings = OperatorSettings(namespaces=[namespace], state_dir=tmp_path, deletion_timeout=60)
+    backend = ComputeThatStays()
+
+    async def calls(n: int) -> list[float]:
+        configuration = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(str(cluster.kubeconfig), client_configuration=configuration)
+        kube = KubeClient(configuration, field_manager="deletion-test", workers=2)
+        ctx = LoopServices(settings=settings, kube=kube, backend=backend, compiler=None, runtime=None)  # type: ignore[arg-type]
+        memo: dict[str, object] = {}
+        delays = []
+        try:
+            for retry in range(n):
+                with pytest.raises(kopf.TemporaryError) as raised:
+                    await asyncio.wait_for(delete_pipeline(ctx, dict(body), retry=retry, memo=memo), 10)
+                assert "the process of stays is still Terminating" in str(raised.value)
+                delays.append(raised.value.delay)
+        finally:
+            await kube.close()
+        return delays
+
+    assert asyncio.run(calls(8)) == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert backend.asked == 8
+    conditions = {c["type"]: c for c in pipelines.status("stays").get("conditions") or []}
+    assert conditions["Stalled"]["reason"] == "DeletionStuck" and conditions["Stalled"]["status"] == "True"
+    assert len([e for e in events_of(cluster, namespace, "stays") if e["reason"] == "DeletionStuck"]) == 1
+    assert asyncio.run(calls(1)) == [1]  # a restarted operator: reported already, not again
+    assert len([e for e in events_of(cluster, namespace, "stays") if e["reason"] == "DeletionStuck"]) == 1

@@ -13,7 +13,8 @@ from typing import Any
 import kubernetes
 import pytest
 
-from pipeline_operator.kube.informer import ADDED, DELETED, MODIFIED, SHARED, Informer, names_and_versions, projection
+from pipeline_operator.kube.informer import ADDED, DELETED, MODIFIED, Informer
+from pipeline_operator.kube.projection import SHARED, names_and_versions, projection
 from pipeline_operator_dev import controlplane
 
 pytestmark = pytest.mark.apiserver

@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from pipeline_operator.controller.wiring import KeepRetrying
+from pipeline_operator.controller.registry import KeepRetrying
 from pipeline_operator.kube import client as kube_module
 from pipeline_operator.kube.client import Fenced, KubeClient, Unavailable
 from pipeline_operator.kube.leader import LeaderElector, LeaseTiming, lease_now, lease_record

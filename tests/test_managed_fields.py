@@ -17,7 +17,7 @@ from kopf._cogs.clients import auth
 from kopf._cogs.clients import watching as kopf_watching
 from kopf._cogs.structs import credentials, references
 
-from pipeline_operator.controller import wiring as controller
+from pipeline_operator.controller import kopf_workarounds as controller
 from pipeline_operator.models import API_GROUP, API_VERSION, PLURAL
 
 from .test_operator_lifecycle import spec

@@ -343,7 +343,7 @@ def test_events_recovered_from_status_history_keep_deployment_has_error():
     import uuid
 
     from pipeline_operator.models import ErrorResponse, HistoryEntry, project_event
-    from pipeline_operator.reconcile.reconciler import ERROR_NOT_RETAINED, history_events
+    from pipeline_operator.reconcile.history import ERROR_NOT_RETAINED, history_events
 
     def entry(minute: int, has_error: bool) -> HistoryEntry:
         return HistoryEntry(event_id=uuid.uuid4(), recorded_at=dt.datetime(2026, 11, 28, 8, minute, tzinfo=dt.UTC),

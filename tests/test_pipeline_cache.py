@@ -6,9 +6,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pipeline_operator.controller.pipeline_cache import PipelineCache, ServedPipelines
-from pipeline_operator.reconcile.reconciler import PipelineRegistry
+import kubernetes
+import pytest
+
+from pipeline_operator.controller.pipeline_cache import PipelineCache, PipelineWatch, ServedPipelines
+from pipeline_operator.kube.client import KubeClient
+from pipeline_operator.models import API_GROUP, PLURAL
+from pipeline_operator.reconcile.services import PipelineRegistry
 from pipeline_operator.reconcile.spec import key_of
+
+from .test_operator_lifecycle import spec
 
 
 def pipeline(name: str, rv: int, uid: str = "u-1", status: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -87,4 +94,54 @@ def test_an_answer_waiting_on_the_cache_when_a_loop_takes_the_pipeline_still_see
         assert cached.waiting == 0
         cache.on_change("MODIFIED", pipeline("a", 3))  # nobody waits any more: dropped
         assert cache.get("ns", "a") is None
+    asyncio.run(main())
+
+
+@pytest.mark.apiserver
+def test_once_kopf_has_listed_the_pipelines_its_watch_feeds_the_cache_and_the_replicas_own_watch_stops(
+        pipelines, namespace, cluster):
+    """The handover of :class:`PipelineWatch` (the real API server; Kopf's stream stood in for by the calls its
+    follower gets): from Kopf's listing on, the informer's events are not heard; what Kopf's listing does not
+    hold is gone; then the informer stops, and the leader runs one watch of the Pipelines."""
+    kept = pipelines.create("kept", spec())
+    pipelines.create("gone", spec())
+
+    async def main() -> None:
+        configuration = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(str(cluster.kubeconfig), client_configuration=configuration)
+        kube = KubeClient(configuration, workers=2)
+        watch = PipelineWatch(kube, [namespace], PipelineCache())
+        try:
+            await watch.start()
+            await asyncio.wait_for(watch.wait_synced(), 30)
+            assert watch.cache.get(namespace, "kept") and watch.cache.get(namespace, "gone")
+            informer = watch.informer
+            assert informer is not None and watch.watches == 1
+
+            watch.listing(API_GROUP, PLURAL, namespace)  # Kopf starts listing
+            await asyncio.to_thread(pipelines.delete, "gone")
+            for _ in range(200):  # the informer hears of it, and is not listened to any more
+                if informer.get(namespace, "gone") is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert informer.get(namespace, "gone") is None
+            assert watch.cache.get(namespace, "gone") is not None and watch.watches == 2
+            watch.event(API_GROUP, PLURAL, namespace, None, kept)  # Kopf's listing holds "kept" only
+            watch.listed(API_GROUP, PLURAL, namespace)
+            assert watch.cache.get(namespace, "gone") is None and watch.cache.get(namespace, "kept") is not None
+            assert watch.uids() == {kept["metadata"]["uid"]}
+            assert watch.informer is None and watch.watches == 1
+            for _ in range(200):
+                if not informer.threads_alive:
+                    break
+                await asyncio.sleep(0.05)
+            assert not informer.threads_alive  # one watch of the Pipelines: Kopf's
+
+            watch.event(API_GROUP, PLURAL, namespace, "DELETED", kept)  # Kopf's watch goes on feeding it
+            assert watch.cache.get(namespace, "kept") is None and not watch.uids()
+            watch.event("other.group", "others", namespace, "ADDED", kept)  # Kopf's watch of another resource
+            assert watch.cache.get(namespace, "kept") is None
+        finally:
+            await watch.stop()
+            await kube.close()
     asyncio.run(main())

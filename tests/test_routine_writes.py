@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from pipeline_operator.identity import PipelineKey
-from pipeline_operator.reconcile.reconciler import ROUTINE_WRITES, LoopServices
+from pipeline_operator.reconcile.services import ROUTINE_WRITES, LoopServices
 
 
 class PoolOf16:

@@ -210,6 +210,17 @@ class OperatorSettings(BaseSettings):
                                   "(the client resumes with `after=`).")
     api_ui: bool = Field(True, description="Serve `/ui`, a read-only page of the tenant's pipelines and "
                          "their status timelines, with the API's authentication (docs/api.md).")
+    kube_workers: int = Field(16, ge=1, le=1000, description="Threads (and connections) of the Kubernetes "
+                              "client of the monitoring loops, the backend and the deletions: its calls under way "
+                              "at once.")
+    kube_events_workers: int = Field(4, ge=1, le=1000, description="Threads of the Kubernetes client that posts "
+                                     "Kubernetes Events (the poster keeps 4 posts under way at once).")
+    kube_api_workers: int = Field(8, ge=1, le=1000, description="Threads of the Kubernetes client of the HTTP "
+                                  "API (its TokenReviews, SubjectAccessReviews and writes).")
+    kube_lease_workers: int = Field(2, ge=1, le=100, description="Threads of the Kubernetes client of leader "
+                                    "election (its renewals never wait behind other calls).")
+    kube_claims_workers: int = Field(2, ge=1, le=100, description="Threads of the Kubernetes client of the "
+                                     "namespace claims (sharding; their renewals never wait behind other calls).")
     operator_name: str = Field("pipeline-operator", description="Reporting component of Kubernetes "
                                "Events and field manager of the operator's writes.")
     log_format: str = Field("plain", pattern="^(plain|json)$", description="Log lines as plain text "

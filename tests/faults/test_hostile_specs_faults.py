@@ -12,7 +12,8 @@ import pytest
 from pipeline_operator import jsondepth
 from pipeline_operator.identity import PipelineKey
 from pipeline_operator.kube.client import Conflict
-from pipeline_operator.reconcile.reconciler import LoopServices, PipelineMonitor
+from pipeline_operator.reconcile.reconciler import PipelineMonitor
+from pipeline_operator.reconcile.services import LoopServices
 
 from ..hostile_specs import pipeline_json
 from .chaos import Chaos

@@ -19,13 +19,21 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import kubernetes
+
 from .. import jsondepth
 from ..core import resource
 from ..core.lifecycle import PipelineState
 from ..identity import PipelineKey
-from ..models import PipelineStatus
-from ..reconcile.reconciler import NewestVersion, PipelineRegistry, _rv
+from ..kube.client import KubeClient
+from ..kube.informer import Informer
+from ..kube.projection import names_and_versions
+from ..models import API_GROUP, API_VERSION, PLURAL, PipelineStatus
+from ..reconcile.reconciler import PipelineMonitor
+from ..reconcile.services import PipelineRegistry
 from ..reconcile.spec import key_of
+from ..reconcile.versions import NewestVersion
+from ..reconcile.versions import resource_version as _rv
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +178,7 @@ class ServedPipelines:
     """What the HTTP API serves: the pipelines this replica monitors (the leader's loops, which
     know more than their last status write), and the watched ones for the rest."""
 
-    def __init__(self, monitors: PipelineRegistry, cache: PipelineCache | None) -> None:
+    def __init__(self, monitors: PipelineRegistry[PipelineMonitor], cache: PipelineCache | None) -> None:
         self.monitors = monitors
         self.cache = cache
 
@@ -194,3 +202,119 @@ class ServedPipelines:
 
     def all(self) -> list[Any]:
         return list(self._merged().values())
+
+
+class PipelineWatch:
+    """This replica's one watch of the Pipelines, feeding its :class:`PipelineCache` and knowing which Pipelines
+    exist (their uids, for the events sweep).
+
+    A standby, and the leader until Kopf has listed the Pipelines, watch them with an :class:`Informer` of
+    their own (keeping only names, uids and versions: the cache keeps what it serves). Once Kopf runs, its
+    watch feeds the cache instead (:meth:`listing`, :meth:`event`, :meth:`listed`, heard through
+    :func:`.kopf_workarounds.following_kopf_watches`): from the moment Kopf starts listing a namespace the
+    informer's events of it are ignored, and once Kopf has listed every namespace, what its listings did not
+    hold is gone (deleted in between) and the informer stops. The leader then runs one watch of the Pipelines,
+    Kopf's, and so after every relist of Kopf's: a Pipeline its new listing does not hold is gone."""
+
+    def __init__(self, kube: KubeClient, namespaces: list[str] | None, cache: PipelineCache) -> None:
+        self.cache = cache
+        self.namespaces = namespaces  # None: all namespaces
+        self.informer: Informer | None = Informer(
+            kubernetes.client.ApiClient(kube.api_client.configuration), path=f"/apis/{API_GROUP}/{API_VERSION}",
+            resource=PLURAL, namespaces=namespaces, on_change=self._from_informer, name="pipelines",
+            cached_form=names_and_versions)
+        self._uids: dict[tuple[str, str], str] = {}  # every Pipeline delivered and not deleted: its uid
+        self._kopf: dict[str | None, set[tuple[str, str]] | None] = {}  # Kopf's streams: listing (what) or listed
+        self._synced = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        if self.informer is not None:
+            await self.informer.start()
+            self._spawn(self._informer_synced(self.informer))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.informer is not None:
+            informer, self.informer = self.informer, None
+            await informer.stop()
+
+    async def wait_synced(self) -> None:
+        """Until the watch (the informer's or Kopf's) has listed every Pipeline."""
+        await self._synced.wait()
+
+    def uids(self) -> set[str]:
+        """The uids of every Pipeline the watch holds."""
+        return set(self._uids.values())
+
+    def loop_ended(self, namespace: str, name: str, obj: Mapping[str, Any] | None) -> None:
+        """A loop of this replica ended, leaving ``obj``: the cache keeps it while the watch holds that Pipeline."""
+        uid = self._uids.get((namespace, name))
+        self.cache.loop_ended(obj, None if uid is None else {"metadata": {"uid": uid}})
+
+    @property
+    def watches(self) -> int:
+        """The watches of the Pipelines this replica runs: the informer's, Kopf's (1 once Kopf has taken over)."""
+        return (self.informer is not None) + bool(self._kopf)
+
+    # -- the feeds ---------------------------------------------------------------------------------------------
+
+    def _deliver(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        where = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if kind == "DELETED":
+            if self._uids.get(where) == meta.get("uid"):
+                del self._uids[where]
+        else:
+            self._uids[where] = str(meta.get("uid") or "")
+        self.cache.on_change(kind, obj)
+
+    def _from_informer(self, kind: str, obj: dict[str, Any]) -> None:
+        namespace = (obj.get("metadata") or {}).get("namespace") or ""
+        if None not in self._kopf and namespace not in self._kopf:  # not Kopf's yet
+            self._deliver(kind, obj)
+
+    async def _informer_synced(self, informer: Informer) -> None:
+        await informer.wait_synced()
+        self._synced.set()
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def listing(self, group: str, plural: str, namespace: str | None) -> None:
+        """Kopf lists the Pipelines of ``namespace`` (None: all namespaces), at start or again after its watch
+        failed: from now on its stream is what this namespace's cache hears."""
+        if (group, plural) == (API_GROUP, PLURAL):
+            self._kopf[namespace] = set()
+
+    def event(self, group: str, plural: str, namespace: str | None, kind: str | None, obj: dict[str, Any]) -> None:
+        """An object of Kopf's listing (``kind`` None) or watch."""
+        if (group, plural) != (API_GROUP, PLURAL):
+            return
+        listing = self._kopf.get(namespace)
+        meta = obj.get("metadata") or {}
+        if kind is None and listing is not None:
+            listing.add((str(meta.get("namespace") or ""), str(meta.get("name") or "")))
+        self._deliver(kind or "ADDED", obj)
+
+    def listed(self, group: str, plural: str, namespace: str | None) -> None:
+        """Kopf's listing of ``namespace`` is over: what it did not hold is gone. Once every namespace is
+        listed, the informer stops."""
+        if (group, plural) != (API_GROUP, PLURAL):
+            return
+        held = self._kopf.get(namespace) or set()
+        self._kopf[namespace] = None
+        for (ns, name), uid in list(self._uids.items()):
+            if (namespace is None or ns == namespace) and (ns, name) not in held:
+                self._deliver("DELETED", {"metadata": {"namespace": ns, "name": name, "uid": uid}})
+        expected = [None] if self.namespaces is None else self.namespaces
+        if all(ns in self._kopf and self._kopf[ns] is None for ns in expected):
+            self._synced.set()
+            if self.informer is not None:
+                informer, self.informer = self.informer, None
+                log.info("Kopf's watch has listed the Pipelines: this replica's cache of them follows it, and "
+                         "its own watch of them stops")
+                self._spawn(informer.stop())

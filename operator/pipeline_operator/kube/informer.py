@@ -31,17 +31,17 @@ import dataclasses
 import json
 import logging
 import random
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal, Union
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import kubernetes
 import urllib3
 
 from .. import jsondepth
+from .projection import Transform, as_is, trimmed
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,6 @@ BACKOFF_MAX = 30.0  # seconds: the longest wait before listing again after a fai
 STOP_JOIN_TIMEOUT = 10.0  # seconds stop() waits for the threads (a connect in progress takes up to 5)
 
 OnChange = Callable[[str, dict[str, Any]], None]
-Transform = Callable[[dict[str, Any]], dict[str, Any]]
-FieldProjection = Union[Literal[True, "shared"], Mapping[str, "FieldProjection"]]  # noqa: UP007 - a recursive alias evaluated at run time
-SHARED: Literal["shared"] = "shared"  # a shape: the whole value, its strings interned (labels, owner references)
 
 
 class _Expired(Exception):
@@ -138,11 +135,11 @@ class Informer:
         self.backoff_max = backoff_max
         # What is kept of each object (client-go's SetTransform), applied in the watch's thread before the
         # object reaches the cache: by default all but metadata.managedFields.
-        self.transform: Transform = transform or _trimmed
+        self.transform: Transform = transform or trimmed
         # What the cache itself holds of each (transformed) object, when ``on_change`` is its only reader and
         # keeps what it needs: get() and list() then answer with this. The object's metadata name, namespace,
         # uid and resourceVersion must stay (see :func:`names_and_versions`). By default, all of it.
-        self.cached_form: Transform = cached_form or _as_is
+        self.cached_form: Transform = cached_form or as_is
         scopes: list[str | None] = list(dict.fromkeys(namespaces)) if namespaces is not None else [None]
         self._streams = {scope: _Stream(scope) for scope in scopes}
         self._objects: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> name -> object
@@ -453,57 +450,6 @@ class Informer:
 
 class _LoopClosed(Exception):
     """The event loop the cache lives on is closed: the thread ends."""
-
-
-def project(value: Any, shape: FieldProjection) -> Any:
-    """What ``shape`` keeps of ``value``: ``True`` keeps a value whole, :data:`SHARED` too with its strings
-    interned (the same labels and owner references recur across a cache's objects, and each decoded object
-    would otherwise hold a copy of each string), a mapping keeps those keys of a dict (each by its own
-    shape) and applies to each item of a list. Keys come from the shape, so that all the objects of a
-    cache share one string per key instead of one each."""
-    if shape is True:
-        return value
-    if shape == SHARED:
-        return _interned(value)
-    if isinstance(value, list):
-        return [project(item, shape) for item in value]
-    if not isinstance(value, dict):
-        return value
-    return {key: project(value[key], inner) for key, inner in shape.items() if value.get(key) is not None}
-
-
-def _interned(value: Any) -> Any:
-    if isinstance(value, str):
-        return sys.intern(value)
-    if isinstance(value, dict):
-        return {sys.intern(k): _interned(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interned(item) for item in value]
-    return value
-
-
-def projection(shape: Mapping[str, FieldProjection]) -> Transform:
-    """A transform keeping what ``shape`` names of each object (see :func:`project`)."""
-    return lambda obj: project(obj, shape)
-
-
-def names_and_versions(obj: dict[str, Any]) -> dict[str, Any]:
-    """Only what names the object and its version (a ``cached_form`` for a cache whose reader is ``on_change``)."""
-    meta = obj.get("metadata") or {}
-    return {"metadata": {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion") if key in meta}}
-
-
-def _as_is(obj: dict[str, Any]) -> dict[str, Any]:
-    return obj
-
-
-def _trimmed(obj: dict[str, Any]) -> dict[str, Any]:
-    """The object without ``metadata.managedFields`` (client-go's usual informer transform): server-side
-    apply's bookkeeping is often the largest part of an object, and no reader of the cache uses it."""
-    meta = obj.get("metadata")
-    if isinstance(meta, dict) and "managedFields" in meta:
-        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
-    return obj
 
 
 def _lines(response: urllib3.response.BaseHTTPResponse) -> Iterator[bytes]:

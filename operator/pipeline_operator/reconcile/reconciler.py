@@ -11,9 +11,7 @@ fresh object: reconciliation is level-based and every action is idempotent.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -26,219 +24,49 @@ from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
 from .. import jsondepth
-from ..backends import Backend
 from ..core import resource
-from ..core.emission import EmissionKind, EmissionRules, Emitted, UuidV7, emit
+from ..core.emission import Emitted, emit
 from ..core.lifecycle import (
     Action,
     ActionKind,
     ComputeState,
     Decision,
     Desired,
-    LifecycleConfig,
     Observation,
     PipelineState,
     StorageObservation,
     decide,
 )
 from ..core.resource import READY, RECONCILING, STALLED
-from ..feldera.compiler import Compiler
-from ..feldera.runtime_client import RuntimeClient
 from ..identity import PipelineKey
-from ..kube.client import Conflict, Forbidden, Gone, KubeClient, Unavailable
-from ..metrics import Metrics, PipelineSample
+from ..kube.client import Conflict, Forbidden, Gone, Unavailable
+from ..metrics import PipelineSample
 from ..models import (
     DETAILS_FIELDS,
     BootstrapPolicy,
     Condition,
     ConditionStatus,
-    ErrorResponse,
     HistoryEntry,
     MonitorEvent,
     PipelineSpec,
     PipelineStatus,
     ResourcesStatus,
-    RuntimeStatus,
-    combined_status,
-    project_event,
 )
 from ..retry import Backoff
-from ..settings import OperatorSettings
-from .spec import (
-    desired_of,
-)
+from .history import history_entry, history_event, history_events
+from .sampling import pipeline_sample
+from .services import ROUTINE_KINDS, LoopServices
+from .spec import InvalidPipeline, desired_of, validation_problem
+from .versions import NewestVersion
+from .versions import resource_version as _rv
 
 log = logging.getLogger(__name__)
 
 DETAILS_KEYS = tuple(to_camel(f) for f in DETAILS_FIELDS)  # written with their event only
 UNAVAILABLE_RETRY = 5.0  # seconds between passes while the API server cannot be reached
 _QUICK_REPOLL = 0.3  # after forwarding an action to the pipeline, look again soon (Feldera's notify)
-
-
 REASON_INVALID = "InvalidPipeline"  # Event and condition reason of a Pipeline the operator cannot read
 INVALID_RETRY = 60.0  # seconds between looks at an invalid Pipeline (a new generation wakes the loop at once)
-
-
-class InvalidPipeline(Exception):
-    """The Pipeline as the API server serves it cannot be read: nested deeper than the operator decodes, or
-    its spec or status does not fit the schema (stored before the CRD bounded it, or with its validation
-    bypassed). The loop reports it and leaves the pipeline as it is until it is corrected."""
-
-
-def _validation_problem(what: str, exc: ValidationError) -> str:
-    said = "; ".join(f"{'.'.join((what, *(str(p) for p in e['loc'])))}: {e['msg'][:200]}" for e in exc.errors()[:5])
-    return f"its {what} is not valid: {said}"
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class MonitorEventSink:
-    """Where recorded monitor events go besides ``status.history`` (store, Kubernetes Events)."""
-
-    async def record(self, key: PipelineKey, events: Sequence[Emitted], reasons: Sequence[str]) -> None:
-        return None
-
-    async def latest(self, key: PipelineKey) -> MonitorEvent | None:
-        return None
-
-    async def seed(self, key: PipelineKey, events: Sequence[MonitorEvent],
-                   created: dt.datetime | None = None) -> None:
-        """Events that may be missing from the store (from ``status.history``); ``created`` is when the
-        Pipeline was created (whether it had events before the store was lost)."""
-        return None
-
-    def generation(self) -> int:
-        """Advances whenever the store lost events (started afresh, or dropped some): every
-        pipeline then seeds it again from its ``status.history``."""
-        return 0
-
-    async def forget(self, key: PipelineKey) -> None:
-        return None
-
-    async def warn(self, key: PipelineKey, reason: str, message: str) -> None:
-        """A Warning Event about the pipeline (not a monitor event)."""
-        return None
-
-
-ROUTINE_KINDS = frozenset({EmissionKind.HEARTBEAT, EmissionKind.DETAILS})
-ROUTINE_WRITES = 4  # routine status writes under way at once (of the loops' client's 16 threads)
-
-
-@dataclasses.dataclass
-class LoopServices:
-    """What every pipeline's loop shares."""
-    settings: OperatorSettings
-    kube: KubeClient
-    backend: Backend
-    compiler: Compiler
-    runtime: RuntimeClient
-    sink: MonitorEventSink = dataclasses.field(default_factory=MonitorEventSink)
-    ids: UuidV7 = dataclasses.field(default_factory=UuidV7)
-    clock: Callable[[], dt.datetime] = utcnow
-    monitors: PipelineRegistry = dataclasses.field(default_factory=lambda: PipelineRegistry())
-    in_flight: set[asyncio.Future[Any]] = dataclasses.field(default_factory=set)  # status writes that must finish
-    metrics: Metrics | None = None
-    routine_writes: asyncio.Semaphore = dataclasses.field(default_factory=lambda: asyncio.Semaphore(ROUTINE_WRITES))
-
-    async def write_status(self, key: PipelineKey, rv: str, body: dict[str, Any], routine: bool) -> dict[str, Any]:
-        """A status write; a routine one (heartbeats, details) waits for one of :data:`ROUTINE_WRITES` slots
-        first. A fleet started at once keeps its heartbeats in step, ten minutes apart: a thousand of them
-        at once would fill the client's pool, and a spec change's write would wait behind all of them."""
-        if not routine:
-            return await self.kube.write_status(key.namespace, key.name, rv, body)
-        async with self.routine_writes:
-            return await self.kube.write_status(key.namespace, key.name, rv, body)
-
-    @property
-    def lifecycle(self) -> LifecycleConfig:
-        return LifecycleConfig(default_provisioning_timeout=self.settings.provisioning_timeout)
-
-    @property
-    def rules(self) -> EmissionRules:
-        return EmissionRules(details_min_interval=self.settings.details_min_interval,
-                             heartbeat_interval=self.settings.heartbeat_interval)
-
-
-class PipelineRegistry:
-    """The pipelines this operator monitors, by namespace and name (what the HTTP API serves)."""
-
-    def __init__(self) -> None:
-        self._by_name: dict[tuple[str, str], PipelineMonitor] = {}
-        self._by_uid: dict[str, PipelineMonitor] = {}
-        self.on_add: list[Callable[[PipelineMonitor], None]] = []  # called after a loop is added
-        self.on_remove: list[Callable[[PipelineMonitor], None]] = []  # called after a loop is removed
-
-    def add(self, monitor: PipelineMonitor) -> None:
-        self._by_name[(monitor.key.namespace, monitor.key.name)] = monitor
-        self._by_uid[monitor.key.uid] = monitor
-        for listener in self.on_add:
-            listener(monitor)
-
-    def remove(self, monitor: PipelineMonitor) -> None:
-        where = (monitor.key.namespace, monitor.key.name)
-        if self._by_name.get(where) is monitor:
-            del self._by_name[where]
-        if self._by_uid.get(monitor.key.uid) is monitor:
-            del self._by_uid[monitor.key.uid]
-        for listener in self.on_remove:
-            listener(monitor)
-
-    def get(self, namespace: str, name: str) -> PipelineMonitor | None:
-        return self._by_name.get((namespace, name))
-
-    def by_uid(self, uid: str) -> PipelineMonitor | None:
-        """The loop of the Pipeline with this uid (what a child object's label names)."""
-        return self._by_uid.get(uid)
-
-    def in_namespace(self, namespace: str) -> list[PipelineMonitor]:
-        return [m for (ns, _), m in sorted(self._by_name.items()) if ns == namespace]
-
-    def all(self) -> list[PipelineMonitor]:
-        return list(self._by_name.values())
-
-
-
-
-def history_entry(event: MonitorEvent) -> HistoryEntry:
-    return HistoryEntry.model_validate(project_event(event, "status"))
-
-
-ERROR_NOT_RETAINED = ErrorResponse(
-    message="This event was recovered from status.history, which keeps no error text; the error itself "
-            "was not retained", error_code="ErrorNotRetained", details=None)
-
-
-def history_event(entry: HistoryEntry, error: ErrorResponse | None) -> MonitorEvent:
-    """A monitor event from a ``status.history`` entry (which has no details and no error text):
-    ``error`` is the error to show when the entry had one (the latched error when it is the same
-    episode, else a marker), so ``deployment_has_error`` survives."""
-    shown = entry.model_dump(exclude={"deployment_has_error"})
-    return MonitorEvent(**shown, deployment_error=(error or ERROR_NOT_RETAINED) if entry.deployment_has_error else None)
-
-
-def history_events(history: Sequence[HistoryEntry], latched: ErrorResponse | None) -> list[MonitorEvent]:
-    """Monitor events from ``status.history`` (newest first): the newest entries that have an error
-    belong to the error latched now and carry it; older episodes carry the marker."""
-    events, current = [], latched
-    for entry in history:
-        if not entry.deployment_has_error:
-            current = None
-        events.append(history_event(entry, current))
-    return events
-
-
-AWAIT_WATCH = 10.0
-
-
-def _copy(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {"metadata": dict(body.get("metadata") or {}), "spec": dict(body.get("spec") or {}),
-            "status": dict(body.get("status") or {})}
-
-
-def _rv(obj: Mapping[str, Any] | None) -> str | None:
-    return ((obj or {}).get("metadata") or {}).get("resourceVersion")
 
 
 async def _failure_of(work: Awaitable[None]) -> Exception | None:
@@ -263,42 +91,6 @@ def _digest(status: Mapping[str, Any]) -> str:
     with events only), as a digest to compare a new status with the one written."""
     shown = {k: v for k, v in status.items() if k not in DETAILS_KEYS}
     return hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class NewestVersion:
-    """The newest version of a Pipeline this replica knows.
-
-    Versions are compared for equality only (``resourceVersion`` is opaque). The watch delivers
-    them in order; an object we get first-hand (our own write's answer, a read, the API's patch)
-    is newer than anything the watch delivers before that same version, so until then (or for
-    at most AWAIT_WATCH seconds, should the watch restart and skip it) watch events are older."""
-
-    def __init__(self) -> None:
-        self.watched: dict[str, Any] | None = None  # the newest version the watch delivered
-        self._recent: collections.deque[str | None] = collections.deque(maxlen=32)  # its latest versions
-        self._own: dict[str, Any] | None = None  # a newer version we got first-hand ...
-        self._own_until = 0.0                    # ... until the watch delivers it (or this deadline)
-
-    @property
-    def obj(self) -> dict[str, Any] | None:
-        if self._own is not None and time.monotonic() < self._own_until:
-            return self._own
-        self._own = None
-        return self.watched
-
-    def see(self, body: Mapping[str, Any] | None) -> None:
-        """A version the watch delivered (None: the object is gone)."""
-        rv = _rv(body)
-        self.watched = _copy(body) if body is not None else None
-        self._recent.append(rv)
-        if self._own is not None and _rv(self._own) == rv:
-            self._own = None  # the watch caught up
-
-    def adopt(self, obj: Mapping[str, Any]) -> None:
-        """A version got first-hand: newer than what the watch delivered so far, unless it did already."""
-        if _rv(obj) in self._recent:
-            return
-        self._own, self._own_until = _copy(obj), time.monotonic() + AWAIT_WATCH
 
 
 class PipelineMonitor:
@@ -380,7 +172,7 @@ class PipelineMonitor:
             try:
                 self._load(obj)
             except ValidationError as exc:
-                raise InvalidPipeline(_validation_problem("status", exc)) from None
+                raise InvalidPipeline(validation_problem("status", exc)) from None
         assert self.state is not None
         generation = self.ctx.sink.generation()
         if self._seeded != generation:
@@ -438,7 +230,7 @@ class PipelineMonitor:
         try:
             desired, spec = desired_of(obj, community_edition=self.ctx.settings.compiler == "feldera")
         except ValidationError as exc:
-            raise InvalidPipeline(_validation_problem("spec", exc)) from None
+            raise InvalidPipeline(validation_problem("spec", exc)) from None
         self._desired = (rv, desired, spec)
         self._invalid = None
         return desired, spec
@@ -649,24 +441,8 @@ class PipelineMonitor:
 
     def metrics_sample(self) -> PipelineSample | None:
         """What ``/metrics`` folds into its per-namespace series of this pipeline (None before its first pass)."""
-        state = self.state
-        if state is None:
-            return None
-        now = self.ctx.clock()
-        fraction = 0.0
-        if state.deployment_resources_status is ResourcesStatus.PROVISIONING and self.obj is not None \
-                and state.deployment_resources_status_since is not None:
-            timeout = desired_of(self.obj)[0].provisioning_timeout or self.ctx.lifecycle.default_provisioning_timeout
-            fraction = (now - state.deployment_resources_status_since).total_seconds() / timeout
-        unavailable = 0.0
-        if state.deployment_runtime_status is RuntimeStatus.UNAVAILABLE \
-                and state.deployment_runtime_status_since is not None:
-            unavailable = (now - state.deployment_runtime_status_since).total_seconds()
-        return PipelineSample(
-            namespace=self.key.namespace,
-            status=combined_status(state.deployment_resources_status, state.deployment_runtime_status).value,
-            stalled=any(c.type == STALLED and c.status is ConditionStatus.TRUE for c in self.conditions),
-            provisioning_fraction=max(0.0, fraction), unavailable_seconds=max(0.0, unavailable))
+        return pipeline_sample(self.key, self.state, self.obj, self.conditions, self.ctx.clock(),
+                               self.ctx.lifecycle.default_provisioning_timeout)
 
     def poke(self) -> None:
         """Look at the pipeline again at once (a change was made or forwarded)."""

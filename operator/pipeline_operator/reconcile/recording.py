@@ -19,7 +19,7 @@ from ..kube.client import KubeClient
 from ..kube.events import KubernetesEventPoster
 from ..models import API_GROUP, API_VERSION, KIND, MonitorEvent
 from ..store.base import EventStorage
-from .reconciler import MonitorEventSink
+from .services import MonitorEventSink
 
 log = logging.getLogger(__name__)
 

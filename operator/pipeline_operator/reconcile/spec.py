@@ -1,6 +1,6 @@
 """What a Pipeline object asks for, read as the monitoring loop reads it: its one-shot and API annotations, the
-digests of its spec, and its :class:`~pipeline_operator.core.lifecycle.Desired` state. The HTTP API reads
-Pipelines the same way, from here, without the loop itself."""
+digests of its spec, and its :class:`~pipeline_operator.core.lifecycle.Desired` state, or why it cannot be read
+(:class:`InvalidPipeline`). The HTTP API reads Pipelines the same way, from here, without the loop itself."""
 
 from __future__ import annotations
 
@@ -121,3 +121,14 @@ def desired_of(body: dict[str, Any], community_edition: bool = False) -> tuple[D
         approve=annotations.get(ANNOTATION_APPROVE),
     )
     return desired, spec
+
+
+class InvalidPipeline(Exception):
+    """The Pipeline as the API server serves it cannot be read: nested deeper than the operator decodes, or
+    its spec or status does not fit the schema (stored before the CRD bounded it, or with its validation
+    bypassed). The loop reports it and leaves the pipeline as it is until it is corrected."""
+
+
+def validation_problem(what: str, exc: ValidationError) -> str:
+    said = "; ".join(f"{'.'.join((what, *(str(p) for p in e['loc'])))}: {e['msg'][:200]}" for e in exc.errors()[:5])
+    return f"its {what} is not valid: {said}"

@@ -17,7 +17,7 @@ from kubernetes.utils import parse_quantity
 from ...feldera.launch import config_files
 from ...feldera_config import RuntimeConfig
 from ...identity import PipelineKey
-from ...kube.informer import SHARED, FieldProjection, project
+from ...kube.projection import SHARED, FieldProjection, project
 from ...models import BootstrapPolicy, DeploymentSpec, PipelineSpec, RuntimeDesiredStatus
 from .. import RUNTIME_CONFIG_USED
 from .objects import NO_DEPLOYMENT, RETAINED_LABEL, UID_LABEL, KubernetesOptions, build_objects, labels
