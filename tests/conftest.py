@@ -252,8 +252,20 @@ LONGEST_FILES = (
 )
 
 
+# Fixtures that start processes of the test environment: a test using any of them (directly or through
+# another fixture) is an integration test, outside `make check`'s inner loop.
+INTEGRATION_FIXTURES = frozenset({"binaries", "cluster", "postgres_server", "image", "operators", "kubelet",
+                                  "built_wheel", "runtime_env"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The longest files first (:data:`LONGEST_FILES`), the others after them in their own order."""
+    """Mark the integration tests (``-m "not integration"`` is `make check`'s quick set); the longest files
+    first (:data:`LONGEST_FILES`), the others after them in their own order."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & INTEGRATION_FIXTURES or any(item.get_closest_marker(name) is not None
+                                                 for name in ("apiserver", "image", "feldera", "faults")):
+            item.add_marker(pytest.mark.integration)
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
 
     def order(item: pytest.Item) -> int:
