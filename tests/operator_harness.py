@@ -136,7 +136,7 @@ class InProcessOperator(OperatorProcess):
         # process gets it through KUBECONFIG).
         kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(self.kubeconfig)
         self._handler = logging.FileHandler(self.log_path)
-        self._handler.setFormatter(cli.EscapingFormatter(cli.LOG_FORMAT))
+        self._handler.setFormatter(cli.log_formatter(settings))
         root = logging.getLogger()
         root.addHandler(self._handler)
         if root.level > logging.INFO or root.level == logging.NOTSET:
