@@ -2,14 +2,15 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Processes running the test suite (`make test TEST_WORKERS=1` runs it in one).
-TEST_WORKERS ?= 2
+# Processes running the test suite (`make test TEST_WORKERS=1` runs it in one). Four on a 2-core machine: most
+# tests wait on processes and watches, not on the CPU (docs/benchmarks.md, "The test suite").
+TEST_WORKERS ?= 4
 
 # Feldera's toolchain, built by hand outside this project (this project builds none of Feldera's code): the
 # SQL compiler jar, a Java runtime and pipeline binaries. The feldera tests need it.
 FELDERA_TOOLCHAIN ?= $(HOME)/.cache/pipeline-operator/feldera/0.306.0-c44a2456a
 
-.PHONY: test test-feldera demo image lock crd lint-imports clean
+.PHONY: test check test-feldera demo image lock crd lint-imports clean
 
 # Install the project and its test extra into a local virtualenv, build or reuse the
 # control-plane binaries, promtool and Feldera's fda (cached under ~/.cache/pipeline-operator, with progress), run the static
@@ -36,6 +37,14 @@ test: $(VENV)/.installed
 	@# test file at a time (--dist loadfile): most tests wait on processes and watches, not on the CPU.
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the run" >&2; exit 1; fi; exit $$rc
+
+# The inner loop, in about a minute: the static checks and the tests that start no process of the test
+# environment (no control plane, PostgreSQL, operator or image: `-m "not integration"`, tests/conftest.py).
+check: $(VENV)/.installed
+	$(BIN)/ruff check operator tests bench image
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/pytest -n 2 -m "not integration" -q $(PYTEST_ARGS)
 
 # Only the tests that run Feldera's own SQL compiler and pipeline binaries (skipped, saying why, without them).
 test-feldera: $(VENV)/.installed

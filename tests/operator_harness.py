@@ -78,6 +78,9 @@ class OperatorProcess:
         self.proc.kill()
         self.proc.wait()
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def assert_alive(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, f"operator exited:\n{self.log()[-4000:]}"
 
@@ -96,6 +99,112 @@ class OperatorProcess:
             if b"--config-file" in cmdline and any(uid.encode() in arg for arg in cmdline) and state != "Z":
                 found.append(int(entry.name))
         return found
+
+
+class InProcessOperator(OperatorProcess):
+    """The operator run in this test process: the settings ``pipeline-operator run`` makes of the same
+    arguments, given to the same ``run`` the command calls, on an event loop of its own thread, and
+    stopped through its stop flag (as SIGTERM stops the process). Its log lines go to its log file.
+
+    For the tests that are not about the process: no interpreter to start for each operator, and its
+    failures show in the test's own traceback. Signals, SIGKILL, exit codes of the command, another
+    kubeconfig (a service account's) and the process's memory need :class:`OperatorProcess`.
+    """
+
+    _count = itertools.count(1)
+
+    def start(self) -> InProcessOperator:
+        import asyncio
+        import logging
+        import threading
+
+        import kubernetes
+
+        from pipeline_operator import cli
+        from pipeline_operator.controller import wiring
+
+        if self.cluster is None or self.kubeconfig != self.cluster.kubeconfig:
+            raise ValueError("an operator with another kubeconfig runs as a process (OperatorProcess)")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = fresh_log_path(self.state_dir)
+        scope = ["--namespace", self.namespace] if self.namespace else ["--all-namespaces"]
+        argv = [*scope, "--state-dir", str(self.state_dir), "--event-store", str(self.state_dir / "events.sqlite"),
+                "--api-listen", f"127.0.0.1:{self.api_port}", *FAST, *self.args]
+        with cli.run.make_context("run", argv) as context:
+            settings = cli.load_settings(**context.params)
+        # The client reads the kubeconfig named here when it is made (the test cluster's, as the
+        # process gets it through KUBECONFIG).
+        kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(self.kubeconfig)
+        self._handler = logging.FileHandler(self.log_path)
+        self._handler.setFormatter(cli.log_formatter(settings))
+        root = logging.getLogger()
+        root.addHandler(self._handler)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+        verbose = settings.verbose  # as cli.setup_logging, without replacing the test run's own handlers
+        if verbose:
+            root.setLevel(logging.DEBUG)
+        for noisy in ("kopf.objects", "kopf._core", "kopf._cogs", "aiohttp.access", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.DEBUG if verbose else logging.ERROR)
+        logging.getLogger("aiohttp.server").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+        self.code: int | None = None
+        factory = cli._loop_factory(settings.event_loop)  # uvloop unless --event-loop asyncio, as the command
+        self._loop = factory() if factory is not None else asyncio.new_event_loop()
+        self._stop_flag: asyncio.Event | None = None
+        started = threading.Event()
+
+        def main() -> None:
+            asyncio.set_event_loop(self._loop)
+
+            async def operate() -> None:
+                self._stop_flag = asyncio.Event()
+                started.set()
+                await wiring.run(settings, stop_flag=self._stop_flag)
+            try:
+                self._loop.run_until_complete(operate())
+                self.code = 0
+            except wiring.LeadershipLost:
+                self.code = 3
+            except BaseException:  # noqa: BLE001 - reported as the process reports it: a traceback, exit 1
+                logging.getLogger("pipeline_operator").exception("the operator failed")
+                self.code = 1
+            finally:
+                started.set()
+                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+                self._loop.close()
+
+        self._thread = threading.Thread(target=main, name=f"operator-{next(self._count)}", daemon=True)
+        self._thread.start()
+        started.wait(30)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if sig not in (signal.SIGTERM, signal.SIGINT):
+            raise ValueError(f"an operator in the test process stops as on SIGTERM, not on {sig}")
+        if self._thread.is_alive() and self._stop_flag is not None:
+            self._loop.call_soon_threadsafe(self._stop_flag.set)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"operator did not stop within {timeout}s after {sig}:\n{self.log()[-3000:]}")
+        self._detach_log()
+        assert self.code is not None
+        return self.code
+
+    def _detach_log(self) -> None:
+        import logging
+        if self._handler in logging.getLogger().handlers:
+            logging.getLogger().removeHandler(self._handler)
+            self._handler.close()
+
+    def kill(self) -> None:
+        raise TypeError("an operator in the test process cannot be killed: start it as an OperatorProcess")
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def assert_alive(self) -> None:
+        assert self._thread.is_alive(), f"operator exited:\n{self.log()[-4000:]}"
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2,
@@ -148,10 +257,17 @@ class Pipelines:
     def wait_status(self, name: str, operator: OperatorProcess | None = None, timeout: float = 30.0,
                     **expected: Any) -> dict:
         """Wait until every ``expected`` status field (camelCase) has the given value."""
-        def probe() -> dict | None:
-            status = self.status(name)
+        def reached(obj: dict | None) -> dict | None:
+            status = (obj or {}).get("status") or {}
             return status if all(status.get(k) == v for k, v in expected.items()) else None
-        return wait_for(f"{name} to have {expected}", probe, timeout, operator=operator)
+        return self.watch(name, reached, f"{name} to have {expected}", timeout, operator)
+
+    def watch(self, name: str, until: Callable[[dict | None], Any], what: str, timeout: float = 30.0,
+              operator: OperatorProcess | None = None) -> Any:
+        """Wait on a watch of the Pipeline until ``until(object)`` is truthy (None while it does not exist)."""
+        return self.cluster.watch_until("pipeline", name, self.namespace, until, what, timeout,
+                                        alive=operator.assert_alive if operator is not None else None,
+                                        tail=(lambda: operator.log()[-4000:]) if operator is not None else str)
 
     def a_later_pass(self, name: str, operator: OperatorProcess, timeout: float = 30.0) -> dict:
         """Prove that ``operator`` is alive and has decided about ``name`` after this moment.
@@ -168,13 +284,13 @@ class Pipelines:
                                        "-p", json.dumps({"spec": {"description": marker}}))
         generation = json.loads(patched.stdout)["metadata"]["generation"]
 
-        def probe() -> dict | None:
-            status = self.status(name)
-            observed = [status.get("observedGeneration") or 0,
-                        *((c.get("observedGeneration") or 0) for c in status.get("conditions") or [])]
-            return status if min(observed) >= generation else None
-        return wait_for(f"a monitoring pass of {name} that observes generation {generation}", probe, timeout,
-                        operator=operator)
+        def observed(obj: dict | None) -> dict | None:
+            status = (obj or {}).get("status") or {}
+            generations = [status.get("observedGeneration") or 0,
+                           *((c.get("observedGeneration") or 0) for c in status.get("conditions") or [])]
+            return status if min(generations) >= generation else None
+        return self.watch(name, observed, f"a monitoring pass of {name} that observes generation {generation}",
+                          timeout, operator)
 
     def changes_since(self, name: str, resource_version: str, until: Callable[[dict], bool],
                       timeout: float = 30.0) -> list[dict]:

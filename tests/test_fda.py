@@ -21,7 +21,7 @@ import pytest
 from pipeline_operator_dev import fda as fda_build
 
 from .conftest import _kill_pipeline_processes_under
-from .operator_harness import OperatorProcess, Pipelines, wait_for
+from .operator_harness import InProcessOperator, Pipelines, wait_for
 from .test_api import grant
 from .test_api_hardening import self_signed
 from .test_operator_lifecycle import FAST_PIPELINE, SQL
@@ -66,7 +66,7 @@ class Fda:
 
 
 @pytest.fixture(scope="module")
-def life(crd_installed, fda_binary, tmp_path_factory) -> Iterator[tuple[Fda, OperatorProcess, Pipelines]]:
+def life(crd_installed, fda_binary, tmp_path_factory) -> Iterator[tuple[Fda, InProcessOperator, Pipelines]]:
     """One operator (TLS, its default namespace a fresh one) and fda as alice, who may do everything with
     pipelines there."""
     cluster = crd_installed
@@ -75,7 +75,7 @@ def life(crd_installed, fda_binary, tmp_path_factory) -> Iterator[tuple[Fda, Ope
     grant(cluster, namespace, "alice", "get,list,watch,create,update,patch,delete")
     folder = tmp_path_factory.mktemp("fda")
     cert, key = self_signed(folder)
-    op = OperatorProcess(cluster, namespace, folder / "state", [
+    op = InProcessOperator(cluster, namespace, folder / "state", [
         "--api-tls-cert", str(cert), "--api-tls-key", str(key), "--api-default-namespace", namespace]).start()
     try:
         url = f"https://127.0.0.1:{op.api_port}"

@@ -150,6 +150,10 @@ def test_a_real_pipeline_compiles_runs_and_sums_rows(feldera_operator, pipelines
         status, body = _request("POST", f"{api}/v0/pipelines/orders/{action}")
         assert status == 202, (action, body)
         pipelines.wait_status("orders", op, deploymentStatus=reached, timeout=60)
+        # The next action goes to the API, which answers from the operator's view of the Pipeline: a client
+        # waits until the API says so (as Feldera's SDK does), which may be a moment after the status does.
+        wait_for(f"the API to say {reached}", lambda reached=reached: json.loads(
+            _request("GET", f"{api}/v0/pipelines/orders")[1])["deployment_status"] == reached, 30)
     status, body = _request("POST", f"{api}/v0/pipelines/orders/ingress/orders?format=json",
                             b'{"insert": {"id": 3, "amount": 1.25}}\n')
     assert status == 200, body

@@ -388,7 +388,7 @@ def readyz(op) -> tuple[int, dict]:
 
 def replicas(operators, namespace: str, count: int = 2):
     args = ["--leader-election", "--leader-election-namespace", namespace, *LEASE_ARGS]
-    started = [operators(namespace, *args) for _ in range(count)]
+    started = [operators(namespace, *args, process=True) for _ in range(count)]  # killed, logs apart
     wait_for("a leader", lambda: [op for op in started if readyz(op)[0] == 200] or None, timeout=60)
     leader = next(op for op in started if readyz(op)[0] == 200)
     standbys = [op for op in started if op is not leader]

@@ -268,7 +268,9 @@ def test_deletion_removes_events_and_finalizer_and_a_new_pipeline_starts_empty(
     assert new_uid != uid
     st = pipelines.wait_status("gone", op, programStatus="Success")
     assert all(h["deploymentResourcesStatus"] == "Stopped" for h in st["history"])
-    assert stored(op, new_uid)[-1]["deployment_resources_status"] == "Stopped"
+    # The store's writes are queued: the status may be written a moment before its event is stored.
+    first = wait_for("the new pipeline's first stored event", lambda: stored(op, new_uid), 10, operator=op)[-1]
+    assert first["deployment_resources_status"] == "Stopped"
 
 
 def test_huge_details_are_capped_in_the_store_and_the_resource(operators, pipelines, namespace, kstatus):

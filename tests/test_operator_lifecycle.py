@@ -200,7 +200,7 @@ def test_program_change_while_running_is_held_until_stopped(operators, pipelines
 def test_operator_killed_mid_provisioning_converges_with_exactly_one_process(
         operators, pipelines, namespace, kstatus, tmp_path):
     state = tmp_path / "shared-state"
-    op = operators(namespace, state_dir=state)
+    op = operators(namespace, state_dir=state, process=True)  # killed below
     env = [*FAST_PIPELINE, {"name": "PIPELINE_BIND_DELAY_SECONDS", "value": "3"}]
     uid = pipelines.create("phoenix", spec(deployment={"env": env}))["metadata"]["uid"]
     kstatus.track(namespace, "phoenix", expect="Current")

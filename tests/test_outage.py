@@ -93,7 +93,7 @@ def test_an_operator_started_before_the_api_server_serves_the_crd_waits_for_it(b
         assert "the operator waits for it before watching Pipelines (is the CRD installed?)" in op.log()
         assert "Traceback" not in op.log()
     finally:
-        if op is not None and op.proc is not None and op.proc.poll() is None:
+        if op is not None and op.running():
             op.stop()
         _kill_pipeline_processes_under(tmp_path)
         plane.stop()

@@ -93,7 +93,7 @@ def binary_operator(operators, cluster, namespace, kubelet, tmp_path):
     op = operators(namespace, "--namespace", other, "--backend", "kubernetes", "--compiler", "feldera",
                    "--feldera-sql-compiler", str(jar), "--java", str(_fake_sql_compiler(tmp_path, {
                        "inputs": [], "outputs": []})), "--program-binaries", str(store),
-                   "--pipeline-image", "registry.example/pipeline:1")
+                   "--pipeline-image", "registry.example/pipeline:1", process=True)  # its memory is measured
     return op, store, sha, other
 
 

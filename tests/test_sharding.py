@@ -377,7 +377,7 @@ def shard(operators, tmp_path: Path, lease_namespace: str, name: str, watched: l
             "--operator-name", name, *LEASE_ARGS]
     for ns in watched[1:]:
         args += ["--namespace", ns]
-    return operators(watched[0], *args, state_dir=tmp_path / name)
+    return operators(watched[0], *args, state_dir=tmp_path / name, process=True)  # several at once, killed
 
 
 def managers(pipelines: Pipelines, name: str) -> set[str]:

@@ -152,7 +152,7 @@ def test_a_full_volume_drops_new_events_beyond_the_limit_and_recovers(small_volu
         store.append(KEY, events(5))
         assert store.flush(10)
         generation = store.generation
-        with open(filler, "wb") as f:  # fill the volume to the last byte: SQLite gets a real SQLITE_FULL
+        with open(filler, "wb", buffering=0) as f:  # fill the volume to the last byte: SQLite gets a real SQLITE_FULL
             try:
                 while True:
                     f.write(b"x" * 65536)
@@ -271,7 +271,7 @@ def test_the_operator_keeps_reconciling_while_the_store_volume_is_full(
     kstatus.track(namespace, "full", expect="Current")
     pipelines.wait_status("full", op, deploymentStatus="Running")
     filler = small_volume / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"x" * 65536)
@@ -322,7 +322,7 @@ def test_a_monitoring_pass_never_waits_for_a_store_that_cannot_write(small_volum
         before = events(3)
         store.append(OTHER, before)
         assert store.flush(10)
-        with open(filler, "wb") as f:
+        with open(filler, "wb", buffering=0) as f:
             try:
                 while True:
                     f.write(b"x" * 65536)

@@ -191,16 +191,20 @@ class EscapingFormatter(logging.Formatter):
         return _escape_lines(stack_info)
 
 
+def log_formatter(settings: OperatorSettings) -> logging.Formatter:
+    """Plain text (:class:`EscapingFormatter`) or, with ``--log-format json``, one JSON object a record."""
+    if settings.log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+        return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    return EscapingFormatter(LOG_FORMAT)
+
+
 def setup_logging(settings: OperatorSettings) -> None:
     """Log lines to stderr: plain text (:class:`EscapingFormatter`) or JSON objects (``--log-format json``,
     where JSON's own escapes keep every record on one line)."""
     level = logging.DEBUG if settings.verbose else logging.INFO
     handler = logging.StreamHandler()
-    if settings.log_format == "json":
-        from pythonjsonlogger.json import JsonFormatter
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    else:
-        handler.setFormatter(EscapingFormatter(LOG_FORMAT))
+    handler.setFormatter(log_formatter(settings))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("kopf.objects", "kopf._core", "kopf._cogs", "aiohttp.access", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not settings.verbose else logging.DEBUG)

@@ -188,8 +188,11 @@ class ClusterMonitor:
             except Exception:  # noqa: BLE001 - the next check tries again
                 log.exception("cluster health: the check failed")
             self._wake.clear()
+            # A timeout around the wait, not wait_for: wait_for would make a task of the wait each time,
+            # and Kopf, as it stops, waits 5 s for every task made after it started (docs/architecture.md).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
 
     async def latest(self) -> ClusterEvent:
         """The latest event; the first check runs now when none was made yet."""

@@ -141,7 +141,8 @@ async def wait_until_pipelines_are_served(kube: KubeClient, stopping: asyncio.Ev
                         "watching Pipelines (is the CRD installed?)", PLURAL, API_GROUP, API_VERSION, why)
             waiting = True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), backoff.failure() or 10.0)
+            async with asyncio.timeout(backoff.failure() or 10.0):  # not wait_for (docs/architecture.md)
+                await stopping.wait()
     return False
 
 

@@ -100,6 +100,7 @@ def strip_managed_fields_in_kopf_watches() -> None:
                 _tell("event", *where, raw.get("type"), obj)
             yield event
     continuous_watch.strips_managed_fields = True  # type: ignore[attr-defined]
+    continuous_watch.__wrapped__ = original  # type: ignore[attr-defined]  # what inspect.unwrap finds (the tests)
     kopf_watching.continuous_watch = continuous_watch
 
 
@@ -158,6 +159,7 @@ def bound_json_depth_in_kopf() -> None:
     async def request(*args: Any, **kwargs: Any) -> Any:
         return _BoundedJsonAnswer(await original(*args, **kwargs))
     request.bounds_json_depth = True  # type: ignore[attr-defined]
+    request.__wrapped__ = original  # type: ignore[attr-defined]
     kopf_api.request = request
     setattr(kopf_api, "json", _BoundedJson())  # noqa: B010 (the module's own name for json, not exported)
 

@@ -100,7 +100,8 @@ class CachedPipeline:
                 if left <= 0:
                     return False
                 try:
-                    await asyncio.wait_for(self._changed.wait(), timeout=left)
+                    async with asyncio.timeout(left):  # not wait_for (docs/architecture.md)
+                        await self._changed.wait()
                 except TimeoutError:
                     return False
         finally:

@@ -216,7 +216,8 @@ class Informer:
         if self._synced is None:
             raise RuntimeError(f"informer {self.name} was not started")
         try:
-            await asyncio.wait_for(self._synced.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for (docs/architecture.md)
+                await self._synced.wait()
         except TimeoutError:
             return False
         return True

@@ -172,7 +172,8 @@ class LeaderElector:
                 log.info("leader election: standing by; the Lease %s/%s is held by %s", self.namespace, self.name,
                          self.holder or "nobody (taking it at the next try)")
             try:
-                await asyncio.wait_for(stop.wait(), self.timing.retry_period)
+                async with asyncio.timeout(self.timing.retry_period):  # not wait_for (docs/architecture.md)
+                    await stop.wait()
             except TimeoutError:
                 pass
         return False

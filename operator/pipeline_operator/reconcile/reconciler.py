@@ -474,7 +474,8 @@ class PipelineMonitor:
             if left <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._pass_done.wait(), timeout=left)
+                async with asyncio.timeout(left):  # not wait_for (docs/architecture.md)
+                    await self._pass_done.wait()
             except TimeoutError:
                 return False
 
