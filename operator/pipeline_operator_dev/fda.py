@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .controlplane import Progress, _cached, _run_with_progress, _stderr_progress, cache_root
+from .builds import Progress, _cached, _run_with_progress, _stderr_progress, cache_root
 
 # The fda of the Feldera version the API matches (docs/api.md, "Feldera version").
 FDA_VERSION = "0.306.0"

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .controlplane import Progress, _cached, _go_env, _run_with_progress, _stderr_progress
+from .builds import Progress, _cached, _go_env, _run_with_progress, _stderr_progress
 
 # The Go module of Prometheus 3.x is tagged v0.3MM.P for release 3.MM.P.
 PROMETHEUS_MODULE_VERSION = "0.316.0"
@@ -27,7 +27,7 @@ def go_available() -> bool:
 
 def cached_path(version: str = PROMETHEUS_MODULE_VERSION) -> Path:
     """Where the built ``promtool`` lives (whether or not it has been built yet)."""
-    from .controlplane import cache_root
+    from .builds import cache_root
     return cache_root() / "bin" / f"promtool-v{version}" / "promtool"
 
 
