@@ -82,6 +82,9 @@ class Served:
     def forwarding(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
+    async def settled(self) -> None:
+        pass
+
     async def wait_until(self, predicate: Any, timeout: float) -> bool:  # noqa: ASYNC109
         return True
 

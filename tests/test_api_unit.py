@@ -83,8 +83,10 @@ def test_a_graceful_stop_is_refused_for_community_edition_pipelines_as_felderas_
     key = PipelineKey("ns", "p", "uid-p")
     state = PipelineState(deployment_resources_status="Provisioned", deployment_resources_desired_status="Provisioned",
                           deployment_runtime_status="Running", deployment_runtime_desired_status="Running")
+    async def settled() -> None:  # no status write in flight
+        pass
     monitor = types.SimpleNamespace(key=key, obj={"metadata": {"name": "p", "uid": key.uid}, "spec": {}},
-                                    wake=asyncio.Event(), state=state)
+                                    wake=asyncio.Event(), state=state, settled=settled)
     community = deps({("ns", "p"): monitor}, store)
     community.community_edition = True
     server = ApiServer(community, auth="none", default_namespace="ns")

@@ -21,9 +21,9 @@ from .conftest import Cluster
 def test_cached_binaries_are_reused_without_building(binaries, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("a cached binary was built again")
-    monkeypatch.setattr(controlplane, "build_etcd", no_build)
-    monkeypatch.setattr(controlplane, "build_kube_apiserver", no_build)
-    monkeypatch.setattr(controlplane, "fetch_kubectl_and_helm", no_build)
+    monkeypatch.setattr(builds, "build_etcd", no_build)
+    monkeypatch.setattr(builds, "build_kube_apiserver", no_build)
+    monkeypatch.setattr(builds, "fetch_kubectl_and_helm", no_build)
     monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
     assert builds.ensure_binaries() == binaries
 

@@ -42,6 +42,10 @@ class ServedPipeline(Protocol):
         """While the API forwards a runtime action and keeps it in the spec (see :meth:`Actions._runtime_desired`)."""
         ...
 
+    async def settled(self) -> None:
+        """Return once a status write of this replica that a client may already have seen is taken in."""
+        ...
+
     async def wait_until(self, predicate: Callable[[dict[str, Any], PipelineState], bool],
                          timeout: float) -> bool: ...  # noqa: ASYNC109
 

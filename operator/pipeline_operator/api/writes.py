@@ -87,7 +87,9 @@ def observed(gen: int) -> Callable[[dict[str, Any], PipelineState], bool]:
 
 
 async def served_state(monitor: ServedPipeline) -> PipelineState:
-    """The state the monitoring loop last recorded (waiting for its first pass if needed)."""
+    """The state the monitoring loop last recorded (waiting for its first pass if needed, and for a status write
+    in flight: a client that saw it through the API server is answered from it)."""
+    await monitor.settled()
     if monitor.state is None:
         await settle(monitor, lambda obj, state: True, timeout=10.0)
     if monitor.state is None:

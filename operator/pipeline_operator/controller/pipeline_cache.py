@@ -84,6 +84,9 @@ class CachedPipeline:
         """Nothing to hold here: no loop of this replica acts on the pipeline."""
         return contextlib.nullcontext()
 
+    async def settled(self) -> None:
+        """Nothing in flight here: the leader writes the status, and this replica reads it from its watch."""
+
     # The timeout is part of the contract (answer False after it, never raise): not a cancel scope for the caller.
     async def wait_until(self, predicate: Callable[[dict[str, Any], PipelineState], bool],
                          timeout: float) -> bool:  # noqa: ASYNC109

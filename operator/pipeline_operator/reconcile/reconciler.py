@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 DETAILS_KEYS = tuple(to_camel(f) for f in DETAILS_FIELDS)  # written with their event only
 UNAVAILABLE_RETRY = 5.0  # seconds between passes while the API server cannot be reached
 _QUICK_REPOLL = 0.3  # after forwarding an action to the pipeline, look again soon (Feldera's notify)
+_SETTLE_SECONDS = 10.0  # at most this long an API answer waits for the status write in flight (``settled``)
 REASON_INVALID = "InvalidPipeline"  # Event and condition reason of a Pipeline the operator cannot read
 INVALID_RETRY = 60.0  # seconds between looks at an invalid Pipeline (a new generation wakes the loop at once)
 
@@ -119,6 +120,7 @@ class PipelineMonitor:
         self._invalid: tuple[str | None, str] | None = None  # the version reported invalid, and why
         self._recorded: tuple[Desired, PipelineState, str | None] | None = None
         self._forwarding = 0  # runtime actions the HTTP API is forwarding now (see ``forwarding``)
+        self._writing: asyncio.Future[Exception | None] | None = None  # the status write in flight (``settled``)
 
     @property
     def history(self) -> list[HistoryEntry]:
@@ -352,6 +354,7 @@ class PipelineMonitor:
                                                                         emitted)))
         self.ctx.in_flight.add(task)
         task.add_done_callback(self.ctx.in_flight.discard)
+        self._writing = task
         failure = await asyncio.shield(task)
         if failure is not None:
             raise failure
@@ -459,6 +462,16 @@ class PipelineMonitor:
             yield
         finally:
             self._forwarding -= 1
+
+    async def settled(self) -> None:
+        """Return once the status write in flight, if any, has been taken in: a client that saw a status through
+        the API server (``kubectl wait``, a watch) may ask this replica's API at once, before the loop has read
+        the answer of that write, and must be answered from that status, not the one before it."""
+        writing = self._writing
+        if writing is not None and not writing.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_SETTLE_SECONDS):  # bounded: an answer from the last state, not a hang
+                    await asyncio.shield(writing)
 
     # The timeout is part of the contract (answer False after it, never raise): not a cancel scope for the caller.
     async def wait_until(self, predicate: Callable[[dict[str, Any], PipelineState], bool],
