@@ -106,9 +106,14 @@ def test_the_standby_leads_after_the_leader_is_killed_with_the_same_history(two_
     status = pipelines.a_later_pass("orders", standby, timeout=60)
     assert time.monotonic() - killed_at < 20
     assert status["deploymentStatus"] == "Running"
-    after = api(standby, "/v0/pipelines/orders/events")[1]
-    ids = [e["event_id"] for e in after]
+    history = [e["eventId"] for e in status["history"]]
+
+    def stored() -> list[str] | None:  # the store's append follows the status write: wait for the status's newest
+        ids = [e["event_id"] for e in api(standby, "/v0/pipelines/orders/events")[1]]
+        return ids if history[0] in ids else None
+    ids = wait_for("the status's newest event in the store", stored, timeout=10, operator=standby)
     assert len(ids) == len(set(ids)), "an event twice"
     assert {e["event_id"] for e in before} <= set(ids), "an event lost"
-    # The history in the status is the store's newest events, one for one.
-    assert [e["eventId"] for e in status["history"]] == ids[:len(status["history"])]
+    # The history in the status is the store's events, one for one, from the status's newest on.
+    newest = ids.index(history[0])
+    assert history == ids[newest:newest + len(history)]
