@@ -870,49 +870,6 @@ def test_the_loop_forwards_no_runtime_desired_status_while_the_api_forwards_one(
     assert sent == ["Paused"]
 
 
-def test_an_answer_waits_for_the_status_write_a_client_may_already_have_seen():
-    """A client that saw the status ``Stopped`` through the API server (``kubectl wait``, a watch) and then asks
-    for ``/start`` at once must not be refused with "still stopping": the API server has the write, but the loop
-    may not have read its answer yet. The API's state waits for the write in flight (bounded), then answers."""
-    import datetime as dt
-
-    from pipeline_operator.api import writes
-    from pipeline_operator.core.lifecycle import Decision, Desired
-    from pipeline_operator.reconcile.reconciler import PipelineMonitor
-
-    stopping = PipelineState(deployment_resources_status=ResourcesStatus.STOPPING,
-                             deployment_resources_desired_status=ResourcesDesiredStatus.STOPPED)
-    stopped = stopping.model_copy(update={"deployment_resources_status": ResourcesStatus.STOPPED})
-    obj = {"metadata": {"name": KEY.name, "namespace": KEY.namespace, "uid": KEY.uid, "resourceVersion": "1"}}
-
-    async def scenario() -> tuple[bool, PipelineState]:
-        committed, answered = asyncio.Event(), asyncio.Event()
-
-        async def write_status(key: PipelineKey, rv: str, body: dict, routine: bool) -> dict:
-            committed.set()  # the API server has it: a watch delivers it to the client now
-            await answered.wait()  # the answer has not reached the loop yet
-            return {**obj, "metadata": {**obj["metadata"], "resourceVersion": "2"}, "status": body}
-
-        ctx = types.SimpleNamespace(write_status=write_status, in_flight=set(), metrics=None,
-                                    settings=types.SimpleNamespace(history_limit=10))
-        monitor = PipelineMonitor(ctx, KEY)  # type: ignore[arg-type]
-        monitor.see(obj)
-        monitor.state = stopping
-        decision = Decision(steps=(), state=stopped, actions=(), notes=())
-        recording = asyncio.create_task(monitor.record(Desired(), decision, [], dt.datetime.now(dt.UTC)))
-        await committed.wait()
-        asking = asyncio.create_task(writes.served_state(monitor))  # the client's /start, after its watch
-        await asyncio.sleep(0.05)
-        waited = not asking.done()
-        answered.set()
-        await recording
-        return waited, await asking
-
-    waited, state = asyncio.run(scenario())
-    assert waited, "the API answered from the state before the write the client saw"
-    assert state.deployment_resources_status is ResourcesStatus.STOPPED
-
-
 def test_a_pipeline_the_operator_cannot_read_is_refused_with_invalid_pipeline_not_a_server_error():
     """A Pipeline nested deeper than the operator decodes (marked by jsondepth), or whose stored spec its schema
     now refuses (stored before the CRD bounded it), is reported by its loop and left alone: the API shows and
