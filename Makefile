@@ -35,7 +35,9 @@ test: $(VENV)/.installed
 	@# pytest exits 5 when it collected no tests: this project always has tests, so that is a failure.
 	@# The suite runs in $(TEST_WORKERS) processes (pytest-xdist), each with its own control plane, one
 	@# test file at a time (--dist loadfile): most tests wait on processes and watches, not on the CPU.
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
+	@# The files go out in the order tests/conftest.py gives them (the longest first): xdist would otherwise
+	@# reorder them by their number of tests, leaving the longest single tests (the API's fuzzing) for last.
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the run" >&2; exit 1; fi; exit $$rc
 
 # The inner loop, in about a minute: the static checks and the tests that start no process of the test
