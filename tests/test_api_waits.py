@@ -84,7 +84,7 @@ def test_an_answer_waits_for_the_status_write_a_client_may_already_have_seen():
 
 
 def test_an_answer_waits_for_a_status_write_that_never_answers_only_as_long_as_its_bound():
-    """A status write stuck in the API server holds an answer at most ``_SETTLE_SECONDS``; then the API answers
+    """A status write stuck in the API server holds an answer at most ``_WRITE_WAIT_SECONDS``; then the API answers
     from the state the loop last recorded rather than hang the client."""
     async def scenario() -> tuple[float, PipelineState]:
         committed = asyncio.Event()
@@ -99,7 +99,7 @@ def test_an_answer_waits_for_a_status_write_that_never_answers_only_as_long_as_i
         return waited, state
 
     waited, state = in_loop_time(scenario)
-    assert waited == pytest.approx(reconciler._SETTLE_SECONDS)
+    assert waited == pytest.approx(reconciler._WRITE_WAIT_SECONDS)
     assert state.deployment_resources_status is ResourcesStatus.STOPPING
 
 

@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 DETAILS_KEYS = tuple(to_camel(f) for f in DETAILS_FIELDS)  # written with their event only
 UNAVAILABLE_RETRY = 5.0  # seconds between passes while the API server cannot be reached
 _QUICK_REPOLL = 0.3  # after forwarding an action to the pipeline, look again soon (Feldera's notify)
-_SETTLE_SECONDS = 10.0  # at most this long an API answer waits for the status write in flight (``settled``)
+_WRITE_WAIT_SECONDS = 10.0  # at most this long an API answer waits for the status write in flight (``settled``)
 REASON_INVALID = "InvalidPipeline"  # Event and condition reason of a Pipeline the operator cannot read
 INVALID_RETRY = 60.0  # seconds between looks at an invalid Pipeline (a new generation wakes the loop at once)
 
@@ -470,7 +470,7 @@ class PipelineMonitor:
         writing = self._writing
         if writing is not None and not writing.done():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_SETTLE_SECONDS):  # bounded: an answer from the last state, not a hang
+                async with asyncio.timeout(_WRITE_WAIT_SECONDS):  # bounded: an answer from the last state, not a hang
                     await asyncio.shield(writing)
 
     # The timeout is part of the contract (answer False after it, never raise): not a cancel scope for the caller.
